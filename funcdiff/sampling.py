@@ -1,0 +1,202 @@
+"""Sampling: sigma schedules and ODE/SDE solvers for EDM-style diffusion in function space.
+
+Conventions (k-diffusion / EDM):
+- A *denoiser* is a callable ``denoiser(x, sigma) -> denoised`` with x (B, C, *S) and sigma (B,) (or anything
+  broadcastable to x); ``denoised`` estimates E[x_0 | x_sigma].
+- A schedule ``sigmas`` is a decreasing 1-D tensor that ends at 0.
+- Every solver has the signature ``sample_<name>(denoiser, x, sigmas, *, noise=None, callback=None, **opts)``
+  where ``noise(like) -> Tensor`` draws function-space noise shaped like ``like`` (needed by stochastic steps).
+- With GRF noise x_sigma = x_0 + sigma·ε, ε ~ N(0, C), the probability-flow ODE keeps the EDM form
+  dx/dsigma = (x - D(x; sigma)) / sigma (Karras et al. 2022, eq. 3 with s(t)=1, σ(t)=t), because Tweedie's
+  formula reads D = x + sigma² C ∇ log p_sigma(x); so the same solvers serve white and coloured noise.
+- Solvers carry no ``torch.no_grad()``: guidance wraps the denoiser and needs gradients. Callers decide
+  (``sample`` below runs under ``no_grad`` by default; a guidance wrapper re-enables grad inside itself).
+- ``callback(info)`` is called after every step with ``info = {"i", "x", "sigma", "sigma_next", "denoised"}``;
+  if it returns a tensor, that tensor replaces ``x`` (a step hook, e.g. for projection-type guidance).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional, Protocol, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from funcdiff.noise import GaussianRandomField, make_generators
+
+
+class Denoiser(Protocol):
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor: ...
+
+
+NoiseFn = Callable[[torch.Tensor], torch.Tensor]
+Callback = Callable[[dict], Optional[torch.Tensor]]
+
+
+def sigmas_karras(
+    n: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0, device=None
+) -> torch.Tensor:
+    """Karras et al. (2022) schedule, eq. 5: n noise levels from sigma_max to sigma_min, then a final 0.
+
+    Shapes: returns (n + 1,), float64 on ``device`` (solvers cast to the state's dtype per step).
+    """
+    if n < 1:
+        raise ValueError(f"need at least one step, got n={n}")
+    if not 0 < sigma_min < sigma_max:
+        raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
+    ramp = torch.linspace(0, 1, n, dtype=torch.float64, device=device)
+    min_inv, max_inv = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    sigmas = (max_inv + ramp * (min_inv - max_inv)) ** rho
+    return torch.cat([sigmas, sigmas.new_zeros(1)])
+
+
+def _check_schedule(sigmas: torch.Tensor) -> None:
+    if sigmas.ndim != 1 or len(sigmas) < 2:
+        raise ValueError(f"sigmas must be a 1-D schedule of length >= 2, got shape {tuple(sigmas.shape)}")
+    if not bool((sigmas[1:] < sigmas[:-1]).all()) or float(sigmas[-1]) != 0.0:
+        raise ValueError("sigmas must be strictly decreasing and end at 0")
+
+
+def _denoise(denoiser: Denoiser, x: torch.Tensor, sigma: float) -> torch.Tensor:
+    return denoiser(x, torch.full((x.shape[0],), sigma, dtype=x.dtype, device=x.device))
+
+
+def _churn_gamma(sigma: float, n_steps: int, s_churn: float, s_tmin: float, s_tmax: float) -> float:
+    """EDM Algorithm 2, line 4: the fraction by which sigma is raised before a stochastic step."""
+    if s_churn <= 0 or not s_tmin <= sigma <= s_tmax:
+        return 0.0
+    return min(s_churn / n_steps, math.sqrt(2.0) - 1.0)
+
+
+def _edm_loop(
+    denoiser: Denoiser,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    *,
+    order: int,
+    noise: Optional[NoiseFn],
+    callback: Optional[Callback],
+    s_churn: float = 0.0,
+    s_tmin: float = 0.0,
+    s_tmax: float = float("inf"),
+    s_noise: float = 1.0,
+) -> torch.Tensor:
+    """Karras et al. (2022) Algorithm 2: Euler (order 1) or Heun (order 2) steps with optional churn.
+
+    The last step to sigma = 0 is always an Euler step (Heun would divide by zero).
+    """
+    _check_schedule(sigmas)
+    if s_churn > 0 and noise is None:
+        raise ValueError("stochastic churn needs a noise source: pass noise=...")
+    levels = [float(s) for s in sigmas]
+    n_steps = len(levels) - 1
+    for i in range(n_steps):
+        sigma, sigma_next = levels[i], levels[i + 1]
+        gamma = _churn_gamma(sigma, n_steps, s_churn, s_tmin, s_tmax)
+        sigma_hat = sigma * (1 + gamma)
+        if gamma > 0:
+            x = x + math.sqrt(sigma_hat**2 - sigma**2) * s_noise * noise(x)
+        denoised = _denoise(denoiser, x, sigma_hat)
+        d = (x - denoised) / sigma_hat
+        x_next = x + (sigma_next - sigma_hat) * d
+        if order == 2 and sigma_next > 0:
+            denoised_next = _denoise(denoiser, x_next, sigma_next)
+            d_next = (x_next - denoised_next) / sigma_next
+            x_next = x + (sigma_next - sigma_hat) * 0.5 * (d + d_next)
+        x = x_next
+        if callback is not None:
+            info = {"i": i, "x": x, "sigma": sigma_hat, "sigma_next": sigma_next, "denoised": denoised}
+            replaced = callback(info)
+            x = x if replaced is None else replaced
+    return x
+
+
+def sample_euler(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *,
+                 noise: Optional[NoiseFn] = None, callback: Optional[Callback] = None) -> torch.Tensor:
+    """Euler steps of the probability-flow ODE (first order; one denoiser call per step).
+
+    Shapes: x (B, C, *S) at noise level sigmas[0]; returns (B, C, *S) at sigma = 0.
+    """
+    return _edm_loop(denoiser, x, sigmas, order=1, noise=noise, callback=callback)
+
+
+def sample_heun(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *,
+                noise: Optional[NoiseFn] = None, callback: Optional[Callback] = None) -> torch.Tensor:
+    """Heun's second-order method (Karras et al. 2022, Algorithm 1): 2n - 1 denoiser calls for n steps."""
+    return _edm_loop(denoiser, x, sigmas, order=2, noise=noise, callback=callback)
+
+
+def sample_stochastic(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *,
+                      noise: Optional[NoiseFn] = None, callback: Optional[Callback] = None,
+                      s_churn: float = 40.0, s_tmin: float = 0.05, s_tmax: float = 50.0,
+                      s_noise: float = 1.003) -> torch.Tensor:
+    """EDM stochastic sampler (Karras et al. 2022, Algorithm 2): Heun steps with churn.
+
+    Before each step whose sigma lies in [s_tmin, s_tmax] the state is pushed up to sigma·(1 + gamma) by
+    adding ``noise`` (function-space noise, so the churn respects the noise's covariance).
+    """
+    return _edm_loop(denoiser, x, sigmas, order=2, noise=noise, callback=callback,
+                     s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise)
+
+
+SOLVERS: dict[str, Callable[..., torch.Tensor]] = {
+    "euler": sample_euler,
+    "heun": sample_heun,
+    "stochastic": sample_stochastic,
+}
+
+
+def get_solver(name: str) -> Callable[..., torch.Tensor]:
+    """Look a solver up by name; the error lists the valid names."""
+    if name not in SOLVERS:
+        raise ValueError(f"unknown solver {name!r}; valid solvers: {sorted(SOLVERS)}")
+    return SOLVERS[name]
+
+
+def num_denoiser_calls(solver: str, steps: int) -> int:
+    """Network evaluations (NFE) that ``steps`` steps of ``solver`` cost."""
+    get_solver(solver)
+    return steps if solver == "euler" else 2 * steps - 1
+
+
+def sample(
+    denoiser: Denoiser,
+    shape: Sequence[int],
+    noise: GaussianRandomField,
+    *,
+    steps: int = 32,
+    solver: str = "heun",
+    sigma_min: float = 0.002,
+    sigma_max: float = 80.0,
+    rho: float = 7.0,
+    seed: int = 0,
+    batch_size: Optional[int] = None,
+    device=None,
+    dtype: torch.dtype = torch.float32,
+    progress: bool = False,
+    solver_options: Optional[dict] = None,
+    grad: bool = False,
+) -> torch.Tensor:
+    """Draw samples at any resolution: Karras schedule, initial and churn noise from ``noise``.
+
+    Each sample i gets its own generator seeded from (seed, i), so results do not depend on ``batch_size``
+    (the chunk size bounding memory). Runs under ``torch.no_grad()`` unless ``grad=True``; guidance wrappers
+    enable gradients for their own denoiser call either way.
+
+    Shapes: ``shape`` = (B, C, *S); returns (B, C, *S) on ``device``.
+    """
+    run = get_solver(solver)
+    shape = tuple(int(n) for n in shape)
+    batch_size = batch_size or shape[0]
+    sigmas = sigmas_karras(steps, sigma_min, sigma_max, rho)
+    chunks = []
+    starts = range(0, shape[0], batch_size)
+    for start in tqdm(starts, desc="sampling", disable=not progress or len(starts) == 1):
+        n = min(batch_size, shape[0] - start)
+        gens = make_generators(seed, range(start, start + n))
+        draw = lambda like, g=gens: noise.sample(like.shape, generator=g, dtype=like.dtype).to(like.device)
+        x = sigma_max * noise.sample((n, *shape[1:]), generator=gens, dtype=dtype).to(device)
+        with torch.set_grad_enabled(grad):
+            chunks.append(run(denoiser, x, sigmas, noise=draw, **(solver_options or {})).detach())
+    return torch.cat(chunks)

@@ -1,0 +1,75 @@
+"""Small tensor helpers shared by every stage (no dependency on any other funcdiff module)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+
+def append_dims(x: torch.Tensor, ndim: int) -> torch.Tensor:
+    """Append trailing singleton dims to ``x`` until it has ``ndim`` dims.
+
+    Shapes: ``sigma`` (B,) -> (B, 1, ..., 1) so that it broadcasts against a field (B, C, *S) for any number
+    of spatial dims. A tensor that already has ``ndim`` dims is returned unchanged.
+    """
+    if x.ndim > ndim:
+        raise ValueError(f"cannot append dims: tensor has {x.ndim} dims, more than the target {ndim}")
+    return x.reshape(*x.shape, *([1] * (ndim - x.ndim)))
+
+
+def expand_sigma(sigma: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
+    """Return ``sigma`` as a tensor broadcastable to ``x`` (B, C, *S).
+
+    Accepts a Python float, a 0-d tensor, a per-sample tensor (B,), or any tensor already broadcastable to
+    ``x`` (per channel, per frame, per element). Raises ``ValueError`` for anything else.
+    """
+    sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
+    if sigma.ndim == 0:
+        sigma = sigma.expand(x.shape[0])
+    if sigma.ndim == 1:
+        if sigma.shape[0] not in (1, x.shape[0]):
+            raise ValueError(f"sigma of shape {tuple(sigma.shape)} does not match batch size {x.shape[0]}")
+        return append_dims(sigma, x.ndim)
+    try:
+        torch.broadcast_shapes(sigma.shape, x.shape)
+    except RuntimeError as err:
+        raise ValueError(f"sigma of shape {tuple(sigma.shape)} is not broadcastable to x {tuple(x.shape)}") from err
+    if sigma.ndim != x.ndim:
+        raise ValueError(f"sigma with {sigma.ndim} dims must be (B,) or have as many dims as x ({x.ndim})")
+    return sigma
+
+
+def fourier_resample(x: torch.Tensor, size: Sequence[int] | int) -> torch.Tensor:
+    """Resample periodic fields on a uniform grid of [0, 1)^d to a new grid by zero-padding/truncating Fourier modes.
+
+    Exact for band-limited fields whose modes fit both grids. The Nyquist mode of an even grid is dropped
+    when down-sampling (it is not representable symmetrically), so up- then down-sampling is the identity.
+
+    Shapes: ``x`` (B, C, *S_in) -> (B, C, *S_out); ``size`` gives S_out (an int means the same for every dim).
+    """
+    d = x.ndim - 2
+    size = (size,) * d if isinstance(size, int) else tuple(size)
+    if len(size) != d:
+        raise ValueError(f"size {size} has {len(size)} entries but x has {d} spatial dims")
+    dims = tuple(range(2, x.ndim))
+    x_hat = torch.fft.fftn(x, dim=dims, norm="forward")
+    out = torch.zeros(*x.shape[:2], *size, dtype=x_hat.dtype, device=x.device)
+    slices_in, slices_out = [], []
+    for n_in, n_out in zip(x.shape[2:], size):
+        keep = (min(n_in, n_out) - 1) // 2  # strictly below Nyquist on both grids
+        slices_in.append(torch.cat([torch.arange(0, keep + 1), torch.arange(n_in - keep, n_in)]))
+        slices_out.append(torch.cat([torch.arange(0, keep + 1), torch.arange(n_out - keep, n_out)]))
+    index_in = torch.meshgrid(*slices_in, indexing="ij")
+    index_out = torch.meshgrid(*slices_out, indexing="ij")
+    out[(..., *index_out)] = x_hat[(..., *index_in)]
+    return torch.fft.ifftn(out, dim=dims, norm="forward").real.to(x.dtype)
+
+
+def grid_coordinates(shape: Sequence[int], device=None, dtype=torch.float32) -> torch.Tensor:
+    """Cell-corner coordinates of a uniform periodic grid on [0, 1)^d.
+
+    Shapes: returns (d, *shape) with ``out[i]`` the i-th coordinate, ``x_j = j / n``.
+    """
+    axes = [torch.arange(n, device=device, dtype=dtype) / n for n in shape]
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"))
