@@ -1,0 +1,88 @@
+"""Plots a person would rather look at than read: fields side by side and power spectra.
+
+Uses matplotlib's non-interactive Agg backend; every figure is written atomically (temp file + rename).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from funcdiff.metrics import radial_power_spectrum  # noqa: E402
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
+    """Save ``fig`` to ``path`` atomically and close it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def _show_field(ax, field: torch.Tensor, title: str, cmap: str = "RdBu_r", vmin=None, vmax=None):
+    """Draw one 1-D curve or 2-D image (first spatial slice for 3-D)."""
+    field = field.detach().float().cpu()
+    while field.ndim > 2:
+        field = field[0]
+    if field.ndim == 1:
+        ax.plot(torch.linspace(0, 1, len(field)), field)
+    else:
+        im = ax.imshow(field.T, origin="lower", extent=(0, 1, 0, 1), cmap=cmap, vmin=vmin, vmax=vmax)
+        plt.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    ax.set_title(title, fontsize=9)
+
+
+def plot_samples_vs_data(
+    rows: Mapping[str, torch.Tensor], path: str | os.PathLike, channel: int = 0, n_show: int = 4,
+    channel_name: str = "",
+) -> Path:
+    """Fields of several batches in rows (e.g. data, samples at 32², samples at 64²) plus their spectra.
+
+    Args:
+        rows: name -> (B, C, *S) batch; each row shows ``n_show`` fields of ``channel``.
+        path: PNG file to write.
+    """
+    fig = plt.figure(figsize=(3.0 * n_show + 4.5, 2.7 * len(rows)))
+    grid = fig.add_gridspec(len(rows), n_show + 1, width_ratios=[1.0] * n_show + [1.6], wspace=0.35)
+    lo = min(float(b[:n_show, channel].min()) for b in rows.values())
+    hi = max(float(b[:n_show, channel].max()) for b in rows.values())
+    spectrum_ax = fig.add_subplot(grid[:, n_show])
+    for r, (name, batch) in enumerate(rows.items()):
+        for i in range(min(n_show, batch.shape[0])):
+            _show_field(fig.add_subplot(grid[r, i]), batch[i, channel], f"{name} #{i}", vmin=lo, vmax=hi)
+        k, p = radial_power_spectrum(batch[:, channel : channel + 1])
+        spectrum_ax.loglog(k[1:], p[1:], label=f"{name} ({'×'.join(map(str, batch.shape[2:]))})")
+    spectrum_ax.set_xlabel("wavenumber |k|")
+    spectrum_ax.set_ylabel("power")
+    spectrum_ax.set_title(f"radial power spectrum {channel_name}".strip(), fontsize=9)
+    spectrum_ax.legend(fontsize=7)
+    return save_figure(fig, path)
+
+
+def plot_panels(panels: Sequence[tuple[str, torch.Tensor]], path: str | os.PathLike, *, cmaps: Sequence[str] = (),
+                points: torch.Tensor | None = None, point_panels: Sequence[int] = ()) -> Path:
+    """One row of named fields (each (*S)), optionally overlaying sensor ``points`` (N, 2) on some panels."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.0), squeeze=False)
+    for i, (title, field) in enumerate(panels):
+        _show_field(axes[0, i], field, title, cmap=cmaps[i] if i < len(cmaps) else "RdBu_r")
+        if points is not None and i in point_panels:
+            axes[0, i].scatter(points[:, 0], points[:, 1], s=4, c="k", marker="o")
+    return save_figure(fig, path)
