@@ -37,11 +37,11 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
 
 def _show_field(ax, field: torch.Tensor, title: str, cmap: str = "RdBu_r", vmin=None, vmax=None):
     """Draw one 1-D curve or 2-D image (first spatial slice for 3-D)."""
-    field = field.detach().float().cpu()
+    field = field.detach().float().cpu().numpy()
     while field.ndim > 2:
         field = field[0]
     if field.ndim == 1:
-        ax.plot(torch.linspace(0, 1, len(field)), field)
+        ax.plot([i / len(field) for i in range(len(field))], field)
     else:
         im = ax.imshow(field.T, origin="lower", extent=(0, 1, 0, 1), cmap=cmap, vmin=vmin, vmax=vmax)
         plt.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
@@ -69,7 +69,7 @@ def plot_samples_vs_data(
         for i in range(min(n_show, batch.shape[0])):
             _show_field(fig.add_subplot(grid[r, i]), batch[i, channel], f"{name} #{i}", vmin=lo, vmax=hi)
         k, p = radial_power_spectrum(batch[:, channel : channel + 1])
-        spectrum_ax.loglog(k[1:], p[1:], label=f"{name} ({'×'.join(map(str, batch.shape[2:]))})")
+        spectrum_ax.loglog(k[1:].numpy(), p[1:].numpy(), label=f"{name} ({'×'.join(map(str, batch.shape[2:]))})")
     spectrum_ax.set_xlabel("wavenumber |k|")
     spectrum_ax.set_ylabel("power")
     spectrum_ax.set_title(f"radial power spectrum {channel_name}".strip(), fontsize=9)
@@ -84,5 +84,5 @@ def plot_panels(panels: Sequence[tuple[str, torch.Tensor]], path: str | os.PathL
     for i, (title, field) in enumerate(panels):
         _show_field(axes[0, i], field, title, cmap=cmaps[i] if i < len(cmaps) else "RdBu_r")
         if points is not None and i in point_panels:
-            axes[0, i].scatter(points[:, 0], points[:, 1], s=4, c="k", marker="o")
+            axes[0, i].scatter(points[:, 0].cpu().numpy(), points[:, 1].cpu().numpy(), s=4, c="k", marker="o")
     return save_figure(fig, path)
