@@ -1,0 +1,304 @@
+"""Readers for field data: funcdiff's HDF5 layout, PDEBench HDF5, FNO ``.mat`` and neuraloperator ``.pt``.
+
+Every reader returns a :class:`FieldData`: named single-channel fields ``(N, *spatial)`` (pairs) or
+``(N, T, *spatial)`` (trajectories), 1-D coordinates as stored in the file (never invented), and attributes.
+Field names are canonical where the source's meaning is known: coefficient/input ``a``, solution/output ``u``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+from torch import Tensor
+
+from funcdiff.data.hdf5 import FORMAT_NAME
+
+FORMATS = ("funcdiff", "pdebench", "fno_mat", "neuralop_pt")
+PDEBENCH_FIELDS = ("tensor", "nu", "density", "pressure", "Vx", "Vy", "Vz")
+FNO_MAT_NAMES = {"coeff": "a", "sol": "u", "a": "a", "u": "u", "input": "a", "output": "u"}
+NEURALOP_PT_NAMES = {"x": "a", "y": "u", "input": "a", "output": "u"}
+
+
+@dataclass
+class FieldData:
+    """Fields read from one file.
+
+    Shapes:
+        fields[name]: ``(N, *spatial)`` or ``(N, T, *spatial)``; coords[name]: ``(len,)`` for ``x``/``y``/``z``
+        (position on the domain, dimensionless) and ``t`` (time, in the source's units).
+    """
+
+    fields: dict[str, Tensor]
+    coords: dict[str, Tensor] = field(default_factory=dict)
+    attrs: dict[str, Any] = field(default_factory=dict)
+    source: str = ""
+    path: str = ""
+
+    @property
+    def num_samples(self) -> int:
+        return next(iter(self.fields.values())).shape[0]
+
+    def stack(self, channels: tuple[str, ...] | list[str]) -> Tensor:
+        """Stack named fields as channels: ``(N, C, *rest)``; the fields must have equal shapes."""
+        missing = [c for c in channels if c not in self.fields]
+        if missing:
+            raise ValueError(f"{self.path}: missing field(s) {missing}; available: {sorted(self.fields)}")
+        shapes = {c: tuple(self.fields[c].shape) for c in channels}
+        if len(set(shapes.values())) != 1:
+            raise ValueError(f"{self.path}: cannot stack fields with different shapes {shapes}")
+        return torch.stack([self.fields[c] for c in channels], dim=1)
+
+
+def load_fields(path: str | os.PathLike, *, format: str = "auto", fields: list[str] | None = None,
+                max_samples: int | None = None, dtype: torch.dtype | None = torch.float32) -> FieldData:
+    """Read a data file of any supported format (detected from suffix and content unless ``format`` is given).
+
+    Args:
+        format: ``"auto"`` or one of ``FORMATS``.
+        fields: keep only these fields (ValueError naming the missing ones).
+        max_samples: read only the first ``max_samples`` samples.
+        dtype: cast fields (and coordinates) to this floating dtype; ``None`` keeps the stored dtype
+            (booleans are always converted to floating point).
+
+    Shapes:
+        see :class:`FieldData`.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no such data file: {path}")
+    fmt = detect_format(path) if format == "auto" else format
+    readers = {"funcdiff": read_funcdiff_hdf5, "pdebench": read_pdebench, "fno_mat": read_fno_mat,
+               "neuralop_pt": read_neuralop_pt}
+    if fmt not in readers:
+        raise ValueError(f"unknown format {fmt!r}; valid: {['auto', *FORMATS]}")
+    data = readers[fmt](path, max_samples=max_samples)
+    return _postprocess(data, fields, dtype)
+
+
+def detect_format(path: Path) -> str:
+    """Name of the reader for ``path``, from its suffix and (for HDF5) its keys and attributes."""
+    suffix = path.suffix.lower()
+    if suffix in (".pt", ".pth"):
+        return "neuralop_pt"
+    if suffix == ".mat":
+        return "fno_mat"
+    if not h5py.is_hdf5(path):
+        raise ValueError(f"{path}: unrecognised file type (expected HDF5 .h5/.hdf5, .mat or .pt)")
+    with h5py.File(path, "r") as f:
+        if f.attrs.get("funcdiff_format") == FORMAT_NAME:
+            return "funcdiff"
+        keys = list(f.keys())
+        if any(k in f for k in PDEBENCH_FIELDS) or any(_is_sample_group(f, k) for k in keys[:8]):
+            return "pdebench"
+    raise ValueError(f"{path}: unrecognised HDF5 layout; expected funcdiff attrs ('funcdiff_format'), "
+                     f"PDEBench datasets {list(PDEBENCH_FIELDS)} or sample groups '0000/data'; found keys {keys}")
+
+
+def _postprocess(data: FieldData, fields: list[str] | None, dtype: torch.dtype | None) -> FieldData:
+    if fields is not None:
+        missing = [k for k in fields if k not in data.fields]
+        if missing:
+            raise ValueError(f"{data.path}: missing field(s) {missing}; available: {sorted(data.fields)}")
+        data.fields = {k: data.fields[k] for k in fields}
+    for name, value in data.fields.items():
+        if value.dtype == torch.bool or dtype is not None:
+            data.fields[name] = value.to(dtype or torch.get_default_dtype())
+    if dtype is not None:
+        data.coords = {k: v.to(dtype) for k, v in data.coords.items()}
+    return data
+
+
+def _tensor(array: Any, max_samples: int | None = None) -> Tensor:
+    """``torch`` tensor from an array-like, optionally cut to the first ``max_samples`` rows."""
+    array = np.asarray(array if max_samples is None else array[:max_samples])
+    return torch.from_numpy(np.ascontiguousarray(array))
+
+
+def _missing_error(path: Path, kind: str, expected: Any, found: Any) -> ValueError:
+    return ValueError(f"{path}: not a {kind} file: expected key(s) {expected}, found keys {sorted(found)}")
+
+
+# --- funcdiff HDF5 -------------------------------------------------------------------------------------
+
+def read_funcdiff_hdf5(path: str | os.PathLike, *, max_samples: int | None = None,
+                       allow_partial: bool = False) -> FieldData:
+    """Read our layout (see ``funcdiff.data.hdf5``). An incomplete file raises unless ``allow_partial``,
+    in which case only the ``num_written`` finished samples are returned."""
+    path = Path(path)
+    with h5py.File(path, "r") as f:
+        if f.attrs.get("funcdiff_format") != FORMAT_NAME:
+            raise _missing_error(path, "funcdiff HDF5", ["attr funcdiff_format"], list(f.attrs))
+        attrs = {k: _attr_value(v) for k, v in f.attrs.items()}
+        written = int(attrs["num_written"])
+        if not attrs.get("complete") and not allow_partial:
+            raise ValueError(f"{path} is incomplete ({written} of {attrs.get('num_samples')} samples written); "
+                             "resume the generation with the same arguments, or pass allow_partial=True")
+        if "fields" not in attrs:
+            raise ValueError(f"{path} holds no samples yet (num_written = {written})")
+        n = written if max_samples is None else min(written, max_samples)
+        fields = {k: _tensor(f[k][:n]) for k in attrs["fields"]}
+        coords = {k: _tensor(f[k]) for k in ("x", "y", "z", "t") if k in f}
+    return FieldData(fields, coords, attrs, "funcdiff", str(path))
+
+
+def _attr_value(value: Any) -> Any:
+    """Decode an HDF5 attribute: JSON strings to objects, numpy scalars to Python."""
+    if isinstance(value, bytes):
+        value = value.decode()
+    if isinstance(value, str):
+        try:
+            return json.loads(value) if value[:1] in "[{" else value
+        except json.JSONDecodeError:
+            return value
+    return value.item() if isinstance(value, np.generic) else value
+
+
+# --- PDEBench HDF5 -------------------------------------------------------------------------------------
+
+def _is_sample_group(f: h5py.File, key: str) -> bool:
+    return isinstance(f.get(key), h5py.Group) and "data" in f[key]
+
+
+def read_pdebench(path: str | os.PathLike, *, max_samples: int | None = None) -> FieldData:
+    """Read PDEBench HDF5: flat arrays (``tensor`` (N, T, *S), CFD ``density``/``Vx``/..., Darcy ``nu`` +
+    ``tensor`` (N, 1, *S)) with ``x-coordinate``/``y-coordinate``/``t-coordinate``, or one group per sample
+    (``0000/data`` (T, *S, C) with ``0000/grid/x``, ``grid/y``, ``grid/t``).
+
+    ``tensor`` becomes ``u``; Darcy ``nu`` becomes ``a`` (and ``tensor`` (N, 1, *S) becomes ``u`` (N, *S));
+    grouped data with C channels becomes ``u`` (C = 1) or ``u0`` ... ``u{C-1}``, each ``(N, T, *S)``.
+    """
+    path = Path(path)
+    with h5py.File(path, "r") as f:
+        keys = list(f.keys())
+        if any(k in f for k in PDEBENCH_FIELDS):
+            return _read_pdebench_flat(f, path, max_samples)
+        groups = sorted(k for k in keys if _is_sample_group(f, k))
+        if not groups:
+            raise _missing_error(path, "PDEBench", [*PDEBENCH_FIELDS, "<sample>/data"], keys)
+        return _read_pdebench_groups(f, path, groups[:max_samples] if max_samples else groups)
+
+
+def _read_pdebench_flat(f: h5py.File, path: Path, max_samples: int | None) -> FieldData:
+    fields = {k: _tensor(f[k], max_samples) for k in PDEBENCH_FIELDS if k in f}
+    if "nu" in fields:
+        fields["a"] = fields.pop("nu")
+        if "tensor" in fields:
+            u = fields.pop("tensor")
+            fields["u"] = u[:, 0] if u.ndim == fields["a"].ndim + 1 and u.shape[1] == 1 else u
+    elif "tensor" in fields:
+        fields["u"] = fields.pop("tensor")
+    coords = {c: _tensor(f[f"{c}-coordinate"]) for c in ("x", "y", "z", "t") if f"{c}-coordinate" in f}
+    attrs = {k: _attr_value(v) for k, v in f.attrs.items()}
+    return FieldData(fields, coords, attrs, "pdebench", str(path))
+
+
+def _read_pdebench_groups(f: h5py.File, path: Path, groups: list[str]) -> FieldData:
+    data = np.stack([np.asarray(f[g]["data"]) for g in groups])  # (N, T, *S, C)
+    data = np.moveaxis(data, -1, 0)  # (C, N, T, *S)
+    names = ["u"] if data.shape[0] == 1 else [f"u{c}" for c in range(data.shape[0])]
+    fields = {name: _tensor(data[c]) for c, name in enumerate(names)}
+    grid = f[groups[0]].get("grid")
+    coords = {c: _tensor(grid[c]) for c in ("x", "y", "z", "t") if grid is not None and c in grid}
+    attrs = {k: _attr_value(v) for k, v in f.attrs.items()}
+    attrs["sample_groups"] = groups
+    return FieldData(fields, coords, attrs, "pdebench", str(path))
+
+
+# --- FNO .mat ------------------------------------------------------------------------------------------
+
+def read_fno_mat(path: str | os.PathLike, *, max_samples: int | None = None) -> FieldData:
+    """Read an FNO ``.mat`` file: MATLAB v7.3 (HDF5, axes stored reversed, so transposed back) or older
+    formats via ``scipy.io.loadmat``. ``coeff``/``input``/``a`` become ``a``, ``sol``/``output``/``u``
+    become ``u``, ``t`` becomes a coordinate. A ``u`` with one more axis than ``a`` is a trajectory stored
+    time-last (FNO Navier–Stokes ``(N, X, Y, T)``) and is returned time-first ``(N, T, X, Y)``.
+    """
+    path = Path(path)
+    arrays = _read_mat_arrays(path, max_samples)
+    found = [k for k in FNO_MAT_NAMES if k in arrays]
+    if not found:
+        raise _missing_error(path, "FNO .mat", sorted(FNO_MAT_NAMES), arrays)
+    fields = {FNO_MAT_NAMES[k]: _tensor(arrays[k], max_samples) for k in found}
+    if len({FNO_MAT_NAMES[k] for k in found}) != len(found):
+        raise ValueError(f"{path}: ambiguous fields, keys {found} map to the same names {FNO_MAT_NAMES}")
+    if "a" in fields and "u" in fields and fields["u"].ndim == fields["a"].ndim + 1:
+        fields["u"] = torch.movedim(fields["u"], -1, 1).contiguous()
+    coords = {"t": _tensor(arrays["t"]).reshape(-1)} if "t" in arrays else {}
+    return FieldData(fields, coords, {}, "fno_mat", str(path))
+
+
+def _read_mat_arrays(path: Path, max_samples: int | None = None) -> dict[str, np.ndarray]:
+    """Numeric arrays of a .mat file keyed by name, in MATLAB axis order. For v7.3 files only the first
+    ``max_samples`` samples of the field arrays are read (samples are the last axis on disk)."""
+    if h5py.is_hdf5(path):
+        with h5py.File(path, "r") as f:
+            return {k: _read_reversed(v, max_samples if k in FNO_MAT_NAMES else None) for k, v in f.items()
+                    if isinstance(v, h5py.Dataset) and v.dtype.kind in "fiub"}
+    import scipy.io
+
+    try:
+        raw = scipy.io.loadmat(path)
+    except (ValueError, OSError, TypeError) as err:
+        raise ValueError(f"{path}: cannot read as a MATLAB file ({err})") from err
+    return {k: v for k, v in raw.items() if not k.startswith("__") and isinstance(v, np.ndarray)
+            and v.dtype.kind in "fiub"}
+
+
+def _read_reversed(dataset: h5py.Dataset, max_samples: int | None) -> np.ndarray:
+    """A MATLAB v7.3 array with its axes put back in MATLAB order (HDF5 stores them reversed)."""
+    if max_samples is None or dataset.ndim == 0:
+        return np.asarray(dataset).T
+    return np.asarray(dataset[..., :max_samples]).T
+
+
+# --- neuraloperator .pt --------------------------------------------------------------------------------
+
+def read_neuralop_pt(path: str | os.PathLike, *, max_samples: int | None = None) -> FieldData:
+    """Read a neuraloperator ``.pt`` dict of tensors (``torch.load(weights_only=True)``).
+
+    ``x``/``input`` become ``a`` (boolean thresholded Darcy coefficients become 0/1 floats), ``y``/``output``
+    become ``u``; scalar entries (e.g. Burgers ``visc``) go to ``attrs``.
+    """
+    path = Path(path)
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as err:
+        raise ValueError(f"{path}: cannot load as a tensor file with weights_only=True ({err})") from err
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a dict of tensors, got {type(raw).__name__}")
+    found = [k for k in NEURALOP_PT_NAMES if k in raw]
+    if not found:
+        raise _missing_error(path, "neuraloperator .pt", sorted(NEURALOP_PT_NAMES), raw)
+    fields = {NEURALOP_PT_NAMES[k]: raw[k][:max_samples] for k in found}
+    attrs = {k: v.item() for k, v in raw.items()
+             if k not in NEURALOP_PT_NAMES and isinstance(v, Tensor) and v.numel() == 1}
+    return FieldData(fields, {}, attrs, "neuralop_pt", str(path))
+
+
+def describe_file(path: str | os.PathLike, max_items: int = 40) -> str:
+    """A human-readable summary of a data file: format, fields (per-sample shapes), coordinates, attributes."""
+    path = Path(path)
+    fmt = detect_format(path)
+    head = load_fields(path, format=fmt, max_samples=1, dtype=None)
+    lines = [f"file:   {path}", f"format: {fmt}"]
+    if h5py.is_hdf5(path):
+        with h5py.File(path, "r") as f:
+            items: list[str] = []
+            f.visititems(lambda name, obj: items.append(f"  /{name} {obj.shape} {obj.dtype}")
+                         if isinstance(obj, h5py.Dataset) else None)
+            lines += ["datasets:", *items[:max_items]]
+            if len(items) > max_items:
+                lines.append(f"  ... {len(items) - max_items} more")
+    lines.append("fields (one sample):")
+    lines += [f"  {k}: {tuple(v.shape[1:])} {str(v.dtype).replace('torch.', '')}" for k, v in head.fields.items()]
+    lines += [f"coord {k}: {v.numel()} values in [{float(v.min()):.4g}, {float(v.max()):.4g}]"
+              for k, v in head.coords.items() if v.numel()]
+    lines += [f"attr {k}: {v}" for k, v in head.attrs.items() if k != "sample_groups"]
+    return "\n".join(lines)
