@@ -1,0 +1,23 @@
+"""Guided posterior sampling from sparse observations (DPS / FunDPS) and PDE-residual guidance.
+
+- :mod:`~funcdiff.guidance.observations`: sparse point observations on or off the grid (``SparseObservation``,
+  ``random_sensors``), periodic cell grids or Dirichlet node grids.
+- :mod:`~funcdiff.guidance.likelihood`: ``ObservationGuidance``, the Gaussian likelihood of observations given
+  the denoised estimate, with a σ-aware covariance so one default strength works across tasks.
+- :mod:`~funcdiff.guidance.pde_guidance`: ``PDEResidualGuidance`` (DiffusionPDE-style physics term).
+- :mod:`~funcdiff.guidance.dps`: ``GuidedDenoiser`` (a denoiser wrapper usable by every solver) and
+  ``guided_sample``.
+- :mod:`~funcdiff.guidance.io`: observations to and from netCDF.
+"""
+
+from funcdiff.guidance.dps import GuidedDenoiser, guided_sample
+from funcdiff.guidance.io import load_observation, save_observation
+from funcdiff.guidance.likelihood import ObservationGuidance, observation_covariance, posterior_variance
+from funcdiff.guidance.observations import SparseObservation, random_sensors, resolve_channels
+from funcdiff.guidance.pde_guidance import PDEResidualGuidance
+
+__all__ = [
+    "GuidedDenoiser", "guided_sample", "ObservationGuidance", "PDEResidualGuidance", "SparseObservation",
+    "random_sensors", "resolve_channels", "observation_covariance", "posterior_variance",
+    "load_observation", "save_observation",
+]
