@@ -30,7 +30,6 @@ from torch import Tensor
 FORMAT_NAME = "funcdiff-hdf5-v1"
 COORD_NAMES = ("x", "y", "z")
 # Problems solved on the node grid j / (R - 1) of [0, 1] (Dirichlet); all others are periodic on [0, 1).
-NODE_GRID_PROBLEMS = frozenset({"darcy", "poisson", "helmholtz"})
 
 
 class ProblemLike(Protocol):
@@ -226,8 +225,8 @@ def _create_layout(f: h5py.File, problem: ProblemLike, args: dict, batch: dict[s
 
 def grid_type(problem: ProblemLike) -> str:
     """``"periodic"`` (points ``j / R`` on ``[0, 1)``) or ``"node"`` (points ``j / (R - 1)`` on ``[0, 1]``, the
-    Dirichlet elliptic problems): ``problem.grid`` when the problem has it, else looked up by name."""
-    grid = getattr(problem, "grid", None) or ("node" if problem.name in NODE_GRID_PROBLEMS else "periodic")
+    Dirichlet elliptic problems), as the problem declares it (default periodic)."""
+    grid = getattr(problem, "grid", "periodic")
     if grid not in ("periodic", "node"):
         raise ValueError(f"problem {problem.name!r} has unknown grid {grid!r}; valid: 'periodic', 'node'")
     return grid

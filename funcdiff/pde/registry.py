@@ -36,6 +36,7 @@ class Problem:
     defaults: dict
     generate: Callable[..., dict[str, Tensor]]
     description: str
+    grid: str = "periodic"  # "periodic": x_j = j/R on [0, 1); "node": x_j = j/(R-1) on [0, 1] (Dirichlet)
 
 
 def _resolve(problem: str, defaults: dict, params: dict) -> dict:
@@ -173,11 +174,11 @@ PROBLEMS: dict[str, Problem] = {
     p.name: p
     for p in (
         Problem("darcy", "pair", ("a", "u"), DARCY_DEFAULTS, generate_darcy,
-                "-div(a grad u) = f on [0,1]^2, u=0 on the boundary; a in {3, 12} from a thresholded GRF."),
+                "-div(a grad u) = f on [0,1]^2, u=0 on the boundary; a in {3, 12} from a thresholded GRF.", grid="node"),
         Problem("poisson", "pair", ("a", "u"), SOURCE_DEFAULTS, generate_poisson,
-                "Lap u = a on [0,1]^2, u=0 on the boundary; a a cosine-basis GRF."),
+                "Lap u = a on [0,1]^2, u=0 on the boundary; a a cosine-basis GRF.", grid="node"),
         Problem("helmholtz", "pair", ("a", "u"), HELMHOLTZ_DEFAULTS, generate_helmholtz,
-                "Lap u + k^2 u = a on [0,1]^2, u=0 on the boundary; a a cosine-basis GRF."),
+                "Lap u + k^2 u = a on [0,1]^2, u=0 on the boundary; a a cosine-basis GRF.", grid="node"),
         Problem("navier_stokes", "pair", ("w0", "wT"), NS_PAIR_DEFAULTS, generate_navier_stokes,
                 "2-D vorticity NS on the periodic unit square, w(0) -> w(t_final), FNO forcing, nu=1e-3."),
         Problem("navier_stokes_trajectory", "trajectory", ("u",), NS_TRAJ_DEFAULTS, generate_navier_stokes_trajectory,
