@@ -1,0 +1,263 @@
+"""Run configuration: frozen dataclasses per component, composed into one :class:`RunConfig`.
+
+A run is described by one YAML file (``configs/<name>.yaml``) with the sections ``data``, ``noise``,
+``model``, ``train`` and ``sample`` (plus a top-level ``name``), read with ``yaml.safe_load`` and overridable
+with ``section.key=value`` strings whose values are parsed as YAML too (``train.lr=1e-3``,
+``model.n_modes=[8,8]``). Unknown keys, in the file or in an override, raise ``ValueError`` naming the key
+and listing the valid ones. Shapes come from the data: ``model`` never holds ``in_channels``/``out_channels``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+DATA_SOURCES = ("synthetic", "file")
+DERIVED_MODEL_KEYS = ("in_channels", "out_channels")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the training fields come from.
+
+    ``source="synthetic"`` draws ``num_samples`` fields of :func:`funcdiff.data.make_synthetic_fields` at
+    ``resolution`` points per axis (``len(channels)`` channels); ``source="file"`` reads the named fields
+    ``channels`` of ``path`` (any format ``funcdiff.data.load_fields`` reads; ``num_samples`` caps how many).
+    ``test_fraction`` of the samples are held out for the validation loss. ``seed`` fixes data and split.
+    """
+
+    source: str = "synthetic"
+    path: str | None = None
+    channels: tuple[str, ...] = ("a",)
+    resolution: int = 32
+    num_samples: int | None = 256
+    test_fraction: float = 0.1
+    dim: int = 2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.source not in DATA_SOURCES:
+            raise ValueError(f"data.source must be one of {list(DATA_SOURCES)}, got {self.source!r}")
+        if self.source == "file" and not self.path:
+            raise ValueError("data.source='file' needs data.path")
+        if not self.channels:
+            raise ValueError("data.channels must name at least one channel")
+        if not 0.0 < self.test_fraction < 1.0:
+            raise ValueError(f"data.test_fraction must be in (0, 1), got {self.test_fraction}")
+
+
+@dataclass(frozen=True)
+class NoiseConfig:
+    """The diffusion's Gaussian random field (see :class:`funcdiff.noise.GaussianRandomField`); its dimension
+    is ``data.dim``. ``smoothness=0`` is white noise; otherwise it must exceed dim/2."""
+
+    smoothness: float = 2.0
+    length_scale: float = 0.1
+    amplitude: float = 1.0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings (units: steps are optimizer steps; ``batch_size`` is global over all ranks).
+
+    ``P_mean``/``P_std``: log-normal sigma distribution of the EDM loss (Karras et al. 2022, Table 1).
+    ``ema_decay``: per-step EMA decay (capped at (1+n)/(10+n) after n updates). ``*_every``: intervals in
+    steps (0 disables). ``bf16``: bfloat16 autocast of the forward pass on CUDA (ignored on CPU).
+    ``device``: "auto" (CUDA if available), "cpu" or "cuda". ``keep_checkpoints``: newest files kept (0 = all).
+    """
+
+    steps: int = 1000
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    P_mean: float = -1.2
+    P_std: float = 1.2
+    log_every: int = 10
+    checkpoint_every: int = 500
+    eval_every: int = 100
+    keep_checkpoints: int = 3
+    bf16: bool = False
+    seed: int = 0
+    out_dir: str = "runs/default"
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"train.{name} must be a positive integer, got {getattr(self, name)}")
+        if self.lr <= 0 or not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"need train.lr > 0 and 0 <= train.ema_decay < 1, got {self.lr}, {self.ema_decay}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"train.device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """Default sampler settings used by ``funcdiff sample`` (see :func:`funcdiff.sampling.sample`)."""
+
+    steps: int = 32
+    solver: str = "heun"
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    rho: float = 7.0
+
+
+SECTIONS: dict[str, type] = {"data": DataConfig, "noise": NoiseConfig, "train": TrainConfig, "sample": SampleConfig}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One training run: the components above plus ``model``, the plain dict given to
+    :func:`funcdiff.models.build_denoiser` (without ``in_channels``/``out_channels``, which come from the data)."""
+
+    name: str = "run"
+    data: DataConfig = field(default_factory=DataConfig)
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
+    model: dict = field(default_factory=lambda: {"backbone": "fno", "n_modes": [12, 12]})
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+    def __post_init__(self) -> None:
+        _check_model_keys(self.model)
+
+    def model_config(self, num_channels: int) -> dict:
+        """The full ``build_denoiser`` dict: ``model`` plus in/out channels taken from the data."""
+        return {**self.model, "in_channels": int(num_channels), "out_channels": int(num_channels)}
+
+    def to_dict(self) -> dict:
+        """Plain nested dict (lists, not tuples) that :func:`config_from_dict` accepts back."""
+        return _plain(dataclasses.asdict(self))
+
+    def replace(self, overrides: Sequence[str]) -> "RunConfig":
+        """A copy with ``section.key=value`` overrides applied."""
+        return config_from_dict(self.to_dict(), overrides)
+
+
+def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> RunConfig:
+    """Read a YAML run config (``yaml.safe_load``) and apply ``section.key=value`` overrides."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such config file: {path}")
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"config {path} must be a mapping of sections, got {type(raw).__name__}")
+    return config_from_dict(raw, overrides)
+
+
+def config_from_dict(raw: dict, overrides: Sequence[str] = ()) -> RunConfig:
+    """Build a :class:`RunConfig` from a nested dict; unknown sections/keys raise ValueError listing valid ones."""
+    raw = apply_overrides(raw, overrides)
+    valid = ["name", "model", *SECTIONS]
+    unknown = sorted(set(raw) - set(valid))
+    if unknown:
+        raise ValueError(f"unknown config section(s) {unknown}; valid sections: {valid}")
+    parts: dict[str, Any] = {name: _build_section(name, cls, raw.get(name) or {}) for name, cls in SECTIONS.items()}
+    model = raw.get("model") or {}
+    if not isinstance(model, dict):
+        raise ValueError(f"config section 'model' must be a mapping, got {type(model).__name__}")
+    return RunConfig(name=str(raw.get("name", "run")), model=dict(model), **parts)
+
+
+def apply_overrides(raw: dict, overrides: Sequence[str]) -> dict:
+    """Return a copy of ``raw`` with ``section.key=value`` strings applied (values parsed by yaml.safe_load)."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        section, dot, name = key.strip().partition(".")
+        if not sep or (not dot and section != "name"):
+            raise ValueError(f"override {item!r} must look like section.key=value (e.g. train.lr=1e-3)")
+        parsed = yaml.safe_load(value)
+        if section == "name":
+            out["name"] = parsed
+            continue
+        if section not in ("model", *SECTIONS):
+            raise ValueError(f"unknown config section {section!r} in override {item!r}; "
+                             f"valid sections: {['name', 'model', *SECTIONS]}")
+        out.setdefault(section, {})
+        out[section] = {**(out[section] or {}), name: parsed}
+    return out
+
+
+def _build_section(name: str, cls: type, values: Any) -> Any:
+    if not isinstance(values, dict):
+        raise ValueError(f"config section {name!r} must be a mapping, got {type(values).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        keys = [f"{name}.{k}" for k in unknown]
+        raise ValueError(f"unknown key(s) {keys}; valid keys for {name!r}: {sorted(fields)}")
+    hints = typing.get_type_hints(cls)
+    return cls(**{k: _coerce(f"{name}.{k}", v, hints[k]) for k, v in values.items()})
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    """Check/convert one value to its field type (YAML reads ``1e-3`` as a string, so floats accept strings)."""
+    is_union = isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
+    options = typing.get_args(hint) if is_union else (hint,)
+    if value is None and type(None) in options:
+        return None
+    errors = []
+    for option in (o for o in options if o is not type(None)):
+        try:
+            return _coerce_one(value, option)
+        except (TypeError, ValueError) as err:
+            errors.append(str(err))
+    raise ValueError(f"config key {key}: {value!r} is not a valid {hint} ({'; '.join(errors)})")
+
+
+def _coerce_one(value: Any, hint: Any) -> Any:
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise TypeError("expected true/false")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise TypeError("expected an integer")
+    if hint is float:
+        if isinstance(value, bool):
+            raise TypeError("expected a number")
+        return float(value)
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise TypeError("expected a string")
+    if typing.get_origin(hint) is tuple:
+        items = [value] if isinstance(value, str) else list(value)
+        return tuple(_coerce_one(v, typing.get_args(hint)[0]) for v in items)
+    raise TypeError(f"unsupported field type {hint}")
+
+
+def _check_model_keys(model: dict) -> None:
+    """Reject derived keys and keys the chosen backbone does not know (the error lists the valid ones)."""
+    derived = sorted(set(model) & set(DERIVED_MODEL_KEYS))
+    if derived:
+        raise ValueError(f"model.{derived[0]} must not be set: in/out channels come from data.channels")
+    from funcdiff.models.registry import BACKBONES, DENOISER_KEYS
+
+    name = model.get("backbone", "fno")
+    if name not in BACKBONES:
+        raise ValueError(f"unknown model.backbone {name!r}; valid backbones: {sorted(BACKBONES)}")
+    valid = {f.name for f in dataclasses.fields(BACKBONES[name][0])} - set(DERIVED_MODEL_KEYS) | set(DENOISER_KEYS)
+    unknown = sorted(set(model) - valid)
+    if unknown:
+        raise ValueError(f"unknown key(s) {[f'model.{k}' for k in unknown]}; valid keys for 'model': {sorted(valid)}")
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj

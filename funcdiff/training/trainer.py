@@ -1,0 +1,338 @@
+"""Trainer: AdamW + warm-up/cosine LR, gradient clipping, EMA, bf16 autocast on CUDA, JSON-lines log,
+fixed-generator validation loss, atomic checkpoints with bit-exact resume, and torchrun/DDP.
+
+Determinism: the data order is a pure function of (seed, step) (one seeded permutation per epoch), the
+sigma/noise draws come from one explicit generator per rank whose state is checkpointed, and the
+initial weights come from ``train.seed`` -- so a run resumed from a checkpoint ends with exactly the
+weights of an uninterrupted run (bit-exact on CPU).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import yaml
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
+
+from funcdiff.config import RunConfig
+from funcdiff.data import FieldDataset, make_synthetic_fields, train_test_split
+from funcdiff.data.datasets import check_finite
+from funcdiff.io.checkpoint import (CheckpointMeta, checkpoint_path, latest_checkpoint, load_module_state,
+                                    prune_checkpoints, read_checkpoint, save_checkpoint)
+from funcdiff.models import build_denoiser
+from funcdiff.noise import GaussianRandomField
+from funcdiff.training.distributed import (DistInfo, all_reduce_mean, dist_info_from_env, init_distributed,
+                                           rank_seed, select_device, shard_batch, shutdown_distributed)
+from funcdiff.training.ema import EMA
+from funcdiff.training.loss import EDMLoss
+from funcdiff.training.schedule import WarmupCosineSchedule
+
+log = logging.getLogger(__name__)
+LOG_FILE = "log.jsonl"
+CONFIG_FILE = "config.yaml"
+VAL_SEED_OFFSET = 7_777_777
+
+
+def build_noise(config: RunConfig) -> GaussianRandomField:
+    """The diffusion's GRF on [0, 1)^dim from ``config.noise`` and ``config.data.dim``."""
+    n = config.noise
+    return GaussianRandomField(dim=config.data.dim, smoothness=n.smoothness, length_scale=n.length_scale,
+                               amplitude=n.amplitude)
+
+
+def build_datasets(config: RunConfig, fields: torch.Tensor | None = None) -> tuple[FieldDataset, FieldDataset]:
+    """Train and validation sets of ``config.data`` (or of in-memory ``fields`` (N, C, *S) if given).
+
+    The normaliser is fitted on the training split. Raises ValueError for non-finite data or a channel
+    count that differs from ``data.channels``.
+    """
+    d = config.data
+    if fields is None and d.source == "synthetic":
+        gen = torch.Generator().manual_seed(d.seed)
+        fields = make_synthetic_fields(d.num_samples or 256, d.resolution, gen, dim=d.dim, channels=len(d.channels))
+    if fields is not None:
+        if fields.ndim != 2 + d.dim:
+            raise ValueError(f"fields must be (N, C, *S) with data.dim={d.dim} spatial dims, got {tuple(fields.shape)}")
+        _check_channel_count(fields.shape[1], d.channels)
+        dataset = FieldDataset(fields, d.channels)
+    else:
+        dataset = FieldDataset.from_file(d.path, channels=d.channels, max_samples=d.num_samples)
+    return train_test_split(dataset, d.test_fraction, generator=torch.Generator().manual_seed(d.seed + 1))
+
+
+def _check_channel_count(num_channels: int, names: tuple[str, ...]) -> None:
+    if num_channels != len(names):
+        raise ValueError(f"data has {num_channels} channels but data.channels names {len(names)}: {list(names)}")
+
+
+def _encoded(dataset: FieldDataset, device: torch.device) -> torch.Tensor:
+    """All samples of a FieldDataset, normalised, as one (N, C, *S) tensor on ``device``."""
+    x = dataset.normalizer.encode(dataset.fields).to(device=device, dtype=torch.float32)
+    check_finite(x, dataset.channel_names)
+    return x
+
+
+class Trainer:
+    """Trains an EDM-preconditioned denoiser on a :class:`FieldDataset` with GRF noise.
+
+    Args:
+        config: the resolved run config (``config.model`` gets its in/out channels from the data).
+        train_set, val_set: normalised field datasets (``val_set`` optional; it uses ``train_set``'s normaliser).
+        device: torch device (default: ``config.train.device`` resolved for this rank).
+        dist_info: rank layout (default: a single process); DDP-wraps the model when world_size > 1.
+        progress: show a tqdm bar on rank 0.
+
+    Shapes: dataset items (C, *S); the model sees batches (B / world_size, C, *S).
+    """
+
+    def __init__(self, config: RunConfig, train_set: FieldDataset, val_set: FieldDataset | None = None, *,
+                 device: torch.device | str | None = None, dist_info: DistInfo | None = None,
+                 progress: bool = True) -> None:
+        tc = config.train
+        self.config, self.dist, self.progress = config, dist_info or DistInfo(), progress
+        self.device = torch.device(device) if device is not None else select_device(tc.device, self.dist)
+        self.out_dir = Path(tc.out_dir)
+        self._check_data(train_set, val_set)
+        self.channel_names, self.normalizer = tuple(train_set.channel_names), train_set.normalizer
+        self.train_x = _encoded(train_set, self.device)
+        self.val_x = _encoded(val_set, self.device) if val_set is not None and len(val_set) else None
+        self.noise = build_noise(config)
+        self.model_config = config.model_config(self.train_x.shape[1])
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(tc.seed)
+            self.model = build_denoiser(self.model_config).to(self.device)
+        self.ema = EMA(self.model, tc.ema_decay)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+        self.schedule = WarmupCosineSchedule(self.optimizer, tc.lr, tc.warmup_steps, tc.steps, tc.min_lr_ratio)
+        self.loss_fn = EDMLoss(self.noise, tc.P_mean, tc.P_std)
+        self.generator = torch.Generator(self.device).manual_seed(rank_seed(tc.seed, self.dist))
+        self.step = 0
+        self._perm_cache: tuple[int, torch.Tensor] | None = None
+        self.network: nn.Module = self.model
+        if self.dist.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.network = DistributedDataParallel(self.model, device_ids=ids)
+
+    @classmethod
+    def from_config(cls, config: RunConfig, fields: torch.Tensor | None = None, **kwargs: Any) -> "Trainer":
+        """Build the datasets of ``config`` (or of in-memory ``fields``) and a Trainer on them."""
+        train_set, val_set = build_datasets(config, fields)
+        return cls(config, train_set, val_set, **kwargs)
+
+    def _check_data(self, train_set: FieldDataset, val_set: FieldDataset | None) -> None:
+        _check_channel_count(train_set.fields.shape[1], tuple(self.config.data.channels))
+        if val_set is not None and tuple(val_set.fields.shape[1:2]) != tuple(train_set.fields.shape[1:2]):
+            raise ValueError(f"validation data has {val_set.fields.shape[1]} channels, training data "
+                             f"{train_set.fields.shape[1]}")
+        n, b = len(train_set), self.config.train.batch_size
+        if b > n:
+            raise ValueError(f"train.batch_size={b} is larger than the {n} training samples")
+        if b % self.dist.world_size:
+            raise ValueError(f"train.batch_size={b} does not divide among {self.dist.world_size} ranks")
+
+    # ----------------------------------------------------------------------------------------- training
+    def batch_indices(self, step: int) -> torch.Tensor:
+        """This rank's sample indices at ``step``: batch ``k`` of a permutation seeded by (seed, epoch)."""
+        n, b = self.train_x.shape[0], self.config.train.batch_size
+        epoch, k = divmod(step, n // b)
+        if self._perm_cache is None or self._perm_cache[0] != epoch:
+            gen = torch.Generator().manual_seed(self.config.train.seed * 1_000_003 + epoch)
+            self._perm_cache = (epoch, torch.randperm(n, generator=gen))
+        return shard_batch(self._perm_cache[1][k * b:(k + 1) * b], self.dist)
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.config.train.bf16 and self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def train_step(self) -> dict[str, float]:
+        """One optimizer step; returns ``{"loss", "lr", "grad_norm"}`` of this rank."""
+        x = self.train_x[self.batch_indices(self.step).to(self.device)]
+        lr = self.schedule.lr()
+        self.network.train()
+        with self._autocast():
+            loss = self.loss_fn(self.network, x, self.generator)
+        if not bool(torch.isfinite(loss)):
+            raise FloatingPointError(f"training loss is {loss.item()} at step {self.step}; lower train.lr or "
+                                     "check the data normalisation")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        clip = self.config.train.grad_clip if self.config.train.grad_clip > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        self.optimizer.step()
+        self.schedule.step()
+        self.ema.update(self.model)
+        self.step += 1
+        return {"loss": loss.detach(), "lr": lr, "grad_norm": grad_norm.detach()}
+
+    @torch.no_grad()
+    def validation_loss(self, ema: bool = False) -> float:
+        """EDM loss on the whole validation set with a *fixed* generator (comparable across steps)."""
+        if self.val_x is None:
+            raise ValueError("no validation set")
+        model = self.ema.ema_model if ema else self.model
+        model.eval()
+        gen = torch.Generator(self.device).manual_seed(self.config.train.seed + VAL_SEED_OFFSET)
+        total, b = 0.0, self.config.train.batch_size
+        for start in range(0, self.val_x.shape[0], b):
+            x = self.val_x[start:start + b]
+            with self._autocast():
+                total += float(self.loss_fn(model, x, gen)) * x.shape[0]
+        return total / self.val_x.shape[0]
+
+    def fit(self, until: int | None = None) -> list[dict]:
+        """Train from the current step to ``until`` (default ``train.steps``); returns the logged records.
+
+        Rank 0 appends records to ``<out_dir>/log.jsonl``, saves the resolved config, and writes checkpoints
+        every ``checkpoint_every`` steps and at the end.
+        """
+        tc = self.config.train
+        until = tc.steps if until is None else min(int(until), tc.steps)
+        if self.dist.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            _atomic_write_text(self.out_dir / CONFIG_FILE, yaml.safe_dump(self.config.to_dict(), sort_keys=False))
+        history: list[dict] = []
+        bar = tqdm(total=until, initial=self.step, desc="train", disable=not (self.progress and self.dist.is_main))
+        start = time.perf_counter()
+        while self.step < until:
+            metrics = self.train_step()
+            record = self._maybe_record(metrics, until, time.perf_counter() - start)
+            if record is not None:
+                history.append(record)
+                bar.set_postfix(loss=f"{record['loss']:.4f}")
+            if _due(self.step, tc.checkpoint_every, until) and self.step > 0:
+                self.save_checkpoint()
+            bar.update(1)
+        bar.close()
+        return history
+
+    def _maybe_record(self, metrics: dict, until: int, seconds: float) -> dict | None:
+        tc = self.config.train
+        evaluate = self.val_x is not None and _due(self.step, tc.eval_every, until)
+        if not (_due(self.step, tc.log_every, until) or evaluate):
+            return None
+        loss = float(all_reduce_mean(metrics["loss"].float().reshape(1), self.dist))
+        record = {"step": self.step, "loss": loss, "lr": metrics["lr"], "grad_norm": float(metrics["grad_norm"]),
+                  "seconds": round(seconds, 3)}
+        if evaluate and self.dist.is_main:
+            record["val_loss"] = self.validation_loss()
+            record["val_loss_ema"] = self.validation_loss(ema=True)
+        if self.dist.is_main:
+            with open(self.out_dir / LOG_FILE, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        return record
+
+    # -------------------------------------------------------------------------------------- checkpoints
+    def checkpoint_meta(self) -> CheckpointMeta:
+        """Metadata stored with every checkpoint (config, model_config, noise, normaliser, channels, grid)."""
+        return CheckpointMeta(config=self.config.to_dict(), model_config=self.model_config, noise=self.noise,
+                              normalizer=self.normalizer, channel_names=self.channel_names,
+                              resolution=tuple(self.train_x.shape[2:]), task=self.config.name, step=self.step)
+
+    def _rng_states(self) -> list[torch.Tensor]:
+        state = self.generator.get_state()
+        if not self.dist.enabled:
+            return [state]
+        gathered: list[Any] = [None] * self.dist.world_size
+        dist.all_gather_object(gathered, state)
+        return gathered
+
+    def state_dict(self) -> dict:
+        """Everything a checkpoint holds (see :mod:`funcdiff.io.checkpoint`)."""
+        return {"step": self.step, "model": self.model.state_dict(), "ema": self.ema.state_dict(),
+                "ema_num_updates": self.ema.num_updates, "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.schedule.state_dict(), "rng": {"noise": self._rng_states()},
+                "world_size": self.dist.world_size, "meta": self.checkpoint_meta().to_json()}
+
+    def save_checkpoint(self) -> Path | None:
+        """Write ``<out_dir>/checkpoints/step_<step>.pt`` atomically (rank 0; every rank joins the RNG gather)."""
+        state = self.state_dict()
+        if not self.dist.is_main:
+            return None
+        path = save_checkpoint(checkpoint_path(self.out_dir, self.step), state)
+        prune_checkpoints(self.out_dir, self.config.train.keep_checkpoints)
+        return path
+
+    def load_checkpoint(self, path: str | os.PathLike) -> None:
+        """Restore weights, EMA, optimizer, LR schedule, step and RNG state from a checkpoint."""
+        state = read_checkpoint(path, map_location=self.device)
+        load_module_state(self.model, state["model"], "model", path)
+        load_module_state(self.ema.ema_model, state["ema"], "EMA", path)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["scheduler"])
+        self.ema.num_updates = int(state["ema_num_updates"])
+        self.step = int(state["step"])
+        self._restore_rng(state["rng"]["noise"], int(state.get("world_size", 1)))
+
+    def _restore_rng(self, states: list[torch.Tensor], saved_world: int) -> None:
+        if saved_world == self.dist.world_size and len(states) == self.dist.world_size:
+            self.generator.set_state(states[self.dist.rank].cpu())
+            return
+        log.warning("checkpoint was written by %d ranks, resuming on %d: noise generators are reseeded "
+                    "(training continues correctly but not bit-exactly)", saved_world, self.dist.world_size)
+        self.generator.manual_seed(rank_seed(self.config.train.seed * 31 + self.step, self.dist))
+
+    def resume(self) -> Path | None:
+        """Continue from the newest checkpoint in ``out_dir`` (no-op if there is none); returns its path."""
+        path = latest_checkpoint(self.out_dir)
+        if path is None:
+            log.warning("no checkpoint under %s: starting from step 0", self.out_dir)
+            return None
+        self.load_checkpoint(path)
+        if self.dist.is_main:
+            _truncate_log(self.out_dir / LOG_FILE, self.step)
+        return path
+
+
+def _due(step: int, every: int, until: int) -> bool:
+    return step == until or (every > 0 and step % every == 0)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log records after ``step`` (written after the checkpoint a run resumes from)."""
+    if not path.exists():
+        return
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+    _atomic_write_text(path, "".join(ln + "\n" for ln in lines))
+
+
+def train(config: RunConfig, *, resume: bool = False, progress: bool = True) -> Trainer:
+    """Run a whole training job (single process or one torchrun rank) and return the Trainer.
+
+    Reads the rank layout from the environment (torchrun), initialises the process group, builds the
+    data, optionally resumes from ``out_dir``, trains to ``train.steps`` and shuts the group down.
+    """
+    info = dist_info_from_env()
+    device = select_device(config.train.device, info)
+    init_distributed(device, info)
+    try:
+        trainer = Trainer.from_config(config, device=device, dist_info=info, progress=progress)
+        if resume:
+            trainer.resume()
+        trainer.fit()
+    finally:
+        shutdown_distributed()
+    return trainer
