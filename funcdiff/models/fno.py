@@ -1,0 +1,195 @@
+"""A noise-conditioned Fourier neural operator (FNO) backbone for diffusion in function space.
+
+Fourier layers come from ``neuraloperator`` (``SpectralConv`` with dense weights, via
+:class:`~funcdiff.models.spectral.PeriodicSpectralConv`, which fixes its odd-grid inverse shift); the per-sample noise
+conditioning (embedding + FiLM) is ours, because neuraloperator 2.0.0's AdaIN takes one embedding for the
+whole batch. Works for fields (B, C, *S) with any number of periodic spatial dims on [0, 1)^d, including
+space-time trajectories (B, C, T, H, W), where time is treated as one more periodic axis.
+
+Block (the DDPM/EDM UNet residual block transplanted to FNO; Li et al. 2021 for the Fourier layer)::
+
+    h = SpectralConv(x) + W x            # global (truncated Fourier) + local (pointwise) linear maps
+    h = GELU(FiLM(GroupNorm(h), emb))    # per-sample scale/shift from the noise embedding
+    x = x + ChannelMLP(h)                # pointwise two-layer MLP, residual
+
+Every stage is either pointwise, a spectral convolution that only touches modes below ``n_modes``, or a
+GroupNorm whose statistics are means over space (quadrature of an integral), so the same weights define
+the same operator at every resolution.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from funcdiff.models.conditioning import FiLM, NoiseEmbedding, PointwiseLinear, periodic_grid_features
+from funcdiff.models.spectral import PeriodicSpectralConv
+from funcdiff.utils import append_dims
+
+POSITIONAL_EMBEDDINGS = (None, "grid")
+
+
+@dataclass(frozen=True)
+class FNOConfig:
+    """How to build a :class:`NoiseConditionedFNO`.
+
+    Attributes:
+        in_channels: channels of the input field (the diffused state).
+        out_channels: channels of the output field (equal to ``in_channels`` for a denoiser).
+        n_modes: Fourier modes kept per spatial dim (e.g. (16, 16)); frequencies |k| <= n_modes/2. Every
+            input grid must be strictly larger than ``n_modes`` along each dim.
+        hidden_channels: width of the Fourier blocks.
+        n_layers: number of Fourier blocks.
+        emb_dim: size of the noise embedding (even).
+        positional_embedding: None or "grid" (append sin/cos(2 pi x_i) for each dim).
+        noise_channel: append c_noise broadcast to (B, 1, *S) as an input channel, so per-element noise
+            levels (e.g. per frame in rolling diffusion) reach the network pointwise.
+        norm_groups: GroupNorm groups in each block (``hidden_channels`` = instance norm; 0 = no norm).
+        mlp_ratio: hidden width of each block's channel MLP, as a multiple of ``hidden_channels``.
+    """
+
+    in_channels: int
+    out_channels: int
+    n_modes: tuple[int, ...]
+    hidden_channels: int = 32
+    n_layers: int = 4
+    emb_dim: int = 64
+    positional_embedding: str | None = "grid"
+    noise_channel: bool = False
+    norm_groups: int = 8
+    mlp_ratio: int = 2
+
+    def __post_init__(self) -> None:
+        modes = (self.n_modes,) if isinstance(self.n_modes, int) else tuple(int(m) for m in self.n_modes)
+        object.__setattr__(self, "n_modes", modes)
+        if not modes or min(modes) < 1:
+            raise ValueError(f"n_modes must be a non-empty tuple of positive ints, got {self.n_modes}")
+        for name in ("in_channels", "out_channels", "hidden_channels", "n_layers", "emb_dim", "mlp_ratio"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if self.positional_embedding not in POSITIONAL_EMBEDDINGS:
+            raise ValueError(
+                f"positional_embedding must be one of {POSITIONAL_EMBEDDINGS}, got {self.positional_embedding!r}"
+            )
+        if self.norm_groups < 0 or (self.norm_groups and self.hidden_channels % self.norm_groups):
+            raise ValueError(f"norm_groups={self.norm_groups} must be 0 or divide hidden_channels={self.hidden_channels}")
+
+    def to_dict(self) -> dict:
+        """Plain JSON-friendly dict (tuples become lists) that ``FNOConfig(**d)`` accepts back."""
+        out = dataclasses.asdict(self)
+        out["n_modes"] = list(self.n_modes)
+        return out
+
+
+class FNOBlock(nn.Module):
+    """One noise-conditioned Fourier block (see the module docstring). Shapes: x (B, W, *S), emb (B, E) -> (B, W, *S)."""
+
+    def __init__(self, config: FNOConfig) -> None:
+        super().__init__()
+        width = config.hidden_channels
+        self.spectral = PeriodicSpectralConv(width, width, config.n_modes)
+        self.pointwise = PointwiseLinear(width, width)
+        self.norm = nn.GroupNorm(config.norm_groups, width) if config.norm_groups else nn.Identity()
+        self.film = FiLM(config.emb_dim, width)
+        self.act = nn.GELU()
+        hidden = config.mlp_ratio * width
+        self.mlp = nn.Sequential(PointwiseLinear(width, hidden), nn.GELU(), PointwiseLinear(hidden, width))
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.spectral(x) + self.pointwise(x)
+        h = self.act(self.film(self.norm(h), emb))
+        return x + self.mlp(h)
+
+
+class NoiseConditionedFNO(nn.Module):
+    """Fourier neural operator ``F(x, c_noise)`` conditioned on the noise level, for EDM-style denoisers.
+
+    ``c_noise`` is either per sample (a float or (B,)) or per element (a tensor with x's number of dims,
+    broadcastable to x, e.g. (B, 1, T, 1, 1) per frame). The blocks are FiLM-modulated by the embedding
+    of the per-sample mean of c_noise; with ``config.noise_channel`` the full c_noise field (averaged over
+    channels) is also appended as an input channel, so per-element levels reach the network pointwise.
+    Without the noise channel a per-element c_noise only acts through its per-sample mean.
+
+    Shapes: x (B, in_channels, *S), c_noise (B,) or broadcastable to x -> (B, out_channels, *S).
+    """
+
+    name = "fno"
+
+    def __init__(self, config: FNOConfig) -> None:
+        super().__init__()
+        self.config = config
+        d = len(config.n_modes)
+        extra = (2 * d if config.positional_embedding == "grid" else 0) + int(config.noise_channel)
+        self.embedding = NoiseEmbedding(config.emb_dim)
+        self.lifting = PointwiseLinear(config.in_channels + extra, config.hidden_channels)
+        self.blocks = nn.ModuleList(FNOBlock(config) for _ in range(config.n_layers))
+        hidden = config.mlp_ratio * config.hidden_channels
+        self.projection = nn.Sequential(
+            PointwiseLinear(config.hidden_channels, hidden), nn.GELU(), PointwiseLinear(hidden, config.out_channels)
+        )
+
+    def forward(self, x: torch.Tensor, c_noise: torch.Tensor | float) -> torch.Tensor:
+        self._check_input(x)
+        c_sample, c_field = split_noise(c_noise, x)
+        emb = self.embedding(c_sample)
+        h = self.lifting(self._input_features(x, c_field))
+        for block in self.blocks:
+            h = block(h, emb)
+        return self.projection(h)
+
+    def _input_features(self, x: torch.Tensor, c_field: torch.Tensor) -> torch.Tensor:
+        parts = [x]
+        if self.config.positional_embedding == "grid":
+            grid = periodic_grid_features(tuple(x.shape[2:]), device=x.device, dtype=x.dtype)
+            parts.append(grid.expand(x.shape[0], *grid.shape))
+        if self.config.noise_channel:
+            parts.append(c_field.to(x.dtype))
+        return torch.cat(parts, dim=1)
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        cfg = self.config
+        if x.ndim != 2 + len(cfg.n_modes):
+            raise ValueError(
+                f"x must be (B, C, *S) with {len(cfg.n_modes)} spatial dims (n_modes={cfg.n_modes}), "
+                f"got shape {tuple(x.shape)}"
+            )
+        if x.shape[1] != cfg.in_channels:
+            raise ValueError(f"expected {cfg.in_channels} input channels, got {x.shape[1]} (x shape {tuple(x.shape)})")
+        resolution = tuple(x.shape[2:])
+        if any(n <= m for n, m in zip(resolution, cfg.n_modes)):
+            raise ValueError(
+                f"resolution {resolution} is too small for n_modes {cfg.n_modes}: every spatial size must exceed "
+                "n_modes so that the kept Fourier modes lie strictly below the grid's Nyquist frequency"
+            )
+
+
+def split_noise(c_noise: torch.Tensor | float, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split ``c_noise`` into its per-sample mean (B,) and a channel-averaged field (B, 1, *S).
+
+    Shapes: c_noise float, (B,), or with x.ndim dims broadcastable to x (B, C, *S)
+    -> (B,), (B, 1, *S). The mean of a broadcast tensor equals the mean of its stored elements.
+    """
+    batch, spatial = x.shape[0], tuple(x.shape[2:])
+    c = torch.as_tensor(c_noise, device=x.device, dtype=x.dtype)
+    if c.ndim == 0:
+        c = c.expand(batch)
+    if c.ndim == 1:
+        if c.shape[0] not in (1, batch):
+            raise ValueError(f"c_noise of shape {tuple(c.shape)} does not match batch size {batch}")
+        c = c.expand(batch)
+        return c, append_dims(c, x.ndim).expand(batch, 1, *spatial)
+    if c.ndim != x.ndim or not _broadcasts_to(c.shape, x.shape):
+        raise ValueError(f"c_noise of shape {tuple(c.shape)} must be (B,) or broadcastable to x {tuple(x.shape)}")
+    c = c.expand(batch, *c.shape[1:])
+    c_field = c.mean(dim=1, keepdim=True).expand(batch, 1, *spatial)
+    return c.reshape(batch, -1).mean(dim=1), c_field
+
+
+def _broadcasts_to(shape: torch.Size, target: torch.Size) -> bool:
+    try:
+        return torch.broadcast_shapes(shape, target) == target
+    except RuntimeError:
+        return False
