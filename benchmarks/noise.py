@@ -9,7 +9,6 @@ Rows: {"resolution", "method", "stage", "seconds"}; Cholesky rows appear where t
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 from pathlib import Path

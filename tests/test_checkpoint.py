@@ -10,13 +10,6 @@ from funcdiff.training import Trainer
 from funcdiff.utils import fourier_resample
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def tiny_config(out_dir, hidden=8, **train):
     return config_from_dict({

@@ -16,15 +16,6 @@ from funcdiff.models.spectral import PeriodicSpectralConv
 from funcdiff.utils import fourier_resample
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """These tiny models run fastest on one thread, and stay fast on a shared, loaded machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def randomise(model: nn.Module, seed: int) -> nn.Module:
     """Redraw every parameter from a seeded generator, so that zero-initialised FiLM layers are active too."""
     g = torch.Generator().manual_seed(seed)

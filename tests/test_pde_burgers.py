@@ -17,14 +17,6 @@ F64 = torch.float64
 AMPS = (0.9, 0.3)  # steep two-mode Cole-Hopf profile
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small FFTs run fastest (and robustly on a loaded machine) on one thread; restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _grid(n: int) -> torch.Tensor:
     return torch.arange(n, dtype=F64) / n

@@ -26,14 +26,6 @@ PI = math.pi
 SIZES = (17, 33, 65)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small FFTs run fastest (and robustly on a loaded machine) on one thread; restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _darcy_manufactured(n: int):
     """u = sin(pi x) sin(pi y), a = 1 + sin(2 pi x + 1) cos(2 pi y) / 2, f = -div(a grad u) (exact)."""

@@ -10,14 +10,6 @@ from funcdiff.pde import periodic_grid, sample_cosine_grf, sample_periodic_grf, 
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small FFTs run fastest (and robustly on a loaded machine) on one thread; restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.mark.parametrize("n", [16, 32])
 def test_periodic_grf_spectrum_matches_specification(n):

@@ -20,14 +20,6 @@ from funcdiff.pde import (
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small FFTs run fastest (and robustly on a loaded machine) on one thread; restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _grf(n: int, batch: int = 2, seed: int = 0, sigma: float = 26.0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)

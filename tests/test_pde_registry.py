@@ -19,14 +19,6 @@ RES = {"burgers": 32, "navier_stokes": 16, "navier_stokes_trajectory": 16}
 SMALL = {"navier_stokes_trajectory": {"times": [0.0, 0.25, 0.5]}, "burgers": {"times": [0.0, 0.2, 0.4]}}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small FFTs run fastest (and robustly on a loaded machine) on one thread; restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _generate(name: str, seed: int, **kwargs):
     n = RES.get(name, 9)

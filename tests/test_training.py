@@ -16,13 +16,6 @@ from funcdiff.training import EMA, EDMLoss, Trainer, ema_decay_at, warmup_cosine
 from funcdiff.training.schedule import WarmupCosineSchedule
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: threading overhead dominates on 2 shared cores
-    yield
-    torch.set_num_threads(threads)
-
 
 def tiny_config(out_dir, **train):
     return config_from_dict({
