@@ -160,6 +160,15 @@ def num_denoiser_calls(solver: str, steps: int) -> int:
     return steps if solver == "euler" else 2 * steps - 1
 
 
+def _progress(bar: tqdm) -> Callback:
+    """A solver callback that advances ``bar`` by one step and leaves the state alone."""
+
+    def callback(info: dict) -> None:
+        bar.update(1)
+
+    return callback
+
+
 def sample(
     denoiser: Denoiser,
     shape: Sequence[int],
@@ -192,11 +201,14 @@ def sample(
     sigmas = sigmas_karras(steps, sigma_min, sigma_max, rho)
     chunks = []
     starts = range(0, shape[0], batch_size)
-    for start in tqdm(starts, desc="sampling", disable=not progress or len(starts) == 1):
+    bar = tqdm(total=len(starts) * steps, desc="sampling", unit="step", disable=not progress)
+    for start in starts:
         n = min(batch_size, shape[0] - start)
         gens = make_generators(seed, range(start, start + n))
         draw = lambda like, g=gens: noise.sample(like.shape, generator=g, dtype=like.dtype).to(like.device)
         x = sigma_max * noise.sample((n, *shape[1:]), generator=gens, dtype=dtype).to(device)
         with torch.set_grad_enabled(grad):
-            chunks.append(run(denoiser, x, sigmas, noise=draw, **(solver_options or {})).detach())
+            x = run(denoiser, x, sigmas, noise=draw, callback=_progress(bar), **(solver_options or {}))
+        chunks.append(x.detach())
+    bar.close()
     return torch.cat(chunks)

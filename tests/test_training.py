@@ -207,6 +207,7 @@ def test_cli_train_then_sample_to_netcdf(tmp_path):
         assert ds.attrs["checkpoint_step"] == 6 and ds.attrs["seed"] == 1
         assert json.loads(ds.attrs["config"])["train"]["seed"] == 3 and json.loads(ds.attrs["noise"])["smoothness"] == 2
         assert bool(torch.isfinite(torch.as_tensor(ds["u"].values)).all())
+    assert (tmp_path / "samples_a.png").stat().st_size > 0 and (tmp_path / "samples_u.png").stat().st_size > 0
     with pytest.raises(ValueError, match="too small for n_modes"):
         run_cli(["sample", "--checkpoint", str(run), "--resolution", "6", "--num-samples", "1",
                  "--out", str(tmp_path / "bad.nc"), "--no-progress"])

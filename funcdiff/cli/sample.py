@@ -53,6 +53,7 @@ def sample_checkpoint(checkpoint: str | os.PathLike, resolution: int, num_sample
 
 def run_sample(args: argparse.Namespace) -> int:
     from funcdiff.io.netcdf import fields_to_dataset, write_netcdf
+    from funcdiff.io.plots import plot_samples_vs_data
 
     fields, meta, settings = sample_checkpoint(
         args.checkpoint, args.resolution, args.num_samples, seed=args.seed, steps=args.steps, solver=args.solver,
@@ -65,4 +66,8 @@ def run_sample(args: argparse.Namespace) -> int:
     ds = fields_to_dataset(fields, meta.channel_names, attrs)
     path = write_netcdf(ds, Path(args.out))
     print(f"wrote {args.num_samples} samples at {args.resolution}^{meta.noise.dim} to {path}")
+    for c, name in enumerate(meta.channel_names):
+        png = plot_samples_vs_data({"samples": fields}, path.with_name(f"{path.stem}_{name}.png"), channel=c,
+                                   channel_name=name)
+        print(f"wrote {png}")
     return 0
