@@ -1,0 +1,14 @@
+"""Tasks a user runs: forward/inverse PDE problems and reconstruction from sparse observations.
+
+- :mod:`~funcdiff.tasks.problems`: the task registry (``Task``, ``TASKS``, ``get_task``): PDE problem, channels,
+  which channel is observed and which reported, grid convention, PDE residual, metrics threshold.
+- :mod:`~funcdiff.tasks.solve`: ``solve(checkpoint, task, observation, ...) -> Posterior`` (guided posterior
+  sampling, metrics, netCDF and PNG output), ``make_observation``, ``load_truth``.
+- :mod:`~funcdiff.tasks.baselines`: interpolation (+ numerical solver) and FNO-regression baselines.
+"""
+
+from funcdiff.tasks.problems import DARCY_THRESHOLD, TASKS, Task, get_task, task_names
+from funcdiff.tasks.solve import Posterior, check_compatible, load_model, load_truth, make_observation, solve
+
+__all__ = ["DARCY_THRESHOLD", "Posterior", "TASKS", "Task", "check_compatible", "get_task", "load_model",
+           "load_truth", "make_observation", "solve", "task_names"]

@@ -1,0 +1,334 @@
+"""Solve a forward or inverse PDE task from sparse observations with a jointly trained diffusion model.
+
+::
+
+    from funcdiff.tasks import solve, make_observation, load_truth
+    truth = load_truth("darcy_test.h5", ("a", "u"), index=0)           # (1, 2, 64, 64), physical units
+    obs = make_observation("darcy-inverse", truth, fraction=0.03, seed=0)  # 3 % of u at random nodes
+    post = solve("runs/darcy/", "darcy-inverse", obs, num_samples=8, steps=100, truth=truth)
+    print(post.metrics())          # relative L2 of the posterior mean, misclassification, observation misfit
+    post.save("posterior.nc"); post.plot("posterior.png")
+
+The model state holds every channel of the PDE (e.g. Darcy (a, u)); observations of some channels guide the
+sampler (:func:`funcdiff.guidance.guided_sample`), optionally with the task's PDE residual
+(:class:`funcdiff.guidance.PDEResidualGuidance`); the task's target channels are reported. The same checkpoint
+solves at any resolution (the sensors are coordinates in the domain, read by interpolation at every grid).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+import xarray as xr
+from torch import Tensor, nn
+
+from funcdiff.guidance import PDEResidualGuidance, SparseObservation, guided_sample, random_sensors
+from funcdiff.io.checkpoint import CheckpointMeta, load_denoiser
+from funcdiff.io.netcdf import fields_to_dataset, write_netcdf
+from funcdiff.metrics import misclassification_rate, relative_l2
+from funcdiff.sampling import num_denoiser_calls
+from funcdiff.tasks.problems import TASKS, Task, get_task
+
+PROBLEM_ALIASES = {"navier-stokes": "navier_stokes"}
+ModelLike = "str | os.PathLike | tuple[nn.Module, CheckpointMeta]"
+
+
+@dataclass
+class Posterior:
+    """Posterior samples of a task's state given observations, in physical units.
+
+    Attributes:
+        task: the task solved.  channel_names: names of the state channels (C).
+        samples: (K, C, *S) posterior samples.  observation: the sensors and values (B_obs = 1) used.
+        truth: (1, C_t, *S) ground truth of the channels in ``truth_names`` (or None).
+        settings: how the samples were drawn (steps, nfe, seed, guidance, checkpoint, resolution).
+    """
+
+    task: Task
+    channel_names: tuple[str, ...]
+    samples: Tensor
+    observation: SparseObservation
+    truth: Optional[Tensor] = None
+    truth_names: tuple[str, ...] = ()
+    settings: dict = field(default_factory=dict)
+
+    @property
+    def mean(self) -> Tensor:
+        """Posterior mean. Shapes: (1, C, *S)."""
+        return self.samples.mean(dim=0, keepdim=True)
+
+    @property
+    def std(self) -> Tensor:
+        """Posterior standard deviation (0 for a single sample). Shapes: (1, C, *S)."""
+        if self.samples.shape[0] < 2:
+            return torch.zeros_like(self.mean)
+        return self.samples.std(dim=0, keepdim=True)
+
+    def channel(self, x: Tensor, names: Sequence[str]) -> Tensor:
+        """The channels ``names`` of a state (B, C, *S) -> (B, len(names), *S)."""
+        return x[:, [self.channel_names.index(n) for n in names]]
+
+    def misfit(self) -> dict[str, float]:
+        """Relative observation misfit ‖y - A x‖ / ‖y‖ of the posterior mean and the mean over samples."""
+        def rel(x: Tensor) -> Tensor:
+            r = self.observation.residual(x).flatten(1)
+            y = self.observation.values.to(r).expand(x.shape[0], -1, -1).flatten(1)
+            return r.norm(dim=1) / y.norm(dim=1).clamp_min(1e-30)
+        return {"misfit_mean": float(rel(self.mean)[0]), "misfit_samples": float(rel(self.samples).mean())}
+
+    def metrics(self) -> dict[str, float]:
+        """Misfit plus, with truth, relative L2 of the mean and of single samples per target channel and
+        (binary targets) the misclassification rate of the mean at the task's threshold."""
+        out = self.misfit()
+        if self.truth is None:
+            return out
+        for name in self.task.target:
+            if name not in self.truth_names:
+                continue
+            truth = self.truth[:, [self.truth_names.index(name)]]
+            out[f"rel_l2_{name}"] = float(relative_l2(self.channel(self.mean, [name]), truth)[0, 0])
+            single = relative_l2(self.channel(self.samples, [name]), truth.expand(self.samples.shape[0], *truth.shape[1:]))
+            out[f"rel_l2_{name}_single"] = float(single.mean())
+            if self.task.threshold is not None:
+                rate = misclassification_rate(self.channel(self.mean, [name]), truth, self.task.threshold)
+                out[f"misclassification_{name}"] = float(rate[0, 0])
+        return out
+
+    def to_dataset(self) -> xr.Dataset:
+        """netCDF-ready dataset: samples per channel, ``<c>_mean``, ``<c>_std``, ``<c>_truth``/``<c>_error``,
+        sensors (``sensor_coords``, ``observed_values``) and the metrics and settings as attributes."""
+        attrs = {"task": self.task.name, "problem": self.task.problem, **self.settings, **self.metrics()}
+        ds = fields_to_dataset(self.samples, self.channel_names, attrs, grid=self.task.netcdf_grid)
+        spatial_dims = ds[self.channel_names[0]].dims[1:]
+        for name in self.channel_names:
+            ds[f"{name}_mean"] = (spatial_dims, self.channel(self.mean, [name])[0, 0].numpy())
+            ds[f"{name}_std"] = (spatial_dims, self.channel(self.std, [name])[0, 0].numpy())
+        for name in self.truth_names:
+            truth = self.truth[0, self.truth_names.index(name)]
+            ds[f"{name}_truth"] = (spatial_dims, truth.numpy())
+            ds[f"{name}_error"] = (spatial_dims, (self.channel(self.mean, [name])[0, 0] - truth).numpy())
+        ds["sensor_coords"] = (("sensor", "dim"), self.observation.coords.numpy())
+        obs_names = [self.channel_names[c] for c in self.observation.channels]
+        ds["observed_values"] = (("observed_channel", "sensor"), self.observation.values[0].double().numpy())
+        ds = ds.assign_coords(observed_channel=obs_names)
+        return ds
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write :meth:`to_dataset` to a netCDF file atomically."""
+        return write_netcdf(self.to_dataset(), path)
+
+    def plot(self, path: str | os.PathLike) -> Path:
+        """PNG with truth, the observed channel with sensor dots, posterior mean, std and error of the target."""
+        from funcdiff.io.plots import plot_panels
+
+        target, observed = self.task.target[0], self.channel_names[self.observation.channels[0]]
+        mean, std = self.channel(self.mean, [target])[0, 0], self.channel(self.std, [target])[0, 0]
+        if self.truth is not None and observed in self.truth_names:
+            obs_field = self.truth[0, self.truth_names.index(observed)]
+        else:
+            obs_field = self.channel(self.mean, [observed])[0, 0]
+        panels = [(f"observed {observed} ({self.observation.num_sensors} sensors)", obs_field)]
+        if self.truth is not None and target in self.truth_names:
+            truth = self.truth[0, self.truth_names.index(target)]
+            panels = [(f"truth {target}", truth), *panels]
+        panels += [(f"posterior mean {target}", mean), (f"posterior std {target}", std)]
+        if self.truth is not None and target in self.truth_names:
+            panels.append((f"|error| {target}", (mean - truth).abs()))
+        dot_panel = 1 if panels[0][0].startswith("truth") else 0
+        points = self.observation.coords if self.observation.dim == 2 else None
+        cmaps = ["RdBu_r"] * (len(panels) - 2) + ["viridis", "magma"]
+        return plot_panels(panels, path, cmaps=cmaps, points=points, point_panels=[dot_panel])
+
+
+def load_model(checkpoint: ModelLike, device: str | torch.device = "cpu") -> tuple[nn.Module, CheckpointMeta]:
+    """A checkpoint file or run directory (EMA weights), or an in-memory ``(denoiser, meta)`` pair."""
+    if isinstance(checkpoint, tuple):
+        return checkpoint
+    return load_denoiser(checkpoint, ema=True, device=device)
+
+
+def checkpoint_problem(meta: CheckpointMeta) -> Optional[str]:
+    """The PDE problem a checkpoint was trained on, when it records one: ``meta.extra["pde"]`` or
+    ``meta.extra["task"]``, else a run name that is a task or problem name or starts with one
+    (``"darcy"``, ``"darcy-64"``, ``"darcy-inverse"``). None when nothing is recorded."""
+    for key in ("pde", "problem", "task"):
+        value = meta.extra.get(key) if meta.extra else None
+        if value:
+            return _problem_of_name(str(value)) or str(value)
+    return _problem_of_name(meta.task or "")
+
+
+def _problem_of_name(name: str) -> Optional[str]:
+    name = name.strip().lower()
+    if name in TASKS:
+        return TASKS[name].problem
+    problems = {t.problem for t in TASKS.values()} | set(PROBLEM_ALIASES)
+    for prob in sorted(problems, key=len, reverse=True):
+        if name == prob or name.startswith(prob + "-") or name.startswith(prob + "_"):
+            return PROBLEM_ALIASES.get(prob, prob)
+    return None
+
+
+def check_compatible(task: Task, meta: CheckpointMeta) -> None:
+    """ValueError if the checkpoint was trained on another PDE problem or lacks the task's channels."""
+    trained = checkpoint_problem(meta)
+    if trained is not None and trained != task.problem:
+        raise ValueError(f"checkpoint {meta.path or '(in memory)'} was trained on {trained!r} "
+                         f"(run {meta.task!r}) but task {task.name!r} needs a model of {task.problem!r}")
+    missing = [c for c in task.channels if c not in meta.channel_names]
+    if missing:
+        raise ValueError(f"task {task.name!r} needs channels {list(task.channels)} but the model has "
+                         f"{list(meta.channel_names)} (missing {missing})")
+
+
+def _bind_observation(task: Task, observation: SparseObservation, channel_names: Sequence[str]) -> SparseObservation:
+    """Re-index the observation's channels by name into the model's channel order; check task and grid."""
+    if observation.values is None:
+        raise ValueError("the observation holds no values")
+    names = observation.channel_names or tuple(task.channels[c] for c in observation.channels)
+    unknown = [n for n in names if n not in channel_names]
+    if unknown:
+        raise ValueError(f"observed channels {unknown} are not channels of the model {list(channel_names)}")
+    if tuple(names) != task.observed:
+        raise ValueError(f"task {task.name!r} observes {list(task.observed)} but the observation holds {list(names)}")
+    if observation.grid != task.grid:
+        raise ValueError(f"task {task.name!r} uses the {task.grid!r} grid but the observation's sensors use "
+                         f"{observation.grid!r}")
+    return SparseObservation(coords=observation.coords, channels=tuple(channel_names.index(n) for n in names),
+                             values=observation.values[:1], noise_std=observation.noise_std, grid=observation.grid,
+                             channel_names=tuple(names))
+
+
+def _spatial(resolution: int | Sequence[int] | None, meta: CheckpointMeta, truth: Optional[Tensor]) -> tuple[int, ...]:
+    if resolution is None:
+        return tuple(truth.shape[2:]) if truth is not None else tuple(meta.resolution)
+    if isinstance(resolution, int):
+        if len(set(meta.resolution)) > 1:
+            raise ValueError(f"the model's grid {tuple(meta.resolution)} is not square: give the resolution "
+                             "as a tuple")
+        return (int(resolution),) * len(meta.resolution)
+    return tuple(int(n) for n in resolution)
+
+
+def _pde_term(task: Task, meta: CheckpointMeta, weight: float, start_sigma: float) -> PDEResidualGuidance:
+    """The task's PDE residual as a guidance term on the decoded state, normalised by the data std of
+    ``task.residual_scale_channel`` (so ``weight`` is dimensionless)."""
+    if task.residual is None:
+        raise ValueError(f"task {task.name!r} has no PDE residual: run it with pde_guidance=False")
+    scale = 1.0
+    if task.residual_scale_channel is not None and meta.normalizer is not None:
+        scale = float(meta.normalizer.std[meta.channel_names.index(task.residual_scale_channel)])
+    index = [meta.channel_names.index(c) for c in task.channels]
+    return PDEResidualGuidance(lambda field: task.residual(field[:, index]) / scale, weight,
+                               start_sigma=start_sigma, decode=_decoder(meta))
+
+
+def _decoder(meta: CheckpointMeta):
+    return meta.normalizer.decode if meta.normalizer is not None else None
+
+
+def solve(checkpoint: ModelLike, task: str | Task, observation: SparseObservation, *, num_samples: int = 8,
+          steps: int = 100, resolution: int | Sequence[int] | None = None, seed: int = 0,
+          truth: Optional[Tensor] = None, truth_names: Optional[Sequence[str]] = None,
+          guidance_strength: float = 1.0, pde_guidance: bool = False, pde_weight: float = 1e-3,
+          pde_start_sigma: float = 1.0, solver: str = "heun", scaling: str = "likelihood",
+          batch_size: Optional[int] = None, device: str | torch.device = "cpu") -> Posterior:
+    """Posterior samples of ``task`` given sparse ``observation`` (physical units), from a trained model.
+
+    Args:
+        checkpoint: checkpoint file, run directory, or ``(denoiser, meta)``.
+        task: a task name (see :data:`funcdiff.tasks.TASKS`) or :class:`Task`.
+        observation: sensors of the task's observed channels with values (1, C_obs, N) in physical units.
+        resolution: sampling grid (int per axis or tuple); default: the truth's grid, else the training grid.
+        truth: optional ground truth (1, C_t, *S) of channels ``truth_names`` (default: the task's channels).
+        guidance_strength: ζ of :class:`funcdiff.guidance.GuidedDenoiser` (1 = Bayesian).
+        pde_guidance, pde_weight, pde_start_sigma: add the task's PDE residual as a soft constraint
+            (weight per unit mean-square normalised residual), active for σ ≤ ``pde_start_sigma``.
+        batch_size: samples per guided denoiser call (bounds gradient memory; results do not depend on it).
+    Shapes: returns a :class:`Posterior` with samples (num_samples, C, *S) in physical units.
+    """
+    task = get_task(task)
+    denoiser, meta = load_model(checkpoint, device)
+    check_compatible(task, meta)
+    names = tuple(meta.channel_names)
+    obs = _bind_observation(task, observation, names)
+    truth, truth_names = _check_truth(truth, truth_names, task)
+    spatial = _spatial(resolution, meta, truth)
+    if truth is not None and tuple(truth.shape[2:]) != spatial:
+        raise ValueError(f"truth grid {tuple(truth.shape[2:])} differs from the sampling grid {spatial}")
+    pde_terms = [_pde_term(task, meta, pde_weight, pde_start_sigma)] if pde_guidance else []
+    sigma_data = meta.model_config.get("sigma_data", 1.0)
+    x = guided_sample(denoiser, meta.noise, obs, (num_samples, len(names), *spatial), steps=steps, solver=solver,
+                      seed=seed, guidance_strength=guidance_strength, pde_terms=pde_terms, decode=_decoder(meta),
+                      sigma_data=sigma_data, scaling=scaling, chunk_size=batch_size, device=device)
+    samples = (_decoder(meta)(x) if meta.normalizer is not None else x).cpu()
+    settings = {"steps": steps, "solver": solver, "nfe": num_denoiser_calls(solver, steps), "seed": seed,
+                "guidance_strength": guidance_strength, "pde_guidance": int(pde_guidance),
+                "pde_weight": pde_weight, "num_sensors": obs.num_sensors, "resolution": list(spatial),
+                "checkpoint": meta.path, "checkpoint_step": meta.step}
+    return Posterior(task, names, samples.float(), obs, truth, truth_names, settings)
+
+
+def _check_truth(truth: Optional[Tensor], names: Optional[Sequence[str]], task: Task
+                 ) -> tuple[Optional[Tensor], tuple[str, ...]]:
+    if truth is None:
+        return None, ()
+    names = tuple(names or task.channels)
+    if truth.ndim < 3 or truth.shape[1] != len(names):
+        raise ValueError(f"truth must be (1, {len(names)}, *S) for channels {list(names)}, got {tuple(truth.shape)}")
+    if not bool(torch.isfinite(truth).all()):
+        raise ValueError("truth contains NaN or Inf values")
+    return truth[:1].detach().float().cpu(), names
+
+
+def make_observation(task: str | Task, truth: Tensor, *, fraction: Optional[float] = None,
+                     count: Optional[int] = None, seed: int = 0, noise_std: float = 0.0, on_grid: bool = True,
+                     truth_names: Optional[Sequence[str]] = None) -> SparseObservation:
+    """Random sensors of the task's observed channels, read from ``truth`` (plus Gaussian noise of ``noise_std``).
+
+    Exactly one of ``fraction`` (of the grid's points, FunDPS: 0.03) and ``count`` must be given.
+    Shapes: truth (1, C_t, *S) of channels ``truth_names`` (default the task's channels); values (1, C_obs, N).
+    """
+    task = get_task(task)
+    if (fraction is None) == (count is None):
+        raise ValueError("give exactly one of fraction= and count= for the number of sensors")
+    truth, names = _check_truth(truth, truth_names, task)
+    gen = torch.Generator().manual_seed(int(seed))
+    how_many = float(fraction) if fraction is not None else int(count)
+    coords = random_sensors(how_many, truth.shape[2:], grid=task.grid, on_grid=on_grid, generator=gen)
+    missing = [c for c in task.observed if c not in names]
+    if missing:
+        raise ValueError(f"truth lacks the observed channels {missing} (has {list(names)})")
+    channels = tuple(names.index(c) for c in task.observed)
+    obs = SparseObservation(coords=coords, channels=channels, noise_std=noise_std, grid=task.grid,
+                            channel_names=task.observed)
+    values = obs.observe(truth.double())
+    if noise_std > 0:
+        values = values + noise_std * torch.randn(values.shape, generator=gen, dtype=values.dtype)
+    return SparseObservation(coords=coords, channels=tuple(task.channels.index(c) for c in task.observed),
+                             values=values, noise_std=noise_std, grid=task.grid, channel_names=task.observed)
+
+
+def load_truth(path: str | os.PathLike, channels: Sequence[str], index: int = 0) -> Tensor:
+    """Ground truth sample ``index`` of the named channels from our HDF5 layout (any format
+    :func:`funcdiff.data.load_fields` reads) or a netCDF file with one variable per channel.
+
+    Shapes: returns (1, len(channels), *S) float32, physical units.
+    """
+    path = Path(path)
+    if path.suffix in (".nc", ".nc4", ".netcdf"):
+        from funcdiff.io.netcdf import dataset_to_fields
+
+        with xr.open_dataset(path, engine="netcdf4") as ds:
+            fields = dataset_to_fields(ds.load(), channels)
+    else:
+        from funcdiff.data import load_fields
+
+        fields = load_fields(path, fields=list(channels)).stack(tuple(channels))
+    if not 0 <= index < fields.shape[0]:
+        raise ValueError(f"sample index {index} out of range: {path} holds {fields.shape[0]} samples")
+    return fields[index:index + 1].float()
