@@ -212,3 +212,18 @@ def test_cli_train_then_sample_to_netcdf(tmp_path):
         run_cli(["sample", "--checkpoint", str(run), "--resolution", "6", "--num-samples", "1",
                  "--out", str(tmp_path / "bad.nc"), "--no-progress"])
     assert not (tmp_path / "bad.nc").exists()
+
+
+def test_checkpoint_records_the_pde_of_a_generated_data_file(tmp_path):
+    from funcdiff.data import generate_to_hdf5
+    from funcdiff.io.checkpoint import load_denoiser
+    from funcdiff.pde import get_problem
+
+    path = generate_to_hdf5(get_problem("poisson"), tmp_path / "poisson.h5", num_samples=12, resolution=12,
+                            batch_size=12, progress=False)
+    config = tiny_config(tmp_path / "run", steps=2, batch_size=4).replace(
+        ["data.source=file", f"data.path={path}", "data.channels=[a, u]", "model.n_modes=[4, 4]"])
+    trainer = Trainer.from_config(config, progress=False)
+    trainer.fit()
+    _, meta = load_denoiser(tmp_path / "run")
+    assert meta.extra["pde"] == "poisson" and meta.channel_names == ("a", "u")

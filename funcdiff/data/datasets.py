@@ -46,19 +46,27 @@ def _split_indices(n: int, n_test: int, generator: torch.Generator | None) -> tu
     return perm[n_test:].sort().values, perm[:n_test].sort().values
 
 
+SOURCE_ATTRS = ("pde", "params", "grid")  # file attributes a FieldDataset keeps as its ``source``
+
+
 class FieldDataset(Dataset):
     """Fields ``(N, C, *S)`` yielding normalised ``(C, *S)`` samples.
 
     Without a ``normalizer`` one is fitted on ``fields`` (per channel). Channels are named, e.g. Darcy
     coefficient and solution stacked as ``("a", "u")`` so a model learns them jointly.
 
+    ``source`` describes where the fields came from (e.g. ``{"pde": "darcy", "params": {...}}`` for a file
+    made by ``funcdiff data generate``); checkpoints record it so a task can check what a model learned.
+
     Shapes:
         fields: ``(N, C, *S)``; item: ``(C, *S)`` normalised (dimensionless).
     """
 
-    def __init__(self, fields: Tensor, channel_names: Sequence[str], normalizer: Normalizer | None = None):
+    def __init__(self, fields: Tensor, channel_names: Sequence[str], normalizer: Normalizer | None = None,
+                 source: dict | None = None):
         self.channel_names = _check_channels(fields, channel_names, 3, "fields (N, C, *S)")
         self.fields = fields
+        self.source = dict(source or {})
         self._normalizer_given = normalizer is not None
         self.normalizer = normalizer or Normalizer.fit(fields, 1, self.channel_names)
         if self.normalizer.num_channels != fields.shape[1]:
@@ -80,7 +88,8 @@ class FieldDataset(Dataset):
         (only an explicitly given ``normalizer`` is kept by splits).
         """
         data = load_fields(path, fields=list(channels), **load_kwargs)
-        dataset = cls(data.stack(channels), channels, normalizer or _stored_normalizer(data, channels))
+        source = {key: data.attrs[key] for key in SOURCE_ATTRS if key in data.attrs}
+        dataset = cls(data.stack(channels), channels, normalizer or _stored_normalizer(data, channels), source)
         dataset._normalizer_given = normalizer is not None
         return dataset
 
@@ -89,8 +98,8 @@ class FieldDataset(Dataset):
         on the train samples unless this dataset was given its normaliser."""
         train_idx, test_idx = _split_indices(len(self), n_test, generator)
         train = FieldDataset(self.fields[train_idx], self.channel_names,
-                             self.normalizer if self._normalizer_given else None)
-        return train, FieldDataset(self.fields[test_idx], self.channel_names, train.normalizer)
+                             self.normalizer if self._normalizer_given else None, self.source)
+        return train, FieldDataset(self.fields[test_idx], self.channel_names, train.normalizer, self.source)
 
 
 def _stored_normalizer(data: FieldData, channels: Sequence[str]) -> Normalizer | None:

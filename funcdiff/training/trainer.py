@@ -106,6 +106,7 @@ class Trainer:
         self.out_dir = Path(tc.out_dir)
         self._check_data(train_set, val_set)
         self.channel_names, self.normalizer = tuple(train_set.channel_names), train_set.normalizer
+        self.data_source = dict(train_set.source)
         self.train_x = _encoded(train_set, self.device)
         self.val_x = _encoded(val_set, self.device) if val_set is not None and len(val_set) else None
         self.noise = build_noise(config)
@@ -239,7 +240,8 @@ class Trainer:
         """Metadata stored with every checkpoint (config, model_config, noise, normaliser, channels, grid)."""
         return CheckpointMeta(config=self.config.to_dict(), model_config=self.model_config, noise=self.noise,
                               normalizer=self.normalizer, channel_names=self.channel_names,
-                              resolution=tuple(self.train_x.shape[2:]), task=self.config.name, step=self.step)
+                              resolution=tuple(self.train_x.shape[2:]), task=self.config.name, step=self.step,
+                              extra=self.data_source)
 
     def _rng_states(self) -> list[torch.Tensor]:
         state = self.generator.get_state()
