@@ -45,7 +45,7 @@ def time_cholesky(grf: GaussianRandomField, n: int, generator: torch.Generator) 
 def main() -> None:
     args = parser(__doc__.splitlines()[0]).parse_args()
     resolutions = [64, 128, 256, 512] if args.quick else [64, 128, 256, 512, 1024]
-    cholesky_max = 64 if args.quick else 96  # 128² would need a 2 GiB matrix and ~1e12 flops to factorise
+    cholesky_max = 64 if args.quick else 128  # 128²: a 2 GiB matrix and ~1.5e12 flops to factorise
     grf = GaussianRandomField(dim=2, smoothness=2.0, length_scale=0.05)
     generator = torch.Generator().manual_seed(args.seed)
     rows = []
