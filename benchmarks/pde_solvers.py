@@ -25,10 +25,10 @@ from funcdiff.pde import (
     solve_burgers,
     solve_darcy,
     solve_navier_stokes,
-    spectral_resample,
     threshold_coefficient,
 )
 from funcdiff.pde.registry import BURGERS_DEFAULTS, FNO_NS_SIGMA, NS_PAIR_DEFAULTS
+from funcdiff.utils import fourier_resample
 
 
 def _throughput(name: str, resolution: int, batch: int, **params) -> float:
@@ -48,9 +48,9 @@ def ns_error(n: int, t_final: float, samples: int = 2) -> float:
     w0 = sample_periodic_grf(samples, n, 2, sigma=FNO_NS_SIGMA, generator=g, dtype=torch.float64)
     kw = {"nu": NS_PAIR_DEFAULTS["nu"], "forcing": "fno"}
     coarse = solve_navier_stokes(w0, [t_final], max_dt=NS_PAIR_DEFAULTS["max_dt"], **kw)[:, :, -1]
-    fine = solve_navier_stokes(spectral_resample(w0, 2 * n, 2), [t_final], max_dt=NS_PAIR_DEFAULTS["max_dt"] / 2,
+    fine = solve_navier_stokes(fourier_resample(w0, 2 * n, 2), [t_final], max_dt=NS_PAIR_DEFAULTS["max_dt"] / 2,
                                cfl=0.25, **kw)[:, :, -1]
-    return _rel(coarse, spectral_resample(fine, n, 2))
+    return _rel(coarse, fourier_resample(fine, n, 2))
 
 
 def burgers_error(n: int, samples: int = 2, nu: float = BURGERS_DEFAULTS["nu"]) -> float:
@@ -58,8 +58,8 @@ def burgers_error(n: int, samples: int = 2, nu: float = BURGERS_DEFAULTS["nu"]) 
     u0 = sample_periodic_grf(samples, n, 1, sigma=BURGERS_DEFAULTS["sigma"], generator=g, dtype=torch.float64)
     t_end = BURGERS_DEFAULTS["times"][-1]
     coarse = solve_burgers(u0, [t_end], nu=nu)[:, :, -1]
-    fine = solve_burgers(spectral_resample(u0, 2 * n, 1), [t_end], nu=nu, cfl=0.5, max_dt=5e-3)[:, :, -1]
-    return _rel(coarse, spectral_resample(fine, n, 1))
+    fine = solve_burgers(fourier_resample(u0, 2 * n, 1), [t_end], nu=nu, cfl=0.5, max_dt=5e-3)[:, :, -1]
+    return _rel(coarse, fourier_resample(fine, n, 1))
 
 
 def darcy_error(n: int, samples: int = 2) -> float:

@@ -40,30 +40,38 @@ def expand_sigma(sigma: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
     return sigma
 
 
-def fourier_resample(x: torch.Tensor, size: Sequence[int] | int) -> torch.Tensor:
+def fourier_resample(x: torch.Tensor, size: Sequence[int] | int, dims: int | None = None) -> torch.Tensor:
     """Resample periodic fields on a uniform grid of [0, 1)^d to a new grid by zero-padding/truncating Fourier modes.
 
-    Exact for band-limited fields whose modes fit both grids. The Nyquist mode of an even grid is dropped
-    when down-sampling (it is not representable symmetrically), so up- then down-sampling is the identity.
+    Exact for band-limited fields whose modes fit both grids. Modes |k| < min(n_in, n_out)/2 are kept and
+    Nyquist modes dropped (not representable symmetrically), so up- then down-sampling is the identity.
 
-    Shapes: ``x`` (B, C, *S_in) -> (B, C, *S_out); ``size`` gives S_out (an int means the same for every dim).
+    Args:
+        size: the new size of each resampled axis (an int means the same for every axis).
+        dims: how many trailing axes are spatial; default ``x.ndim - 2`` (a field (B, C, *S)). Use it for
+            trajectories (B, C, T, *S) with ``dims=len(S)``, so time is left alone.
+    Shapes: ``x`` (..., *S_in) -> (..., *S_out) over the last ``dims`` axes.
     """
-    d = x.ndim - 2
+    d = x.ndim - 2 if dims is None else int(dims)
+    if not 1 <= d <= x.ndim:
+        raise ValueError(f"cannot resample {d} trailing axes of a tensor with {x.ndim} dims")
     size = (size,) * d if isinstance(size, int) else tuple(size)
     if len(size) != d:
-        raise ValueError(f"size {size} has {len(size)} entries but x has {d} spatial dims")
-    dims = tuple(range(2, x.ndim))
-    x_hat = torch.fft.fftn(x, dim=dims, norm="forward")
-    out = torch.zeros(*x.shape[:2], *size, dtype=x_hat.dtype, device=x.device)
+        raise ValueError(f"size {size} has {len(size)} entries but {d} axes are resampled")
+    if min(size) < 1:
+        raise ValueError(f"sizes must be positive, got {size}")
+    dims_ = tuple(range(x.ndim - d, x.ndim))
+    x_hat = torch.fft.fftn(x, dim=dims_, norm="forward")
+    out = x_hat.new_zeros(*x.shape[: x.ndim - d], *size)
     slices_in, slices_out = [], []
-    for n_in, n_out in zip(x.shape[2:], size):
+    for n_in, n_out in zip(x.shape[x.ndim - d:], size):
         keep = (min(n_in, n_out) - 1) // 2  # strictly below Nyquist on both grids
         slices_in.append(torch.cat([torch.arange(0, keep + 1), torch.arange(n_in - keep, n_in)]))
         slices_out.append(torch.cat([torch.arange(0, keep + 1), torch.arange(n_out - keep, n_out)]))
     index_in = torch.meshgrid(*slices_in, indexing="ij")
     index_out = torch.meshgrid(*slices_out, indexing="ij")
     out[(..., *index_out)] = x_hat[(..., *index_in)]
-    return torch.fft.ifftn(out, dim=dims, norm="forward").real.to(x.dtype)
+    return torch.fft.ifftn(out, dim=dims_, norm="forward").real.to(x.dtype)
 
 
 def grid_coordinates(shape: Sequence[int], device=None, dtype=torch.float32) -> torch.Tensor:

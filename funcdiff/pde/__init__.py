@@ -37,7 +37,7 @@ from funcdiff.pde.navier_stokes import (
     velocity_from_vorticity,
 )
 from funcdiff.pde.registry import PROBLEMS, Problem, get_problem
-from funcdiff.pde.spectral import periodic_grid, spectral_resample
+from funcdiff.pde.spectral import periodic_grid
 
 __all__ = [
     "PROBLEMS",
@@ -66,7 +66,6 @@ __all__ = [
     "solve_helmholtz",
     "solve_navier_stokes",
     "solve_poisson",
-    "spectral_resample",
     "taylor_green_vorticity",
     "threshold_coefficient",
     "velocity_from_vorticity",

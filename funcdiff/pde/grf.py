@@ -38,7 +38,7 @@ def sample_periodic_grf(
     """Mean-zero periodic GRF with covariance ``sigma^2 (4 pi^2 |k|^2 + tau^2)^(-alpha)`` per Fourier mode.
 
     Modes with ``|k_j| < resolution / 2`` are used (no Nyquist mode), so samples are band-limited and can be
-    resampled exactly with :func:`funcdiff.pde.spectral.spectral_resample`.
+    resampled exactly with :func:`funcdiff.utils.fourier_resample`.
 
     Shapes:
         returns ``(num_samples, 1, *(resolution,) * dims)``; dimensionless.

@@ -47,41 +47,6 @@ def dealias_mask(n: int, dims: int, *, device=None) -> Tensor:
     return mask
 
 
-def spectral_resample(x: Tensor, size: int, dims: int) -> Tensor:
-    """Resample a periodic field on its last ``dims`` axes to ``size`` points each by Fourier truncation/padding.
-
-    Modes with ``|k| < min(N, size) / 2`` are kept (Nyquist modes are dropped), so a band-limited field is
-    reproduced exactly and point values are preserved in the sense of trigonometric interpolation.
-
-    Shapes:
-        x: ``(..., N, ..., N)`` (last ``dims`` axes equal); returns ``(..., size, ..., size)``.
-    """
-    n = x.shape[-1]
-    if any(s != n for s in x.shape[-dims:]):
-        raise ValueError(f"spectral_resample needs equal spatial sizes, got {tuple(x.shape[-dims:])}")
-    if size < 2:
-        raise ValueError(f"size must be >= 2, got {size}")
-    axes = tuple(range(-dims, 0))
-    xh = torch.fft.fftn(x, dim=axes)
-    keep = (min(n, size) + 1) // 2  # modes 0..keep-1 and -(keep-1)..-1
-    idx_src = _kept_indices(n, keep, x.device)
-    idx_dst = _kept_indices(size, keep, x.device)
-    out = xh.new_zeros(x.shape[:-dims] + (size,) * dims)
-    sub = xh
-    for ax in axes:
-        sub = sub.index_select(ax, idx_src)
-    index = tuple([Ellipsis] + [idx_dst.reshape((-1,) + (1,) * (dims - 1 - j)) for j in range(dims)])
-    out[index] = sub
-    return torch.fft.ifftn(out, dim=axes).real * (size / n) ** dims
-
-
-def _kept_indices(n: int, keep: int, device) -> Tensor:
-    """FFT indices of the modes ``0..keep-1`` and ``-(keep-1)..-1`` of an ``n``-point transform."""
-    pos = torch.arange(keep, device=device)
-    neg = torch.arange(n - keep + 1, n, device=device)
-    return torch.cat([pos, neg])
-
-
 def periodic_grid(n: int, dims: int, *, device=None, dtype=torch.float64) -> tuple[Tensor, ...]:
     """Coordinates ``x_i = i / n`` of the periodic grid on ``[0, 1)^dims`` (``indexing='ij'``).
 
