@@ -60,3 +60,19 @@ def test_plot_is_written(tmp_path):
     path = plot_samples_vs_data({"data": torch.randn(2, 1, 16, 16), "samples": torch.randn(3, 1, 32, 32)},
                                 tmp_path / "cmp.png")
     assert path.stat().st_size > 1000
+
+
+def test_atomic_path_replaces_only_on_success(tmp_path):
+    from funcdiff.io.atomic import atomic_path, write_text_atomic
+
+    target = write_text_atomic(tmp_path / "sub" / "a.txt", "old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half-written")
+            raise RuntimeError("killed mid-write")
+    assert target.read_text() == "old"
+    assert [p.name for p in target.parent.iterdir()] == ["a.txt"]  # the temporary file is gone
+    with atomic_path(target) as tmp:
+        assert tmp.parent == target.parent and tmp.suffix == ".txt"
+        tmp.write_text("new")
+    assert target.read_text() == "new"

@@ -12,7 +12,6 @@ File layout:
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,7 @@ import xarray as xr
 
 import funcdiff
 from funcdiff.guidance.observations import SparseObservation
+from funcdiff.io.atomic import atomic_path
 
 CONVENTIONS = {
     "periodic": "cell grid x_i = i/n on the torus [0, 1)^d",
@@ -49,17 +49,9 @@ def observation_to_dataset(observation: SparseObservation) -> xr.Dataset:
 
 def save_observation(observation: SparseObservation, path: str | os.PathLike) -> Path:
     """Write ``observation`` to netCDF at ``path`` atomically (temporary file in the same folder + os.replace)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         observation_to_dataset(observation).to_netcdf(tmp, engine="netcdf4")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return Path(path)
 
 
 def load_observation(path: str | os.PathLike) -> SparseObservation:

@@ -21,7 +21,6 @@ import json
 import os
 import pickle
 import re
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +31,7 @@ from torch import nn
 
 import funcdiff
 from funcdiff.data.normalization import Normalizer
+from funcdiff.io.atomic import atomic_path
 from funcdiff.noise import GaussianRandomField
 
 FORMAT = "funcdiff-checkpoint-v1"
@@ -84,18 +84,10 @@ class CheckpointMeta:
 
 def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:
     """Write ``state`` (plain containers of tensors/numbers/strings) atomically; adds ``format``/``version``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT, "version": funcdiff.__version__, **state}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return Path(path)
 
 
 def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
@@ -13,6 +12,7 @@ import torch
 import xarray as xr
 
 import funcdiff
+from funcdiff.io.atomic import atomic_path
 
 SPATIAL_NAMES = ("x", "y", "z")
 
@@ -70,17 +70,9 @@ def fields_to_dataset(
 
 def write_netcdf(ds: xr.Dataset, path: str | os.PathLike) -> Path:
     """Write ``ds`` to ``path`` atomically (temporary file in the same folder, then ``os.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         ds.to_netcdf(tmp, engine="netcdf4")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return Path(path)
 
 
 def dataset_to_fields(ds: xr.Dataset, channel_names: Sequence[str]) -> torch.Tensor:

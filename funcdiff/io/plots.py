@@ -6,7 +6,6 @@ Uses matplotlib's non-interactive Agg backend; every figure is written atomicall
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -16,23 +15,18 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+from funcdiff.io.atomic import atomic_path  # noqa: E402
 from funcdiff.metrics import radial_power_spectrum  # noqa: E402
 
 
 def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
     """Save ``fig`` to ``path`` atomically and close it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return Path(path)
 
 
 def _show_field(ax, field: torch.Tensor, title: str, cmap: str = "RdBu_r", vmin=None, vmax=None):

@@ -14,7 +14,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from tqdm.auto import tqdm
 from funcdiff.config import RunConfig
 from funcdiff.data import FieldDataset, make_synthetic_fields, train_test_split
 from funcdiff.data.datasets import check_finite
+from funcdiff.io.atomic import write_text_atomic
 from funcdiff.io.checkpoint import (CheckpointMeta, checkpoint_path, latest_checkpoint, load_module_state,
                                     prune_checkpoints, read_checkpoint, save_checkpoint)
 from funcdiff.models import build_denoiser
@@ -203,7 +203,7 @@ class Trainer:
         until = tc.steps if until is None else min(int(until), tc.steps)
         if self.dist.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            _atomic_write_text(self.out_dir / CONFIG_FILE, yaml.safe_dump(self.config.to_dict(), sort_keys=False))
+            write_text_atomic(self.out_dir / CONFIG_FILE, yaml.safe_dump(self.config.to_dict(), sort_keys=False))
         history: list[dict] = []
         bar = tqdm(total=until, initial=self.step, desc="train", disable=not (self.progress and self.dist.is_main))
         start = time.perf_counter()
@@ -302,23 +302,12 @@ def _due(step: int, every: int, until: int) -> bool:
     return step == until or (every > 0 and step % every == 0)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def _truncate_log(path: Path, step: int) -> None:
     """Drop log records after ``step`` (written after the checkpoint a run resumes from)."""
     if not path.exists():
         return
     lines = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
-    _atomic_write_text(path, "".join(ln + "\n" for ln in lines))
+    write_text_atomic(path, "".join(ln + "\n" for ln in lines))
 
 
 def train(config: RunConfig, *, resume: bool = False, progress: bool = True) -> Trainer:
