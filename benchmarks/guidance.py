@@ -10,15 +10,17 @@ misfit, side by side on the same problem, seeds and schedule.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import tempfile
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-from funcdiff.guidance import ObservationGuidance, SparseObservation, guided_sample, random_sensors
-from funcdiff.noise import GaussianRandomField
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import write_json  # noqa: E402
+
+from funcdiff.guidance import ObservationGuidance, SparseObservation, guided_sample, random_sensors  # noqa: E402
+from funcdiff.noise import GaussianRandomField  # noqa: E402
 
 
 class OracleDenoiser:
@@ -80,10 +82,7 @@ def main() -> None:
               f"{r['mean_rel_err']:9.3f} {r['mc_floor']:9.3f} {r['var_ratio']:9.3f} {r['misfit']:7.3f} "
               f"{r['seconds']:6.2f}")
     if args.out:
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(args.out)), suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(rows, f, indent=1)
-        os.replace(tmp, args.out)
+        write_json(rows, Path(args.out), {"benchmark": "guidance", "quick": args.quick})
 
 
 if __name__ == "__main__":

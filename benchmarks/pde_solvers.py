@@ -11,14 +11,16 @@ grid by spectral truncation (periodic problems) or injection at the shared nodes
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import tempfile
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-from funcdiff.pde import (
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import write_json  # noqa: E402
+
+from funcdiff.pde import (  # noqa: E402
     get_problem,
     sample_cosine_grf,
     sample_periodic_grf,
@@ -27,8 +29,8 @@ from funcdiff.pde import (
     solve_navier_stokes,
     threshold_coefficient,
 )
-from funcdiff.pde.registry import BURGERS_DEFAULTS, FNO_NS_SIGMA, NS_PAIR_DEFAULTS
-from funcdiff.utils import fourier_resample
+from funcdiff.pde.registry import BURGERS_DEFAULTS, FNO_NS_SIGMA, NS_PAIR_DEFAULTS  # noqa: E402
+from funcdiff.utils import fourier_resample  # noqa: E402
 
 
 def _throughput(name: str, resolution: int, batch: int, **params) -> float:
@@ -90,15 +92,6 @@ def run(quick: bool) -> list[dict]:
     return rows
 
 
-def write_json(rows: list[dict], path: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(rows, fh, indent=2)
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small batches (well under 2 min on 2 cores)")
@@ -109,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'pde':<15} {'res':>6} {'samples/s':>12} {'rel err fine':>14}  params")
     rows = run(args.quick)
     if args.out:
-        write_json(rows, args.out)
+        write_json(rows, Path(args.out), {"benchmark": "pde_solvers", "quick": args.quick})
     return 0
 
 

@@ -13,15 +13,17 @@ on white noise data, written inline because the trainer lives in funcdiff.traini
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
-import tempfile
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-from funcdiff.models import EDMPrecond, FNOConfig, NoiseConditionedFNO
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import write_json  # noqa: E402
+
+from funcdiff.models import EDMPrecond, FNOConfig, NoiseConditionedFNO  # noqa: E402
 
 DEFAULT_CONFIG = dict(in_channels=1, out_channels=1, n_modes=(16, 16))
 
@@ -105,14 +107,6 @@ def print_table(rows: list[dict]) -> None:
             previous = r
 
 
-def write_json(rows: list[dict], path: str) -> None:
-    """Atomic write: temp file in the target directory, then os.replace."""
-    directory = os.path.dirname(os.path.abspath(path))
-    with tempfile.NamedTemporaryFile("w", dir=directory, delete=False, suffix=".tmp") as f:
-        json.dump(rows, f, indent=1)
-    os.replace(f.name, path)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="32^2..128^2 and fewer repeats")
@@ -133,7 +127,7 @@ def main() -> None:
     print(f"device={device}, batch={args.batch}, threads={torch.get_num_threads()}, model={DEFAULT_CONFIG} + FNOConfig defaults")
     print_table(rows)
     if args.out:
-        write_json(rows, args.out)
+        write_json(rows, Path(args.out), {"benchmark": "scaling", "quick": args.quick, "batch": args.batch})
 
 
 if __name__ == "__main__":
