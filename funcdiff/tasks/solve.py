@@ -26,6 +26,7 @@ import torch
 import xarray as xr
 from torch import Tensor, nn
 
+from funcdiff.data.datasets import check_finite
 from funcdiff.guidance import PDEResidualGuidance, SparseObservation, guided_sample, random_sensors
 from funcdiff.io.checkpoint import CheckpointMeta, load_denoiser
 from funcdiff.io.netcdf import fields_to_dataset, write_netcdf
@@ -280,8 +281,7 @@ def _check_truth(truth: Optional[Tensor], names: Optional[Sequence[str]], task: 
     names = tuple(names or task.channels)
     if truth.ndim < 3 or truth.shape[1] != len(names):
         raise ValueError(f"truth must be (1, {len(names)}, *S) for channels {list(names)}, got {tuple(truth.shape)}")
-    if not bool(torch.isfinite(truth).all()):
-        raise ValueError("truth contains NaN or Inf values")
+    check_finite(truth, names)
     return truth[:1].detach().float().cpu(), names
 
 
