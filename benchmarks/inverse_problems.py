@@ -32,6 +32,7 @@ from funcdiff.metrics import misclassification_rate, relative_l2  # noqa: E402
 from funcdiff.pde import get_problem  # noqa: E402
 from funcdiff.sampling import num_denoiser_calls  # noqa: E402
 from funcdiff.tasks import TASKS, make_observation, solve  # noqa: E402
+from funcdiff.tasks.solve import push_forward  # noqa: E402
 from funcdiff.tasks.baselines import fno_regression_predict, interpolation_baseline, train_fno_regression  # noqa: E402
 from funcdiff.training import Trainer  # noqa: E402
 
@@ -43,12 +44,13 @@ COLUMNS = ["task", "direction", "method", "estimator", "steps", "nfe", "rel_l2",
 
 
 def settings(quick: bool) -> dict:
+    common = dict(pde_weight=1.0, pde_start_sigma=1.0)
     if quick:
         return dict(problems=["darcy"], resolution=64, n_train=400, n_test=10, train_steps=600, fno_steps=250,
-                    steps=[5, 10, 20], pde_steps=[20], num_samples=4, hidden=24, layers=3)
+                    steps=[5, 10, 20], pde_steps=[20], num_samples=4, hidden=24, layers=3, **common)
     return dict(problems=["darcy", "poisson", "helmholtz", "navier_stokes"], resolution=64, n_train=1000,
                 n_test=100, train_steps=4000, fno_steps=3000, steps=[10, 20, 50, 100, 200], pde_steps=[20, 100],
-                num_samples=8, hidden=32, layers=4)
+                num_samples=8, hidden=32, layers=4, **common)
 
 
 def generate(problem: str, num: int, resolution: int, seed: int) -> torch.Tensor:
@@ -80,22 +82,29 @@ def score(task, pred: torch.Tensor, truth: torch.Tensor) -> dict:
 
 
 def guided_rows(task, model, test: torch.Tensor, s: dict, seed: int, device: str) -> list[dict]:
+    """Rows of our sampler: ``guided``, ``guided+pde`` (PDE-residual guidance) and, for forward tasks with a
+    solver, ``guided+solver`` (the same guided samples' input channel pushed through the numerical solver)."""
     rows = []
     runs = [(n, False) for n in s["steps"]] + [(n, True) for n in s["pde_steps"]]
+    pushforward = task.direction == "forward" and task.forward_solver is not None
     for steps, pde in runs:
-        per = {"mean": [], "single": []}
+        methods = ["guided+pde" if pde else "guided"] + (["guided+solver"] if pushforward and not pde else [])
+        per = {(m, e): [] for m in methods for e in ("mean", "single")}
         for i in range(test.shape[0]):
             truth = test[i:i + 1]
             obs = make_observation(task, truth, fraction=0.03, seed=seed + i)
             post = solve(model, task, obs, num_samples=s["num_samples"], steps=steps, seed=seed + i,
-                         pde_guidance=pde, device=device)
-            target = post.channel(post.samples, task.target)
+                         pde_guidance=pde, pde_weight=s["pde_weight"], pde_start_sigma=s["pde_start_sigma"],
+                         device=device)
             t = truth[:, list(task.target_index)]
-            per["mean"].append(score(task, target.mean(0, keepdim=True), t))
-            per["single"].append(score(task, target, t))
-        for estimator, scores in per.items():
-            row = {"method": "guided+pde" if pde else "guided", "estimator": estimator, "steps": steps,
-                   "nfe": num_denoiser_calls("heun", steps)}
+            for method in methods:
+                samples = push_forward(task, post.samples, post.channel_names) if method == "guided+solver" \
+                    else post.samples
+                target = post.channel(samples, task.target)
+                per[(method, "mean")].append(score(task, target.mean(0, keepdim=True), t))
+                per[(method, "single")].append(score(task, target, t))
+        for (method, estimator), scores in per.items():
+            row = {"method": method, "estimator": estimator, "steps": steps, "nfe": num_denoiser_calls("heun", steps)}
             rows.append({**row, **_average(scores)})
     return rows
 
@@ -117,14 +126,12 @@ def baseline_rows(task, train: torch.Tensor, test: torch.Tensor, s: dict, seed: 
     model = train_fno_regression(task, normalizer.encode(train), fraction=0.03, n_modes=(16, 16),
                                  steps=s["fno_steps"], hidden_channels=s["hidden"], n_layers=s["layers"], seed=seed,
                                  device=device)
-    obs_idx, tgt_idx = list(task.observed_index), list(task.target_index)
+    observed, target = normalizer.select(task.observed_index), normalizer.select(task.target_index)
     scores = []
     for i in range(test.shape[0]):
         obs = make_observation(task, test[i:i + 1], fraction=0.03, seed=seed + i)
-        enc = lambda v: (v - normalizer.mean[obs_idx].view(1, -1, 1).float()) / normalizer.std[obs_idx].view(1, -1, 1).float()  # noqa: E731
-        pred = fno_regression_predict(model.cpu(), obs, (n, n), enc)
-        pred = pred * normalizer.std[tgt_idx].view(1, -1, 1, 1).float() + normalizer.mean[tgt_idx].view(1, -1, 1, 1).float()
-        scores.append(score(task, pred, test[i:i + 1, tgt_idx]))
+        pred = target.decode(fno_regression_predict(model.cpu(), obs, (n, n), observed.encode))
+        scores.append(score(task, pred, test[i:i + 1, list(task.target_index)]))
     rows.append({"method": "fno-regression", "estimator": "point", "steps": 0, "nfe": 1, **_average(scores)})
     return rows
 
@@ -164,7 +171,7 @@ def plot(rows: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.4), squeeze=False)
     for ax, (task, direction) in zip(axes[0], keys):
         sub = [r for r in rows if (r["task"], r["direction"]) == (task, direction)]
-        for method in ("guided", "guided+pde"):
+        for method in ("guided", "guided+pde", "guided+solver"):
             for est, style in (("mean", "-o"), ("single", "--x")):
                 pts = sorted((r["nfe"], r["rel_l2"]) for r in sub if r["method"] == method and r["estimator"] == est)
                 if pts:

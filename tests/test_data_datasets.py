@@ -31,6 +31,9 @@ def test_normalizer_round_trip_and_json():
         norm.encode(torch.zeros(2, 2, 4))
     with pytest.raises(ValueError, match=r"missing \['std'\]"):
         Normalizer.from_state_dict({"mean": [0.0]})
+    sub = norm.select([2, 0])  # e.g. the observed channels of a task
+    assert sub.channel_names == ("c", "a")
+    torch.testing.assert_close(sub.encode(x[:, [2, 0]]), z[:, [2, 0]], rtol=0, atol=0)
 
 
 def test_field_dataset_validation_counts_nonfinite():

@@ -37,7 +37,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--guidance-strength", type=float, default=1.0)
     p.add_argument("--pde-guidance", action=argparse.BooleanOptionalAction, default=False)
-    p.add_argument("--pde-weight", type=float, default=1e-3)
+    p.add_argument("--pde-weight", type=float, default=1e-3, help="weight of the PDE-residual term")
+    p.add_argument("--pde-start-sigma", type=float, default=1.0, help="PDE guidance acts below this noise level")
+    p.add_argument("--pushforward", action="store_true",
+                   help="forward tasks: push each sample's input channel through the numerical solver")
+    p.add_argument("--trust-region", type=float, default=1.0, help="guidance trust region kappa (0 = off)")
+    p.add_argument("--sigma-max", type=float, default=None, help="largest noise level (default: checkpoint's)")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", type=Path, default=Path("posterior.nc"))
@@ -62,7 +67,9 @@ def run(args: argparse.Namespace) -> int:
     posterior = solve(model, task, observation, num_samples=args.num_samples, steps=args.steps,
                       resolution=args.resolution, seed=args.seed, truth=truth, solver=args.solver,
                       guidance_strength=args.guidance_strength, pde_guidance=args.pde_guidance,
-                      pde_weight=args.pde_weight, batch_size=args.batch_size, device=args.device)
+                      pde_weight=args.pde_weight, pde_start_sigma=args.pde_start_sigma,
+                      pushforward=args.pushforward, trust_region=args.trust_region or None,
+                      sigma_max=args.sigma_max, batch_size=args.batch_size, device=args.device)
     posterior.settings["checkpoint"] = str(args.checkpoint)
     posterior.save(args.out)
     print(f"wrote {args.out}")

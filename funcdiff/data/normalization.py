@@ -68,6 +68,12 @@ class Normalizer:
         """Normalised -> physical: ``x * std + mean``. Shapes: as :meth:`encode`."""
         return x * self._view(self.std, x, channel_dim) + self._view(self.mean, x, channel_dim)
 
+    def select(self, channels: Sequence[int]) -> "Normalizer":
+        """The normaliser of a subset of channels (indices, in the given order), e.g. the observed ones."""
+        index = [int(c) for c in channels]
+        names = tuple(self.channel_names[c] for c in index) if self.channel_names is not None else None
+        return Normalizer(self.mean[index], self.std[index], names)
+
     def state_dict(self) -> dict[str, Any]:
         """Plain lists of floats (and names), safe for JSON, checkpoints and HDF5 attributes."""
         names = list(self.channel_names) if self.channel_names is not None else None

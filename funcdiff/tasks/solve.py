@@ -237,7 +237,9 @@ def solve(checkpoint: ModelLike, task: str | Task, observation: SparseObservatio
           truth: Optional[Tensor] = None, truth_names: Optional[Sequence[str]] = None,
           guidance_strength: float = 1.0, pde_guidance: bool = False, pde_weight: float = 1e-3,
           pde_start_sigma: float = 1.0, solver: str = "heun", scaling: str = "likelihood",
-          batch_size: Optional[int] = None, device: str | torch.device = "cpu") -> Posterior:
+          trust_region: Optional[float] = 1.0, sigma_max: Optional[float] = None,
+          pushforward: bool = False, batch_size: Optional[int] = None,
+          device: str | torch.device = "cpu") -> Posterior:
     """Posterior samples of ``task`` given sparse ``observation`` (physical units), from a trained model.
 
     Args:
@@ -249,10 +251,19 @@ def solve(checkpoint: ModelLike, task: str | Task, observation: SparseObservatio
         guidance_strength: ζ of :class:`funcdiff.guidance.GuidedDenoiser` (1 = Bayesian).
         pde_guidance, pde_weight, pde_start_sigma: add the task's PDE residual as a soft constraint
             (weight per unit mean-square normalised residual), active for σ ≤ ``pde_start_sigma``.
+        trust_region: κ of the guidance trust region (:class:`funcdiff.guidance.GuidedDenoiser`); None = off.
+        sigma_max: largest noise level of the schedule; default: the checkpoint's ``sample`` settings
+            (``sigma_min`` and ``rho`` come from there too).
+        pushforward: forward tasks only: replace each sample's target by the task's numerical solver applied
+            to that sample's input channel (posterior of the input from the diffusion prior, physics exactly
+            enforced for the output; costs one solve per sample).
         batch_size: samples per guided denoiser call (bounds gradient memory; results do not depend on it).
     Shapes: returns a :class:`Posterior` with samples (num_samples, C, *S) in physical units.
     """
     task = get_task(task)
+    if pushforward and (task.direction != "forward" or task.forward_solver is None):
+        raise ValueError(f"pushforward needs a forward task with a numerical solver; {task.name!r} is "
+                         f"{task.direction!r}" + ("" if task.forward_solver is not None else " without a solver"))
     denoiser, meta = load_model(checkpoint, device)
     check_compatible(task, meta)
     names = tuple(meta.channel_names)
@@ -263,15 +274,33 @@ def solve(checkpoint: ModelLike, task: str | Task, observation: SparseObservatio
         raise ValueError(f"truth grid {tuple(truth.shape[2:])} differs from the sampling grid {spatial}")
     pde_terms = [_pde_term(task, meta, pde_weight, pde_start_sigma)] if pde_guidance else []
     sigma_data = meta.model_config.get("sigma_data", 1.0)
+    schedule = {k: float(v) for k, v in meta.config.get("sample", {}).items() if k in ("sigma_min", "sigma_max", "rho")}
+    if sigma_max is not None:
+        schedule["sigma_max"] = float(sigma_max)
     x = guided_sample(denoiser, meta.noise, obs, (num_samples, len(names), *spatial), steps=steps, solver=solver,
                       seed=seed, guidance_strength=guidance_strength, pde_terms=pde_terms, decode=_decoder(meta),
-                      sigma_data=sigma_data, scaling=scaling, chunk_size=batch_size, device=device)
+                      sigma_data=sigma_data, scaling=scaling, chunk_size=batch_size, device=device,
+                      trust_region=trust_region, **schedule)
     samples = (_decoder(meta)(x) if meta.normalizer is not None else x).cpu()
-    settings = {"steps": steps, "solver": solver, "nfe": num_denoiser_calls(solver, steps), "seed": seed,
+    if pushforward:
+        samples = push_forward(task, samples, names)
+    settings = {"steps": steps, "solver": solver, **schedule, "nfe": num_denoiser_calls(solver, steps), "seed": seed,
                 "guidance_strength": guidance_strength, "pde_guidance": int(pde_guidance),
-                "pde_weight": pde_weight, "num_sensors": obs.num_sensors, "resolution": list(spatial),
+                "pde_weight": pde_weight, "pushforward": int(pushforward), "num_sensors": obs.num_sensors, "resolution": list(spatial),
                 "checkpoint": meta.path, "checkpoint_step": meta.step}
     return Posterior(task, names, samples.float(), obs, truth, truth_names, settings)
+
+
+def push_forward(task: Task, samples: Tensor, channel_names: Sequence[str]) -> Tensor:
+    """Replace the target channel of each sample by the task's numerical solver applied to its input channel.
+
+    Shapes: samples (K, C, *S) in physical units -> (K, C, *S); only ``task.target`` changes.
+    """
+    (source,), (target,) = task.observed, task.target
+    i, j = channel_names.index(source), channel_names.index(target)
+    out = samples.clone()
+    out[:, j:j + 1] = task.forward_solver(samples[:, i:i + 1]).to(samples.dtype)
+    return out
 
 
 def _check_truth(truth: Optional[Tensor], names: Optional[Sequence[str]], task: Task
