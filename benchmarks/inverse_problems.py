@@ -13,6 +13,7 @@ overridden here) serves both directions. FunDPS reference at 128², 500 Heun ste
 Darcy 2.49 % / 5.18 %, Poisson 1.99 / 20.47, Helmholtz 2.13 / 17.16, Navier–Stokes 3.32 / 8.48 (fwd / inv).
 
     python benchmarks/inverse_problems.py --quick --out inverse_quick.json   # Darcy at 64² on CPU
+    python benchmarks/inverse_problems.py --checkpoint darcy=runs/darcy-64 --problems darcy --out darcy.json
 """
 
 from __future__ import annotations
@@ -40,17 +41,20 @@ CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "tasks"
 PROBLEM_CONFIG = {"darcy": "darcy-64", "poisson": "poisson-64", "helmholtz": "helmholtz-64",
                   "navier_stokes": "navier-stokes-64"}
 TASK_PREFIX = {"navier_stokes": "navier-stokes"}
-COLUMNS = ["task", "direction", "method", "estimator", "steps", "nfe", "rel_l2", "misclassification", "n_samples"]
+COLUMNS = ["task", "direction", "method", "pde_weight", "estimator", "steps", "nfe", "rel_l2", "misclassification",
+           "n_samples"]
 
 
 def settings(quick: bool) -> dict:
-    common = dict(pde_weight=1.0, pde_start_sigma=1.0)
+    """Run sizes. ``pde_runs``: (steps, weight) of the PDE-guided rows (active below σ = pde_start_sigma)."""
     if quick:
         return dict(problems=["darcy"], resolution=64, n_train=400, n_test=10, train_steps=600, fno_steps=250,
-                    steps=[5, 10, 20], pde_steps=[20], num_samples=4, hidden=24, layers=3, **common)
+                    steps=[5, 10, 20], pde_runs=[(20, 0.01), (20, 1.0)], pde_start_sigma=1.0, num_samples=4,
+                    hidden=24, layers=3)
     return dict(problems=["darcy", "poisson", "helmholtz", "navier_stokes"], resolution=64, n_train=1000,
-                n_test=100, train_steps=4000, fno_steps=3000, steps=[10, 20, 50, 100, 200], pde_steps=[20, 100],
-                num_samples=8, hidden=32, layers=4, **common)
+                n_test=100, train_steps=4000, fno_steps=3000, steps=[10, 20, 50, 100, 200],
+                pde_runs=[(20, 0.01), (20, 1.0), (20, 100.0), (100, 1.0)], pde_start_sigma=1.0, num_samples=8,
+                hidden=32, layers=4)
 
 
 def generate(problem: str, num: int, resolution: int, seed: int) -> torch.Tensor:
@@ -85,16 +89,19 @@ def guided_rows(task, model, test: torch.Tensor, s: dict, seed: int, device: str
     """Rows of our sampler: ``guided``, ``guided+pde`` (PDE-residual guidance) and, for forward tasks with a
     solver, ``guided+solver`` (the same guided samples' input channel pushed through the numerical solver)."""
     rows = []
-    runs = [(n, False) for n in s["steps"]] + [(n, True) for n in s["pde_steps"]]
+    runs = [(n, None) for n in s["steps"]]
+    if task.residual is not None:
+        runs += [(n, float(w)) for n, w in s["pde_runs"]]
     pushforward = task.direction == "forward" and task.forward_solver is not None
-    for steps, pde in runs:
+    for steps, weight in runs:
+        pde = weight is not None
         methods = ["guided+pde" if pde else "guided"] + (["guided+solver"] if pushforward and not pde else [])
         per = {(m, e): [] for m in methods for e in ("mean", "single")}
         for i in range(test.shape[0]):
             truth = test[i:i + 1]
             obs = make_observation(task, truth, fraction=0.03, seed=seed + i)
             post = solve(model, task, obs, num_samples=s["num_samples"], steps=steps, seed=seed + i,
-                         pde_guidance=pde, pde_weight=s["pde_weight"], pde_start_sigma=s["pde_start_sigma"],
+                         pde_guidance=pde, pde_weight=weight or 0.0, pde_start_sigma=s["pde_start_sigma"],
                          device=device)
             t = truth[:, list(task.target_index)]
             for method in methods:
@@ -104,7 +111,8 @@ def guided_rows(task, model, test: torch.Tensor, s: dict, seed: int, device: str
                 per[(method, "mean")].append(score(task, target.mean(0, keepdim=True), t))
                 per[(method, "single")].append(score(task, target, t))
         for (method, estimator), scores in per.items():
-            row = {"method": method, "estimator": estimator, "steps": steps, "nfe": num_denoiser_calls("heun", steps)}
+            row = {"method": method, "estimator": estimator, "steps": steps, "nfe": num_denoiser_calls("heun", steps),
+                   "pde_weight": weight}
             rows.append({**row, **_average(scores)})
     return rows
 
@@ -141,9 +149,10 @@ def run_problem(problem: str, s: dict, args, work: Path) -> list[dict]:
     fields = generate(problem, s["n_train"] + s["n_test"], s["resolution"], args.seed)
     train, test = fields[:s["n_train"]], fields[s["n_train"]:]
     t1 = time.perf_counter()
-    checkpoint = train_diffusion(problem, train, s, work / problem, args.device)
+    checkpoint = args.checkpoints.get(problem) or train_diffusion(problem, train, s, work / problem, args.device)
     model = load_denoiser(checkpoint, device=args.device)
-    print(f"[{problem}] data {t1 - t0:.0f} s, diffusion training {time.perf_counter() - t1:.0f} s", flush=True)
+    print(f"[{problem}] data {t1 - t0:.0f} s, diffusion model {checkpoint} "
+          f"({'given' if problem in args.checkpoints else 'trained'} in {time.perf_counter() - t1:.0f} s)", flush=True)
     rows = []
     for direction in ("forward", "inverse"):
         task = TASKS[f"{TASK_PREFIX.get(problem, problem)}-{direction}"]
@@ -171,11 +180,15 @@ def plot(rows: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.4), squeeze=False)
     for ax, (task, direction) in zip(axes[0], keys):
         sub = [r for r in rows if (r["task"], r["direction"]) == (task, direction)]
-        for method in ("guided", "guided+pde", "guided+solver"):
+        curves = sorted({(r["method"], r.get("pde_weight")) for r in sub if r["estimator"] != "point"},
+                        key=lambda k: (k[0], k[1] or 0.0))
+        for method, weight in curves:
+            name = method if weight is None else f"{method} (w={weight:g})"
             for est, style in (("mean", "-o"), ("single", "--x")):
-                pts = sorted((r["nfe"], r["rel_l2"]) for r in sub if r["method"] == method and r["estimator"] == est)
+                pts = sorted((r["nfe"], r["rel_l2"]) for r in sub if (r["method"], r.get("pde_weight")) ==
+                             (method, weight) and r["estimator"] == est)
                 if pts:
-                    ax.plot(*zip(*pts), style, label=f"{method} ({est})")
+                    ax.plot(*zip(*pts), style, label=f"{name} ({est})")
         for r in sub:
             if r["estimator"] == "point":
                 ax.axhline(r["rel_l2"], ls=":", color="k" if r["method"] == "interpolation" else "r", label=r["method"])
@@ -188,20 +201,36 @@ def plot(rows: list[dict], path: Path) -> None:
     save_figure(fig, path)
 
 
+def _problem_path(item: str) -> tuple[str, Path]:
+    problem, sep, path = item.partition("=")
+    if not sep or problem not in PROBLEM_CONFIG:
+        raise SystemExit(f"--checkpoint wants PROBLEM=PATH with PROBLEM in {sorted(PROBLEM_CONFIG)}, got {item!r}")
+    return problem, Path(path)
+
+
 def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--problems", nargs="*", default=None, help="subset of darcy poisson helmholtz navier_stokes")
     p.add_argument("--work-dir", type=Path, default=Path("runs/bench_inverse"))
+    p.add_argument("--checkpoint", action="append", default=[], metavar="PROBLEM=PATH",
+                   help="evaluate this trained joint model instead of training one (repeatable); its training data "
+                        "must not contain the held-out fields (generated from --seed after the first n_train)")
+    p.add_argument("--n-test", type=int, default=None, help="held-out fields (default: 10 quick, 100 full)")
+    p.add_argument("--resolution", type=int, default=None,
+                   help="grid of the data and of sampling (default 64; a given checkpoint may be trained at another)")
     args = p.parse_args()
+    args.checkpoints = dict(_problem_path(item) for item in args.checkpoint)
     torch.manual_seed(args.seed)
     s = settings(args.quick)
     if args.problems:
         s["problems"] = args.problems
+    s.update({k: v for k, v in (("n_test", args.n_test), ("resolution", args.resolution)) if v is not None})
     rows = []
     for problem in s["problems"]:
         rows += run_problem(problem, s, args, args.work_dir)
     print_table(rows, COLUMNS)
     meta = {"quick": args.quick, "settings": s, "obs_fraction": 0.03,
+            "checkpoints": {k: str(v) for k, v in args.checkpoints.items()},
             "note": "quick mode: 10 held-out fields, small model and short training (full mode: >= 100 fields)"}
     write_json(rows, args.out, meta)
     if args.out is not None:
