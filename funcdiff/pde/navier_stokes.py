@@ -134,7 +134,8 @@ def solve_navier_stokes(
     """Integrate vorticity ``w0`` and return snapshots at ``times`` (``t = 0`` is ``w0``).
 
     The step of each sample is ``min(cfl * (1/N) / max|u|, max_dt)``, cut to land on every snapshot time;
-    ``dt`` fixes it instead (for convergence studies). Float32 and float64, CPU and CUDA; not differentiable.
+    ``dt`` fixes it instead (for convergence studies). Float32 and float64, CPU and CUDA. Differentiable in
+    ``w0`` by autograd through every step (the discrete adjoint; memory grows with the number of steps).
 
     Shapes:
         w0: ``(B, 1, N, N)`` (1/time); times: ``(T,)``; forcing: a name (see :func:`make_forcing`) or ``(N, N)``.

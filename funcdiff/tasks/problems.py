@@ -147,10 +147,21 @@ def _helmholtz_forward(k: float) -> ForwardSolver:
 
 
 def _ns_forward(w0: Tensor) -> Tensor:
+    """Vorticity at t_final from w0 with the data solver's settings (float64; differentiable in w0).
+    Shapes: (B, 1, N, N) -> (B, 1, N, N)."""
     p = get_problem("navier_stokes").defaults
     w = solve_navier_stokes(w0.double(), [0.0, float(p["t_final"])], nu=p["nu"], forcing=p["forcing"],
                             drag=p["drag"], cfl=p["cfl"], max_dt=p["max_dt"])
     return w[:, :, -1].to(w0.dtype)
+
+
+def _ns_residual(x: Tensor) -> Tensor:
+    """Solver consistency of a (w0, wT) pair: S_T(w0) - wT, the data solver run from w0 to t_final (the
+    PDE integrated over [0, T]; a pointwise residual of two snapshots one time unit apart means nothing).
+    Differentiable in both channels (autograd through every solver step: an adjoint of the PDE).
+    Shapes: (B, 2, N, N) -> (B, 1, N, N), units of vorticity."""
+    w0, wt = _pair(x)
+    return _ns_forward(w0) - wt
 
 
 def _elliptic_pair(problem: str, residual: Residual, forward: ForwardSolver, scale_channel: Optional[str],
@@ -167,7 +178,8 @@ def _elliptic_pair(problem: str, residual: Residual, forward: ForwardSolver, sca
 
 def _build_tasks() -> dict[str, Task]:
     helmholtz_k = float(get_problem("helmholtz").defaults["k"])
-    ns = dict(problem="navier_stokes", channels=("w0", "wT"), grid="periodic", forward_solver=_ns_forward)
+    ns = dict(problem="navier_stokes", channels=("w0", "wT"), grid="periodic", forward_solver=_ns_forward,
+              residual=_ns_residual, residual_scale_channel="wT")
     tasks = [
         *_elliptic_pair("darcy", _darcy_residual, _darcy_forward, None, DARCY_THRESHOLD),
         *_elliptic_pair("poisson", _helmholtz_residual(0.0), _helmholtz_forward(0.0), "a", None),
