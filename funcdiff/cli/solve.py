@@ -41,7 +41,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--pde-start-sigma", type=float, default=1.0, help="PDE guidance acts below this noise level")
     p.add_argument("--pushforward", action="store_true",
                    help="forward tasks: push each sample's input channel through the numerical solver")
-    p.add_argument("--trust-region", type=float, default=1.0, help="guidance trust region kappa (0 = off)")
+    p.add_argument("--trust-region", type=float, default=0.0,
+                   help="guidance trust region kappa (0 = off; 1 for few-step sampling, <= 7 steps)")
     p.add_argument("--sigma-max", type=float, default=None, help="largest noise level (default: checkpoint's)")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--device", default="cpu")
