@@ -183,6 +183,15 @@ def test_solve_at_a_finer_grid_than_training(darcy_run):
     post = solve(checkpoint, "darcy-forward", obs, num_samples=2, steps=8, resolution=24)
     assert post.samples.shape[-2:] == (24, 24)
     assert post.metrics()["misfit_mean"] < 0.05
+    assert post.settings["trust_region"] == 0.0 and post.settings["sigma_max"] == 20.0  # long schedule: off
+
+
+def test_trust_region_switches_on_for_few_steps(darcy_run):
+    checkpoint, test = darcy_run
+    obs = make_observation("darcy-forward", test[:1], fraction=0.1, seed=0)
+    few = solve(checkpoint, "darcy-forward", obs, num_samples=2, steps=4)
+    forced_off = solve(checkpoint, "darcy-forward", obs, num_samples=2, steps=4, trust_region=None)
+    assert few.settings["trust_region"] == 1.0 and forced_off.settings["trust_region"] == 0.0
 
 
 def test_pushforward_makes_forward_samples_exact_solutions_and_more_accurate(darcy_run):

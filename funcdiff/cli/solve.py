@@ -41,8 +41,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--pde-start-sigma", type=float, default=1.0, help="PDE guidance acts below this noise level")
     p.add_argument("--pushforward", action="store_true",
                    help="forward tasks: push each sample's input channel through the numerical solver")
-    p.add_argument("--trust-region", type=float, default=0.0,
-                   help="guidance trust region kappa (0 = off; 1 for few-step sampling, <= 7 steps)")
+    p.add_argument("--trust-region", type=float, default=None,
+                   help="guidance trust region kappa (0 = off; default: 1 for <= 7 steps, else off)")
     p.add_argument("--sigma-max", type=float, default=None, help="largest noise level (default: checkpoint's)")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--device", default="cpu")
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
                       resolution=args.resolution, seed=args.seed, truth=truth, solver=args.solver,
                       guidance_strength=args.guidance_strength, pde_guidance=args.pde_guidance,
                       pde_weight=args.pde_weight, pde_start_sigma=args.pde_start_sigma,
-                      pushforward=args.pushforward, trust_region=args.trust_region or None,
+                      pushforward=args.pushforward, trust_region="auto" if args.trust_region is None else (args.trust_region or None),
                       sigma_max=args.sigma_max, batch_size=args.batch_size, device=args.device)
     posterior.settings["checkpoint"] = str(args.checkpoint)
     posterior.save(args.out)

@@ -49,7 +49,7 @@ prior correlates them strongly, so a legitimate cross-channel correction — the
 problem, observing u to move a — can have a small norm under the true P and a large one under the model's.
 Measured on Darcy (``benchmarks/few_step_guidance.py``, README): κ = 1 rescues 5-step sampling (forward rel. L2
 0.52 → 0.30) but costs ~3 % on the inverse at ≥ 10 steps with a small model and 15 % with a 4000-step one.
-Use it for few-step budgets.
+Use it for few-step budgets (:func:`funcdiff.tasks.solve` does so by itself for ≤ 7 steps).
 """
 
 from __future__ import annotations

@@ -35,6 +35,7 @@ from funcdiff.sampling import num_denoiser_calls
 from funcdiff.tasks.problems import TASKS, Task, get_task
 
 PROBLEM_ALIASES = {"navier-stokes": "navier_stokes"}
+FEW_STEPS = 7  # solve() switches the guidance trust region on at or below this many steps (trust_region="auto")
 ModelLike = "str | os.PathLike | tuple[nn.Module, CheckpointMeta]"
 
 
@@ -237,7 +238,7 @@ def solve(checkpoint: ModelLike, task: str | Task, observation: SparseObservatio
           truth: Optional[Tensor] = None, truth_names: Optional[Sequence[str]] = None,
           guidance_strength: float = 1.0, pde_guidance: bool = False, pde_weight: float = 1e-3,
           pde_start_sigma: float = 1.0, solver: str = "heun", scaling: str = "likelihood",
-          trust_region: Optional[float] = None, sigma_max: Optional[float] = None,
+          trust_region: Optional[float] | str = "auto", sigma_max: Optional[float] = None,
           pushforward: bool = False, batch_size: Optional[int] = None,
           device: str | torch.device = "cpu") -> Posterior:
     """Posterior samples of ``task`` given sparse ``observation`` (physical units), from a trained model.
@@ -251,8 +252,10 @@ def solve(checkpoint: ModelLike, task: str | Task, observation: SparseObservatio
         guidance_strength: ζ of :class:`funcdiff.guidance.GuidedDenoiser` (1 = Bayesian).
         pde_guidance, pde_weight, pde_start_sigma: add the task's PDE residual as a soft constraint
             (weight per unit mean-square normalised residual), active for σ ≤ ``pde_start_sigma``.
-        trust_region: κ of the guidance trust region (:class:`funcdiff.guidance.GuidedDenoiser`); None = off
-            (default); 1 keeps few-step (≤ 7) sampling stable at a small cost in accuracy on inverse tasks.
+        trust_region: κ of the guidance trust region (:class:`funcdiff.guidance.GuidedDenoiser`); None = off;
+            ``"auto"`` (default): κ = 1 for ``steps`` ≤ 7, where it keeps guided sampling from diverging, off
+            for longer schedules, where it would trim the cross-channel corrections of inverse problems
+            (``benchmarks/few_step_guidance.py``).
         sigma_max: largest noise level of the schedule; default: the checkpoint's ``sample`` settings
             (``sigma_min`` and ``rho`` come from there too).
         pushforward: forward tasks only: replace each sample's target by the task's numerical solver applied
@@ -262,6 +265,8 @@ def solve(checkpoint: ModelLike, task: str | Task, observation: SparseObservatio
     Shapes: returns a :class:`Posterior` with samples (num_samples, C, *S) in physical units.
     """
     task = get_task(task)
+    if trust_region == "auto":
+        trust_region = 1.0 if steps <= FEW_STEPS else None
     if pushforward and (task.direction != "forward" or task.forward_solver is None):
         raise ValueError(f"pushforward needs a forward task with a numerical solver; {task.name!r} is "
                          f"{task.direction!r}" + ("" if task.forward_solver is not None else " without a solver"))
@@ -287,7 +292,7 @@ def solve(checkpoint: ModelLike, task: str | Task, observation: SparseObservatio
         samples = push_forward(task, samples, names)
     settings = {"steps": steps, "solver": solver, **schedule, "nfe": num_denoiser_calls(solver, steps), "seed": seed,
                 "guidance_strength": guidance_strength, "pde_guidance": int(pde_guidance),
-                "pde_weight": pde_weight, "pushforward": int(pushforward), "num_sensors": obs.num_sensors, "resolution": list(spatial),
+                "pde_weight": pde_weight, "pushforward": int(pushforward), "trust_region": trust_region or 0.0, "num_sensors": obs.num_sensors, "resolution": list(spatial),
                 "checkpoint": meta.path, "checkpoint_step": meta.step}
     return Posterior(task, names, samples.float(), obs, truth, truth_names, settings)
 
