@@ -38,7 +38,11 @@ def _show_field(ax, field: torch.Tensor, title: str, cmap: str = "RdBu_r", vmin=
         ax.plot([i / len(field) for i in range(len(field))], field)
     else:
         im = ax.imshow(field.T, origin="lower", extent=(0, 1, 0, 1), cmap=cmap, vmin=vmin, vmax=vmax)
-        plt.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+        bar = plt.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+        bar.formatter.set_powerlimits((-2, 3))  # 2.5e-4 as "2.5" with a ×10⁻⁴ offset: no overlapping labels
+        bar.ax.tick_params(labelsize=7)
+        bar.ax.yaxis.offsetText.set_fontsize(7)
+        bar.update_ticks()
         ax.set_xticks([])
         ax.set_yticks([])
     ax.set_title(title, fontsize=9)
