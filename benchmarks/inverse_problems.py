@@ -216,6 +216,9 @@ def main() -> None:
                    help="evaluate this trained joint model instead of training one (repeatable); its training data "
                         "must not contain the held-out fields (generated from --seed after the first n_train)")
     p.add_argument("--n-test", type=int, default=None, help="held-out fields (default: 10 quick, 100 full)")
+    p.add_argument("--steps", type=int, nargs="*", default=None, help="solver steps of the guided rows")
+    p.add_argument("--num-samples", type=int, default=None, help="posterior samples per field (default 4 / 8)")
+    p.add_argument("--no-pde", action="store_true", help="skip the PDE-guided rows")
     p.add_argument("--resolution", type=int, default=None,
                    help="grid of the data and of sampling (default 64; a given checkpoint may be trained at another)")
     args = p.parse_args()
@@ -224,7 +227,10 @@ def main() -> None:
     s = settings(args.quick)
     if args.problems:
         s["problems"] = args.problems
-    s.update({k: v for k, v in (("n_test", args.n_test), ("resolution", args.resolution)) if v is not None})
+    s.update({k: v for k, v in (("n_test", args.n_test), ("resolution", args.resolution), ("steps", args.steps),
+                                ("num_samples", args.num_samples)) if v is not None})
+    if args.no_pde:
+        s["pde_runs"] = []
     rows = []
     for problem in s["problems"]:
         rows += run_problem(problem, s, args, args.work_dir)
