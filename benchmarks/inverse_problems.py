@@ -101,6 +101,7 @@ def guided_rows(task, model, test: torch.Tensor, s: dict, seed: int, device: str
             truth = test[i:i + 1]
             obs = make_observation(task, truth, fraction=0.03, seed=seed + i)
             post = solve(model, task, obs, num_samples=s["num_samples"], steps=steps, seed=seed + i,
+                         resolution=tuple(truth.shape[2:]),  # the data's grid, whatever the model was trained on
                          pde_guidance=pde, pde_weight=weight or 0.0, pde_start_sigma=s["pde_start_sigma"],
                          device=device)
             t = truth[:, list(task.target_index)]
