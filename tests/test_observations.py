@@ -110,3 +110,12 @@ def test_netcdf_round_trip_is_atomic(tmp_path):
     assert torch.equal(back.noise_std_per_channel(), torch.tensor([0.1, 0.0], dtype=torch.float64))
     field = torch.randn(3, 2, 9, 9, dtype=torch.float64)
     assert torch.equal(back.observe(field), obs.observe(field))
+
+
+def test_relative_misfit_is_zero_for_the_truth_and_one_for_zero():
+    g = torch.Generator().manual_seed(5)
+    truth = torch.randn(1, 2, 12, 12, generator=g, dtype=torch.float64)
+    obs = SparseObservation(random_sensors(20, (12, 12), generator=g), channels=(1,))
+    obs = obs.with_values(obs.observe(truth))
+    batch = torch.cat([truth, torch.zeros_like(truth), 2 * truth])
+    torch.testing.assert_close(obs.relative_misfit(batch), torch.tensor([0.0, 1.0, 1.0], dtype=torch.float64))

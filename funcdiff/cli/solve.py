@@ -65,11 +65,12 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--obs-fraction/--obs-count draw sensors from the ground truth: pass --truth")
         observation = make_observation(task, truth, fraction=args.obs_fraction, count=args.obs_count,
                                        seed=args.seed, noise_std=args.obs_noise)
+    trust_region = "auto" if args.trust_region is None else (args.trust_region or None)  # 0 = off
     posterior = solve(model, task, observation, num_samples=args.num_samples, steps=args.steps,
                       resolution=args.resolution, seed=args.seed, truth=truth, solver=args.solver,
                       guidance_strength=args.guidance_strength, pde_guidance=args.pde_guidance,
                       pde_weight=args.pde_weight, pde_start_sigma=args.pde_start_sigma,
-                      pushforward=args.pushforward, trust_region="auto" if args.trust_region is None else (args.trust_region or None),
+                      pushforward=args.pushforward, trust_region=trust_region,
                       sigma_max=args.sigma_max, batch_size=args.batch_size, device=args.device)
     posterior.settings["checkpoint"] = str(args.checkpoint)
     posterior.save(args.out)

@@ -59,7 +59,8 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-from funcdiff.guidance.likelihood import Decode, ObservationGuidance, posterior_variance, sigma_per_sample
+from funcdiff.guidance.likelihood import (Decode, ObservationGuidance, per_channel, posterior_variance,
+                                          sigma_per_sample)
 from funcdiff.guidance.observations import SparseObservation
 from funcdiff.noise import GaussianRandomField
 from funcdiff.sampling import Denoiser, sample
@@ -151,10 +152,7 @@ class GuidedDenoiser:
         Shapes: grad = ∇_x L (unpreconditioned), delta (B, C, *S); loss (B,); sigma as the denoiser's.
         """
         sig = sigma_per_sample(sigma, delta).double()
-        sd = self.sigma_data.to(delta.device)
-        sd = sd.expand(delta.shape[1]) if sd.numel() == 1 else sd
-        if sd.numel() != delta.shape[1]:
-            raise ValueError(f"sigma_data has {sd.numel()} entries for {delta.shape[1]} state channels")
+        sd = per_channel(self.sigma_data, delta.shape[1]).to(delta.device)
         amp = self.noise.amplitude
         r2 = posterior_variance(sig[:, None] * amp, sd[None, :]) / amp**2  # (B, C): P = r2 · C
         c_inv = (self.strength * sig**2)[:, None] * (-(grad * delta).flatten(2).sum(2)).double()  # δ_cᵀC⁻¹δ_c

@@ -50,6 +50,16 @@ def posterior_variance(sigma: Tensor, sigma_data: Tensor | float) -> Tensor:
     return sigma**2 * sigma_data**2 / (sigma**2 + sigma_data**2)
 
 
+def per_channel(sigma_data: Tensor, num_channels: int) -> Tensor:
+    """σ_data as one value per state channel: a single value is repeated; otherwise the count must match.
+    Shapes: (1,) or (C,) -> (C,)."""
+    if sigma_data.numel() == 1:
+        return sigma_data.expand(num_channels)
+    if sigma_data.numel() != num_channels:
+        raise ValueError(f"sigma_data has {sigma_data.numel()} entries for {num_channels} state channels")
+    return sigma_data
+
+
 def decode_gain(decode: Decode | None, like: Tensor) -> Tensor:
     """Per-channel gain g_c of an (affine) decode map, from decode(1) - decode(0). Shapes: like (B, C, *S) -> (C,)."""
     if decode is None:
@@ -142,10 +152,7 @@ class ObservationGuidance:
         if key not in self._gain:
             self._gain[key] = decode_gain(self.decode, denoised)
         chans = list(self.observation.channels)
-        sd = self.sigma_data.expand(denoised.shape[1]) if self.sigma_data.numel() == 1 else self.sigma_data
-        if sd.numel() != denoised.shape[1]:
-            raise ValueError(f"sigma_data has {sd.numel()} entries for {denoised.shape[1]} state channels")
-        return self._gain[key][chans] ** 2, sd[chans]
+        return self._gain[key][chans] ** 2, per_channel(self.sigma_data, denoised.shape[1])[chans]
 
     def whiten(self, residual: Tensor, sigma: Tensor, denoised: Tensor) -> Tensor:
         """K(σ)⁻¹ r. Shapes: residual (B, C_obs, N), sigma (B,) -> (B, C_obs, N) (float64)."""
@@ -174,7 +181,4 @@ class ObservationGuidance:
 
     def misfit(self, x: Tensor) -> Tensor:
         """Relative observation misfit ‖y - A decode(x)‖ / ‖y‖ per sample. Shapes: (B, C, *S) -> (B,)."""
-        field = self.decode(x) if self.decode is not None else x
-        r = self.observation.residual(field).flatten(1)
-        y = self.observation.values.to(r).expand(x.shape[0], -1, -1).flatten(1)
-        return r.norm(dim=1) / y.norm(dim=1).clamp(min=1e-30)
+        return self.observation.relative_misfit(self.decode(x) if self.decode is not None else x)

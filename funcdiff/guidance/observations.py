@@ -217,6 +217,12 @@ class SparseObservation:
                              f"is {obs.shape[0]}")
         return self.values.to(device=obs.device, dtype=obs.dtype) - obs
 
+    def relative_misfit(self, x: Tensor) -> Tensor:
+        """‖y - A x‖ / ‖y‖ per sample (all observed channels together). Shapes: x (B, C, *S) -> (B,)."""
+        r = self.residual(x).flatten(1)
+        y = self.values.to(r).expand(x.shape[0], -1, -1).flatten(1)
+        return r.norm(dim=1) / y.norm(dim=1).clamp(min=1e-30)
+
     @classmethod
     def for_channels(cls, coords: Tensor, channels: Sequence[str | int], model_channels: Sequence[str] | None,
                      **kwargs) -> "SparseObservation":

@@ -76,10 +76,7 @@ class Posterior:
 
     def misfit(self) -> dict[str, float]:
         """Relative observation misfit ‖y - A x‖ / ‖y‖ of the posterior mean and the mean over samples."""
-        def rel(x: Tensor) -> Tensor:
-            r = self.observation.residual(x).flatten(1)
-            y = self.observation.values.to(r).expand(x.shape[0], -1, -1).flatten(1)
-            return r.norm(dim=1) / y.norm(dim=1).clamp_min(1e-30)
+        rel = self.observation.relative_misfit
         return {"misfit_mean": float(rel(self.mean)[0]), "misfit_samples": float(rel(self.samples).mean())}
 
     def metrics(self) -> dict[str, float]:
