@@ -1,13 +1,22 @@
-"""Metrics on fields (B, C, *S): relative L2 error, misclassification rate, power spectra.
+"""Metrics on fields (B, C, *S): relative L2 error, misclassification rate, power spectra; probabilistic scores
+of ensembles (fair CRPS, spread-skill ratio, rank histogram), RMSE and energy-spectrum errors.
 
 Grid means are used throughout (not sums), so a metric means the same at every resolution.
+
+Reductions of the ensemble scores follow one rule: ``dims`` names dimensions of the *truth* (negative allowed);
+``None`` averages over all of them, ``()`` keeps every point. Optional ``weights`` (e.g. area weights on a
+lat-lon grid) broadcast against the truth and are normalised to mean 1 over the reduced dimensions, so constant
+weights change nothing.
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple, Optional, Sequence, Union
 
 import torch
+
+Dims = Optional[Union[int, Sequence[int]]]
 
 
 def _check_same_shape(pred: torch.Tensor, truth: torch.Tensor) -> None:
@@ -46,15 +55,22 @@ def radial_power_spectrum(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """
     dims = tuple(range(2, x.ndim))
     power = (torch.fft.fftn(x.double(), dim=dims, norm="forward").abs() ** 2).mean((0, 1))
-    k2 = torch.zeros(x.shape[2:], dtype=torch.float64, device=x.device)
-    for axis, n in enumerate(x.shape[2:]):
-        view = [1] * len(dims)
-        view[axis] = n
-        k2 = k2 + (torch.fft.fftfreq(n, 1.0 / n, dtype=torch.float64, device=x.device) ** 2).reshape(view)
-    shells = k2.sqrt().round().long().flatten()
-    n_shells = min(x.shape[2:]) // 2 + 1
+    shells, n_shells = _radial_shells(x.shape[2:], x.device)
     spectrum = torch.bincount(shells, power.flatten(), minlength=n_shells)[:n_shells]
     return torch.arange(n_shells, dtype=torch.float64), spectrum
+
+
+def _radial_shells(shape: Sequence[int], device=None) -> tuple[torch.Tensor, int]:
+    """Shell index round(|k|) of every FFT mode of a periodic grid, flattened, and the number of shells kept.
+
+    Shapes: shape = S -> (shells (prod S,) int64, K = min(S) // 2 + 1).
+    """
+    k2 = torch.zeros(tuple(shape), dtype=torch.float64, device=device)
+    for axis, n in enumerate(shape):
+        view = [1] * len(shape)
+        view[axis] = n
+        k2 = k2 + (torch.fft.fftfreq(n, 1.0 / n, dtype=torch.float64, device=device) ** 2).reshape(view)
+    return k2.sqrt().round().long().flatten(), min(shape) // 2 + 1
 
 
 def log_spectrum_distance(x: torch.Tensor, reference: torch.Tensor) -> float:
@@ -65,5 +81,183 @@ def log_spectrum_distance(x: torch.Tensor, reference: torch.Tensor) -> float:
     _, p = radial_power_spectrum(x)
     _, q = radial_power_spectrum(reference)
     n = min(len(p), len(q))
-    diff = torch.log10(p[1:n].clamp_min(1e-30)) - torch.log10(q[1:n].clamp_min(1e-30))
-    return math.sqrt(float((diff**2).mean()))
+    return float(spectrum_error(p[:n], q[:n]))
+
+
+# --- ensemble and deterministic scores ----------------------------------------------------------------
+
+
+def _reduce_dims(dims: Dims, ndim: int) -> tuple[int, ...]:
+    """``dims`` of a tensor with ``ndim`` dimensions as sorted non-negative ints; ``None`` means all."""
+    if dims is None:
+        return tuple(range(ndim))
+    dims = (dims,) if isinstance(dims, int) else tuple(dims)
+    return tuple(sorted({d % ndim for d in dims}))
+
+
+def weighted_mean(x: torch.Tensor, dims: Dims = None, weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Mean of ``x`` over ``dims`` (``None``: all), weighted by ``weights`` normalised over those dims.
+
+    Weights are broadcast to ``x`` and divided by their mean over ``dims``, so a constant weight is no weight.
+
+    Shapes: x (*D), weights broadcastable to x -> x without ``dims``.
+    """
+    dims = _reduce_dims(dims, x.ndim)
+    if weights is None:
+        return x.mean(dims) if dims else x
+    if not dims:
+        return x
+    weights = torch.broadcast_to(weights.to(x), x.shape)
+    return (x * weights).sum(dims) / weights.sum(dims)
+
+
+def _split_members(members: torch.Tensor, truth: torch.Tensor, member_dim: int) -> torch.Tensor:
+    """``members`` with the member axis moved last, checked against ``truth``.
+
+    Shapes: members = truth's shape with M inserted at ``member_dim`` -> (*truth.shape, M).
+    """
+    member_dim = member_dim % members.ndim
+    moved = members.movedim(member_dim, -1)
+    if moved.shape[:-1] != truth.shape:
+        raise ValueError(f"members shape {tuple(members.shape)} (member dim {member_dim}) does not match "
+                         f"truth shape {tuple(truth.shape)}")
+    return moved
+
+
+def crps_ensemble(members: torch.Tensor, truth: torch.Tensor, member_dim: int = 1, *, weights=None,
+                  fair: bool = True, dims: Dims = None) -> torch.Tensor:
+    """Continuous ranked probability score of an ensemble (lower is better; units of the data).
+
+    CRPS = mean_i |X_i - y| - c Σ_{i,j} |X_i - X_j| with c = 1/(2M(M-1)) for the fair (unbiased) estimator
+    (Ferro 2014, eq. 3; Zamo & Naveau 2018, "CRPS_Fair") and c = 1/(2M²) for the standard ("energy")
+    estimator (Gneiting & Raftery 2007, eq. 21). The pair sum is computed from sorted members,
+    Σ_{i,j} |X_i - X_j| = 2 Σ_i (2i - M - 1) X_(i), in O(M log M) time and O(M) memory per point.
+    A one-member ensemble (M = 1) scores its absolute error under both estimators (the fair estimator's
+    0/0 pair term is defined as 0).
+
+    Shapes: members = truth's shape with M at ``member_dim``; truth (*D); weights broadcastable to (*D)
+    -> (*D) reduced over ``dims`` (``None``: all, ``()``: pointwise).
+    """
+    ens = _split_members(members, truth, member_dim)
+    m = ens.shape[-1]
+    skill = (ens - truth.unsqueeze(-1)).abs().mean(-1)
+    if m > 1:
+        rank = torch.arange(1, m + 1, dtype=ens.dtype, device=ens.device)
+        pair_sum = 2 * (torch.sort(ens, dim=-1).values * (2 * rank - m - 1)).sum(-1)
+        skill = skill - pair_sum / (2 * m * (m - 1) if fair else 2 * m * m)
+    return weighted_mean(skill, dims, weights)
+
+
+def rmse(pred: torch.Tensor, truth: torch.Tensor, weights: Optional[torch.Tensor] = None,
+         dims: Dims = None) -> torch.Tensor:
+    """Root-mean-square error, sqrt(weighted mean over ``dims`` of (pred - truth)²).
+
+    For an ensemble pass its mean, ``members.mean(member_dim)`` (the "skill" of :func:`spread_skill_ratio`).
+
+    Shapes: pred, truth (*D); weights broadcastable to (*D) -> (*D) without ``dims``.
+    """
+    _check_same_shape(pred, truth)
+    return weighted_mean((pred - truth) ** 2, dims, weights).sqrt()
+
+
+class SpreadSkill(NamedTuple):
+    """Spread-skill ratio with its parts (tensors of the same shape)."""
+
+    ssr: torch.Tensor
+    spread: torch.Tensor
+    skill: torch.Tensor
+
+
+def spread_skill_ratio(members: torch.Tensor, truth: torch.Tensor, member_dim: int = 1, *,
+                       weights: Optional[torch.Tensor] = None, dims: Dims = None) -> SpreadSkill:
+    """Spread-skill ratio with the finite-ensemble correction (Fortin et al. 2014, eq. 15).
+
+    spread = sqrt(weighted mean of the unbiased (ddof = 1) ensemble variance), skill = RMSE of the ensemble
+    mean, SSR = sqrt((M + 1) / M) · spread / skill; SSR ≈ 1 for a calibrated ensemble of any size M.
+    With M = 1 the spread (and SSR) is NaN.
+
+    Shapes: members = truth's shape with M at ``member_dim``; truth (*D) -> three tensors (*D) reduced
+    over ``dims`` (``None``: all).
+    """
+    ens = _split_members(members, truth, member_dim)
+    m = ens.shape[-1]
+    variance = ens.var(-1, correction=1) if m > 1 else torch.full_like(truth, float("nan"))
+    spread = weighted_mean(variance, dims, weights).sqrt()
+    skill = rmse(ens.mean(-1), truth, weights, dims)
+    return SpreadSkill(math.sqrt((m + 1) / m) * spread / skill, spread, skill)
+
+
+def rank_histogram(members: torch.Tensor, truth: torch.Tensor, member_dim: int = 1, *,
+                   weights: Optional[torch.Tensor] = None, dims: Dims = None,
+                   generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Counts of the truth's rank among the members (Talagrand/rank histogram; Hamill 2001).
+
+    Rank r in 0..M = number of members below the truth plus, for ties, a uniform draw from 0..(number of
+    members equal to it) using ``generator`` (default: a fresh generator seeded with 0, so the result is
+    deterministic). A calibrated ensemble has a flat histogram. With weights, each point counts its
+    normalised weight, so the counts still sum to the number of points.
+
+    Shapes: members = truth's shape with M at ``member_dim``; truth (*D) -> (*D without ``dims``, M + 1).
+    """
+    ens = _split_members(members, truth, member_dim)
+    m = ens.shape[-1]
+    below = (ens < truth.unsqueeze(-1)).sum(-1)
+    ties = (ens == truth.unsqueeze(-1)).sum(-1)
+    if bool((ties > 0).any()):
+        if generator is None:
+            generator = torch.Generator(device=truth.device).manual_seed(0)
+        u = torch.rand(truth.shape, generator=generator, device=truth.device, dtype=torch.float64)
+        below = below + (u * (ties + 1)).floor().long()
+    one_hot = torch.nn.functional.one_hot(below, m + 1).double()
+    reduce = _reduce_dims(dims, truth.ndim)
+    weights = None if weights is None else weights.unsqueeze(-1)
+    return weighted_mean(one_hot, reduce, weights) * math.prod(truth.shape[d] for d in reduce)
+
+
+# --- spectra -----------------------------------------------------------------------------------------
+
+
+def energy_spectrum(x: torch.Tensor, spatial_dims: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Shell-summed power spectrum of each periodic field in ``x`` (no averaging over the leading dims).
+
+    Same normalisation and shells as :func:`radial_power_spectrum` (x̂ = FFT(x)/N, |x̂_k|² summed over
+    round(|k|), so the shells sum to the mean of x²; a velocity field's kinetic energy is half of that),
+    for 1-D, 2-D (or 3-D) fields; average the result over samples/members as needed.
+
+    Shapes: x (*lead, *S) with len(S) = spatial_dims -> (wavenumbers (K,), spectra (*lead, K)),
+    K = min(S) // 2 + 1; float64.
+    """
+    if not 1 <= spatial_dims <= x.ndim:
+        raise ValueError(f"spatial_dims must be in 1..{x.ndim}, got {spatial_dims}")
+    spatial = x.shape[x.ndim - spatial_dims:]
+    dims = tuple(range(x.ndim - spatial_dims, x.ndim))
+    power = torch.fft.fftn(x.double(), dim=dims, norm="forward").abs() ** 2
+    shells, n_shells = _radial_shells(spatial, x.device)
+    lead = power.shape[: x.ndim - spatial_dims]
+    summed = torch.zeros(*lead, int(shells.max()) + 1, dtype=torch.float64, device=x.device)
+    summed.index_add_(-1, shells, power.flatten(x.ndim - spatial_dims))
+    return torch.arange(n_shells, dtype=torch.float64), summed[..., :n_shells]
+
+
+def _log10_spectrum_ratio(spectrum: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """log10(E / E_ref) on the shells k ≥ 1 (powers floored at 1e-30). Shapes: (..., K) -> (..., K - 1)."""
+    if spectrum.shape[-1] != reference.shape[-1]:
+        raise ValueError(f"spectra have {spectrum.shape[-1]} and {reference.shape[-1]} shells")
+    return torch.log10(spectrum[..., 1:].clamp_min(1e-30)) - torch.log10(reference[..., 1:].clamp_min(1e-30))
+
+
+def spectrum_error(spectrum: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Root-mean-square over shells k ≥ 1 of log10(E / E_ref) (0 when equal; 0.301 is a uniform factor 2).
+
+    Shapes: spectrum, reference (..., K) (broadcastable) -> (...).
+    """
+    return (_log10_spectrum_ratio(spectrum, reference) ** 2).mean(-1).sqrt()
+
+
+def max_spectrum_ratio(spectrum: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """max over shells k ≥ 1 of max(E / E_ref, E_ref / E): the worst factor by which the spectrum is off
+    (1 when equal; "within a factor 2 of the data's" means ≤ 2).
+
+    Shapes: spectrum, reference (..., K) (broadcastable) -> (...).
+    """
+    return 10.0 ** _log10_spectrum_ratio(spectrum, reference).abs().amax(-1)
