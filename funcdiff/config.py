@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import yaml
 
 DATA_SOURCES = ("synthetic", "file")
-DERIVED_MODEL_KEYS = ("in_channels", "out_channels")
+DERIVED_MODEL_KEYS = ("in_channels", "out_channels", "cond_channels")
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,52 @@ class SampleConfig:
     rho: float = 7.0
 
 
-SECTIONS: dict[str, type] = {"data": DataConfig, "noise": NoiseConfig, "train": TrainConfig, "sample": SampleConfig}
+FORECAST_KINDS = ("none", "autoregressive", "rolling")
+
+
+@dataclass(frozen=True)
+class ForecastConfig:
+    """A forecaster of trajectories (``kind != "none"``); ``data`` then names trajectory fields (N, T, *S).
+
+    ``kind``: ``"autoregressive"`` learns p(x_{t+1..t+horizon} | x_{t-history+1..t}) -- clean history frames
+    are conditioning, the ``horizon`` future frames are noised at one sigma; ``"rolling"`` (Ruhe et al. 2024,
+    ERDM) learns a window of ``horizon`` frames whose noise rises with the frame index, local time (k + t)/W
+    through the Karras ramp of ``sample`` (sigma_min, sigma_max, rho), with a fraction ``init_fraction`` of
+    windows on the initial schedule (all noise -> the rolling profile). ``frame_step``: use every n-th frame
+    of the file (the forecast step is ``frame_step`` × the file's frame spacing). ``stride``: frames between
+    the starts of training windows. ``steps_per_frame``: default solver steps per emitted frame (rolling:
+    per shift; autoregressive: a block of ``horizon`` frames gets ``steps_per_frame × horizon`` steps).
+    """
+
+    kind: str = "none"
+    history: int = 1
+    horizon: int = 1
+    init_fraction: float = 0.1
+    frame_step: int = 1
+    stride: int = 1
+    steps_per_frame: int = 2
+
+    def __post_init__(self) -> None:
+        if self.kind not in FORECAST_KINDS:
+            raise ValueError(f"forecast.kind must be one of {list(FORECAST_KINDS)}, got {self.kind!r}")
+        for name in ("history", "horizon", "frame_step", "stride", "steps_per_frame"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"forecast.{name} must be a positive integer, got {getattr(self, name)}")
+        if not 0.0 <= self.init_fraction < 1.0:
+            raise ValueError(f"forecast.init_fraction must be in [0, 1), got {self.init_fraction}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.kind != "none"
+
+    @property
+    def window(self) -> int:
+        """Frames in one training item: history + horizon."""
+        return self.history + self.horizon
+
+
+SECTIONS: dict[str, type] = {"data": DataConfig, "noise": NoiseConfig, "train": TrainConfig, "sample": SampleConfig,
+                             "forecast": ForecastConfig}
 
 
 @dataclass(frozen=True)
@@ -135,13 +180,26 @@ class RunConfig:
     model: dict = field(default_factory=lambda: {"backbone": "fno", "n_modes": [12, 12]})
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    forecast: ForecastConfig = field(default_factory=ForecastConfig)
 
     def __post_init__(self) -> None:
         _check_model_keys(self.model)
 
     def model_config(self, num_channels: int) -> dict:
-        """The full ``build_denoiser`` dict: ``model`` plus in/out channels taken from the data."""
-        return {**self.model, "in_channels": int(num_channels), "out_channels": int(num_channels)}
+        """The full ``build_denoiser`` dict: ``model`` plus in/out channels taken from the data.
+
+        ``num_channels`` is the physical channel count C. A forecaster's state is its ``horizon`` frames stacked
+        as channels (C·horizon in and out) with C·history conditioning channels; a rolling one also sees each
+        frame's noise level as a channel (``noise_per_channel``).
+        """
+        c, fc = int(num_channels), self.forecast
+        if not fc.enabled:
+            return {**self.model, "in_channels": c, "out_channels": c}
+        out = {**self.model, "in_channels": c * fc.horizon, "out_channels": c * fc.horizon,
+               "cond_channels": c * fc.history}
+        if fc.kind == "rolling":
+            out["noise_per_channel"] = True
+        return out
 
     def to_dict(self) -> dict:
         """Plain nested dict (lists, not tuples) that :func:`config_from_dict` accepts back."""

@@ -24,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from funcdiff.noise import GaussianRandomField, make_generators
+from funcdiff.schedules import init_levels, rolling_levels, sigma_from_level
 
 
 class Denoiser(Protocol):
@@ -51,15 +52,55 @@ def sigmas_karras(
     return torch.cat([sigmas, sigmas.new_zeros(1)])
 
 
+def sigmas_rolling(window: int, steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0,
+                   init: bool = False) -> torch.Tensor:
+    """Per-frame schedule of one rolling step: global t from 1 to 0 in ``steps`` solver steps, so that frame 0
+    ends clean (``init=False``); or the initial phase from an all-noise window to the rolling profile (``init``).
+
+    Shapes: returns (steps + 1, W) float64; row i holds the W frames' sigmas after i steps.
+    """
+    if steps < 1 or window < 1:
+        raise ValueError(f"need steps >= 1 and window >= 1, got steps={steps}, window={window}")
+    t = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
+    levels = init_levels(window, t) if init else rolling_levels(window, t)
+    return sigma_from_level(levels, sigma_min, sigma_max, rho)
+
+
 def _check_schedule(sigmas: torch.Tensor) -> None:
-    if sigmas.ndim != 1 or len(sigmas) < 2:
-        raise ValueError(f"sigmas must be a 1-D schedule of length >= 2, got shape {tuple(sigmas.shape)}")
+    """A scalar schedule (n+1,) must decrease strictly and end at 0; a per-element schedule (n+1, ...) must not
+    increase anywhere (a frame may hold its level for a step, e.g. a window's last frame at sigma_max)."""
+    if sigmas.ndim < 1 or len(sigmas) < 2:
+        raise ValueError(f"sigmas must be a schedule of length >= 2, got shape {tuple(sigmas.shape)}")
+    if sigmas.ndim > 1:
+        if not bool((sigmas[1:] <= sigmas[:-1]).all()) or not bool((sigmas >= 0).all()):
+            raise ValueError("a per-element sigma schedule must be non-negative and non-increasing in every element")
+        return
     if not bool((sigmas[1:] < sigmas[:-1]).all()) or float(sigmas[-1]) != 0.0:
         raise ValueError("sigmas must be strictly decreasing and end at 0")
 
 
-def _denoise(denoiser: Denoiser, x: torch.Tensor, sigma: float) -> torch.Tensor:
+def _denoise(denoiser: Denoiser, x: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
+    if isinstance(sigma, torch.Tensor):
+        return denoiser(x, sigma)
     return denoiser(x, torch.full((x.shape[0],), sigma, dtype=x.dtype, device=x.device))
+
+
+def _slope(x: torch.Tensor, denoised: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
+    """dx/dsigma = (x - D) / sigma of the probability-flow ODE; per-element levels at 0 are frozen (slope 0)."""
+    if not isinstance(sigma, torch.Tensor):
+        return (x - denoised) / sigma
+    return torch.where(sigma > 0, (x - denoised) / sigma.clamp_min(torch.finfo(x.dtype).tiny), 0.0)
+
+
+def _levels(sigmas: torch.Tensor, x: torch.Tensor) -> list:
+    """Python floats for a scalar schedule (the historical, bit-exact path); tensors broadcastable to x otherwise."""
+    if sigmas.ndim == 1:
+        return [float(s) for s in sigmas]
+    return [s.to(device=x.device, dtype=x.dtype) for s in sigmas]
+
+
+def _heun_needed(sigma_next: float | torch.Tensor) -> bool:
+    return bool((sigma_next > 0).any()) if isinstance(sigma_next, torch.Tensor) else sigma_next > 0
 
 
 def _churn_gamma(sigma: float, n_steps: int, s_churn: float, s_tmin: float, s_tmax: float) -> float:
@@ -84,12 +125,14 @@ def _edm_loop(
 ) -> torch.Tensor:
     """Karras et al. (2022) Algorithm 2: Euler (order 1) or Heun (order 2) steps with optional churn.
 
-    The last step to sigma = 0 is always an Euler step (Heun would divide by zero).
+    The last step to sigma = 0 is always an Euler step (Heun would divide by zero). ``sigmas`` is a scalar
+    schedule (n+1,) or a per-element one (n+1, *shape) whose rows broadcast against x (rolling diffusion: one
+    level per frame); per element, a step to 0 is an Euler step and elements at 0 stay fixed.
     """
     _check_schedule(sigmas)
-    if s_churn > 0 and noise is None:
-        raise ValueError("stochastic churn needs a noise source: pass noise=...")
-    levels = [float(s) for s in sigmas]
+    if s_churn > 0 and (noise is None or sigmas.ndim > 1):
+        raise ValueError("stochastic churn needs a noise source (noise=...) and a scalar schedule")
+    levels = _levels(sigmas, x)
     n_steps = len(levels) - 1
     for i in range(n_steps):
         sigma, sigma_next = levels[i], levels[i + 1]
@@ -98,12 +141,13 @@ def _edm_loop(
         if gamma > 0:
             x = x + math.sqrt(sigma_hat**2 - sigma**2) * s_noise * noise(x)
         denoised = _denoise(denoiser, x, sigma_hat)
-        d = (x - denoised) / sigma_hat
+        d = _slope(x, denoised, sigma_hat)
         x_next = x + (sigma_next - sigma_hat) * d
-        if order == 2 and sigma_next > 0:
+        if order == 2 and _heun_needed(sigma_next):
             denoised_next = _denoise(denoiser, x_next, sigma_next)
-            d_next = (x_next - denoised_next) / sigma_next
-            x_next = x + (sigma_next - sigma_hat) * 0.5 * (d + d_next)
+            d_next = _slope(x_next, denoised_next, sigma_next)
+            heun = x + (sigma_next - sigma_hat) * 0.5 * (d + d_next)
+            x_next = torch.where(sigma_next > 0, heun, x_next) if isinstance(sigma_next, torch.Tensor) else heun
         x = x_next
         if callback is not None:
             info = {"i": i, "x": x, "sigma": sigma_hat, "sigma_next": sigma_next, "denoised": denoised}

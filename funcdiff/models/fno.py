@@ -46,7 +46,11 @@ class FNOConfig:
         emb_dim: size of the noise embedding (even).
         positional_embedding: None or "grid" (append sin/cos(2 pi x_i) for each dim).
         noise_channel: append c_noise broadcast to (B, 1, *S) as an input channel, so per-element noise
-            levels (e.g. per frame in rolling diffusion) reach the network pointwise.
+            levels reach the network pointwise (averaged over channels).
+        noise_per_channel: append c_noise broadcast to (B, in_channels, *S), one input channel per state
+            channel: with frames stacked as channels (forecasting), each frame's own noise level (rolling
+            diffusion, Ruhe et al. 2024) reaches the network.
+        cond_channels: clean conditioning channels appended to the input (a forecaster's history frames).
         norm_groups: GroupNorm groups in each block (``hidden_channels`` = instance norm; 0 = no norm).
         mlp_ratio: hidden width of each block's channel MLP, as a multiple of ``hidden_channels``.
     """
@@ -59,6 +63,8 @@ class FNOConfig:
     emb_dim: int = 64
     positional_embedding: str | None = "grid"
     noise_channel: bool = False
+    noise_per_channel: bool = False
+    cond_channels: int = 0
     norm_groups: int = 8
     mlp_ratio: int = 2
 
@@ -70,6 +76,8 @@ class FNOConfig:
         for name in ("in_channels", "out_channels", "hidden_channels", "n_layers", "emb_dim", "mlp_ratio"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if int(self.cond_channels) < 0:
+            raise ValueError(f"cond_channels must be >= 0, got {self.cond_channels}")
         if self.positional_embedding not in POSITIONAL_EMBEDDINGS:
             raise ValueError(
                 f"positional_embedding must be one of {POSITIONAL_EMBEDDINGS}, got {self.positional_embedding!r}"
@@ -113,7 +121,10 @@ class NoiseConditionedFNO(nn.Module):
     channels) is also appended as an input channel, so per-element levels reach the network pointwise.
     Without the noise channel a per-element c_noise only acts through its per-sample mean.
 
-    Shapes: x (B, in_channels, *S), c_noise (B,) or broadcastable to x -> (B, out_channels, *S).
+    ``cond`` (B, cond_channels, *S) is appended to the input when ``config.cond_channels`` > 0.
+
+    Shapes: x (B, in_channels, *S), c_noise (B,) or broadcastable to x, cond (B, cond_channels, *S)
+    -> (B, out_channels, *S).
     """
 
     name = "fno"
@@ -122,7 +133,8 @@ class NoiseConditionedFNO(nn.Module):
         super().__init__()
         self.config = config
         d = len(config.n_modes)
-        extra = (2 * d if config.positional_embedding == "grid" else 0) + int(config.noise_channel)
+        extra = ((2 * d if config.positional_embedding == "grid" else 0) + int(config.noise_channel)
+                 + config.in_channels * int(config.noise_per_channel) + config.cond_channels)
         self.embedding = NoiseEmbedding(config.emb_dim)
         self.lifting = PointwiseLinear(config.in_channels + extra, config.hidden_channels)
         self.blocks = nn.ModuleList(FNOBlock(config) for _ in range(config.n_layers))
@@ -131,26 +143,34 @@ class NoiseConditionedFNO(nn.Module):
             PointwiseLinear(config.hidden_channels, hidden), nn.GELU(), PointwiseLinear(hidden, config.out_channels)
         )
 
-    def forward(self, x: torch.Tensor, c_noise: torch.Tensor | float) -> torch.Tensor:
-        self._check_input(x)
+    def forward(self, x: torch.Tensor, c_noise: torch.Tensor | float, cond: torch.Tensor | None = None) -> torch.Tensor:
+        self._check_input(x, cond)
         c_sample, c_field = split_noise(c_noise, x)
         emb = self.embedding(c_sample)
-        h = self.lifting(self._input_features(x, c_field))
+        h = self.lifting(self._input_features(x, c_noise, c_field, cond))
         for block in self.blocks:
             h = block(h, emb)
         return self.projection(h)
 
-    def _input_features(self, x: torch.Tensor, c_field: torch.Tensor) -> torch.Tensor:
-        parts = [x]
+    def _input_features(self, x: torch.Tensor, c_noise: torch.Tensor | float, c_field: torch.Tensor,
+                        cond: torch.Tensor | None) -> torch.Tensor:
+        parts = [x] if cond is None else [x, cond.to(x.dtype)]
         if self.config.positional_embedding == "grid":
             grid = periodic_grid_features(tuple(x.shape[2:]), device=x.device, dtype=x.dtype)
             parts.append(grid.expand(x.shape[0], *grid.shape))
         if self.config.noise_channel:
             parts.append(c_field.to(x.dtype))
+        if self.config.noise_per_channel:
+            c = torch.as_tensor(c_noise, dtype=x.dtype, device=x.device)
+            parts.append(append_dims(c.expand(x.shape[0]) if c.ndim == 0 else c, x.ndim).expand_as(x))
         return torch.cat(parts, dim=1)
 
-    def _check_input(self, x: torch.Tensor) -> None:
+    def _check_input(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> None:
         cfg = self.config
+        given = 0 if cond is None else cond.shape[1]
+        if given != cfg.cond_channels or (cond is not None and cond.shape[2:] != x.shape[2:]):
+            raise ValueError(f"the backbone expects {cfg.cond_channels} conditioning channels on x's grid, got "
+                             f"{None if cond is None else tuple(cond.shape)} for x {tuple(x.shape)}")
         if x.ndim != 2 + len(cfg.n_modes):
             raise ValueError(
                 f"x must be (B, C, *S) with {len(cfg.n_modes)} spatial dims (n_modes={cfg.n_modes}), "

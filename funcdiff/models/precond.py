@@ -31,7 +31,10 @@ class EDMPrecond(nn.Module):
     anything finer is passed as the full c_noise tensor (the FNO backbone needs ``noise_channel=True`` to
     see more than its per-sample mean).
 
-    Shapes: x (B, C, *S), sigma float | (B,) | broadcastable to x -> denoised (B, C, *S).
+    ``cond`` (optional) is clean conditioning passed to the backbone unscaled beside c_in·x, e.g. the history
+    frames of a forecaster (normalised data); it is not part of the diffused state (as class labels in EDM).
+
+    Shapes: x (B, C, *S), sigma float | (B,) | broadcastable to x, cond (B, C_cond, *S) -> denoised (B, C, *S).
     """
 
     def __init__(self, backbone: nn.Module, sigma_data: float | list[float] | torch.Tensor = 1.0) -> None:
@@ -42,9 +45,10 @@ class EDMPrecond(nn.Module):
         self.backbone = backbone
         self.register_buffer("sigma_data", sigma_data)
 
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor | float, cond: torch.Tensor | None = None) -> torch.Tensor:
         c_skip, c_out, c_in, c_noise = self.coefficients(sigma, x)
-        F_x = self.backbone(c_in * x, _compact_noise(c_noise, x.shape[0]))
+        c_noise = _compact_noise(c_noise, x.shape[0])
+        F_x = self.backbone(c_in * x, c_noise) if cond is None else self.backbone(c_in * x, c_noise, cond=cond)
         if F_x.shape != x.shape:
             raise ValueError(f"backbone output shape {tuple(F_x.shape)} differs from input shape {tuple(x.shape)}")
         return c_skip * x + c_out * F_x

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from funcdiff.config import RunConfig
 from funcdiff.data import FieldDataset, make_synthetic_fields, train_test_split
 from funcdiff.data.datasets import check_finite
+from funcdiff.data.windows import fold_frames
 from funcdiff.io.atomic import write_text_atomic
 from funcdiff.io.checkpoint import (CheckpointMeta, checkpoint_path, latest_checkpoint, load_module_state,
                                     prune_checkpoints, read_checkpoint, save_checkpoint)
@@ -36,6 +37,7 @@ from funcdiff.noise import GaussianRandomField
 from funcdiff.training.distributed import (DistInfo, all_reduce_mean, dist_info_from_env, init_distributed,
                                            rank_seed, select_device, shard_batch, shutdown_distributed)
 from funcdiff.training.ema import EMA
+from funcdiff.training.forecast import forecast_loss, load_trajectories, window_datasets
 from funcdiff.training.loss import EDMLoss
 from funcdiff.training.schedule import WarmupCosineSchedule
 
@@ -55,10 +57,17 @@ def build_noise(config: RunConfig) -> GaussianRandomField:
 def build_datasets(config: RunConfig, fields: torch.Tensor | None = None) -> tuple[FieldDataset, FieldDataset]:
     """Train and validation sets of ``config.data`` (or of in-memory ``fields`` (N, C, *S) if given).
 
+    For a forecaster (``config.forecast.kind`` set) the data are trajectories (N, C, T, *S) and the items are
+    windows (C, history + horizon, *S) (:func:`funcdiff.training.forecast.window_datasets`).
+
     The normaliser is fitted on the training split. Raises ValueError for non-finite data or a channel
     count that differs from ``data.channels``.
     """
     d = config.data
+    if config.forecast.enabled:
+        traj, source = load_trajectories(config) if fields is None else (fields, {})
+        _check_channel_count(traj.shape[1], d.channels)
+        return window_datasets(traj, config, source)
     if fields is None and d.source == "synthetic":
         gen = torch.Generator().manual_seed(d.seed)
         fields = make_synthetic_fields(d.num_samples or 256, d.resolution, gen, dim=d.dim, channels=len(d.channels))
@@ -77,11 +86,12 @@ def _check_channel_count(num_channels: int, names: tuple[str, ...]) -> None:
         raise ValueError(f"data has {num_channels} channels but data.channels names {len(names)}: {list(names)}")
 
 
-def _encoded(dataset: FieldDataset, device: torch.device) -> torch.Tensor:
-    """All samples of a FieldDataset, normalised, as one (N, C, *S) tensor on ``device``."""
+def _encoded(dataset: FieldDataset, device: torch.device, frames: bool = False) -> torch.Tensor:
+    """All samples of a FieldDataset, normalised, as one (N, C, *S) tensor on ``device``; windows
+    (N, C, L, *S) of a forecaster are folded frames-major to (N, L·C, *S) when ``frames``."""
     x = dataset.normalizer.encode(dataset.fields).to(device=device, dtype=torch.float32)
     check_finite(x, dataset.channel_names)
-    return x
+    return fold_frames(x) if frames else x
 
 
 class Trainer:
@@ -107,17 +117,19 @@ class Trainer:
         self._check_data(train_set, val_set)
         self.channel_names, self.normalizer = tuple(train_set.channel_names), train_set.normalizer
         self.data_source = dict(train_set.source)
-        self.train_x = _encoded(train_set, self.device)
-        self.val_x = _encoded(val_set, self.device) if val_set is not None and len(val_set) else None
+        frames = config.forecast.enabled
+        self.train_x = _encoded(train_set, self.device, frames)
+        self.val_x = _encoded(val_set, self.device, frames) if val_set is not None and len(val_set) else None
         self.noise = build_noise(config)
-        self.model_config = config.model_config(self.train_x.shape[1])
+        self.model_config = config.model_config(len(self.channel_names))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(tc.seed)
             self.model = build_denoiser(self.model_config).to(self.device)
         self.ema = EMA(self.model, tc.ema_decay)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
         self.schedule = WarmupCosineSchedule(self.optimizer, tc.lr, tc.warmup_steps, tc.steps, tc.min_lr_ratio)
-        self.loss_fn = EDMLoss(self.noise, tc.P_mean, tc.P_std)
+        self.loss_fn = (forecast_loss(config, self.noise, len(self.channel_names)) if frames
+                        else EDMLoss(self.noise, tc.P_mean, tc.P_std))
         self.generator = torch.Generator(self.device).manual_seed(rank_seed(tc.seed, self.dist))
         self.step = 0
         self._perm_cache: tuple[int, torch.Tensor] | None = None
