@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-VERBS = ("demo", "data", "train", "sample", "solve")
+VERBS = ("demo", "data", "train", "sample", "solve", "evaluate")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,368 @@
+"""Scores of an ensemble forecast against truth trajectories, per lead time and channel, with reference rows.
+
+Forecast layout (written by ``funcdiff forecast``): one variable per channel of dims
+``(init_time, member, lead_time, x[, y])`` in physical units; coordinates ``lead_time``, ``lead`` (1..L, on
+``lead_time``), ``init_index`` and ``init_frame`` (on ``init_time``), ``member``; global attrs ``channels``
+(JSON list) and ``dt``. Lead ℓ of initial condition i is compared with frame ``init_frame[i] + ℓ`` of trajectory
+``init_index[i]`` of the truth file (funcdiff HDF5 trajectories ``(N, T, *S)``).
+
+Methods scored: ``forecast`` (the ensemble), ``persistence`` (the initial frame, repeated) and ``climatology``
+(the mean field over every trajectory and frame of a climatology file, by default the truth); the two references
+are deterministic, so their CRPS is their mean absolute error and their spread and SSR are NaN.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+import xarray as xr
+from torch import Tensor
+
+from funcdiff.errors import UserError
+from funcdiff.metrics import (crps_ensemble, energy_spectrum, max_spectrum_ratio, rank_histogram, rmse,
+                              spectrum_error, spread_skill_ratio, weighted_mean)
+
+METHODS = ("forecast", "persistence", "climatology")
+SCORES = ("rmse", "rel_l2", "crps", "spread", "ssr", "spectrum_error", "max_spectrum_ratio")
+SCORE_ATTRS = {
+    "rmse": ("RMSE of the ensemble mean", "channel units"),
+    "rel_l2": ("relative L2 error of the ensemble mean, averaged over initial conditions", "1"),
+    "crps": ("fair CRPS (mean absolute error for deterministic methods)", "channel units"),
+    "spread": ("sqrt of the mean unbiased ensemble variance", "channel units"),
+    "ssr": ("spread-skill ratio, sqrt((M+1)/M) spread / rmse (Fortin et al. 2014)", "1"),
+    "spectrum_error": ("RMS over shells k >= 1 of log10(E / E_truth)", "1"),
+    "max_spectrum_ratio": ("max over shells k >= 1 of max(E / E_truth, E_truth / E)", "1"),
+    "rank_histogram": ("counts of the truth's rank among the members", "1"),
+}
+FORECAST_DIMS = ("init_time", "member", "lead_time")
+SPATIAL_NAMES = ("x", "y", "z")
+
+
+def lead_scores(members: Tensor, truth: Tensor, weights: Optional[Tensor] = None, *,
+                generator: Optional[torch.Generator] = None) -> dict[str, Tensor]:
+    """Every score per channel and lead, averaged over initial conditions and space.
+
+    Args:
+        members: ensemble forecast; a deterministic forecast is one member (its CRPS is then its MAE).
+        truth: the verifying trajectories.
+        weights: spatial (e.g. area) weights broadcastable to ``*S``; normalised to mean 1. The spectra are
+            unweighted (periodic grids).
+        generator: breaks ties in the rank histogram (default: seeded with 0).
+
+    Shapes: members (B, M, C, L, *S), truth (B, C, L, *S) -> ``rmse``, ``rel_l2``, ``crps``, ``spread``,
+    ``ssr``, ``spectrum_error``, ``max_spectrum_ratio`` (C, L) and ``rank_histogram`` (C, L, M + 1).
+    """
+    if members.ndim != truth.ndim + 1 or truth.ndim < 4:
+        raise ValueError(f"expected members (B, M, C, L, *S) and truth (B, C, L, *S), got shapes "
+                         f"{tuple(members.shape)} and {tuple(truth.shape)}")
+    space = tuple(range(3, truth.ndim))
+    pooled = (0, *space)
+    mean = members.mean(1)
+    ssr, spread, _ = spread_skill_ratio(members, truth, 1, weights=weights, dims=pooled)
+    sample_l2 = rmse(mean, truth, weights, space) / weighted_mean(truth**2, space, weights).sqrt().clamp_min(1e-30)
+    scores = {
+        "rmse": rmse(mean, truth, weights, pooled),
+        "rel_l2": sample_l2.mean(0),
+        "crps": crps_ensemble(members, truth, 1, weights=weights, dims=pooled),
+        "spread": spread,
+        "ssr": ssr,
+        "rank_histogram": rank_histogram(members, truth, 1, weights=weights, dims=pooled, generator=generator),
+    }
+    return {**scores, **_spectrum_scores(members, truth)}
+
+
+def _spectrum_scores(members: Tensor, truth: Tensor) -> dict[str, Tensor]:
+    """Spectrum error and max ratio of the mean member spectrum against the truth's, per channel and lead.
+
+    Shapes: members (B, M, C, L, *S), truth (B, C, L, *S) -> two tensors (C, L).
+    """
+    spatial = truth.ndim - 3
+    _, forecast_spectrum = energy_spectrum(members, spatial)
+    _, truth_spectrum = energy_spectrum(truth, spatial)
+    forecast_spectrum, truth_spectrum = forecast_spectrum.mean((0, 1)), truth_spectrum.mean(0)
+    return {"spectrum_error": spectrum_error(forecast_spectrum, truth_spectrum),
+            "max_spectrum_ratio": max_spectrum_ratio(forecast_spectrum, truth_spectrum)}
+
+
+# --- reading and checking the inputs -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ForecastLayout:
+    """What :func:`score_forecast` needs to know about a forecast dataset.
+
+    Shapes: init_index, init_frame (B,); lead, lead_time (L,).
+    """
+
+    channels: tuple[str, ...]
+    spatial: tuple[str, ...]
+    init_index: np.ndarray
+    init_frame: np.ndarray
+    lead: np.ndarray
+    lead_time: np.ndarray
+
+
+def forecast_layout(forecast: xr.Dataset) -> ForecastLayout:
+    """Channels, spatial dims and init/lead coordinates of a forecast dataset (UserError if malformed)."""
+    channels = tuple(json.loads(forecast.attrs["channels"]) if "channels" in forecast.attrs else
+                     [v for v in forecast.data_vars if forecast[v].dims[:3] == FORECAST_DIMS])
+    missing = [c for c in channels if c not in forecast.data_vars]
+    if not channels or missing:
+        raise UserError(f"forecast has no variable for channel(s) {missing or 'any'}; "
+                        f"variables: {sorted(forecast.data_vars)}")
+    dims = forecast[channels[0]].dims
+    spatial = tuple(d for d in dims if d not in FORECAST_DIMS)
+    if set(FORECAST_DIMS) - set(dims) or not spatial or set(spatial) - set(SPATIAL_NAMES):
+        raise UserError(f"forecast variable {channels[0]!r} has dims {dims}; expected "
+                        f"{FORECAST_DIMS + ('x', '[y]')}")
+    needed = [c for c in ("lead", "init_index", "init_frame") if c not in forecast.coords]
+    if needed:
+        raise UserError(f"forecast lacks coordinate(s) {needed}: not written by `funcdiff forecast`?")
+    return ForecastLayout(channels, spatial, forecast["init_index"].values.astype(np.int64),
+                          forecast["init_frame"].values.astype(np.int64), forecast["lead"].values.astype(np.int64),
+                          forecast["lead_time"].values.astype(np.float64))
+
+
+def load_trajectories(path: str | os.PathLike, channels: Sequence[str], role: str = "truth"):
+    """Read ``channels`` of a trajectory file with :func:`funcdiff.data.load_fields` (ValueError -> UserError).
+
+    Shapes: -> FieldData with fields (N, T, *S).
+    """
+    from funcdiff.data import load_fields
+
+    try:
+        data = load_fields(path, fields=list(channels))
+    except ValueError as err:
+        raise UserError(f"{role} file: {err}") from err
+    return data
+
+
+def check_grid(data, layout: ForecastLayout, forecast: xr.Dataset, role: str = "truth") -> None:
+    """UserError unless ``data`` holds trajectories on the forecast's grid (sizes and, if stored, coordinates)."""
+    field = data.fields[layout.channels[0]]
+    sizes = tuple(forecast.sizes[d] for d in layout.spatial)
+    if tuple(field.shape[2:]) != sizes or field.ndim != 2 + len(sizes):
+        raise UserError(f"grid mismatch: forecast {dict(zip(layout.spatial, sizes))}, {role} fields "
+                        f"(N, T, *S) = {tuple(field.shape)} in {data.path}")
+    for name in layout.spatial:
+        if name in data.coords and name in forecast.coords:
+            ours, theirs = forecast[name].values, data.coords[name].double().numpy()
+            if not np.allclose(ours, theirs, rtol=0, atol=1e-6):
+                raise UserError(f"grid mismatch: forecast {name} in [{ours.min():g}, {ours.max():g}], "
+                                f"{role} {name} in [{theirs.min():g}, {theirs.max():g}] ({data.path})")
+
+
+def scored_leads(layout: ForecastLayout, num_trajectories: int, num_frames: int) -> np.ndarray:
+    """Indices (into ``lead_time``) of the leads whose truth exists for every initial condition.
+
+    Raises UserError for out-of-range ``init_index``/``init_frame`` or when no lead has a truth; warns when
+    some leads are left out.
+    """
+    bad = layout.init_index[(layout.init_index < 0) | (layout.init_index >= num_trajectories)]
+    if bad.size:
+        raise UserError(f"forecast init_index {bad.tolist()} out of range: the truth has {num_trajectories} "
+                        "trajectories")
+    bad = layout.init_frame[(layout.init_frame < 0) | (layout.init_frame >= num_frames)]
+    if bad.size:
+        raise UserError(f"forecast init_frame {bad.tolist()} out of range: the truth has {num_frames} frames")
+    keep = np.flatnonzero(layout.init_frame.max() + layout.lead < num_frames)
+    if keep.size == 0:
+        raise UserError(f"no forecast lead overlaps the truth: leads {layout.lead.min()}..{layout.lead.max()} "
+                        f"from frame {layout.init_frame.max()}, truth has {num_frames} frames")
+    if keep.size < layout.lead.size:
+        warnings.warn(f"leads {layout.lead[keep[-1]] + 1}..{layout.lead.max()} go beyond the truth's "
+                      f"{num_frames} frames and are not scored", UserWarning, stacklevel=3)
+    return keep
+
+
+def check_times(layout: ForecastLayout, times: Optional[Tensor]) -> None:
+    """Warn when the forecast's lead times differ from the truth's frame times (another frame spacing?)."""
+    if times is None or times.numel() < 2:
+        return
+    t = times.double().numpy()
+    frames = np.clip(layout.init_frame[0] + layout.lead, 0, len(t) - 1)
+    expected = t[frames] - t[layout.init_frame[0]]
+    ok = frames == layout.init_frame[0] + layout.lead
+    if not np.allclose(layout.lead_time[ok], expected[ok], rtol=1e-3, atol=1e-9):
+        warnings.warn(f"forecast lead_time {layout.lead_time[ok][:3].tolist()}... differs from the truth's "
+                      f"frame times {expected[ok][:3].tolist()}...: is the frame spacing the same?",
+                      UserWarning, stacklevel=3)
+
+
+def climatology_field(data, channels: Sequence[str]) -> Tensor:
+    """Mean field over every trajectory and frame (a deterministic reference forecast).
+
+    Shapes: data.fields[c] (N, T, *S) -> (C, *S) float64.
+    """
+    return torch.stack([data.fields[c].double().mean((0, 1)) for c in channels])
+
+
+# --- scoring --------------------------------------------------------------------------------------------
+
+
+def score_forecast(forecast: xr.Dataset, truth_path: str | os.PathLike,
+                   climatology_path: Optional[str | os.PathLike] = None, *, weights: Optional[Tensor] = None,
+                   lead_chunk: int = 16, seed: int = 0) -> xr.Dataset:
+    """Scores of ``forecast`` and of the persistence and climatology references against the truth file.
+
+    Leads are read and scored ``lead_chunk`` at a time, so memory does not grow with the number of leads;
+    leads without a truth for every initial condition are left out (with a warning).
+
+    Args:
+        forecast: dataset in the layout of the module docstring (e.g. ``xr.open_dataset("forecast.nc")``).
+        truth_path: funcdiff HDF5 trajectories holding every forecast channel on the forecast's grid.
+        climatology_path: trajectories whose mean field is the climatology (default: ``truth_path``).
+        weights: spatial weights broadcastable to ``*S`` (see :func:`lead_scores`).
+        seed: seeds the generator that breaks rank ties.
+
+    Shapes: -> dataset with variables ``SCORES`` of dims (method, lead_time, channel) and ``rank_histogram``
+    (method, lead_time, channel, rank); ``rank`` has M + 1 entries (NaN for the deterministic references).
+    """
+    layout = forecast_layout(forecast)
+    truth = load_trajectories(truth_path, layout.channels)
+    check_grid(truth, layout, forecast)
+    trajectories = truth.stack(layout.channels).double()  # (N, C, T, *S)
+    keep = scored_leads(layout, trajectories.shape[0], trajectories.shape[2])
+    check_times(layout, truth.coords.get("t"))
+    clim_data = truth if climatology_path is None else load_trajectories(climatology_path, layout.channels,
+                                                                          "climatology")
+    check_grid(clim_data, layout, forecast, "climatology")
+    climatology = climatology_field(clim_data, layout.channels)
+    generator = torch.Generator().manual_seed(seed)
+    chunks = [_score_chunk(forecast, layout, trajectories, climatology, keep[i:i + lead_chunk], weights, generator)
+              for i in range(0, len(keep), lead_chunk)]
+    scores = {m: {k: torch.cat([c[m][k] for c in chunks], dim=1) for k in chunks[0][m]} for m in METHODS}
+    attrs = {"truth": str(truth_path), "climatology": str(climatology_path or truth_path),
+             "members": forecast.sizes["member"], "initial_conditions": forecast.sizes["init_time"],
+             "dt": forecast.attrs.get("dt", float("nan"))}
+    return scores_to_dataset(scores, layout, keep, attrs)
+
+
+def _read_members(forecast: xr.Dataset, layout: ForecastLayout, leads: np.ndarray) -> Tensor:
+    """The forecast at the lead indices ``leads``. Shapes: -> (B, M, C, l, *S) float64."""
+    order = (*FORECAST_DIMS, *layout.spatial)
+    arrays = [forecast[c].isel(lead_time=leads).transpose(*order).values for c in layout.channels]
+    return torch.from_numpy(np.stack(arrays, axis=2)).double()
+
+
+def _score_chunk(forecast: xr.Dataset, layout: ForecastLayout, trajectories: Tensor, climatology: Tensor,
+                 leads: np.ndarray, weights: Optional[Tensor],
+                 generator: torch.Generator) -> dict[str, dict[str, Tensor]]:
+    """:func:`lead_scores` of every method at the lead indices ``leads``.
+
+    Shapes: trajectories (N, C, T, *S), climatology (C, *S) -> method -> score -> (C, l[, M + 1]).
+    """
+    index = torch.as_tensor(layout.init_index)
+    start = torch.as_tensor(layout.init_frame)
+    frames = start[:, None] + torch.as_tensor(layout.lead[leads])[None, :]  # (B, l)
+    truth = trajectories[index[:, None], :, frames].movedim(1, 2)  # (B, C, l, *S)
+    shape = (truth.shape[0], 1, *truth.shape[1:])
+    persistence = trajectories[index, :, start][:, None, :, None].expand(shape)
+    clim = climatology[None, None, :, None].expand(shape)
+    members = _read_members(forecast, layout, leads)
+    return {"forecast": lead_scores(members, truth, weights, generator=generator),
+            "persistence": lead_scores(persistence, truth, weights),
+            "climatology": lead_scores(clim, truth, weights)}
+
+
+def scores_to_dataset(scores: dict[str, dict[str, Tensor]], layout: ForecastLayout, leads: np.ndarray,
+                      attrs: dict) -> xr.Dataset:
+    """Collect :func:`lead_scores` outputs (per method, each (C, L) or (C, L, M + 1)) into a dataset."""
+    dims = ("method", "lead_time", "channel")
+    data_vars = {name: (dims, np.stack([scores[m][name].T.numpy() for m in METHODS]),
+                        {"long_name": SCORE_ATTRS[name][0], "units": SCORE_ATTRS[name][1]}) for name in SCORES}
+    ranks = scores["forecast"]["rank_histogram"].permute(1, 0, 2).numpy()  # (L, C, M + 1)
+    histogram = np.full((len(METHODS), *ranks.shape), np.nan)
+    histogram[0] = ranks
+    data_vars["rank_histogram"] = ((*dims, "rank"), histogram, {"long_name": SCORE_ATTRS["rank_histogram"][0],
+                                                               "units": "1"})
+    coords = {"method": list(METHODS), "lead_time": ("lead_time", layout.lead_time[leads], {"long_name": "lead time"}),
+              "lead": ("lead_time", layout.lead[leads], {"long_name": "lead (forecast steps)"}),
+              "channel": list(layout.channels), "rank": np.arange(ranks.shape[-1])}
+    import funcdiff
+
+    return xr.Dataset(data_vars, coords=coords, attrs={**attrs, "funcdiff_version": funcdiff.__version__,
+                                                       "Conventions": "CF-1.8"})
+
+
+# --- outputs --------------------------------------------------------------------------------------------
+
+
+def score_rows(scores: xr.Dataset) -> list[dict]:
+    """One JSON-ready row per (method, channel, lead): ``{"method", "channel", "lead", "lead_time", <scores>}``
+    (NaN as None)."""
+    rows = []
+    for method in scores["method"].values:
+        for channel in scores["channel"].values:
+            sel = scores.sel({"method": method, "channel": channel})
+            for i in range(scores.sizes["lead_time"]):
+                row = {"method": str(method), "channel": str(channel), "lead": int(sel["lead"][i]),
+                       "lead_time": float(sel["lead_time"][i])}
+                for name in SCORES:
+                    value = float(sel[name][i])
+                    row[name] = value if math.isfinite(value) else None
+                rows.append(row)
+    return rows
+
+
+def plot_scores(scores: xr.Dataset, path: str | os.PathLike) -> Path:
+    """PNG with one panel per score against lead time (every method and channel) and the forecast's rank
+    histogram pooled over leads."""
+    import matplotlib.pyplot as plt
+
+    from funcdiff.io.plots import save_figure
+
+    fig, axes = plt.subplots(2, 4, figsize=(16, 7))
+    lead_time = scores["lead_time"].values
+    for ax, name in zip(axes.flat, SCORES):
+        for method, style in zip(METHODS, ("-", "--", ":")):
+            for channel in scores["channel"].values:
+                label = method if scores.sizes["channel"] == 1 else f"{method} {channel}"
+                values = scores[name].sel({"method": method, "channel": channel})
+                ax.plot(lead_time, values, style, marker=".", label=label)
+        target = {"ssr": 1.0, "max_spectrum_ratio": 2.0}.get(name)  # SSR goal, "spectrum within a factor 2"
+        if target is not None:
+            ax.axhline(target, color="0.6", lw=0.8)
+        if name == "max_spectrum_ratio":
+            ax.set_yscale("log")
+        ax.set_title(SCORE_ATTRS[name][0], fontsize=8)
+        ax.set_xlabel("lead time")
+        ax.set_ylabel(name)
+    axes.flat[0].legend(fontsize=7)
+    _plot_rank_histogram(axes.flat[len(SCORES)], scores)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def _plot_rank_histogram(ax, scores: xr.Dataset) -> None:
+    """Frequencies of the forecast's rank histogram pooled over leads, one step line per channel."""
+    counts = scores["rank_histogram"].sel({"method": "forecast"}).sum("lead_time")
+    for channel in scores["channel"].values:
+        freq = counts.sel(channel=channel).values
+        ax.step(scores["rank"].values, freq / max(freq.sum(), 1e-30), where="mid", label=str(channel))
+    ax.axhline(1 / scores.sizes["rank"], color="0.6", lw=0.8)
+    ax.set_title("rank histogram (forecast, all leads)", fontsize=8)
+    ax.set_xlabel("rank of the truth")
+    ax.set_ylabel("frequency")
+
+
+def save_scores(scores: xr.Dataset, out: str | os.PathLike, json_path: Optional[str | os.PathLike] = None,
+                plot_path: Optional[str | os.PathLike] = None) -> list[Path]:
+    """Write ``scores`` to netCDF (and optionally JSON rows and a PNG), each atomically; returns the paths."""
+    from funcdiff.io.atomic import write_text_atomic
+    from funcdiff.io.netcdf import write_netcdf
+
+    paths = [write_netcdf(scores, out)]
+    if json_path is not None:
+        paths.append(write_text_atomic(json_path, json.dumps(score_rows(scores), indent=1) + "\n"))
+    if plot_path is not None:
+        paths.append(plot_scores(scores, plot_path))
+    return paths
