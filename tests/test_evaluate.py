@@ -172,3 +172,10 @@ def test_user_errors_exit_2_with_one_line(tmp_path, capsys, case, message):
     err = capsys.readouterr().err.strip()
     assert err.startswith("funcdiff evaluate: error:") and message in err and "\n" not in err
     assert not (tmp_path / "scores.nc").exists()
+
+
+def test_a_different_frame_spacing_warns(tmp_path):
+    truth = random_truth(seed=8)
+    forecast = make_forecast({"u": truth_windows(truth, [0], [0], 3)[:, None]}, [0], [0], dt=2 * DT)
+    with pytest.warns(UserWarning, match="frame spacing"):
+        score_forecast(forecast, write_truth(tmp_path / "truth.h5", {"u": truth}))
