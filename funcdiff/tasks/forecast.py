@@ -1,0 +1,290 @@
+"""Probabilistic forecasting: autoregressive and rolling diffusion rollouts, ensembles, sensors assimilated on the way.
+
+A rollout is a loop around the shared solvers (:mod:`funcdiff.sampling`), never a new solver:
+
+* **autoregressive** -- each step draws ``horizon`` fresh frames of function-space noise, runs the Karras schedule
+  (``steps_per_frame × horizon`` steps) with the last ``history`` clean frames as conditioning, and emits all
+  ``horizon`` frames;
+* **rolling** (Ruhe et al., ICML 2024; the EDM form of Rühling Cachay et al. 2025, ERDM) -- a window of W frames
+  whose noise rises with the frame index; each step lowers every frame's sigma along the per-frame schedule
+  (:func:`funcdiff.sampling.sigmas_rolling`, ``steps_per_frame`` solver steps), emits the now-clean first frame,
+  shifts the window and appends fresh noise at sigma_max. The very first step runs the initial phase (all noise
+  -> the rolling profile) before that.
+
+Both are one function, :func:`rollout_step`, over a :class:`RolloutState` (history, window, per-member random
+generators, frames emitted). :func:`rollout` is a generator of emitted frames, so memory never grows with the lead
+time; :class:`Forecast` streams them to netCDF, resumes a killed run bit-identically from a state file written
+after every step, plots and scores. Sensors with times (:class:`~funcdiff.guidance.timed.TimedObservation`) guide
+every window frame that carries them through the existing :class:`~funcdiff.guidance.GuidedDenoiser`.
+
+Units: states inside the loop are normalised (the checkpoint's :class:`~funcdiff.data.Normalizer`); everything a
+user gives or gets is physical. Shapes: frames are ``(M, C, *S)`` for M members; windows and histories are folded
+frames-major ``(M, W·C, *S)`` (:mod:`funcdiff.data.windows`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from funcdiff.config import ForecastConfig, SampleConfig, config_from_dict
+from funcdiff.data import Normalizer
+from funcdiff.data.windows import fold_frames, frame_channels, unfold_frames
+from funcdiff.errors import UserError
+from funcdiff.guidance import GuidedDenoiser
+from funcdiff.guidance.likelihood import ObservationGuidance
+from funcdiff.guidance.timed import FrameTerm, TimedObservation
+from funcdiff.noise import GaussianRandomField, make_generators
+from funcdiff.sampling import get_solver, sigmas_karras, sigmas_rolling
+from funcdiff.training.forecast import frames_per_step, nfe_per_frame
+
+ConditionalDenoiser = Callable[..., Tensor]  # (x, sigma, cond=history) -> denoised, normalised units
+
+
+@dataclass
+class Forecaster:
+    """What a rollout needs: the conditional denoiser and how it was trained.
+
+    ``denoiser(x, sigma, cond=history)`` maps a noisy window (B, horizon·C, *S) at per-element sigma and clean
+    history (B, history·C, *S) to the denoised window; a trained checkpoint gives one through
+    :func:`load_forecaster`, tests give exact ones. ``dt`` is the time between frames, ``normalizer`` maps
+    physical to model units (``None``: identity).
+    """
+
+    denoiser: ConditionalDenoiser
+    noise: GaussianRandomField
+    forecast: ForecastConfig
+    channel_names: tuple[str, ...]
+    normalizer: Optional[Normalizer] = None
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    dt: float = 1.0
+    grid: str = "periodic"
+    min_resolution: tuple[int, ...] = ()
+    sigma_data: float | Sequence[float] = 1.0
+    name: str = "forecaster"
+
+    @property
+    def channels(self) -> int:
+        return len(self.channel_names)
+
+    def encode(self, x: Tensor) -> Tensor:
+        """Physical -> model units. Shapes: (B, C, ...) -> same."""
+        return x if self.normalizer is None else self.normalizer.encode(x).to(x.dtype)
+
+    def decode(self, x: Tensor) -> Tensor:
+        """Model -> physical units. Shapes: (B, C, ...) -> same."""
+        return x if self.normalizer is None else self.normalizer.decode(x).to(x.dtype)
+
+
+def load_forecaster(checkpoint: str | os.PathLike, device: str | torch.device = "cpu") -> Forecaster:
+    """The :class:`Forecaster` of a checkpoint file or run directory (EMA weights); UserError if the checkpoint
+    is not a forecaster's."""
+    from funcdiff.io.checkpoint import load_denoiser
+
+    denoiser, meta = load_denoiser(checkpoint, ema=True, device=device)
+    config = config_from_dict(meta.config)
+    if not config.forecast.enabled:
+        raise UserError(f"checkpoint {checkpoint} is not a forecaster (it was trained without a `forecast:` "
+                        "section); train one with a config from configs/forecast/")
+    modes = tuple(meta.model_config.get("n_modes", ()))
+    return Forecaster(denoiser=denoiser, noise=meta.noise, forecast=config.forecast,
+                      channel_names=tuple(meta.channel_names), normalizer=meta.normalizer, sample=config.sample,
+                      dt=float(meta.extra.get("dt", 1.0)), grid=str(_grid_kind(meta.extra.get("grid"))),
+                      min_resolution=tuple(int(m) + 1 for m in modes),
+                      sigma_data=meta.model_config.get("sigma_data", 1.0), name=str(meta.task or "forecaster"))
+
+
+def _grid_kind(grid) -> str:
+    kind = grid.get("type") if isinstance(grid, dict) else grid
+    return "node" if isinstance(kind, str) and kind.startswith("node") else "periodic"
+
+
+# ------------------------------------------------------------------------------------------------ the loop
+@dataclass
+class RolloutState:
+    """Everything a rollout carries from one step to the next (normalised units).
+
+    ``history`` (M, history·C, *S) clean frames; ``window`` (M, horizon·C, *S) the rolling window at the start of
+    a step, or ``None`` before the first rolling step (and always for autoregressive steps); ``emitted`` frames
+    so far; one random generator per member, so a member's result never depends on the batch it ran in.
+    """
+
+    history: Tensor
+    window: Optional[Tensor]
+    emitted: int
+    generators: list[torch.Generator]
+
+    def state_dict(self) -> dict:
+        """Plain tensors and numbers (``torch.load(weights_only=True)`` reads them back)."""
+        return {"history": self.history, "window": self.window, "emitted": self.emitted,
+                "generators": [g.get_state() for g in self.generators]}
+
+    @classmethod
+    def from_state_dict(cls, state: dict, device: str | torch.device = "cpu") -> "RolloutState":
+        gens = []
+        for s in state["generators"]:
+            g = torch.Generator(device=device)
+            g.set_state(s)
+            gens.append(g)
+        window = state["window"]
+        return cls(state["history"].to(device), None if window is None else window.to(device),
+                   int(state["emitted"]), gens)
+
+
+def initial_state(fc: Forecaster, initial: Tensor, members: int, seed: int, offset: int = 0) -> RolloutState:
+    """The state before the first step: the last ``history`` frames of ``initial``, repeated per member.
+
+    ``offset`` separates the generators of several initial states (member m of initial state j draws from
+    generator (seed, j·members + m)). Shapes: initial (C, T0, *S) physical, T0 ≥ history.
+    """
+    check_initial(fc, initial)
+    h = fc.forecast.history
+    frames = fc.encode(initial[:, -h:].unsqueeze(0).to(torch.float32))  # (1, C, h, *S)
+    history = fold_frames(frames).expand(members, *fold_frames(frames).shape[1:]).clone()
+    gens = make_generators(seed, range(offset * members, (offset + 1) * members))
+    return RolloutState(history, None, 0, gens)
+
+
+def check_initial(fc: Forecaster, initial: Tensor) -> None:
+    """UserError for an initial state the forecaster cannot start from (frames, channels, grid, NaN)."""
+    h, c = fc.forecast.history, fc.channels
+    if initial.ndim < 3 or initial.shape[0] != c:
+        raise UserError(f"the initial state must be (C={c}, frames, *space) for channels {list(fc.channel_names)}, "
+                        f"got shape {tuple(initial.shape)}")
+    if initial.shape[1] < h:
+        raise UserError(f"the forecaster needs {h} history frames but the initial state has {initial.shape[1]}")
+    spatial = tuple(initial.shape[2:])
+    if fc.min_resolution and (len(spatial) != len(fc.min_resolution)
+                              or any(n < m for n, m in zip(spatial, fc.min_resolution))):
+        raise UserError(f"the initial state's grid {spatial} does not fit the model: it needs "
+                        f"{len(fc.min_resolution)} spatial axes of at least {fc.min_resolution} points")
+    bad = int((~torch.isfinite(initial[:, -h:])).sum())
+    if bad:
+        raise UserError(f"the initial state holds {bad} NaN/Inf values")
+
+
+TermsForLead = Callable[[int], list]  # lead -> guidance terms on one (B, C, *S) frame (physical-units terms)
+
+
+def rollout_step(fc: Forecaster, state: RolloutState, *, steps_per_frame: int, solver: str = "heun",
+                 terms_for_lead: Optional[TermsForLead] = None, batch_size: Optional[int] = None
+                 ) -> tuple[Tensor, RolloutState]:
+    """One forecast step for all members, in chunks of ``batch_size`` (results independent of the chunking).
+
+    Returns the emitted frames (M, C, e, *S) in model units (e = 1 rolling, ``horizon`` autoregressive) and the
+    new state.
+    """
+    m = state.history.shape[0]
+    size = batch_size or m
+    frames, histories, windows = [], [], []
+    for start in range(0, m, size):
+        part = slice(start, min(start + size, m))
+        window = None if state.window is None else state.window[part]
+        out = _step_chunk(fc, state.history[part], window, state.generators[part], state.emitted,
+                          steps_per_frame, solver, terms_for_lead)
+        for acc, value in zip((frames, histories, windows), out):
+            acc.append(value)
+    e = frames_per_step(fc.forecast)
+    new_window = None if windows[0] is None else torch.cat(windows)
+    new_state = RolloutState(torch.cat(histories), new_window, state.emitted + e, state.generators)
+    return unfold_frames(torch.cat(frames), fc.channels), new_state
+
+
+def _step_chunk(fc: Forecaster, history: Tensor, window: Optional[Tensor], gens: list[torch.Generator],
+                emitted: int, steps_per_frame: int, solver: str, terms_for_lead: Optional[TermsForLead]
+                ) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+    """Advance one chunk of members: (emitted frames folded, new history, new window)."""
+    c, w, kind = fc.channels, fc.forecast.horizon, fc.forecast.kind
+    s = fc.sample
+    run = get_solver(solver)
+    denoiser = _window_denoiser(fc, history, emitted, terms_for_lead)
+    if window is None:
+        window = _fresh_noise(fc, gens, w * c, history)
+        if kind == "rolling":
+            window = run(denoiser, window, _per_frame(sigmas_rolling(w, steps_per_frame, s.sigma_min, s.sigma_max,
+                                                                     s.rho, init=True), c, history))
+    if kind == "rolling":
+        sigmas = _per_frame(sigmas_rolling(w, steps_per_frame, s.sigma_min, s.sigma_max, s.rho), c, history)
+    else:
+        sigmas = sigmas_karras(steps_per_frame * w, s.sigma_min, s.sigma_max, s.rho)
+    x = run(denoiser, window, sigmas)
+    e = frames_per_step(fc.forecast)
+    out = x[:, :e * c]
+    new_window = torch.cat([x[:, e * c:], _fresh_noise(fc, gens, e * c, history)], dim=1) if kind == "rolling" else None
+    new_history = torch.cat([history, out], dim=1)[:, -fc.forecast.history * c:]
+    return out, new_history, new_window
+
+
+def _fresh_noise(fc: Forecaster, gens: list[torch.Generator], channels: int, like: Tensor) -> Tensor:
+    """sigma_max × function-space noise for ``channels`` folded channels, one generator per member."""
+    shape = (len(gens), channels, *like.shape[2:])
+    return fc.sample.sigma_max * fc.noise.sample(shape, generator=gens, dtype=like.dtype).to(like.device)
+
+
+def _per_frame(sigmas: Tensor, channels: int, like: Tensor) -> Tensor:
+    """(n+1, W) per-frame levels -> (n+1, 1, W·C, 1, ...) rows broadcastable to a folded window."""
+    rows = sigmas.repeat_interleave(channels, dim=1)
+    return rows.reshape(*rows.shape, *[1] * (like.ndim - 2)).unsqueeze(1).to(like.device, like.dtype)
+
+
+def _window_denoiser(fc: Forecaster, history: Tensor, emitted: int, terms_for_lead: Optional[TermsForLead]):
+    """The conditional denoiser with this step's history bound; wrapped by guidance for frames with sensors
+    (window frame k is lead ``emitted + 1 + k``)."""
+    def denoiser(x: Tensor, sigma: Tensor) -> Tensor:
+        return fc.denoiser(x, sigma, cond=history)
+
+    if terms_for_lead is None:
+        return denoiser
+    c = fc.channels
+    terms = [FrameTerm(term, frame_channels(k, c))
+             for k in range(fc.forecast.horizon) for term in terms_for_lead(emitted + 1 + k)]
+    if not terms:
+        return denoiser
+    return GuidedDenoiser(denoiser, terms, fc.noise, sigma_data=fc.sigma_data)
+
+
+def observation_terms(fc: Forecaster, observation: TimedObservation, lead_steps: int) -> TermsForLead:
+    """lead -> guidance terms of the sensors at that lead (physical values; the terms decode the model state)."""
+    leads = observation.leads(fc.dt, lead_steps)
+    by_lead: dict[int, list] = {}
+    for k, lead in enumerate(leads):
+        sensors = observation.at(k)
+        if sensors.values.shape[1] and max(sensors.channels) >= fc.channels:
+            raise UserError(f"the observation reads channels {sensors.channels} but the forecaster has "
+                            f"{list(fc.channel_names)}")
+        term = ObservationGuidance(sensors, fc.noise, sigma_data=fc.sigma_data, decode=fc.decode)
+        by_lead.setdefault(lead, []).append(term)
+    return lambda lead: by_lead.get(lead, [])
+
+
+def rollout(fc: Forecaster, initial: Tensor, lead_steps: int, *, members: int = 8, seed: int = 0,
+            steps_per_frame: Optional[int] = None, solver: str = "heun",
+            observations: Optional[TimedObservation] = None, batch_size: Optional[int] = None,
+            state: Optional[RolloutState] = None, offset: int = 0) -> Iterator[tuple[list[int], Tensor, RolloutState]]:
+    """Yield ``(leads, frames, state)`` after every forecast step until ``lead_steps`` frames are out.
+
+    ``frames`` (M, C, len(leads), *S) are physical; ``state`` is the state after the step (save it to resume:
+    pass it back as ``state``). Frames past ``lead_steps`` of a last autoregressive block are dropped.
+    Shapes: initial (C, T0, *S) physical with T0 ≥ history.
+    """
+    if lead_steps < 1 or members < 1:
+        raise UserError(f"need lead_steps >= 1 and members >= 1, got {lead_steps}, {members}")
+    spf = int(steps_per_frame or fc.forecast.steps_per_frame)
+    if spf < 1:
+        raise UserError(f"steps per frame must be >= 1, got {steps_per_frame}")
+    terms = observation_terms(fc, observations, lead_steps) if observations is not None else None
+    state = state or initial_state(fc, initial, members, seed, offset)
+    while state.emitted < lead_steps:
+        with torch.no_grad():
+            frames, new_state = rollout_step(fc, state, steps_per_frame=spf, solver=solver, terms_for_lead=terms,
+                                             batch_size=batch_size)
+        keep = min(frames.shape[2], lead_steps - state.emitted)
+        leads = list(range(state.emitted + 1, state.emitted + 1 + keep))
+        yield leads, fc.decode(frames[:, :, :keep]), new_state
+        state = new_state
