@@ -9,7 +9,7 @@ A rollout is a loop around the shared solvers (:mod:`funcdiff.sampling`), never 
   whose noise rises with the frame index; each step lowers every frame's sigma along the per-frame schedule
   (:func:`funcdiff.sampling.sigmas_rolling`, ``steps_per_frame`` solver steps), emits the now-clean first frame,
   shifts the window and appends fresh noise at sigma_max. The very first step runs the initial phase (all noise
-  -> the rolling profile) before that.
+  -> the rolling profile) before that, with ``steps_per_frame × W`` steps (the steps a frame sees in the window).
 
 Both are one function, :func:`rollout_step`, over a :class:`RolloutState` (history, window, per-member random
 generators, frames emitted). :func:`rollout` is a generator of emitted frames, so memory never grows with the lead
@@ -207,8 +207,8 @@ def _step_chunk(fc: Forecaster, history: Tensor, window: Optional[Tensor], gens:
     if window is None:
         window = _fresh_noise(fc, gens, w * c, history)
         if kind == "rolling":
-            window = run(denoiser, window, _per_frame(sigmas_rolling(w, steps_per_frame, s.sigma_min, s.sigma_max,
-                                                                     s.rho, init=True), c, history))
+            init = sigmas_rolling(w, steps_per_frame * w, s.sigma_min, s.sigma_max, s.rho, init=True)
+            window = run(denoiser, window, _per_frame(init, c, history))
     if kind == "rolling":
         sigmas = _per_frame(sigmas_rolling(w, steps_per_frame, s.sigma_min, s.sigma_max, s.rho), c, history)
     else:
@@ -288,3 +288,108 @@ def rollout(fc: Forecaster, initial: Tensor, lead_steps: int, *, members: int = 
         leads = list(range(state.emitted + 1, state.emitted + 1 + keep))
         yield leads, fc.decode(frames[:, :, :keep]), new_state
         state = new_state
+
+
+# ----------------------------------------------------------------------------------------- the ensemble
+class Forecast:
+    """An ensemble forecast from one or more initial states, computed lazily (nothing runs until asked).
+
+    ``frames(init)`` streams ``(lead, (M, C, *S))`` physical frames; ``save(path)`` streams them into a netCDF file
+    (layout in :mod:`funcdiff.io.forecast_file`) and resumes a killed save bit-identically; ``to_tensor()``,
+    ``plot(path)`` and ``scores(truth)`` read the saved file when there is one.
+
+    Shapes: initial (n_init, C, T0, *S) physical, T0 ≥ the forecaster's history.
+    """
+
+    def __init__(self, forecaster: Forecaster, initial: Tensor, lead_steps: int, *, members: int = 8, seed: int = 0,
+                 steps_per_frame: Optional[int] = None, solver: str = "heun",
+                 observations: Optional[TimedObservation] = None, batch_size: Optional[int] = None,
+                 init_index: Optional[Sequence[int]] = None, init_frame: Optional[Sequence[int]] = None,
+                 init_time: Optional[Sequence[float]] = None, attrs: Optional[dict] = None) -> None:
+        initial = initial if initial.ndim >= 4 else initial.unsqueeze(0)
+        for x in initial:
+            check_initial(forecaster, x)
+        n = initial.shape[0]
+        self.forecaster, self.initial, self.lead_steps = forecaster, initial, int(lead_steps)
+        self.members, self.seed, self.solver = int(members), int(seed), solver
+        self.steps_per_frame = int(steps_per_frame or forecaster.forecast.steps_per_frame)
+        self.observations, self.batch_size = observations, batch_size
+        if observations is not None:
+            observation_terms(forecaster, observations, self.lead_steps)  # checks times and channels now
+        self.init_index = tuple(int(i) for i in (init_index if init_index is not None else range(n)))
+        self.init_frame = tuple(int(f) for f in (init_frame if init_frame is not None else [initial.shape[2] - 1] * n))
+        self.init_time = tuple(float(t) for t in (init_time if init_time is not None else
+                                                  [f * forecaster.dt for f in self.init_frame]))
+        self.attrs = dict(attrs or {})
+        self.path: Optional[Path] = None
+
+    def blocks(self, init: int = 0, state: Optional[RolloutState] = None
+               ) -> Iterator[tuple[list[int], Tensor, RolloutState]]:
+        """The rollout of initial state ``init`` step by step (see :func:`rollout`)."""
+        return rollout(self.forecaster, self.initial[init], self.lead_steps, members=self.members, seed=self.seed,
+                       steps_per_frame=self.steps_per_frame, solver=self.solver, observations=self.observations,
+                       batch_size=self.batch_size, state=state, offset=init)
+
+    def frames(self, init: int = 0) -> Iterator[tuple[int, Tensor]]:
+        """Yield ``(lead, frame (M, C, *S))`` as the rollout of initial state ``init`` produces them."""
+        for leads, frames, _ in self.blocks(init):
+            for k, lead in enumerate(leads):
+                yield lead, frames[:, :, k]
+
+    @property
+    def nfe_per_frame(self) -> float:
+        return nfe_per_frame(self.forecaster.forecast, self.steps_per_frame, self.solver)
+
+    def signature(self) -> dict:
+        """What determines the result: a partial file is resumed only by a run with the same signature."""
+        return {"forecaster": self.forecaster.name, "lead_steps": self.lead_steps, "members": self.members,
+                "seed": self.seed, "steps_per_frame": self.steps_per_frame, "solver": self.solver,
+                "batch_size": self.batch_size, "init_index": list(self.init_index),
+                "init_frame": list(self.init_frame), "observations": self.observations is not None,
+                "initial_sum": float(self.initial.double().sum())}
+
+    def save(self, path: str | os.PathLike, *, progress: bool = False) -> Path:
+        """Stream the forecast to netCDF; rerun after a kill to continue (see :func:`save_forecast`)."""
+        from funcdiff.tasks.forecast_io import save_forecast
+
+        self.path = save_forecast(self, Path(path), progress=progress)
+        return self.path
+
+    def to_tensor(self) -> Tensor:
+        """All members and leads, physical: from the saved file if any, else by running the rollout.
+        Shapes: (n_init, M, C, L, *S)."""
+        if self.path is not None:
+            from funcdiff.tasks.forecast_io import read_forecast
+
+            return read_forecast(self.path)
+        runs = [torch.cat([f for _, f, _ in self.blocks(i)], dim=2) for i in range(self.initial.shape[0])]
+        return torch.stack(runs)
+
+    def scores(self, truth: Tensor) -> dict[str, Tensor]:
+        """Per-lead scores against ``truth`` (n_init, C, L', *S) with L' ≥ L (lead ℓ at index ℓ - 1)
+        (:func:`funcdiff.tasks.evaluate.lead_scores`: RMSE, relative L2, fair CRPS, spread, SSR, rank histogram,
+        spectrum errors; each (C, L))."""
+        from funcdiff.tasks.evaluate import lead_scores
+
+        truth = truth if truth.ndim == self.initial.ndim else truth.unsqueeze(0)
+        if truth.shape[2] < self.lead_steps:
+            raise UserError(f"the truth has {truth.shape[2]} leads, the forecast {self.lead_steps}")
+        return lead_scores(self.to_tensor(), truth[:, :, :self.lead_steps].to(torch.float32))
+
+    def plot(self, path: str | os.PathLike, truth: Optional[Tensor] = None, init: int = 0) -> Path:
+        """PNG of truth (if given), ensemble mean, two members and the spread at a few leads, truth and estimates
+        on one colour scale. Shapes: truth (C, L', *S) for initial state ``init``."""
+        from funcdiff.tasks.forecast_io import plot_forecast
+
+        return plot_forecast(self.to_tensor()[init], path, truth=truth, dt=self.forecaster.dt,
+                             channel_names=self.forecaster.channel_names)
+
+
+def forecast(model: Forecaster | str | os.PathLike, initial: Tensor, lead_steps: int, *, members: int = 8,
+             observations: Optional[TimedObservation] = None, seed: int = 0, device: str = "cpu",
+             **kwargs) -> Forecast:
+    """An ensemble :class:`Forecast` of ``lead_steps`` frames from ``initial`` (C, T0, *S) or (n_init, C, T0, *S)
+    physical frames, with a trained checkpoint (path) or a :class:`Forecaster`; keyword arguments go to
+    :class:`Forecast` (``steps_per_frame``, ``solver``, ``batch_size``, ...)."""
+    fc = model if isinstance(model, Forecaster) else load_forecaster(model, device)
+    return Forecast(fc, initial, lead_steps, members=members, seed=seed, observations=observations, **kwargs)

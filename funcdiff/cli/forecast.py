@@ -1,0 +1,93 @@
+"""``funcdiff forecast``: an ensemble rollout of a trained forecaster, streamed to netCDF, resumable, with sensors."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``forecast`` verb."""
+    from funcdiff.cli import non_negative_float, positive_int
+    from funcdiff.sampling import SOLVERS
+
+    parser = subparsers.add_parser(
+        "forecast", help="ensemble forecast of a trajectory with a trained forecaster (netCDF, resumable)",
+        description="Roll a trained forecaster (autoregressive or rolling diffusion) forward from the frames of a "
+                    "trajectory file. Rerun the same command after a kill to continue where it stopped.")
+    parser.add_argument("--checkpoint", required=True, help="forecaster checkpoint file or run directory")
+    parser.add_argument("--initial", required=True, help="trajectory file (funcdiff HDF5) holding the initial frames")
+    parser.add_argument("--index", type=int, action="append", default=None, metavar="I",
+                        help="trajectory to start from (repeatable: one initial state each; default 0)")
+    parser.add_argument("--start-frame", type=int, default=None,
+                        help="frame of the initial state (lead 0; default: the first with enough history)")
+    parser.add_argument("--lead-steps", type=positive_int, required=True, help="frames to forecast")
+    parser.add_argument("--members", type=positive_int, default=8, help="ensemble members")
+    parser.add_argument("--observations", default=None, help="timed sensors (netCDF with an obs_time coordinate)")
+    parser.add_argument("--sensor-fraction", type=float, default=None,
+                        help="twin experiment: observe this fraction of the grid in the --initial file's truth")
+    parser.add_argument("--sensor-every", type=positive_int, default=4, help="with --sensor-fraction: every N leads")
+    parser.add_argument("--sensor-noise", type=non_negative_float, default=0.0, help="sensor noise std (field units)")
+    parser.add_argument("--steps-per-frame", type=positive_int, default=None,
+                        help="solver steps per emitted frame (default: the config's forecast.steps_per_frame)")
+    parser.add_argument("--solver", default="heun", choices=sorted(k for k in SOLVERS if k != "stochastic"))
+    parser.add_argument("--batch-size", type=positive_int, default=None, help="members per chunk (bounds memory)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--out", required=True, help="output netCDF file")
+    parser.add_argument("--plot", default=None, help="PNG of the first initial state (default: <out>.png)")
+    parser.add_argument("--no-plot", action="store_true")
+    parser.add_argument("--no-progress", action="store_true")
+    parser.set_defaults(func=run_forecast)
+
+
+def run_forecast(args: argparse.Namespace) -> int:
+    from funcdiff.errors import UserError
+    from funcdiff.guidance.timed import load_timed_observation, save_timed_observation
+    from funcdiff.tasks.forecast import Forecast, load_forecaster
+    from funcdiff.tasks.forecast_io import initial_from_file
+
+    fc = load_forecaster(args.checkpoint, args.device)
+    f = fc.forecast
+    if args.observations and args.sensor_fraction is not None:
+        raise UserError("give either --observations or --sensor-fraction, not both")
+    starts = [initial_from_file(args.initial, fc.channel_names, i, args.start_frame, f.history, f.frame_step)
+              for i in (args.index or [0])]
+    observations = load_timed_observation(args.observations) if args.observations else None
+    if args.sensor_fraction is not None:
+        observations = _twin_sensors(args, fc, starts)
+        save_timed_observation(observations, Path(args.out).with_suffix(".sensors.nc"))
+    import torch
+
+    run = Forecast(fc, torch.stack([s[0] for s in starts]), args.lead_steps, members=args.members, seed=args.seed,
+                   steps_per_frame=args.steps_per_frame, solver=args.solver, observations=observations,
+                   batch_size=args.batch_size, init_index=args.index or [0], init_frame=[s[2] for s in starts],
+                   init_time=[s[3] for s in starts],
+                   attrs={"checkpoint": str(args.checkpoint), "source_file": str(args.initial), "seed": args.seed,
+                          "kind": f.kind, "config": {"forecast": vars(f), "members": args.members}})
+    out = run.save(args.out, progress=not args.no_progress)
+    print(f"wrote {out} ({len(starts)} initial state(s) x {args.members} members x {args.lead_steps} leads, "
+          f"{run.nfe_per_frame:g} network evaluations per frame)")
+    if not args.no_plot:
+        truth = starts[0][1]
+        png = run.plot(args.plot or Path(args.out).with_suffix(".png"), truth=truth if truth.shape[1] else None)
+        print(f"wrote {png}")
+    return 0
+
+
+def _twin_sensors(args: argparse.Namespace, fc, starts):
+    """Sensors read from the truth after the first initial state, every ``--sensor-every`` leads."""
+    import torch
+
+    from funcdiff.errors import UserError
+    from funcdiff.guidance.timed import make_timed_observation
+
+    initial, truth, _, _ = starts[0]
+    available = min(args.lead_steps, truth.shape[1])
+    leads = list(range(args.sensor_every, available + 1, args.sensor_every))
+    if not leads:
+        raise UserError(f"the --initial file has {truth.shape[1]} frames after the start: no lead for sensors")
+    frames = torch.cat([initial[:, -1:], truth], dim=1)
+    return make_timed_observation(frames, leads, fc.dt, fraction=float(args.sensor_fraction),
+                                  channels=range(fc.channels), channel_names=fc.channel_names,
+                                  noise_std=args.sensor_noise, grid=fc.grid, seed=args.seed)

@@ -1,0 +1,113 @@
+"""A forecast netCDF file written lead by lead while the rollout runs (CF-style, readable by xarray).
+
+Layout (``funcdiff evaluate`` reads it)::
+
+    <channel>(init_time, member, lead_time, x[, y[, z]])   float32, physical units
+    lead_time(lead_time)   float64, lead × dt (model time units)    lead(lead_time)  int, 1..L
+    init_time(init_time)   float64, time of the initial state       init_index(init_time), init_frame(init_time) int
+    member(member) int;    x, y, z: grid coordinates on the unit domain
+    completed_leads(init_time) int: leads written so far (a run in progress; L when complete)
+    global attributes: numbers as numbers, lists/dicts as JSON text (``channels``, ``config``, ...)
+
+The dimensions have fixed sizes from the start, so a write is one slice and memory never holds more than one
+step's frames. Files are created as ``<out>.partial`` and renamed when complete (see
+:meth:`funcdiff.tasks.forecast.Forecast.save`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import netCDF4
+import numpy as np
+import torch
+
+import funcdiff
+from funcdiff.io.atomic import new_file_mode
+
+SPATIAL_NAMES = ("x", "y", "z")
+
+
+@dataclass(frozen=True)
+class ForecastLayout:
+    """Sizes and coordinates of a forecast file. ``spatial`` is the grid shape; ``grid`` "periodic" (x_i = i/n)
+    or "node" (x_i = i/(n-1)); ``init_*`` one entry per initial state."""
+
+    channels: tuple[str, ...]
+    members: int
+    lead_steps: int
+    dt: float
+    spatial: tuple[int, ...]
+    grid: str
+    init_index: tuple[int, ...]
+    init_frame: tuple[int, ...]
+    init_time: tuple[float, ...]
+    units: str = "1"
+
+
+def attribute(value: Any) -> Any:
+    """A netCDF attribute value: numbers and strings as they are (bools as 0/1), anything else as JSON text."""
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, (str, int, float, np.integer, np.floating)):
+        return value
+    return json.dumps(value, default=str)
+
+
+def create_forecast_file(path: str | os.PathLike, layout: ForecastLayout, attrs: dict) -> netCDF4.Dataset:
+    """Create the file with every dimension, coordinate and (unfilled) variable; returns it open for writing."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds = netCDF4.Dataset(path, "w", format="NETCDF4")
+    n_init = len(layout.init_index)
+    spatial_dims = SPATIAL_NAMES[: len(layout.spatial)]
+    for name, size in (("init_time", n_init), ("member", layout.members), ("lead_time", layout.lead_steps),
+                       *zip(spatial_dims, layout.spatial)):
+        ds.createDimension(name, size)
+    _coord(ds, "lead_time", ("lead_time",), np.arange(1, layout.lead_steps + 1) * layout.dt, "f8",
+           long_name="lead time", units="model time units")
+    _coord(ds, "lead", ("lead_time",), np.arange(1, layout.lead_steps + 1), "i8", long_name="forecast step")
+    _coord(ds, "init_time", ("init_time",), np.asarray(layout.init_time), "f8", long_name="time of the initial state",
+           units="model time units")
+    _coord(ds, "init_index", ("init_time",), np.asarray(layout.init_index), "i8",
+           long_name="trajectory of the initial state in its file")
+    _coord(ds, "init_frame", ("init_time",), np.asarray(layout.init_frame), "i8",
+           long_name="frame of the initial state in its trajectory (lead 0)")
+    _coord(ds, "member", ("member",), np.arange(layout.members), "i8", long_name="ensemble member")
+    for name, n in zip(spatial_dims, layout.spatial):
+        values = np.arange(n) / (n if layout.grid == "periodic" else max(n - 1, 1))
+        _coord(ds, name, (name,), values, "f8", long_name=f"{name} coordinate (unit domain)", units="1")
+    _coord(ds, "completed_leads", ("init_time",), np.zeros(n_init, dtype=np.int64), "i8",
+           long_name="leads written so far")
+    for c in layout.channels:
+        var = ds.createVariable(c, "f4", ("init_time", "member", "lead_time", *spatial_dims),
+                                chunksizes=(1, 1, 1, *layout.spatial))
+        var.setncatts({"long_name": f"forecast of {c}", "units": layout.units,
+                       "coordinates": "lead init_index init_frame"})
+    ds.setncatts({"Conventions": "CF-1.8", "funcdiff_version": funcdiff.__version__, "grid": layout.grid,
+                  "dt": float(layout.dt), "channels": json.dumps(list(layout.channels)),
+                  **{k: attribute(v) for k, v in attrs.items()}})
+    os.chmod(path, new_file_mode())
+    return ds
+
+
+def _coord(ds: netCDF4.Dataset, name: str, dims: tuple, values: np.ndarray, dtype: str, **attrs: str) -> None:
+    var = ds.createVariable(name, dtype, dims)
+    var[:] = values
+    var.setncatts(attrs)
+
+
+def write_leads(ds: netCDF4.Dataset, channels: Sequence[str], init: int, leads: Sequence[int],
+                frames: torch.Tensor) -> None:
+    """Write ``frames`` (M, C, len(leads), *S) of initial state ``init`` at ``leads`` (1-based, contiguous), then
+    record the progress and flush to disk."""
+    first = leads[0] - 1
+    values = frames.detach().float().cpu().numpy()
+    for c, name in enumerate(channels):
+        ds[name][init, :, first:first + len(leads)] = values[:, c]
+    ds["completed_leads"][init] = leads[-1]
+    ds.sync()
