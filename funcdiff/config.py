@@ -49,6 +49,9 @@ class DataConfig:
             raise ValueError("data.source='file' needs data.path")
         if not self.channels:
             raise ValueError("data.channels must name at least one channel")
+        if self.resolution < 2 or (self.num_samples is not None and self.num_samples < 1):
+            raise ValueError(f"data.resolution must be >= 2 and data.num_samples >= 1, got {self.resolution} and "
+                             f"{self.num_samples} (for file data the grid comes from the file; resolution is unused)")
         if not 0.0 < self.test_fraction < 1.0:
             raise ValueError(f"data.test_fraction must be in (0, 1), got {self.test_fraction}")
 

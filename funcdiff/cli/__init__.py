@@ -2,28 +2,153 @@
 
 Each verb lives in its own module ``funcdiff.cli.<verb>`` exposing ``register(subparsers)``, which adds an
 ``argparse`` sub-parser whose ``func`` default is the handler ``func(args) -> int``.
+
+Errors. A mistake in what the user asked for or gave (:class:`funcdiff.errors.UserError`, a missing or
+unreadable path, a bad argument) prints one line ``funcdiff <verb>: error: <message>`` to stderr and exits
+with status 2. ``--debug`` (anywhere on the command line) or ``FUNCDIFF_DEBUG=1`` shows the traceback
+instead; any other exception is a bug and always keeps its traceback.
+
+Threads. On a shared machine torch's default (one OpenMP thread per core, spinning while it waits) slowed the
+demo from seconds to minutes when another torch job ran (README, "Threads"). So every verb but ``data`` runs
+torch on one intra-op thread unless ``--threads N`` (0: torch's default, all cores) or ``OMP_NUM_THREADS``
+says otherwise, and ``OMP_WAIT_POLICY`` defaults to ``PASSIVE`` (idle OpenMP threads sleep) before torch is
+imported. ``data generate`` keeps torch's default: its large batched FFTs gain from every core.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+from contextlib import contextmanager
+from typing import Iterator, NoReturn
 
-VERBS = ("demo", "data", "train", "sample", "solve", "evaluate")
+VERBS = ("demo", "data", "train", "sample", "solve", "observe", "forecast", "evaluate")
+USER_OS_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
+DEBUG_ENV = "FUNCDIFF_DEBUG"
+DEFAULT_ALL_CORES = ("data",)  # verbs that keep torch's default thread count unless --threads is given
+
+
+class Parser(argparse.ArgumentParser):
+    """``ArgumentParser`` whose usage errors are one line (``funcdiff <verb>: error: ...``, exit status 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def non_negative_int(text: str) -> int:
+    """``argparse`` type: an integer >= 0."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {value}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """``argparse`` type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """``argparse`` type: a float >= 0."""
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Treat a ``ValueError``/``KeyError`` raised in the block (reading and checking user input) as a
+    :class:`~funcdiff.errors.UserError`. Wrap only input handling, never computation, so bugs keep tracebacks."""
+    from funcdiff.errors import UserError
+
+    import yaml
+
+    try:
+        yield
+    except UserError:
+        raise
+    except (ValueError, KeyError, yaml.YAMLError) as err:
+        raise UserError(str(err).strip("'\"")) from err
+
+
+def _add_common(parser: argparse.ArgumentParser, top: bool) -> None:
+    """``--debug`` and ``--threads`` on the top parser and on every leaf verb parser (leaves do not override
+    a value given before the verb)."""
+    default = {} if top else {"default": argparse.SUPPRESS}
+    parser.add_argument("--debug", action="store_true", help=f"show tracebacks (or set {DEBUG_ENV}=1)",
+                        **({"default": False} if top else default))
+    parser.add_argument("--threads", type=non_negative_int, metavar="N", **({"default": None} if top else default),
+                        help="torch intra-op threads; 0 = torch's default, one per core (default: 1, or "
+                             "OMP_NUM_THREADS if set; `data`: torch's default)")
+
+
+def _leaf_parsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        yield parser
+    for action in subs:
+        for child in dict.fromkeys(action.choices.values()):
+            yield from _leaf_parsers(child)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="funcdiff", description=__doc__.splitlines()[0])
+    parser = Parser(prog="funcdiff", description=__doc__.splitlines()[0])
+    _add_common(parser, top=True)
     subparsers = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     for verb in VERBS:
         importlib.import_module(f"funcdiff.cli.{verb}").register(subparsers)
+    for leaf in _leaf_parsers(parser):
+        if leaf is not parser:
+            _add_common(leaf, top=False)
     return parser
 
 
+def set_thread_policy(threads: int | None = None, verb: str | None = None) -> None:
+    """Default ``OMP_WAIT_POLICY=PASSIVE`` (effective only before torch is imported; a value the user set wins),
+    then torch's intra-op threads: ``threads`` if given (0 = torch's default), else none set when
+    ``OMP_NUM_THREADS`` is set or for ``DEFAULT_ALL_CORES`` verbs, else 1."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if verb is None or (threads is None and ("OMP_NUM_THREADS" in os.environ or verb in DEFAULT_ALL_CORES)):
+        return
+    import torch
+
+    if threads != 0:  # 0: keep torch's default, set when it was imported
+        torch.set_num_threads(threads or 1)
+
+
+def error_message(err: BaseException) -> str:
+    """One line for a user error: OS errors as ``<reason>: <path>``, other messages with newlines joined."""
+    if isinstance(err, OSError) and err.filename is not None and err.strerror:
+        text = f"{err.strerror}: {err.filename}"
+    else:
+        text = str(err.args[0]) if len(err.args) == 1 else str(err)
+    return "; ".join(line.strip() for line in text.splitlines() if line.strip()) or type(err).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    from funcdiff.errors import UserError
+
+    set_thread_policy()
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_:  # --help, or a usage error already printed as one line
+        return int(exit_.code or 0)
+    set_thread_policy(args.threads, args.verb)
+    debug = args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    try:
+        return int(args.func(args) or 0)
+    except (UserError, *USER_OS_ERRORS) as err:
+        if debug:
+            raise
+        verb = " ".join(v for v in (args.verb, getattr(args, "data_command", None)) if v)
+        print(f"funcdiff {verb}: error: {error_message(err)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

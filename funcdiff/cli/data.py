@@ -8,21 +8,25 @@ from pathlib import Path
 import torch
 import yaml
 
+from funcdiff.errors import UserError
+
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``data`` with sub-commands ``generate``, ``info`` and ``list``."""
+    from funcdiff.cli import positive_int
+
     parser = subparsers.add_parser("data", help="generate, inspect and list datasets")
     commands = parser.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
     gen = commands.add_parser("generate", help="generate a dataset into our HDF5 layout (resumable)")
-    gen.add_argument("pde", help="problem name (see `funcdiff data list`)")
-    gen.add_argument("--num-samples", type=int, required=True)
-    gen.add_argument("--resolution", type=int, required=True, help="grid points per spatial axis")
+    gen.add_argument("pde", help="problem name (see `funcdiff data list`; - and _ are the same)")
+    gen.add_argument("--num-samples", type=positive_int, required=True)
+    gen.add_argument("--resolution", type=positive_int, required=True, help="grid points per spatial axis")
     gen.add_argument("--out", type=Path, default=None, help="output .h5 (default datasets/<pde>_<res>.h5)")
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--device", default="cpu")
-    gen.add_argument("--batch-size", type=int, default=32)
+    gen.add_argument("--batch-size", type=positive_int, default=32)
     gen.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     gen.add_argument("--set", dest="overrides", action="append", default=[], metavar="PARAM=VALUE",
                      help="override a problem parameter (value parsed as YAML); repeatable")
@@ -42,21 +46,39 @@ def parse_overrides(items: list[str]) -> dict:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"--set expects PARAM=VALUE, got {item!r}")
+            raise UserError(f"--set expects PARAM=VALUE, got {item!r}")
         params[key.strip()] = yaml.safe_load(value)
     return params
 
 
+def problem_name(name: str) -> str:
+    """The registered name of a data problem, accepting ``-`` for ``_`` (``navier-stokes`` -> ``navier_stokes``);
+    UserError listing every valid name (``synthetic`` included) otherwise."""
+    from funcdiff.data.hdf5 import available_problems
+
+    names = available_problems()
+    for candidate in (name, name.strip().lower().replace("-", "_")):
+        if candidate in names:
+            return candidate
+    raise UserError(f"unknown problem {name!r}; valid: {', '.join(sorted(names))}")
+
+
 def run_generate(args: argparse.Namespace) -> int:
+    from funcdiff.cli import user_errors
     from funcdiff.data.hdf5 import generate_to_hdf5, resolve_problem
 
-    problem = resolve_problem(args.pde)
-    out = args.out or Path("datasets") / f"{args.pde}_{args.resolution}.h5"
-    result = generate_to_hdf5(problem, out, num_samples=args.num_samples, resolution=args.resolution,
-                              seed=args.seed, batch_size=args.batch_size, params=parse_overrides(args.overrides),
-                              device=args.device, dtype=DTYPES[args.dtype], overwrite=args.overwrite,
-                              progress=not args.no_progress)
-    print(f"wrote {result}")
+    name = problem_name(args.pde)
+    out = args.out or Path("datasets") / f"{name}_{args.resolution}.h5"
+    existed = out.exists() and not args.overwrite
+    with user_errors():  # bad --set values and a file made with other arguments are the user's
+        result = generate_to_hdf5(resolve_problem(name), out, num_samples=args.num_samples,
+                                  resolution=args.resolution, seed=args.seed, batch_size=args.batch_size,
+                                  params=parse_overrides(args.overrides), device=args.device,
+                                  dtype=DTYPES[args.dtype], overwrite=args.overwrite, progress=not args.no_progress)
+    if existed and result == out:
+        print(f"{out} is already complete with these arguments: nothing to do (--overwrite regenerates it)")
+    else:
+        print(f"wrote {result}")
     return 0
 
 

@@ -6,18 +6,24 @@ import argparse
 import os
 from pathlib import Path
 
+from funcdiff.errors import UserError
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``sample`` verb."""
+    from funcdiff.cli import positive_int
+    from funcdiff.sampling import SOLVERS
+
     parser = subparsers.add_parser("sample", help="sample fields from a trained checkpoint into netCDF")
     parser.add_argument("--checkpoint", required=True, help="checkpoint file or run directory (latest checkpoint)")
-    parser.add_argument("--resolution", type=int, required=True, help="grid points per spatial axis")
-    parser.add_argument("--num-samples", type=int, required=True)
+    parser.add_argument("--resolution", type=positive_int, required=True, help="grid points per spatial axis")
+    parser.add_argument("--num-samples", type=positive_int, required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True, help="output netCDF file")
-    parser.add_argument("--steps", type=int, default=None, help="solver steps (default: the config's sample.steps)")
-    parser.add_argument("--solver", default=None, help="euler | heun | stochastic (default: the config's)")
-    parser.add_argument("--batch-size", type=int, default=None, help="samples per chunk (bounds memory)")
+    parser.add_argument("--steps", type=positive_int, default=None,
+                        help="solver steps (default: the config's sample.steps)")
+    parser.add_argument("--solver", default=None, choices=sorted(SOLVERS), help="default: the config's")
+    parser.add_argument("--batch-size", type=positive_int, default=None, help="samples per chunk (bounds memory)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA weights")
     parser.add_argument("--no-progress", action="store_true")
@@ -37,8 +43,8 @@ def sample_checkpoint(checkpoint: str | os.PathLike, resolution: int, num_sample
     from funcdiff.io.checkpoint import load_denoiser
     from funcdiff.sampling import sample
 
-    if resolution < 1 or num_samples < 1:
-        raise ValueError(f"resolution and num_samples must be positive, got {resolution}, {num_samples}")
+    if resolution < 2 or num_samples < 1:
+        raise UserError(f"need resolution >= 2 and num_samples >= 1, got {resolution} and {num_samples}")
     denoiser, meta = load_denoiser(checkpoint, ema=ema, device=device)
     settings = {**meta.config.get("sample", {})}
     settings.update({k: v for k, v in (("steps", steps), ("solver", solver)) if v is not None})
@@ -54,6 +60,7 @@ def sample_checkpoint(checkpoint: str | os.PathLike, resolution: int, num_sample
 def run_sample(args: argparse.Namespace) -> int:
     from funcdiff.io.netcdf import fields_to_dataset, write_netcdf
     from funcdiff.io.plots import plot_samples_vs_data
+    from funcdiff.tasks.solve import checkpoint_grid
 
     fields, meta, settings = sample_checkpoint(
         args.checkpoint, args.resolution, args.num_samples, seed=args.seed, steps=args.steps, solver=args.solver,
@@ -63,7 +70,7 @@ def run_sample(args: argparse.Namespace) -> int:
              "seed": args.seed, "weights": "raw" if args.raw else "ema", "resolution": args.resolution,
              "training_resolution": list(meta.resolution), "noise": meta.noise.as_dict(), "sampler": settings,
              "config": meta.config}
-    ds = fields_to_dataset(fields, meta.channel_names, attrs)
+    ds = fields_to_dataset(fields, meta.channel_names, attrs, grid=checkpoint_grid(meta))
     path = write_netcdf(ds, Path(args.out))
     print(f"wrote {args.num_samples} samples at {args.resolution}^{meta.noise.dim} to {path}")
     for c, name in enumerate(meta.channel_names):

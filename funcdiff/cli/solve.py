@@ -15,25 +15,31 @@ import argparse
 import json
 from pathlib import Path
 
+from funcdiff.errors import UserError
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``solve`` verb."""
+    from funcdiff.cli import non_negative_float, positive_int
+    from funcdiff.sampling import SOLVERS
     from funcdiff.tasks.problems import task_names
 
     p = subparsers.add_parser("solve", help="solve a forward/inverse task from sparse observations")
     p.add_argument("--checkpoint", required=True, type=Path, help="checkpoint file or run directory")
-    p.add_argument("--task", required=True, choices=task_names())
+    p.add_argument("--task", required=True, metavar="TASK", help=f"one of {', '.join(task_names())}")
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--observations", type=Path, help="observation netCDF (funcdiff.guidance.save_observation)")
+    source.add_argument("--observations", type=Path,
+                        help="sensors: a file from `funcdiff observe`, or a posterior.nc of `solve`/`demo`")
     source.add_argument("--obs-fraction", type=float, help="observe this fraction of the truth's grid at random")
-    source.add_argument("--obs-count", type=int, help="observe this many random grid points of the truth")
+    source.add_argument("--obs-count", type=positive_int, help="observe this many random grid points of the truth")
     p.add_argument("--truth", type=Path, help="ground truth: our HDF5 layout (with --index) or netCDF")
     p.add_argument("--index", type=int, default=0, help="sample index in --truth")
-    p.add_argument("--obs-noise", type=float, default=0.0, help="measurement-noise std (physical units)")
-    p.add_argument("--num-samples", type=int, default=8)
-    p.add_argument("--steps", type=int, default=100)
-    p.add_argument("--solver", default="heun")
-    p.add_argument("--resolution", type=int, default=None, help="grid points per axis (default: truth/training)")
+    p.add_argument("--obs-noise", type=non_negative_float, default=0.0, help="measurement-noise std (physical units)")
+    p.add_argument("--num-samples", type=positive_int, default=8)
+    p.add_argument("--steps", type=positive_int, default=100)
+    p.add_argument("--solver", default="heun", choices=sorted(SOLVERS))
+    p.add_argument("--resolution", type=positive_int, default=None,
+                   help="grid points per axis (default: truth/training)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--guidance-strength", type=float, default=1.0)
     p.add_argument("--pde-guidance", action=argparse.BooleanOptionalAction, default=False)
@@ -41,28 +47,38 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--pde-start-sigma", type=float, default=1.0, help="PDE guidance acts below this noise level")
     p.add_argument("--pushforward", action="store_true",
                    help="forward tasks: push each sample's input channel through the numerical solver")
-    p.add_argument("--trust-region", type=float, default=None,
+    p.add_argument("--trust-region", type=non_negative_float, default=None,
                    help="guidance trust region kappa (0 = off; default: 1 for <= 7 steps, else off)")
     p.add_argument("--sigma-max", type=float, default=None, help="largest noise level (default: checkpoint's)")
-    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--batch-size", type=positive_int, default=None)
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", type=Path, default=Path("posterior.nc"))
     p.add_argument("--no-plot", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from funcdiff.guidance import load_observation
-    from funcdiff.tasks import get_task, load_model, load_truth, make_observation, solve
+def task_name(name: str) -> str:
+    """A registered task name from either spelling of its problem (``navier_stokes-forward`` ->
+    ``navier-stokes-forward``); a task's name uses hyphens."""
+    return name.strip().lower().replace("_", "-")
 
-    task = get_task(args.task)
-    model = load_model(args.checkpoint, args.device)
-    truth = load_truth(args.truth, task.channels, args.index) if args.truth else None
+
+def run(args: argparse.Namespace) -> int:
+    from funcdiff.cli import user_errors
+    from funcdiff.guidance import load_observation
+    from funcdiff.tasks import check_compatible, get_task, load_model, load_truth, make_observation, solve
+
+    with user_errors():
+        task = get_task(task_name(args.task))
+        model = load_model(args.checkpoint, args.device)
+        check_compatible(task, model[1])  # before reading the truth: a wrong model is the first thing to say
+        truth = load_truth(args.truth, task.channels, args.index) if args.truth else None
     if args.observations is not None:
         observation = load_observation(args.observations)
     else:
         if truth is None:
-            raise ValueError("--obs-fraction/--obs-count draw sensors from the ground truth: pass --truth")
+            raise UserError("--obs-fraction/--obs-count draw sensors from the ground truth: pass --truth")
         observation = make_observation(task, truth, fraction=args.obs_fraction, count=args.obs_count,
                                        seed=args.seed, noise_std=args.obs_noise)
     trust_region = "auto" if args.trust_region is None else (args.trust_region or None)  # 0 = off
@@ -70,8 +86,8 @@ def run(args: argparse.Namespace) -> int:
                       resolution=args.resolution, seed=args.seed, truth=truth, solver=args.solver,
                       guidance_strength=args.guidance_strength, pde_guidance=args.pde_guidance,
                       pde_weight=args.pde_weight, pde_start_sigma=args.pde_start_sigma,
-                      pushforward=args.pushforward, trust_region=trust_region,
-                      sigma_max=args.sigma_max, batch_size=args.batch_size, device=args.device)
+                      pushforward=args.pushforward, trust_region=trust_region, sigma_max=args.sigma_max,
+                      batch_size=args.batch_size, device=args.device, progress=not args.no_progress)
     posterior.settings["checkpoint"] = str(args.checkpoint)
     posterior.save(args.out)
     print(f"wrote {args.out}")

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
+
+import yaml
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -35,12 +39,42 @@ def resolve_overrides(args: argparse.Namespace) -> list[str]:
     return items
 
 
-def run_train(args: argparse.Namespace) -> int:
-    from funcdiff.config import load_config
-    from funcdiff.training import train
+def _names_key(args: argparse.Namespace, section: str, key: str) -> bool:
+    """Whether the config file or a ``--set`` names ``section.key`` (as opposed to the default applying)."""
+    raw = yaml.safe_load(Path(args.config).read_text()) or {}
+    in_file = isinstance(raw, dict) and isinstance(raw.get(section), dict) and key in raw[section]
+    return in_file or any(item.split("=", 1)[0].strip() == f"{section}.{key}" for item in args.overrides)
 
-    config = load_config(args.config, resolve_overrides(args))
-    trainer = train(config, resume=args.resume, progress=not args.no_progress)
+
+def run_train(args: argparse.Namespace) -> int:
+    """Load the config, build the data and the Trainer (input errors: one line, exit 2), then train.
+
+    The phases of :func:`funcdiff.training.train`, with input handling (config, data file, NaNs, a batch
+    larger than the data, ``--resume`` from a mismatched run) separated from the training loop, whose
+    errors are bugs and keep their tracebacks.
+    """
+    from funcdiff.cli import user_errors
+    from funcdiff.config import load_config
+    from funcdiff.training import Trainer
+    from funcdiff.training.distributed import (dist_info_from_env, init_distributed, select_device,
+                                               shutdown_distributed)
+
+    with user_errors():
+        config = load_config(args.config, resolve_overrides(args))
+    if config.data.source == "file" and _names_key(args, "data", "resolution"):
+        print(f"funcdiff train: warning: data.resolution is ignored for file data: the grid is that of "
+              f"{config.data.path}", file=sys.stderr)
+    info = dist_info_from_env()
+    device = select_device(config.train.device, info)
+    init_distributed(device, info)
+    try:
+        with user_errors():
+            trainer = Trainer.from_config(config, device=device, dist_info=info, progress=not args.no_progress)
+            if args.resume:
+                trainer.resume()
+        trainer.fit()
+    finally:
+        shutdown_distributed()
     if trainer.dist.is_main:
         print(f"trained {config.name!r} to step {trainer.step}; checkpoints in {trainer.out_dir / 'checkpoints'}")
     return 0

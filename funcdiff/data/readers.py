@@ -301,4 +301,31 @@ def describe_file(path: str | os.PathLike, max_items: int = 40) -> str:
     lines += [f"coord {k}: {v.numel()} values in [{float(v.min()):.4g}, {float(v.max()):.4g}]"
               for k, v in head.coords.items() if v.numel()]
     lines += [f"attr {k}: {v}" for k, v in head.attrs.items() if k != "sample_groups"]
+    bad = {k: v for k, v in count_nonfinite(path, fmt).items() if any(v)}
+    lines.append("non-finite values: " + ("; ".join(f"{k}: {n} NaN, {i} Inf" for k, (n, i) in bad.items())
+                                          + " -- training on this file will fail" if bad else "none"))
     return "\n".join(lines)
+
+
+def count_nonfinite(path: str | os.PathLike, fmt: str | None = None, chunk_bytes: int = 1 << 26
+                    ) -> dict[str, tuple[int, int]]:
+    """``{name: (NaN count, Inf count)}`` for every floating-point array of a data file: HDF5 datasets are read
+    in chunks of about ``chunk_bytes`` along their first axis, other formats through :func:`load_fields`."""
+    path = Path(path)
+    if not h5py.is_hdf5(path):
+        data = load_fields(path, format=fmt or "auto", dtype=None)
+        return {k: _nonfinite(v.numpy()) for k, v in data.fields.items() if v.is_floating_point()}
+    counts: dict[str, tuple[int, int]] = {}
+    with h5py.File(path, "r") as f:
+        def visit(name: str, obj: Any) -> None:
+            if not isinstance(obj, h5py.Dataset) or obj.dtype.kind not in "fc" or obj.ndim == 0:
+                return
+            step = max(1, chunk_bytes // max(1, obj[0:1].nbytes))
+            totals = [_nonfinite(obj[i:i + step]) for i in range(0, obj.shape[0], step)]
+            counts["/" + name] = (sum(t[0] for t in totals), sum(t[1] for t in totals))
+        f.visititems(visit)
+    return counts
+
+
+def _nonfinite(array: np.ndarray) -> tuple[int, int]:
+    return int(np.isnan(array).sum()), int(np.isinf(array).sum())

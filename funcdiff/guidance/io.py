@@ -1,12 +1,18 @@
 """Observations to and from netCDF (via xarray), written atomically.
 
-File layout:
-    values(sample, channel, sensor)   float64, observed values in field units
-    coords(sensor, dim)               float64, sensor coordinates in domain units
-    noise_std(channel)                float64, Gaussian measurement-noise std
-    channel_index(channel)            int64, index of the observed channel in the model state
-    channel(channel)                  str coordinate, channel names
-    attrs: grid ("periodic" | "node"), grid_convention (text), funcdiff_version
+One layout for every file that holds sensors: ``funcdiff observe`` and :func:`save_observation` write it,
+``funcdiff solve`` and the demo add it to their posterior files, and :func:`load_observation` reads any of them
+(so a posterior's sensors can be reused as the input of another ``solve``)::
+
+    observed_values(obs_sample, observed_channel, sensor)  float64, observed values in field units
+    sensor_coords(sensor, dim)                             float64, sensor coordinates on the unit domain
+    noise_std(observed_channel)                            float64, Gaussian measurement-noise std
+    channel_index(observed_channel)                        int64, index of the observed channel in the model state
+    observed_channel                                       str coordinate, channel names
+    sensor_coords.attrs: grid ("periodic" | "node"), grid_convention (text)
+
+Files of funcdiff <= 0.1 (variables ``values(sample, channel, sensor)``, ``coords(sensor, dim)``, global
+``grid`` attribute) are still read.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import torch
 import xarray as xr
 
 import funcdiff
+from funcdiff.errors import UserError
 from funcdiff.guidance.observations import SparseObservation
 from funcdiff.io.atomic import atomic_path
 
@@ -33,16 +40,20 @@ def observation_to_dataset(observation: SparseObservation) -> xr.Dataset:
     if observation.values is None:
         raise ValueError("cannot write an observation without values")
     names = observation.channel_names or tuple(f"channel_{c}" for c in observation.channels)
+    grid = {"grid": observation.grid, "grid_convention": CONVENTIONS[observation.grid]}
     return xr.Dataset(
         {
-            "values": (("sample", "channel", "sensor"), observation.values.double().cpu().numpy()),
-            "coords": (("sensor", "dim"), observation.coords.cpu().numpy()),
-            "noise_std": (("channel",), observation.noise_std_per_channel().numpy()),
-            "channel_index": (("channel",), np.asarray(observation.channels, dtype=np.int64)),
+            "observed_values": (("obs_sample", "observed_channel", "sensor"),
+                                observation.values.double().cpu().numpy(), {"long_name": "observed values"}),
+            "sensor_coords": (("sensor", "dim"), observation.coords.double().cpu().numpy(),
+                              {"long_name": "sensor coordinates on the unit domain", "units": "1", **grid}),
+            "noise_std": (("observed_channel",), observation.noise_std_per_channel().numpy(),
+                          {"long_name": "measurement-noise standard deviation"}),
+            "channel_index": (("observed_channel",), np.asarray(observation.channels, dtype=np.int64),
+                              {"long_name": "index of the observed channel in the model state"}),
         },
-        coords={"channel": list(names)},
-        attrs={"grid": observation.grid, "grid_convention": CONVENTIONS[observation.grid],
-               "has_channel_names": int(observation.channel_names is not None),
+        coords={"observed_channel": list(names)},
+        attrs={**grid, "has_channel_names": int(observation.channel_names is not None),
                "funcdiff_version": funcdiff.__version__},
     )
 
@@ -54,20 +65,40 @@ def save_observation(observation: SparseObservation, path: str | os.PathLike) ->
     return Path(path)
 
 
+LEGACY_NAMES = {"values": "observed_values", "coords": "sensor_coords", "sample": "obs_sample",
+                "channel": "observed_channel"}
+
+
 def load_observation(path: str | os.PathLike) -> SparseObservation:
-    """Read an observation written by :func:`save_observation`; raises ValueError for a malformed file."""
-    with xr.open_dataset(path, engine="netcdf4") as ds:
-        ds = ds.load()
-    missing = [v for v in ("values", "coords", "noise_std", "channel_index") if v not in ds]
-    if missing or "grid" not in ds.attrs:
-        raise ValueError(f"{path} is not a funcdiff observation file: missing {missing or ['grid attribute']}")
-    names = tuple(str(n) for n in ds["channel"].values) if int(ds.attrs.get("has_channel_names", 1)) else None
-    std = ds["noise_std"].values.astype(np.float64)
-    return SparseObservation(
-        coords=torch.from_numpy(ds["coords"].values.astype(np.float64)),
-        channels=tuple(int(c) for c in ds["channel_index"].values),
-        values=torch.from_numpy(ds["values"].transpose("sample", "channel", "sensor").values.astype(np.float64)),
-        noise_std=tuple(float(s) for s in std),
-        grid=str(ds.attrs["grid"]),
-        channel_names=names,
-    )
+    """Read the sensors of any file in the layout of the module docstring (an observation file, a posterior
+    written by ``funcdiff solve`` or the demo). Raises :class:`~funcdiff.errors.UserError` naming the
+    problem for a file that is not one, or whose sensors lie outside the domain or hold NaN."""
+    try:
+        with xr.open_dataset(path, engine="netcdf4") as ds:
+            ds = ds.load()
+    except (OSError, ValueError) as err:
+        if isinstance(err, (FileNotFoundError, IsADirectoryError, PermissionError)):
+            raise
+        raise UserError(f"{path}: cannot read as netCDF ({err})") from err
+    if "values" in ds and "coords" in ds:
+        ds = ds.rename({k: v for k, v in LEGACY_NAMES.items() if k in ds.variables or k in ds.dims})
+    missing = [v for v in ("observed_values", "sensor_coords", "channel_index") if v not in ds]
+    if missing:
+        raise UserError(f"{path} holds no sensors: it lacks the variables {missing} of an observation file")
+    grid = str(ds["sensor_coords"].attrs.get("grid", ds.attrs.get("grid", "")))
+    grid = {"nodes": "node"}.get(grid, grid)
+    has_names = int(ds.attrs.get("has_channel_names", 1))
+    names = tuple(str(n) for n in ds["observed_channel"].values) if has_names else None
+    std = ds["noise_std"].values.astype(np.float64) if "noise_std" in ds else np.zeros(ds.sizes["observed_channel"])
+    values = ds["observed_values"]
+    if "obs_sample" not in values.dims:
+        values = values.expand_dims("obs_sample")
+    try:
+        return SparseObservation(
+            coords=torch.from_numpy(ds["sensor_coords"].values.astype(np.float64)),
+            channels=tuple(int(c) for c in ds["channel_index"].values),
+            values=torch.from_numpy(values.transpose("obs_sample", "observed_channel", "sensor").values
+                                    .astype(np.float64)),
+            noise_std=tuple(float(s) for s in std), grid=grid, channel_names=names)
+    except ValueError as err:
+        raise UserError(f"{path}: {err}") from err

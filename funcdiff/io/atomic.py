@@ -17,7 +17,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path in ``path``'s folder; on success it replaces ``path`` (``os.replace``).
 
     The temporary name keeps ``path``'s suffix (so writers that infer the format from it, like matplotlib,
-    still work) and starts with a dot. If the block raises, the temporary file is removed and ``path`` is
+    still work) and starts with a dot. The file gets the mode an ordinary ``open()`` would give it
+    (0666 minus the umask: readable by group and others under umask 022), not ``mkstemp``'s 0600. If the block raises, the temporary file is removed and ``path`` is
     left untouched. Parent folders are created.
     """
     path = Path(path)
@@ -26,10 +27,18 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, new_file_mode())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def new_file_mode() -> int:
+    """Permission bits of a newly created file under the process umask (0o644 under umask 022)."""
+    umask = os.umask(0o022)  # read the umask: os.umask sets and returns the old value; restored at once
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:

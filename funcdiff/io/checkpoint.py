@@ -31,6 +31,7 @@ from torch import nn
 
 import funcdiff
 from funcdiff.data.normalization import Normalizer
+from funcdiff.errors import UserError
 from funcdiff.io.atomic import atomic_path
 from funcdiff.noise import GaussianRandomField
 
@@ -93,12 +94,13 @@ def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:
 def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
     """Load a checkpoint dict with ``torch.load(weights_only=True)``.
 
-    Raises FileNotFoundError for a missing file and ValueError for a truncated or foreign file.
+    Raises FileNotFoundError for a missing file and :class:`~funcdiff.errors.UserError` (a ValueError) for a
+    truncated or foreign file.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such checkpoint: {path}")
-    bad = ValueError(f"checkpoint {path} is truncated or not a funcdiff checkpoint")
+    bad = UserError(f"checkpoint {path} is truncated or not a funcdiff checkpoint")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except (RuntimeError, OSError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, KeyError) as err:
@@ -115,7 +117,7 @@ def read_meta(state: dict, path: str | os.PathLike = "") -> CheckpointMeta:
 
 
 def load_module_state(module: nn.Module, state: dict, what: str, path: str | os.PathLike = "") -> None:
-    """``module.load_state_dict(state)`` with a ValueError naming every missing, unexpected or mis-shaped key."""
+    """``module.load_state_dict(state)`` with a UserError naming every missing, unexpected or mis-shaped key."""
     own = module.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -124,7 +126,7 @@ def load_module_state(module: nn.Module, state: dict, what: str, path: str | os.
     if missing or unexpected or shapes:
         parts = [f"missing keys {_few(missing)}" if missing else "", f"unexpected keys {_few(unexpected)}" if unexpected
                  else "", f"shape mismatches {_few(shapes)}" if shapes else ""]
-        raise ValueError(f"{what} weights in checkpoint {path} do not match the model architecture of the config: "
+        raise UserError(f"{what} weights in checkpoint {path} do not match the model architecture of the config: "
                          + "; ".join(p for p in parts if p))
     module.load_state_dict(state)
 

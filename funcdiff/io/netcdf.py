@@ -17,13 +17,49 @@ from funcdiff.io.atomic import atomic_path
 SPATIAL_NAMES = ("x", "y", "z")
 
 
+GRIDS = ("periodic", "node")
+GRID_ALIASES = {"nodes": "node"}  # spelling of funcdiff <= 0.1
+LONG_NAMES = {"a": "PDE coefficient (input) a", "u": "PDE solution u", "w0": "vorticity at t = 0",
+              "wT": "vorticity at the final time"}
+SUFFIX_NAMES = {"mean": "posterior mean of", "std": "posterior standard deviation of", "truth": "ground truth of",
+                "error": "posterior mean minus truth of", "interpolated": "piecewise-linear interpolation of"}
+
+
+def canonical_grid(grid: str) -> str:
+    """``"periodic"`` or ``"node"`` (``"nodes"`` accepted); ValueError for anything else."""
+    grid = GRID_ALIASES.get(grid, grid)
+    if grid not in GRIDS:
+        raise ValueError(f"grid must be one of {list(GRIDS)}, got {grid!r}")
+    return grid
+
+
 def _attr_value(value):
-    """netCDF attributes hold numbers, strings and 1-D arrays; anything else is stored as JSON text."""
+    """netCDF attributes hold numbers, strings and 1-D numeric arrays: numbers stay numbers (booleans become
+    0/1), flat lists of numbers become arrays, anything else (dicts, None, nested lists) is stored as JSON text."""
+    if isinstance(value, (bool, np.bool_)):
+        return int(value)
     if isinstance(value, (str, int, float, np.integer, np.floating)):
         return value
-    if isinstance(value, bool):
-        return int(value)
+    if isinstance(value, (list, tuple)) and value and all(
+            isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) for v in value):
+        return np.asarray(value)
     return json.dumps(value, default=str)
+
+
+def variable_attrs(name: str, units: str = "1") -> dict:
+    """CF ``long_name`` and ``units`` of a channel (``"u"``) or a derived variable (``"u_mean"``); funcdiff's
+    problems are non-dimensional on the unit domain, so the units are ``"1"``."""
+    base, _, suffix = name.rpartition("_")
+    if suffix in SUFFIX_NAMES and base:
+        return {"long_name": f"{SUFFIX_NAMES[suffix]} {LONG_NAMES.get(base, base)}", "units": units}
+    return {"long_name": LONG_NAMES.get(name, name), "units": units}
+
+
+def add_field(ds: xr.Dataset, name: str, field: torch.Tensor, like: str) -> xr.Dataset:
+    """Add one spatial field (*S) as variable ``name`` on the spatial dims of variable ``like``, with
+    :func:`variable_attrs`. Returns ``ds`` (modified in place)."""
+    ds[name] = xr.DataArray(field.detach().float().cpu().numpy(), dims=ds[like].dims[1:], attrs=variable_attrs(name))
+    return ds
 
 
 def fields_to_dataset(
@@ -40,16 +76,16 @@ def fields_to_dataset(
     Args:
         fields: (B, C, *S) with 1 ≤ len(S) ≤ 3.
         channel_names: C names; each becomes a data variable of dims (sample, x[, y[, z]]).
-        attrs: global attributes (non-scalar values are stored as JSON strings).
-        grid: "periodic" (x_i = i/n on [0, 1)) or "nodes" (x_i = i/(n-1) on [0, 1], Dirichlet problems).
+        attrs: global attributes (numbers stay numbers, lists of numbers become arrays, others JSON text).
+        grid: "periodic" (x_i = i/n on [0, 1)) or "node" (x_i = i/(n-1) on [0, 1], Dirichlet problems);
+            "nodes" is accepted for "node".
         extra: further (B, C, *S) tensors stored as ``<channel>_<key>`` (e.g. posterior ``std``).
     """
     if fields.ndim < 3 or fields.ndim > 5:
         raise ValueError(f"fields must be (B, C, *S) with 1-3 spatial dims, got shape {tuple(fields.shape)}")
     if len(channel_names) != fields.shape[1]:
         raise ValueError(f"{len(channel_names)} channel names for {fields.shape[1]} channels")
-    if grid not in ("periodic", "nodes"):
-        raise ValueError(f"grid must be 'periodic' or 'nodes', got {grid!r}")
+    grid = canonical_grid(grid)
     dims = (sample_dim, *SPATIAL_NAMES[: fields.ndim - 2])
     coords = {sample_dim: np.arange(fields.shape[0])}
     for name, n in zip(dims[1:], fields.shape[2:]):
@@ -59,7 +95,7 @@ def fields_to_dataset(
     for suffix, tensor in tensors.items():
         array = tensor.detach().float().cpu().numpy()
         for c, name in enumerate(channel_names):
-            data_vars[f"{name}{suffix}"] = xr.DataArray(array[:, c], dims=dims, attrs={"long_name": f"{name}{suffix}"})
+            data_vars[f"{name}{suffix}"] = xr.DataArray(array[:, c], dims=dims, attrs=variable_attrs(f"{name}{suffix}"))
     ds = xr.Dataset(data_vars, coords=coords)
     for name in dims[1:]:
         ds[name].attrs.update(units="1", long_name=f"{name} coordinate (unit domain)")

@@ -68,6 +68,8 @@ def plot_samples_vs_data(
             _show_field(fig.add_subplot(grid[r, i]), batch[i, channel], f"{name} #{i}", vmin=lo, vmax=hi)
         k, p = radial_power_spectrum(batch[:, channel : channel + 1])
         spectrum_ax.loglog(k[1:].numpy(), p[1:].numpy(), label=f"{name} ({'×'.join(map(str, batch.shape[2:]))})")
+    spectrum_ax.yaxis.tick_right()  # labels on the far side: clear of the neighbouring colourbar
+    spectrum_ax.yaxis.set_label_position("right")
     spectrum_ax.set_xlabel("wavenumber |k|")
     spectrum_ax.set_ylabel("power")
     spectrum_ax.set_title(f"radial power spectrum {channel_name}".strip(), fontsize=9)
@@ -76,11 +78,24 @@ def plot_samples_vs_data(
 
 
 def plot_panels(panels: Sequence[tuple[str, torch.Tensor]], path: str | os.PathLike, *, cmaps: Sequence[str] = (),
-                points: torch.Tensor | None = None, point_panels: Sequence[int] = ()) -> Path:
-    """One row of named fields (each (*S)), optionally overlaying sensor ``points`` (N, 2) on some panels."""
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.0), squeeze=False)
-    for i, (title, field) in enumerate(panels):
-        _show_field(axes[0, i], field, title, cmap=cmaps[i] if i < len(cmaps) else "RdBu_r")
-        if points is not None and i in point_panels:
-            axes[0, i].scatter(points[:, 0].cpu().numpy(), points[:, 1].cpu().numpy(), s=4, c="k", marker="o")
+                points: torch.Tensor | None = None, point_panels: Sequence[int] = (),
+                shared: Sequence[int] = (), title: str = "") -> Path:
+    """One row of named fields (each (*S)), optionally overlaying sensor ``points`` (N, 2) on some panels.
+
+    ``shared``: indices of panels drawn on one colour scale (e.g. truth, observed field and estimate, so that
+    they can be compared by eye); ``title``: a line above the row (e.g. how the estimate was made).
+    """
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.0 + 0.3 * bool(title)), squeeze=False)
+    limits = {}
+    if shared:
+        values = [panels[i][1] for i in shared]
+        limits = {"vmin": min(float(v.min()) for v in values), "vmax": max(float(v.max()) for v in values)}
+    for i, (name, field) in enumerate(panels):
+        _show_field(axes[0, i], field, name, cmap=cmaps[i] if i < len(cmaps) else "RdBu_r",
+                    **(limits if i in shared else {}))
+        if points is not None and i in point_panels:  # black dots with a white rim show on every colour
+            axes[0, i].scatter(points[:, 0].cpu().numpy(), points[:, 1].cpu().numpy(), s=10, c="k", marker="o",
+                               edgecolors="w", linewidths=0.6)
+    if title:
+        fig.suptitle(title, fontsize=10)
     return save_figure(fig, path)

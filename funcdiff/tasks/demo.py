@@ -21,11 +21,13 @@ import torch
 from funcdiff.config import RunConfig, config_from_dict
 from funcdiff.data import make_synthetic_fields
 from funcdiff.guidance import SparseObservation, guided_sample, random_sensors
-from funcdiff.io.netcdf import fields_to_dataset, write_netcdf
+from funcdiff.io.netcdf import add_field, fields_to_dataset, write_netcdf
 from funcdiff.io.plots import plot_panels, plot_samples_vs_data
 from funcdiff.metrics import log_spectrum_distance, relative_l2
 from funcdiff.sampling import sample
 from funcdiff.tasks.baselines import interpolate_observations
+from funcdiff.tasks.problems import Task
+from funcdiff.tasks.solve import Posterior
 from funcdiff.training import Trainer
 
 log = logging.getLogger(__name__)
@@ -33,6 +35,10 @@ log = logging.getLogger(__name__)
 # Built-in data: tanh fronts of a large-scale periodic GRF plus one smooth bump (funcdiff.data.synthetic),
 # non-Gaussian, with features large enough that 3 % of a 64² grid constrains them.
 DEMO_FIELDS = {"n_modes": 3, "n_bumps": 1}
+# The reconstruction as a task, so that posterior.nc has the layout of `funcdiff solve`'s output.
+DEMO_TASK = Task(name="synthetic-reconstruct", problem="synthetic", direction="reconstruct", channels=("a",),
+                 observed=("a",), target=("a",), grid="periodic",
+                 description="reconstruct a synthetic field from sparse point values")
 
 
 def demo_fields(num_samples: int, resolution: int, seed: int) -> torch.Tensor:
@@ -137,28 +143,28 @@ def _reconstruct(trainer: Trainer, s: DemoSettings, out_dir: Path, progress: boo
     n = 2 * s.resolution
     truth = demo_fields(1, n, s.seed + 12345)
     coords = random_sensors(s.obs_fraction, (n, n), generator=torch.Generator().manual_seed(s.seed + 1))
-    obs = SparseObservation(coords, channels=(0,), noise_std=0.0, channel_names=("a",))
+    obs = SparseObservation(coords, channels=(0,), noise_std=0.0, grid="periodic", channel_names=("a",))
     obs = obs.with_values(obs.observe(truth))
     x = guided_sample(trainer.ema.ema_model.eval(), trainer.noise, obs, (s.posterior_samples, 1, n, n),
                       steps=s.sample_steps, seed=s.seed, decode=trainer.normalizer.decode,
                       sigma_data=float(trainer.model_config.get("sigma_data", 1.0)), device=trainer.device,
                       progress=progress)
-    posterior = trainer.normalizer.decode(x.cpu())
-    mean, std = posterior.mean(0, keepdim=True), posterior.std(0, keepdim=True)
+    post = Posterior(DEMO_TASK, tuple(trainer.channel_names), trainer.normalizer.decode(x.cpu()), obs, truth)
+    mean, std = post.mean, post.std
     interpolated = interpolate_observations(coords, obs.values, (n, n), grid="periodic")
     result = {"reconstruction_resolution": n, "num_sensors": obs.num_sensors,
               "reconstruction_rel_l2": relative_l2(mean, truth).item(),
-              "reconstruction_rel_l2_single_sample": relative_l2(posterior[:1], truth).item(),
+              "reconstruction_rel_l2_single_sample": relative_l2(post.samples[:1], truth).item(),
               "interpolation_rel_l2": relative_l2(interpolated, truth).item(),
               "reconstruction_obs_rmse": (obs.observe(mean) - obs.values).pow(2).mean().sqrt().item()}
-    attrs = {**result, "obs_fraction": s.obs_fraction, "seed": s.seed, "training_resolution": s.resolution}
-    ds = fields_to_dataset(mean, trainer.channel_names, attrs,
-                           extra={"std": std, "truth": truth, "interpolated": interpolated})
+    post.settings = {**result, "obs_fraction": s.obs_fraction, "seed": s.seed, "steps": s.sample_steps,
+                     "solver": "heun", "training_resolution": s.resolution, "resolution": [n, n]}
+    ds = add_field(post.to_dataset(), "a_interpolated", interpolated[0, 0], "a")
     write_netcdf(ds, out_dir / "posterior.nc")
     panels = [("truth", truth[0, 0]), (f"{obs.num_sensors} sensors", truth[0, 0]),
               (f"posterior mean (err {result['reconstruction_rel_l2']:.2f})", mean[0, 0]),
               ("posterior std", std[0, 0]), ("|mean - truth|", (mean - truth)[0, 0].abs()),
               (f"interpolation (err {result['interpolation_rel_l2']:.2f})", interpolated[0, 0])]
     plot_panels(panels, out_dir / "reconstruction.png", cmaps=("RdBu_r", "RdBu_r", "RdBu_r", "viridis", "magma"),
-                points=coords, point_panels=(1,))
+                points=coords, point_panels=(1,), shared=(0, 1, 2, 5))
     return result

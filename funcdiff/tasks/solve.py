@@ -27,9 +27,11 @@ import xarray as xr
 from torch import Tensor, nn
 
 from funcdiff.data.datasets import check_finite
+from funcdiff.errors import UserError
 from funcdiff.guidance import PDEResidualGuidance, SparseObservation, guided_sample, random_sensors
+from funcdiff.guidance.io import observation_to_dataset
 from funcdiff.io.checkpoint import CheckpointMeta, load_denoiser
-from funcdiff.io.netcdf import fields_to_dataset, write_netcdf
+from funcdiff.io.netcdf import add_field, fields_to_dataset, write_netcdf
 from funcdiff.metrics import misclassification_rate, relative_l2
 from funcdiff.sampling import num_denoiser_calls
 from funcdiff.tasks.problems import TASKS, Task, get_task
@@ -99,22 +101,19 @@ class Posterior:
 
     def to_dataset(self) -> xr.Dataset:
         """netCDF-ready dataset: samples per channel, ``<c>_mean``, ``<c>_std``, ``<c>_truth``/``<c>_error``,
-        sensors (``sensor_coords``, ``observed_values``) and the metrics and settings as attributes."""
+        the sensors in the layout of :mod:`funcdiff.guidance.io` (so :func:`~funcdiff.guidance.load_observation`
+        reads them back) and the metrics and settings as attributes."""
         attrs = {"task": self.task.name, "problem": self.task.problem, **self.settings, **self.metrics()}
         ds = fields_to_dataset(self.samples, self.channel_names, attrs, grid=self.task.netcdf_grid)
-        spatial_dims = ds[self.channel_names[0]].dims[1:]
+        like = self.channel_names[0]
         for name in self.channel_names:
-            ds[f"{name}_mean"] = (spatial_dims, self.channel(self.mean, [name])[0, 0].numpy())
-            ds[f"{name}_std"] = (spatial_dims, self.channel(self.std, [name])[0, 0].numpy())
+            add_field(ds, f"{name}_mean", self.channel(self.mean, [name])[0, 0], like)
+            add_field(ds, f"{name}_std", self.channel(self.std, [name])[0, 0], like)
         for name in self.truth_names:
             truth = self.truth[0, self.truth_names.index(name)]
-            ds[f"{name}_truth"] = (spatial_dims, truth.numpy())
-            ds[f"{name}_error"] = (spatial_dims, (self.channel(self.mean, [name])[0, 0] - truth).numpy())
-        ds["sensor_coords"] = (("sensor", "dim"), self.observation.coords.numpy())
-        obs_names = [self.channel_names[c] for c in self.observation.channels]
-        ds["observed_values"] = (("observed_channel", "sensor"), self.observation.values[0].double().numpy())
-        ds = ds.assign_coords(observed_channel=obs_names)
-        return ds
+            add_field(ds, f"{name}_truth", truth, like)
+            add_field(ds, f"{name}_error", self.channel(self.mean, [name])[0, 0] - truth, like)
+        return xr.merge([ds, observation_to_dataset(self.observation)], combine_attrs="override")
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write :meth:`to_dataset` to a netCDF file atomically."""
@@ -140,7 +139,12 @@ class Posterior:
         dot_panel = 1 if panels[0][0].startswith("truth") else 0
         points = self.observation.coords if self.observation.dim == 2 else None
         cmaps = ["RdBu_r"] * (len(panels) - 2) + ["viridis", "magma"]
-        return plot_panels(panels, path, cmaps=cmaps, points=points, point_panels=[dot_panel])
+        shared = [i for i, (name, _) in enumerate(panels) if name.startswith(("truth", "posterior mean"))]
+        how = (f"{self.task.name}: {self.task.target[0]} = numerical solver applied to each posterior sample of "
+               f"{self.task.observed[0]} (--pushforward)" if self.settings.get("pushforward") else
+               f"{self.task.name}: guided diffusion posterior ({self.samples.shape[0]} samples)")
+        return plot_panels(panels, path, cmaps=cmaps, points=points, point_panels=[dot_panel], shared=shared,
+                           title=how)
 
 
 def load_model(checkpoint: ModelLike, device: str | torch.device = "cpu") -> tuple[nn.Module, CheckpointMeta]:
@@ -161,6 +165,18 @@ def checkpoint_problem(meta: CheckpointMeta) -> Optional[str]:
     return _problem_of_name(meta.task or "")
 
 
+def checkpoint_grid(meta: CheckpointMeta) -> str:
+    """``"node"`` or ``"periodic"``: the grid of a checkpoint's training data (``meta.extra["grid"]`` from the
+    data file), else the grid of the task registry's problem it was trained on, else ``"periodic"``."""
+    grid = (meta.extra or {}).get("grid")
+    kind = grid.get("type") if isinstance(grid, dict) else grid
+    if kind in ("node", "nodes", "periodic"):
+        return "node" if kind.startswith("node") else "periodic"
+    problem = checkpoint_problem(meta)
+    grids = {t.grid for t in TASKS.values() if t.problem == problem}
+    return grids.pop() if len(grids) == 1 else "periodic"
+
+
 def _problem_of_name(name: str) -> Optional[str]:
     name = name.strip().lower()
     if name in TASKS:
@@ -173,29 +189,29 @@ def _problem_of_name(name: str) -> Optional[str]:
 
 
 def check_compatible(task: Task, meta: CheckpointMeta) -> None:
-    """ValueError if the checkpoint was trained on another PDE problem or lacks the task's channels."""
+    """UserError if the checkpoint was trained on another PDE problem or lacks the task's channels."""
     trained = checkpoint_problem(meta)
     if trained is not None and trained != task.problem:
-        raise ValueError(f"checkpoint {meta.path or '(in memory)'} was trained on {trained!r} "
+        raise UserError(f"checkpoint {meta.path or '(in memory)'} was trained on {trained!r} "
                          f"(run {meta.task!r}) but task {task.name!r} needs a model of {task.problem!r}")
     missing = [c for c in task.channels if c not in meta.channel_names]
     if missing:
-        raise ValueError(f"task {task.name!r} needs channels {list(task.channels)} but the model has "
+        raise UserError(f"task {task.name!r} needs channels {list(task.channels)} but the model has "
                          f"{list(meta.channel_names)} (missing {missing})")
 
 
 def _bind_observation(task: Task, observation: SparseObservation, channel_names: Sequence[str]) -> SparseObservation:
     """Re-index the observation's channels by name into the model's channel order; check task and grid."""
     if observation.values is None:
-        raise ValueError("the observation holds no values")
+        raise UserError("the observation holds no values")
     names = observation.channel_names or tuple(task.channels[c] for c in observation.channels)
     unknown = [n for n in names if n not in channel_names]
     if unknown:
-        raise ValueError(f"observed channels {unknown} are not channels of the model {list(channel_names)}")
+        raise UserError(f"observed channels {unknown} are not channels of the model {list(channel_names)}")
     if tuple(names) != task.observed:
-        raise ValueError(f"task {task.name!r} observes {list(task.observed)} but the observation holds {list(names)}")
+        raise UserError(f"task {task.name!r} observes {list(task.observed)} but the observation holds {list(names)}")
     if observation.grid != task.grid:
-        raise ValueError(f"task {task.name!r} uses the {task.grid!r} grid but the observation's sensors use "
+        raise UserError(f"task {task.name!r} uses the {task.grid!r} grid but the observation's sensors use "
                          f"{observation.grid!r}")
     return SparseObservation(coords=observation.coords, channels=tuple(channel_names.index(n) for n in names),
                              values=observation.values[:1], noise_std=observation.noise_std, grid=observation.grid,
@@ -205,9 +221,12 @@ def _bind_observation(task: Task, observation: SparseObservation, channel_names:
 def _spatial(resolution: int | Sequence[int] | None, meta: CheckpointMeta, truth: Optional[Tensor]) -> tuple[int, ...]:
     if resolution is None:
         return tuple(truth.shape[2:]) if truth is not None else tuple(meta.resolution)
+    sizes = (resolution,) if isinstance(resolution, int) else tuple(resolution)
+    if any(int(n) < 2 for n in sizes):
+        raise UserError(f"resolution must be at least 2 points per axis, got {resolution}")
     if isinstance(resolution, int):
         if len(set(meta.resolution)) > 1:
-            raise ValueError(f"the model's grid {tuple(meta.resolution)} is not square: give the resolution "
+            raise UserError(f"the model's grid {tuple(meta.resolution)} is not square: give the resolution "
                              "as a tuple")
         return (int(resolution),) * len(meta.resolution)
     return tuple(int(n) for n in resolution)
@@ -217,7 +236,7 @@ def _pde_term(task: Task, meta: CheckpointMeta, weight: float, start_sigma: floa
     """The task's PDE residual as a guidance term on the decoded state, normalised by the data std of
     ``task.residual_scale_channel`` (so ``weight`` is dimensionless)."""
     if task.residual is None:
-        raise ValueError(f"task {task.name!r} has no PDE residual: run it with pde_guidance=False")
+        raise UserError(f"task {task.name!r} has no PDE residual: run it with pde_guidance=False")
     scale = 1.0
     if task.residual_scale_channel is not None and meta.normalizer is not None:
         scale = float(meta.normalizer.std[meta.channel_names.index(task.residual_scale_channel)])
@@ -237,7 +256,7 @@ def solve(checkpoint: ModelLike, task: str | Task, observation: SparseObservatio
           pde_start_sigma: float = 1.0, solver: str = "heun", scaling: str = "likelihood",
           trust_region: Optional[float] | str = "auto", sigma_max: Optional[float] = None,
           pushforward: bool = False, batch_size: Optional[int] = None,
-          device: str | torch.device = "cpu") -> Posterior:
+          device: str | torch.device = "cpu", progress: bool = False) -> Posterior:
     """Posterior samples of ``task`` given sparse ``observation`` (physical units), from a trained model.
 
     Args:
@@ -245,6 +264,8 @@ def solve(checkpoint: ModelLike, task: str | Task, observation: SparseObservatio
         task: a task name (see :data:`funcdiff.tasks.TASKS`) or :class:`Task`.
         observation: sensors of the task's observed channels with values (1, C_obs, N) in physical units.
         resolution: sampling grid (int per axis or tuple); default: the truth's grid, else the training grid.
+            A truth on another grid is interpolated onto the sampling grid (:func:`regrid`), where the
+            metrics are computed; ``settings["scored_on"]`` says so.
         truth: optional ground truth (1, C_t, *S) of channels ``truth_names`` (default: the task's channels).
         guidance_strength: ζ of :class:`funcdiff.guidance.GuidedDenoiser` (1 = Bayesian).
         pde_guidance, pde_weight, pde_start_sigma: add the task's PDE residual as a soft constraint
@@ -259,13 +280,16 @@ def solve(checkpoint: ModelLike, task: str | Task, observation: SparseObservatio
             to that sample's input channel (posterior of the input from the diffusion prior, physics exactly
             enforced for the output; costs one solve per sample).
         batch_size: samples per guided denoiser call (bounds gradient memory; results do not depend on it).
+        progress: show a progress bar over the sampler's steps.
     Shapes: returns a :class:`Posterior` with samples (num_samples, C, *S) in physical units.
     """
     task = get_task(task)
+    if num_samples < 1 or steps < 1:
+        raise UserError(f"num_samples and steps must be positive integers, got {num_samples} and {steps}")
     if trust_region == "auto":
         trust_region = 1.0 if steps <= FEW_STEPS else None
     if pushforward and (task.direction != "forward" or task.forward_solver is None):
-        raise ValueError(f"pushforward needs a forward task with a numerical solver; {task.name!r} is "
+        raise UserError(f"pushforward needs a forward task with a numerical solver; {task.name!r} is "
                          f"{task.direction!r}" + ("" if task.forward_solver is not None else " without a solver"))
     denoiser, meta = load_model(checkpoint, device)
     check_compatible(task, meta)
@@ -273,8 +297,13 @@ def solve(checkpoint: ModelLike, task: str | Task, observation: SparseObservatio
     obs = _bind_observation(task, observation, names)
     truth, truth_names = _check_truth(truth, truth_names, task)
     spatial = _spatial(resolution, meta, truth)
+    scored_on = {}
     if truth is not None and tuple(truth.shape[2:]) != spatial:
-        raise ValueError(f"truth grid {tuple(truth.shape[2:])} differs from the sampling grid {spatial}")
+        if task.trajectory:
+            raise UserError(f"truth grid {tuple(truth.shape[2:])} differs from the sampling grid {spatial}")
+        scored_on = {"scored_on": f"the sampling grid {'x'.join(map(str, spatial))}: truth interpolated "
+                                  f"(multilinear) from {'x'.join(map(str, truth.shape[2:]))}"}
+        truth = regrid(truth, spatial, task.grid)
     pde_terms = [_pde_term(task, meta, pde_weight, pde_start_sigma)] if pde_guidance else []
     sigma_data = meta.model_config.get("sigma_data", 1.0)
     schedule = {k: float(v) for k, v in meta.config.get("sample", {}).items() if k in ("sigma_min", "sigma_max", "rho")}
@@ -283,15 +312,27 @@ def solve(checkpoint: ModelLike, task: str | Task, observation: SparseObservatio
     x = guided_sample(denoiser, meta.noise, obs, (num_samples, len(names), *spatial), steps=steps, solver=solver,
                       seed=seed, guidance_strength=guidance_strength, pde_terms=pde_terms, decode=_decoder(meta),
                       sigma_data=sigma_data, scaling=scaling, chunk_size=batch_size, device=device,
-                      trust_region=trust_region, **schedule)
+                      trust_region=trust_region, progress=progress, **schedule)
     samples = (_decoder(meta)(x) if meta.normalizer is not None else x).cpu()
     if pushforward:
         samples = push_forward(task, samples, names)
     settings = {"steps": steps, "solver": solver, **schedule, "nfe": num_denoiser_calls(solver, steps), "seed": seed,
                 "guidance_strength": guidance_strength, "pde_guidance": int(pde_guidance),
                 "pde_weight": pde_weight, "pushforward": int(pushforward), "trust_region": trust_region or 0.0, "num_sensors": obs.num_sensors, "resolution": list(spatial),
-                "checkpoint": meta.path, "checkpoint_step": meta.step}
+                "checkpoint": meta.path, "checkpoint_step": meta.step, **scored_on}
     return Posterior(task, names, samples.float(), obs, truth, truth_names, settings)
+
+
+def regrid(x: Tensor, spatial: Sequence[int], grid: str) -> Tensor:
+    """Fields on another grid of the same convention (``"node"`` or ``"periodic"``), by the multilinear
+    interpolation the sensors use; used to score a posterior sampled on a grid other than the truth's.
+
+    Shapes: x (B, C, *S) -> (B, C, *spatial), same dtype.
+    """
+    axes = [torch.arange(n, dtype=torch.float64) / (n if grid == "periodic" else n - 1) for n in spatial]
+    points = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, len(spatial))
+    grid_points = SparseObservation(points, channels=tuple(range(x.shape[1])), grid=grid)
+    return grid_points.observe(x.double()).reshape(*x.shape[:2], *spatial).to(x.dtype)
 
 
 def push_forward(task: Task, samples: Tensor, channel_names: Sequence[str]) -> Tensor:
@@ -312,8 +353,11 @@ def _check_truth(truth: Optional[Tensor], names: Optional[Sequence[str]], task: 
         return None, ()
     names = tuple(names or task.channels)
     if truth.ndim < 3 or truth.shape[1] != len(names):
-        raise ValueError(f"truth must be (1, {len(names)}, *S) for channels {list(names)}, got {tuple(truth.shape)}")
-    check_finite(truth, names)
+        raise UserError(f"truth must be (1, {len(names)}, *S) for channels {list(names)}, got {tuple(truth.shape)}")
+    try:
+        check_finite(truth, names)
+    except ValueError as err:
+        raise UserError(f"truth: {err}") from err
     return truth[:1].detach().float().cpu(), names
 
 
@@ -327,14 +371,17 @@ def make_observation(task: str | Task, truth: Tensor, *, fraction: Optional[floa
     """
     task = get_task(task)
     if (fraction is None) == (count is None):
-        raise ValueError("give exactly one of fraction= and count= for the number of sensors")
+        raise UserError("give exactly one of fraction= and count= for the number of sensors")
+    if (fraction is not None and not 0.0 < fraction <= 1.0) or (count is not None and count < 1):
+        raise UserError(f"the sensor fraction must be in (0, 1] and the count at least 1, got "
+                        f"{fraction if fraction is not None else count}")
     truth, names = _check_truth(truth, truth_names, task)
     gen = torch.Generator().manual_seed(int(seed))
     how_many = float(fraction) if fraction is not None else int(count)
     coords = random_sensors(how_many, truth.shape[2:], grid=task.grid, on_grid=on_grid, generator=gen)
     missing = [c for c in task.observed if c not in names]
     if missing:
-        raise ValueError(f"truth lacks the observed channels {missing} (has {list(names)})")
+        raise UserError(f"truth lacks the observed channels {missing} (has {list(names)})")
     channels = tuple(names.index(c) for c in task.observed)
     obs = SparseObservation(coords=coords, channels=channels, noise_std=noise_std, grid=task.grid,
                             channel_names=task.observed)
@@ -362,5 +409,5 @@ def load_truth(path: str | os.PathLike, channels: Sequence[str], index: int = 0)
 
         fields = load_fields(path, fields=list(channels)).stack(tuple(channels))
     if not 0 <= index < fields.shape[0]:
-        raise ValueError(f"sample index {index} out of range: {path} holds {fields.shape[0]} samples")
+        raise UserError(f"sample index {index} out of range: {path} holds {fields.shape[0]} samples")
     return fields[index:index + 1].float()
