@@ -6,8 +6,8 @@ time units *after the forecast's initial state* (lead times: a sensor at time 4Â
 :class:`~funcdiff.guidance.GuidedDenoiser` through :class:`FrameTerm` (Rozet & Louppe 2023 assimilate sparse,
 intermittent observations into Kolmogorov-flow trajectories in the same spirit, with whole-trajectory scores).
 
-File layout: the layout of :mod:`funcdiff.guidance.io` with the sample dimension ``obs_sample`` renamed
-``obs_time`` and a coordinate ``obs_time`` (float, model time units) -- so the static reader's code is reused.
+File layout: the layout of :mod:`funcdiff.guidance.io` (one ``obs_sample`` row per time) plus a coordinate
+``obs_time(obs_sample)`` (float, model time units) -- so the static reader reads the sensors unchanged.
 """
 
 from __future__ import annotations
@@ -93,9 +93,9 @@ def make_timed_observation(truth: Tensor, frames: Sequence[int], dt: float, *, f
 
 def save_timed_observation(obs: TimedObservation, path: str | os.PathLike) -> Path:
     """Write ``obs`` to netCDF atomically (layout in the module docstring)."""
-    ds = observation_to_dataset(obs.sensors).rename({"obs_sample": TIME_DIM})
-    ds = ds.assign_coords({TIME_DIM: (TIME_DIM, obs.times.numpy(), {"long_name": "lead time of the observation",
-                                                                       "units": "model time units"})})
+    ds = observation_to_dataset(obs.sensors)
+    ds = ds.assign_coords({TIME_DIM: ("obs_sample", obs.times.numpy(), {"long_name": "lead time of the observation",
+                                                                        "units": "model time units"})})
     with atomic_path(path) as tmp:
         ds.to_netcdf(tmp, engine="netcdf4")
     return Path(path)
@@ -107,7 +107,7 @@ def load_timed_observation(path: str | os.PathLike) -> TimedObservation:
         if TIME_DIM not in ds.coords:
             raise UserError(f"{path} has no '{TIME_DIM}' coordinate: it is not a file of timed observations "
                             "(make one with `funcdiff forecast-sensors` or save_timed_observation)")
-        times = torch.from_numpy(np.asarray(ds[TIME_DIM].values, dtype=np.float64))
+        times = torch.tensor(np.asarray(ds[TIME_DIM].values, dtype=np.float64))
     static = load_observation(path)
     return TimedObservation(static, times)
 

@@ -1,0 +1,207 @@
+"""Forecasting end to end: a tiny trained rolling forecaster, the ``forecast`` CLI (streamed netCDF, resume,
+chunking, seeds, errors), memory that does not grow with the lead time."""
+
+from __future__ import annotations
+
+import gc
+import json
+import weakref
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+from funcdiff.cli import main
+from funcdiff.config import ForecastConfig, config_from_dict
+from funcdiff.data import generate_to_hdf5
+from funcdiff.data.datasets import _split_indices
+from funcdiff.data.synthetic import SyntheticProblem
+from funcdiff.noise import GaussianRandomField
+from funcdiff.tasks import forecast_io
+from funcdiff.tasks.forecast import Forecast, Forecaster, forecast, load_forecaster, rollout
+from funcdiff.training import train
+
+N_TRAJ, RES, FRAMES, SHIFT = 20, 32, 24, 2
+
+
+def _advection(num_samples, resolution, *, generator, device="cpu", dtype=torch.float32, frames=FRAMES, shift=SHIFT):
+    """Smooth periodic GRFs translated by ``shift`` grid points per frame (persistence is poor by lead 5)."""
+    grf = GaussianRandomField(dim=1, smoothness=2.0, length_scale=0.08)
+    u0 = grf.sample((num_samples, 1, resolution), generator=generator, dtype=torch.float64)[:, 0]
+    u = torch.stack([torch.roll(u0, shift * t, dims=-1) for t in range(frames)], dim=1)
+    return {"u": u.to(device, dtype), "t": torch.arange(frames, dtype=dtype) * 0.1}
+
+
+ADVECTION = SyntheticProblem("advection", "trajectory", ("u",), {"frames": FRAMES, "shift": SHIFT}, _advection,
+                             "advected periodic GRFs (test data)")
+
+
+def _config(tmp, **forecast) -> dict:
+    return {"name": "advection-rolling",
+            "data": {"source": "file", "path": str(tmp / "adv.h5"), "channels": ["u"], "dim": 1, "test_fraction": 0.2},
+            "noise": {"smoothness": 1.0, "length_scale": 0.05},
+            "model": {"backbone": "fno", "n_modes": [12], "hidden_channels": 16, "n_layers": 2, "emb_dim": 16,
+                      "norm_groups": 4},
+            "train": {"steps": 300, "batch_size": 16, "lr": 3e-3, "warmup_steps": 20, "out_dir": str(tmp / "run"),
+                      "log_every": 0, "eval_every": 0, "checkpoint_every": 0, "device": "cpu"},
+            "forecast": {"kind": "rolling", "history": 1, "horizon": 3, "steps_per_frame": 4, **forecast}}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("forecast")
+    generate_to_hdf5(ADVECTION, tmp / "adv.h5", num_samples=N_TRAJ, resolution=RES, seed=0, batch_size=N_TRAJ,
+                     progress=False)
+    config = config_from_dict(_config(tmp))
+    train(config, progress=False)
+    test_idx = _split_indices(N_TRAJ, 4, torch.Generator().manual_seed(config.data.seed + 1))[1]
+    return tmp, [int(i) for i in test_idx]
+
+
+def test_trained_forecaster_beats_persistence_in_crps_on_held_out_trajectories(trained):
+    tmp, held_out = trained
+    starts = [forecast_io.initial_from_file(tmp / "adv.h5", ("u",), i, 0, 1) for i in held_out]
+    initial, truth = torch.stack([s[0] for s in starts]), torch.stack([s[1] for s in starts])
+    fcst = forecast(tmp / "run", initial, 6, members=8, seed=1)
+    crps = fcst.scores(truth)["crps"][0]
+    persistence = (truth[:, :, 4] - initial[:, :, -1]).abs().mean()  # CRPS of a one-member forecast = MAE
+    assert float(crps[4]) < 0.7 * float(persistence), (crps, persistence)
+    assert fcst.nfe_per_frame == 8
+
+
+def _run_cli(tmp, out, *extra):
+    return main(["forecast", "--checkpoint", str(tmp / "run"), "--initial", str(tmp / "adv.h5"), "--index", "3",
+                 "--lead-steps", "7", "--members", "3", "--seed", "5", "--out", str(out), "--no-progress",
+                 "--no-plot", *extra])
+
+
+def _values(path):
+    with xr.open_dataset(path) as ds:
+        return ds.load()
+
+
+def test_cli_forecast_layout_and_evaluate(trained, tmp_path):
+    tmp, _ = trained
+    out = tmp_path / "f.nc"
+    assert _run_cli(tmp, out, "--no-plot") == 0
+    ds = _values(out)
+    assert dict(ds.sizes) == {"init_time": 1, "member": 3, "lead_time": 7, "x": RES}
+    assert np.allclose(ds["lead_time"].values, 0.1 * np.arange(1, 8), atol=1e-6)
+    assert int(ds["completed_leads"][0]) == 7 and int(ds["init_index"][0]) == 3
+    assert isinstance(ds.attrs["seed"], (int, np.integer)) and json.loads(ds.attrs["channels"]) == ["u"]
+    assert not (tmp_path / "f.nc.partial").exists() and not (tmp_path / "f.nc.state.pt").exists()
+    assert main(["evaluate", "--forecast", str(out), "--truth", str(tmp / "adv.h5"), "--out",
+                 str(tmp_path / "s.nc")]) == 0
+    with_plot = ["--plot", str(tmp_path / "p.png")]
+    assert main(["forecast", "--checkpoint", str(tmp / "run"), "--initial", str(tmp / "adv.h5"), "--lead-steps", "7",
+                 "--members", "2", "--out", str(tmp_path / "p.nc"), "--no-progress", *with_plot]) == 0
+    assert (tmp_path / "p.png").stat().st_size > 10_000
+
+
+def test_same_seed_same_forecast_and_rerun_is_a_no_op(trained, tmp_path):
+    tmp, _ = trained
+    a, b = tmp_path / "a.nc", tmp_path / "b.nc"
+    assert _run_cli(tmp, a) == 0 and _run_cli(tmp, b) == 0
+    assert _values(a)["u"].equals(_values(b)["u"])
+    before = a.stat().st_mtime_ns
+    assert _run_cli(tmp, a) == 0 and a.stat().st_mtime_ns == before  # complete: nothing redone
+    c = tmp_path / "c.nc"
+    assert _run_cli(tmp, c, "--seed", "6") == 0
+    assert not _values(a)["u"].equals(_values(c)["u"])
+
+
+@pytest.mark.parametrize("die_in", ["write_leads", "_save_state"])
+def test_killed_forecast_resumes_bit_identical(trained, tmp_path, monkeypatch, die_in):
+    """A run killed after 3 steps (inside the netCDF write, or between it and the state file) and rerun with the
+    same command ends with exactly the values of an uninterrupted run."""
+    tmp, _ = trained
+    whole = tmp_path / "whole.nc"
+    assert _run_cli(tmp, whole) == 0
+    original = getattr(forecast_io, die_in)
+    calls = {"n": 0}
+
+    def dying(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt  # stands in for SIGKILL at that point
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(forecast_io, die_in, dying)
+    killed = tmp_path / "killed.nc"
+    with pytest.raises(KeyboardInterrupt):
+        _run_cli(tmp, killed)
+    assert (tmp_path / "killed.nc.partial").exists() and not killed.exists()
+    monkeypatch.setattr(forecast_io, die_in, original)
+    assert _run_cli(tmp, killed) == 0
+    a, b = _values(whole), _values(killed)
+    assert a["u"].equals(b["u"]) and a["completed_leads"].equals(b["completed_leads"])
+
+
+def test_chunked_members_equal_unchunked(trained):
+    tmp, _ = trained
+    fc = load_forecaster(tmp / "run")
+    initial = forecast_io.initial_from_file(tmp / "adv.h5", ("u",), 2, 0, 1)[0]
+    whole = Forecast(fc, initial, 5, members=5, seed=2).to_tensor()
+    chunked = Forecast(fc, initial, 5, members=5, seed=2, batch_size=2).to_tensor()
+    torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-5)
+    first_two = Forecast(fc, initial, 5, members=2, seed=2).to_tensor()
+    torch.testing.assert_close(first_two, whole[:, :2], rtol=1e-5, atol=1e-5)  # a member never depends on M
+
+
+class _Shift:
+    """A cheap conditional denoiser: the next frames are shifted copies of the last history frame."""
+
+    def __call__(self, x, sigma, cond):
+        frames = [torch.roll(cond[:, -1:], k + 1, dims=-1) for k in range(x.shape[1])]
+        return torch.cat(frames, dim=1)
+
+
+def test_rollout_memory_is_flat_in_the_number_of_frames():
+    fc = Forecaster(_Shift(), GaussianRandomField(dim=2, smoothness=0.0), ForecastConfig(kind="rolling", horizon=2),
+                    ("u",))
+    initial = torch.randn(1, 1, 48, 48)
+    alive = []
+    for leads, frames, state in rollout(fc, initial, 500, members=4, steps_per_frame=1):
+        alive.append(weakref.ref(frames))
+        del frames
+        assert state.history.shape == (4, 1, 48, 48) and state.window.shape == (4, 2, 48, 48)
+    gc.collect()
+    assert leads == [500] and sum(ref() is not None for ref in alive) == 0  # the loop keeps no emitted frame
+
+
+def _fails(capsys, argv):
+    code = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "Traceback" not in err[0], err
+    return err[0]
+
+
+def test_forecast_user_errors_are_one_line(trained, tmp_path, capsys):
+    tmp, _ = trained
+    base = ["forecast", "--checkpoint", str(tmp / "run"), "--initial", str(tmp / "adv.h5"), "--lead-steps", "3",
+            "--out", str(tmp_path / "e.nc"), "--no-progress", "--no-plot"]
+    assert "--start-frame" in _fails(capsys, base + ["--start-frame", "99"])
+    assert "--index" in _fails(capsys, base + ["--index", "99"])
+    # a checkpoint that is not a forecaster
+    static = config_from_dict({"data": {"num_samples": 8, "resolution": 16}, "model": {"n_modes": [4, 4],
+                               "hidden_channels": 8, "n_layers": 1, "norm_groups": 4},
+                               "train": {"steps": 1, "batch_size": 4, "out_dir": str(tmp_path / "static"),
+                                         "log_every": 0, "eval_every": 0, "device": "cpu"}})
+    train(static, progress=False)
+    assert "not a forecaster" in _fails(capsys, [*base[:2], str(tmp_path / "static"), *base[3:]])
+    # observations outside the forecast (sensors up to lead 6, a forecast of 3 leads)
+    assert _run_cli(tmp, tmp_path / "twin.nc", "--sensor-fraction", "0.1", "--sensor-every", "2") == 0
+    assert "outside the forecast" in _fails(capsys, base + ["--observations", str(tmp_path / "twin.sensors.nc")])
+    # the initial file lacks the channel, or holds NaN
+    import h5py
+
+    bad = tmp_path / "bad.h5"
+    generate_to_hdf5(ADVECTION, bad, num_samples=2, resolution=RES, seed=1, batch_size=2, progress=False)
+    with h5py.File(bad, "a") as f:
+        f["u"][0, 0, 3] = np.nan
+    assert "NaN" in _fails(capsys, [*base[:4], str(bad), *base[5:], "--index", "0"])
+    small = tmp_path / "small.h5"
+    generate_to_hdf5(ADVECTION, small, num_samples=2, resolution=8, seed=1, batch_size=2, progress=False)
+    assert "grid" in _fails(capsys, [*base[:4], str(small), *base[5:]])
+    assert "--sensor-fraction" in _fails(capsys, base + ["--sensor-fraction", "0.1", "--observations", "x.nc"])
