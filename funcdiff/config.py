@@ -124,7 +124,7 @@ class SampleConfig:
     rho: float = 7.0
 
 
-FORECAST_KINDS = ("none", "autoregressive", "rolling")
+FORECAST_KINDS = ("none", "autoregressive", "rolling", "deterministic")
 
 
 @dataclass(frozen=True)
@@ -135,7 +135,9 @@ class ForecastConfig:
     are conditioning, the ``horizon`` future frames are noised at one sigma; ``"rolling"`` (Ruhe et al. 2024,
     ERDM) learns a window of ``horizon`` frames whose noise rises with the frame index, local time (k + t)/W
     through the Karras ramp of ``sample`` (sigma_min, sigma_max, rho), with a fraction ``init_fraction`` of
-    windows on the initial schedule (all noise -> the rolling profile). ``frame_step``: use every n-th frame
+    windows on the initial schedule (all noise -> the rolling profile); ``"deterministic"`` is the MSE baseline of
+    the same backbone: the EDM loss at the single level sigma_max, where it is the squared error of the
+    conditional mean, rolled out with one Euler step (one network evaluation) per block. ``frame_step``: use every n-th frame
     of the file (the forecast step is ``frame_step`` × the file's frame spacing). ``stride``: frames between
     the starts of training windows. ``steps_per_frame``: default solver steps per emitted frame (rolling:
     per shift; autoregressive: a block of ``horizon`` frames gets ``steps_per_frame × horizon`` steps).

@@ -11,7 +11,10 @@ A rollout is a loop around the shared solvers (:mod:`funcdiff.sampling`), never 
   shifts the window and appends fresh noise at sigma_max. The very first step runs the initial phase (all noise
   -> the rolling profile) before that, with ``steps_per_frame × W`` steps (the steps a frame sees in the window).
 
-Both are one function, :func:`rollout_step`, over a :class:`RolloutState` (history, window, per-member random
+* **deterministic** -- the MSE baseline of the same backbone (``forecast.kind: deterministic``): one Euler step
+  from sigma_max to 0, i.e. the network's conditional-mean prediction, one evaluation per block.
+
+All are one function, :func:`rollout_step`, over a :class:`RolloutState` (history, window, per-member random
 generators, frames emitted). :func:`rollout` is a generator of emitted frames, so memory never grows with the lead
 time; :class:`Forecast` streams them to netCDF, resumes a killed run bit-identically from a state file written
 after every step, plots and scores. Sensors with times (:class:`~funcdiff.guidance.timed.TimedObservation`) guide
@@ -211,6 +214,8 @@ def _step_chunk(fc: Forecaster, history: Tensor, window: Optional[Tensor], gens:
             window = run(denoiser, window, _per_frame(init, c, history))
     if kind == "rolling":
         sigmas = _per_frame(sigmas_rolling(w, steps_per_frame, s.sigma_min, s.sigma_max, s.rho), c, history)
+    elif kind == "deterministic":
+        sigmas, run = torch.tensor([s.sigma_max, 0.0], dtype=torch.float64), get_solver("euler")  # x -> D(x)
     else:
         sigmas = sigmas_karras(steps_per_frame * w, s.sigma_min, s.sigma_max, s.rho)
     x = run(denoiser, window, sigmas)

@@ -44,12 +44,26 @@ class RollingSigmas:
         return sigma.repeat_interleave(self.channels, dim=1).to(generator.device, torch.float32)
 
 
+class ConstantSigma:
+    """One noise level for every item: at sigma ≫ sigma_data the EDM loss is the squared error of the conditional
+    mean (the denoiser sees almost only noise), i.e. MSE training of a deterministic forecaster with the same
+    backbone and preconditioner. Call: ``(batch, generator) -> (B,)``."""
+
+    def __init__(self, sigma: float) -> None:
+        self.sigma = float(sigma)
+
+    def __call__(self, batch: int, generator: torch.Generator) -> Tensor:
+        return torch.full((batch,), self.sigma, device=generator.device)
+
+
 def forecast_loss(config: RunConfig, noise, channels: int) -> EDMLoss:
     """The EDM loss of a forecaster: history frames as conditioning, rolling levels for ``kind="rolling"``."""
     fc, tc, sc = config.forecast, config.train, config.sample
     sampler = None
     if fc.kind == "rolling":
         sampler = RollingSigmas(fc.horizon, channels, fc.init_fraction, sc.sigma_min, sc.sigma_max, sc.rho)
+    elif fc.kind == "deterministic":
+        sampler = ConstantSigma(sc.sigma_max)
     return EDMLoss(noise, tc.P_mean, tc.P_std, cond_channels=channels * fc.history, sigma_sampler=sampler)
 
 
@@ -108,9 +122,11 @@ def nfe_per_frame(fc: ForecastConfig, steps_per_frame: int, solver: str = "heun"
     autoregressive blocks; a rolling step always has frames above 0, so 2)."""
     if fc.kind == "rolling":
         return float(steps_per_frame * (1 if solver == "euler" else 2))
+    if fc.kind == "deterministic":
+        return 1.0 / fc.horizon
     steps = steps_per_frame * fc.horizon
     return (steps if solver == "euler" else 2 * steps - 1) / fc.horizon
 
 
-__all__ = ["RollingSigmas", "forecast_loss", "frames_per_step", "load_trajectories", "nfe_per_frame",
+__all__ = ["ConstantSigma", "RollingSigmas", "forecast_loss", "frames_per_step", "load_trajectories", "nfe_per_frame",
            "window_datasets"]
