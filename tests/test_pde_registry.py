@@ -15,8 +15,10 @@ from funcdiff.pde import (
     solve_navier_stokes,
 )
 
-RES = {"burgers": 32, "navier_stokes": 16, "navier_stokes_trajectory": 16}
-SMALL = {"navier_stokes_trajectory": {"times": [0.0, 0.25, 0.5]}, "burgers": {"times": [0.0, 0.2, 0.4]}}
+RES = {"burgers": 32, "burgers_shock": 32, "navier_stokes": 16, "navier_stokes_trajectory": 16, "kolmogorov": 16}
+SMALL = {"navier_stokes_trajectory": {"times": [0.0, 0.25, 0.5]}, "burgers": {"times": [0.0, 0.2, 0.4]},
+         "burgers_shock": {"dt": 0.2, "num_frames": 3}, "kolmogorov": {"spin_up": 0.1, "dt": 0.25, "num_frames": 3}}
+ONE_D = ("burgers", "burgers_shock")
 
 
 
@@ -35,14 +37,16 @@ def test_every_problem_follows_the_contract(name):
     again, _ = _generate(name, 0)
     other, _ = _generate(name, 1)
     assert set(problem.fields) <= set(out)
-    spatial = (n,) if name == "burgers" else (n, n)
+    spatial = (n,) if name in ONE_D else (n, n)
     for key in problem.fields:
         expected = (3, *spatial) if problem.kind == "pair" else (3, 3, *spatial)
         assert out[key].shape == expected and out[key].dtype == torch.float32
         assert torch.isfinite(out[key]).all() and torch.equal(out[key], again[key])
         assert not torch.equal(out[key], other[key])
     if problem.kind == "trajectory":
-        assert out["t"].tolist() == pytest.approx(SMALL[name]["times"])
+        small = SMALL[name]
+        expected = small.get("times") or [i * small["dt"] for i in range(small["num_frames"])]
+        assert out["t"].tolist() == pytest.approx(expected)
 
 
 def test_pair_data_satisfy_their_equations():

@@ -3,7 +3,9 @@
 Layout (see ``datasets/README.md``)::
 
     /<field>   (N, *spatial) for pair problems, (N, T, *spatial) for trajectories; chunked, one per field
-    /t         (T,)  times of the trajectory frames (trajectory problems only)
+    /t         (T,)  times of the trajectory frames (trajectory problems only), measured from the end of the
+                     spin-up; attrs units = "1" (nondimensional PDE time), long_name, and where known dt (frame
+                     spacing, uniform frames only) and spin_up, also copied to the file attrs (time_units, dt, spin_up)
     /x, /y, /z (R,)  grid coordinates (as many as spatial dims): j / R on [0, 1) for periodic problems,
                      j / (R - 1) on [0, 1] for the Dirichlet problems (attr grid.type = "periodic" / "node")
     attrs: funcdiff_format, pde, kind, fields, params (JSON), resolution, dim, grid, num_samples, seed,
@@ -219,8 +221,23 @@ def _create_layout(f: h5py.File, problem: ProblemLike, args: dict, batch: dict[s
     for name, values in coords.items():
         f.create_dataset(name, data=values)
     if "t" in batch:
-        f.create_dataset("t", data=batch["t"].detach().cpu().numpy())
+        t = f.create_dataset("t", data=batch["t"].detach().cpu().numpy())
+        time_attrs = _time_attrs(np.asarray(t[...], dtype=np.float64), args["params"])
+        t.attrs.update(time_attrs)
+        f.attrs.update({("time_units" if k == "units" else k): v for k, v in time_attrs.items() if k != "long_name"})
     f.attrs.update(_static_attrs(problem, args, dim, first.shape[1 + (problem.kind == "trajectory"):]))
+
+
+def _time_attrs(t: np.ndarray, params: dict) -> dict[str, Any]:
+    """Attributes of the time coordinate ``t`` ``(T,)``: units, long_name, the frame spacing ``dt`` (only when the
+    frames are equally spaced, to float32 precision) and the discarded ``spin_up`` (only when the problem has one)."""
+    attrs: dict[str, Any] = {"units": "1", "long_name": "time since the end of the spin-up (nondimensional)"}
+    steps = np.diff(t)
+    if steps.size and np.allclose(steps, steps.mean(), rtol=1e-5, atol=0.0):
+        attrs["dt"] = float(params["dt"]) if params.get("dt") is not None else float(steps.mean())
+    if params.get("spin_up") is not None:
+        attrs["spin_up"] = float(params["spin_up"])
+    return attrs
 
 
 def grid_type(problem: ProblemLike) -> str:

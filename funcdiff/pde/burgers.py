@@ -101,20 +101,27 @@ def solve_burgers(
     else:
         base = torch.full((u0.shape[0], 1), check_positive(dt, "dt"), dtype=torch.float64, device=u0.device)
     v = torch.fft.rfft(u0)
-    frames, t_prev = [], 0.0
+    frames, t_prev, plans = [], 0.0, {}
     for target in targets:
         if target > t_prev:
-            v = _advance(model, v, target - t_prev, base)
+            interval = target - t_prev
+            if interval not in plans:  # equally spaced frames reuse one set of coefficients
+                plans = {interval: _plan(model, interval, base, v.real.dtype)}
+            v = _advance(model, v, *plans[interval])
         frames.append(torch.fft.irfft(v, n=n))
         t_prev = target
     return torch.stack(frames, dim=2)
 
 
-def _advance(model: _Burgers, v: Tensor, interval: float, base: Tensor) -> Tensor:
-    """Advance the spectral state ``v`` ``(B, 1, K)`` by ``interval`` in ``ceil(interval / base)`` equal steps."""
+def _plan(model: _Burgers, interval: float, base: Tensor, dtype: torch.dtype) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """Step counts ``ceil(interval / base)`` ``(B, 1)`` and their ETDRK4 coefficients (each ``(B, 1, K)``)."""
     steps = torch.ceil(interval / base - 1e-9).clamp_min(1)  # (B, 1)
     coeffs = etdrk4_coefficients(model.linear, interval / steps)
-    coeffs = tuple(c.to(v.real.dtype)[:, None, :] for c in coeffs)  # (B, 1, K)
+    return steps, tuple(c.to(dtype)[:, None, :] for c in coeffs)
+
+
+def _advance(model: _Burgers, v: Tensor, steps: Tensor, coeffs: tuple[Tensor, ...]) -> Tensor:
+    """Advance the spectral state ``v`` ``(B, 1, K)`` by ``steps`` ``(B, 1)`` ETDRK4 steps of each sample."""
     active_until = steps.to(torch.int64).reshape(-1, 1, 1)
     for i in range(int(steps.max())):
         v_new = model.step(v, coeffs)
