@@ -1,0 +1,195 @@
+"""Probabilistic forecasting benchmark: autoregressive and rolling diffusion against a deterministic FNO,
+persistence and climatology, with and without sparse sensors, on Kolmogorov flow (64²) and Burgers (1024 points).
+
+Everything is trained and scored in one run, side by side, on held-out trajectories of our own solvers:
+
+* ``autoregressive`` / ``rolling``: the diffusion forecasters of ``configs/forecast/<pde>-<kind>.yaml``;
+* ``fno-deterministic``: the same backbone trained with the MSE loss (``forecast.kind: deterministic``), one member
+  (its CRPS is its mean absolute error);
+* ``persistence``: the initial frame; ``climatology``: the mean field of the training trajectories;
+* ``sensors = 0.01``: 1 % of the grid observed every 4 frames (noise std 1 % of the data's), assimilated during the
+  rollout by guidance (diffusion forecasters only: a deterministic model has no way to use them).
+
+Scores per lead (``funcdiff.tasks.evaluate.lead_scores``): ensemble-mean RMSE, fair CRPS, spread-skill ratio with
+the finite-ensemble correction, spectrum error. A long rollout (500 frames, no truth needed) checks stability:
+finite values and the energy spectrum within a factor 2 of the data's (``max_spectrum_ratio``).
+
+    python benchmarks/forecasting.py --quick --out benchmarks/results/forecasting_quick.json
+
+Writes JSON rows ``{"pde", "method", "lead", "nfe_per_frame", "members", "sensors", "rmse", "crps", "ssr",
+"spectrum_error"}`` and stability rows ``{"pde", "method", "frames", "finite", "max_spectrum_ratio"}``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: idle OpenMP threads sleep instead of spinning
+import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine, parser, print_table, write_json  # noqa: E402
+
+from funcdiff.config import load_config  # noqa: E402
+from funcdiff.data import generate_to_hdf5, load_fields  # noqa: E402
+from funcdiff.data.datasets import _split_indices  # noqa: E402
+from funcdiff.guidance.timed import make_timed_observation  # noqa: E402
+from funcdiff.io.checkpoint import latest_checkpoint  # noqa: E402
+from funcdiff.metrics import energy_spectrum, max_spectrum_ratio  # noqa: E402
+from funcdiff.pde import get_problem  # noqa: E402
+from funcdiff.tasks.evaluate import lead_scores  # noqa: E402
+from funcdiff.tasks.forecast import Forecast, load_forecaster  # noqa: E402
+from funcdiff.tasks.forecast_io import initial_from_file  # noqa: E402
+from funcdiff.training import train  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+KINDS = ("autoregressive", "rolling", "deterministic")
+METHOD = {"autoregressive": "autoregressive", "rolling": "rolling", "deterministic": "fno-deterministic"}
+SPECS = {
+    "kolmogorov": {"problem": "kolmogorov", "resolution": 64, "channel": "w",
+                   "quick": {"n_traj": 24, "params": {"num_frames": 160}, "steps": 500,
+                             "model": ["model.hidden_channels=16", "model.n_modes=[12,12]", "model.emb_dim=32"]},
+                   "full": {"n_traj": 64, "params": {"num_frames": 400}, "steps": 4000, "model": []}},
+    "burgers": {"problem": "burgers", "resolution": 1024, "channel": "u",
+                "quick": {"n_traj": 24, "params": {"dt": 0.01, "num_frames": 160, "spin_up": 0.1}, "steps": 800,
+                          "model": ["model.hidden_channels=16", "model.n_modes=[32]", "model.emb_dim=32"]},
+                "full": {"n_traj": 64, "params": {"dt": 0.01, "num_frames": 400, "spin_up": 0.1}, "steps": 4000,
+                         "model": []}},
+}
+REPORT_LEADS = (1, 5, 10, 25, 50, 100)
+
+
+def make_data(pde: str, spec: dict, size: dict, workdir: Path, seed: int) -> Path:
+    path = workdir / f"{pde}.h5"
+    generate_to_hdf5(get_problem(spec["problem"]), path, num_samples=size["n_traj"], resolution=spec["resolution"],
+                     seed=seed, batch_size=size["n_traj"], params=size["params"], progress=False)
+    return path
+
+
+def train_method(pde: str, kind: str, data: Path, size: dict, workdir: Path, seed: int):
+    out = workdir / f"{pde}-{kind}"
+    overrides = [f"data.path={data}", f"train.out_dir={out}", f"train.steps={size['steps']}", f"train.seed={seed}",
+                 "train.batch_size=8", "train.warmup_steps=50", "train.lr=2e-3", "train.eval_every=0",
+                 f"train.checkpoint_every={size['steps']}", "train.device=cpu", *size["model"]]
+    config = load_config(ROOT / "configs" / "forecast" / f"{pde}-{kind}.yaml", overrides)
+    start = time.perf_counter()
+    if latest_checkpoint(out) is None or "step_%08d" % size["steps"] not in str(latest_checkpoint(out)):
+        train(config, resume=True, progress=False)
+    return config, time.perf_counter() - start
+
+
+def scored_rows(pde: str, method: str, scores: dict, nfe: float, members: int, sensors: float) -> list[dict]:
+    rows = []
+    for lead in range(1, scores["crps"].shape[1] + 1):
+        rows.append({"pde": pde, "method": method, "lead": lead, "nfe_per_frame": nfe, "members": members,
+                     "sensors": sensors, "rmse": float(scores["rmse"][0, lead - 1]),
+                     "crps": float(scores["crps"][0, lead - 1]), "ssr": float(scores["ssr"][0, lead - 1]),
+                     "spectrum_error": float(scores["spectrum_error"][0, lead - 1])})
+    return rows
+
+
+def reference_rows(pde: str, initial: torch.Tensor, truth: torch.Tensor, climatology: torch.Tensor) -> list[dict]:
+    """Persistence (the initial frame) and climatology (the training mean field) as one-member forecasts."""
+    lead_steps = truth.shape[2]
+    rows = []
+    for method, field in (("persistence", initial[:, :, -1:]), ("climatology", climatology[None, :, None])):
+        members = field.expand(truth.shape[0], -1, lead_steps, *truth.shape[3:]).unsqueeze(1)
+        rows += scored_rows(pde, method, lead_scores(members, truth), 0.0, 1, 0.0)
+    return rows
+
+
+def stability(fc, initial: torch.Tensor, frames: int, data_spectrum: torch.Tensor, seed: int) -> dict:
+    """A long rollout of two members: finite? spectrum of the last 20 frames vs the data's: the worst ratio over
+    the shells 1 ≤ k ≤ N/3 (the solvers dealias with the 2/3 rule, so the data hold no energy above N/3)."""
+    members = 1 if fc.forecast.kind == "deterministic" else 2
+    run = Forecast(fc, initial[:1], frames, members=members, seed=seed)
+    last, finite = [], True
+    for lead, frame in run.frames(0):
+        finite = finite and bool(torch.isfinite(frame).all())
+        if lead > frames - 20:
+            last.append(frame)
+    _, spec = energy_spectrum(torch.stack(last), initial.ndim - 3)
+    spec = spec.reshape(-1, spec.shape[-1]).mean(0)
+    kept = initial.shape[-1] // 3 + 1
+    ratio = float(max_spectrum_ratio(spec[:kept], data_spectrum[:kept])) if finite else float("inf")
+    return {"frames": frames, "finite": finite, "max_spectrum_ratio": ratio}
+
+
+def run_pde(pde: str, args, workdir: Path) -> tuple[list[dict], list[dict], dict]:
+    spec, size = SPECS[pde], SPECS[pde]["quick" if args.quick else "full"]
+    t0 = time.perf_counter()
+    data = make_data(pde, spec, size, workdir, args.seed)
+    timing = {"data_s": time.perf_counter() - t0}
+    configs = {}
+    for kind in KINDS:
+        configs[kind], timing[f"train_{kind}_s"] = train_method(pde, kind, data, size, workdir, args.seed)
+    history = configs["rolling"].forecast.history
+    test_idx = _split_indices(size["n_traj"], max(1, round(0.1 * size["n_traj"])),
+                              torch.Generator().manual_seed(configs["rolling"].data.seed + 1))[1].tolist()
+    inits = [initial_from_file(data, (spec["channel"],), i, history - 1, history) for i in test_idx[:args.inits]]
+    lead_steps = min(args.lead_steps, min(s[1].shape[1] for s in inits))
+    initial = torch.stack([s[0] for s in inits])
+    truth = torch.stack([s[1][:, :lead_steps] for s in inits])
+    traj = load_fields(data, fields=[spec["channel"]]).fields[spec["channel"]]
+    train_traj = traj[[i for i in range(traj.shape[0]) if i not in set(test_idx)]]
+    climatology = train_traj.mean(dim=(0, 1))[None]
+    data_spectrum = energy_spectrum(train_traj[:, -20:], traj.ndim - 2)[1]
+    data_spectrum = data_spectrum.reshape(-1, data_spectrum.shape[-1]).mean(0)
+    rows = reference_rows(pde, initial, truth, climatology)
+    stable = []
+    for kind in KINDS:
+        fc = load_forecaster(workdir / f"{pde}-{kind}")
+        members = 1 if kind == "deterministic" else args.members
+        for fraction in (0.0, 0.01) if kind != "deterministic" else (0.0,):
+            t = time.perf_counter()
+            obs = None
+            if fraction:
+                frames = torch.cat([initial[0, :, -1:], truth[0]], dim=1)
+                obs = make_timed_observation(frames, range(4, lead_steps + 1, 4), fc.dt, fraction=fraction,
+                                             noise_std=0.01 * float(traj.std()), seed=args.seed)
+                initial_run, truth_run = initial[:1], truth[:1]  # the sensors belong to the first initial state
+            else:
+                initial_run, truth_run = initial, truth
+            run = Forecast(fc, initial_run, lead_steps, members=members, seed=args.seed, observations=obs)
+            scores = lead_scores(run.to_tensor(), truth_run)
+            rows += scored_rows(pde, METHOD[kind], scores, run.nfe_per_frame, members, fraction)
+            timing[f"forecast_{kind}_{fraction}_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        stable.append({"pde": pde, "method": METHOD[kind], **stability(fc, initial, args.long_frames, data_spectrum,
+                                                                        args.seed)})
+        timing[f"stability_{kind}_s"] = time.perf_counter() - t
+    return rows, stable, timing
+
+
+def main() -> None:
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--pdes", nargs="+", default=list(SPECS), choices=list(SPECS))
+    p.add_argument("--members", type=int, default=8)
+    p.add_argument("--inits", type=int, default=2, help="held-out initial states scored")
+    p.add_argument("--lead-steps", type=int, default=100)
+    p.add_argument("--long-frames", type=int, default=500, help="frames of the stability rollout")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1: fastest on a shared 2-core machine)")
+    p.add_argument("--workdir", type=Path, default=Path("runs/benchmark-forecasting"))
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    rows, stable, timings = [], [], {}
+    start = time.perf_counter()
+    for pde in args.pdes:
+        r, s, t = run_pde(pde, args, args.workdir)
+        rows, stable, timings[pde] = rows + r, stable + s, t
+    shown = [r for r in rows if r["lead"] in REPORT_LEADS]
+    print(f"machine: {machine()}; threads: {args.threads}; wall time {time.perf_counter() - start:.0f} s")
+    print_table(shown, ["pde", "method", "sensors", "lead", "nfe_per_frame", "members", "rmse", "crps", "ssr",
+                        "spectrum_error"])
+    print()
+    print_table(stable, ["pde", "method", "frames", "finite", "max_spectrum_ratio"])
+    write_json(rows + stable, args.out, {"threads": args.threads, "timings_s": timings,
+                                         "settings": {k: str(v) for k, v in vars(args).items()}})
+
+
+if __name__ == "__main__":
+    main()
