@@ -205,3 +205,12 @@ def test_forecast_user_errors_are_one_line(trained, tmp_path, capsys):
     generate_to_hdf5(ADVECTION, small, num_samples=2, resolution=8, seed=1, batch_size=2, progress=False)
     assert "grid" in _fails(capsys, [*base[:4], str(small), *base[5:]])
     assert "--sensor-fraction" in _fails(capsys, base + ["--sensor-fraction", "0.1", "--observations", "x.nc"])
+
+
+def test_python_api_takes_one_or_several_2d_initial_states():
+    fc = Forecaster(_Shift(), GaussianRandomField(dim=2), ForecastConfig(kind="rolling", horizon=2), ("w",))
+    one = Forecast(fc, torch.randn(1, 1, 8, 8), 3, members=2, seed=0)  # (C, T0, H, W)
+    several = Forecast(fc, torch.randn(3, 1, 1, 8, 8), 3, members=2, seed=0)  # (n_init, C, T0, H, W)
+    assert one.to_tensor().shape == (1, 2, 1, 3, 8, 8) and several.to_tensor().shape == (3, 2, 1, 3, 8, 8)
+    scores = one.scores(torch.randn(1, 3, 8, 8))
+    assert scores["crps"].shape == (1, 3) and scores["rank_histogram"].shape == (1, 3, 3)

@@ -311,7 +311,8 @@ class Forecast:
                  observations: Optional[TimedObservation] = None, batch_size: Optional[int] = None,
                  init_index: Optional[Sequence[int]] = None, init_frame: Optional[Sequence[int]] = None,
                  init_time: Optional[Sequence[float]] = None, attrs: Optional[dict] = None) -> None:
-        initial = initial if initial.ndim >= 4 else initial.unsqueeze(0)
+        single = initial.ndim == 2 + forecaster.noise.dim  # (C, T0, *S) rather than (n_init, C, T0, *S)
+        initial = initial.unsqueeze(0) if single else initial
         for x in initial:
             check_initial(forecaster, x)
         n = initial.shape[0]
@@ -376,7 +377,7 @@ class Forecast:
         spectrum errors; each (C, L))."""
         from funcdiff.tasks.evaluate import lead_scores
 
-        truth = truth if truth.ndim == self.initial.ndim else truth.unsqueeze(0)
+        truth = truth.unsqueeze(0) if truth.ndim == self.initial.ndim - 1 else truth
         if truth.shape[2] < self.lead_steps:
             raise UserError(f"the truth has {truth.shape[2]} leads, the forecast {self.lead_steps}")
         return lead_scores(self.to_tensor(), truth[:, :, :self.lead_steps].to(torch.float32))
