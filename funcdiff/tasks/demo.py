@@ -149,7 +149,8 @@ def _reconstruct(trainer: Trainer, s: DemoSettings, out_dir: Path, progress: boo
                       steps=s.sample_steps, seed=s.seed, decode=trainer.normalizer.decode,
                       sigma_data=float(trainer.model_config.get("sigma_data", 1.0)), device=trainer.device,
                       progress=progress)
-    post = Posterior(DEMO_TASK, tuple(trainer.channel_names), trainer.normalizer.decode(x.cpu()), obs, truth)
+    post = Posterior(DEMO_TASK, tuple(trainer.channel_names), trainer.normalizer.decode(x.cpu()), obs, truth,
+                     tuple(trainer.channel_names))
     mean, std = post.mean, post.std
     interpolated = interpolate_observations(coords, obs.values, (n, n), grid="periodic")
     result = {"reconstruction_resolution": n, "num_sensors": obs.num_sensors,

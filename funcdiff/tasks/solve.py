@@ -318,7 +318,8 @@ def solve(checkpoint: ModelLike, task: str | Task, observation: SparseObservatio
         samples = push_forward(task, samples, names)
     settings = {"steps": steps, "solver": solver, **schedule, "nfe": num_denoiser_calls(solver, steps), "seed": seed,
                 "guidance_strength": guidance_strength, "pde_guidance": int(pde_guidance),
-                "pde_weight": pde_weight, "pushforward": int(pushforward), "trust_region": trust_region or 0.0, "num_sensors": obs.num_sensors, "resolution": list(spatial),
+                "pde_weight": pde_weight, "pushforward": int(pushforward), "trust_region": trust_region or 0.0,
+                "num_sensors": obs.num_sensors, "resolution": list(spatial),
                 "checkpoint": meta.path, "checkpoint_step": meta.step, **scored_on}
     return Posterior(task, names, samples.float(), obs, truth, truth_names, settings)
 
