@@ -33,7 +33,6 @@ def _darcy(num: int, n: int, seed: int) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def darcy_run(tmp_path_factory):
     """A tiny joint (a, u) Darcy model at 16², trained with the package's Trainer; returns (checkpoint, test)."""
-    torch.set_num_threads(2)
     fields = _darcy(N_TRAIN + N_TEST, N, seed=0)
     out = tmp_path_factory.mktemp("darcy_run")
     config = config_from_dict({
