@@ -254,6 +254,13 @@ class WaveletTransform:
         """Subband names in layout order: ``a<L>`` then ``d<j>:<a|d per axis>`` (d = detail along that axis)."""
         return _band_layout(tuple(int(n) for n in sizes), self.levels)[2]
 
+    def band_ids(self, sizes: Sequence[int]) -> torch.Tensor:
+        """Band (index into :meth:`band_names`) of each of the K = 2^(d·levels) coefficients per channel.
+
+        Shapes: (K,) long; channel c·K + k of ``forward``'s output belongs to band ``band_ids[k]``.
+        """
+        return self._layout(sizes)[1]
+
     def _layout(self, sizes: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         index, band_of, _ = _band_layout(tuple(int(n) for n in sizes), self.levels)
         return index, band_of
