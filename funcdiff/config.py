@@ -1,6 +1,6 @@
 """Run configuration: frozen dataclasses per component, composed into one :class:`RunConfig`.
 
-A run is described by one YAML file (``configs/<name>.yaml``) with the sections ``data``, ``noise``,
+A run is described by one YAML file (``configs/<name>.yaml``) with the sections ``data``, ``noise``, ``transform``,
 ``model``, ``train`` and ``sample`` (plus a top-level ``name``), read with ``yaml.safe_load`` and overridable
 with ``section.key=value`` strings whose values are parsed as YAML too (``train.lr=1e-3``,
 ``model.n_modes=[8,8]``). Unknown keys, in the file or in an override, raise ``ValueError`` naming the key
@@ -170,8 +170,40 @@ class ForecastConfig:
         return self.history + self.horizon
 
 
+TRANSFORM_KINDS = ("identity", "wavelet")
+
+
+@dataclass(frozen=True)
+class TransformConfig:
+    """The map between physical fields and the space the diffusion runs in (:mod:`funcdiff.transforms`).
+
+    ``kind="identity"`` (the default) is the physical-space path; ``"wavelet"`` is
+    :class:`funcdiff.transforms.WaveletTransform` (WDNO, Hu, Wang et al., ICLR 2025) with ``wavelet`` (a
+    PyWavelets name), ``levels``, ``axes`` (one name per dimension after (batch, channel): ``time``, ``x``,
+    ``y``, ``z``) and ``time_boundary`` (``periodization`` or ``boundary``). The options are checked when the
+    transform is built, where the field's shape is known. Not yet used by the trainer.
+    """
+
+    kind: str = "identity"
+    wavelet: str = "db4"
+    levels: int = 1
+    axes: tuple[str, ...] = ()
+    time_boundary: str = "periodization"
+
+    def __post_init__(self) -> None:
+        if self.kind not in TRANSFORM_KINDS:
+            raise ValueError(f"transform.kind must be one of {list(TRANSFORM_KINDS)}, got {self.kind!r}")
+
+    def options(self) -> dict:
+        """Keyword arguments of :func:`funcdiff.transforms.build_transform` (``kind`` included)."""
+        if self.kind == "identity":
+            return {"kind": "identity"}
+        return {"kind": self.kind, "wavelet": self.wavelet, "levels": self.levels, "axes": list(self.axes),
+                "time_boundary": self.time_boundary}
+
+
 SECTIONS: dict[str, type] = {"data": DataConfig, "noise": NoiseConfig, "train": TrainConfig, "sample": SampleConfig,
-                             "forecast": ForecastConfig}
+                             "forecast": ForecastConfig, "transform": TransformConfig}
 
 
 @dataclass(frozen=True)
@@ -186,6 +218,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     forecast: ForecastConfig = field(default_factory=ForecastConfig)
+    transform: TransformConfig = field(default_factory=TransformConfig)
 
     def __post_init__(self) -> None:
         _check_model_keys(self.model)

@@ -127,7 +127,8 @@ def _max_level(n: int) -> int:
     return level
 
 
-def _band_layout(sizes: Sequence[int], levels: int) -> tuple[torch.Tensor, torch.Tensor, list]:
+@functools.lru_cache(maxsize=32)
+def _band_layout(sizes: tuple[int, ...], levels: int) -> tuple[torch.Tensor, torch.Tensor, list]:
     """Where each coefficient of the Mallat pyramid goes in the channels-on-a-coarse-grid layout.
 
     The pyramid holds the approximation in the low corner and the level-j detail bands (j = 1 finest .. levels)
