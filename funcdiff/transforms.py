@@ -49,6 +49,8 @@ class Transform(Protocol):
 
     def inverse(self, z: torch.Tensor) -> torch.Tensor: ...
 
+    def fit(self, x: torch.Tensor) -> Any: ...
+
     def state_dict(self) -> dict: ...
 
 
@@ -298,6 +300,9 @@ class WaveletTransform:
     def inverse(self, z: torch.Tensor) -> torch.Tensor:
         """Coefficients as channels -> physical field, exactly undoing :meth:`forward`."""
         k = 1 << (len(self.axes) * self.levels)
+        if z.ndim != 2 + len(self.axes) or z.shape[1] % k:
+            raise UserError(f"wavelet coefficients of shape {tuple(z.shape)} do not fit axes {list(self.axes)} "
+                            f"with levels={self.levels}: expected (B, C·{k}, *coarse grid)")
         sizes = [n << self.levels for n in z.shape[2:]]
         coeffs = z.reshape(z.shape[0], z.shape[1] // k, k, *z.shape[2:])
         if self.stats is not None:

@@ -96,6 +96,8 @@ def test_bad_options_are_user_errors_listing_the_valid_ones():
         build_transform("fourier")
     with pytest.raises(UserError, match="name 1 dimension"):
         WaveletTransform("db4", 1, ("x",)).forward(torch.zeros(1, 1, 8, 8))
+    with pytest.raises(UserError, match=r"C·4"):
+        WaveletTransform("db4", 1, ("x", "y")).inverse(torch.zeros(1, 3, 4, 4))
 
 
 def test_layout_keeps_locality_and_orders_bands_coarse_to_fine():
