@@ -1,4 +1,5 @@
-"""``funcdiff data``: generate PDE datasets into HDF5 (resumable), inspect data files, list problems."""
+"""``funcdiff data``: generate PDE datasets into HDF5 (resumable), inspect data files, list problems, and
+convert ERA5 (CDS netCDF or WeatherBench 2 zarr) into a regridded zarr store with statistics (``era5``)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``data`` with sub-commands ``generate``, ``info`` and ``list``."""
+    """Add ``data`` with sub-commands ``generate``, ``info``, ``list`` and ``era5``."""
     from funcdiff.cli import positive_int
 
     parser = subparsers.add_parser("data", help="generate, inspect and list datasets")
@@ -38,6 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     info.set_defaults(func=run_info)
     lst = commands.add_parser("list", help="list the problems `generate` knows, with default parameters")
     lst.set_defaults(func=run_list)
+    _register_era5(commands)
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -95,4 +97,33 @@ def run_list(args: argparse.Namespace) -> int:
     for name, problem in available_problems().items():
         print(f"{name:28s} {problem.kind:10s} fields={list(problem.fields)} defaults={problem.defaults}")
         print(f"{'':28s} {problem.description}")
+    return 0
+
+
+def _register_era5(commands: argparse._SubParsersAction) -> None:
+    """``data era5``: ERA5 files or a WeatherBench 2 zarr -> one regridded zarr store with statistics."""
+    era5 = commands.add_parser("era5", help="convert ERA5 (CDS netCDF or WeatherBench 2 zarr) to a zarr store")
+    era5.add_argument("--source", nargs="+", required=True, metavar="FILES_OR_ZARR",
+                      help="netCDF files, zarr stores or quoted glob patterns (several are combined)")
+    era5.add_argument("--variables", required=True, help="channels, e.g. z500,t850,t2m,u10,v10")
+    era5.add_argument("--start", default=None, help="first time (e.g. 1979-01-01; default: the first held)")
+    era5.add_argument("--end", default=None, help="last time, inclusive (2017-12-31 keeps that whole day)")
+    era5.add_argument("--step", default="6h", help="time step; every such time must be in the data (default 6h)")
+    era5.add_argument("--grid", default="native",
+                      help="target spacing, e.g. 5.625deg, 2.8125deg, 1.5deg (conservative), or native")
+    era5.add_argument("--out", type=Path, default=Path("datasets/era5.zarr"))
+    era5.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    era5.set_defaults(func=run_era5)
+
+
+def run_era5(args: argparse.Namespace) -> int:
+    from funcdiff.data.era5 import parse_grid, read_era5, write_era5_zarr
+
+    res = parse_grid(args.grid)
+    state = read_era5(args.source, args.variables, start=args.start, end=args.end, step=args.step)
+    attrs = {"source": [str(s) for s in args.source], "grid": args.grid, "step": args.step,
+             "regridding": "first-order conservative (area-weighted)" if res else "none"}
+    written = write_era5_zarr(state, args.out, res=res, overwrite=args.overwrite, attrs=attrs)
+    print(f"wrote {args.out}: {state.sizes['time']} times, channels {', '.join(written['state_stats'])}, "
+          f"grid {args.grid}; statistics in its attributes")
     return 0
