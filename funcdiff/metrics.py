@@ -261,3 +261,74 @@ def max_spectrum_ratio(spectrum: torch.Tensor, reference: torch.Tensor) -> torch
     Shapes: spectrum, reference (..., K) (broadcastable) -> (...).
     """
     return 10.0 ** _log10_spectrum_ratio(spectrum, reference).abs().amax(-1)
+
+
+# --- WeatherBench 2 scores on a lat-lon grid -------------------------------------------------------------
+
+
+def latitude_weights(lat) -> torch.Tensor:
+    """Area weights of a lat-lon grid's rows, normalised to mean 1 (WeatherBench 2, Rasp et al. 2024).
+
+    Relative cell area sin(upper edge) - sin(lower edge) with edges at the midpoints and ±90°, which is exactly
+    ∝ cos(latitude) on equiangular grids whose points avoid the poles (the WB2 5.625°/1.40625° grids); on grids
+    with pole points the pole rows get their half cell instead of 0. Latitudes in degrees, any order.
+
+    Shapes: lat (H,) -> (H,) float64.
+    """
+    import numpy as np
+
+    from funcdiff.data.era5 import cell_area_weights
+
+    lat = np.array(lat.detach().cpu() if torch.is_tensor(lat) else lat, dtype=np.float64)
+    order = np.argsort(lat)
+    weights = np.empty_like(lat)
+    weights[order] = cell_area_weights(lat[order])
+    return torch.from_numpy(weights)
+
+
+def _row_weights(lat, like: torch.Tensor) -> torch.Tensor:
+    """:func:`latitude_weights` as a (H, 1) tensor on ``like``'s device, broadcasting over (..., H, W)."""
+    weights = latitude_weights(lat).to(like.device)
+    if weights.shape[0] != like.shape[-2]:
+        raise ValueError(f"{weights.shape[0]} latitudes for fields with {like.shape[-2]} rows")
+    return weights[:, None]
+
+
+def lat_weighted_rmse(pred: torch.Tensor, truth: torch.Tensor, lat, time_dim: int = 0) -> torch.Tensor:
+    """Latitude-weighted RMSE in the WeatherBench 2 convention: the square root *after* the mean over time,
+
+        RMSE = sqrt( mean_t  sum_{i,j} w_i (pred - truth)²_{t,i,j} / sum_{i,j} w_i ),
+
+    w = :func:`latitude_weights`: the RMSE of the WeatherBench 2 paper (Rasp et al. 2024), i.e. WB2's ``MSE``
+    averaged over time with the square root taken last. The mean over time of per-time RMSEs (WB2's
+    ``RMSESqrtBeforeTimeAvg``) is smaller or equal. Units of the data.
+
+    Shapes: pred, truth (..., H, W) with time at ``time_dim``; lat (H,) -> the remaining dims (e.g. (T, C, H, W)
+    -> (C,)).
+    """
+    _check_same_shape(pred, truth)
+    dims = _reduce_dims((time_dim, -2, -1), pred.ndim)
+    return rmse(pred, truth, _row_weights(lat, pred), dims)
+
+
+def acc(pred: torch.Tensor, truth: torch.Tensor, climatology: torch.Tensor, lat,
+        time_dim: int = 0) -> torch.Tensor:
+    """Anomaly correlation coefficient in the WeatherBench 2 convention (Rasp et al. 2024; WB2's ``ACC``).
+
+    With anomalies f' = pred - climatology and o' = truth - climatology (not re-centred), at every time
+
+        ACC_t = sum w f' o' / sqrt(sum w f'² · sum w o'²)      (sums over latitude and longitude),
+
+    then the mean over time. 1 is perfect; climatology itself scores NaN (0/0). ``climatology`` is the mean
+    state for each valid time (WB2: per day of year and hour, from the training years), broadcastable.
+
+    Shapes: pred, truth (..., H, W) with time at ``time_dim``; climatology broadcastable to them; lat (H,)
+    -> the remaining dims.
+    """
+    _check_same_shape(pred, truth)
+    f, o = pred - climatology, truth - climatology
+    weights = _row_weights(lat, pred)
+    space = (-2, -1)
+    per_time = weighted_mean(f * o, space, weights) / (
+        weighted_mean(f * f, space, weights) * weighted_mean(o * o, space, weights)).sqrt()
+    return per_time.mean(time_dim % pred.ndim)
