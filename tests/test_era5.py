@@ -10,7 +10,7 @@ import xarray as xr
 dask = pytest.importorskip("dask")
 pytest.importorskip("zarr")
 
-from funcdiff.data import era5  # noqa: E402
+from funcdiff.data import Normalizer, era5  # noqa: E402
 from funcdiff.errors import UserError  # noqa: E402
 
 LAT = np.linspace(-78.75, 78.75, 8)  # 8 x 16 grid, 22.5° spacing, points off the poles
@@ -247,8 +247,11 @@ def test_cli_writes_zarr_that_reopens(tmp_path, capsys):
     assert list(ds["channel"].values) == ["z500", "t850", "t2m"]
     np.testing.assert_allclose(ds.latitude.values, [-67.5, -22.5, 22.5, 67.5])
     assert ds.time.values[0] == np.datetime64("2020-01-31T18")
-    assert set(ds.attrs["state_stats"]) == {"z500", "t850", "t2m"} and ds.attrs["tendency_interval"] == "0 days 06:00:00"
-    assert ds.attrs["tendency_stats"]["t2m"]["std"] > 0
+    assert set(ds.attrs["state_stats"]) == {"z500", "t850", "t2m"}
+    assert pd.Timedelta(ds.attrs["tendency_interval"]) == pd.Timedelta("6h")
+    assert ds.attrs["tendency_stats"]["t2m"]["std"] > 0 and ds["state"].dtype == np.float32
+    normalizer = Normalizer.from_field_stats(ds.attrs["state_stats"], ["z500", "t2m"])
+    assert normalizer.mean[0].item() == pytest.approx(ds.attrs["state_stats"]["z500"]["mean"])
     assert sorted(p.name for p in out.parent.iterdir()) == ["era5.zarr"]  # no partial directory left
     assert main(args) == 2 and "exists (use --overwrite)" in capsys.readouterr().err
 

@@ -483,7 +483,8 @@ def _time_chunk(state: xr.DataArray, target_bytes: int = 1 << 26) -> int:
 
 
 def _store_dataset(state: xr.DataArray, attrs: Mapping[str, Any]) -> xr.Dataset:
-    """``state`` as a Dataset ready for zarr: uniform time chunks, no encodings inherited from the source."""
+    """``state`` as a float32 Dataset ready for zarr: uniform time chunks, no encodings from the source."""
+    state = state.astype(np.float32)
     chunks = {"time": _time_chunk(state), "channel": -1, "latitude": -1, "longitude": -1}
     ds = state.chunk(chunks).to_dataset()
     for variable in ds.variables.values():
