@@ -289,6 +289,7 @@ PROBLEMS: dict[str, Problem] = {
 
 def get_problem(name: str) -> Problem:
     """Return the registered problem ``name``; ``ValueError`` listing the valid names otherwise."""
-    if name not in PROBLEMS:
+    key = str(name).strip().lower().replace("-", "_")  # one spelling shown, both accepted
+    if key not in PROBLEMS:
         raise ValueError(f"unknown PDE problem {name!r}; valid: {', '.join(sorted(PROBLEMS))}")
-    return PROBLEMS[name]
+    return PROBLEMS[key]

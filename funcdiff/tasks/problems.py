@@ -91,8 +91,8 @@ class Task:
 
     @property
     def netcdf_grid(self) -> str:
-        """Grid name used by :func:`funcdiff.io.netcdf.fields_to_dataset` ("nodes" or "periodic")."""
-        return "nodes" if self.grid == "node" else "periodic"
+        """Grid name used by :func:`funcdiff.io.netcdf.fields_to_dataset`: the task's own ("node" or "periodic")."""
+        return self.grid
 
     def residual_loss(self, x: Tensor, scale: float = 1.0) -> Tensor:
         """Mean square of the PDE residual of the physical state ``x``, divided by ``scale²``.
@@ -203,9 +203,10 @@ def get_task(name: str | Task) -> Task:
     """The registered task ``name`` (a :class:`Task` is returned as is); ValueError lists the valid names."""
     if isinstance(name, Task):
         return name
-    if name not in TASKS:
+    key = str(name).strip().lower().replace("_", "-")  # one spelling shown, both accepted
+    if key not in TASKS:
         raise ValueError(f"unknown task {name!r}; valid tasks: {', '.join(sorted(TASKS))}")
-    return TASKS[name]
+    return TASKS[key]
 
 
 def task_names() -> list[str]:
