@@ -127,7 +127,7 @@ def plot_forecast(members: Tensor, path: str | os.PathLike, *, truth: Optional[T
         fig = _plot_lines(plt, x, mean, spread, ref, leads, dt)
     else:
         fig = _plot_images(plt, x, mean, spread, ref, leads, dt)
-    fig.suptitle(f"forecast of {channel_names[0]}: {x.shape[0]} members", y=1.02)
+    fig.suptitle(f"forecast of {channel_names[0]}: {x.shape[0]} members (truth, mean and members on one scale)")
     return save_figure(fig, path)
 
 
@@ -141,9 +141,10 @@ def _plot_images(plt, x, mean, spread, ref, leads, dt):
     for j, lead in enumerate(leads):
         for i, (name, field) in enumerate(rows):
             im = axes[i, j].imshow(field[j].T, origin="lower", cmap="RdBu_r", vmin=-vmax, vmax=vmax)
-            axes[i, j].set_title(f"{name}, lead {lead} (t={lead * dt:g})", fontsize=7)
         sp = axes[-1, j].imshow(spread[j].T, origin="lower", cmap="viridis", vmin=0, vmax=float(spread.max()) or 1)
-        axes[-1, j].set_title(f"spread, lead {lead}", fontsize=7)
+        axes[0, j].set_title(f"lead {lead} (t = {lead * dt:g})", fontsize=8)
+    for i, name in enumerate([name for name, _ in rows] + ["spread"]):
+        axes[i, 0].set_ylabel(name, fontsize=8)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
