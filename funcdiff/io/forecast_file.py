@@ -11,7 +11,7 @@ Layout (``funcdiff evaluate`` reads it)::
 
 The dimensions have fixed sizes from the start, so a write is one slice and memory never holds more than one
 step's frames. Files are created as ``<out>.partial`` and renamed when complete (see
-:meth:`funcdiff.tasks.forecast.Forecast.save`).
+:meth:`funcdiff.tasks.forecast.Forecast.save`). :func:`read_contents` is the reader's side of the same layout.
 """
 
 from __future__ import annotations
@@ -25,11 +25,14 @@ from typing import Any, Sequence
 import netCDF4
 import numpy as np
 import torch
+import xarray as xr
 
 import funcdiff
+from funcdiff.errors import UserError
 from funcdiff.io.atomic import new_file_mode
+from funcdiff.io.netcdf import SPATIAL_NAMES
 
-SPATIAL_NAMES = ("x", "y", "z")
+FORECAST_DIMS = ("init_time", "member", "lead_time")
 
 
 @dataclass(frozen=True)
@@ -65,7 +68,7 @@ def create_forecast_file(path: str | os.PathLike, layout: ForecastLayout, attrs:
     ds = netCDF4.Dataset(path, "w", format="NETCDF4")
     n_init = len(layout.init_index)
     spatial_dims = SPATIAL_NAMES[: len(layout.spatial)]
-    for name, size in (("init_time", n_init), ("member", layout.members), ("lead_time", layout.lead_steps),
+    for name, size in (*zip(FORECAST_DIMS, (n_init, layout.members, layout.lead_steps)),
                        *zip(spatial_dims, layout.spatial)):
         ds.createDimension(name, size)
     _coord(ds, "lead_time", ("lead_time",), np.arange(1, layout.lead_steps + 1) * layout.dt, "f8",
@@ -84,7 +87,7 @@ def create_forecast_file(path: str | os.PathLike, layout: ForecastLayout, attrs:
     _coord(ds, "completed_leads", ("init_time",), np.zeros(n_init, dtype=np.int64), "i8",
            long_name="leads written so far")
     for c in layout.channels:
-        var = ds.createVariable(c, "f4", ("init_time", "member", "lead_time", *spatial_dims),
+        var = ds.createVariable(c, "f4", (*FORECAST_DIMS, *spatial_dims),
                                 chunksizes=(1, 1, 1, *layout.spatial))
         var.setncatts({"long_name": f"forecast of {c}", "units": layout.units,
                        "coordinates": "lead init_index init_frame"})
@@ -111,3 +114,39 @@ def write_leads(ds: netCDF4.Dataset, channels: Sequence[str], init: int, leads: 
         ds[name][init, :, first:first + len(leads)] = values[:, c]
     ds["completed_leads"][init] = leads[-1]
     ds.sync()
+
+
+@dataclass(frozen=True)
+class ForecastContents:
+    """What a reader (``funcdiff evaluate``) needs to know about a forecast dataset opened with xarray.
+
+    Shapes: init_index, init_frame (B,); lead, lead_time (L,).
+    """
+
+    channels: tuple[str, ...]
+    spatial: tuple[str, ...]
+    init_index: np.ndarray
+    init_frame: np.ndarray
+    lead: np.ndarray
+    lead_time: np.ndarray
+
+
+def read_contents(forecast: xr.Dataset) -> ForecastContents:
+    """Channels, spatial dims and init/lead coordinates of a forecast dataset (UserError if malformed)."""
+    channels = tuple(json.loads(forecast.attrs["channels"]) if "channels" in forecast.attrs else
+                     [v for v in forecast.data_vars if forecast[v].dims[:3] == FORECAST_DIMS])
+    missing = [c for c in channels if c not in forecast.data_vars]
+    if not channels or missing:
+        raise UserError(f"forecast has no variable for channel(s) {missing or 'any'}; "
+                        f"variables: {sorted(forecast.data_vars)}")
+    dims = forecast[channels[0]].dims
+    spatial = tuple(d for d in dims if d not in FORECAST_DIMS)
+    if set(FORECAST_DIMS) - set(dims) or not spatial or set(spatial) - set(SPATIAL_NAMES):
+        raise UserError(f"forecast variable {channels[0]!r} has dims {dims}; expected "
+                        f"{FORECAST_DIMS + ('x', '[y]')}")
+    needed = [c for c in ("lead", "init_index", "init_frame") if c not in forecast.coords]
+    if needed:
+        raise UserError(f"forecast lacks coordinate(s) {needed}: not written by `funcdiff forecast`?")
+    return ForecastContents(channels, spatial, forecast["init_index"].values.astype(np.int64),
+                          forecast["init_frame"].values.astype(np.int64), forecast["lead"].values.astype(np.int64),
+                          forecast["lead_time"].values.astype(np.float64))

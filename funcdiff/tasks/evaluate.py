@@ -17,7 +17,6 @@ import json
 import math
 import os
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -27,6 +26,7 @@ import xarray as xr
 from torch import Tensor
 
 from funcdiff.errors import UserError
+from funcdiff.io.forecast_file import FORECAST_DIMS, ForecastContents, read_contents
 from funcdiff.metrics import (crps_ensemble, energy_spectrum, max_spectrum_ratio, rank_histogram, rmse,
                               spectrum_error, spread_skill_ratio, weighted_mean)
 
@@ -42,8 +42,6 @@ SCORE_ATTRS = {
     "max_spectrum_ratio": ("max over shells k >= 1 of max(E / E_truth, E_truth / E)", "1"),
     "rank_histogram": ("counts of the truth's rank among the members", "1"),
 }
-FORECAST_DIMS = ("init_time", "member", "lead_time")
-SPATIAL_NAMES = ("x", "y", "z")
 
 
 def lead_scores(members: Tensor, truth: Tensor, weights: Optional[Tensor] = None, *,
@@ -95,42 +93,6 @@ def _spectrum_scores(members: Tensor, truth: Tensor) -> dict[str, Tensor]:
 # --- reading and checking the inputs -------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ForecastLayout:
-    """What :func:`score_forecast` needs to know about a forecast dataset.
-
-    Shapes: init_index, init_frame (B,); lead, lead_time (L,).
-    """
-
-    channels: tuple[str, ...]
-    spatial: tuple[str, ...]
-    init_index: np.ndarray
-    init_frame: np.ndarray
-    lead: np.ndarray
-    lead_time: np.ndarray
-
-
-def forecast_layout(forecast: xr.Dataset) -> ForecastLayout:
-    """Channels, spatial dims and init/lead coordinates of a forecast dataset (UserError if malformed)."""
-    channels = tuple(json.loads(forecast.attrs["channels"]) if "channels" in forecast.attrs else
-                     [v for v in forecast.data_vars if forecast[v].dims[:3] == FORECAST_DIMS])
-    missing = [c for c in channels if c not in forecast.data_vars]
-    if not channels or missing:
-        raise UserError(f"forecast has no variable for channel(s) {missing or 'any'}; "
-                        f"variables: {sorted(forecast.data_vars)}")
-    dims = forecast[channels[0]].dims
-    spatial = tuple(d for d in dims if d not in FORECAST_DIMS)
-    if set(FORECAST_DIMS) - set(dims) or not spatial or set(spatial) - set(SPATIAL_NAMES):
-        raise UserError(f"forecast variable {channels[0]!r} has dims {dims}; expected "
-                        f"{FORECAST_DIMS + ('x', '[y]')}")
-    needed = [c for c in ("lead", "init_index", "init_frame") if c not in forecast.coords]
-    if needed:
-        raise UserError(f"forecast lacks coordinate(s) {needed}: not written by `funcdiff forecast`?")
-    return ForecastLayout(channels, spatial, forecast["init_index"].values.astype(np.int64),
-                          forecast["init_frame"].values.astype(np.int64), forecast["lead"].values.astype(np.int64),
-                          forecast["lead_time"].values.astype(np.float64))
-
-
 def load_trajectories(path: str | os.PathLike, channels: Sequence[str], role: str = "truth"):
     """Read ``channels`` of a trajectory file with :func:`funcdiff.data.load_fields` (ValueError -> UserError).
 
@@ -145,7 +107,7 @@ def load_trajectories(path: str | os.PathLike, channels: Sequence[str], role: st
     return data
 
 
-def check_grid(data, layout: ForecastLayout, forecast: xr.Dataset, role: str = "truth") -> None:
+def check_grid(data, layout: ForecastContents, forecast: xr.Dataset, role: str = "truth") -> None:
     """UserError unless ``data`` holds trajectories on the forecast's grid (sizes and, if stored, coordinates)."""
     field = data.fields[layout.channels[0]]
     sizes = tuple(forecast.sizes[d] for d in layout.spatial)
@@ -160,7 +122,7 @@ def check_grid(data, layout: ForecastLayout, forecast: xr.Dataset, role: str = "
                                 f"{role} {name} in [{theirs.min():g}, {theirs.max():g}] ({data.path})")
 
 
-def scored_leads(layout: ForecastLayout, num_trajectories: int, num_frames: int) -> np.ndarray:
+def scored_leads(layout: ForecastContents, num_trajectories: int, num_frames: int) -> np.ndarray:
     """Indices (into ``lead_time``) of the leads whose truth exists for every initial condition.
 
     Raises UserError for out-of-range ``init_index``/``init_frame`` or when no lead has a truth; warns when
@@ -183,7 +145,7 @@ def scored_leads(layout: ForecastLayout, num_trajectories: int, num_frames: int)
     return keep
 
 
-def check_times(layout: ForecastLayout, times: Optional[Tensor]) -> None:
+def check_times(layout: ForecastContents, times: Optional[Tensor]) -> None:
     """Warn when the forecast's lead times differ from the truth's frame times (another frame spacing?)."""
     if times is None or times.numel() < 2:
         return
@@ -226,7 +188,7 @@ def score_forecast(forecast: xr.Dataset, truth_path: str | os.PathLike,
     Shapes: -> dataset with variables ``SCORES`` of dims (method, lead_time, channel) and ``rank_histogram``
     (method, lead_time, channel, rank); ``rank`` has M + 1 entries (NaN for the deterministic references).
     """
-    layout = forecast_layout(forecast)
+    layout = read_contents(forecast)
     truth = load_trajectories(truth_path, layout.channels)
     check_grid(truth, layout, forecast)
     trajectories = truth.stack(layout.channels).double()  # (N, C, T, *S)
@@ -246,14 +208,14 @@ def score_forecast(forecast: xr.Dataset, truth_path: str | os.PathLike,
     return scores_to_dataset(scores, layout, keep, attrs)
 
 
-def _read_members(forecast: xr.Dataset, layout: ForecastLayout, leads: np.ndarray) -> Tensor:
+def _read_members(forecast: xr.Dataset, layout: ForecastContents, leads: np.ndarray) -> Tensor:
     """The forecast at the lead indices ``leads``. Shapes: -> (B, M, C, l, *S) float64."""
     order = (*FORECAST_DIMS, *layout.spatial)
     arrays = [forecast[c].isel(lead_time=leads).transpose(*order).values for c in layout.channels]
     return torch.from_numpy(np.stack(arrays, axis=2)).double()
 
 
-def _score_chunk(forecast: xr.Dataset, layout: ForecastLayout, trajectories: Tensor, climatology: Tensor,
+def _score_chunk(forecast: xr.Dataset, layout: ForecastContents, trajectories: Tensor, climatology: Tensor,
                  leads: np.ndarray, weights: Optional[Tensor],
                  generator: torch.Generator) -> dict[str, dict[str, Tensor]]:
     """:func:`lead_scores` of every method at the lead indices ``leads``.
@@ -273,7 +235,7 @@ def _score_chunk(forecast: xr.Dataset, layout: ForecastLayout, trajectories: Ten
             "climatology": lead_scores(clim, truth, weights)}
 
 
-def scores_to_dataset(scores: dict[str, dict[str, Tensor]], layout: ForecastLayout, leads: np.ndarray,
+def scores_to_dataset(scores: dict[str, dict[str, Tensor]], layout: ForecastContents, leads: np.ndarray,
                       attrs: dict) -> xr.Dataset:
     """Collect :func:`lead_scores` outputs (per method, each (C, L) or (C, L, M + 1)) into a dataset."""
     dims = ("method", "lead_time", "channel")

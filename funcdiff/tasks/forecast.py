@@ -27,7 +27,6 @@ frames-major ``(M, W·C, *S)`` (:mod:`funcdiff.data.windows`).
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
