@@ -5,6 +5,7 @@
 - ``ema``: exponential moving average of the weights.
 - ``trainer``: :class:`Trainer`, :func:`train`, :func:`build_datasets`, :func:`build_noise`.
 - ``distributed``: torchrun environment, device choice, per-rank sharding and seeds.
+- ``forecast``: forecasters' training items (trajectory windows), the rolling-diffusion sigma draw, the MSE baseline.
 """
 
 from funcdiff.training.ema import EMA, ema_decay_at
