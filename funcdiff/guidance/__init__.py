@@ -8,6 +8,8 @@
 - :mod:`~funcdiff.guidance.dps`: ``GuidedDenoiser`` (a denoiser wrapper usable by every solver) and
   ``guided_sample``.
 - :mod:`~funcdiff.guidance.io`: observations to and from netCDF.
+- :mod:`~funcdiff.guidance.timed`: sensors with times for forecasts (``TimedObservation``) and ``FrameTerm``,
+  a guidance term on one frame of a forecaster's window.
 """
 
 from funcdiff.guidance.dps import GuidedDenoiser, guided_sample

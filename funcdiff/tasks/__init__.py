@@ -5,6 +5,10 @@
 - :mod:`~funcdiff.tasks.solve`: ``solve(checkpoint, task, observation, ...) -> Posterior`` (guided posterior
   sampling, metrics, netCDF and PNG output), ``make_observation``, ``load_truth``.
 - :mod:`~funcdiff.tasks.baselines`: interpolation (+ numerical solver) and FNO-regression baselines.
+- :mod:`~funcdiff.tasks.forecast`: ``forecast(model, initial, lead_steps, ...) -> Forecast`` (autoregressive and
+  rolling diffusion rollouts, ensembles, sensors assimilated during the rollout), ``rollout`` (a generator).
+- :mod:`~funcdiff.tasks.forecast_io`: the resumable streaming save, the forecast PNG, initial states from files.
+- :mod:`~funcdiff.tasks.evaluate`: per-lead scores of a forecast against the truth, with reference forecasts.
 """
 
 from funcdiff.tasks.problems import DARCY_THRESHOLD, TASKS, Task, get_task, task_names
