@@ -99,6 +99,16 @@ def _levels(sigmas: torch.Tensor, x: torch.Tensor) -> list:
     return [s.to(device=x.device, dtype=x.dtype) for s in sigmas]
 
 
+def _label_levels(sigma: float | torch.Tensor, floor: float) -> float | torch.Tensor:
+    """The levels a denoiser is told in Heun's second evaluation: per element, a level that reached 0 is given as
+    the schedule's smallest positive level. Those elements take the Euler step and their output is discarded, but
+    they are the input of the others' evaluation, and a network never saw sigma = 0 (c_noise = ln(0)/4) in
+    training."""
+    if not isinstance(sigma, torch.Tensor):
+        return sigma
+    return torch.where(sigma > 0, sigma, torch.full_like(sigma, floor))
+
+
 def _heun_needed(sigma_next: float | torch.Tensor) -> bool:
     return bool((sigma_next > 0).any()) if isinstance(sigma_next, torch.Tensor) else sigma_next > 0
 
@@ -133,6 +143,7 @@ def _edm_loop(
     if s_churn > 0 and (noise is None or sigmas.ndim > 1):
         raise ValueError("stochastic churn needs a noise source (noise=...) and a scalar schedule")
     levels = _levels(sigmas, x)
+    floor = float(sigmas[sigmas > 0].min()) if sigmas.ndim > 1 else 0.0
     n_steps = len(levels) - 1
     for i in range(n_steps):
         sigma, sigma_next = levels[i], levels[i + 1]
@@ -144,7 +155,7 @@ def _edm_loop(
         d = _slope(x, denoised, sigma_hat)
         x_next = x + (sigma_next - sigma_hat) * d
         if order == 2 and _heun_needed(sigma_next):
-            denoised_next = _denoise(denoiser, x_next, sigma_next)
+            denoised_next = _denoise(denoiser, x_next, _label_levels(sigma_next, floor))
             d_next = _slope(x_next, denoised_next, sigma_next)
             heun = x + (sigma_next - sigma_hat) * 0.5 * (d + d_next)
             x_next = torch.where(sigma_next > 0, heun, x_next) if isinstance(sigma_next, torch.Tensor) else heun

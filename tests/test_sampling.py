@@ -121,3 +121,22 @@ def test_unknown_solver_and_missing_noise_raise():
         get_solver("rk45")
     with pytest.raises(ValueError, match="noise"):
         get_solver("stochastic")(OracleDenoiser(DATA, NOISE), torch.randn(1, 1, 8, 8), sigmas_karras(3))
+
+
+def test_per_element_schedule_never_tells_a_denoiser_sigma_zero():
+    """Rolling schedules bring frame 0 to sigma = 0 in their last step: that frame takes the Euler step, and the
+    Heun evaluation for the others labels it with the schedule's smallest positive level (a trained network never
+    saw c_noise = ln(0)/4); elements at 0 stay where the Euler step put them."""
+    from funcdiff.sampling import sample_heun, sigmas_rolling
+
+    seen, states = [], []
+
+    def denoiser(x, sigma):
+        seen.append(float(torch.as_tensor(sigma).min()))
+        return 0.5 * x
+
+    sigmas = sigmas_rolling(4, 3, 0.002, 20.0, 7.0).reshape(4, 1, 4, 1)  # (steps + 1, 1, W, 1)
+    x = torch.randn(2, 4, 8, dtype=torch.float64)
+    out = sample_heun(denoiser, x, sigmas, callback=lambda info: states.append(info["x"]))
+    assert min(seen) == pytest.approx(float(sigmas[sigmas > 0].min()), rel=1e-6)
+    torch.testing.assert_close(out[:, 0], 0.5 * states[-2][:, 0])  # frame 0: the Euler step to 0 gives D(x)
