@@ -205,6 +205,9 @@ def test_forecast_user_errors_are_one_line(trained, tmp_path, capsys):
     generate_to_hdf5(ADVECTION, small, num_samples=2, resolution=8, seed=1, batch_size=2, progress=False)
     assert "grid" in _fails(capsys, [*base[:4], str(small), *base[5:]])
     assert "--sensor-fraction" in _fails(capsys, base + ["--sensor-fraction", "0.1", "--observations", "x.nc"])
+    assert "(0, 1]" in _fails(capsys, base + ["--sensor-fraction", "2.0"])
+    assert "--sensor-every 4" in _fails(capsys, base + ["--sensor-fraction", "0.1"])  # 3 leads, sensors every 4
+    assert "obs_time" in _fails(capsys, base + ["--observations", str(tmp / "adv.h5")])
 
 
 def test_python_api_takes_one_or_several_2d_initial_states():

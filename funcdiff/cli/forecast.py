@@ -83,10 +83,13 @@ def _twin_sensors(args: argparse.Namespace, fc, starts):
     from funcdiff.guidance.timed import make_timed_observation
 
     initial, truth, _, _ = starts[0]
+    if not 0 < args.sensor_fraction <= 1:
+        raise UserError(f"--sensor-fraction must be in (0, 1], got {args.sensor_fraction}")
     available = min(args.lead_steps, truth.shape[1])
     leads = list(range(args.sensor_every, available + 1, args.sensor_every))
     if not leads:
-        raise UserError(f"the --initial file has {truth.shape[1]} frames after the start: no lead for sensors")
+        raise UserError(f"no lead in 1..{available} (the forecast's leads with a truth frame in --initial) is a "
+                        f"multiple of --sensor-every {args.sensor_every}")
     frames = torch.cat([initial[:, -1:], truth], dim=1)
     return make_timed_observation(frames, leads, fc.dt, fraction=float(args.sensor_fraction),
                                   channels=range(fc.channels), channel_names=fc.channel_names,

@@ -106,7 +106,7 @@ def load_timed_observation(path: str | os.PathLike) -> TimedObservation:
     with xr.open_dataset(path, engine="netcdf4") as ds:
         if TIME_DIM not in ds.coords:
             raise UserError(f"{path} has no '{TIME_DIM}' coordinate: it is not a file of timed observations "
-                            "(make one with `funcdiff forecast-sensors` or save_timed_observation)")
+                            "(make one with `funcdiff forecast --sensor-fraction F` or save_timed_observation)")
         times = torch.tensor(np.asarray(ds[TIME_DIM].values, dtype=np.float64))
     static = load_observation(path)
     return TimedObservation(static, times)
