@@ -70,6 +70,7 @@ class Forecaster:
     min_resolution: tuple[int, ...] = ()
     sigma_data: float | Sequence[float] = 1.0
     name: str = "forecaster"
+    device: str | torch.device = "cpu"
 
     @property
     def channels(self) -> int:
@@ -99,7 +100,8 @@ def load_forecaster(checkpoint: str | os.PathLike, device: str | torch.device = 
                       channel_names=tuple(meta.channel_names), normalizer=meta.normalizer, sample=config.sample,
                       dt=float(meta.extra.get("dt", 1.0)), grid=str(_grid_kind(meta.extra.get("grid"))),
                       min_resolution=tuple(int(m) + 1 for m in modes),
-                      sigma_data=meta.model_config.get("sigma_data", 1.0), name=str(meta.task or "forecaster"))
+                      sigma_data=meta.model_config.get("sigma_data", 1.0), name=str(meta.task or "forecaster"),
+                      device=device)
 
 
 def _grid_kind(grid) -> str:
@@ -129,9 +131,10 @@ class RolloutState:
 
     @classmethod
     def from_state_dict(cls, state: dict, device: str | torch.device = "cpu") -> "RolloutState":
+        """The state on ``device``; the generators stay on the CPU, where :func:`make_generators` makes them."""
         gens = []
         for s in state["generators"]:
-            g = torch.Generator(device=device)
+            g = torch.Generator()
             g.set_state(s)
             gens.append(g)
         window = state["window"]
@@ -147,7 +150,7 @@ def initial_state(fc: Forecaster, initial: Tensor, members: int, seed: int, offs
     """
     check_initial(fc, initial)
     h = fc.forecast.history
-    frames = fc.encode(initial[:, -h:].unsqueeze(0).to(torch.float32))  # (1, C, h, *S)
+    frames = fc.encode(initial[:, -h:].unsqueeze(0).to(fc.device, torch.float32))  # (1, C, h, *S)
     history = fold_frames(frames).expand(members, *fold_frames(frames).shape[1:]).clone()
     gens = make_generators(seed, range(offset * members, (offset + 1) * members))
     return RolloutState(history, None, 0, gens)
@@ -361,13 +364,13 @@ class Forecast:
         return self.path
 
     def to_tensor(self) -> Tensor:
-        """All members and leads, physical: from the saved file if any, else by running the rollout.
+        """All members and leads, physical, on the CPU: from the saved file if any, else by running the rollout.
         Shapes: (n_init, M, C, L, *S)."""
         if self.path is not None:
             from funcdiff.tasks.forecast_io import read_forecast
 
             return read_forecast(self.path)
-        runs = [torch.cat([f for _, f, _ in self.blocks(i)], dim=2) for i in range(self.initial.shape[0])]
+        runs = [torch.cat([f.cpu() for _, f, _ in self.blocks(i)], dim=2) for i in range(self.initial.shape[0])]
         return torch.stack(runs)
 
     def scores(self, truth: Tensor) -> dict[str, Tensor]:

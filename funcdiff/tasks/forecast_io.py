@@ -43,7 +43,7 @@ def save_forecast(fc: Forecast, path: Path, *, progress: bool = False) -> Path:
             return path  # already complete: nothing to redo
         raise UserError(f"{path} exists and holds another forecast; choose another --out or delete it")
     part, state_file = _partial(path), _state_path(path)
-    start_init, state = _resume_point(part, state_file, signature)
+    start_init, state = _resume_point(part, state_file, signature, fc.forecaster.device)
     if state is None and start_init == 0:
         part.unlink(missing_ok=True)
         ds = create_forecast_file(part, _layout(fc), {**fc.attrs, "run_signature": signature,
@@ -82,14 +82,14 @@ def _file_signature(path: Path) -> Optional[str]:
         return None
 
 
-def _resume_point(part: Path, state_file: Path, signature: str) -> tuple[int, Optional[RolloutState]]:
+def _resume_point(part: Path, state_file: Path, signature: str, device) -> tuple[int, Optional[RolloutState]]:
     """(initial state to continue, its rollout state) from a partial run of the same signature, else (0, None)."""
     if not (part.exists() and state_file.exists()) or _file_signature(part) != signature:
         return 0, None
     saved = torch.load(state_file, map_location="cpu", weights_only=True)
     if saved.get("signature") != signature:
         return 0, None
-    return int(saved["init"]), RolloutState.from_state_dict(saved["rollout"])
+    return int(saved["init"]), RolloutState.from_state_dict(saved["rollout"], device)
 
 
 def _save_state(state_file: Path, signature: str, init: int, state: RolloutState) -> None:
