@@ -35,7 +35,6 @@ from _common import machine, parser, print_table, write_json  # noqa: E402
 
 from funcdiff.config import load_config  # noqa: E402
 from funcdiff.data import generate_to_hdf5, load_fields  # noqa: E402
-from funcdiff.data.datasets import _split_indices  # noqa: E402
 from funcdiff.guidance.timed import make_timed_observation  # noqa: E402
 from funcdiff.io.checkpoint import latest_checkpoint  # noqa: E402
 from funcdiff.metrics import energy_spectrum, max_spectrum_ratio  # noqa: E402
@@ -44,6 +43,7 @@ from funcdiff.tasks.evaluate import lead_scores  # noqa: E402
 from funcdiff.tasks.forecast import Forecast, load_forecaster  # noqa: E402
 from funcdiff.tasks.forecast_io import initial_from_file  # noqa: E402
 from funcdiff.training import train  # noqa: E402
+from funcdiff.training.forecast import trajectory_split  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 KINDS = ("autoregressive", "rolling", "deterministic")
@@ -136,8 +136,7 @@ def run_pde(pde: str, args, workdir: Path) -> tuple[list[dict], list[dict], dict
     for kind in KINDS:
         configs[kind], timing[f"train_{kind}_s"] = train_method(pde, kind, data, size, workdir, args.seed)
     history = configs["rolling"].forecast.history
-    test_idx = _split_indices(size["n_traj"], max(1, round(0.1 * size["n_traj"])),
-                              torch.Generator().manual_seed(configs["rolling"].data.seed + 1))[1].tolist()
+    test_idx = trajectory_split(size["n_traj"], configs["rolling"])[1].tolist()  # the trainer's held-out set
     inits = [initial_from_file(data, (spec["channel"],), i, history - 1, history) for i in test_idx[:args.inits]]
     lead_steps = min(args.lead_steps, min(s[1].shape[1] for s in inits))
     initial = torch.stack([s[0] for s in inits])

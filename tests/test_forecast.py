@@ -15,12 +15,12 @@ import xarray as xr
 from funcdiff.cli import main
 from funcdiff.config import ForecastConfig, config_from_dict
 from funcdiff.data import generate_to_hdf5
-from funcdiff.data.datasets import _split_indices
 from funcdiff.data.synthetic import SyntheticProblem
 from funcdiff.noise import GaussianRandomField
 from funcdiff.tasks import forecast_io
 from funcdiff.tasks.forecast import Forecast, Forecaster, forecast, load_forecaster, rollout
 from funcdiff.training import train
+from funcdiff.training.forecast import trajectory_split
 
 N_TRAJ, RES, FRAMES, SHIFT = 20, 32, 24, 2
 
@@ -55,7 +55,8 @@ def trained(tmp_path_factory):
                      progress=False)
     config = config_from_dict(_config(tmp))
     train(config, progress=False)
-    test_idx = _split_indices(N_TRAJ, 4, torch.Generator().manual_seed(config.data.seed + 1))[1]
+    test_idx = trajectory_split(N_TRAJ, config)[1]
+    assert len(test_idx) == 4  # 20 % of 20
     return tmp, [int(i) for i in test_idx]
 
 

@@ -179,4 +179,9 @@ def train_test_split(dataset: SplittableDataset, test_fraction: float,
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
     n = dataset.fields.shape[0] if isinstance(dataset, FieldDataset) else dataset.traj.shape[0]
-    return dataset.split(min(max(1, round(test_fraction * n)), n - 1), generator)
+    return dataset.split(test_count(n, test_fraction), generator)
+
+
+def test_count(n: int, test_fraction: float) -> int:
+    """Samples held out of ``n``: ``round(test_fraction * n)``, at least one and at most ``n - 1``."""
+    return min(max(1, round(test_fraction * n)), n - 1)

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from funcdiff.config import ForecastConfig, RunConfig
 from funcdiff.data import FieldDataset, load_fields
-from funcdiff.data.datasets import SOURCE_ATTRS, _split_indices
+from funcdiff.data.datasets import SOURCE_ATTRS, _split_indices, test_count
 from funcdiff.data.windows import trajectory_windows
 from funcdiff.errors import UserError
 from funcdiff.schedules import init_levels, rolling_levels, sigma_from_level
@@ -100,8 +100,7 @@ def window_datasets(traj: Tensor, config: RunConfig, source: dict | None = None
     fc, d = config.forecast, config.data
     if traj.shape[0] < 2:
         raise UserError(f"a forecaster needs at least 2 trajectories (one held out), got {traj.shape[0]}")
-    n_test = min(max(1, round(d.test_fraction * traj.shape[0])), traj.shape[0] - 1)
-    train_idx, test_idx = _split_indices(traj.shape[0], n_test, torch.Generator().manual_seed(d.seed + 1))
+    train_idx, test_idx = trajectory_split(traj.shape[0], config)
     names = tuple(d.channels)
     try:
         train = trajectory_windows(traj[train_idx], fc.window, fc.stride, fc.frame_step)
@@ -110,6 +109,13 @@ def window_datasets(traj: Tensor, config: RunConfig, source: dict | None = None
         raise UserError(f"forecast.history + forecast.horizon: {err}") from None
     train_set = FieldDataset(train, names, source=source)
     return train_set, FieldDataset(test, names, train_set.normalizer, source=source)
+
+
+def trajectory_split(num_trajectories: int, config: RunConfig) -> tuple[Tensor, Tensor]:
+    """Indices (train, held out) of a forecaster's trajectories: ``data.test_fraction`` of them held out, drawn
+    with ``data.seed + 1`` (as :func:`funcdiff.data.train_test_split` splits fields)."""
+    n_test = test_count(num_trajectories, config.data.test_fraction)
+    return _split_indices(num_trajectories, n_test, torch.Generator().manual_seed(config.data.seed + 1))
 
 
 def frames_per_step(fc: ForecastConfig) -> int:
@@ -129,4 +135,4 @@ def nfe_per_frame(fc: ForecastConfig, steps_per_frame: int, solver: str = "heun"
 
 
 __all__ = ["ConstantSigma", "RollingSigmas", "forecast_loss", "frames_per_step", "load_trajectories", "nfe_per_frame",
-           "window_datasets"]
+           "trajectory_split", "window_datasets"]
