@@ -124,7 +124,7 @@ class SampleConfig:
     rho: float = 7.0
 
 
-FORECAST_KINDS = ("none", "autoregressive", "rolling", "deterministic")
+FORECAST_KINDS = ("none", "autoregressive", "rolling", "deterministic", "trajectory")
 
 
 @dataclass(frozen=True)
@@ -141,6 +141,9 @@ class ForecastConfig:
     of the file (the forecast step is ``frame_step`` × the file's frame spacing). ``stride``: frames between
     the starts of training windows. ``steps_per_frame``: default solver steps per emitted frame (rolling:
     per shift; autoregressive: a block of ``horizon`` frames gets ``steps_per_frame × horizon`` steps).
+    ``"trajectory"`` (WDNO, Hu, Wang et al., ICLR 2025) diffuses the ``horizon`` frames after one initial frame
+    (``history`` must be 1) as one space-time field through ``transform`` (:mod:`funcdiff.training.trajectory`);
+    a forecast longer than ``horizon`` continues from the last frame, block by block.
     """
 
     kind: str = "none"
@@ -159,6 +162,9 @@ class ForecastConfig:
                 raise ValueError(f"forecast.{name} must be a positive integer, got {getattr(self, name)}")
         if not 0.0 <= self.init_fraction < 1.0:
             raise ValueError(f"forecast.init_fraction must be in [0, 1), got {self.init_fraction}")
+        if self.kind == "trajectory" and self.history != 1:
+            raise ValueError(f"forecast.kind=trajectory is conditioned on one initial frame: forecast.history must "
+                             f"be 1, got {self.history}")
 
     @property
     def enabled(self) -> bool:
@@ -171,6 +177,7 @@ class ForecastConfig:
 
 
 TRANSFORM_KINDS = ("identity", "wavelet")
+TRANSFORM_NOISES = ("white", "grf")
 
 
 @dataclass(frozen=True)
@@ -181,7 +188,10 @@ class TransformConfig:
     :class:`funcdiff.transforms.WaveletTransform` (WDNO, Hu, Wang et al., ICLR 2025) with ``wavelet`` (a
     PyWavelets name), ``levels``, ``axes`` (one name per dimension after (batch, channel): ``time``, ``x``,
     ``y``, ``z``) and ``time_boundary`` (``periodization`` or ``boundary``). The options are checked when the
-    transform is built, where the field's shape is known. Not yet used by the trainer.
+    transform is built, where the field's shape is known. Used by ``forecast.kind: trajectory``
+    (:mod:`funcdiff.training.trajectory`); ``noise`` chooses that diffusion's noise in coefficient space:
+    ``white`` (i.i.d. unit noise on the normalised coefficients) or ``grf`` (the ``noise:`` section's space-time
+    Gaussian random field mapped through the transform). Identity always uses the ``noise:`` field as it is.
     """
 
     kind: str = "identity"
@@ -189,10 +199,20 @@ class TransformConfig:
     levels: int = 1
     axes: tuple[str, ...] = ()
     time_boundary: str = "periodization"
+    noise: str = "white"
 
     def __post_init__(self) -> None:
         if self.kind not in TRANSFORM_KINDS:
             raise ValueError(f"transform.kind must be one of {list(TRANSFORM_KINDS)}, got {self.kind!r}")
+        if self.noise not in TRANSFORM_NOISES:
+            raise ValueError(f"transform.noise must be one of {list(TRANSFORM_NOISES)}, got {self.noise!r}")
+
+    def coefficients_per_channel(self, axes: int | None = None) -> int:
+        """Coefficient channels per physical channel: 2^(axes·levels) for a wavelet over ``axes`` axes (default:
+        all of ``axes``), 1 for identity."""
+        if self.kind == "identity":
+            return 1
+        return 1 << ((len(self.axes) if axes is None else axes) * self.levels)
 
     def options(self) -> dict:
         """Keyword arguments of :func:`funcdiff.transforms.build_transform` (``kind`` included)."""
@@ -233,6 +253,10 @@ class RunConfig:
         c, fc = int(num_channels), self.forecast
         if not fc.enabled:
             return {**self.model, "in_channels": c, "out_channels": c}
+        if fc.kind == "trajectory":  # the space-time block in coefficient space; the initial frame as conditioning
+            k, t = self.transform.coefficients_per_channel(), self.transform
+            k_cond = t.coefficients_per_channel(max(len(t.axes) - 1, 0))
+            return {**self.model, "in_channels": c * k, "out_channels": c * k, "cond_channels": c * k_cond}
         out = {**self.model, "in_channels": c * fc.horizon, "out_channels": c * fc.horizon,
                "cond_channels": c * fc.history}
         if fc.kind == "rolling":

@@ -72,6 +72,15 @@ class IdentityTransform:
     def state_dict(self) -> dict:
         return {"kind": self.kind}
 
+    def linear_forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def linear_adjoint(self, z: torch.Tensor) -> torch.Tensor:
+        return z
+
+    def coefficients_per_channel(self) -> int:
+        return 1
+
 
 @dataclass(frozen=True)
 class SubbandStats:
@@ -309,6 +318,36 @@ class WaveletTransform:
             coeffs = coeffs * self._band_view(self.stats.std, sizes, coeffs) + self._band_view(
                 self.stats.mean, sizes, coeffs)
         return self.raw_inverse(coeffs, sizes)
+
+    def linear_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The linear part of :meth:`forward` (no mean shift): raw coefficients divided by their band's std.
+
+        This is how a zero-mean random field (noise) maps into the normalised coefficient space.
+        Shapes: (B, C, *S) -> (B, C·K, *coarse).
+        """
+        coeffs = self.raw_forward(x)
+        if self.stats is not None:
+            coeffs = coeffs / self._band_view(self.stats.std, x.shape[2:], coeffs)
+        return coeffs.flatten(1, 2)
+
+    def linear_adjoint(self, z: torch.Tensor) -> torch.Tensor:
+        """The adjoint of :meth:`linear_forward` (orthogonal families only, where the synthesis is the transpose).
+
+        Shapes: (B, C·K, *coarse) -> (B, C, *S).
+        """
+        if not self.orthogonal:
+            raise UserError(f"the adjoint of the {self.wavelet!r} transform is not implemented: it is biorthogonal; "
+                            "use an orthogonal family (haar, dbN, symN, coifN)")
+        k = 1 << (len(self.axes) * self.levels)
+        sizes = [n << self.levels for n in z.shape[2:]]
+        coeffs = z.reshape(z.shape[0], z.shape[1] // k, k, *z.shape[2:])
+        if self.stats is not None:
+            coeffs = coeffs / self._band_view(self.stats.std, sizes, coeffs)
+        return self.raw_inverse(coeffs, sizes)
+
+    def coefficients_per_channel(self) -> int:
+        """K = 2^(d·levels): the coefficient channels of one physical channel."""
+        return 1 << (len(self.axes) * self.levels)
 
     def fit(self, x: torch.Tensor, min_std: float = 1e-8) -> SubbandStats:
         """Estimate per-(channel, band) mean and std from training fields, store and return them.

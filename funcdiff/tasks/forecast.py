@@ -95,6 +95,10 @@ def load_forecaster(checkpoint: str | os.PathLike, device: str | torch.device = 
     if not config.forecast.enabled:
         raise UserError(f"checkpoint {checkpoint} is not a forecaster (it was trained without a `forecast:` "
                         "section); train one with a config from configs/forecast/")
+    if config.forecast.kind == "trajectory":
+        from funcdiff.tasks.trajectory import trajectory_forecaster
+
+        return trajectory_forecaster(denoiser, meta, config, device)
     modes = tuple(meta.model_config.get("n_modes", ()))
     return Forecaster(denoiser=denoiser, noise=meta.noise, forecast=config.forecast,
                       channel_names=tuple(meta.channel_names), normalizer=meta.normalizer, sample=config.sample,
@@ -206,6 +210,10 @@ def _step_chunk(fc: Forecaster, history: Tensor, window: Optional[Tensor], gens:
                 ) -> tuple[Tensor, Tensor, Optional[Tensor]]:
     """Advance one chunk of members: (emitted frames folded, new history, new window)."""
     c, w, kind = fc.channels, fc.forecast.horizon, fc.forecast.kind
+    if kind == "trajectory":  # one diffusion of all `horizon` frames in the transform's space
+        from funcdiff.tasks.trajectory import trajectory_step
+
+        return trajectory_step(fc, history, gens, emitted, steps_per_frame, solver, terms_for_lead)
     s = fc.sample
     run = get_solver(solver)
     denoiser = _window_denoiser(fc, history, emitted, terms_for_lead)

@@ -29,6 +29,7 @@ from funcdiff.config import RunConfig
 from funcdiff.data import FieldDataset, make_synthetic_fields, train_test_split
 from funcdiff.data.datasets import check_finite
 from funcdiff.data.windows import fold_frames
+from funcdiff.errors import UserError
 from funcdiff.io.atomic import write_text_atomic
 from funcdiff.io.checkpoint import (CheckpointMeta, checkpoint_path, latest_checkpoint, load_module_state,
                                     prune_checkpoints, read_checkpoint, save_checkpoint)
@@ -86,12 +87,30 @@ def _check_channel_count(num_channels: int, names: tuple[str, ...]) -> None:
         raise ValueError(f"data has {num_channels} channels but data.channels names {len(names)}: {list(names)}")
 
 
-def _encoded(dataset: FieldDataset, device: torch.device, frames: bool = False) -> torch.Tensor:
+def _encoded(dataset: FieldDataset, device: torch.device, frames: bool = False, trajectory=None) -> torch.Tensor:
     """All samples of a FieldDataset, normalised, as one (N, C, *S) tensor on ``device``; windows
-    (N, C, L, *S) of a forecaster are folded frames-major to (N, L·C, *S) when ``frames``."""
+    (N, C, L, *S) of a forecaster are folded frames-major to (N, L·C, *S) when ``frames``, or mapped to the
+    coefficient grid by ``trajectory`` (:class:`funcdiff.training.trajectory.TrajectoryTraining`)."""
     x = dataset.normalizer.encode(dataset.fields).to(device=device, dtype=torch.float32)
     check_finite(x, dataset.channel_names)
+    if trajectory is not None:
+        return trajectory.items(x)
     return fold_frames(x) if frames else x
+
+
+def _trajectory_training(config: RunConfig, train_set: FieldDataset):
+    """The transform, noise and loss of a whole-trajectory model (``forecast.kind: trajectory``), fitted on the
+    normalised training windows; ``None`` for every other model (their path is unchanged)."""
+    if config.forecast.kind != "trajectory":
+        if config.transform.kind != "identity":
+            raise UserError(f"transform.kind={config.transform.kind} is used by whole-trajectory models: set "
+                            "forecast.kind: trajectory (see configs/wavelet/)")
+        return None
+    from funcdiff.training.trajectory import TrajectoryTraining
+
+    x = train_set.normalizer.encode(train_set.fields).to(torch.float32)
+    check_finite(x, train_set.channel_names)
+    return TrajectoryTraining(config, x)
 
 
 class Trainer:
@@ -118,9 +137,11 @@ class Trainer:
         self.channel_names, self.normalizer = tuple(train_set.channel_names), train_set.normalizer
         self.data_source = dict(train_set.source)
         frames = config.forecast.enabled
-        self.train_x = _encoded(train_set, self.device, frames)
-        self.val_x = _encoded(val_set, self.device, frames) if val_set is not None and len(val_set) else None
-        self.noise = build_noise(config)
+        self.trajectory = _trajectory_training(config, train_set)
+        self.train_x = _encoded(train_set, self.device, frames, self.trajectory)
+        self.val_x = (_encoded(val_set, self.device, frames, self.trajectory)
+                      if val_set is not None and len(val_set) else None)
+        self.noise = self.trajectory.noise if self.trajectory is not None else build_noise(config)
         self.model_config = config.model_config(len(self.channel_names))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(tc.seed)
@@ -128,7 +149,8 @@ class Trainer:
         self.ema = EMA(self.model, tc.ema_decay)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
         self.schedule = WarmupCosineSchedule(self.optimizer, tc.lr, tc.warmup_steps, tc.steps, tc.min_lr_ratio)
-        self.loss_fn = (forecast_loss(config, self.noise, len(self.channel_names)) if frames
+        self.loss_fn = (self.trajectory.loss() if self.trajectory is not None
+                        else forecast_loss(config, self.noise, len(self.channel_names)) if frames
                         else EDMLoss(self.noise, tc.P_mean, tc.P_std))
         self.generator = torch.Generator(self.device).manual_seed(rank_seed(tc.seed, self.dist))
         self.step = 0
@@ -253,7 +275,7 @@ class Trainer:
         return CheckpointMeta(config=self.config.to_dict(), model_config=self.model_config, noise=self.noise,
                               normalizer=self.normalizer, channel_names=self.channel_names,
                               resolution=tuple(self.train_x.shape[2:]), task=self.config.name, step=self.step,
-                              extra=self.data_source)
+                              extra={**self.data_source, **(self.trajectory.meta() if self.trajectory else {})})
 
     def _rng_states(self) -> list[torch.Tensor]:
         state = self.generator.get_state()

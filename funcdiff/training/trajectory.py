@@ -1,0 +1,236 @@
+"""Whole-trajectory diffusion through a transform (WDNO: Hu, Wang et al., "Wavelet Diffusion Neural Operator",
+ICLR 2025): the pieces the shared :class:`~funcdiff.training.Trainer` needs for ``forecast.kind: trajectory``.
+
+A training item is a window of ``1 + T`` normalised frames ``(C, 1 + T, *S)`` (:mod:`funcdiff.data.windows`):
+frame 0 is the initial state, frames 1..T the trajectory that is diffused as one space-time field. The
+:class:`TrajectoryCoder` maps a window to one tensor on the coefficient grid, conditioning channels first (the
+layout :class:`~funcdiff.training.EDMLoss` ``cond_channels`` expects)::
+
+    item = [ condition(frame 0) (C·K_s, T', *S') ,  transform(frames 1..T) (C·K, T', *S') ]
+
+with the wavelet transform over (time, *space) of :mod:`funcdiff.transforms` (K = 2^((1+d)·L) coefficients per
+channel on the coarse grid T' = T/2^L, S' = S/2^L), or the identity (then K = K_s = 1 and the backbone sees the
+physical (T, *S) grid: the physical-space baseline with the same backbone). The loss, the preconditioner, the
+solvers and the noise object's interface are the shared ones; only the noise's *covariance* in coefficient space
+is chosen here (:class:`CoefficientNoise`).
+
+**Conditioning layout (choice).** The initial state enters as its *spatial-only* wavelet transform with the same
+family and levels (C·2^(d·L) channels on S'), repeated along the coarse time axis T'. The alternative, the
+space-time transform of frame 0 broadcast over the T frames, carries the same information, but for a constant-in-
+time signal every time-detail band is zero (the wavelet's vanishing moment), so 2^(d·L)·(2^L - 1) of its
+channels would be identically zero; the spatial transform is exactly its non-zero part (up to the factor 2^(L/2)
+of the time approximation, absorbed by the per-subband normalisation, which is fitted on the training initial
+states). Every coarse-grid point thus sees the initial state's coefficients at its own spatial location.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor
+
+from funcdiff.config import RunConfig
+from funcdiff.errors import UserError
+from funcdiff.noise import GaussianRandomField, Generators
+from funcdiff.training.loss import EDMLoss
+from funcdiff.transforms import (TIME_AXIS, IdentityTransform, WaveletTransform, build_transform,
+                                 transform_from_state_dict)
+
+Transform = IdentityTransform | WaveletTransform
+
+
+class CoefficientNoise:
+    """Noise of the diffusion in the transform's coefficient space, with the interface of
+    :class:`~funcdiff.noise.GaussianRandomField` (``sample``, ``apply_cov_power``, ``dim``, ``as_dict``).
+
+    ``mapped=False``: ``base`` is used as it is on the coefficient grid (``transform.noise: white``: i.i.d. unit
+    noise on the normalised coefficients, which in physical space is noise with the data's per-subband energy).
+    ``mapped=True``: ``base`` is a field on the *physical* space-time grid, mapped through the transform's
+    linear part (:meth:`WaveletTransform.linear_forward`: raw coefficients over the band std), i.e. the
+    function-space GRF expressed in normalised coefficients; its covariance is D W C Wᵀ D (D = diag(1/std)).
+
+    Shapes: ``sample((B, C·K, *coarse))`` -> the same shape.
+    """
+
+    def __init__(self, base: GaussianRandomField, transform: Transform, mapped: bool) -> None:
+        self.base, self.transform, self.mapped = base, transform, bool(mapped)
+
+    @property
+    def dim(self) -> int:
+        return self.base.dim
+
+    @property
+    def is_white(self) -> bool:
+        return not self.mapped and self.base.is_white
+
+    def _physical_shape(self, shape: Sequence[int]) -> tuple[int, ...]:
+        k = self.transform.coefficients_per_channel()
+        levels = getattr(self.transform, "levels", 0)
+        return (int(shape[0]), int(shape[1]) // k, *[int(n) << levels for n in shape[2:]])
+
+    def sample(self, shape: Sequence[int], generator: Generators = None, device=None,
+               dtype: torch.dtype = torch.float32) -> Tensor:
+        """Noise shaped ``shape`` (coefficient layout); one generator or one per sample, as the GRF."""
+        if not self.mapped:
+            return self.base.sample(shape, generator=generator, device=device, dtype=dtype)
+        eps = self.base.sample(self._physical_shape(shape), generator=generator, device=device, dtype=dtype)
+        return self.transform.linear_forward(eps)
+
+    def apply_cov_power(self, x: Tensor, power: float) -> Tensor:
+        """C^power of the coefficient-space covariance; any power for ``mapped=False``, power 1 otherwise
+        (D W C Wᵀ D x, the only power gradient guidance uses). Shapes: x (B, C·K, *coarse) -> same."""
+        if not self.mapped:
+            return self.base.apply_cov_power(x, power)
+        if power != 1:
+            raise UserError(f"the mapped coefficient noise offers the covariance itself (power 1), not power {power}")
+        t = self.transform
+        return t.linear_forward(self.base.apply_cov_power(t.linear_adjoint(x), 1.0))
+
+    def as_dict(self) -> dict:
+        """The base field's description (stored as the checkpoint's ``noise``; the mapping is rebuilt from the
+        transform stored beside it)."""
+        return self.base.as_dict()
+
+
+class TrajectoryCoder:
+    """Normalised windows ``(N, C, 1 + T, *S)`` <-> training items on the coefficient grid (module docstring).
+
+    ``transform`` acts on (B, C, T, *S) over axes (time, *space); ``cond_transform`` on the initial frame
+    (B, C, *S) over the spatial axes (identity when ``transform`` is).
+    """
+
+    def __init__(self, transform: Transform, cond_transform: Transform, channels: int) -> None:
+        self.transform, self.cond_transform, self.channels = transform, cond_transform, int(channels)
+
+    @classmethod
+    def from_config(cls, config: RunConfig) -> "TrajectoryCoder":
+        """The (unfitted) coder of a ``forecast.kind: trajectory`` config; UserError for a transform whose axes do
+        not name (time, *space) of ``data.dim`` spatial axes."""
+        t, d = config.transform, config.data.dim
+        if t.kind == "identity":
+            return cls(IdentityTransform(), IdentityTransform(), len(config.data.channels))
+        axes = tuple(t.axes)
+        if len(axes) != 1 + d or axes[0] != TIME_AXIS:
+            raise UserError(f"transform.axes {list(axes)}: a trajectory model transforms (time, space...) with "
+                            f"data.dim={d} spatial axes, e.g. {[TIME_AXIS, *('x', 'y', 'z')[:d]]}")
+        options = t.options()
+        transform = build_transform(**options)
+        cond = build_transform(**{**options, "axes": list(axes[1:])})
+        return cls(transform, cond, len(config.data.channels))
+
+    # ------------------------------------------------------------------------------------------ layout
+    @property
+    def levels(self) -> int:
+        return int(getattr(self.transform, "levels", 0))
+
+    @property
+    def state_channels(self) -> int:
+        return self.channels * self.transform.coefficients_per_channel()
+
+    @property
+    def cond_channels(self) -> int:
+        return self.channels * self.cond_transform.coefficients_per_channel()
+
+    def coarse_grid(self, frames: int, spatial: Sequence[int]) -> tuple[int, ...]:
+        """The coefficient grid (T', *S') of ``frames`` frames on the ``spatial`` grid."""
+        self.check_grid(frames, spatial)
+        return tuple(int(n) >> self.levels for n in (frames, *spatial))
+
+    def check_grid(self, frames: int, spatial: Sequence[int]) -> None:
+        """UserError unless every axis of (frames, *spatial) is divisible by 2^levels."""
+        f = 1 << self.levels
+        sizes = (int(frames), *[int(n) for n in spatial])
+        if any(n % f for n in sizes):
+            raise UserError(f"a wavelet transform with {self.levels} level(s) needs every axis of (frames, space) = "
+                            f"{sizes} divisible by {f}; change forecast.horizon, the grid or transform.levels")
+
+    # ------------------------------------------------------------------------------------------ maps
+    def fit(self, windows: Tensor) -> None:
+        """Per-subband statistics of the trajectories (frames 1..T) and of the initial frames of ``windows``."""
+        self.check_grid(windows.shape[2] - 1, windows.shape[3:])
+        self.transform.fit(windows[:, :, 1:].double())
+        self.cond_transform.fit(windows[:, :, 0].double())
+
+    def condition(self, initial: Tensor, frames: int) -> Tensor:
+        """Conditioning channels of initial states: (B, C, *S) -> (B, C·K_s, T', *S') (module docstring)."""
+        coarse_t = int(frames) >> self.levels
+        cond = self.cond_transform.forward(initial)
+        return cond.unsqueeze(2).expand(*cond.shape[:2], coarse_t, *cond.shape[2:]).contiguous()
+
+    def encode_state(self, trajectory: Tensor) -> Tensor:
+        """(B, C, T, *S) -> (B, C·K, T', *S')."""
+        self.check_grid(trajectory.shape[2], trajectory.shape[3:])
+        return self.transform.forward(trajectory)
+
+    def decode_state(self, z: Tensor) -> Tensor:
+        """(B, C·K, T', *S') -> (B, C, T, *S), exactly undoing :meth:`encode_state`."""
+        return self.transform.inverse(z)
+
+    def encode(self, windows: Tensor) -> Tensor:
+        """Training items: (N, C, 1 + T, *S) -> (N, C·K_s + C·K, T', *S'), conditioning first."""
+        frames = windows.shape[2] - 1
+        return torch.cat([self.condition(windows[:, :, 0], frames), self.encode_state(windows[:, :, 1:])], dim=1)
+
+    # ------------------------------------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        """Plain JSON (both transforms with their fitted statistics), stored in the checkpoint's ``extra``."""
+        return {"transform": self.transform.state_dict(), "cond_transform": self.cond_transform.state_dict(),
+                "channels": self.channels}
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> "TrajectoryCoder":
+        return cls(transform_from_state_dict(state["transform"]), transform_from_state_dict(state["cond_transform"]),
+                   int(state["channels"]))
+
+
+def trajectory_noise(config: RunConfig, coder: TrajectoryCoder) -> CoefficientNoise:
+    """The coefficient-space noise of a trajectory model: the ``noise:`` GRF on the (1 + d)-dimensional space-time
+    torus for the identity transform (as every physical-space model uses it), else per ``transform.noise``."""
+    n, dim = config.noise, 1 + config.data.dim
+    grf = GaussianRandomField(dim=dim, smoothness=n.smoothness, length_scale=n.length_scale, amplitude=n.amplitude)
+    if config.transform.kind == "identity":
+        return CoefficientNoise(grf, coder.transform, mapped=False)
+    if config.transform.noise == "white":
+        return CoefficientNoise(GaussianRandomField(dim=dim, smoothness=0.0), coder.transform, mapped=False)
+    return CoefficientNoise(grf, coder.transform, mapped=True)
+
+
+def noise_from_meta(noise: dict, coder: TrajectoryCoder, config: RunConfig) -> CoefficientNoise:
+    """Rebuild :func:`trajectory_noise` from a checkpoint's stored base field and coder."""
+    base = GaussianRandomField(**noise)
+    mapped = config.transform.kind != "identity" and config.transform.noise == "grf"
+    return CoefficientNoise(base, coder.transform, mapped=mapped)
+
+
+class TrajectoryTraining:
+    """What the trainer needs for ``forecast.kind: trajectory``: the fitted coder, the items, the noise and the
+    loss. Built once from the normalised training windows (N, C, 1 + T, *S); the coder's statistics come from the
+    training split only."""
+
+    def __init__(self, config: RunConfig, train_windows: Tensor) -> None:
+        self.config = config
+        self.coder = TrajectoryCoder.from_config(config)
+        self.coder.fit(train_windows)
+        self.noise = trajectory_noise(config, self.coder)
+
+    def items(self, windows: Tensor) -> Tensor:
+        """Training items of normalised windows (see :meth:`TrajectoryCoder.encode`)."""
+        return self.coder.encode(windows)
+
+    def loss(self) -> EDMLoss:
+        tc = self.config.train
+        return EDMLoss(self.noise, tc.P_mean, tc.P_std, cond_channels=self.coder.cond_channels)
+
+    def meta(self) -> dict[str, Any]:
+        """Entries for the checkpoint's ``extra``."""
+        return {"trajectory": self.coder.state_dict()}
+
+
+def count_parameters(module: torch.nn.Module) -> int:
+    """Trainable parameters of a module."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+__all__ = ["CoefficientNoise", "TrajectoryCoder", "TrajectoryTraining", "count_parameters", "noise_from_meta",
+           "trajectory_noise"]
