@@ -167,3 +167,14 @@ def make_generators(seed: int, indices: Sequence[int], device=None) -> list[torc
         g.manual_seed((int(seed) * 1_000_003 + int(i)) % (2**63 - 1))
         gens.append(g)
     return gens
+
+
+def noise_from_dict(raw: dict):
+    """Rebuild a noise from its ``as_dict()``: the torus GRF, or the sphere GRF when ``raw["domain"] == "sphere"``
+    (:class:`funcdiff.noise_sphere.SphericalGaussianRandomField`)."""
+    raw = dict(raw)
+    if raw.pop("domain", "torus") == "sphere":
+        from funcdiff.noise_sphere import SphericalGaussianRandomField
+
+        return SphericalGaussianRandomField(**raw)
+    return GaussianRandomField(**raw)

@@ -33,7 +33,7 @@ import funcdiff
 from funcdiff.data.normalization import Normalizer
 from funcdiff.errors import UserError
 from funcdiff.io.atomic import atomic_path
-from funcdiff.noise import GaussianRandomField
+from funcdiff.noise import GaussianRandomField, noise_from_dict
 
 FORMAT = "funcdiff-checkpoint-v1"
 CHECKPOINT_DIR = "checkpoints"
@@ -77,7 +77,7 @@ class CheckpointMeta:
     def from_json(cls, text: str, *, step: int = 0, version: str = "", path: str = "") -> "CheckpointMeta":
         raw = json.loads(text)
         norm = raw.get("normalizer")
-        return cls(config=raw["config"], model_config=raw["model_config"], noise=GaussianRandomField(**raw["noise"]),
+        return cls(config=raw["config"], model_config=raw["model_config"], noise=noise_from_dict(raw["noise"]),
                    normalizer=Normalizer.from_state_dict(norm) if norm is not None else None,
                    channel_names=tuple(raw["channel_names"]), resolution=tuple(raw["resolution"]),
                    task=raw.get("task"), step=step, version=version, path=path, extra=raw.get("extra") or {})
