@@ -34,10 +34,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=positive_int, default=None, help="members per chunk (bounds memory)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    parser.add_argument("--out", required=True, help="output netCDF file")
+    parser.add_argument("--out", default=None, help="output netCDF file (required unless --out-dir: batch mode)")
     parser.add_argument("--plot", default=None, help="PNG of the first initial state (default: <out>.png)")
     parser.add_argument("--no-plot", action="store_true")
     parser.add_argument("--no-progress", action="store_true")
+    from funcdiff.cli.batch import add_forecast_batch_arguments
+
+    add_forecast_batch_arguments(parser)
     parser.set_defaults(func=run_forecast)
 
 
@@ -46,7 +49,12 @@ def run_forecast(args: argparse.Namespace) -> int:
     from funcdiff.guidance.timed import load_timed_observation, save_timed_observation
     from funcdiff.tasks.forecast import Forecast, load_forecaster
     from funcdiff.tasks.forecast_io import initial_from_file
+    from funcdiff.cli.batch import batch_requested, run_forecast_batch
 
+    if batch_requested(args):
+        return run_forecast_batch(args)
+    if args.out is None:
+        raise UserError("--out is required (or --indices/--init-times with --out-dir for a batch of start states)")
     fc = load_forecaster(args.checkpoint, args.device)
     f = fc.forecast
     if args.observations and args.sensor_fraction is not None:

@@ -55,6 +55,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=Path("posterior.nc"))
     p.add_argument("--no-plot", action="store_true")
     p.add_argument("--no-progress", action="store_true")
+    from funcdiff.cli.batch import add_solve_batch_arguments
+
+    add_solve_batch_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -68,7 +71,10 @@ def run(args: argparse.Namespace) -> int:
     from funcdiff.cli import user_errors
     from funcdiff.guidance import load_observation
     from funcdiff.tasks import check_compatible, get_task, load_model, load_truth, make_observation, solve
+    from funcdiff.cli.batch import batch_requested, run_solve_batch
 
+    if batch_requested(args):
+        return run_solve_batch(args)
     with user_errors():
         task = get_task(task_name(args.task))
         model = load_model(args.checkpoint, args.device)

@@ -176,12 +176,26 @@ def initial_from_file(path: str | os.PathLike, channels: Sequence[str], index: i
 
     Shapes: returns initial (C, history, *S), truth (C, L_avail, *S) physical.
     """
+    traj, times = read_trajectories(path, channels)
+    return initial_from_trajectories(traj, times, path, index, start_frame, history, frame_step)
+
+
+def read_trajectories(path: str | os.PathLike, channels: Sequence[str]) -> tuple[Tensor, Optional[Tensor]]:
+    """The named channels of a trajectory file (N, C, T, *S) physical, and its time coordinate (T,) or None."""
     from funcdiff.data import load_fields
 
     data = load_fields(path, fields=list(channels))
     traj = data.stack(channels)
     if traj.ndim < 4:
         raise UserError(f"{path}: {list(channels)} are not trajectories (N, T, *S); got {tuple(traj.shape)}")
+    return traj, data.coords.get("t")
+
+
+def initial_from_trajectories(traj: Tensor, times: Optional[Tensor], path: str | os.PathLike, index: int,
+                              start_frame: Optional[int], history: int, frame_step: int = 1
+                              ) -> tuple[Tensor, Tensor, int, float]:
+    """:func:`initial_from_file` on trajectories already read (:func:`read_trajectories`); ``path`` names them in
+    errors. Shapes: traj (N, C, T, *S), times (T,) or None."""
     n, t = traj.shape[0], traj.shape[2]
     if not 0 <= index < n:
         raise UserError(f"--index {index} is out of range: {path} holds {n} trajectories")
@@ -192,6 +206,5 @@ def initial_from_file(path: str | os.PathLike, channels: Sequence[str], index: i
                         f"history frames spaced {frame_step} apart, and the trajectories have {t} frames")
     initial = traj[index, :, start - first:start + 1:frame_step]
     truth = traj[index, :, start + frame_step::frame_step]
-    times = data.coords.get("t")
     time = float(times[start]) if times is not None else float(start)
     return initial, truth, start, time

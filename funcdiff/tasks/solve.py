@@ -400,15 +400,24 @@ def load_truth(path: str | os.PathLike, channels: Sequence[str], index: int = 0)
     Shapes: returns (1, len(channels), *S) float32, physical units.
     """
     path = Path(path)
+    fields = read_truth_file(path, channels)
+    if not 0 <= index < fields.shape[0]:
+        raise UserError(f"sample index {index} out of range: {path} holds {fields.shape[0]} samples")
+    return fields[index:index + 1].float()
+
+
+def read_truth_file(path: str | os.PathLike, channels: Sequence[str]) -> Tensor:
+    """Every sample of the named channels from our HDF5 layout (any format :func:`funcdiff.data.load_fields`
+    reads) or a netCDF file with one variable per channel (ValueError naming missing variables).
+
+    Shapes: returns (N, len(channels), *S) float32, physical units.
+    """
+    path = Path(path)
     if path.suffix in (".nc", ".nc4", ".netcdf"):
         from funcdiff.io.netcdf import dataset_to_fields
 
         with xr.open_dataset(path, engine="netcdf4") as ds:
-            fields = dataset_to_fields(ds.load(), channels)
-    else:
-        from funcdiff.data import load_fields
+            return dataset_to_fields(ds.load(), channels)
+    from funcdiff.data import load_fields
 
-        fields = load_fields(path, fields=list(channels)).stack(tuple(channels))
-    if not 0 <= index < fields.shape[0]:
-        raise UserError(f"sample index {index} out of range: {path} holds {fields.shape[0]} samples")
-    return fields[index:index + 1].float()
+    return load_fields(path, fields=list(channels)).stack(tuple(channels)).float()

@@ -93,3 +93,23 @@ def all_reduce_mean(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
         dist.all_reduce(value, op=dist.ReduceOp.SUM)
         value /= info.world_size
     return value
+
+
+def batch_rank_from_env(env: "os._Environ[str] | dict[str, str] | None" = None) -> tuple[int, int]:
+    """``(rank, world_size)`` of a batch-inference process: torchrun's ``RANK``/``WORLD_SIZE`` if set, else Slurm's
+    ``SLURM_PROCID``/``SLURM_NTASKS`` (one process per ``srun`` task), else ``(0, 1)``.
+
+    Batch inference needs no process group (ranks share nothing but the output folder), so a plain
+    ``srun -n K funcdiff solve --cases ...`` works without torchrun. ValueError for an inconsistent pair.
+    """
+    env = os.environ if env is None else env
+    for rank_key, world_key in (("RANK", "WORLD_SIZE"), ("SLURM_PROCID", "SLURM_NTASKS")):
+        if world_key in env or rank_key in env:
+            try:
+                rank, world = int(env.get(rank_key, "0")), int(env.get(world_key, "1"))
+            except ValueError as err:
+                raise ValueError(f"bad {rank_key}/{world_key} in the environment: {err}") from None
+            if world < 1 or not 0 <= rank < world:
+                raise ValueError(f"bad distributed environment: {rank_key}={rank}, {world_key}={world}")
+            return rank, world
+    return 0, 1

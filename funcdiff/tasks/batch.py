@@ -1,0 +1,530 @@
+"""Batch work is a case list: many inverse problems or forecast start dates in one job, split over ranks, restartable.
+
+::
+
+    cases = index_cases("0:1000", available=1000)             # samples 0..999 of a data file
+    run = BatchRun("out/", cases, signature={...}, kind="solve")  # rank split from torchrun/Slurm variables
+    result = run.run(lambda case, part: solve_one(case).save(part))
+    merge_parts("out/")                                        # out/merged.nc with a `case` coordinate
+
+Layout of an output folder::
+
+    out/cases.json              the case list and the run's signature (what determines every result)
+    out/parts/case_<key>.nc     one file per finished case, written atomically (temporary file + rename)
+    out/merged.nc               ``funcdiff merge out/``: every case along a ``case`` dimension (forecasts: along
+                                ``init_time``, with ``case`` as its coordinate), per-case attributes as variables
+
+Rules. Rank ``r`` of ``W`` takes cases ``r, r + W, r + 2W, ...`` of the list (``RANK``/``WORLD_SIZE`` from
+torchrun, else ``SLURM_PROCID``/``SLURM_NTASKS``; no process group is needed). A case's random numbers come from
+:func:`case_seed` (the run's ``--seed`` and the case's key), never from the rank, so the merged result does not
+depend on how many ranks ran or in which order. A rerun of the same command skips cases whose part exists with
+the run's signature and redoes the rest (a killed write leaves only a temporary file, removed on the rerun; a
+forecast part resumes mid-rollout from its ``.partial``/``.state.pt``). On SIGUSR1/SIGTERM a rank finishes the
+case in hand and exits with :data:`funcdiff.training.signals.REQUEUE_EXIT`. Ranks with no case (more ranks
+than cases) exit at once with status 0.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import netCDF4
+import numpy as np
+import xarray as xr
+
+from funcdiff.errors import UserError
+from funcdiff.io.atomic import write_text_atomic
+from funcdiff.io.netcdf import write_netcdf
+from funcdiff.training.distributed import batch_rank_from_env
+from funcdiff.training.signals import REQUEUE_EXIT, StopSignal
+
+MANIFEST = "cases.json"
+PARTS = "parts"
+MERGED = "merged.nc"
+SIGNATURE_ATTR = "batch_signature"
+DROPPED_ATTRS = ("run_signature",)  # per-part bookkeeping that the merged file does not need
+
+
+# ------------------------------------------------------------------------------------------------ the cases
+@dataclass(frozen=True)
+class Case:
+    """One unit of batch work.
+
+    ``index``: sample (solve) or trajectory (forecast) in the data file; ``frame``: the start frame of a forecast
+    (None for solve); ``time``: that frame's time (model time units, or an ISO date for datetime coordinates).
+    """
+
+    index: int
+    frame: Optional[int] = None
+    time: Optional[float | str] = None
+
+    @property
+    def key(self) -> str:
+        """File-name key: ``000042`` (solve) or ``000042_000017`` (forecast: trajectory, start frame)."""
+        return f"{self.index:06d}" if self.frame is None else f"{self.index:06d}_{self.frame:06d}"
+
+
+def case_seed(seed: int, case: Case) -> int:
+    """The seed of one case: a hash of the run's ``seed`` and the case's key (63 bits), the same on every rank.
+    Reproduce one case alone with ``funcdiff solve --index I --seed <case_seed>`` (stored in its part)."""
+    digest = hashlib.blake2b(f"{int(seed)}:{case.key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2 ** 63 - 1)
+
+
+def parse_indices(spec: str, available: int, source: str = "the data file", what: str = "sample") -> list[int]:
+    """Indices from ``"0:1000"``, ``"0:1000:10"``, ``"5:"``, ``"3"`` or a comma list of those (Python slice rules,
+    stop excluded). UserError for an empty, negative, repeated or out-of-range selection."""
+    out: list[int] = []
+    for item in (p.strip() for p in str(spec).split(",")):
+        try:
+            if ":" in item:
+                fields = item.split(":")
+                if len(fields) > 3:
+                    raise ValueError
+                start = int(fields[0]) if fields[0] else 0
+                stop = int(fields[1]) if fields[1] else available
+                step = int(fields[2]) if len(fields) == 3 and fields[2] else 1
+                if step < 1 or start < 0:
+                    raise ValueError
+                if stop > available:
+                    raise UserError(f"--indices {spec}: asks for {what}s up to {stop - 1} but {source} holds "
+                                    f"{available} ({what}s 0..{available - 1})")
+                out += range(start, stop, step)
+            else:
+                i = int(item)
+                if not 0 <= i < available:
+                    raise UserError(f"--indices {spec}: {what} {i} is out of range: {source} holds {available}")
+                out.append(i)
+        except UserError:
+            raise
+        except ValueError:
+            raise UserError(f"--indices {spec!r}: expected START:STOP[:STEP] or I, comma-separated, with "
+                            "non-negative integers and a positive step") from None
+    if not out:
+        raise UserError(f"--indices {spec} selects no {what} ({source} holds {available})")
+    seen: set[int] = set()
+    repeated = [i for i in out if i in seen or seen.add(i)]
+    if repeated:
+        raise UserError(f"--indices {spec} lists {what} {repeated[0]} more than once")
+    return out
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|min|m|h|hr|d|day|days)?\s*$")
+_UNIT_SECONDS = {"s": 1, "sec": 1, "min": 60, "m": 60, "h": 3600, "hr": 3600, "d": 86400, "day": 86400,
+                 "days": 86400}
+
+
+def parse_time_range(spec: str) -> tuple[object, object, object]:
+    """``START/END[/STEP]`` (END included) as numbers (model time units) or ISO dates with a duration step
+    (``2020-01-01T00/2020-12-31T18/6h``; units s, min, h, d). A single time is ``START``. STEP None = every
+    frame in the range. Returns (start, end, step): floats, or numpy datetime64/timedelta64."""
+    fields = [f.strip() for f in str(spec).split("/")]
+    if not 1 <= len(fields) <= 3 or not all(fields):
+        raise UserError(f"--init-times {spec!r}: expected START/END[/STEP]")
+    start, end = fields[0], fields[1] if len(fields) > 1 else fields[0]
+    step = fields[2] if len(fields) == 3 else None
+    try:
+        t0, t1 = float(start), float(end)
+        dt = float(step) if step is not None else None
+        numeric = True
+    except ValueError:
+        numeric = False
+    if numeric:
+        if dt is not None and not dt > 0:
+            raise UserError(f"--init-times {spec}: the step must be positive")
+    else:
+        try:
+            t0, t1 = np.datetime64(start, "s"), np.datetime64(end, "s")
+        except ValueError:
+            raise UserError(f"--init-times {spec!r}: START and END must both be numbers or ISO dates "
+                            "(2020-01-01T00)") from None
+        dt = None
+        if step is not None:
+            match = _DURATION.match(step)
+            if not match:
+                raise UserError(f"--init-times {spec}: step {step!r} is not a duration like 6h, 30min, 1d")
+            seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2) or "h"]
+            if not seconds > 0:
+                raise UserError(f"--init-times {spec}: the step must be positive")
+            dt = np.timedelta64(int(round(seconds)), "s")
+    if t1 < t0:
+        raise UserError(f"--init-times {spec}: END is before START")
+    return t0, t1, dt
+
+
+def select_frames(spec: str, times: np.ndarray, source: str = "the data file") -> list[int]:
+    """Frame indices of ``times`` (T,) that the range ``spec`` (:func:`parse_time_range`) asks for.
+
+    With a step, every requested time START, START + STEP, ..., <= END must be a frame (tolerance: 1e-3 of the
+    frame spacing, plus float32 rounding); without one, every frame in [START, END] is taken. UserError names the
+    first time the data do not cover and the data's time range.
+    """
+    times = np.asarray(times)
+    t0, t1, dt = parse_time_range(spec)
+    dated = np.issubdtype(times.dtype, np.datetime64)
+    if dated != isinstance(t0, np.datetime64):
+        have = "dates" if dated else "numbers (model time units)"
+        raise UserError(f"--init-times {spec}: {source}'s time coordinate holds {have}; give the range as {have}")
+    values = times.astype("datetime64[s]").astype(np.int64).astype(np.float64) if dated else times.astype(np.float64)
+    a, b = (float(np.datetime64(t, "s").astype(np.int64)) for t in (t0, t1)) if dated else (float(t0), float(t1))
+    spacing = float(np.median(np.diff(values))) if len(values) > 1 else 1.0
+    tol = 1e-3 * abs(spacing) + 1e-6 * max(1.0, float(np.abs(values).max(initial=0.0)))
+    if dt is None:
+        frames = [int(i) for i in np.flatnonzero((values >= a - tol) & (values <= b + tol))]
+        if not frames:
+            raise UserError(f"--init-times {spec}: no frame of {source} lies in the range ({_describe(times)})")
+        return frames
+    step = float(dt.astype("timedelta64[s]").astype(np.int64)) if dated else float(dt)
+    count = int(math.floor((b - a) / step + 1e-9)) + 1
+    frames = []
+    for k in range(count):
+        want = a + k * step
+        i = int(np.argmin(np.abs(values - want)))
+        if abs(values[i] - want) > tol:
+            shown = np.datetime64(int(want), "s") if dated else f"{want:g}"
+            raise UserError(f"--init-times {spec}: time {shown} is not covered by {source} ({_describe(times)}; "
+                            f"{count} start times requested)")
+        frames.append(i)
+    return frames
+
+
+def _describe(times: np.ndarray) -> str:
+    if len(times) == 0:
+        return "no frames"
+    show = (lambda t: str(t)) if np.issubdtype(times.dtype, np.datetime64) else (lambda t: f"{float(t):.6g}")
+    every = f" every {show(times[1] - times[0])}" if len(times) > 1 else ""
+    return f"its {len(times)} frames run from {show(times[0])} to {show(times[-1])}{every}"
+
+
+def shard(cases: Sequence[Case], rank: int, world: int) -> list[Case]:
+    """Rank ``rank``'s cases: every ``world``-th from position ``rank`` (balanced to within one case)."""
+    return list(cases[rank::world])
+
+
+# ------------------------------------------------------------------------------------------------ the runner
+@dataclass
+class BatchResult:
+    """What one rank did: keys of cases computed now and skipped as finished, cases left, the stop signal."""
+
+    rank: int
+    world: int
+    assigned: int
+    done: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    stopped_by: str = ""
+
+    @property
+    def remaining(self) -> int:
+        return self.assigned - len(self.done) - len(self.skipped)
+
+    @property
+    def exit_status(self) -> int:
+        """:data:`REQUEUE_EXIT` when a signal stopped the rank with cases left, else 0."""
+        return REQUEUE_EXIT if self.stopped_by and self.remaining else 0
+
+    def summary(self) -> str:
+        head = f"rank {self.rank}/{self.world}: "
+        if not self.assigned:
+            return head + "no cases for this rank (more ranks than cases); nothing to do"
+        text = (f"{len(self.done)} case(s) computed, {len(self.skipped)} already finished, "
+                f"{self.remaining} left of {self.assigned}")
+        if self.stopped_by:
+            text += f"; stopped by {self.stopped_by}: rerun the same command to continue"
+        return head + text
+
+
+class BatchRun:
+    """Runs a case list into ``out_dir`` on this rank (see the module docstring).
+
+    Args:
+        out_dir: output folder (created).  cases: the whole list (every rank passes the same).
+        signature: JSON-able settings that determine every case's result; stored in ``cases.json`` and in every
+            part (attribute ``batch_signature``). A folder started with another signature or case list is refused.
+        kind: ``"solve"`` or ``"forecast"`` (how :func:`merge_parts` joins the parts).
+        rank, world: default from the environment (:func:`~funcdiff.training.distributed.batch_rank_from_env`).
+    """
+
+    def __init__(self, out_dir: str | os.PathLike, cases: Sequence[Case], signature: dict, kind: str, *,
+                 rank: Optional[int] = None, world: Optional[int] = None) -> None:
+        if rank is None or world is None:
+            rank, world = batch_rank_from_env()
+        self.out_dir, self.cases, self.kind = Path(out_dir), list(cases), kind
+        self.rank, self.world = int(rank), int(world)
+        self.signature = json.dumps(signature, sort_keys=True, default=str)
+        self.parts = self.out_dir / PARTS
+
+    @property
+    def mine(self) -> list[Case]:
+        return shard(self.cases, self.rank, self.world)
+
+    def part_path(self, case: Case) -> Path:
+        return self.parts / f"case_{case.key}.nc"
+
+    def manifest(self) -> dict:
+        return {"kind": self.kind, "signature": json.loads(self.signature),
+                "cases": [asdict(c) for c in self.cases]}
+
+    def write_manifest(self) -> None:
+        """Write ``cases.json`` (every rank writes the same text, atomically), refusing a folder of another run."""
+        path = self.out_dir / MANIFEST
+        text = json.dumps(self.manifest(), indent=1, sort_keys=True) + "\n"
+        if path.exists():
+            old = read_manifest(self.out_dir)
+            if json.dumps(old["signature"], sort_keys=True) != self.signature or old["kind"] != self.kind:
+                raise UserError(f"{self.out_dir} holds a batch run with other settings ({path}); use another "
+                                "--out-dir or delete it")
+            if old["cases"] != self.manifest()["cases"]:
+                raise UserError(f"{self.out_dir} holds a batch run over another case list ({len(old['cases'])} "
+                                f"cases); use another --out-dir or the same case selection")
+            return
+        self.parts.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(path, text)
+
+    def is_done(self, case: Case) -> bool:
+        """Whether the case's part exists, is readable and carries this run's signature (an unreadable part is
+        removed and redone)."""
+        path = self.part_path(case)
+        if not path.exists():
+            return False
+        stored = part_signature(path)
+        if stored is None:
+            print(f"rank {self.rank}: {path} is unreadable or unsigned; recomputing it", file=sys.stderr)
+            path.unlink(missing_ok=True)
+            return False
+        if stored != self.signature:
+            raise UserError(f"{path} was written by a run with other settings; use another --out-dir or delete it")
+        return True
+
+    def _remove_stale_temporaries(self, case: Case) -> None:
+        """Temporary files of a killed atomic write of this case (only this rank writes this case)."""
+        for tmp in self.parts.glob(f".case_{case.key}.nc.*.tmp*"):
+            tmp.unlink(missing_ok=True)
+
+    def run(self, compute: Callable[[Case, Path], None], *, progress: bool = True) -> BatchResult:
+        """Compute this rank's unfinished cases: ``compute(case, part_path)`` must write the part atomically with
+        the attribute ``batch_signature = self.signature``. Stops between cases on SIGUSR1/SIGTERM."""
+        self.write_manifest()
+        mine = self.mine
+        result = BatchResult(self.rank, self.world, len(mine))
+        with StopSignal() as stop:
+            for k, case in enumerate(mine, 1):
+                if stop.requested:
+                    result.stopped_by = stop.name
+                    break
+                if self.is_done(case):
+                    result.skipped.append(case.key)
+                    continue
+                self._remove_stale_temporaries(case)
+                start = time.perf_counter()
+                compute(case, self.part_path(case))
+                result.done.append(case.key)
+                if progress:
+                    print(f"rank {self.rank}/{self.world}: case {case.key} ({k}/{len(mine)}) written in "
+                          f"{time.perf_counter() - start:.1f} s", flush=True)
+            if stop.requested and not result.stopped_by and result.remaining:
+                result.stopped_by = stop.name
+        return result
+
+
+def part_signature(path: Path) -> Optional[str]:
+    """The ``batch_signature`` attribute of a part file (None if unreadable or absent)."""
+    try:
+        with netCDF4.Dataset(path, "r") as ds:
+            return str(ds.getncattr(SIGNATURE_ATTR)) if SIGNATURE_ATTR in ds.ncattrs() else None
+    except OSError:
+        return None
+
+
+def read_manifest(out_dir: str | os.PathLike) -> dict:
+    path = Path(out_dir) / MANIFEST
+    if not path.exists():
+        raise UserError(f"{out_dir} is not a batch output folder (no {MANIFEST}); pass the --out-dir of a "
+                        "`solve --cases` or `forecast --indices/--init-times` run")
+    return json.loads(path.read_text())
+
+
+# ------------------------------------------------------------------------------------------------ merging
+def merge_parts(out_dir: str | os.PathLike, out: Optional[str | os.PathLike] = None) -> Path:
+    """Join the parts of a finished batch run into one netCDF file (atomic; default ``<out_dir>/merged.nc``).
+
+    Solve parts gain a leading ``case`` dimension (coordinate: the sample index); forecast parts are joined along
+    ``init_time`` (the layout of a multi-start forecast file) with ``case`` (position in the list) as a coordinate
+    on it. Attributes that differ between cases (metrics, seeds) become variables along the case dimension.
+    Parts are read lazily (dask), so the merge needs memory for one part at a time. UserError if a case is missing.
+    """
+    out_dir = Path(out_dir)
+    manifest = read_manifest(out_dir)
+    cases = [Case(**c) for c in manifest["cases"]]
+    signature = json.dumps(manifest["signature"], sort_keys=True, default=str)
+    paths = [out_dir / PARTS / f"case_{c.key}.nc" for c in cases]
+    missing = [c.key for c, p in zip(cases, paths) if not p.exists() or part_signature(p) != signature]
+    if missing:
+        raise UserError(f"{len(missing)} of {len(cases)} cases are not finished (first: case {missing[0]}); rerun "
+                        "the batch command (it skips finished cases), then merge")
+    attrs = [_attrs(p) for p in paths]
+    keys = set().union(*attrs)
+    varying = sorted(k for k in keys if k not in DROPPED_ATTRS and
+                     any(k not in a or _differ(a[k], attrs[0].get(k)) for a in attrs))
+    forecast = manifest["kind"] == "forecast"
+    dim = "init_time" if forecast else "case"
+    positions = {str(p): i for i, p in enumerate(paths)}
+
+    def prepare(ds: xr.Dataset) -> xr.Dataset:
+        i = positions[str(Path(ds.encoding["source"]))]
+        per_case = {k: ds.attrs.pop(k) for k in varying if k in ds.attrs}
+        for k in DROPPED_ATTRS:
+            ds.attrs.pop(k, None)
+        if forecast:
+            ds = ds.assign_coords(case=("init_time", [i]))
+        else:
+            ds = ds.reset_coords().expand_dims(case=[cases[i].index])
+        for k, v in per_case.items():
+            ds[k] = ((dim,), [v])
+        return ds
+
+    merged = xr.open_mfdataset([str(p) for p in paths], combine="nested", concat_dim=dim, preprocess=prepare,
+                               data_vars="all" if not forecast else "minimal", coords="minimal", compat="override",
+                               combine_attrs="override", engine="netcdf4", parallel=False)
+    try:
+        merged.attrs.update({"batch_cases": len(cases), "batch_kind": manifest["kind"]})
+        merged.attrs.pop(SIGNATURE_ATTR, None)
+        merged.attrs[SIGNATURE_ATTR] = signature
+        path = write_netcdf(merged, out if out is not None else out_dir / MERGED)
+    finally:
+        merged.close()
+    return path
+
+
+def _attrs(path: Path) -> dict:
+    with netCDF4.Dataset(path, "r") as ds:
+        return {k: ds.getncattr(k) for k in ds.ncattrs()}
+
+
+def _differ(a, b) -> bool:
+    return not np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def same_result(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether two merged files hold identical variables, coordinates and attributes (xarray ``identical``)."""
+    with xr.open_dataset(a, engine="netcdf4") as x, xr.open_dataset(b, engine="netcdf4") as y:
+        return bool(x.load().identical(y.load()))
+
+
+# ------------------------------------------------------------------------------------------------ solve cases
+def index_cases(spec: Optional[str], available: int, source: str = "the data file") -> list[Case]:
+    """Solve cases: the samples ``spec`` selects (:func:`parse_indices`; None = every sample)."""
+    indices = parse_indices(spec, available, source) if spec else list(range(available))
+    return [Case(i) for i in indices]
+
+
+def read_case_fields(path: str | os.PathLike, channels: Sequence[str], task_name: str = "") -> "torch.Tensor":
+    """Every sample of ``path`` (netCDF or any HDF5 layout :func:`funcdiff.data.load_fields` reads) with the named
+    channels: (N, C, *S) float32, physical units. UserError naming the variables the file lacks."""
+    from funcdiff.tasks.solve import read_truth_file
+
+    try:
+        return read_truth_file(path, channels)
+    except (ValueError, KeyError) as err:
+        need = f" needed by task {task_name!r}" if task_name else ""
+        raise UserError(f"case file {path} cannot provide variables {list(channels)}{need}: {err}") from None
+
+
+def solve_cases(model, task, fields: "torch.Tensor", run: BatchRun, *, seed: int = 0,
+                fraction: Optional[float] = None, count: Optional[int] = None, noise_std: float = 0.0,
+                progress: bool = True, **solve_kwargs) -> BatchResult:
+    """Solve every unfinished case of ``run`` on this rank: sensors drawn from case ``i``'s truth
+    ``fields[i:i+1]`` with :func:`case_seed`, sampled with the same seed, written as a posterior netCDF part.
+
+    Equivalent to ``funcdiff solve --truth FILE --index i --seed <case_seed> ...`` for each case.
+    Shapes: fields (N, C, *S) physical, channels ``task.channels``.
+    """
+    from funcdiff.tasks.solve import make_observation, solve
+
+    def compute(case: Case, part: Path) -> None:
+        s = case_seed(seed, case)
+        truth = fields[case.index:case.index + 1]
+        observation = make_observation(task, truth, fraction=fraction, count=count, seed=s, noise_std=noise_std)
+        posterior = solve(model, task, observation, seed=s, truth=truth, **solve_kwargs)
+        posterior.settings.update({"case": case.index, "case_seed": s, SIGNATURE_ATTR: run.signature})
+        posterior.save(part)
+
+    return run.run(compute, progress=progress)
+
+
+__all__ = ["Case", "BatchRun", "BatchResult", "case_seed", "parse_indices", "parse_time_range", "select_frames",
+           "shard", "merge_parts", "same_result", "index_cases", "read_case_fields", "solve_cases", "read_manifest",
+           "MANIFEST", "PARTS", "MERGED"]
+
+
+# ------------------------------------------------------------------------------------------------ forecast cases
+def forecast_cases(traj_shape: Sequence[int], times: Optional[np.ndarray], source: str, *, history: int,
+                   frame_step: int = 1, indices: Optional[str] = None, init_times: Optional[str] = None,
+                   trajectories: Optional[Sequence[int]] = None, start_frame: Optional[int] = None) -> list[Case]:
+    """Forecast cases of a trajectory file of shape (N, C, T, *S) with time coordinate ``times`` (T,) (None: frame
+    numbers): ``indices`` selects trajectories, each started at ``start_frame`` (default: the first frame with
+    ``history`` frames behind it); ``init_times`` selects start frames by time in each of ``trajectories``
+    (default [0]). Exactly one of ``indices`` and ``init_times``. UserError for a range the data do not cover or a
+    start without enough history."""
+    if (indices is None) == (init_times is None):
+        raise UserError("give exactly one of --indices and --init-times")
+    n, t = int(traj_shape[0]), int(traj_shape[2])
+    first = (history - 1) * frame_step
+    values = np.asarray(times) if times is not None else np.arange(t, dtype=np.float64)
+    if indices is not None:
+        frame = first if start_frame is None else int(start_frame)
+        if not first <= frame < t:
+            raise UserError(f"--start-frame {frame} must lie in {first}..{t - 1}: the forecaster needs {history} "
+                            f"history frames spaced {frame_step} apart, and the trajectories have {t} frames")
+        return [Case(i, frame, _time_value(values[frame]))
+                for i in parse_indices(indices, n, source, what="trajectory")]
+    frames = select_frames(init_times, values, source)
+    early = [f for f in frames if f < first]
+    if early:
+        raise UserError(f"--init-times {init_times}: start time {values[early[0]]} has fewer than {history} history "
+                        f"frames before it in {source}; the first usable start time is "
+                        f"{values[first] if first < t else 'none'}")
+    chosen = list(trajectories) if trajectories else [0]
+    bad = [i for i in chosen if not 0 <= i < n]
+    if bad:
+        raise UserError(f"--index {bad[0]} is out of range: {source} holds {n} trajectories")
+    return [Case(i, f, _time_value(values[f])) for i in chosen for f in frames]
+
+
+def _time_value(t) -> float | str:
+    return str(np.datetime64(t, "s")) if isinstance(t, np.datetime64) else float(t)
+
+
+def run_forecast_cases(forecaster, traj: "torch.Tensor", times: Optional["torch.Tensor"], source: str,
+                       run: BatchRun, *, lead_steps: int, members: int = 8, seed: int = 0,
+                       sensors: Optional[Callable] = None, attrs: Optional[dict] = None, progress: bool = True,
+                       **forecast_kwargs) -> BatchResult:
+    """Forecast every unfinished case of ``run`` on this rank from trajectories ``traj`` (N, C, T, *S) physical:
+    each case is a one-start :class:`~funcdiff.tasks.forecast.Forecast` with seed :func:`case_seed`, saved (and
+    resumed mid-rollout after a kill) as its part. ``sensors(initial, truth, seed)`` may return timed observations
+    for the case (a twin experiment); ``forecast_kwargs`` go to ``Forecast`` (steps_per_frame, solver, batch_size).
+    """
+    from funcdiff.tasks.forecast import Forecast
+    from funcdiff.tasks.forecast_io import initial_from_trajectories
+
+    f = forecaster.forecast
+
+    def compute(case: Case, part: Path) -> None:
+        initial, truth, start, time_ = initial_from_trajectories(traj, times, source, case.index, case.frame,
+                                                                 f.history, f.frame_step)
+        s = case_seed(seed, case)
+        observations = sensors(initial, truth, s) if sensors is not None else None
+        Forecast(forecaster, initial, lead_steps, members=members, seed=s, observations=observations,
+                 init_index=[case.index], init_frame=[start], init_time=[time_],
+                 attrs={**(attrs or {}), "case_seed": s, SIGNATURE_ATTR: run.signature},
+                 **forecast_kwargs).save(part)
+
+    return run.run(compute, progress=progress)
