@@ -40,6 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     lst = commands.add_parser("list", help="list the problems `generate` knows, with default parameters")
     lst.set_defaults(func=run_list)
     _register_era5(commands)
+    _register_shallow_water(commands)
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -126,4 +127,44 @@ def run_era5(args: argparse.Namespace) -> int:
     written = write_era5_zarr(state, args.out, res=res, overwrite=args.overwrite, attrs=attrs)
     print(f"wrote {args.out}: {state.sizes['time']} times, channels {', '.join(written['state_stats'])}, "
           f"grid {args.grid}; statistics in its attributes")
+    return 0
+
+
+def _register_shallow_water(commands: argparse._SubParsersAction) -> None:
+    """``data shallow-water``: ERA5-like files (CDS netCDF and WB2 zarr) from the shallow-water equations."""
+    from funcdiff.cli import positive_int
+
+    swe = commands.add_parser("shallow-water", help="write ERA5-like files (z500, u500, v500) from the shallow-water "
+                                                    "equations on the sphere (needs the sphere extra)")
+    swe.add_argument("--out", type=Path, default=Path("datasets/swe"), help="folder for cds/*.nc and wb2.zarr")
+    swe.add_argument("--layout", choices=("cds", "wb2", "both"), default="both")
+    swe.add_argument("--start", default="2000-01-01", help="time of the first frame")
+    swe.add_argument("--days", type=float, default=30.0, help="days after the first frame")
+    swe.add_argument("--step-hours", type=float, default=6.0, help="hours between frames (default 6)")
+    swe.add_argument("--nlat", type=positive_int, default=65,
+                     help="rows with poles (odd: 33 = 5.625 deg, 65 = 2.8125 deg, 121 = 1.5 deg); 2 (nlat - 1) columns")
+    swe.add_argument("--spinup-days", type=float, default=10.0, help="days simulated before the first frame")
+    swe.add_argument("--mach", type=float, default=0.5, help="amplitude of the random perturbation of the jet")
+    swe.add_argument("--seed", type=int, default=0)
+    swe.add_argument("--overwrite", action="store_true")
+    swe.add_argument("--no-progress", action="store_true")
+    swe.set_defaults(func=run_shallow_water)
+
+
+def run_shallow_water(args: argparse.Namespace) -> int:
+    from funcdiff.cli import user_errors
+    from funcdiff.data.era5_synthetic import CHANNELS, write_shallow_water_era5
+    from funcdiff.pde.shallow_water import ShallowWaterRun
+
+    with user_errors():
+        run = ShallowWaterRun(nlat=args.nlat, step_hours=args.step_hours, spinup_days=args.spinup_days,
+                              seed=args.seed, mach=args.mach)
+    written = write_shallow_water_era5(args.out, run, start=args.start, days=args.days, layout=args.layout,
+                                       overwrite=args.overwrite, progress=not args.no_progress)
+    for layout, paths in written.items():
+        shown = paths if isinstance(paths, Path) else f"{len(paths)} file(s) under {paths[0].parent}"
+        print(f"wrote {layout}: {shown}")
+    source = written.get("wb2") or f"{args.out / 'cds'}/*.nc"
+    print(f"next: funcdiff data era5 --source {source} --variables {','.join(CHANNELS)} --grid 5.625deg "
+          f"--out datasets/swe_5.625deg.zarr")
     return 0
