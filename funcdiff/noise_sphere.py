@@ -18,7 +18,7 @@ Band limit and resolution. With ``max_degree`` set, every grid that resolves it 
 default (``max_degree=None``) a grid keeps every degree it resolves, l < W/2, and C_l is normalised over those
 degrees so the pointwise variance is ``amplitude²`` on every grid (what EDM preconditioning expects of unit
 noise); then the law of a fine sample restricted to a coarse grid differs from the coarse law by the spectral tail
-``τ = Σ_{L_c ≤ l < L_f} (2l+1) c_l / Σ_{l < L_f} (2l+1) c_l``: every covariance differs by at most τ·amplitude²
+``τ = Σ_{L_c ≤ l < L_f} (2l+1) c_l / Σ_{l < L_f} (2l+1) c_l``: every covariance differs by at most 2τ·amplitude² (τ from renormalising, τ from the tail)
 (:meth:`SphericalGaussianRandomField.tail_fraction`; 2e-4 for α = 3, ℓ = 0.2 between 33×64 and 65×128).
 
 White noise (α = 0) is i.i.d. N(0, amplitude²) per grid point, as on the torus.
@@ -120,7 +120,7 @@ class SphericalGaussianRandomField:
         return (self.amplitude**2 * c).to(device=device, dtype=dtype)
 
     def tail_fraction(self, coarse: Sequence[int], fine: Sequence[int]) -> float:
-        """τ of the module docstring: the bound on |cov_fine - cov_coarse| / amplitude² at shared points."""
+        """τ of the module docstring: |cov_fine - cov_coarse| ≤ 2τ amplitude² at shared points."""
         if self.is_white:
             return 1.0
         lc, lf = self.degrees(coarse), self.degrees(fine)
