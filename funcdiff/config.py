@@ -74,6 +74,9 @@ class TrainConfig:
     ``ema_decay``: per-step EMA decay (capped at (1+n)/(10+n) after n updates). ``*_every``: intervals in
     steps (0 disables). ``bf16``: bfloat16 autocast of the forward pass on CUDA (ignored on CPU).
     ``device``: "auto" (CUDA if available), "cpu" or "cuda". ``keep_checkpoints``: newest files kept (0 = all).
+    ``grad_accum``: micro-batches per optimizer step on each rank (the rank's share of ``batch_size`` must divide
+    by it); the update equals the one of the whole batch at once (to float rounding). ``compile``: wrap the network
+    in ``torch.compile`` (off by default: see README "GPU options"; ``benchmarks/gpu.py`` measures both).
     """
 
     steps: int = 1000
@@ -94,9 +97,11 @@ class TrainConfig:
     seed: int = 0
     out_dir: str = "runs/default"
     device: str = "auto"
+    grad_accum: int = 1
+    compile: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size"):
+        for name in ("steps", "batch_size", "grad_accum"):
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name} must be a positive integer, got {getattr(self, name)}")
         if self.lr <= 0 or not 0.0 <= self.ema_decay < 1.0:

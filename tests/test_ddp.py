@@ -46,6 +46,6 @@ def test_torchrun_gloo_two_ranks(tmp_path):
     for name, value in checkpoint["model"].items():
         assert torch.equal(value, ranks[0]["model"][name])
     assert checkpoint["world_size"] == 2 and len(checkpoint["rng"]["noise"]) == 2
-    assert not torch.equal(checkpoint["rng"]["noise"][0], checkpoint["rng"]["noise"][1])  # per-rank noise seeds
+    assert torch.equal(checkpoint["rng"]["noise"][0], checkpoint["rng"]["noise"][1])  # global-batch noise draws
     steps = [json.loads(line)["step"] for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert steps == [2, 4]  # one writer: rank 0

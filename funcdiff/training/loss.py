@@ -47,9 +47,12 @@ class EDMLoss:
         self.noise, self.P_mean, self.P_std = noise, float(P_mean), float(P_std)
         self.cond_channels, self.sigma_sampler = int(cond_channels), sigma_sampler
 
-    def __call__(self, denoiser: nn.Module, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def __call__(self, denoiser: nn.Module, x: torch.Tensor, generator: Optional[torch.Generator] = None, *,
+                 draws: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
+        """The loss of batch ``x`` with sigma and noise drawn on ``generator``, or the given ``draws``
+        ``(sigma, eps)`` of :meth:`draw_batch` (the trainer draws a global batch once and splits it)."""
         cond, x = (None, x) if not self.cond_channels else (x[:, :self.cond_channels], x[:, self.cond_channels:])
-        sigma, eps = self.draw(x, generator)
+        sigma, eps = draws if draws is not None else self.draw(x, generator)
         x_noisy = x + append_dims(sigma, x.ndim) * eps
         denoised = (denoiser(x_noisy, sigma) if sigma.ndim == 1 and cond is None
                     else denoiser(x_noisy, append_dims(sigma, x.ndim), cond=cond)).float()
@@ -57,13 +60,24 @@ class EDMLoss:
         per_point = weight * (denoised - x.float()) ** 2
         return per_point.mean()
 
-    def draw(self, x: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def draw(self, x: torch.Tensor, generator: torch.Generator, rows: Optional[slice] = None,
+             total: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Sigma (B,) (or the sampler's (B, C)) and GRF noise ε shaped like x, drawn on ``generator``'s device and
-        moved to x's."""
+        moved to x's. With ``total``: drawn for a batch of ``total`` items (x's item shape) and cut to ``rows``
+        (length B), so every rank of a data-parallel run draws the same global batch and keeps its own rows."""
+        n = x.shape[0] if total is None else int(total)
         if self.sigma_sampler is not None:
-            sigma = self.sigma_sampler(x.shape[0], generator)
+            sigma = self.sigma_sampler(n, generator)
         else:
-            rnd = torch.randn(x.shape[0], generator=generator, device=generator.device, dtype=torch.float32)
+            rnd = torch.randn(n, generator=generator, device=generator.device, dtype=torch.float32)
             sigma = (rnd * self.P_std + self.P_mean).exp()
-        eps = self.noise.sample(x.shape, generator=generator, device=generator.device, dtype=x.dtype)
+        eps = self.noise.sample((n, *x.shape[1:]), generator=generator, device=generator.device, dtype=x.dtype)
+        if rows is not None:
+            sigma, eps = sigma[rows], eps[rows]
         return sigma.to(device=x.device, dtype=x.dtype), eps.to(x.device)
+
+    def draw_batch(self, x: torch.Tensor, generator: torch.Generator, rows: Optional[slice] = None,
+                   total: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`draw` for the noised (non-conditioning) channels of training items ``x`` (B, C, *S); pass the
+        result as ``draws=`` to the call."""
+        return self.draw(x[:, self.cond_channels:], generator, rows, total)

@@ -2,9 +2,19 @@
 fixed-generator validation loss, atomic checkpoints with bit-exact resume, and torchrun/DDP.
 
 Determinism: the data order is a pure function of (seed, step) (one seeded permutation per epoch), the
-sigma/noise draws come from one explicit generator per rank whose state is checkpointed, and the
+sigma/noise draws come from one explicit generator whose state is checkpointed, and the
 initial weights come from ``train.seed`` -- so a run resumed from a checkpoint ends with exactly the
 weights of an uninterrupted run (bit-exact on CPU).
+
+Data parallel = one process. Every rank draws sigma and noise for the whole global batch from the same
+generator and keeps its own rows, and DDP averages the ranks' gradients, so K ranks take the step one process
+takes on the global batch (equal to float rounding; ``tests/test_ddp_equivalence.py``). ``train.grad_accum``
+splits each rank's rows into micro-batches with the same result. Drawing the global batch's noise costs each
+rank the noise of K times its share (a GRF draw: one FFT per item), small next to the network.
+
+Signals: with :attr:`Trainer.stop` set (a :class:`~funcdiff.training.signals.StopSignal`, as ``funcdiff train``
+does) a SIGUSR1/SIGTERM/SIGINT stops :meth:`Trainer.fit` after the step in hand, on every rank at the same step
+(one all-reduce of a flag per step), and writes a checkpoint; ``stopped_by`` names the signal.
 """
 
 from __future__ import annotations
@@ -36,8 +46,9 @@ from funcdiff.io.checkpoint import (CheckpointMeta, checkpoint_path, latest_chec
 from funcdiff.models import build_denoiser
 from funcdiff.noise import GaussianRandomField
 from funcdiff.training.distributed import (DistInfo, all_reduce_mean, dist_info_from_env, init_distributed,
-                                           rank_seed, select_device, shard_batch, shutdown_distributed)
+                                           select_device, shard_batch, shutdown_distributed)
 from funcdiff.training.ema import EMA
+from funcdiff.training.signals import StopSignal, agree_stop
 from funcdiff.training.forecast import forecast_loss, load_trajectories, window_datasets
 from funcdiff.training.loss import EDMLoss
 from funcdiff.training.schedule import WarmupCosineSchedule
@@ -152,13 +163,17 @@ class Trainer:
         self.loss_fn = (self.trajectory.loss() if self.trajectory is not None
                         else forecast_loss(config, self.noise, len(self.channel_names)) if frames
                         else EDMLoss(self.noise, tc.P_mean, tc.P_std))
-        self.generator = torch.Generator(self.device).manual_seed(rank_seed(tc.seed, self.dist))
+        self.generator = torch.Generator(self.device).manual_seed(tc.seed)  # the same on every rank: global draws
         self.step = 0
         self._perm_cache: tuple[int, torch.Tensor] | None = None
+        self.stop: StopSignal | None = None
+        self.stopped_by = ""
         self.network: nn.Module = self.model
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.network = DistributedDataParallel(self.model, device_ids=ids)
+        if tc.compile:
+            self.network = torch.compile(self.network)
 
     @classmethod
     def from_config(cls, config: RunConfig, fields: torch.Tensor | None = None, **kwargs: Any) -> "Trainer":
@@ -176,6 +191,10 @@ class Trainer:
             raise ValueError(f"train.batch_size={b} is larger than the {n} training samples")
         if b % self.dist.world_size:
             raise ValueError(f"train.batch_size={b} does not divide among {self.dist.world_size} ranks")
+        accum = self.config.train.grad_accum
+        if (b // self.dist.world_size) % accum:
+            raise ValueError(f"train.batch_size={b} over {self.dist.world_size} rank(s) is {b // self.dist.world_size}"
+                             f" per rank, which does not divide into train.grad_accum={accum} micro-batches")
 
     # ----------------------------------------------------------------------------------------- training
     def batch_indices(self, step: int) -> torch.Tensor:
@@ -193,17 +212,30 @@ class Trainer:
         return contextlib.nullcontext()
 
     def train_step(self) -> dict[str, float]:
-        """One optimizer step; returns ``{"loss", "lr", "grad_norm"}`` of this rank."""
+        """One optimizer step on the global batch; returns ``{"loss", "lr", "grad_norm"}`` of this rank.
+
+        Sigma and noise are drawn for the global batch (same generator on every rank) and this rank keeps its
+        rows; the rows go through the network in ``train.grad_accum`` micro-batches whose gradients add up to the
+        rank's mean-loss gradient (DDP synchronises after the last one)."""
         x = self.train_x[self.batch_indices(self.step).to(self.device)]
+        b, accum = x.shape[0], self.config.train.grad_accum
+        mine = slice(self.dist.rank * b, (self.dist.rank + 1) * b)
+        sigma, eps = self.loss_fn.draw_batch(x, self.generator, rows=mine, total=b * self.dist.world_size)
         lr = self.schedule.lr()
         self.network.train()
-        with self._autocast():
-            loss = self.loss_fn(self.network, x, self.generator)
-        if not bool(torch.isfinite(loss)):
-            raise FloatingPointError(f"training loss is {loss.item()} at step {self.step}; lower train.lr or "
-                                     "check the data normalisation")
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        micro, loss = b // accum, torch.zeros((), device=self.device)
+        for k in range(accum):
+            rows = slice(k * micro, (k + 1) * micro)
+            last = k == accum - 1
+            with (self.network.no_sync() if self.dist.enabled and not last else contextlib.nullcontext()):
+                with self._autocast():
+                    part = self.loss_fn(self.network, x[rows], draws=(sigma[rows], eps[rows]))
+                if not bool(torch.isfinite(part)):
+                    raise FloatingPointError(f"training loss is {part.item()} at step {self.step}; lower train.lr "
+                                             "or check the data normalisation")
+                (part / accum if accum > 1 else part).backward()
+            loss = loss + part.detach() / accum
         clip = self.config.train.grad_clip if self.config.train.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
         self.optimizer.step()
@@ -247,9 +279,13 @@ class Trainer:
             if record is not None:
                 history.append(record)
                 bar.set_postfix(loss=f"{record['loss']:.4f}")
-            if _due(self.step, tc.checkpoint_every, until) and self.step > 0:
+            stop = self.stop is not None and agree_stop(self.stop.requested, self.dist.enabled)
+            if stop or (_due(self.step, tc.checkpoint_every, until) and self.step > 0):
                 self.save_checkpoint()
             bar.update(1)
+            if stop:
+                self.stopped_by = self.stop.name or "a signal to another rank"
+                break
         bar.close()
         return history
 
@@ -313,12 +349,15 @@ class Trainer:
         self._restore_rng(state["rng"]["noise"], int(state.get("world_size", 1)))
 
     def _restore_rng(self, states: list[torch.Tensor], saved_world: int) -> None:
+        if all(torch.equal(s.cpu(), states[0].cpu()) for s in states):  # global draws: one state, any world size
+            self.generator.set_state(states[0].cpu())
+            return
         if saved_world == self.dist.world_size and len(states) == self.dist.world_size:
             self.generator.set_state(states[self.dist.rank].cpu())
             return
         log.warning("checkpoint was written by %d ranks, resuming on %d: noise generators are reseeded "
                     "(training continues correctly but not bit-exactly)", saved_world, self.dist.world_size)
-        self.generator.manual_seed(rank_seed(self.config.train.seed * 31 + self.step, self.dist))
+        self.generator.manual_seed(self.config.train.seed * 31 + self.step)  # the same on every rank
 
     def resume(self) -> Path | None:
         """Continue from the newest checkpoint in ``out_dir`` (no-op if there is none); returns its path."""
