@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -67,6 +68,7 @@ class FNOConfig:
     cond_channels: int = 0
     norm_groups: int = 8
     mlp_ratio: int = 2
+    POSITIONAL_EMBEDDINGS: ClassVar[tuple] = POSITIONAL_EMBEDDINGS
 
     def __post_init__(self) -> None:
         modes = (self.n_modes,) if isinstance(self.n_modes, int) else tuple(int(m) for m in self.n_modes)
@@ -78,9 +80,9 @@ class FNOConfig:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
         if int(self.cond_channels) < 0:
             raise ValueError(f"cond_channels must be >= 0, got {self.cond_channels}")
-        if self.positional_embedding not in POSITIONAL_EMBEDDINGS:
+        if self.positional_embedding not in self.POSITIONAL_EMBEDDINGS:
             raise ValueError(
-                f"positional_embedding must be one of {POSITIONAL_EMBEDDINGS}, got {self.positional_embedding!r}"
+                f"positional_embedding must be one of {self.POSITIONAL_EMBEDDINGS}, got {self.positional_embedding!r}"
             )
         if self.norm_groups < 0 or (self.norm_groups and self.hidden_channels % self.norm_groups):
             raise ValueError(f"norm_groups={self.norm_groups} must be 0 or divide hidden_channels={self.hidden_channels}")
@@ -95,10 +97,10 @@ class FNOConfig:
 class FNOBlock(nn.Module):
     """One noise-conditioned Fourier block (see the module docstring). Shapes: x (B, W, *S), emb (B, E) -> (B, W, *S)."""
 
-    def __init__(self, config: FNOConfig) -> None:
+    def __init__(self, config: FNOConfig, spectral: nn.Module | None = None) -> None:
         super().__init__()
         width = config.hidden_channels
-        self.spectral = PeriodicSpectralConv(width, width, config.n_modes)
+        self.spectral = PeriodicSpectralConv(width, width, config.n_modes) if spectral is None else spectral
         self.pointwise = PointwiseLinear(width, width)
         self.norm = nn.GroupNorm(config.norm_groups, width) if config.norm_groups else nn.Identity()
         self.film = FiLM(config.emb_dim, width)
@@ -132,12 +134,11 @@ class NoiseConditionedFNO(nn.Module):
     def __init__(self, config: FNOConfig) -> None:
         super().__init__()
         self.config = config
-        d = len(config.n_modes)
-        extra = ((2 * d if config.positional_embedding == "grid" else 0) + int(config.noise_channel)
+        extra = (self._positional_channels(config) + int(config.noise_channel)
                  + config.in_channels * int(config.noise_per_channel) + config.cond_channels)
         self.embedding = NoiseEmbedding(config.emb_dim)
         self.lifting = PointwiseLinear(config.in_channels + extra, config.hidden_channels)
-        self.blocks = nn.ModuleList(FNOBlock(config) for _ in range(config.n_layers))
+        self.blocks = nn.ModuleList(FNOBlock(config, self._spectral_layer(config)) for _ in range(config.n_layers))
         hidden = config.mlp_ratio * config.hidden_channels
         self.projection = nn.Sequential(
             PointwiseLinear(config.hidden_channels, hidden), nn.GELU(), PointwiseLinear(hidden, config.out_channels)
@@ -155,8 +156,8 @@ class NoiseConditionedFNO(nn.Module):
     def _input_features(self, x: torch.Tensor, c_noise: torch.Tensor | float, c_field: torch.Tensor,
                         cond: torch.Tensor | None) -> torch.Tensor:
         parts = [x] if cond is None else [x, cond.to(x.dtype)]
-        if self.config.positional_embedding == "grid":
-            grid = periodic_grid_features(tuple(x.shape[2:]), device=x.device, dtype=x.dtype)
+        grid = self._positional_features(tuple(x.shape[2:]), x.device, x.dtype)
+        if grid is not None:
             parts.append(grid.expand(x.shape[0], *grid.shape))
         if self.config.noise_channel:
             parts.append(c_field.to(x.dtype))
@@ -178,7 +179,26 @@ class NoiseConditionedFNO(nn.Module):
             )
         if x.shape[1] != cfg.in_channels:
             raise ValueError(f"expected {cfg.in_channels} input channels, got {x.shape[1]} (x shape {tuple(x.shape)})")
-        resolution = tuple(x.shape[2:])
+        self._check_resolution(tuple(x.shape[2:]))
+
+    # Hooks a backbone on another domain overrides (see funcdiff.models.sfno): the spectral layer of a block, the
+    # positional features (a band-limited function of position, identical at every resolution) and the grids
+    # the spectral layer accepts.
+    def _spectral_layer(self, config: FNOConfig) -> nn.Module | None:
+        """The global linear map of a block (None: neuraloperator's periodic SpectralConv)."""
+        return None
+
+    def _positional_channels(self, config: FNOConfig) -> int:
+        return 2 * len(config.n_modes) if config.positional_embedding == "grid" else 0
+
+    def _positional_features(self, shape: tuple[int, ...], device, dtype) -> torch.Tensor | None:
+        """(P, *shape) features appended to the input, or None."""
+        if self.config.positional_embedding == "grid":
+            return periodic_grid_features(shape, device=device, dtype=dtype)
+        return None
+
+    def _check_resolution(self, resolution: tuple[int, ...]) -> None:
+        cfg = self.config
         if any(n <= m for n, m in zip(resolution, cfg.n_modes)):
             raise ValueError(
                 f"resolution {resolution} is too small for n_modes {cfg.n_modes}: every spatial size must exceed "

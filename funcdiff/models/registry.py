@@ -8,8 +8,10 @@ from torch import nn
 
 from funcdiff.models.fno import FNOConfig, NoiseConditionedFNO
 from funcdiff.models.precond import EDMPrecond
+from funcdiff.models.sfno import NoiseConditionedSFNO, SFNOConfig
 
-BACKBONES: dict[str, tuple[type, type[nn.Module]]] = {"fno": (FNOConfig, NoiseConditionedFNO)}
+BACKBONES: dict[str, tuple[type, type[nn.Module]]] = {"fno": (FNOConfig, NoiseConditionedFNO),
+                                                      "sfno": (SFNOConfig, NoiseConditionedSFNO)}
 DENOISER_KEYS = ("backbone", "sigma_data")
 
 
