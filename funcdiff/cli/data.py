@@ -112,18 +112,22 @@ def _register_era5(commands: argparse._SubParsersAction) -> None:
     era5.add_argument("--step", default="6h", help="time step; every such time must be in the data (default 6h)")
     era5.add_argument("--grid", default="native",
                       help="target spacing, e.g. 5.625deg, 2.8125deg, 1.5deg (conservative), or native")
+    era5.add_argument("--segment", default="365D",
+                      help="duration of the trajectories training and scoring cut the series into (e.g. 365D for "
+                           "years, 10D); stored as an attribute (default 365D)")
     era5.add_argument("--out", type=Path, default=Path("datasets/era5.zarr"))
     era5.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     era5.set_defaults(func=run_era5)
 
 
 def run_era5(args: argparse.Namespace) -> int:
-    from funcdiff.data.era5 import parse_grid, read_era5, write_era5_zarr
+    from funcdiff.data.era5 import parse_grid, read_era5, segment_frames, write_era5_zarr
 
     res = parse_grid(args.grid)
     state = read_era5(args.source, args.variables, start=args.start, end=args.end, step=args.step)
     attrs = {"source": [str(s) for s in args.source], "grid": args.grid, "step": args.step,
-             "regridding": "first-order conservative (area-weighted)" if res else "none"}
+             "regridding": "first-order conservative (area-weighted)" if res else "none", "segment": args.segment}
+    segment_frames(state.indexes["time"], args.segment)  # a bad --segment fails before the data are read
     written = write_era5_zarr(state, args.out, res=res, overwrite=args.overwrite, attrs=attrs)
     print(f"wrote {args.out}: {state.sizes['time']} times, channels {', '.join(written['state_stats'])}, "
           f"grid {args.grid}; statistics in its attributes")

@@ -46,7 +46,7 @@ def _split_indices(n: int, n_test: int, generator: torch.Generator | None) -> tu
     return perm[n_test:].sort().values, perm[:n_test].sort().values
 
 
-SOURCE_ATTRS = ("pde", "params", "grid")  # file attributes a FieldDataset keeps as its ``source``
+SOURCE_ATTRS = ("pde", "params", "grid", "era5")  # file attributes a FieldDataset keeps as its ``source``
 
 
 class FieldDataset(Dataset):

@@ -543,3 +543,74 @@ def write_era5_zarr(source_state: xr.DataArray, out: Union[str, os.PathLike], *,
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return written
+
+
+# --- reading a written store as trajectories --------------------------------------------------------------
+
+SEGMENT_ATTR = "segment"
+TIME_ORIGIN = pd.Timestamp("1970-01-01")
+TIME_UNITS = "hours since 1970-01-01 00:00:00"  # CF units of every time funcdiff derives from an ERA5 store
+
+
+def is_era5_store(path: Union[str, os.PathLike]) -> bool:
+    """True for a zarr store written by :func:`write_era5_zarr` (a ``state`` array and ``state_stats``)."""
+    path = Path(path)
+    if not (path.is_dir() and _is_zarr(path)):
+        return False
+    try:
+        import zarr
+
+        group = zarr.open_group(path, mode="r")
+        return "state" in group and "state_stats" in group.attrs
+    except Exception:  # noqa: BLE001 - anything unreadable is simply not ours
+        return False
+
+
+def segment_frames(times: pd.DatetimeIndex, segment: Optional[str]) -> int:
+    """Frames per trajectory when a time series is cut into consecutive segments of duration ``segment``
+    (e.g. ``"365D"``, ``"10D"``; None: the whole series). UserError if a segment is shorter than two frames or
+    not a whole number of steps."""
+    if not segment:
+        return len(times)
+    if len(times) < 2:
+        raise UserError("a segmented ERA5 store needs at least 2 times")
+    step = pd.Timedelta(times[1] - times[0])
+    length = pd.Timedelta(segment)
+    if length % step != pd.Timedelta(0) or length < step:
+        raise UserError(f"segment {segment} is not a positive whole number of {step} steps")
+    return min(len(times), int(length // step))
+
+
+def read_era5_store(path: Union[str, os.PathLike], *, max_samples: Optional[int] = None):
+    """A store of :func:`write_era5_zarr` as trajectories: the time series cut into consecutive segments of the
+    store's ``segment`` attribute (``funcdiff data era5 --segment``; a trailing partial segment is dropped).
+
+    Returns a :class:`funcdiff.data.readers.FieldData` with one field per channel (N, T, latitude, longitude)
+    (float32, ERA5 units), coords ``t`` (the first segment's times in :data:`TIME_UNITS`; segment i is
+    ``i · segment_hours`` later), ``latitude`` and ``longitude`` (degrees), and attrs ``grid``
+    (``{"type": "latlon"}``), ``era5`` (time units, channel units, segment and step in hours) and the store's
+    statistics. Reads ``max_samples`` segments at most.
+    """
+    import torch
+
+    from funcdiff.data.readers import FieldData
+
+    ds = xr.open_zarr(path)
+    state = ds["state"]
+    times = state.indexes["time"]
+    frames = segment_frames(times, ds.attrs.get(SEGMENT_ATTR))
+    count = len(times) // frames if max_samples is None else min(len(times) // frames, int(max_samples))
+    values = np.asarray(state.isel(time=slice(0, count * frames)).values, dtype=np.float32)
+    values = values.reshape(count, frames, *values.shape[1:])  # (N, T, C, H, W)
+    channels = [str(c) for c in state["channel"].values]
+    units = [str(u) for u in state["units"].values] if "units" in state.coords else ["1"] * len(channels)
+    hours = np.array((times[:frames] - TIME_ORIGIN) / pd.Timedelta(hours=1), dtype=np.float64)
+    fields = {c: torch.from_numpy(np.ascontiguousarray(values[:, :, i])) for i, c in enumerate(channels)}
+    coords = {"t": torch.from_numpy(hours), "latitude": torch.tensor(state["latitude"].values, dtype=torch.float64),
+              "longitude": torch.tensor(state["longitude"].values, dtype=torch.float64)}
+    step = float(hours[1] - hours[0]) if frames > 1 else 0.0
+    attrs = {"grid": {"type": "latlon"},
+             "era5": {"time_units": TIME_UNITS, "units": dict(zip(channels, units)),
+                      "segment": ds.attrs.get(SEGMENT_ATTR), "segment_hours": step * frames, "step_hours": step},
+             "state_stats": ds.attrs.get("state_stats"), "tendency_stats": ds.attrs.get("tendency_stats")}
+    return FieldData(fields=fields, coords=coords, attrs=attrs, source="era5_zarr", path=str(path))

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from funcdiff.data.hdf5 import FORMAT_NAME
 
-FORMATS = ("funcdiff", "pdebench", "fno_mat", "neuralop_pt")
+FORMATS = ("funcdiff", "pdebench", "fno_mat", "neuralop_pt", "era5_zarr")
 PDEBENCH_FIELDS = ("tensor", "nu", "density", "pressure", "Vx", "Vy", "Vz")
 FNO_MAT_NAMES = {"coeff": "a", "sol": "u", "a": "a", "u": "u", "input": "a", "output": "u"}
 NEURALOP_PT_NAMES = {"x": "a", "y": "u", "input": "a", "output": "u"}
@@ -76,7 +76,7 @@ def load_fields(path: str | os.PathLike, *, format: str = "auto", fields: list[s
         raise FileNotFoundError(f"no such data file: {path}")
     fmt = detect_format(path) if format == "auto" else format
     readers = {"funcdiff": read_funcdiff_hdf5, "pdebench": read_pdebench, "fno_mat": read_fno_mat,
-               "neuralop_pt": read_neuralop_pt}
+               "neuralop_pt": read_neuralop_pt, "era5_zarr": _read_era5_store}
     if fmt not in readers:
         raise ValueError(f"unknown format {fmt!r}; valid: {['auto', *FORMATS]}")
     data = readers[fmt](path, max_samples=max_samples)
@@ -86,6 +86,12 @@ def load_fields(path: str | os.PathLike, *, format: str = "auto", fields: list[s
 def detect_format(path: Path) -> str:
     """Name of the reader for ``path``, from its suffix and (for HDF5) its keys and attributes."""
     suffix = path.suffix.lower()
+    if path.is_dir():
+        from funcdiff.data.era5 import is_era5_store
+
+        if is_era5_store(path):
+            return "era5_zarr"
+        raise ValueError(f"{path}: a folder, but not a zarr store written by `funcdiff data era5`")
     if suffix in (".pt", ".pth"):
         return "neuralop_pt"
     if suffix == ".mat":
@@ -100,6 +106,13 @@ def detect_format(path: Path) -> str:
             return "pdebench"
     raise ValueError(f"{path}: unrecognised HDF5 layout; expected funcdiff attrs ('funcdiff_format'), "
                      f"PDEBench datasets {list(PDEBENCH_FIELDS)} or sample groups '0000/data'; found keys {keys}")
+
+
+def _read_era5_store(path: Path, *, max_samples: int | None = None) -> FieldData:
+    """A store written by ``funcdiff data era5`` as trajectories (see :func:`funcdiff.data.era5.read_era5_store`)."""
+    from funcdiff.data.era5 import read_era5_store
+
+    return read_era5_store(path, max_samples=max_samples)
 
 
 def _postprocess(data: FieldData, fields: list[str] | None, dtype: torch.dtype | None) -> FieldData:
