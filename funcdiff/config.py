@@ -56,14 +56,27 @@ class DataConfig:
             raise ValueError(f"data.test_fraction must be in (0, 1), got {self.test_fraction}")
 
 
+NOISE_DOMAINS = ("torus", "sphere")
+
+
 @dataclass(frozen=True)
 class NoiseConfig:
     """The diffusion's Gaussian random field (see :class:`funcdiff.noise.GaussianRandomField`); its dimension
-    is ``data.dim``. ``smoothness=0`` is white noise; otherwise it must exceed dim/2."""
+    is ``data.dim``. ``smoothness=0`` is white noise; otherwise it must exceed dim/2.
+
+    ``domain="sphere"``: the isotropic field on the sphere (:class:`funcdiff.noise_sphere.SphericalGaussianRandomField`,
+    lat-lon data, ``length_scale`` in radians, smoothness > 1), keeping degrees below ``max_degree`` (None: every
+    degree the grid resolves)."""
 
     smoothness: float = 2.0
     length_scale: float = 0.1
     amplitude: float = 1.0
+    domain: str = "torus"
+    max_degree: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.domain not in NOISE_DOMAINS:
+            raise ValueError(f"noise.domain must be one of {list(NOISE_DOMAINS)}, got {self.domain!r}")
 
 
 @dataclass(frozen=True)
@@ -74,6 +87,7 @@ class TrainConfig:
     ``ema_decay``: per-step EMA decay (capped at (1+n)/(10+n) after n updates). ``*_every``: intervals in
     steps (0 disables). ``bf16``: bfloat16 autocast of the forward pass on CUDA (ignored on CPU).
     ``device``: "auto" (CUDA if available), "cpu" or "cuda". ``keep_checkpoints``: newest files kept (0 = all).
+    ``latitude_weighted``: weight the loss's grid points by cell area (lat-lon data, WeatherBench 2 weights).
     ``grad_accum``: micro-batches per optimizer step on each rank (the rank's share of ``batch_size`` must divide
     by it); the update equals the one of the whole batch at once (to float rounding). ``compile``: wrap the network
     in ``torch.compile`` (off by default: see README "GPU options"; ``benchmarks/gpu.py`` measures both).
@@ -97,6 +111,7 @@ class TrainConfig:
     seed: int = 0
     out_dir: str = "runs/default"
     device: str = "auto"
+    latitude_weighted: bool = False
     grad_accum: int = 1
     compile: bool = False
 

@@ -37,6 +37,10 @@ class EDMLoss:
     ``sigma_sampler(B, generator) -> (B,) | (B, C_state)`` replaces the log-normal draw, e.g. the per-frame levels
     of rolling diffusion (:class:`funcdiff.training.forecast.RollingSigmas`).
 
+    ``spatial_weights`` (attribute, default None): weights broadcastable to ``*S`` with mean 1 multiply the squared
+    error point by point -- the cell areas of a lat-lon grid (``train.latitude_weighted``), so the loss is the
+    area integral over the sphere rather than the plain grid mean.
+
     Shapes: x (B, C, *S) (normalised, dimensionless); returns a scalar.
     """
 
@@ -46,6 +50,7 @@ class EDMLoss:
             raise ValueError(f"P_std must be positive, got {P_std}")
         self.noise, self.P_mean, self.P_std = noise, float(P_mean), float(P_std)
         self.cond_channels, self.sigma_sampler = int(cond_channels), sigma_sampler
+        self.spatial_weights: Optional[torch.Tensor] = None  # quadrature weights over *S, mean 1 (e.g. cell areas)
 
     def __call__(self, denoiser: nn.Module, x: torch.Tensor, generator: Optional[torch.Generator] = None, *,
                  draws: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
@@ -58,6 +63,8 @@ class EDMLoss:
                     else denoiser(x_noisy, append_dims(sigma, x.ndim), cond=cond)).float()
         weight = unwrap(denoiser).loss_weight(append_dims(sigma, x.ndim)).to(x.dtype)
         per_point = weight * (denoised - x.float()) ** 2
+        if self.spatial_weights is not None:
+            per_point = per_point * self.spatial_weights
         return per_point.mean()
 
     def draw(self, x: torch.Tensor, generator: torch.Generator, rows: Optional[slice] = None,

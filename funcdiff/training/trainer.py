@@ -60,8 +60,16 @@ VAL_SEED_OFFSET = 7_777_777
 
 
 def build_noise(config: RunConfig) -> GaussianRandomField:
-    """The diffusion's GRF on [0, 1)^dim from ``config.noise`` and ``config.data.dim``."""
+    """The diffusion's GRF on [0, 1)^dim from ``config.noise`` and ``config.data.dim`` (on the sphere with
+    ``noise.domain: sphere``)."""
     n = config.noise
+    if n.domain == "sphere":
+        from funcdiff.noise_sphere import SphericalGaussianRandomField
+
+        if config.data.dim != 2:
+            raise ValueError(f"noise.domain=sphere needs lat-lon fields (data.dim=2), got data.dim={config.data.dim}")
+        return SphericalGaussianRandomField(smoothness=n.smoothness, length_scale=n.length_scale,
+                                            amplitude=n.amplitude, max_degree=n.max_degree)
     return GaussianRandomField(dim=config.data.dim, smoothness=n.smoothness, length_scale=n.length_scale,
                                amplitude=n.amplitude)
 
@@ -91,6 +99,18 @@ def build_datasets(config: RunConfig, fields: torch.Tensor | None = None) -> tup
     else:
         dataset = FieldDataset.from_file(d.path, channels=d.channels, max_samples=d.num_samples)
     return train_test_split(dataset, d.test_fraction, generator=torch.Generator().manual_seed(d.seed + 1))
+
+
+def area_weights(spatial: tuple[int, ...], source: dict, device: torch.device) -> torch.Tensor:
+    """Cell-area weights (H, 1) of a lat-lon grid, mean 1 (WeatherBench 2; :func:`funcdiff.metrics.latitude_weights`).
+    ValueError unless the training data are on a lat-lon grid (an ERA5 store)."""
+    from funcdiff.metrics import latitude_weights
+    from funcdiff.sphere import grid_latitudes
+
+    grid = source.get("grid")
+    if not (isinstance(grid, dict) and grid.get("type") == "latlon") or len(spatial) != 2:
+        raise ValueError("train.latitude_weighted needs lat-lon data (an ERA5 store of `funcdiff data era5`)")
+    return latitude_weights(grid_latitudes(*spatial)).to(device=device, dtype=torch.float32)[:, None]
 
 
 def _check_channel_count(num_channels: int, names: tuple[str, ...]) -> None:
@@ -163,6 +183,8 @@ class Trainer:
         self.loss_fn = (self.trajectory.loss() if self.trajectory is not None
                         else forecast_loss(config, self.noise, len(self.channel_names)) if frames
                         else EDMLoss(self.noise, tc.P_mean, tc.P_std))
+        if tc.latitude_weighted:
+            self.loss_fn.spatial_weights = area_weights(tuple(self.train_x.shape[2:]), self.data_source, self.device)
         self.generator = torch.Generator(self.device).manual_seed(tc.seed)  # the same on every rank: global draws
         self.step = 0
         self._perm_cache: tuple[int, torch.Tensor] | None = None
