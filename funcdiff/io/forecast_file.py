@@ -33,6 +33,7 @@ from funcdiff.io.atomic import new_file_mode
 from funcdiff.io.netcdf import SPATIAL_NAMES
 
 FORECAST_DIMS = ("init_time", "member", "lead_time")
+LATLON = ("latitude", "longitude")  # spatial dims of a forecast on the sphere (grid "latlon")
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,8 @@ class ForecastLayout:
     init_frame: tuple[int, ...]
     init_time: tuple[float, ...]
     units: str = "1"
+    time_units: str = "model time units"
+    channel_units: tuple[str, ...] = ()
 
 
 def attribute(value: Any) -> Any:
@@ -67,29 +70,38 @@ def create_forecast_file(path: str | os.PathLike, layout: ForecastLayout, attrs:
     path.parent.mkdir(parents=True, exist_ok=True)
     ds = netCDF4.Dataset(path, "w", format="NETCDF4")
     n_init = len(layout.init_index)
-    spatial_dims = SPATIAL_NAMES[: len(layout.spatial)]
+    spatial_dims = LATLON if layout.grid == "latlon" else SPATIAL_NAMES[: len(layout.spatial)]
+    duration = layout.time_units.split(" since ")[0]  # "hours since 1970-01-01" -> lead times in hours
     for name, size in (*zip(FORECAST_DIMS, (n_init, layout.members, layout.lead_steps)),
                        *zip(spatial_dims, layout.spatial)):
         ds.createDimension(name, size)
     _coord(ds, "lead_time", ("lead_time",), np.arange(1, layout.lead_steps + 1) * layout.dt, "f8",
-           long_name="lead time", units="model time units")
+           long_name="lead time", units=duration)
     _coord(ds, "lead", ("lead_time",), np.arange(1, layout.lead_steps + 1), "i8", long_name="forecast step")
     _coord(ds, "init_time", ("init_time",), np.asarray(layout.init_time), "f8", long_name="time of the initial state",
-           units="model time units")
+           units=layout.time_units, **({"calendar": "proleptic_gregorian"} if " since " in layout.time_units else {}))
     _coord(ds, "init_index", ("init_time",), np.asarray(layout.init_index), "i8",
            long_name="trajectory of the initial state in its file")
     _coord(ds, "init_frame", ("init_time",), np.asarray(layout.init_frame), "i8",
            long_name="frame of the initial state in its trajectory (lead 0)")
     _coord(ds, "member", ("member",), np.arange(layout.members), "i8", long_name="ensemble member")
-    for name, n in zip(spatial_dims, layout.spatial):
+    if layout.grid == "latlon":
+        from funcdiff.sphere import grid_latitudes, grid_longitudes
+
+        _coord(ds, "latitude", ("latitude",), grid_latitudes(*layout.spatial), "f8", standard_name="latitude",
+               long_name="latitude", units="degrees_north")
+        _coord(ds, "longitude", ("longitude",), grid_longitudes(layout.spatial[1]), "f8", standard_name="longitude",
+               long_name="longitude", units="degrees_east")
+    for name, n in zip(spatial_dims if layout.grid != "latlon" else (), layout.spatial):
         values = np.arange(n) / (n if layout.grid == "periodic" else max(n - 1, 1))
         _coord(ds, name, (name,), values, "f8", long_name=f"{name} coordinate (unit domain)", units="1")
     _coord(ds, "completed_leads", ("init_time",), np.zeros(n_init, dtype=np.int64), "i8",
            long_name="leads written so far")
-    for c in layout.channels:
+    for i, c in enumerate(layout.channels):
         var = ds.createVariable(c, "f4", (*FORECAST_DIMS, *spatial_dims),
                                 chunksizes=(1, 1, 1, *layout.spatial))
-        var.setncatts({"long_name": f"forecast of {c}", "units": layout.units,
+        units = layout.channel_units[i] if layout.channel_units else layout.units
+        var.setncatts({"long_name": f"forecast of {c}", "units": units,
                        "coordinates": "lead init_index init_frame"})
     ds.setncatts({"Conventions": "CF-1.8", "funcdiff_version": funcdiff.__version__, "grid": layout.grid,
                   "dt": float(layout.dt), "channels": json.dumps(list(layout.channels)),
@@ -141,12 +153,15 @@ def read_contents(forecast: xr.Dataset) -> ForecastContents:
                         f"variables: {sorted(forecast.data_vars)}")
     dims = forecast[channels[0]].dims
     spatial = tuple(d for d in dims if d not in FORECAST_DIMS)
-    if set(FORECAST_DIMS) - set(dims) or not spatial or set(spatial) - set(SPATIAL_NAMES):
+    if set(FORECAST_DIMS) - set(dims) or not spatial or (set(spatial) - set(SPATIAL_NAMES) and spatial != LATLON):
         raise UserError(f"forecast variable {channels[0]!r} has dims {dims}; expected "
                         f"{FORECAST_DIMS + ('x', '[y]')}")
     needed = [c for c in ("lead", "init_index", "init_frame") if c not in forecast.coords]
     if needed:
         raise UserError(f"forecast lacks coordinate(s) {needed}: not written by `funcdiff forecast`?")
+    lead_time = forecast["lead_time"].values
+    if np.issubdtype(lead_time.dtype, np.timedelta64):  # CF "hours" decoded by xarray
+        lead_time = lead_time / np.timedelta64(1, "h")
     return ForecastContents(channels, spatial, forecast["init_index"].values.astype(np.int64),
                           forecast["init_frame"].values.astype(np.int64), forecast["lead"].values.astype(np.int64),
-                          forecast["lead_time"].values.astype(np.float64))
+                          lead_time.astype(np.float64))

@@ -31,13 +31,15 @@ from funcdiff.metrics import (crps_ensemble, energy_spectrum, max_spectrum_ratio
                               spectrum_error, spread_skill_ratio, weighted_mean)
 
 METHODS = ("forecast", "persistence", "climatology")
-SCORES = ("rmse", "rel_l2", "crps", "spread", "ssr", "spectrum_error", "max_spectrum_ratio")
+SCORES = ("rmse", "rel_l2", "crps", "spread", "ssr", "acc", "spectrum_error", "max_spectrum_ratio")
 SCORE_ATTRS = {
     "rmse": ("RMSE of the ensemble mean", "channel units"),
     "rel_l2": ("relative L2 error of the ensemble mean, averaged over initial conditions", "1"),
     "crps": ("fair CRPS (mean absolute error for deterministic methods)", "channel units"),
     "spread": ("sqrt of the mean unbiased ensemble variance", "channel units"),
     "ssr": ("spread-skill ratio, sqrt((M+1)/M) spread / rmse (Fortin et al. 2014)", "1"),
+    "acc": ("anomaly correlation of the ensemble mean against the climatology, mean over initial conditions "
+            "(WeatherBench 2; NaN for climatology itself)", "1"),
     "spectrum_error": ("RMS over shells k >= 1 of log10(E / E_truth)", "1"),
     "max_spectrum_ratio": ("max over shells k >= 1 of max(E / E_truth, E_truth / E)", "1"),
     "rank_histogram": ("counts of the truth's rank among the members", "1"),
@@ -45,7 +47,7 @@ SCORE_ATTRS = {
 
 
 def lead_scores(members: Tensor, truth: Tensor, weights: Optional[Tensor] = None, *,
-                generator: Optional[torch.Generator] = None) -> dict[str, Tensor]:
+                generator: Optional[torch.Generator] = None, climatology: Optional[Tensor] = None) -> dict[str, Tensor]:
     """Every score per channel and lead, averaged over initial conditions and space.
 
     Args:
@@ -54,6 +56,7 @@ def lead_scores(members: Tensor, truth: Tensor, weights: Optional[Tensor] = None
         weights: spatial (e.g. area) weights broadcastable to ``*S``; normalised to mean 1. The spectra are
             unweighted (periodic grids).
         generator: breaks ties in the rank histogram (default: seeded with 0).
+        climatology: the reference of the anomaly correlation ``acc``, broadcastable to ``truth`` (None: acc NaN).
 
     Shapes: members (B, M, C, L, *S), truth (B, C, L, *S) -> ``rmse``, ``rel_l2``, ``crps``, ``spread``,
     ``ssr``, ``spectrum_error``, ``max_spectrum_ratio`` (C, L) and ``rank_histogram`` (C, L, M + 1).
@@ -73,8 +76,21 @@ def lead_scores(members: Tensor, truth: Tensor, weights: Optional[Tensor] = None
         "spread": spread,
         "ssr": ssr,
         "rank_histogram": rank_histogram(members, truth, 1, weights=weights, dims=pooled, generator=generator),
+        "acc": _anomaly_correlation(mean, truth, climatology, weights, space),
     }
     return {**scores, **_spectrum_scores(members, truth)}
+
+
+def _anomaly_correlation(mean: Tensor, truth: Tensor, climatology: Optional[Tensor], weights: Optional[Tensor],
+                         space: tuple[int, ...]) -> Tensor:
+    """ACC of :func:`funcdiff.metrics.acc` (anomalies not re-centred, weighted over space, then the mean over
+    initial conditions). Shapes: mean, truth (B, C, L, *S) -> (C, L)."""
+    if climatology is None:
+        return torch.full(truth.shape[1:3], float("nan"), dtype=truth.dtype)
+    f, o = mean - climatology, truth - climatology
+    per_case = weighted_mean(f * o, space, weights) / (
+        weighted_mean(f * f, space, weights) * weighted_mean(o * o, space, weights)).sqrt()
+    return per_case.mean(0)
 
 
 def _spectrum_scores(members: Tensor, truth: Tensor) -> dict[str, Tensor]:
@@ -189,6 +205,10 @@ def score_forecast(forecast: xr.Dataset, truth_path: str | os.PathLike,
     (method, lead_time, channel, rank); ``rank`` has M + 1 entries (NaN for the deterministic references).
     """
     layout = read_contents(forecast)
+    if weights is None and "latitude" in layout.spatial:  # lat-lon forecast: WeatherBench 2 area weights
+        from funcdiff.metrics import latitude_weights
+
+        weights = latitude_weights(forecast["latitude"].values)[:, None]
     truth = load_trajectories(truth_path, layout.channels)
     check_grid(truth, layout, forecast)
     trajectories = truth.stack(layout.channels).double()  # (N, C, T, *S)
@@ -230,9 +250,10 @@ def _score_chunk(forecast: xr.Dataset, layout: ForecastContents, trajectories: T
     persistence = trajectories[index, :, start][:, None, :, None].expand(shape)
     clim = climatology[None, None, :, None].expand(shape)
     members = _read_members(forecast, layout, leads)
-    return {"forecast": lead_scores(members, truth, weights, generator=generator),
-            "persistence": lead_scores(persistence, truth, weights),
-            "climatology": lead_scores(clim, truth, weights)}
+    reference = climatology[None, :, None]
+    return {"forecast": lead_scores(members, truth, weights, generator=generator, climatology=reference),
+            "persistence": lead_scores(persistence, truth, weights, climatology=reference),
+            "climatology": lead_scores(clim, truth, weights, climatology=reference)}
 
 
 def scores_to_dataset(scores: dict[str, dict[str, Tensor]], layout: ForecastContents, leads: np.ndarray,
@@ -282,7 +303,7 @@ def plot_scores(scores: xr.Dataset, path: str | os.PathLike) -> Path:
 
     from funcdiff.io.plots import save_figure
 
-    fig, axes = plt.subplots(2, 4, figsize=(16, 7))
+    fig, axes = plt.subplots(3, 3, figsize=(13, 10))
     lead_time = scores["lead_time"].values
     for ax, name in zip(axes.flat, SCORES):
         for method, style in zip(METHODS, ("-", "--", ":")):

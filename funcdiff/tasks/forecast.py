@@ -71,6 +71,8 @@ class Forecaster:
     sigma_data: float | Sequence[float] = 1.0
     name: str = "forecaster"
     device: str | torch.device = "cpu"
+    time_units: str = "model time units"
+    channel_units: tuple[str, ...] = ()
 
     @property
     def channels(self) -> int:
@@ -100,7 +102,11 @@ def load_forecaster(checkpoint: str | os.PathLike, device: str | torch.device = 
 
         return trajectory_forecaster(denoiser, meta, config, device)
     modes = tuple(meta.model_config.get("n_modes", ()))
+    era5 = meta.extra.get("era5") or {}  # lat-lon data from an ERA5 store: CF time units and channel units
+    units = era5.get("units") or {}
     return Forecaster(denoiser=denoiser, noise=meta.noise, forecast=config.forecast,
+                      time_units=str(era5.get("time_units", "model time units")),
+                      channel_units=tuple(str(units.get(c, "1")) for c in meta.channel_names) if units else (),
                       channel_names=tuple(meta.channel_names), normalizer=meta.normalizer, sample=config.sample,
                       dt=float(meta.extra.get("dt", 1.0)), grid=str(_grid_kind(meta.extra.get("grid"))),
                       min_resolution=tuple(int(m) + 1 for m in modes),
@@ -110,6 +116,8 @@ def load_forecaster(checkpoint: str | os.PathLike, device: str | torch.device = 
 
 def _grid_kind(grid) -> str:
     kind = grid.get("type") if isinstance(grid, dict) else grid
+    if kind == "latlon":
+        return "latlon"
     return "node" if isinstance(kind, str) and kind.startswith("node") else "periodic"
 
 

@@ -71,7 +71,8 @@ def _layout(fc: Forecast) -> ForecastLayout:
     f = fc.forecaster
     return ForecastLayout(channels=f.channel_names, members=fc.members, lead_steps=fc.lead_steps, dt=f.dt,
                           spatial=tuple(fc.initial.shape[3:]), grid=f.grid, init_index=fc.init_index,
-                          init_frame=fc.init_frame, init_time=fc.init_time)
+                          init_frame=fc.init_frame, init_time=fc.init_time, time_units=f.time_units,
+                          channel_units=f.channel_units)
 
 
 def _file_signature(path: Path) -> Optional[str]:
@@ -181,14 +182,19 @@ def initial_from_file(path: str | os.PathLike, channels: Sequence[str], index: i
 
 
 def read_trajectories(path: str | os.PathLike, channels: Sequence[str]) -> tuple[Tensor, Optional[Tensor]]:
-    """The named channels of a trajectory file (N, C, T, *S) physical, and its time coordinate (T,) or None."""
+    """The named channels of a trajectory file (N, C, T, *S) physical, and its time coordinate (T,) or None
+    ((N, T) for an ERA5 store, whose trajectories are consecutive segments of one series)."""
     from funcdiff.data import load_fields
 
     data = load_fields(path, fields=list(channels))
     traj = data.stack(channels)
     if traj.ndim < 4:
         raise UserError(f"{path}: {list(channels)} are not trajectories (N, T, *S); got {tuple(traj.shape)}")
-    return traj, data.coords.get("t")
+    times = data.coords.get("t")
+    segment = (data.attrs.get("era5") or {}).get("segment_hours")
+    if times is not None and segment:
+        times = times.double()[None] + float(segment) * torch.arange(traj.shape[0], dtype=torch.float64)[:, None]
+    return traj, times
 
 
 def initial_from_trajectories(traj: Tensor, times: Optional[Tensor], path: str | os.PathLike, index: int,
@@ -206,5 +212,8 @@ def initial_from_trajectories(traj: Tensor, times: Optional[Tensor], path: str |
                         f"history frames spaced {frame_step} apart, and the trajectories have {t} frames")
     initial = traj[index, :, start - first:start + 1:frame_step]
     truth = traj[index, :, start + frame_step::frame_step]
-    time = float(times[start]) if times is not None else float(start)
+    if times is None:
+        time = float(start)
+    else:
+        time = float(times[index, start] if times.ndim == 2 else times[start])
     return initial, truth, start, time
