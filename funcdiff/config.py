@@ -212,6 +212,8 @@ class TransformConfig:
     (:mod:`funcdiff.training.trajectory`); ``noise`` chooses that diffusion's noise in coefficient space:
     ``white`` (i.i.d. unit noise on the normalised coefficients) or ``grf`` (the ``noise:`` section's space-time
     Gaussian random field mapped through the transform). Identity always uses the ``noise:`` field as it is.
+    ``residual``: a trajectory model diffuses the change of frames 1..T from the initial frame instead of the
+    frames themselves.
     """
 
     kind: str = "identity"
@@ -220,6 +222,7 @@ class TransformConfig:
     axes: tuple[str, ...] = ()
     time_boundary: str = "periodization"
     noise: str = "white"
+    residual: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in TRANSFORM_KINDS:

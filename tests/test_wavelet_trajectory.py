@@ -104,7 +104,7 @@ def test_stochastic_solver_reproduces_the_coefficient_variances():
     # s_noise = 1: EDM's 1.003 inflates the variance on purpose (to offset a learned denoiser's bias)
     z = get_solver("stochastic")(lambda z, s: model(z, s), x, sigmas_karras(96, 0.002, 40.0, 7.0), noise=draw,
                                  s_noise=1.0)
-    ratio = _band_variance(model.coder.decode_state(z)) / BAND_VAR
+    ratio = _band_variance(model.coder.decode_state(z, torch.zeros(600, 1, X))) / BAND_VAR
     assert torch.allclose(ratio, torch.ones(4, dtype=torch.float64), atol=0.06), ratio
 
 
@@ -197,7 +197,7 @@ def test_wavelet_checkpoint_round_trip_and_forecast_shapes(tmp_path):
     # the stored transform maps the training trajectories to the trainer's items exactly
     windows = trainer.normalizer.encode(traj[:2]).float()
     items = fc.denoiser.coder.encode(windows)
-    assert torch.allclose(fc.denoiser.coder.decode_state(items[:, 2:]), windows[:, :, 1:], atol=1e-5)
+    assert torch.allclose(fc.denoiser.coder.decode_state(items[:, 2:], windows[:, :, 0]), windows[:, :, 1:], atol=1e-5)
     # a forecast of 12 leads is two blocks of 8 frames (the second from the first block's last frame)
     blocks = list(rollout(fc, traj[0, :, :1], 12, members=2, seed=0, steps_per_frame=1))
     assert [b[0] for b in blocks] == [list(range(1, 9)), list(range(9, 13))]

@@ -22,7 +22,7 @@ Shapes: history (M, C, *S) (one frame); the state (M, C·K, T', *S'); emitted fr
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
@@ -81,25 +81,26 @@ class InverseTransformTerm:
     """A guidance term on physical frames, evaluated on the inverse transform of the denoised coefficients.
 
     ``term`` acts on folded physical frames (B, T·C, *S) (e.g. :class:`~funcdiff.guidance.timed.FrameTerm` around
-    an observation term); ``decode_state`` maps coefficients (B, C·K, T', *S') to (B, C, T, *S). The sigma given to
-    ``term`` is the per-sample level of the coefficient state (normalised coefficients have unit variance, as the
-    normalised physical fields). Call: ``(denoised, sigma) -> (B,)``.
+    an observation term); ``coder.decode_state(z, initial)`` maps coefficients (B, C·K, T', *S') to (B, C, T, *S)
+    given the initial frames ``initial`` (B, C, *S). The sigma given to ``term`` is the per-sample level of the
+    coefficient state (normalised coefficients have unit variance, as the normalised physical fields).
+    Call: ``(denoised, sigma) -> (B,)``.
     """
 
     damped = False
 
-    def __init__(self, term, decode_state: Callable[[Tensor], Tensor]) -> None:
-        self.term, self.decode_state = term, decode_state
+    def __init__(self, term, coder: TrajectoryCoder, initial: Tensor) -> None:
+        self.term, self.coder, self.initial = term, coder, initial
 
     def __call__(self, denoised: Tensor, sigma: Tensor) -> Tensor:
-        frames = fold_frames(self.decode_state(denoised))
+        frames = fold_frames(self.coder.decode_state(denoised, self.initial))
         sigma = torch.as_tensor(sigma, dtype=denoised.dtype, device=denoised.device)
         per_sample = sigma.reshape(sigma.shape[0], -1)[:, 0] if sigma.ndim else sigma
         return self.term(frames, per_sample)
 
     def for_batch(self, part: slice) -> "InverseTransformTerm":
         inner = self.term.for_batch(part) if hasattr(self.term, "for_batch") else self.term
-        return InverseTransformTerm(inner, self.decode_state)
+        return InverseTransformTerm(inner, self.coder, self.initial[part])
 
 
 def trajectory_step(fc, history: Tensor, gens: list[torch.Generator], emitted: int, steps_per_frame: int,
@@ -117,22 +118,64 @@ def trajectory_step(fc, history: Tensor, gens: list[torch.Generator], emitted: i
     def denoiser(z: Tensor, sigma: Tensor) -> Tensor:
         return model(z, sigma, cond=cond)
 
-    guided = _guided(fc, model, denoiser, emitted, terms_for_lead)
+    guided = _guided(fc, model, denoiser, initial, emitted, terms_for_lead)
     z = get_solver(solver)(guided, x, sigmas_karras(steps_per_frame * frames, s.sigma_min, s.sigma_max, s.rho))
-    out = fold_frames(model.coder.decode_state(z))
+    out = fold_frames(model.coder.decode_state(z, initial))
     return out, out[:, -c:], None
 
 
-def _guided(fc, model: TrajectoryDiffusion, denoiser, emitted: int, terms_for_lead):
+def _guided(fc, model: TrajectoryDiffusion, denoiser, initial: Tensor, emitted: int, terms_for_lead):
     """``denoiser`` wrapped by guidance for the block's frames that carry sensors (if any)."""
     if terms_for_lead is None:
         return denoiser
     c = fc.channels
-    terms = [InverseTransformTerm(FrameTerm(term, frame_channels(k, c)), model.coder.decode_state)
+    terms = [InverseTransformTerm(FrameTerm(term, frame_channels(k, c)), model.coder, initial)
              for k in range(fc.forecast.horizon) for term in terms_for_lead(emitted + 1 + k)]
     if not terms:
         return denoiser
     return GuidedDenoiser(denoiser, terms, model.noise, sigma_data=1.0)
 
 
-__all__ = ["InverseTransformTerm", "TrajectoryDiffusion", "trajectory_forecaster", "trajectory_step"]
+# ------------------------------------------------------------------------------------------ shocks (1-D)
+def shock_position(u: Tensor) -> Tensor:
+    """Position of the steepest descent of a 1-D periodic field on the grid x_i = i/N (the shock of Burgers'
+    equation, where u_x is most negative): the midpoint of the cell with the most negative forward difference.
+
+    Shapes: u (..., N) -> (...), in domain units [0, 1).
+    """
+    n = u.shape[-1]
+    step = torch.roll(u, -1, dims=-1) - u
+    return (step.argmin(-1).to(torch.float64) + 0.5) / n
+
+
+def periodic_distance(a: Tensor, b: Tensor) -> Tensor:
+    """Distance on the unit circle between positions in [0, 1). Shapes: broadcastable -> broadcast."""
+    d = (a - b).abs() % 1.0
+    return torch.minimum(d, 1.0 - d)
+
+
+def shock_error(pred: Tensor, truth: Tensor) -> Tensor:
+    """Mean periodic distance between the shock positions (:func:`shock_position`) of ``pred`` and ``truth``.
+
+    Shapes: pred, truth (..., N) (broadcastable) -> scalar, domain units.
+    """
+    return periodic_distance(shock_position(pred), shock_position(truth)).mean()
+
+
+def advected_initial_state(initial: Tensor, times: Tensor) -> Tensor:
+    """The baseline of a Burgers trajectory: the initial state carried by its mean velocity, u0(x - ū t) (ū is
+    conserved by Burgers' equation on the periodic interval), shifted exactly in Fourier space.
+
+    Shapes: initial (..., N) on x_i = i/N, times (T,) -> (..., T, N).
+    """
+    n = initial.shape[-1]
+    k = torch.fft.rfftfreq(n, d=1.0 / n, dtype=torch.float64)
+    mean = initial.double().mean(-1, keepdim=True)  # (..., 1)
+    shift = mean.unsqueeze(-1) * times.double().reshape(-1, 1)  # (..., T, 1)
+    spectrum = torch.fft.rfft(initial.double(), dim=-1).unsqueeze(-2)  # (..., 1, K)
+    moved = torch.fft.irfft(spectrum * torch.exp(-2j * torch.pi * k * shift), n=n, dim=-1)
+    return moved.to(initial.dtype)
+
+
+__all__ = ["InverseTransformTerm", "TrajectoryDiffusion", "advected_initial_state", "periodic_distance",
+           "shock_error", "shock_position", "trajectory_forecaster", "trajectory_step"]

@@ -100,8 +100,9 @@ class TrajectoryCoder:
     (B, C, *S) over the spatial axes (identity when ``transform`` is).
     """
 
-    def __init__(self, transform: Transform, cond_transform: Transform, channels: int) -> None:
+    def __init__(self, transform: Transform, cond_transform: Transform, channels: int, residual: bool = False) -> None:
         self.transform, self.cond_transform, self.channels = transform, cond_transform, int(channels)
+        self.residual = bool(residual)
 
     @classmethod
     def from_config(cls, config: RunConfig) -> "TrajectoryCoder":
@@ -109,7 +110,7 @@ class TrajectoryCoder:
         not name (time, *space) of ``data.dim`` spatial axes."""
         t, d = config.transform, config.data.dim
         if t.kind == "identity":
-            return cls(IdentityTransform(), IdentityTransform(), len(config.data.channels))
+            return cls(IdentityTransform(), IdentityTransform(), len(config.data.channels), t.residual)
         axes = tuple(t.axes)
         if len(axes) != 1 + d or axes[0] != TIME_AXIS:
             raise UserError(f"transform.axes {list(axes)}: a trajectory model transforms (time, space...) with "
@@ -117,7 +118,7 @@ class TrajectoryCoder:
         options = t.options()
         transform = build_transform(**options)
         cond = build_transform(**{**options, "axes": list(axes[1:])})
-        return cls(transform, cond, len(config.data.channels))
+        return cls(transform, cond, len(config.data.channels), t.residual)
 
     # ------------------------------------------------------------------------------------------ layout
     @property
@@ -149,7 +150,7 @@ class TrajectoryCoder:
     def fit(self, windows: Tensor) -> None:
         """Per-subband statistics of the trajectories (frames 1..T) and of the initial frames of ``windows``."""
         self.check_grid(windows.shape[2] - 1, windows.shape[3:])
-        self.transform.fit(windows[:, :, 1:].double())
+        self.transform.fit(self._state(windows[:, :, 1:], windows[:, :, 0]).double())
         self.cond_transform.fit(windows[:, :, 0].double())
 
     def condition(self, initial: Tensor, frames: int) -> Tensor:
@@ -158,30 +159,36 @@ class TrajectoryCoder:
         cond = self.cond_transform.forward(initial)
         return cond.unsqueeze(2).expand(*cond.shape[:2], coarse_t, *cond.shape[2:]).contiguous()
 
-    def encode_state(self, trajectory: Tensor) -> Tensor:
-        """(B, C, T, *S) -> (B, C·K, T', *S')."""
-        self.check_grid(trajectory.shape[2], trajectory.shape[3:])
-        return self.transform.forward(trajectory)
+    def _state(self, trajectory: Tensor, initial: Tensor) -> Tensor:
+        """The diffused field: the trajectory, or with ``residual`` its change from the initial frame."""
+        return trajectory - initial.unsqueeze(2) if self.residual else trajectory
 
-    def decode_state(self, z: Tensor) -> Tensor:
-        """(B, C·K, T', *S') -> (B, C, T, *S), exactly undoing :meth:`encode_state`."""
-        return self.transform.inverse(z)
+    def encode_state(self, trajectory: Tensor, initial: Tensor) -> Tensor:
+        """(B, C, T, *S) frames 1..T and the initial frame (B, C, *S) -> (B, C·K, T', *S')."""
+        self.check_grid(trajectory.shape[2], trajectory.shape[3:])
+        return self.transform.forward(self._state(trajectory, initial))
+
+    def decode_state(self, z: Tensor, initial: Tensor) -> Tensor:
+        """(B, C·K, T', *S') and the initial frame (B, C, *S) -> (B, C, T, *S), exactly undoing
+        :meth:`encode_state`."""
+        x = self.transform.inverse(z)
+        return x + initial.unsqueeze(2) if self.residual else x
 
     def encode(self, windows: Tensor) -> Tensor:
         """Training items: (N, C, 1 + T, *S) -> (N, C·K_s + C·K, T', *S'), conditioning first."""
-        frames = windows.shape[2] - 1
-        return torch.cat([self.condition(windows[:, :, 0], frames), self.encode_state(windows[:, :, 1:])], dim=1)
+        frames, initial = windows.shape[2] - 1, windows[:, :, 0]
+        return torch.cat([self.condition(initial, frames), self.encode_state(windows[:, :, 1:], initial)], dim=1)
 
     # ------------------------------------------------------------------------------------------ state
     def state_dict(self) -> dict:
         """Plain JSON (both transforms with their fitted statistics), stored in the checkpoint's ``extra``."""
         return {"transform": self.transform.state_dict(), "cond_transform": self.cond_transform.state_dict(),
-                "channels": self.channels}
+                "channels": self.channels, "residual": self.residual}
 
     @classmethod
     def from_state_dict(cls, state: dict) -> "TrajectoryCoder":
         return cls(transform_from_state_dict(state["transform"]), transform_from_state_dict(state["cond_transform"]),
-                   int(state["channels"]))
+                   int(state["channels"]), bool(state.get("residual", False)))
 
 
 def trajectory_noise(config: RunConfig, coder: TrajectoryCoder) -> CoefficientNoise:
