@@ -1,0 +1,165 @@
+"""Moment-matching posterior sampling (MMPS; Rozet et al. 2024, "Learning Diffusion Priors from Observations by
+Expectation Maximization", eqs. 12–14): guidance with the Tweedie covariance instead of a model of it.
+
+For x_σ = x_0 + σ ε, ε ~ N(0, C), the second-order Tweedie formula gives (with J = ∂D/∂x_σ)
+
+    Cov[x_0 | x_σ] = σ² J C   (= σ² C Jᵀ: a covariance is symmetric),                                     (1)
+
+and, for y = A x_0 + η, η ~ N(0, Σ_y), the Gaussian moment-matching likelihood
+
+    p(y | x_σ) ≈ N(y; A D(x_σ), K),     K = Σ_y + A Cov[x_0 | x_σ] Aᵀ = Σ_y + σ² A J C Aᵀ.                 (2)
+
+With K held fixed, σ² C ∇_x log p(y | x_σ) = σ² C Jᵀ Aᵀ K⁻¹ (y - A D) = Cov[x_0|x_σ] Aᵀ K⁻¹ r, so the guided
+denoiser
+
+    D̃(x_σ) = D(x_σ) + ζ σ² C Jᵀ Aᵀ w,    K w = r = y - A D(x_σ),                                          (3)
+
+is the Kalman update of the denoised estimate with the *exact* conditional covariance: for a linear-Gaussian
+problem and the exact denoiser it is E[x_0 | x_σ, y] at every σ, whatever the prior's covariance (the
+covariance model of :mod:`funcdiff.guidance.likelihood` is exact only for a prior ∝ C). Every product with J is
+one vector–Jacobian product through the denoiser call already made (the graph is kept): Jᵀ Aᵀ v. The system
+K w = r has the size of the number of sensors and is solved by preconditioned conjugate gradients (PCG)
+started from the DPS answer w₀ = K_model⁻¹ r, K_model the σ-aware model covariance of
+:class:`~funcdiff.guidance.ObservationGuidance` (exact when the prior is ∝ C); so ``cg_iters = 0`` is DPS with
+that likelihood, and each iteration costs one VJP. The product Jᵀ Aᵀ w of (3) is accumulated along the CG
+iterations from the VJPs already taken, so a step costs one denoiser call and ``cg_iters + 1`` VJPs.
+
+With a learned denoiser J need not be symmetric and K need not be positive definite; PCG stops for a sample
+whose search direction has non-positive curvature (keeping its last iterate).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from funcdiff.guidance.likelihood import sigma_per_sample
+from funcdiff.guidance.operators import SparseOperator
+from funcdiff.noise import GaussianRandomField
+from funcdiff.sampling import Denoiser
+from funcdiff.utils import expand_sigma
+
+
+def _dot(a: Tensor, b: Tensor) -> Tensor:
+    return (a * b).sum(dim=1)
+
+
+class MomentMatchingDenoiser:
+    """A denoiser ``(x, sigma) -> denoised`` corrected by MMPS, eq. (3) of the module docstring.
+
+    Args:
+        denoiser: the unconditional denoiser D(x, sigma) (differentiable).
+        operator: the linear observation operator (:class:`SparseOperator`).
+        noise: the diffusion noise N(0, C).
+        strength: ζ (1 = Bayesian).
+        cg_iters: preconditioned CG iterations on the sensor-space system K w = r (0 = the DPS likelihood).
+        chunk_size: samples per call (bounds the graph's memory); None = whole batch.
+        tol: relative residual ‖K w - r‖/‖r‖ at which CG stops early.
+
+    Counts ``vjps`` (vector–Jacobian products through the denoiser) and ``calls`` (denoiser evaluations).
+    Shapes: x (B, C, *S), sigma (B,) or scalar -> (B, C, *S), detached.
+    """
+
+    def __init__(self, denoiser: Denoiser, operator: SparseOperator, noise: GaussianRandomField, *,
+                 strength: float = 1.0, cg_iters: int = 3, chunk_size: Optional[int] = None,
+                 tol: float = 1e-6) -> None:
+        if not operator.is_linear:
+            raise ValueError("MMPS needs a linear observation operator (use dps or enkg with a solver in the loop)")
+        if not strength >= 0 or cg_iters < 0 or (chunk_size is not None and chunk_size < 1):
+            raise ValueError(f"need strength >= 0, cg_iters >= 0, chunk_size >= 1; got {strength}, {cg_iters}, "
+                             f"{chunk_size}")
+        self.denoiser, self.operator, self.noise = denoiser, operator, noise
+        self.strength, self.cg_iters, self.chunk_size, self.tol = float(strength), int(cg_iters), chunk_size, tol
+        self.vjps = 0
+        self.calls = 0
+
+    def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
+        sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
+        size = self.chunk_size or x.shape[0]
+        per_sample = sigma.ndim > 0 and sigma.shape[0] == x.shape[0] and x.shape[0] > 1
+        out = []
+        for start in range(0, x.shape[0], size):
+            part = slice(start, start + size)
+            out.append(self._guided(x[part], sigma[part] if per_sample else sigma, self.operator.for_batch(part)))
+        return torch.cat(out)
+
+    def _guided(self, x: Tensor, sigma: Tensor, op: SparseOperator) -> Tensor:
+        self.calls += x.shape[0]
+        with torch.enable_grad():
+            x_in = x.detach().requires_grad_(True)
+            denoised = self.denoiser(x_in, sigma)
+            pred = op.predict(denoised)
+            if self.strength == 0:
+                return denoised.detach()
+            sig = sigma_per_sample(sigma, x).double()  # (B,)
+            scale = expand_sigma(sigma, x_in).double() ** 2  # σ² broadcastable to x
+
+            def vjp(v: Tensor) -> Tensor:
+                """C Jᵀ Aᵀ v (model dtype -> float64). Shapes: (B, n) -> (B, C, *S)."""
+                self.vjps += 1
+                g, = torch.autograd.grad(pred, x_in, v.to(pred.dtype), retain_graph=True)
+                return self.noise.apply_cov_power(g.double(), 1.0)
+
+            w, cjtw = self._pcg(op, vjp, op.residual(denoised), sig, scale, denoised)
+        delta = self.strength * scale * cjtw
+        return (denoised.double() + delta).to(x.dtype).detach()
+
+    def _pcg(self, op: SparseOperator, vjp, r: Tensor, sig: Tensor, scale: Tensor, like: Tensor
+             ) -> tuple[Tensor, Tensor]:
+        """Solve K w = r by PCG from w₀ = K_model⁻¹ r; returns w (B, n) and C Jᵀ Aᵀ w (B, C, *S) (float64)."""
+        s2 = op.noise_var.to(r.device)
+
+        def apply_k(v: Tensor) -> tuple[Tensor, Tensor]:
+            g = vjp(v)  # C Jᵀ Aᵀ v
+            return s2 * v + op.linear((scale * g).to(like.dtype)).double(), g
+
+        def precond(v: Tensor) -> Tensor:
+            return op.model_inverse(v, sig, like)
+
+        w = precond(r)
+        kw, cjtw = apply_k(w)
+        res = r - kw
+        if self.cg_iters == 0:
+            return w, cjtw
+        r_norm = r.norm(dim=1).clamp(min=1e-300)
+        z = precond(res)
+        p = z
+        rz = _dot(res, z)
+        active = torch.ones(r.shape[0], dtype=torch.bool, device=r.device)
+        for _ in range(self.cg_iters):
+            active = active & (res.norm(dim=1) > self.tol * r_norm)
+            if not bool(active.any()):
+                break
+            kp, cjtp = apply_k(p)
+            curv = _dot(p, kp)
+            active = active & (curv > 0)
+            alpha = torch.where(active, rz / curv.clamp(min=1e-300), torch.zeros_like(rz))
+            w = w + alpha[:, None] * p
+            cjtw = cjtw + alpha.reshape(-1, *[1] * (cjtw.ndim - 1)) * cjtp
+            res = res - alpha[:, None] * kp
+            z = precond(res)
+            rz_new = _dot(res, z)
+            beta = torch.where(active, rz_new / rz.abs().clamp(min=1e-300), torch.zeros_like(rz))
+            p = z + beta[:, None] * p
+            rz = rz_new
+        return w, cjtw
+
+
+def mmps_sample(denoiser: Denoiser, noise: GaussianRandomField, observation, shape: Sequence[int], *,
+                steps: int = 32, solver: str = "heun", seed: int = 0, strength: float = 1.0, cg_iters: int = 3,
+                decode=None, sigma_data: float | Sequence[float] = 1.0, chunk_size: Optional[int] = None,
+                sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0, device=None,
+                dtype: torch.dtype = torch.float32, progress: bool = False) -> Tensor:
+    """Posterior samples by MMPS: :class:`MomentMatchingDenoiser` inside :func:`funcdiff.sampling.sample`.
+
+    ``observation``: one :class:`~funcdiff.guidance.SparseObservation` or a list; values (B_obs, C_obs, N) with
+    B_obs = 1 or B. Shapes: ``shape`` = (B, C, *S); returns (B, C, *S) in model units.
+    """
+    from funcdiff.sampling import sample
+
+    op = SparseOperator(observation, noise, decode=decode, sigma_data=sigma_data)
+    guided = MomentMatchingDenoiser(denoiser, op, noise, strength=strength, cg_iters=cg_iters, chunk_size=chunk_size)
+    return sample(guided, shape, noise, steps=steps, solver=solver, sigma_min=sigma_min, sigma_max=sigma_max,
+                  rho=rho, seed=seed, device=device, dtype=dtype, progress=progress)

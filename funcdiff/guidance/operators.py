@@ -1,0 +1,163 @@
+"""Observation operators in sensor space, shared by the posterior samplers (MMPS, EnKG, physics in the loop).
+
+An operator is the forward model of y = G(x_0) + η, η ~ N(0, diag(s²)), flattened over observed channels and
+sensors: ``predict(x) -> (B, n)`` maps a model state (B, C, *S) to predicted observations (differentiable where
+the map is), ``values`` (B_obs, n) holds y (B_obs = 1 broadcasts), ``noise_var`` (n,) the measurement
+variances. Two kinds:
+
+* :class:`SparseOperator` — y = A decode(x): point sensors (:class:`SparseObservation`, one or several) of an
+  affine ``decode`` of the state. Linear: :meth:`SparseOperator.linear` applies the linear part A·g, and
+  :meth:`SparseOperator.model_inverse` applies the inverse of the σ-aware covariance model of
+  :class:`~funcdiff.guidance.likelihood.ObservationGuidance` (used as the CG preconditioner of MMPS).
+* :class:`SolverOperator` — y = A S(decode(x)_input): physics in the loop. The state's *input* channel
+  (coefficient, source, initial vorticity) goes through a numerical solver S and the sensors read its output;
+  the prior needs no output channel. Nonlinear in general; differentiable when S is (Darcy: the adjoint of
+  :func:`funcdiff.pde.darcy_adjoint.solve_darcy_adjoint`; Poisson/Helmholtz: DST; Navier–Stokes: autograd).
+  Counts the solver calls it makes (``solver_calls``).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Callable, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from funcdiff.guidance.likelihood import Decode, ObservationGuidance
+from funcdiff.guidance.observations import SparseObservation
+from funcdiff.noise import GaussianRandomField
+
+Solver = Callable[[Tensor], Tensor]
+
+
+def _as_list(observation: SparseObservation | Sequence[SparseObservation]) -> list[SparseObservation]:
+    obs = [observation] if isinstance(observation, SparseObservation) else list(observation)
+    if not obs:
+        raise ValueError("need at least one observation")
+    for o in obs:
+        if o.values is None:
+            raise ValueError("an observation operator needs observations with values")
+    return obs
+
+
+class SparseOperator:
+    """y = A decode(x): sparse sensors of one or several observations, stacked (B, n) with n = Σ C_obs·N.
+
+    Args:
+        observation: one :class:`SparseObservation` or a list (values (B_obs, C_obs, N), B_obs = 1 or B).
+        noise: the diffusion noise (the covariance model of the preconditioner).
+        decode: affine map from model state to observation units (e.g. ``Normalizer.decode``); None = identity.
+        sigma_data: data std of the model state (float or per channel), for the preconditioner's model.
+    """
+
+    is_linear = True
+
+    def __init__(self, observation: SparseObservation | Sequence[SparseObservation], noise: GaussianRandomField, *,
+                 decode: Optional[Decode] = None, sigma_data: float | Sequence[float] = 1.0) -> None:
+        self.observations = _as_list(observation)
+        self.noise, self.decode, self.sigma_data = noise, decode, sigma_data
+        self.terms = [ObservationGuidance(o, noise, sigma_data=sigma_data, decode=decode) for o in self.observations]
+        self.sizes = [o.num_channels * o.num_sensors for o in self.observations]
+        self.solver_calls = 0
+
+    @property
+    def values(self) -> Tensor:
+        """y stacked over observations. Shapes: (B_obs, n), float64."""
+        batch = max(o.values.shape[0] for o in self.observations)
+        return torch.cat([o.values.double().expand(batch, -1, -1).flatten(1) for o in self.observations], dim=1)
+
+    @property
+    def noise_var(self) -> Tensor:
+        """Measurement variances s². Shapes: (n,), float64."""
+        return torch.cat([o.noise_std_per_channel().repeat_interleave(o.num_sensors) ** 2 for o in self.observations])
+
+    def for_batch(self, part: slice) -> "SparseOperator":
+        """This operator with per-sample values restricted to the samples ``part`` (shared values kept)."""
+        if all(o.values.shape[0] == 1 for o in self.observations):
+            return self
+        view = copy.copy(self)
+        view.observations = [o if o.values.shape[0] == 1 else o.with_values(o.values[part]) for o in self.observations]
+        view.terms = [t.for_batch(part) for t in self.terms]
+        return view
+
+    def predict(self, x: Tensor) -> Tensor:
+        """A decode(x), differentiable. Shapes: (B, C, *S) -> (B, n), x's dtype."""
+        field = self.decode(x) if self.decode is not None else x
+        return torch.cat([o.observe(field).flatten(1) for o in self.observations], dim=1)
+
+    def linear(self, z: Tensor) -> Tensor:
+        """The linear part A·(decode(z) - decode(0)) of :meth:`predict`. Shapes: (B, C, *S) -> (B, n)."""
+        if self.decode is None:
+            return self.predict(z)
+        return self.predict(z) - self.predict(torch.zeros_like(z[:1]))
+
+    def model_inverse(self, r: Tensor, sigma: Tensor, like: Tensor) -> Tensor:
+        """K_model(σ)⁻¹ r with the covariance model of :class:`ObservationGuidance` (exact when the data
+        covariance is ∝ C), block by block. Shapes: r (B, n), sigma (B,), like (B, C, *S) -> (B, n), float64."""
+        out, start = [], 0
+        for obs, term, size in zip(self.observations, self.terms, self.sizes):
+            block = r[:, start:start + size].reshape(r.shape[0], obs.num_channels, obs.num_sensors)
+            out.append(term.whiten(block, sigma, like).flatten(1))
+            start += size
+        return torch.cat(out, dim=1)
+
+    def residual(self, x: Tensor) -> Tensor:
+        """y - A decode(x) (float64). Shapes: (B, C, *S) -> (B, n)."""
+        return self.values.to(x.device) - self.predict(x).double()
+
+
+class SolverOperator:
+    """y = A S(decode(x)[:, input]): sensors on the output of a numerical solver run on the state's input channel.
+
+    Args:
+        observation: sensors of the *solver output* (``channels`` index the solver output's channels, i.e. 0),
+            values (B_obs, 1, N) in physical units.
+        solver: S, physical input (B, 1, *S) -> physical output (B, 1, *S); differentiable for gradient methods.
+        input_channel: index of the input channel in the model state.
+        decode: map from model state to physical units (None = identity).
+    Every :meth:`predict` call runs S once per sample and adds B to ``solver_calls``.
+    """
+
+    is_linear = False
+
+    def __init__(self, observation: SparseObservation, solver: Solver, input_channel: int, *,
+                 decode: Optional[Decode] = None) -> None:
+        self.observations = _as_list(observation)
+        if len(self.observations) != 1:
+            raise ValueError("a solver operator takes one observation of the solver's output")
+        self.solver, self.input_channel, self.decode = solver, int(input_channel), decode
+        self.solver_calls = 0
+
+    @property
+    def observation(self) -> SparseObservation:
+        return self.observations[0]
+
+    @property
+    def values(self) -> Tensor:
+        return self.observation.values.double().flatten(1)
+
+    @property
+    def noise_var(self) -> Tensor:
+        o = self.observation
+        return o.noise_std_per_channel().repeat_interleave(o.num_sensors) ** 2
+
+    def for_batch(self, part: slice) -> "SolverOperator":
+        if self.observation.values.shape[0] == 1:
+            return self
+        view = copy.copy(self)
+        view.observations = [self.observation.with_values(self.observation.values[part])]
+        return view
+
+    def solve(self, x: Tensor) -> Tensor:
+        """S applied to the decoded input channel. Shapes: (B, C, *S) -> (B, 1, *S) physical units."""
+        field = self.decode(x) if self.decode is not None else x
+        self.solver_calls += x.shape[0]
+        return self.solver(field[:, self.input_channel:self.input_channel + 1])
+
+    def predict(self, x: Tensor) -> Tensor:
+        """A S(decode(x)_input). Shapes: (B, C, *S) -> (B, n)."""
+        return self.observation.observe(self.solve(x)).flatten(1)
+
+    def residual(self, x: Tensor) -> Tensor:
+        return self.values.to(x.device) - self.predict(x).double()
