@@ -11,6 +11,10 @@ Two grid conventions (an explicit argument, ``grid``):
   interpolation wraps around, sensors must lie in [0, 1).
 * ``"node"``: node grid x_i = i / (n - 1) on [0, 1] including the Dirichlet boundary (Darcy, Poisson,
   Helmholtz); sensors must lie in [0, 1].
+* ``"latlon"``: stations on the sphere at (latitude, longitude) in degrees (latitude in [-90, 90], longitude in
+  [0, 360)), fields on the regular lat-lon grids of :mod:`funcdiff.sphere` (latitude ascending); interpolation is
+  bilinear in latitude and longitude, periodic in longitude, and constant in latitude beyond the outermost rows
+  (the polar caps of grids without pole rows).
 
 A sensor that sits on a grid node (to 1e-9 in grid units) reads that node's value exactly.
 """
@@ -25,7 +29,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-GRIDS = ("periodic", "node")
+GRIDS = ("periodic", "node", "latlon")
 
 
 def resolve_channels(requested: Sequence[str | int], available: Sequence[str] | None, n_channels: int | None = None
@@ -63,6 +67,8 @@ def check_coords(coords: Tensor, grid: str) -> Tensor:
         raise ValueError(f"coords must have shape (N, d) with N >= 1 and d in 1..3, got {tuple(coords.shape)}")
     if not bool(torch.isfinite(coords).all()):
         raise ValueError("sensor coordinates contain NaN or Inf")
+    if grid == "latlon":
+        return _check_latlon(coords)
     upper_ok = coords < 1 if grid == "periodic" else coords <= 1
     bad = ~((coords >= 0) & upper_ok).all(dim=1)
     if bool(bad.any()):
@@ -71,6 +77,29 @@ def check_coords(coords: Tensor, grid: str) -> Tensor:
         raise ValueError(f"{int(bad.sum())} of {len(coords)} sensors lie outside the {grid} domain {domain}^d, "
                          f"e.g. {example}")
     return coords
+
+
+def _check_latlon(coords: Tensor) -> Tensor:
+    """(N, 2) stations as (latitude, longitude) degrees; longitudes wrapped to [0, 360)."""
+    if coords.shape[1] != 2:
+        raise ValueError(f"stations on the sphere are (latitude, longitude) pairs, got coords of shape "
+                         f"{tuple(coords.shape)}")
+    bad = coords[:, 0].abs() > 90
+    if bool(bad.any()):
+        raise ValueError(f"{int(bad.sum())} of {len(coords)} stations have a latitude outside [-90, 90] degrees, "
+                         f"e.g. {coords[bad][0].tolist()}")
+    return torch.stack([coords[:, 0], coords[:, 1] % 360.0], dim=1)
+
+
+def _latlon_positions(coords: Tensor, spatial: Sequence[int]) -> tuple[Tensor, Tensor]:
+    """Stations (latitude, longitude) in degrees -> fractional row and column indices on the grid ``spatial``."""
+    from funcdiff.sphere import grid_latitudes
+
+    nlat, nlon = spatial
+    lat = torch.from_numpy(grid_latitudes(nlat, nlon))
+    spacing = float(lat[1] - lat[0])
+    rows = ((coords[:, 0] - float(lat[0])) / spacing).clamp(0, nlat - 1)
+    return rows, coords[:, 1] / 360.0 * nlon
 
 
 def _axis_stencil(pos: Tensor, n: int, grid: str) -> tuple[Tensor, Tensor, Tensor]:
@@ -96,8 +125,12 @@ def interpolation_stencil(coords: Tensor, spatial: Sequence[int], grid: str) -> 
     if len(spatial) != coords.shape[1]:
         raise ValueError(f"sensors have d={coords.shape[1]} coordinates but the field has spatial shape "
                          f"{tuple(spatial)}")
-    scale = [n if grid == "periodic" else n - 1 for n in spatial]
-    stencils = [_axis_stencil(coords[:, k] * scale[k], n, grid) for k, n in enumerate(spatial)]
+    if grid == "latlon":
+        rows, cols = _latlon_positions(coords, spatial)
+        stencils = [_axis_stencil(rows, spatial[0], "node"), _axis_stencil(cols, spatial[1], "periodic")]
+    else:
+        scale = [n if grid == "periodic" else n - 1 for n in spatial]
+        stencils = [_axis_stencil(coords[:, k] * scale[k], n, grid) for k, n in enumerate(spatial)]
     strides = [math.prod(spatial[k + 1:]) for k in range(len(spatial))]
     index, weight = [], []
     for corner in itertools.product((0, 1), repeat=len(spatial)):
@@ -250,6 +283,8 @@ def random_sensors(count: int | float, spatial: Sequence[int] | int, *, grid: st
     n = round(count * total) if isinstance(count, float) else int(count)
     if not 1 <= n <= total:
         raise ValueError(f"sensor count {count} gives {n} sensors; need 1..{total} for grid {spatial}")
+    if grid == "latlon":
+        return _random_stations(n, spatial, on_grid, generator)
     if not on_grid:
         u = torch.rand(n, len(spatial), generator=generator, dtype=torch.float64)
         return u if grid == "node" else u.clamp(max=1 - 1e-12)
@@ -257,3 +292,17 @@ def random_sensors(count: int | float, spatial: Sequence[int] | int, *, grid: st
     idx = torch.stack(torch.unravel_index(flat, spatial), dim=1).double()
     scale = torch.tensor([m if grid == "periodic" else m - 1 for m in spatial], dtype=torch.float64)
     return idx / scale
+
+
+def _random_stations(n: int, spatial: Sequence[int], on_grid: bool, generator: torch.Generator | None) -> Tensor:
+    """``n`` distinct stations (latitude, longitude) in degrees: grid points, or uniform in area on the sphere."""
+    from funcdiff.sphere import grid_latitudes, grid_longitudes
+
+    if not on_grid:
+        u = torch.rand(n, 2, generator=generator, dtype=torch.float64)
+        return torch.stack([torch.rad2deg(torch.asin(2 * u[:, 0] - 1)), 360.0 * u[:, 1].clamp(max=1 - 1e-12)], dim=1)
+    flat = torch.randperm(math.prod(spatial), generator=generator)[:n]
+    rows, cols = torch.unravel_index(flat, tuple(spatial))
+    lat = torch.from_numpy(grid_latitudes(*spatial))
+    lon = torch.from_numpy(grid_longitudes(spatial[1]))
+    return torch.stack([lat[rows], lon[cols]], dim=1)
