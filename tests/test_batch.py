@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -171,28 +170,44 @@ def test_killed_run_resumes_without_losing_or_duplicating_cases(darcy, tmp_path,
     assert same_result(tmp_path / "full" / "merged.nc", tmp_path / "resumed" / "merged.nc")
 
 
-def test_sigterm_finishes_the_case_in_hand_and_asks_for_requeue(darcy, tmp_path):
-    proc = _subprocess(_solve_cmd(darcy, tmp_path / "out"))
+def test_sigterm_finishes_the_case_in_hand_and_asks_for_requeue(darcy, tmp_path, monkeypatch, capsys):
+    """A real SIGTERM to this process while case 3 is being computed: case 3 is finished and written, no further
+    case is started, the status is 75 (requeue), and the rerun computes exactly the rest."""
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    original = batch.BatchRun.run
+    started: list[str] = []
+
+    def signalled_run(self, compute, progress=True):
+        def compute_with_signal(case, part):
+            started.append(case.key)
+            if len(started) == 3:
+                os.kill(os.getpid(), signal.SIGTERM)  # arrives while this case is in hand
+            compute(case, part)
+        return original(self, compute_with_signal, progress=progress)
+
+    monkeypatch.setattr(batch.BatchRun, "run", signalled_run)
+    assert main(_solve_cmd(darcy, tmp_path / "out")) == REQUEUE_EXIT
+    assert "stopped by SIGTERM" in capsys.readouterr().out
     parts = tmp_path / "out" / "parts"
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list(parts.glob("case_*.nc"))) < 2:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGTERM)
-    stdout, stderr = proc.communicate(timeout=120)
-    finished = len(list(parts.glob("case_*.nc")))
-    assert proc.returncode == REQUEUE_EXIT, stderr[-2000:]
-    assert "stopped by SIGTERM" in stdout and 2 <= finished < CASES
-    assert not list(parts.glob(".*tmp*"))  # the case in hand was completed, not abandoned
+    assert len(started) == 3 and len(list(parts.glob("case_*.nc"))) == 3 and not list(parts.glob(".*tmp*"))
+    monkeypatch.setattr(batch.BatchRun, "run", original)
     assert main(_solve_cmd(darcy, tmp_path / "out")) == 0
+    assert "7 case(s) computed, 3 already finished" in capsys.readouterr().out
     assert len(list(parts.glob("case_*.nc"))) == CASES
 
 
-def test_idle_ranks_and_clear_errors(darcy, tmp_path, capsys):
+def test_idle_ranks_and_clear_errors(darcy, tmp_path, capsys, monkeypatch):
     tmp, ckpt = darcy
-    proc = _subprocess(_solve_cmd(darcy, tmp_path / "idle", "--indices", "0:2"), rank=3, world=4)
-    stdout, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 0 and "no cases for this rank" in stdout, stderr
+    monkeypatch.setenv("SLURM_PROCID", "3")  # srun -n 4 over 2 cases: ranks 2 and 3 have nothing to do
+    monkeypatch.setenv("SLURM_NTASKS", "4")
+    for key in ("RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(key, raising=False)
+    assert main(_solve_cmd(darcy, tmp_path / "idle", "--indices", "0:2")) == 0
+    assert "rank 3/4: no cases for this rank" in capsys.readouterr().out
     assert not list((tmp_path / "idle" / "parts").glob("case_*"))
+    monkeypatch.delenv("SLURM_PROCID")
+    monkeypatch.delenv("SLURM_NTASKS")
     # a case file without the task's variables
     d = get_problem("darcy").generate(2, N, generator=torch.Generator().manual_seed(1))
     write_netcdf(fields_to_dataset(d["a"][:, None], ("a",), grid="node"), tmp_path / "only_a.nc")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import shlex
+import signal
 import sys
 from pathlib import Path
 
@@ -56,6 +58,7 @@ def run_train(args: argparse.Namespace) -> int:
     from funcdiff.cli import user_errors
     from funcdiff.config import load_config
     from funcdiff.training import Trainer
+    from funcdiff.training.signals import StopSignal
     from funcdiff.training.distributed import (dist_info_from_env, init_distributed, select_device,
                                                shutdown_distributed)
 
@@ -72,9 +75,27 @@ def run_train(args: argparse.Namespace) -> int:
             trainer = Trainer.from_config(config, device=device, dist_info=info, progress=not args.no_progress)
             if args.resume:
                 trainer.resume()
-        trainer.fit()
+        with StopSignal((signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)) as stop:
+            trainer.stop = stop
+            trainer.fit()
     finally:
         shutdown_distributed()
+    if trainer.stopped_by:
+        return _stopped(args, trainer, stop)
     if trainer.dist.is_main:
         print(f"trained {config.name!r} to step {trainer.step}; checkpoints in {trainer.out_dir / 'checkpoints'}")
     return 0
+
+
+def _stopped(args: argparse.Namespace, trainer, stop) -> int:
+    """After a signal: say where the checkpoint is and how to resume; the exit status asks Slurm for a requeue
+    (SIGUSR1/SIGTERM: 75) or reports Ctrl-C (130). See :mod:`funcdiff.training.signals`."""
+    from funcdiff.training.signals import REQUEUE_EXIT
+
+    if trainer.dist.is_main:
+        sets = " ".join(f"--set {shlex.quote(item)}" for item in resolve_overrides(args))
+        hint = f"funcdiff train --config {shlex.quote(str(args.config))} {sets} --resume".replace("  ", " ")
+        print(f"funcdiff train: stopped by {trainer.stopped_by} at step {trainer.step} of "
+              f"{trainer.config.train.steps}; checkpoint written to {trainer.out_dir / 'checkpoints'}. "
+              f"Resume with: {hint}", file=sys.stderr)
+    return stop.exit_status if stop.requested else REQUEUE_EXIT

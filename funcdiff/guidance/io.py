@@ -32,6 +32,7 @@ from funcdiff.io.atomic import atomic_path
 CONVENTIONS = {
     "periodic": "cell grid x_i = i/n on the torus [0, 1)^d",
     "node": "node grid x_i = i/(n-1) on [0, 1]^d including the boundary",
+    "latlon": "stations on the sphere: (latitude, longitude) in degrees north and east",
 }
 
 
