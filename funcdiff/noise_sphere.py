@@ -139,10 +139,14 @@ class SphericalGaussianRandomField:
         return table.to(device=device, dtype=dtype)
 
     def apply_cov_power(self, x: torch.Tensor, power: float) -> torch.Tensor:
-        """Apply C^power, C the covariance *matrix* on the grid's N points: ``S diag((N/4π) C_l)^power A x`` with A
-        the quadrature SHT and S the synthesis (the continuum operator divided by the mean cell area 4π/N, the
-        convention of the torus GRF). C^{1/2} of i.i.d. unit noise approximates this GRF. The quadrature is exact
-        for products of degree < H, so powers compose exactly on fields of degree < H/2 (aliasing above).
+        """Apply C^power, C the covariance *matrix* of the samples on the grid's N points.
+
+        ``power == 1`` is exact: ``C = S D S^T`` (S the synthesis of :meth:`sample`, D the coefficient variances),
+        so ``(C x)_i = Σ_j k(p_i, p_j) x_j`` -- what guidance (``A C A^T``, gradient preconditioning) needs. Other
+        powers use the quadrature SHT A: ``S diag((N/4π) C_l)^power A x``, the continuum operator divided by the
+        mean cell area 4π/N (the torus GRF's convention); C^{1/2} of i.i.d. unit noise then approximates this GRF.
+        The quadrature is exact for products of degree < H, so these powers compose exactly on fields of degree
+        < H/2 (aliasing above).
 
         Shapes: x (B, C, H, W) -> same.
         """
@@ -150,6 +154,11 @@ class SphericalGaussianRandomField:
         if self.is_white:
             return x * self.amplitude ** (2 * power)
         degrees = self.degrees(spatial)
+        if power == 1:
+            variances = self._coefficient_std(spatial, 1.0, x.device, torch.float64).clone()
+            variances[:, 1:] *= 0.5  # real and imaginary parts of m > 0 each carry C_l / 2
+            coeffs = self._sht.isht_transpose(x.double(), degrees, degrees) * variances
+            return self._sht.isht(coeffs, s=spatial).to(x.dtype)
         scale = self._coefficient_std(spatial, 1.0, x.device, torch.float64) * (math.prod(spatial) / (4 * math.pi))
         multiplier = torch.where(scale > 0, scale.clamp_min(1e-300).pow(power), torch.zeros_like(scale))
         coeffs = self._sht.sht(x.double(), s=(degrees, degrees)) * multiplier

@@ -156,6 +156,21 @@ class GridSHT(nn.Module):
         return torch.fft.irfft(fourier, n=int(nlon), dim=-1, norm="forward")
 
 
+    def isht_transpose(self, x: torch.Tensor, lmax: int, mmax: int) -> torch.Tensor:
+        """The transpose of :meth:`isht` as a real-linear map, in the same complex layout: for a real field v,
+        ``g_lm = c_m Σ_i P̄_l^m(x_i) Σ_k v_ik e^{-imφ_k}`` with c_0 = 1, c_m = 2, so that
+        ``<v, isht(a)> = Σ_lm Re(conj(g_lm) a_lm)`` (m = 0 counted once, imaginary parts of m = 0 ignored).
+        Shapes: (..., H, W) -> (..., lmax, mmax) complex."""
+        nlat, nlon = x.shape[-2:]
+        legendre, _ = self._tables(int(lmax), int(mmax), nlat, nlon, x.dtype, x.device)
+        fourier = torch.fft.rfft(x, dim=-1)[..., :mmax].transpose(-1, -2)  # (..., M, H)
+        real = torch.einsum("...mh,mlh->...lm", fourier.real, legendre)
+        imag = torch.einsum("...mh,mlh->...lm", fourier.imag, legendre)
+        weight = torch.full((int(mmax),), 2.0, dtype=x.dtype, device=x.device)
+        weight[0] = 1.0
+        return torch.complex(real * weight, imag * weight)
+
+
 def _check_norm(norm: str) -> None:
     if norm != "ortho":
         raise ValueError(f"GridSHT implements the orthonormal SHT only (norm='ortho'), got {norm!r}")

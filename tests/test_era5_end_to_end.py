@@ -57,6 +57,24 @@ def test_read_train_forecast_evaluate(tmp_path, capsys):
         assert ds["latitude"].attrs["units"] == "degrees_north" and ds["latitude"].values[0] == -87.1875
         assert np.isfinite(ds["z500"].values).all()
 
+    # stations: 5 % of the grid points observed at leads 2 and 4 and assimilated by guidance during the rollout
+    guided_path = tmp_path / "guided.nc"
+    assert main(["forecast", "--checkpoint", str(run), "--initial", str(test), "--index", "0", "--lead-steps", "4",
+                 "--members", "4", "--seed", "1", "--sensor-fraction", "0.05", "--sensor-every", "2", "--no-plot",
+                 "--out", str(guided_path), "--no-progress"]) == 0
+    from funcdiff.guidance.timed import load_timed_observation
+
+    sensors = load_timed_observation(guided_path.with_suffix(".sensors.nc"))
+    with xr.open_dataset(forecast_path) as free, xr.open_dataset(guided_path) as guided:
+        assert sensors.times.tolist() == [12.0, 24.0]  # hours
+        for k, lead in enumerate((2, 4)):
+            operator = sensors.at(k)
+            misfits = []
+            for ds in (free, guided):
+                frame = torch.from_numpy(np.stack([ds[c].values[0, :, lead - 1] for c in ("z500", "u500", "v500")], 1))
+                misfits.append(float(operator.residual(frame.double()).pow(2).mean()))
+            assert misfits[1] < misfits[0], (lead, misfits)  # guided members are closer to the stations
+
     scores_path, json_path = tmp_path / "scores.nc", tmp_path / "scores.json"
     assert main(["evaluate", "--forecast", str(forecast_path), "--truth", str(test), "--climatology", str(train),
                  "--out", str(scores_path), "--json", str(json_path)]) == 0

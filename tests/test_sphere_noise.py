@@ -76,6 +76,28 @@ def test_addition_theorem_makes_the_law_isotropic():
     np.testing.assert_allclose(cov, covariance_function(noise, spatial, gamma), atol=1e-10)
 
 
+def test_covariance_matrix_applied_exactly():
+    """apply_cov_power(x, 1) is the samples' covariance matrix: column j is k(angle(p_i, p_j)); and the
+    transpose of the synthesis is its transpose (<v, S a> = <S^T v, a>)."""
+    noise = SphericalGaussianRandomField(smoothness=2.0, length_scale=0.2, amplitude=1.5)
+    spatial = (16, 32)
+    eye = torch.eye(16 * 32, dtype=torch.float64).reshape(-1, 1, *spatial)
+    cov = noise.apply_cov_power(eye, 1.0).reshape(16 * 32, -1).numpy()
+    xyz = unit_vectors(spatial)
+    model = covariance_function(noise, spatial, np.arccos(np.clip(xyz @ xyz.T, -1, 1)))
+    np.testing.assert_allclose(cov, model, atol=1e-10)
+    assert abs(model[0, 0] - 1.5**2) < 1e-12
+    g = torch.Generator().manual_seed(3)
+    v = torch.randn(16, 32, generator=g, dtype=torch.float64)
+    a = torch.tril(torch.complex(torch.randn(8, 8, generator=g, dtype=torch.float64),
+                                 torch.randn(8, 8, generator=g, dtype=torch.float64)))
+    sht = GridSHT()
+    lhs = float((v * sht.isht(a, s=spatial)).sum())
+    t = sht.isht_transpose(v, 8, 8)
+    rhs = float((t.real * a.real + t.imag * a.imag)[:, 1:].sum() + (t.real * a.real)[:, 0].sum())
+    assert abs(lhs - rhs) < 1e-10 * abs(lhs)
+
+
 def test_samples_have_the_specified_angular_power_spectrum():
     noise = SphericalGaussianRandomField(smoothness=2.0, length_scale=0.15, amplitude=2.0, max_degree=10)
     n = 400
