@@ -20,7 +20,7 @@ from funcdiff.errors import UserError
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``solve`` verb."""
-    from funcdiff.cli import non_negative_float, positive_int
+    from funcdiff.cli import non_negative_float, non_negative_int, positive_int
     from funcdiff.sampling import SOLVERS
     from funcdiff.tasks.problems import task_names
 
@@ -42,6 +42,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="grid points per axis (default: truth/training)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--guidance-strength", type=float, default=1.0)
+    p.add_argument("--method", default="dps", choices=["dps", "mmps", "enkg", "dps-physics", "enkg-physics"],
+                   help="posterior sampler: dps (default), mmps (Tweedie covariance), enkg (derivative-free "
+                        "ensemble over --num-samples), dps-physics / enkg-physics (the numerical solver in the loop)")
+    p.add_argument("--cg-iters", type=non_negative_int, default=5, help="mmps: CG iterations per step")
     p.add_argument("--pde-guidance", action=argparse.BooleanOptionalAction, default=False)
     p.add_argument("--pde-weight", type=float, default=1e-3, help="weight of the PDE-residual term")
     p.add_argument("--pde-start-sigma", type=float, default=1.0, help="PDE guidance acts below this noise level")
@@ -78,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     with user_errors():
         task = get_task(task_name(args.task))
         model = load_model(args.checkpoint, args.device)
-        check_compatible(task, model[1])  # before reading the truth: a wrong model is the first thing to say
+        check_compatible(task, model[1], args.method)  # before the truth: a wrong model is the first thing to say
         truth = load_truth(args.truth, task.channels, args.index) if args.truth else None
     if args.observations is not None:
         observation = load_observation(args.observations)
@@ -93,7 +97,8 @@ def run(args: argparse.Namespace) -> int:
                       guidance_strength=args.guidance_strength, pde_guidance=args.pde_guidance,
                       pde_weight=args.pde_weight, pde_start_sigma=args.pde_start_sigma,
                       pushforward=args.pushforward, trust_region=trust_region, sigma_max=args.sigma_max,
-                      batch_size=args.batch_size, device=args.device, progress=not args.no_progress)
+                      batch_size=args.batch_size, device=args.device, progress=not args.no_progress,
+                      method=args.method, cg_iters=args.cg_iters)
     posterior.settings["checkpoint"] = str(args.checkpoint)
     posterior.save(args.out)
     print(f"wrote {args.out}")

@@ -161,3 +161,43 @@ class SolverOperator:
 
     def residual(self, x: Tensor) -> Tensor:
         return self.values.to(x.device) - self.predict(x).double()
+
+
+class OperatorLikelihood:
+    """Guidance term ½ rᵀK⁻¹r, r = y - G(D), for :class:`~funcdiff.guidance.GuidedDenoiser` (``dps-physics``).
+
+    K = (‖r‖²/n + s²) I per sample: the residual-norm normalisation of DPS (Chung et al. 2023, Alg. 1) read as a
+    plug-in residual variance; a nonlinear solver in the loop has no closed-form covariance model. K⁻¹r is
+    detached, so the gradient in D is -∇Gᵀ K⁻¹ r, taken through the solver (Darcy: its adjoint). The term is
+    *damped* (see ``GuidedDenoiser``): the correction is shortened to the Kalman step length along its
+    direction with the Gauss–Newton curvature δᵀ∇GᵀK⁻¹∇Gδ (∇Gδ by a central difference: two more solves),
+    without which the σ² C ∇ step overshoots by orders of magnitude at large σ (measured on a small Darcy
+    model: observation misfit 0.58 against 0.34 unguided). Call: ``term(denoised, sigma) -> (B,)``.
+    """
+
+    damped = True
+
+    def __init__(self, operator: SolverOperator, weight: float = 1.0) -> None:
+        self.operator, self.weight = operator, float(weight)
+        self._k: Optional[Tensor] = None
+
+    def for_batch(self, part: slice) -> "OperatorLikelihood":
+        return OperatorLikelihood(self.operator.for_batch(part), self.weight)
+
+    def __call__(self, denoised: Tensor, sigma: Tensor) -> Tensor:
+        pred = self.operator.predict(denoised)
+        r = self.operator.values.to(device=pred.device, dtype=pred.dtype) - pred
+        s2 = self.operator.noise_var.to(device=pred.device, dtype=pred.dtype)
+        k = (r.detach().pow(2).mean(dim=1, keepdim=True) + s2).clamp(min=1e-30)  # (B, n)
+        self._k = k
+        quad = ((r / k).detach() * r).sum(dim=1)
+        return self.weight * (quad - 0.5 * quad.detach())
+
+    def curvature(self, denoised: Tensor, direction: Tensor, sigma: Tensor) -> Tensor:
+        """δᵀHδ = w (∇G δ)ᵀ K⁻¹ (∇G δ) per sample, ∇Gδ by a central difference. Shapes: (B, C, *S) -> (B,)."""
+        with torch.no_grad():
+            view = (-1, *[1] * (denoised.ndim - 1))
+            eps = 1e-3 * (denoised.flatten(1).norm(dim=1) + 1.0) / direction.flatten(1).norm(dim=1).clamp(min=1e-30)
+            step = eps.reshape(view) * direction
+            jvp = (self.operator.predict(denoised + step) - self.operator.predict(denoised - step)) / (2 * eps[:, None])
+            return self.weight * (jvp.pow(2) / self._k).sum(dim=1)

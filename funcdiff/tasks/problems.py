@@ -27,6 +27,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
+from funcdiff.pde.darcy_adjoint import solve_darcy_adjoint
 from funcdiff.pde import (burgers_residual, darcy_residual, dirichlet_residual, get_problem, helmholtz_residual,
                           solve_darcy, solve_helmholtz, solve_navier_stokes,
                           threshold_coefficient)
@@ -57,6 +58,11 @@ class Task:
         forward_solver: numerical solver input channel (B, 1, *S) -> solution (B, 1, *S) (physical units),
             used by the interpolation baseline of forward tasks; None where there is none.
         trajectory: True when the state is a trajectory (B, C, T, *S).
+        physics_solver: differentiable numerical solver, input channel (B, 1, *S) -> solution (B, 1, *S)
+            (physical units), for posterior sampling with the solver in the loop (methods ``dps-physics``,
+            ``enkg-physics``); it applies ``solver_input`` first. None where the task has none.
+        solver_input: the input the physics solver actually uses (Darcy: a floored at 0.1 so the harmonic face
+            averages stay defined); the physics methods report it as the input channel.
     """
 
     name: str
@@ -72,6 +78,19 @@ class Task:
     forward_solver: Optional[ForwardSolver] = field(default=None, repr=False)
     trajectory: bool = False
     description: str = ""
+    physics_solver: Optional[ForwardSolver] = field(default=None, repr=False)
+    solver_input: Optional[Callable[[Tensor], Tensor]] = field(default=None, repr=False)
+
+    @property
+    def input_channel(self) -> str:
+        """The PDE's input channel (coefficient, source, initial vorticity): observed when forward, target when
+        inverse."""
+        return self.observed[0] if self.direction == "forward" else self.target[0]
+
+    @property
+    def output_channel(self) -> str:
+        """The PDE's solution channel (the other one of the pair)."""
+        return self.target[0] if self.direction == "forward" else self.observed[0]
 
     def __post_init__(self) -> None:
         if self.direction not in DIRECTIONS:
@@ -142,6 +161,17 @@ def _darcy_forward(a: Tensor) -> Tensor:
     return solve_darcy(binary, p["f"]).to(a.dtype)
 
 
+def _darcy_input(a: Tensor) -> Tensor:
+    return a.clamp_min(DARCY_A_FLOOR)
+
+
+def _darcy_physics(a: Tensor) -> Tensor:
+    """Darcy solve with f = 1 on the floored coefficient, differentiable by the adjoint (no thresholding, so a
+    gradient exists). Shapes: (B, 1, N, N) -> (B, 1, N, N)."""
+    f = get_problem("darcy").defaults["f"]
+    return solve_darcy_adjoint(_darcy_input(a.double()), f).to(a.dtype)
+
+
 def _helmholtz_forward(k: float) -> ForwardSolver:
     return lambda a: solve_helmholtz(a.double(), k).to(a.dtype)
 
@@ -165,9 +195,11 @@ def _ns_residual(x: Tensor) -> Tensor:
 
 
 def _elliptic_pair(problem: str, residual: Residual, forward: ForwardSolver, scale_channel: Optional[str],
-                   threshold: Optional[float]) -> list[Task]:
+                   threshold: Optional[float], physics: Optional[ForwardSolver] = None,
+                   solver_input: Optional[Callable[[Tensor], Tensor]] = None) -> list[Task]:
     base = dict(problem=problem, channels=("a", "u"), grid="node", residual=residual,
-                residual_scale_channel=scale_channel, forward_solver=forward)
+                residual_scale_channel=scale_channel, forward_solver=forward, physics_solver=physics or forward,
+                solver_input=solver_input)
     return [
         Task(name=f"{problem}-forward", direction="forward", observed=("a",), target=("u",),
              description=f"{problem}: observe the coefficient/source a at sensors, recover the solution u", **base),
@@ -179,9 +211,9 @@ def _elliptic_pair(problem: str, residual: Residual, forward: ForwardSolver, sca
 def _build_tasks() -> dict[str, Task]:
     helmholtz_k = float(get_problem("helmholtz").defaults["k"])
     ns = dict(problem="navier_stokes", channels=("w0", "wT"), grid="periodic", forward_solver=_ns_forward,
-              residual=_ns_residual, residual_scale_channel="wT")
+              residual=_ns_residual, residual_scale_channel="wT", physics_solver=_ns_forward)
     tasks = [
-        *_elliptic_pair("darcy", _darcy_residual, _darcy_forward, None, DARCY_THRESHOLD),
+        *_elliptic_pair("darcy", _darcy_residual, _darcy_forward, None, DARCY_THRESHOLD, _darcy_physics, _darcy_input),
         *_elliptic_pair("poisson", _helmholtz_residual(0.0), _helmholtz_forward(0.0), "a", None),
         *_elliptic_pair("helmholtz", _helmholtz_residual(helmholtz_k), _helmholtz_forward(helmholtz_k), "a", None),
         Task(name="navier-stokes-forward", direction="forward", observed=("w0",), target=("wT",),

@@ -35,6 +35,7 @@ from funcdiff.io.netcdf import add_field, fields_to_dataset, write_netcdf
 from funcdiff.metrics import misclassification_rate, relative_l2
 from funcdiff.sampling import num_denoiser_calls
 from funcdiff.tasks.problems import TASKS, Task, get_task
+from funcdiff.tasks.samplers import METHODS, check_method  # noqa: F401  (METHODS: re-exported)
 
 PROBLEM_ALIASES = {"navier-stokes": "navier_stokes"}
 FEW_STEPS = 7  # solve() switches the guidance trust region on at or below this many steps (trust_region="auto")
@@ -188,13 +189,15 @@ def _problem_of_name(name: str) -> Optional[str]:
     return None
 
 
-def check_compatible(task: Task, meta: CheckpointMeta) -> None:
-    """UserError if the checkpoint was trained on another PDE problem or lacks the task's channels."""
+def check_compatible(task: Task, meta: CheckpointMeta, method: str = "dps") -> None:
+    """UserError if the checkpoint was trained on another PDE problem or lacks the task's channels (with the
+    solver in the loop, ``*-physics`` methods, only the input channel is needed)."""
     trained = checkpoint_problem(meta)
     if trained is not None and trained != task.problem:
         raise UserError(f"checkpoint {meta.path or '(in memory)'} was trained on {trained!r} "
                          f"(run {meta.task!r}) but task {task.name!r} needs a model of {task.problem!r}")
-    missing = [c for c in task.channels if c not in meta.channel_names]
+    needed = (task.input_channel,) if method.endswith("-physics") else task.channels
+    missing = [c for c in needed if c not in meta.channel_names]
     if missing:
         raise UserError(f"task {task.name!r} needs channels {list(task.channels)} but the model has "
                          f"{list(meta.channel_names)} (missing {missing})")
@@ -256,7 +259,8 @@ def solve(checkpoint: ModelLike, task: str | Task, observation: SparseObservatio
           pde_start_sigma: float = 1.0, solver: str = "heun", scaling: str = "likelihood",
           trust_region: Optional[float] | str = "auto", sigma_max: Optional[float] = None,
           pushforward: bool = False, batch_size: Optional[int] = None,
-          device: str | torch.device = "cpu", progress: bool = False) -> Posterior:
+          device: str | torch.device = "cpu", progress: bool = False, method: str = "dps",
+          cg_iters: int = 5) -> Posterior:
     """Posterior samples of ``task`` given sparse ``observation`` (physical units), from a trained model.
 
     Args:
@@ -281,20 +285,30 @@ def solve(checkpoint: ModelLike, task: str | Task, observation: SparseObservatio
             enforced for the output; costs one solve per sample).
         batch_size: samples per guided denoiser call (bounds gradient memory; results do not depend on it).
         progress: show a progress bar over the sampler's steps.
+        method: the posterior sampler (all wrap the same denoiser and ODE solver; README "Posterior samplers"):
+            ``"dps"`` gradient guidance with the σ-aware likelihood model (default); ``"mmps"`` moment matching
+            with the Tweedie covariance (:mod:`funcdiff.guidance.mmps`, ``cg_iters`` CG iterations per step);
+            ``"enkg"`` derivative-free ensemble Kalman guidance over the ``num_samples`` samples
+            (:mod:`funcdiff.guidance.enkg`); ``"dps-physics"`` / ``"enkg-physics"``: the prior's input channel
+            only, with the task's numerical solver in the observation operator (inverse: y = A S(a)) and the
+            reported solution S(a), so every sample satisfies the discrete PDE.
     Shapes: returns a :class:`Posterior` with samples (num_samples, C, *S) in physical units.
     """
     task = get_task(task)
     if num_samples < 1 or steps < 1:
         raise UserError(f"num_samples and steps must be positive integers, got {num_samples} and {steps}")
+    check_method(task, method, num_samples=num_samples, pde_guidance=pde_guidance, pushforward=pushforward,
+                 batch_size=batch_size)
     if trust_region == "auto":
         trust_region = 1.0 if steps <= FEW_STEPS else None
     if pushforward and (task.direction != "forward" or task.forward_solver is None):
         raise UserError(f"pushforward needs a forward task with a numerical solver; {task.name!r} is "
                          f"{task.direction!r}" + ("" if task.forward_solver is not None else " without a solver"))
     denoiser, meta = load_model(checkpoint, device)
-    check_compatible(task, meta)
+    check_compatible(task, meta, method)
     names = tuple(meta.channel_names)
-    obs = _bind_observation(task, observation, names)
+    physics = method.endswith("-physics")
+    obs = _bind_observation(task, observation, task.channels if physics else names)
     truth, truth_names = _check_truth(truth, truth_names, task)
     spatial = _spatial(resolution, meta, truth)
     scored_on = {}
@@ -309,14 +323,29 @@ def solve(checkpoint: ModelLike, task: str | Task, observation: SparseObservatio
     schedule = {k: float(v) for k, v in meta.config.get("sample", {}).items() if k in ("sigma_min", "sigma_max", "rho")}
     if sigma_max is not None:
         schedule["sigma_max"] = float(sigma_max)
-    x = guided_sample(denoiser, meta.noise, obs, (num_samples, len(names), *spatial), steps=steps, solver=solver,
-                      seed=seed, guidance_strength=guidance_strength, pde_terms=pde_terms, decode=_decoder(meta),
-                      sigma_data=sigma_data, scaling=scaling, chunk_size=batch_size, device=device,
-                      trust_region=trust_region, progress=progress, **schedule)
+    shape = (num_samples, len(names), *spatial)
+    counts = {}
+    if method == "dps":
+        x = guided_sample(denoiser, meta.noise, obs, shape, steps=steps, solver=solver,
+                          seed=seed, guidance_strength=guidance_strength, pde_terms=pde_terms, decode=_decoder(meta),
+                          sigma_data=sigma_data, scaling=scaling, chunk_size=batch_size, device=device,
+                          trust_region=trust_region, progress=progress, **schedule)
+    else:
+        from funcdiff.tasks.samplers import posterior_states
+
+        x, counts = posterior_states(method, task, denoiser, meta, obs, shape, steps=steps, solver=solver, seed=seed,
+                                     strength=guidance_strength, cg_iters=cg_iters, chunk_size=batch_size,
+                                     device=device, progress=progress, trust_region=trust_region, schedule=schedule)
     samples = (_decoder(meta)(x) if meta.normalizer is not None else x).cpu()
+    if physics:
+        from funcdiff.tasks.samplers import solve_physics
+
+        samples, names = solve_physics(task, samples, names)
+        counts["solver_calls"] = counts.get("solver_calls", 0) + num_samples
     if pushforward:
         samples = push_forward(task, samples, names)
-    settings = {"steps": steps, "solver": solver, **schedule, "nfe": num_denoiser_calls(solver, steps), "seed": seed,
+    settings = {"method": method, **counts,
+                "steps": steps, "solver": solver, **schedule, "nfe": num_denoiser_calls(solver, steps), "seed": seed,
                 "guidance_strength": guidance_strength, "pde_guidance": int(pde_guidance),
                 "pde_weight": pde_weight, "pushforward": int(pushforward), "trust_region": trust_region or 0.0,
                 "num_sensors": obs.num_sensors, "resolution": list(spatial),
