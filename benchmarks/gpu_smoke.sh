@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# GPU smoke run: Darcy (a, u) at 128² -- generate data, train the configs/darcy_128_gpu.yaml model for a fixed number
+# of steps, run the inverse-problem harness on the checkpoint, then benchmarks/gpu.py. One command, one folder:
+#
+#     bash benchmarks/gpu_smoke.sh                      # on a GPU machine; results under runs/gpu_smoke/
+#     DEVICE=cpu RES=32 N_TRAIN=64 STEPS=20 BATCH=8 N_TEST=2 GPU_ARGS="--quick --resolutions 32" \
+#       TRAIN_ARGS="--set model.n_modes=[8,8] --set model.hidden_channels=16 --set model.n_layers=2" \
+#       bash benchmarks/gpu_smoke.sh                    # the same pipeline, tiny, on a CPU (a check, not a result)
+#
+# Sized by estimate for under 8 minutes on one large GPU (H100/H200 class); it has not been timed on one yet (no GPU
+# in the session that wrote it). Every phase prints its wall time, so the first GPU run shows where the time goes;
+# shrink STEPS or N_TRAIN if a phase overruns. Held-out fields come from the harness's own seed (0), the training
+# data from seed 1, so they are different draws.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DEVICE=${DEVICE:-cuda}
+RES=${RES:-128}
+N_TRAIN=${N_TRAIN:-2000}
+STEPS=${STEPS:-2000}
+BATCH=${BATCH:-64}
+N_TEST=${N_TEST:-20}
+BF16=${BF16:-false}
+OUT=${OUT:-runs/gpu_smoke}
+GPU_ARGS=${GPU_ARGS:-}
+TRAIN_ARGS=${TRAIN_ARGS:-}   # extra `funcdiff train` options, e.g. a smaller model for the CPU check
+mkdir -p "$OUT"
+phase() { echo "== $(date -u +%T) $*"; }
+t0=$SECONDS
+
+phase "data: $N_TRAIN Darcy pairs at ${RES}² on $DEVICE"
+funcdiff data generate darcy --num-samples "$N_TRAIN" --resolution "$RES" --seed 1 --device "$DEVICE" \
+    --out "$OUT/darcy_${RES}.h5" --batch-size 256
+echo "   data took $((SECONDS - t0)) s"
+
+t1=$SECONDS
+phase "train: $STEPS steps, batch $BATCH, bf16=$BF16"
+funcdiff train --config configs/darcy_128_gpu.yaml --no-progress --resume \
+    --set data.path="$OUT/darcy_${RES}.h5" --set data.resolution="$RES" --set train.steps="$STEPS" \
+    --set train.batch_size="$BATCH" --set train.warmup_steps=200 --set train.eval_every=500 \
+    --set train.log_every=100 --set train.checkpoint_every="$STEPS" --set train.bf16="$BF16" \
+    --set train.device="$DEVICE" --set train.out_dir="$OUT/run" --set train.ema_decay=0.999 $TRAIN_ARGS
+echo "   training took $((SECONDS - t1)) s"
+
+t2=$SECONDS
+phase "inverse-problem harness at ${RES}² ($N_TEST held-out fields)"
+python benchmarks/inverse_problems.py --quick --problems darcy --checkpoint darcy="$OUT/run" --resolution "$RES" \
+    --n-test "$N_TEST" --steps 20 100 --num-samples 4 --no-pde --device "$DEVICE" --out "$OUT/inverse_${RES}.json"
+echo "   harness took $((SECONDS - t2)) s"
+
+t3=$SECONDS
+phase "benchmarks/gpu.py"
+python benchmarks/gpu.py --device "$DEVICE" $GPU_ARGS --out "$OUT/gpu.json"
+echo "   gpu.py took $((SECONDS - t3)) s"
+phase "done in $((SECONDS - t0)) s: $OUT/inverse_${RES}.json, $OUT/inverse_${RES}.png, $OUT/gpu.json"
