@@ -18,6 +18,7 @@ Darcy 2.49 % / 5.18 %, Poisson 1.99 / 20.47, Helmholtz 2.13 / 17.16, Navier–St
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -41,20 +42,23 @@ CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "tasks"
 PROBLEM_CONFIG = {"darcy": "darcy-64", "poisson": "poisson-64", "helmholtz": "helmholtz-64",
                   "navier_stokes": "navier-stokes-64"}
 TASK_PREFIX = {"navier_stokes": "navier-stokes"}
-COLUMNS = ["task", "direction", "method", "pde_weight", "estimator", "steps", "nfe", "rel_l2", "misclassification",
-           "n_samples"]
+COLUMNS = ["task", "direction", "method", "pde_weight", "estimator", "steps", "nfe", "solver_calls", "vjps",
+           "rel_l2", "misclassification", "resolution", "n_samples", "seconds"]
+METHODS = ("dps", "mmps", "enkg", "dps-physics", "enkg-physics")
 
 
 def settings(quick: bool) -> dict:
     """Run sizes. ``pde_runs``: (steps, weight) of the PDE-guided rows (active below σ = pde_start_sigma)."""
     if quick:
-        return dict(problems=["darcy"], resolution=64, n_train=400, n_test=10, train_steps=600, fno_steps=250,
-                    steps=[5, 10, 20], pde_runs=[(20, 0.01), (20, 1.0)], pde_start_sigma=1.0, num_samples=4,
-                    hidden=24, layers=3)
+        return dict(problems=["darcy", "poisson", "helmholtz", "navier_stokes"], resolution=64, n_train=300,
+                    n_test=2, train_steps=400, fno_steps=200, steps=[10, 20, 50], pde_runs=[], pde_start_sigma=1.0,
+                    num_samples=4, hidden=24, layers=3, methods=list(METHODS), cg_iters=2, fine=128,
+                    fine_steps=[20], fine_methods=["dps", "mmps"])
     return dict(problems=["darcy", "poisson", "helmholtz", "navier_stokes"], resolution=64, n_train=1000,
                 n_test=100, train_steps=4000, fno_steps=3000, steps=[10, 20, 50, 100, 200],
                 pde_runs=[(20, 0.01), (20, 1.0), (20, 100.0), (100, 1.0)], pde_start_sigma=1.0, num_samples=8,
-                hidden=32, layers=4)
+                hidden=32, layers=4, methods=list(METHODS), cg_iters=3, fine=128, fine_steps=[20, 50],
+                fine_methods=list(METHODS))
 
 
 def generate(problem: str, num: int, resolution: int, seed: int) -> torch.Tensor:
@@ -118,6 +122,37 @@ def guided_rows(task, model, test: torch.Tensor, s: dict, seed: int, device: str
     return rows
 
 
+def method_rows(task, model, test: torch.Tensor, s: dict, seed: int, device: str, methods, steps_list
+                ) -> list[dict]:
+    """Rows of the posterior samplers of ``solve(method=...)`` on the held-out fields ``test`` (at their grid):
+    mean of ``num_samples`` and single samples; solver calls and VJPs per posterior sample, wall seconds per field."""
+    rows = []
+    for method in methods:
+        if method.endswith("-physics") and task.physics_solver is None:
+            continue
+        for steps in steps_list:
+            per = {"mean": [], "single": []}
+            calls, vjps, t0 = [], [], time.perf_counter()
+            for i in range(test.shape[0]):
+                truth = test[i:i + 1]
+                obs = make_observation(task, truth, fraction=0.03, seed=seed + i)
+                post = solve(model, task, obs, num_samples=s["num_samples"], steps=steps, seed=seed + i,
+                             resolution=tuple(truth.shape[2:]), method=method, cg_iters=s["cg_iters"], device=device)
+                target = post.channel(post.samples, task.target)
+                t = truth[:, list(task.target_index)]
+                per["mean"].append(score(task, target.mean(0, keepdim=True), t))
+                per["single"].append(score(task, target, t))
+                calls.append(post.settings.get("solver_calls", 0) / s["num_samples"])
+                vjps.append(post.settings.get("vjps", 0))
+            seconds = (time.perf_counter() - t0) / test.shape[0]
+            for estimator, scores in per.items():
+                rows.append({"method": method, "estimator": estimator, "steps": steps,
+                             "nfe": num_denoiser_calls("heun", steps), "pde_weight": None,
+                             "solver_calls": sum(calls) / len(calls), "vjps": sum(vjps) / len(vjps),
+                             "resolution": int(test.shape[-1]), "seconds": round(seconds, 1), **_average(scores)})
+    return rows
+
+
 def _average(scores: list[dict]) -> dict:
     return {k: sum(d[k] for d in scores) / len(scores) for k in scores[0]}
 
@@ -155,14 +190,19 @@ def run_problem(problem: str, s: dict, args, work: Path) -> list[dict]:
     print(f"[{problem}] data {t1 - t0:.0f} s, diffusion model {checkpoint} "
           f"({'given' if problem in args.checkpoints else 'trained'} in {time.perf_counter() - t1:.0f} s)", flush=True)
     rows = []
+    fine = generate(problem, s["n_test"], s["fine"], args.seed + 7919) if s.get("fine") else None
     for direction in ("forward", "inverse"):
         task = TASKS[f"{TASK_PREFIX.get(problem, problem)}-{direction}"]
         t2 = time.perf_counter()
-        found = guided_rows(task, model, test, s, args.seed, args.device)
+        found = method_rows(task, model, test, s, args.seed, args.device, s["methods"], s["steps"])
+        if s["pde_runs"]:
+            found += [r for r in guided_rows(task, model, test, {**s, "steps": []}, args.seed, args.device)]
         found += baseline_rows(task, train, test, s, args.seed, args.device, model[1].normalizer)
+        if fine is not None:  # the 64²-trained model at 128² (zero-shot resolution)
+            found += method_rows(task, model, fine, s, args.seed, args.device, s["fine_methods"], s["fine_steps"])
         for r in found:
-            rows.append({"task": problem, "direction": direction, **r, "n_samples": int(test.shape[0]),
-                         "resolution": s["resolution"]})
+            rows.append({"task": problem, "direction": direction, "n_samples": int(test.shape[0]),
+                         "resolution": s["resolution"], "solver_calls": 0, **r})
         print(f"[{problem}-{direction}] evaluated in {time.perf_counter() - t2:.0f} s", flush=True)
         print_table(rows[-len(found):], COLUMNS)  # partial results survive an interrupted run
     return rows
@@ -181,6 +221,8 @@ def plot(rows: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.4), squeeze=False)
     for ax, (task, direction) in zip(axes[0], keys):
         sub = [r for r in rows if (r["task"], r["direction"]) == (task, direction)]
+        base = min(r.get("resolution", 0) for r in sub)
+        sub = [r for r in sub if r.get("resolution", 0) == base]  # the 128² rows of a 64² model: table only
         curves = sorted({(r["method"], r.get("pde_weight")) for r in sub if r["estimator"] != "point"},
                         key=lambda k: (k[0], k[1] or 0.0))
         for method, weight in curves:
@@ -220,6 +262,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, nargs="*", default=None, help="solver steps of the guided rows")
     p.add_argument("--num-samples", type=int, default=None, help="posterior samples per field (default 4 / 8)")
     p.add_argument("--no-pde", action="store_true", help="skip the PDE-guided rows")
+    p.add_argument("--methods", nargs="*", default=None, choices=METHODS, help="posterior samplers to compare")
+    p.add_argument("--no-fine", action="store_true", help="skip the rows of the 64² model solved at 128²")
     p.add_argument("--resolution", type=int, default=None,
                    help="grid of the data and of sampling (default 64; a given checkpoint may be trained at another)")
     args = p.parse_args()
@@ -232,11 +276,17 @@ def main() -> None:
                                 ("num_samples", args.num_samples)) if v is not None})
     if args.no_pde:
         s["pde_runs"] = []
+    if args.methods:
+        s["methods"] = args.methods
+        s["fine_methods"] = [m for m in s["fine_methods"] if m in args.methods]
+    if args.no_fine:
+        s["fine"] = None
     rows = []
     for problem in s["problems"]:
         rows += run_problem(problem, s, args, args.work_dir)
     print_table(rows, COLUMNS)
-    meta = {"quick": args.quick, "settings": s, "obs_fraction": 0.03,
+    meta = {"quick": args.quick, "settings": s, "obs_fraction": 0.03, "threads": torch.get_num_threads(),
+            "loadavg": os.getloadavg(),
             "checkpoints": {k: str(v) for k, v in args.checkpoints.items()},
             "note": "quick mode: 10 held-out fields, small model and short training (full mode: >= 100 fields)"}
     write_json(rows, args.out, meta)
