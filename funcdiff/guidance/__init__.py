@@ -7,6 +7,12 @@
 - :mod:`~funcdiff.guidance.pde_guidance`: ``PDEResidualGuidance`` (DiffusionPDE-style physics term).
 - :mod:`~funcdiff.guidance.dps`: ``GuidedDenoiser`` (a denoiser wrapper usable by every solver) and
   ``guided_sample``.
+- :mod:`~funcdiff.guidance.mmps`: ``MomentMatchingDenoiser`` (MMPS, Rozet et al. 2024): the Kalman update with
+  the Tweedie covariance σ² J C by vector–Jacobian products and CG on the sensors.
+- :mod:`~funcdiff.guidance.enkg`: ``EnsembleKalmanDenoiser`` (EnKG, Zheng et al. 2024): the same update with
+  derivatives replaced by ensemble statistics (no gradient of the denoiser or of the forward model).
+- :mod:`~funcdiff.guidance.operators`: sensor-space observation operators shared by these (``SparseOperator``;
+  ``SolverOperator``: a numerical solver in the loop) and ``OperatorLikelihood`` (the DPS term through a solver).
 - :mod:`~funcdiff.guidance.io`: observations to and from netCDF.
 - :mod:`~funcdiff.guidance.timed`: sensors with times for forecasts (``TimedObservation``) and ``FrameTerm``,
   a guidance term on one frame of a forecaster's window.

@@ -4,6 +4,8 @@
   which channel is observed and which reported, grid convention, PDE residual, metrics threshold.
 - :mod:`~funcdiff.tasks.solve`: ``solve(checkpoint, task, observation, ...) -> Posterior`` (guided posterior
   sampling, metrics, netCDF and PNG output), ``make_observation``, ``load_truth``.
+- :mod:`~funcdiff.tasks.samplers`: the posterior samplers of ``solve(method=...)`` (``METHODS``: dps, mmps, enkg,
+  dps-physics, enkg-physics) and their checks.
 - :mod:`~funcdiff.tasks.baselines`: interpolation (+ numerical solver) and FNO-regression baselines.
 - :mod:`~funcdiff.tasks.forecast`: ``forecast(model, initial, lead_steps, ...) -> Forecast`` (autoregressive and
   rolling diffusion rollouts, ensembles, sensors assimilated during the rollout), ``rollout`` (a generator).
