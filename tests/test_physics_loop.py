@@ -74,6 +74,8 @@ def test_methods_share_the_solver_and_report_their_costs(darcy_run):
         # batched VJPs: at most cg_iters + 1 per denoiser call (CG stops early once converged)
         assert (9 <= post.settings["vjps"] <= 9 * 3) if method == "mmps" else post.settings["vjps"] == 0
         assert post.metrics()["misfit_mean"] < 0.3
+    dps = solve(checkpoint, "darcy-inverse", obs, num_samples=3, steps=5, seed=1)
+    assert dps.settings["vjps"] == 9 and dps.settings["solver_calls"] == 0
 
 
 def test_methods_a_task_cannot_use_give_clear_errors(darcy_run):

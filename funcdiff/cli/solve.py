@@ -23,6 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     from funcdiff.cli import non_negative_float, non_negative_int, positive_int
     from funcdiff.sampling import SOLVERS
     from funcdiff.tasks.problems import task_names
+    from funcdiff.tasks.samplers import METHODS
 
     p = subparsers.add_parser("solve", help="solve a forward/inverse task from sparse observations")
     p.add_argument("--checkpoint", required=True, type=Path, help="checkpoint file or run directory")
@@ -42,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="grid points per axis (default: truth/training)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--guidance-strength", type=float, default=1.0)
-    p.add_argument("--method", default="dps", choices=["dps", "mmps", "enkg", "dps-physics", "enkg-physics"],
+    p.add_argument("--method", default="dps", choices=METHODS,
                    help="posterior sampler: dps (default), mmps (Tweedie covariance), enkg (derivative-free "
                         "ensemble over --num-samples), dps-physics / enkg-physics (the numerical solver in the loop)")
     p.add_argument("--cg-iters", type=non_negative_int, default=5, help="mmps: CG iterations per step")

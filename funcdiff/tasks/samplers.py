@@ -27,7 +27,7 @@ from funcdiff.guidance import GuidedDenoiser, SparseObservation, guided_sample
 from funcdiff.guidance.enkg import EnsembleKalmanDenoiser
 from funcdiff.guidance.mmps import MomentMatchingDenoiser
 from funcdiff.guidance.operators import OperatorLikelihood, SolverOperator, SparseOperator
-from funcdiff.sampling import sample
+from funcdiff.sampling import num_denoiser_calls, sample
 from funcdiff.tasks.problems import Task
 
 METHODS = ("dps", "mmps", "enkg", "dps-physics", "enkg-physics")
@@ -65,7 +65,8 @@ def posterior_states(method: str, task: Task, denoiser, meta, obs: SparseObserva
                      chunk_size: Optional[int], device, progress: bool, trust_region: Optional[float],
                      schedule: dict) -> tuple[Tensor, dict]:
     """Samples of the model state (model units) by ``method`` (not ``dps`` without physics: that is
-    :func:`funcdiff.guidance.guided_sample`) and the counts {"vjps", "solver_calls"} they cost.
+    :func:`funcdiff.guidance.guided_sample`) and the counts {"vjps", "solver_calls"} they cost (VJPs through
+    the denoiser for the whole batch; solver calls per sample summed over the batch).
 
     ``obs`` indexes the model's channels, or the task's channels for the ``*-physics`` methods.
     Shapes: ``shape`` = (B, C_model, *S); returns (B, C_model, *S).
@@ -88,7 +89,7 @@ def posterior_states(method: str, task: Task, denoiser, meta, obs: SparseObserva
     if method == "dps-physics" and not inverse_physics:
         x = guided_sample(denoiser, noise, obs, shape, guidance_strength=strength, decode=decode,
                           sigma_data=sigma_data, chunk_size=chunk_size, trust_region=trust_region, **run)
-        return x, {"vjps": 0, "solver_calls": 0}
+        return x, {"vjps": num_denoiser_calls(solver, steps), "solver_calls": 0}
     if method == "dps-physics":
         guided = GuidedDenoiser(denoiser, [OperatorLikelihood(op)], noise, strength=strength,
                                 chunk_size=chunk_size, trust_region=trust_region, sigma_data=sigma_data)
@@ -98,7 +99,8 @@ def posterior_states(method: str, task: Task, denoiser, meta, obs: SparseObserva
     else:  # enkg, enkg-physics
         guided = EnsembleKalmanDenoiser(denoiser, op, noise, strength=strength)
     x = sample(guided, shape, noise, **run)
-    return x, {"vjps": int(getattr(guided, "vjps", 0)), "solver_calls": int(op.solver_calls)}
+    vjps = num_denoiser_calls(solver, steps) if method == "dps-physics" else int(getattr(guided, "vjps", 0))
+    return x, {"vjps": vjps, "solver_calls": int(op.solver_calls)}
 
 
 def solve_physics(task: Task, samples: Tensor, names: Sequence[str]) -> tuple[Tensor, tuple[str, ...]]:

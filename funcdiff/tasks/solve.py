@@ -324,7 +324,7 @@ def solve(checkpoint: ModelLike, task: str | Task, observation: SparseObservatio
     if sigma_max is not None:
         schedule["sigma_max"] = float(sigma_max)
     shape = (num_samples, len(names), *spatial)
-    counts = {}
+    counts = {"vjps": num_denoiser_calls(solver, steps), "solver_calls": 0}  # dps: one batched VJP per call
     if method == "dps":
         x = guided_sample(denoiser, meta.noise, obs, shape, steps=steps, solver=solver,
                           seed=seed, guidance_strength=guidance_strength, pde_terms=pde_terms, decode=_decoder(meta),
@@ -344,6 +344,7 @@ def solve(checkpoint: ModelLike, task: str | Task, observation: SparseObservatio
         counts["solver_calls"] = counts.get("solver_calls", 0) + num_samples
     if pushforward:
         samples = push_forward(task, samples, names)
+        counts["solver_calls"] += num_samples
     settings = {"method": method, **counts,
                 "steps": steps, "solver": solver, **schedule, "nfe": num_denoiser_calls(solver, steps), "seed": seed,
                 "guidance_strength": guidance_strength, "pde_guidance": int(pde_guidance),
