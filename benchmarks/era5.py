@@ -13,7 +13,8 @@ shorter with ``--quick``. Each test trajectory's first frame starts an ensemble 
 Rows ``{"method", "variable", "lead", "lead_hours", "rmse", "acc", "crps"}`` (``method`` one of ``diffusion``,
 ``persistence``, ``climatology``; RMSE and CRPS area-weighted with the square root after the mean over initial
 times, ACC against the training climatology), plus timing rows ``{"method": "timing", "grid", "what", "seconds",
-"peak_rss_mib", "baseline_rss_mib"}`` measured in a fresh process each: one forecast step of the 8-member ensemble
+"peak_rss_mib", "baseline_rss_mib"}`` measured in a fresh process each (peak resident memory during the
+measured call, after resetting the kernel's mark; baseline = resident memory just before it): one forecast step of the 8-member ensemble
 at 32×64 and 121×240 (the 5.625° model applied to band-limited interpolated states), and one denoiser call at
 721×1440 (0.25°, batch 1).
 
@@ -49,7 +50,32 @@ SIZES = {
 
 
 def peak_rss_mib() -> float:
+    """Peak resident memory of this process since start or since :func:`reset_peak_rss` (VmHWM), in MiB."""
+    status = _proc_status()
+    if "VmHWM" in status:
+        return status["VmHWM"] / 1024.0
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def current_rss_mib() -> float:
+    return _proc_status().get("VmRSS", float("nan")) / 1024.0
+
+
+def reset_peak_rss() -> None:
+    """Reset the kernel's peak-RSS mark (Linux: ``echo 5 > /proc/self/clear_refs``), so that a measurement sees
+    only what follows and not the peak of imports and model loading."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def _proc_status() -> dict[str, float]:
+    try:
+        lines = Path("/proc/self/status").read_text().splitlines()
+    except OSError:
+        return {}
+    return {k: float(v.split()[0]) for k, _, v in (ln.partition(":") for ln in lines) if k in ("VmHWM", "VmRSS")}
 
 
 def make_data(work: Path, size: dict, seed: int) -> tuple[Path, Path]:
@@ -143,9 +169,10 @@ def timing_child(run: str, grid: str, members: int) -> dict:
     coeffs = torch.tril(torch.complex(torch.randn(fc.channels, 16, 16, generator=g),
                                       torch.randn(fc.channels, 16, 16, generator=g)))
     state = GridSHT().isht(coeffs, s=(nlat, nlon)) * 0.5  # a band-limited state, normalised units
-    baseline = peak_rss_mib()
     if nlat >= 700:  # one denoiser call, batch 1
         x = state[None]
+        baseline = current_rss_mib()
+        reset_peak_rss()
         with torch.no_grad():
             start = time.perf_counter()
             fc.denoiser(x, torch.tensor([1.0]), cond=x)
@@ -154,6 +181,8 @@ def timing_child(run: str, grid: str, members: int) -> dict:
     else:
         initial = fc.decode(state[None, :, None])[0]  # (C, 1, H, W) physical
         next(Forecast(fc, initial, 1, members=members, seed=1).frames(0))  # warm-up: SHT tables, allocator
+        baseline = current_rss_mib()
+        reset_peak_rss()
         start = time.perf_counter()
         next(Forecast(fc, initial, 1, members=members, seed=0).frames(0))
         seconds = time.perf_counter() - start
