@@ -11,7 +11,7 @@ NFE); they differ only in ``transform:``
   default); ``--noise-study`` adds the same model with the ``noise:`` GRF mapped through the transform (``grf``).
 
 Data (our solvers, held-out trajectories by ``training.forecast.trajectory_split``): Burgers with shocks
-(``burgers_shock``, nu = 1e-3, solved at 1024 points and subsampled to 256, frames 0.02 apart) and a 2-D
+(``burgers_shock``, nu = 1e-3, solved at 1024 points and subsampled to 128, frames 0.02 apart) and a 2-D
 Navier-Stokes vorticity trajectory (``navier_stokes_trajectory``, FNO forcing, 32², frames 0.5 apart). Each test
 case starts from a held-out trajectory at several start frames. Scores over frames 1..T, in physical units, averaged
 over cases and members: MSE (WDNO's metric), relative L2 per frame, shock-location error (periodic distance between
@@ -50,9 +50,9 @@ from funcdiff.training.trajectory import count_parameters  # noqa: E402
 
 SPECS = {
     "burgers_shock": {
-        "problem": "burgers_shock", "solve_resolution": 1024, "subsample": 4, "dim": 1, "channel": "u",
+        "problem": "burgers_shock", "solve_resolution": 1024, "subsample": 8, "dim": 1, "channel": "u",
         "params": {"dt": 0.01, "num_frames": 129}, "frame_step": 2, "horizon": 16, "levels": 2,
-        "axes": ["time", "x"], "noise": {"smoothness": 2.0, "length_scale": 0.05}, "n_modes": [3, 32],
+        "axes": ["time", "x"], "noise": {"smoothness": 2.0, "length_scale": 0.05}, "n_modes": [3, 16],
         "starts": [0, 32, 64],
         "quick": {"n_traj": 40, "steps": 600, "members": 4},
         "full": {"n_traj": 128, "steps": 4000, "members": 8},
