@@ -23,7 +23,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("evaluate", help="score an ensemble forecast against truth trajectories",
                               description=__doc__.splitlines()[0])
     p.add_argument("--forecast", required=True, type=Path, help="forecast netCDF written by `funcdiff forecast`")
-    p.add_argument("--truth", required=True, type=Path, help="truth trajectories (funcdiff HDF5)")
+    p.add_argument("--truth", required=True, type=Path, help="truth trajectories (funcdiff HDF5, or an ERA5 store of "
+                   "`funcdiff data era5`: scores are then area-weighted)")
     p.add_argument("--out", required=True, type=Path, help="scores netCDF (dims method, lead_time, channel, rank)")
     p.add_argument("--json", type=Path, default=None, help="also write the scores as JSON rows")
     p.add_argument("--plot", type=Path, default=None, help="also write a PNG of every score against lead time")

@@ -16,7 +16,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Roll a trained forecaster (autoregressive or rolling diffusion) forward from the frames of a "
                     "trajectory file. Rerun the same command after a kill to continue where it stopped.")
     parser.add_argument("--checkpoint", required=True, help="forecaster checkpoint file or run directory")
-    parser.add_argument("--initial", required=True, help="trajectory file (funcdiff HDF5) holding the initial frames")
+    parser.add_argument("--initial", required=True, help="trajectory file (funcdiff HDF5, or an ERA5 store of "
+                        "`funcdiff data era5`) holding the initial frames")
     parser.add_argument("--index", type=int, action="append", default=None, metavar="I",
                         help="trajectory to start from (repeatable: one initial state each; default 0)")
     parser.add_argument("--start-frame", type=int, default=None,
