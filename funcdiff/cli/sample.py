@@ -48,7 +48,10 @@ def sample_checkpoint(checkpoint: str | os.PathLike, resolution: int, num_sample
     denoiser, meta = load_denoiser(checkpoint, ema=ema, device=device)
     settings = {**meta.config.get("sample", {})}
     settings.update({k: v for k, v in (("steps", steps), ("solver", solver)) if v is not None})
-    shape = (num_samples, len(meta.channel_names), *([resolution] * meta.noise.dim))
+    spatial = [resolution] * meta.noise.dim
+    if meta.noise.as_dict().get("domain") == "sphere":  # lat-lon: `resolution` rows without poles, twice the columns
+        spatial = [resolution, 2 * resolution]
+    shape = (num_samples, len(meta.channel_names), *spatial)
     x = sample(denoiser, shape, meta.noise, seed=seed, batch_size=batch_size, device=device, progress=progress,
                **settings)
     x = x.float().cpu()
