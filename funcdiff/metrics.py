@@ -239,6 +239,20 @@ def energy_spectrum(x: torch.Tensor, spatial_dims: int) -> tuple[torch.Tensor, t
     return torch.arange(n_shells, dtype=torch.float64), summed[..., :n_shells]
 
 
+def angular_power_spectrum(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Angular power spectrum C_l = Σ_m |a_lm|² / (2l + 1) of fields on a regular lat-lon grid (latitude ascending,
+    :mod:`funcdiff.sphere`), for degrees l < H/2 (where the grid's quadrature is exact for band-limited fields):
+    the sphere's counterpart of :func:`energy_spectrum`, used to score lat-lon forecasts.
+
+    Shapes: x (..., H, W) -> (degrees (L,), spectra (..., L)), float64.
+    """
+    from funcdiff.sphere import GridSHT, angular_power
+
+    degrees = x.shape[-2] // 2
+    coeffs = GridSHT().sht(x.double(), s=(degrees, min(degrees, x.shape[-1] // 2)))
+    return torch.arange(degrees, dtype=torch.float64), angular_power(coeffs)
+
+
 def _log10_spectrum_ratio(spectrum: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     """log10(E / E_ref) on the shells k ≥ 1 (powers floored at 1e-30). Shapes: (..., K) -> (..., K - 1)."""
     if spectrum.shape[-1] != reference.shape[-1]:

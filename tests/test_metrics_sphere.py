@@ -78,3 +78,17 @@ def test_constant_in_longitude_scores_the_same_at_every_shift(shift):
     zonal_pred = fields(10, (3, 2, 8, 1)).expand(3, 2, 8, 16)
     assert torch.equal(lat_weighted_rmse(zonal_pred.roll(shift, -1), zonal_truth, LAT),
                        lat_weighted_rmse(zonal_pred, zonal_truth, LAT))
+
+
+def test_angular_power_spectrum_of_a_sphere_grf():
+    """The metric's spectrum of sphere-GRF samples is the specified C_l (lat-lon forecasts score spectra with it)."""
+    from funcdiff.metrics import angular_power_spectrum
+    from funcdiff.noise_sphere import SphericalGaussianRandomField
+
+    noise = SphericalGaussianRandomField(smoothness=2.0, length_scale=0.15, max_degree=12)
+    x = noise.sample((300, 1, 32, 64), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    degrees, spectra = angular_power_spectrum(x)
+    assert degrees.shape == (16,) and spectra.shape == (300, 1, 16)
+    ratio = spectra.mean((0, 1))[:12] / noise.spectrum((32, 64), dtype=torch.float64)
+    assert (ratio - 1).abs().max() < 0.2
+    assert float(spectra.mean((0, 1))[12:].max()) < 1e-20  # nothing above the band limit

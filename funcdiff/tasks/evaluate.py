@@ -27,8 +27,8 @@ from torch import Tensor
 
 from funcdiff.errors import UserError
 from funcdiff.io.forecast_file import FORECAST_DIMS, ForecastContents, read_contents
-from funcdiff.metrics import (crps_ensemble, energy_spectrum, max_spectrum_ratio, rank_histogram, rmse,
-                              spectrum_error, spread_skill_ratio, weighted_mean)
+from funcdiff.metrics import (angular_power_spectrum, crps_ensemble, energy_spectrum, max_spectrum_ratio,
+                              rank_histogram, rmse, spectrum_error, spread_skill_ratio, weighted_mean)
 
 METHODS = ("forecast", "persistence", "climatology")
 SCORES = ("rmse", "rel_l2", "crps", "spread", "ssr", "acc", "spectrum_error", "max_spectrum_ratio")
@@ -47,7 +47,8 @@ SCORE_ATTRS = {
 
 
 def lead_scores(members: Tensor, truth: Tensor, weights: Optional[Tensor] = None, *,
-                generator: Optional[torch.Generator] = None, climatology: Optional[Tensor] = None) -> dict[str, Tensor]:
+                generator: Optional[torch.Generator] = None, climatology: Optional[Tensor] = None,
+                sphere: bool = False) -> dict[str, Tensor]:
     """Every score per channel and lead, averaged over initial conditions and space.
 
     Args:
@@ -57,6 +58,8 @@ def lead_scores(members: Tensor, truth: Tensor, weights: Optional[Tensor] = None
             unweighted (periodic grids).
         generator: breaks ties in the rank histogram (default: seeded with 0).
         climatology: the reference of the anomaly correlation ``acc``, broadcastable to ``truth`` (None: acc NaN).
+        sphere: the fields lie on a lat-lon grid: spectra are angular power spectra over degree l
+            (:func:`funcdiff.metrics.angular_power_spectrum`) instead of 2-D Fourier shells.
 
     Shapes: members (B, M, C, L, *S), truth (B, C, L, *S) -> ``rmse``, ``rel_l2``, ``crps``, ``spread``,
     ``ssr``, ``spectrum_error``, ``max_spectrum_ratio`` (C, L) and ``rank_histogram`` (C, L, M + 1).
@@ -78,7 +81,7 @@ def lead_scores(members: Tensor, truth: Tensor, weights: Optional[Tensor] = None
         "rank_histogram": rank_histogram(members, truth, 1, weights=weights, dims=pooled, generator=generator),
         "acc": _anomaly_correlation(mean, truth, climatology, weights, space),
     }
-    return {**scores, **_spectrum_scores(members, truth)}
+    return {**scores, **_spectrum_scores(members, truth, sphere)}
 
 
 def _anomaly_correlation(mean: Tensor, truth: Tensor, climatology: Optional[Tensor], weights: Optional[Tensor],
@@ -93,14 +96,18 @@ def _anomaly_correlation(mean: Tensor, truth: Tensor, climatology: Optional[Tens
     return per_case.mean(0)
 
 
-def _spectrum_scores(members: Tensor, truth: Tensor) -> dict[str, Tensor]:
+def _spectrum_scores(members: Tensor, truth: Tensor, sphere: bool = False) -> dict[str, Tensor]:
     """Spectrum error and max ratio of the mean member spectrum against the truth's, per channel and lead.
 
     Shapes: members (B, M, C, L, *S), truth (B, C, L, *S) -> two tensors (C, L).
     """
     spatial = truth.ndim - 3
-    _, forecast_spectrum = energy_spectrum(members, spatial)
-    _, truth_spectrum = energy_spectrum(truth, spatial)
+    if sphere:
+        _, forecast_spectrum = angular_power_spectrum(members)
+        _, truth_spectrum = angular_power_spectrum(truth)
+    else:
+        _, forecast_spectrum = energy_spectrum(members, spatial)
+        _, truth_spectrum = energy_spectrum(truth, spatial)
     forecast_spectrum, truth_spectrum = forecast_spectrum.mean((0, 1)), truth_spectrum.mean(0)
     return {"spectrum_error": spectrum_error(forecast_spectrum, truth_spectrum),
             "max_spectrum_ratio": max_spectrum_ratio(forecast_spectrum, truth_spectrum)}
@@ -251,9 +258,10 @@ def _score_chunk(forecast: xr.Dataset, layout: ForecastContents, trajectories: T
     clim = climatology[None, None, :, None].expand(shape)
     members = _read_members(forecast, layout, leads)
     reference = climatology[None, :, None]
-    return {"forecast": lead_scores(members, truth, weights, generator=generator, climatology=reference),
-            "persistence": lead_scores(persistence, truth, weights, climatology=reference),
-            "climatology": lead_scores(clim, truth, weights, climatology=reference)}
+    sphere = layout.spatial == ("latitude", "longitude")
+    return {"forecast": lead_scores(members, truth, weights, generator=generator, climatology=reference, sphere=sphere),
+            "persistence": lead_scores(persistence, truth, weights, climatology=reference, sphere=sphere),
+            "climatology": lead_scores(clim, truth, weights, climatology=reference, sphere=sphere)}
 
 
 def scores_to_dataset(scores: dict[str, dict[str, Tensor]], layout: ForecastContents, leads: np.ndarray,
