@@ -89,7 +89,10 @@ class FieldDataset(Dataset):
         """
         data = load_fields(path, fields=list(channels), **load_kwargs)
         source = {key: data.attrs[key] for key in SOURCE_ATTRS if key in data.attrs}
-        dataset = cls(data.stack(channels), channels, normalizer or _stored_normalizer(data, channels), source)
+        fields = data.stack(channels)
+        if data.source == "era5_zarr":  # an ERA5 store: every frame of every trajectory is a sample (N·T, C, H, W)
+            fields = fields.movedim(2, 1).flatten(0, 1)
+        dataset = cls(fields, channels, normalizer or _stored_normalizer(data, channels), source)
         dataset._normalizer_given = normalizer is not None
         return dataset
 
