@@ -1,5 +1,5 @@
-"""GPU performance, ready to measure: training steps/s and sampling samples/s at 64², 128², 256², peak memory, and the
-cost of a guided sampler step relative to an unguided one; fp32 vs bf16 autocast (and, with --compile, eager vs
+"""GPU performance, ready to measure: training steps/s and sampling samples/s at 64², 128², 256², peak memory,
+and the cost of a guided sampler step relative to an unguided one; fp32 vs bf16 autocast (and, with --compile, eager vs
 torch.compile) on CUDA. Without CUDA it runs the same measurements on the CPU and says so.
 
 Training rows time ``Trainer.train_step`` (the package's trainer: EDM loss, AdamW, EMA; synthetic GRF data) after
@@ -13,7 +13,7 @@ gain (README, "GPU options").
 Rows: {"device", "resolution", "variant", "train_batch", "train_steps_per_s", "sample_batch", "steps",
        "samples_per_s", "guided_step_ratio", "peak_mem_mb"}
 
-    python benchmarks/gpu.py --out benchmarks/results/gpu_h100.json           # a GPU: 64², 128², 256², darcy_128_gpu model
+    python benchmarks/gpu.py --out benchmarks/results/gpu_h100.json   # a GPU: 64², 128², 256², darcy_128_gpu model
     python benchmarks/gpu.py --quick --out benchmarks/results/gpu_cpu_quick.json   # CPU: 32², 64², small model
 """
 

@@ -2,7 +2,8 @@
 accumulation equals the big batch, and the ranks' shards cover each epoch's batches exactly once.
 
 Tolerance: weights after 5 AdamW steps agree to 1e-5 absolute (float32; the ranks' mean gradients are averaged by
-an all-reduce instead of one mean over the batch, so sums are rounded in another order). Measured: 6e-8 (2 ranks), 9e-8 (2 ranks x 2 micro-batches), 6e-8 and 1.2e-7 (accumulation 2, 4).
+an all-reduce instead of one mean over the batch, so sums are rounded in another order).
+Measured: 6e-8 (2 ranks), 9e-8 (2 ranks x 2 micro-batches), 6e-8 and 1.2e-7 (accumulation 2, 4).
 """
 
 import os

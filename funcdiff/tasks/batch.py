@@ -376,10 +376,10 @@ def merge_parts(out_dir: str | os.PathLike, out: Optional[str | os.PathLike] = N
                      any(k not in a or _differ(a[k], attrs[0].get(k)) for a in attrs))
     forecast = manifest["kind"] == "forecast"
     dim = "init_time" if forecast else "case"
-    positions = {str(p): i for i, p in enumerate(paths)}
+    positions = {p.name: i for i, p in enumerate(paths)}  # xarray may store the source path resolved
 
     def prepare(ds: xr.Dataset) -> xr.Dataset:
-        i = positions[str(Path(ds.encoding["source"]))]
+        i = positions[Path(ds.encoding["source"]).name]
         per_case = {k: ds.attrs.pop(k) for k in varying if k in ds.attrs}
         for k in DROPPED_ATTRS:
             ds.attrs.pop(k, None)
@@ -460,11 +460,6 @@ def solve_cases(model, task, fields: "torch.Tensor", run: BatchRun, *, seed: int
     return run.run(compute, progress=progress)
 
 
-__all__ = ["Case", "BatchRun", "BatchResult", "case_seed", "parse_indices", "parse_time_range", "select_frames",
-           "shard", "merge_parts", "same_result", "index_cases", "read_case_fields", "solve_cases", "read_manifest",
-           "MANIFEST", "PARTS", "MERGED"]
-
-
 # ------------------------------------------------------------------------------------------------ forecast cases
 def forecast_cases(traj_shape: Sequence[int], times: Optional[np.ndarray], source: str, *, history: int,
                    frame_step: int = 1, indices: Optional[str] = None, init_times: Optional[str] = None,
@@ -528,3 +523,8 @@ def run_forecast_cases(forecaster, traj: "torch.Tensor", times: Optional["torch.
                  **forecast_kwargs).save(part)
 
     return run.run(compute, progress=progress)
+
+
+__all__ = ["Case", "BatchRun", "BatchResult", "case_seed", "parse_indices", "parse_time_range", "select_frames",
+           "shard", "merge_parts", "same_result", "index_cases", "read_case_fields", "solve_cases", "read_manifest",
+           "forecast_cases", "run_forecast_cases", "MANIFEST", "PARTS", "MERGED"]

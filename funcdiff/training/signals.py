@@ -12,9 +12,10 @@ it with SIGTERM (then SIGKILL after ``KillWait``, 30 s by default). funcdiff's a
 
 The job script turns status 75 into ``scontrol requeue $SLURM_JOB_ID`` (with ``#SBATCH --requeue``); the requeued
 job reruns the same command with ``--resume`` (training) or the same case list (inference, which skips finished
-cases). Under torchrun, ``TORCHELASTIC_SIGNALS_TO_HANDLE=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1`` makes the agent
-forward SIGUSR1 to its workers instead of dying of it; training ranks agree on the stop step with one all-reduce
-per step (:func:`agree_stop`), so every rank checkpoints at the same step.
+cases). Under torchrun, ``--signals-to-handle SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1`` (or the environment variable
+``PET_SIGNALS_TO_HANDLE``; ``TORCHELASTIC_SIGNALS_TO_HANDLE`` before torch 2.8) makes the agent forward SIGUSR1 to
+its workers instead of dying of it (the agent itself then exits with 1); training ranks agree on the stop step with
+one all-reduce per step (:func:`agree_stop`), so every rank checkpoints at the same step.
 """
 
 from __future__ import annotations
