@@ -48,6 +48,10 @@ def test_train_and_forecast_a_burgers_shock_trajectory_from_the_shipped_config(t
         np.testing.assert_allclose(ds["lead_time"].values, 0.02 * np.arange(1, 9), rtol=1e-6)  # frame_step 2
         assert json.loads(ds.attrs["config"])["forecast"]["kind"] == "trajectory"
         assert bool(np.isfinite(ds["u"].values).all())
+    # `funcdiff sample` cannot draw a trajectory without its initial frame: one line, status 2
+    assert cli.main(["sample", "--checkpoint", str(run), "--resolution", "64", "--num-samples", "1",
+                     "--out", str(tmp_path / "s.nc"), "--no-progress"]) == 2
+    assert "funcdiff forecast" in capsys.readouterr().err
 
     # a grid the transform cannot take: one clear line, exit status 2, no file
     bad = generate_to_hdf5(get_problem("burgers_shock"), tmp_path / "bad.h5", num_samples=6, resolution=62,

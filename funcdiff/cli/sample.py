@@ -46,6 +46,10 @@ def sample_checkpoint(checkpoint: str | os.PathLike, resolution: int, num_sample
     if resolution < 2 or num_samples < 1:
         raise UserError(f"need resolution >= 2 and num_samples >= 1, got {resolution} and {num_samples}")
     denoiser, meta = load_denoiser(checkpoint, ema=ema, device=device)
+    kind = (meta.config.get("forecast") or {}).get("kind", "none")
+    if kind != "none":
+        raise UserError(f"checkpoint {checkpoint} is a forecaster (forecast.kind={kind}); it needs initial frames: "
+                        "use `funcdiff forecast --checkpoint ... --initial FILE`")
     settings = {**meta.config.get("sample", {})}
     settings.update({k: v for k, v in (("steps", steps), ("solver", solver)) if v is not None})
     spatial = [resolution] * meta.noise.dim
