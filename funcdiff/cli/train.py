@@ -70,6 +70,7 @@ def run_train(args: argparse.Namespace) -> int:
     info = dist_info_from_env()
     device = select_device(config.train.device, info)
     init_distributed(device, info)
+    trainer = None
     try:
         with user_errors():
             trainer = Trainer.from_config(config, device=device, dist_info=info, progress=not args.no_progress)
@@ -79,6 +80,8 @@ def run_train(args: argparse.Namespace) -> int:
             trainer.stop = stop
             trainer.fit()
     finally:
+        if trainer is not None:  # free the DDP wrapper while its process group exists: freed after it, a rank hung
+            trainer.network = trainer.model  # at exit (seen under torchrun with gloo)
         shutdown_distributed()
     if trainer.stopped_by:
         return _stopped(args, trainer, stop)
