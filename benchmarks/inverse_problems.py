@@ -3,16 +3,19 @@
 FunDPS protocol on our generated data: per held-out field, observe 3 % of the grid at random nodes (500 of
 128², or the same fraction at the resolution run), report the relative L2 error of the target channel per
 field averaged over all held-out fields (Darcy inverse also the misclassification rate at a = 7.5).
-Rows: our guided sampler (Heun) at several step counts, without and with PDE-residual guidance, scoring one
-posterior sample (``estimator=single``, averaged over the samples drawn) and the mean of several
-(``estimator=mean``); ``interpolation`` (forward: interpolate the observed input, run our solver on it) and
+Rows: each posterior sampler of ``solve(method=...)`` (dps, mmps, enkg, dps-physics, enkg-physics; Heun) at
+10, 20 and 50 steps, scoring one posterior sample (``estimator=single``, averaged over the samples drawn) and
+the mean of several (``estimator=mean``), with the numerical-solver calls and VJPs per sample beside the NFE;
+the 64²-trained model also solved at 128² (fields generated there); in full mode also PDE-residual guidance
+rows; ``interpolation`` (forward: interpolate the observed input, run our solver on it) and
 ``fno-regression`` (a deterministic FNO from masked observations to the target, trained on the same data).
 
 One joint diffusion model per PDE (trained with the package's Trainer on configs/tasks/<pde>-64.yaml, sizes
 overridden here) serves both directions. FunDPS reference at 128², 500 Heun steps (999 NFE):
 Darcy 2.49 % / 5.18 %, Poisson 1.99 / 20.47, Helmholtz 2.13 / 17.16, Navier–Stokes 3.32 / 8.48 (fwd / inv).
 
-    python benchmarks/inverse_problems.py --quick --out inverse_quick.json   # Darcy at 64² on CPU
+    python benchmarks/inverse_problems.py --quick --out inverse_quick.json   # every PDE at 64² on CPU
+    python benchmarks/inverse_problems.py --quick --problems darcy --methods dps mmps --no-fine --out d.json
     python benchmarks/inverse_problems.py --checkpoint darcy=runs/darcy-64 --problems darcy --out darcy.json
 """
 
@@ -288,7 +291,8 @@ def main() -> None:
     meta = {"quick": args.quick, "settings": s, "obs_fraction": 0.03, "threads": torch.get_num_threads(),
             "loadavg": os.getloadavg(),
             "checkpoints": {k: str(v) for k, v in args.checkpoints.items()},
-            "note": "quick mode: 10 held-out fields, small model and short training (full mode: >= 100 fields)"}
+            "note": f"{s['n_test']} held-out fields per task, {s['train_steps']} training steps"
+                    + (" (quick mode: small model and short training)" if args.quick else "")}
     write_json(rows, args.out, meta)
     if args.out is not None:
         plot(rows, args.out.with_suffix(".png"))
