@@ -144,7 +144,7 @@ class SampleConfig:
     rho: float = 7.0
 
 
-FORECAST_KINDS = ("none", "autoregressive", "rolling", "deterministic", "trajectory")
+FORECAST_KINDS = ("none", "autoregressive", "rolling", "deterministic", "trajectory", "super_resolution")
 
 
 @dataclass(frozen=True)
@@ -164,6 +164,8 @@ class ForecastConfig:
     ``"trajectory"`` (WDNO, Hu, Wang et al., ICLR 2025) diffuses the ``horizon`` frames after one initial frame
     (``history`` must be 1) as one space-time field through ``transform`` (:mod:`funcdiff.training.trajectory`);
     a forecast longer than ``horizon`` continues from the last frame, block by block.
+    ``"super_resolution"`` learns the one-level wavelet details of the last ``horizon`` frames of each window given
+    their approximation (:mod:`funcdiff.training.super_resolution`; ``funcdiff upsample`` applies it).
     """
 
     kind: str = "none"
@@ -280,6 +282,9 @@ class RunConfig:
             k, t = self.transform.coefficients_per_channel(), self.transform
             k_cond = t.coefficients_per_channel(max(len(t.axes) - 1, 0))
             return {**self.model, "in_channels": c * k, "out_channels": c * k, "cond_channels": c * k_cond}
+        if fc.kind == "super_resolution":  # details given the approximation, one wavelet level
+            k = self.transform.coefficients_per_channel()
+            return {**self.model, "in_channels": c * (k - 1), "out_channels": c * (k - 1), "cond_channels": c}
         out = {**self.model, "in_channels": c * fc.horizon, "out_channels": c * fc.horizon,
                "cond_channels": c * fc.history}
         if fc.kind == "rolling":

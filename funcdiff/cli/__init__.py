@@ -24,7 +24,7 @@ import sys
 from contextlib import contextmanager
 from typing import Iterator, NoReturn
 
-VERBS = ("demo", "data", "train", "sample", "solve", "observe", "forecast", "evaluate", "merge")
+VERBS = ("demo", "data", "train", "sample", "solve", "observe", "forecast", "evaluate", "merge", "upsample")
 USER_OS_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
 DEBUG_ENV = "FUNCDIFF_DEBUG"
 DEFAULT_ALL_CORES = ("data",)  # verbs that keep torch's default thread count unless --threads is given

@@ -97,6 +97,9 @@ def load_forecaster(checkpoint: str | os.PathLike, device: str | torch.device = 
     if not config.forecast.enabled:
         raise UserError(f"checkpoint {checkpoint} is not a forecaster (it was trained without a `forecast:` "
                         "section); train one with a config from configs/forecast/")
+    if config.forecast.kind == "super_resolution":
+        raise UserError(f"checkpoint {checkpoint} is a super-resolution model, not a forecaster: apply it to a "
+                        "trajectory with `funcdiff upsample`")
     if config.forecast.kind == "trajectory":
         from funcdiff.tasks.trajectory import trajectory_forecaster
 

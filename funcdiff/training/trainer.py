@@ -131,7 +131,15 @@ def _encoded(dataset: FieldDataset, device: torch.device, frames: bool = False, 
 
 def _trajectory_training(config: RunConfig, train_set: FieldDataset):
     """The transform, noise and loss of a whole-trajectory model (``forecast.kind: trajectory``), fitted on the
-    normalised training windows; ``None`` for every other model (their path is unchanged)."""
+    normalised training windows; ``None`` for every other model (their path is unchanged). Super-resolution
+    models (``forecast.kind: super_resolution``) get :class:`funcdiff.training.super_resolution.SuperResolutionTraining`,
+    which has the same interface."""
+    if config.forecast.kind == "super_resolution":
+        from funcdiff.training.super_resolution import SuperResolutionTraining
+
+        x = train_set.normalizer.encode(train_set.fields).to(torch.float32)
+        check_finite(x, train_set.channel_names)
+        return SuperResolutionTraining(config, x)
     if config.forecast.kind != "trajectory":
         if config.transform.kind != "identity":
             raise UserError(f"transform.kind={config.transform.kind} is used by whole-trajectory models: set "

@@ -1,0 +1,286 @@
+"""Zero-shot super-resolution of trajectories in the wavelet domain (WDNO, Hu, Wang et al., ICLR 2025).
+
+A super-resolution checkpoint (``forecast.kind: super_resolution``, :mod:`funcdiff.training.super_resolution`)
+holds a conditional EDM denoiser of one wavelet level's detail coefficients given the approximation. One
+application (:func:`refine_once`) treats the given trajectory on the grid G as the approximation of the unknown
+field on 2G (√2^D times its samples), draws white noise for the details on G, runs the shared Karras schedule and
+solver with the approximation as clean conditioning channels, and inverts the transform exactly: 2x along every
+transformed axis (time and space, or space only). :func:`super_resolve` repeats it for 4x, 8x; the denoiser, a
+neural operator, runs each time on the grid it is given -- beyond the grid it was trained at, without retraining.
+
+Time: fine frame 2k is coarse frame k, fine frame 2k + 1 lies half a coarse step after it; the last one lies half a
+step after the last coarse frame (the periodised time transform wraps there, see README).
+
+Baselines: :func:`interpolate` (spectral in the periodic space, linear in time; or linear in both).
+
+Units: physical in and out (the checkpoint's normaliser inside). Shapes: trajectories (B, C, T, *S) for a
+space-time model, fields (B, C, *S) or trajectories (B, C, T, *S) (frames refined one by one) for a space-only one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from funcdiff.errors import UserError
+from funcdiff.noise import GaussianRandomField
+from funcdiff.sampling import get_solver, sigmas_karras
+from funcdiff.training.super_resolution import SuperResolutionCoder
+
+
+@dataclass
+class SuperResolver:
+    """A loaded super-resolution model: ``denoiser(details, sigma, cond=approximation)`` in normalised
+    coefficients, the ``coder``, the data ``normalizer`` (physical <-> normalised; None = identity), the detail
+    noise, the Fourier modes of the backbone per axis and the checkpoint's sigma range."""
+
+    denoiser: nn.Module
+    coder: SuperResolutionCoder
+    normalizer: object = None
+    noise: GaussianRandomField = None
+    n_modes: tuple[int, ...] = ()
+    sigma_min: float = 0.002
+    sigma_max: float = 20.0
+    rho: float = 7.0
+    channel_names: tuple[str, ...] = ("u",)
+
+    def __post_init__(self) -> None:
+        if self.noise is None:
+            self.noise = GaussianRandomField(dim=self.coder.dims, smoothness=0.0)
+
+    def encode(self, x: Tensor) -> Tensor:
+        return x if self.normalizer is None else self.normalizer.encode(x).to(x.dtype)
+
+    def decode(self, x: Tensor) -> Tensor:
+        return x if self.normalizer is None else self.normalizer.decode(x).to(x.dtype)
+
+
+def load_super_resolver(checkpoint: str | os.PathLike, device: str | torch.device = "cpu") -> SuperResolver:
+    """The :class:`SuperResolver` of a checkpoint file or run directory (EMA weights); UserError otherwise."""
+    from funcdiff.config import config_from_dict
+    from funcdiff.io.checkpoint import load_denoiser
+
+    denoiser, meta = load_denoiser(checkpoint, ema=True, device=device)
+    config = config_from_dict(meta.config)
+    if config.forecast.kind != "super_resolution" or "super_resolution" not in meta.extra:
+        raise UserError(f"checkpoint {checkpoint} is not a super-resolution model (forecast.kind="
+                        f"{config.forecast.kind}); train one with configs/wavelet/burgers-shock-superres.yaml")
+    coder = SuperResolutionCoder.from_state_dict(meta.extra["super_resolution"])
+    s = config.sample
+    return SuperResolver(denoiser=denoiser, coder=coder, normalizer=meta.normalizer, noise=meta.noise,
+                         n_modes=tuple(int(m) for m in meta.model_config.get("n_modes", ())),
+                         sigma_min=s.sigma_min, sigma_max=s.sigma_max, rho=s.rho,
+                         channel_names=tuple(meta.channel_names))
+
+
+def _fields(sr: SuperResolver, x: Tensor) -> tuple[Tensor, Optional[int]]:
+    """The model's fields of a batch: (B, C, *grid) as given, or frames folded into the batch (space-only model
+    on trajectories). Returns (fields, frames or None)."""
+    dims, spatial = sr.coder.dims, x.ndim - 2
+    if spatial == dims:
+        return x, None
+    if not sr.coder.time_axis and spatial == dims + 1:  # (B, C, T, *S): refine each frame
+        return x.transpose(1, 2).flatten(0, 1), x.shape[2]
+    raise UserError(f"input of shape {tuple(x.shape)} does not fit the model's axes {list(sr.coder.transform.axes)}:"
+                    f" expected (B, C, {', '.join(sr.coder.transform.axes)})")
+
+
+@torch.no_grad()
+def refine_once(sr: SuperResolver, coarse: Tensor, *, steps: int = 16, solver: str = "heun",
+                generator: Optional[torch.Generator] = None, batch_size: int = 16) -> Tensor:
+    """One level: normalised fields (B, C, *G) -> normalised fields (B, C, *2G), sampling the details with
+    ``steps`` Karras steps of ``solver`` (NFE = 2·steps - 1 for Heun) conditioned on the approximation."""
+    b = coarse.shape[0]
+    grid = tuple(coarse.shape[2:])
+    if sr.n_modes and any(n <= m for n, m in zip(grid, sr.n_modes)):
+        raise UserError(f"the grid {grid} is too coarse for the model: it needs more than {sr.n_modes} points per "
+                        "axis (its Fourier modes)")
+    cond = sr.coder.condition(coarse)
+    noise = sr.noise.sample((b, sr.coder.state_channels, *grid), generator=generator, dtype=coarse.dtype)
+    sigmas = sigmas_karras(steps, sr.sigma_min, sr.sigma_max, sr.rho).to(coarse.device)
+    out = []
+    for start in range(0, b, batch_size):
+        part = slice(start, start + batch_size)
+        c = cond[part]
+
+        def denoiser(z: Tensor, sigma: Tensor, c=c) -> Tensor:
+            return sr.denoiser(z, sigma, cond=c)
+
+        details = get_solver(solver)(denoiser, sr.sigma_max * noise[part].to(coarse.device), sigmas)
+        out.append(sr.coder.decode(c, details))
+    return torch.cat(out)
+
+
+def super_resolve(sr: SuperResolver, coarse: Tensor, factor: int, *, steps: int = 16, solver: str = "heun",
+                  seed: int = 0, batch_size: int = 16) -> Tensor:
+    """Refine physical trajectories/fields ``factor`` (a power of 2) times along every transformed axis by
+    repeated one-level applications. Shapes: (B, C, *G) -> (B, C, *factor·G) (space-only model on (B, C, T, *S):
+    (B, C, T, *factor·S)). The same ``seed`` gives the same result."""
+    levels = _levels(factor)
+    fields, frames = _fields(sr, coarse)
+    gen = torch.Generator().manual_seed(int(seed))
+    x = sr.encode(fields.float())
+    for _ in range(levels):
+        x = refine_once(sr, x, steps=steps, solver=solver, generator=gen, batch_size=batch_size)
+    x = sr.decode(x)
+    if frames is not None:
+        x = x.reshape(-1, frames, *x.shape[1:]).transpose(1, 2)
+    return x
+
+
+def _levels(factor: int) -> int:
+    levels = int(round(math.log2(factor))) if factor >= 1 else -1
+    if factor < 2 or (1 << levels) != factor:
+        raise UserError(f"the super-resolution factor must be a power of 2 (2, 4, 8, ...), got {factor}")
+    return levels
+
+
+def upsample_time_coordinate(times: Tensor, factor: int) -> Tensor:
+    """Times of the refined frames: fine frame j at t_0 + j·dt/factor (dt the input's spacing). Shapes: (T,) ->
+    (factor·T,)."""
+    times = times.double()
+    dt = float(times[1] - times[0]) if times.numel() > 1 else 1.0
+    return times[0] + torch.arange(factor * times.numel(), dtype=torch.float64) * dt / factor
+
+
+# ------------------------------------------------------------------------------------------ baselines
+def _spectral_axis(x: Tensor, dim: int, factor: int) -> Tensor:
+    """Fourier (band-limited, periodic) interpolation along ``dim``: n -> factor·n samples, the coarse samples
+    kept exactly (the Nyquist coefficient split evenly between ±k)."""
+    n = x.shape[dim]
+    spec = torch.fft.rfft(x.double(), dim=dim)
+    if n % 2 == 0:
+        idx = [slice(None)] * x.ndim
+        idx[dim] = slice(n // 2, n // 2 + 1)
+        spec[tuple(idx)] = spec[tuple(idx)] / 2
+    m = factor * n
+    spec = torch.nn.functional.pad(spec.movedim(dim, -1), [0, m // 2 + 1 - spec.shape[dim]]).movedim(-1, dim)
+    return (torch.fft.irfft(spec, n=m, dim=dim) * factor).to(x.dtype)
+
+
+def _linear_axis(x: Tensor, dim: int, factor: int, periodic: bool) -> Tensor:
+    """Linear interpolation along ``dim``: fine j at coarse position j / factor (periodic wrap, or the last
+    coarse sample held beyond the end)."""
+    n = x.shape[dim]
+    pos = torch.arange(factor * n, dtype=torch.float64) / factor
+    lo = pos.floor().long()
+    w = (pos - lo).to(x.dtype)
+    hi = (lo + 1) % n if periodic else (lo + 1).clamp(max=n - 1)
+    shape = [1] * x.ndim
+    shape[dim] = -1
+    return x.index_select(dim, lo) * (1 - w.reshape(shape)) + x.index_select(dim, hi) * w.reshape(shape)
+
+
+def interpolate(coarse: Tensor, factor: int, *, time_axis: bool, method: str = "spectral",
+                refine_time: bool = True) -> Tensor:
+    """Baseline refinement of (B, C, [T,] *S) by ``factor`` along every axis after (B, C) (with ``time_axis`` and
+    not ``refine_time``: the spatial axes only): ``spectral`` (Fourier interpolation on the periodic space, linear
+    in time) or ``linear`` (linear in every axis, periodic in space). The coarse samples are kept at fine index
+    factor·k, as in :func:`super_resolve`."""
+    _levels(factor)
+    if method not in ("spectral", "linear"):
+        raise UserError(f"unknown interpolation {method!r}; valid: spectral, linear")
+    x = coarse
+    for dim in range(2, coarse.ndim):
+        is_time = time_axis and dim == 2
+        if is_time and not refine_time:
+            continue
+        if method == "spectral" and not is_time:
+            x = _spectral_axis(x, dim, factor)
+        else:
+            x = _linear_axis(x, dim, factor, periodic=not is_time)
+    return x
+
+
+# ------------------------------------------------------------------------------------------ files
+def read_coarse(path: str | os.PathLike, channels, index=None, start_frame: int = 0, frames: Optional[int] = None
+                ) -> tuple[Tensor, Tensor, str]:
+    """Trajectories to refine, physical: a forecast netCDF (every initial state × member, times = lead times) or
+    a trajectory file (trajectories ``index`` (default all), frames ``start_frame`` .. + ``frames``).
+
+    Returns (B, C, T, *S) float32, times (T,) float64, and a description of the samples.
+    """
+    import xarray as xr
+
+    from funcdiff.tasks.forecast_io import read_forecast, read_trajectories
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(2, "No such file or directory", str(path))
+    if path.suffix == ".nc":
+        with xr.open_dataset(path, engine="netcdf4") as ds:
+            is_forecast = "lead_time" in ds.dims
+            leads = np.asarray(ds["lead_time"].values, dtype=np.float64) if is_forecast else None
+        if is_forecast:
+            x = read_forecast(path)  # (n_init, M, C, L, *S)
+            return (x.flatten(0, 1), torch.from_numpy(leads),
+                    f"forecast file: sample = init_time * {x.shape[1]} + member")
+    traj, times = read_trajectories(path, channels)
+    chosen = list(range(traj.shape[0])) if index is None else list(index)
+    bad = [i for i in chosen if not 0 <= i < traj.shape[0]]
+    if bad:
+        raise UserError(f"{path} holds {traj.shape[0]} trajectories; --index {bad} is out of range")
+    stop = traj.shape[2] if frames is None else start_frame + frames
+    if not 0 <= start_frame < stop <= traj.shape[2]:
+        raise UserError(f"{path} has {traj.shape[2]} frames; frames {start_frame}..{stop - 1} are not all in it")
+    t = torch.arange(traj.shape[2], dtype=torch.float64) if times is None else times.double().reshape(-1)
+    return (traj[chosen, :, start_frame:stop].float(), t[start_frame:stop],
+            f"trajectory file: sample k = trajectory {chosen}[k], frames {start_frame}..{stop - 1}")
+
+
+def write_super_resolution(fine: Tensor, times: Tensor, channels, path: str | os.PathLike, attrs: dict) -> Path:
+    """Refined trajectories (B, C, T, *S) as netCDF (atomic): ``<channel>(sample, time, x[, y])`` with the time
+    coordinate ``times`` (T,) and x_i = i/n on the unit periodic domain."""
+    import xarray as xr
+
+    from funcdiff.io.netcdf import SPATIAL_NAMES, variable_attrs, write_netcdf
+
+    dims = ("sample", "time", *SPATIAL_NAMES[: fine.ndim - 3])
+    coords = {"sample": np.arange(fine.shape[0]), "time": times.numpy()}
+    for name, n in zip(dims[2:], fine.shape[3:]):
+        coords[name] = np.arange(n) / n
+    array = fine.detach().float().cpu().numpy()
+    ds = xr.Dataset({c: xr.DataArray(array[:, i], dims=dims, attrs=variable_attrs(c)) for i, c in enumerate(channels)},
+                    coords=coords)
+    ds["time"].attrs.update(long_name="time of the refined frame", units="model time units")
+    for name in dims[2:]:
+        ds[name].attrs.update(units="1", long_name=f"{name} coordinate (unit domain)")
+    ds.attrs.update({"Conventions": "CF-1.8", "grid": "periodic", "channels": json.dumps(list(channels)),
+                     **{k: v if isinstance(v, (int, float, str)) else json.dumps(v) for k, v in attrs.items()}})
+    return write_netcdf(ds, path)
+
+
+def plot_super_resolution(coarse: Tensor, fine: Tensor, path: str | os.PathLike) -> Path:
+    """The first channel of one coarse trajectory and its refinement on one colour scale: (time, x) images for
+    1-D space, the first frame for 2-D. Shapes: coarse (C, T, *S), fine (C, T', *S')."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from funcdiff.io.plots import save_figure
+
+    a, b = coarse[0].float(), fine[0].float()
+    if a.ndim == 3:
+        a, b = a[0], b[0]
+    vmax = float(max(a.abs().max(), b.abs().max())) or 1.0
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    for ax, field, name in ((axes[0], a, f"input {tuple(a.shape)}"), (axes[1], b, f"refined {tuple(b.shape)}")):
+        im = ax.imshow(field.numpy(), origin="lower", aspect="auto", cmap="RdBu_r", vmin=-vmax, vmax=vmax,
+                       extent=(0, 1, 0, 1))
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("x" if coarse.ndim == 3 else "y")
+        ax.set_ylabel("time (block)" if coarse.ndim == 3 else "x")
+    fig.colorbar(im, ax=list(axes), shrink=0.8)
+    return save_figure(fig, path)
+
+
+__all__ = ["SuperResolver", "interpolate", "load_super_resolver", "plot_super_resolution", "read_coarse",
+           "refine_once", "super_resolve", "upsample_time_coordinate", "write_super_resolution"]

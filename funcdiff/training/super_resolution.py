@@ -1,0 +1,207 @@
+"""Zero-shot super-resolution in the wavelet domain (WDNO, Hu, Wang et al., ICLR 2025, Sec. "super-resolution"):
+the pieces the shared :class:`~funcdiff.training.Trainer` needs for ``forecast.kind: super_resolution``.
+
+One level of an orthogonal wavelet transform (``transform.levels`` must be 1) over the trajectory's axes maps a
+fine field (C, *F) to 2^D coefficient channels on the half grid F/2 (D transformed axes): the approximation and
+2^D - 1 detail bands (:class:`~funcdiff.transforms.WaveletTransform`, channel 0 of each physical channel is the
+approximation). The model is a conditional diffusion of the *details given the approximation*::
+
+    item = [ approximation (C, *F/2) (clean conditioning) ,  details (C·(2^D - 1), *F/2) (diffused) ]
+
+both normalised per subband with statistics fitted on the training split. Being a neural operator, the denoiser
+applies on any grid: given a trajectory on the grid G, its samples are the approximation of the unknown field on
+2G (below), the model generates that field's details, and the exact inverse transform gives the field on 2G; a
+second application gives 4G (:mod:`funcdiff.tasks.super_resolution`).
+
+**Samples as approximation coefficients (orthonormal scaling).** For an orthonormal filter h (sum h = √2) and a
+smooth field, one level gives a_k = Σ_n h_n x_{2k+n} ≈ √2 · x(2k + c) along each axis, so over D axes the
+approximation is √2^D times the samples of the half grid, displaced by c fine cells (c = the filter's centre in
+PyWavelets' periodised convention). Coiflets are built so that the scaling function has vanishing moments:
+coif1 has c = 0 and a_k/√2 = x(2k) up to O(h^4) (measured: 5.9e-5 for sin(6πt) + 0.5 cos(10πt) at 256 points),
+so ``coif1`` is the default; db4 has c = -2 (one whole coarse cell: handled by a roll of the coarse samples), db2
+c = -0.37 and haar c = 0.5 (not whole cells: rejected with a UserError, since coarse samples cannot be placed on
+the approximation grid). :func:`approximation_shift` measures c from the transform itself.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor
+
+from funcdiff.config import RunConfig
+from funcdiff.errors import UserError
+from funcdiff.noise import GaussianRandomField
+from funcdiff.training.loss import EDMLoss
+from funcdiff.transforms import TIME_AXIS, WaveletTransform, build_transform, transform_from_state_dict
+
+SHIFT_TOLERANCE = 0.05  # fine cells: how close the filter's centre must be to a whole number of coarse cells
+
+
+def approximation_shift(wavelet: str, n: int = 256) -> float:
+    """The displacement c (in fine cells) of one level's approximation against the samples: a_k ≈ √2 x(2k + c).
+
+    Measured on the periodised transform of the lowest Fourier mode on ``n`` points (its phase). Returns c in
+    (-n/2, n/2].
+    """
+    t = torch.arange(n, dtype=torch.float64) / n
+    transform = WaveletTransform(wavelet, levels=1, axes=("x",))
+    wave = torch.stack([torch.cos(2 * math.pi * t), torch.sin(2 * math.pi * t)])[None]  # (1, 2, n)
+    approx = transform.raw_forward(wave)[0, :, 0]  # (2, n/2)
+    k = torch.arange(n // 2, dtype=torch.float64)
+    phase = torch.atan2(approx[1], approx[0]) - 2 * math.pi * 2 * k / n  # = 2π c / n per coefficient
+    mean_phase = torch.atan2(torch.sin(phase).mean(), torch.cos(phase).mean())
+    return float(mean_phase) * n / (2 * math.pi)
+
+
+def coarse_roll(wavelet: str) -> int:
+    """Coarse cells by which samples move onto the approximation grid (a_k ↔ coarse sample k + roll);
+    UserError unless the filter's centre is a whole number of coarse cells (an even number of fine cells)."""
+    c = approximation_shift(wavelet)
+    roll = round(c / 2)
+    if abs(c - 2 * roll) > SHIFT_TOLERANCE:
+        raise UserError(f"wavelet {wavelet!r}: its approximation sits {c:.2f} fine cells from the samples, not a "
+                        "whole number of coarse cells, so a coarse trajectory cannot serve as its approximation; "
+                        "use coif1 (centre 0) or db4 (one coarse cell)")
+    return roll
+
+
+class SuperResolutionCoder:
+    """Fine fields (N, C, *F) <-> [approximation, details] on the half grid; coarse samples -> approximation.
+
+    ``transform``: a one-level orthogonal :class:`~funcdiff.transforms.WaveletTransform` over D axes (fitted
+    statistics normalise each subband). Shapes: ``encode`` (N, C, *F) -> (N, C + C·(K-1), *F/2) with K = 2^D,
+    conditioning first; ``decode(cond, details)`` -> (N, C, *F); ``condition(coarse)`` (N, C, *G) -> (N, C, *G).
+    """
+
+    def __init__(self, transform: WaveletTransform, channels: int) -> None:
+        if not isinstance(transform, WaveletTransform) or transform.levels != 1:
+            raise UserError("super-resolution needs transform.kind: wavelet with transform.levels: 1 (one "
+                            "application = one level = 2x per axis; apply it repeatedly for 4x)")
+        if not transform.orthogonal or transform.time_boundary != "periodization":
+            raise UserError("super-resolution needs an orthogonal wavelet (coif1, db4) with time_boundary: "
+                            "periodization, where the approximation is √2^D times the coarse samples")
+        self.transform, self.channels = transform, int(channels)
+        self.roll = coarse_roll(transform.wavelet)
+
+    @classmethod
+    def from_config(cls, config: RunConfig) -> "SuperResolutionCoder":
+        t, d = config.transform, config.data.dim
+        axes = tuple(t.axes)
+        valid = (tuple(("x", "y", "z")[:d]), (TIME_AXIS, *("x", "y", "z")[:d]))
+        if t.kind != "wavelet" or axes not in valid:
+            raise UserError(f"forecast.kind=super_resolution needs transform.kind: wavelet with axes "
+                            f"{list(valid[1])} (space and time) or {list(valid[0])} (space only); got "
+                            f"kind={t.kind}, axes={list(axes)}")
+        return cls(build_transform(**t.options()), len(config.data.channels))
+
+    # --------------------------------------------------------------------------------- layout
+    @property
+    def dims(self) -> int:
+        return len(self.transform.axes)
+
+    @property
+    def bands(self) -> int:
+        """K = 2^D coefficients per physical channel (1 approximation + K - 1 details)."""
+        return self.transform.coefficients_per_channel()
+
+    @property
+    def state_channels(self) -> int:
+        return self.channels * (self.bands - 1)
+
+    @property
+    def cond_channels(self) -> int:
+        return self.channels
+
+    @property
+    def time_axis(self) -> bool:
+        return self.transform.axes[0] == TIME_AXIS
+
+    def items_from_windows(self, windows: Tensor, horizon: int) -> Tensor:
+        """Fine fields of training windows (N, C, L, *S): the last ``horizon`` frames as one space-time field
+        (N, C, horizon, *S), or every frame as its own spatial field (N·L, C, *S) for a space-only transform."""
+        if self.time_axis:
+            return windows[:, :, -horizon:]
+        return windows.transpose(1, 2).flatten(0, 1)
+
+    def check_grid(self, sizes: Sequence[int]) -> None:
+        if len(sizes) != self.dims or any(int(n) % 2 for n in sizes):
+            raise UserError(f"super-resolution pairs need a fine grid of {self.dims} even axes "
+                            f"({list(self.transform.axes)}); got {tuple(sizes)}")
+
+    # --------------------------------------------------------------------------------- maps
+    def fit(self, fine: Tensor) -> None:
+        """Per-subband statistics of fine training fields (N, C, *F)."""
+        self.check_grid(fine.shape[2:])
+        self.transform.fit(fine.double())
+
+    def _split(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        k = self.bands
+        z = z.reshape(z.shape[0], self.channels, k, *z.shape[2:])
+        return z[:, :, 0], z[:, :, 1:].flatten(1, 2)
+
+    def encode(self, fine: Tensor) -> Tensor:
+        """Training items (N, C, *F) -> (N, C + C·(K-1), *F/2): normalised approximation, then details."""
+        self.check_grid(fine.shape[2:])
+        cond, details = self._split(self.transform.forward(fine))
+        return torch.cat([cond, details], dim=1)
+
+    def decode(self, cond: Tensor, details: Tensor) -> Tensor:
+        """Normalised approximation (N, C, *G) and details (N, C·(K-1), *G) -> the fine field (N, C, *2G)."""
+        n, k = cond.shape[0], self.bands
+        z = torch.cat([cond.unsqueeze(2), details.reshape(n, self.channels, k - 1, *details.shape[2:])], dim=2)
+        return self.transform.inverse(z.flatten(1, 2))
+
+    def approximation_scale(self) -> float:
+        """√2^D: the approximation of an orthonormal one-level transform over D axes per unit sample value."""
+        return math.sqrt(2.0) ** self.dims
+
+    def condition(self, coarse: Tensor) -> Tensor:
+        """Coarse samples (N, C, *G) (data-normalised units) -> the normalised approximation of the field on 2G:
+        √2^D · samples moved by the filter's centre (:func:`coarse_roll`), then the fitted band statistics."""
+        self.check_grid([2 * n for n in coarse.shape[2:]])
+        approx = self.approximation_scale() * coarse
+        if self.roll:
+            approx = torch.roll(approx, shifts=[-self.roll] * self.dims, dims=list(range(2, coarse.ndim)))
+        stats = self.transform.stats
+        if stats is None:
+            return approx
+        mean = torch.tensor([m[0] for m in stats.mean], dtype=coarse.dtype, device=coarse.device)
+        std = torch.tensor([s[0] for s in stats.std], dtype=coarse.dtype, device=coarse.device)
+        shape = (1, self.channels, *[1] * self.dims)
+        return (approx - mean.reshape(shape)) / std.reshape(shape)
+
+    # --------------------------------------------------------------------------------- state
+    def state_dict(self) -> dict:
+        return {"transform": self.transform.state_dict(), "channels": self.channels}
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> "SuperResolutionCoder":
+        return cls(transform_from_state_dict(state["transform"]), int(state["channels"]))
+
+
+class SuperResolutionTraining:
+    """What the trainer needs for ``forecast.kind: super_resolution`` (interface of
+    :class:`~funcdiff.training.trajectory.TrajectoryTraining`): the fitted coder, items, white noise on the
+    normalised detail coefficients, the conditional EDM loss and the checkpoint entries."""
+
+    def __init__(self, config: RunConfig, train_windows: Tensor) -> None:
+        self.config = config
+        self.coder = SuperResolutionCoder.from_config(config)
+        self.coder.fit(self.coder.items_from_windows(train_windows, config.forecast.horizon))
+        self.noise = GaussianRandomField(dim=self.coder.dims, smoothness=0.0)
+
+    def items(self, windows: Tensor) -> Tensor:
+        return self.coder.encode(self.coder.items_from_windows(windows, self.config.forecast.horizon))
+
+    def loss(self) -> EDMLoss:
+        tc = self.config.train
+        return EDMLoss(self.noise, tc.P_mean, tc.P_std, cond_channels=self.coder.cond_channels)
+
+    def meta(self) -> dict[str, Any]:
+        return {"super_resolution": self.coder.state_dict()}
+
+
+__all__ = ["SuperResolutionCoder", "SuperResolutionTraining", "approximation_shift", "coarse_roll"]
