@@ -21,7 +21,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "wavelet"
 @pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))
 def test_shipped_configs_load(name):
     config = load_config(CONFIGS / name)
-    assert config.forecast.kind == "trajectory" and config.forecast.history == 1
+    assert config.forecast.kind in ("trajectory", "super_resolution") and config.forecast.history == 1
     if config.transform.kind == "wavelet":
         assert config.transform.axes[0] == "time" and len(config.transform.axes) == 1 + config.data.dim
 

@@ -3,14 +3,19 @@ pair round trips, the exact conditional denoiser through the sampling path, and 
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import xarray as xr
 
-from funcdiff.cli import main as cli_main
+from funcdiff import cli
+from funcdiff.data import generate_to_hdf5
 from funcdiff.errors import UserError
+from funcdiff.pde import get_problem
 from funcdiff.tasks.super_resolution import SuperResolver, interpolate, super_resolve, upsample_time_coordinate
 from funcdiff.training.super_resolution import SuperResolutionCoder, approximation_shift, coarse_roll
 from funcdiff.transforms import WaveletTransform
@@ -131,3 +136,50 @@ def test_interpolation_keeps_the_samples_and_time_coordinates():
                           torch.tensor([0.5, 0.55, 0.6, 0.65, 0.7, 0.75], dtype=torch.float64))
     with pytest.raises(UserError, match="power of 2"):
         interpolate(coarse, 3, time_axis=True)
+
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "wavelet" / "burgers-shock-superres.yaml"
+
+
+def test_train_and_upsample_from_the_shipped_config(tmp_path, capsys):
+    """`funcdiff train` on the shipped super-resolution config (tiny overrides), then `funcdiff upsample` of a
+    trajectory file and of a forecast file: netCDF with refined time and space coordinates, same seed -> same
+    result, one-line errors for a bad factor and for a checkpoint of another kind."""
+    data = generate_to_hdf5(get_problem("burgers_shock"), tmp_path / "shock.h5", num_samples=6, resolution=64,
+                            batch_size=6, params={"num_frames": 21}, progress=False)
+    run = tmp_path / "run"
+    small = ["train.steps=3", "train.batch_size=2", "model.n_modes=[2, 4]", "model.hidden_channels=8",
+             "model.n_layers=1", "model.emb_dim=16", "model.norm_groups=4", "forecast.horizon=8",
+             "forecast.stride=4", f"data.path={data}", "data.test_fraction=0.2"]
+    argv = ["train", "--config", str(CONFIG), "--out-dir", str(run), "--seed", "1", "--device", "cpu", "--no-progress"]
+    for item in small:
+        argv += ["--set", item]
+    assert cli.main(argv) == 0
+    outs = [tmp_path / "fine_a.nc", tmp_path / "fine_b.nc"]
+    for out in outs:
+        assert cli.main(["upsample", "--checkpoint", str(run), "--input", str(data), "--index", "1", "--start-frame",
+                         "4", "--frames", "8", "--factor", "4", "--steps", "3", "--seed", "5", "--out", str(out)]) == 0
+    assert outs[0].with_suffix(".png").exists()
+    with xr.open_dataset(outs[0]) as a, xr.open_dataset(outs[1]) as b:
+        assert a["u"].dims == ("sample", "time", "x") and a["u"].shape == (1, 32, 256)
+        np.testing.assert_allclose(a["time"].values, 0.04 + 0.0025 * np.arange(32), rtol=1e-5)  # dt 0.01 / 4
+        np.testing.assert_allclose(a["x"].values, np.arange(256) / 256)
+        assert bool(np.isfinite(a["u"].values).all())
+        np.testing.assert_array_equal(a["u"].values, b["u"].values)
+    # a forecast file (init_time, member, lead_time, x) is refined member by member
+    fc = xr.Dataset({"u": (("init_time", "member", "lead_time", "x"), np.random.default_rng(0).normal(
+        size=(1, 2, 8, 64)).astype("float32"))}, coords={"lead_time": 0.02 * np.arange(1, 9)},
+        attrs={"channels": json.dumps(["u"])})
+    fc.to_netcdf(tmp_path / "forecast.nc")
+    assert cli.main(["upsample", "--checkpoint", str(run), "--input", str(tmp_path / "forecast.nc"), "--steps", "2",
+                     "--out", str(tmp_path / "fc2.nc"), "--no-plot"]) == 0
+    with xr.open_dataset(tmp_path / "fc2.nc") as ds:
+        assert ds["u"].shape == (2, 16, 128)
+        np.testing.assert_allclose(ds["time"].values, 0.02 + 0.01 * np.arange(16), rtol=1e-5)
+    capsys.readouterr()
+    assert cli.main(["upsample", "--checkpoint", str(run), "--input", str(data), "--factor", "3",
+                     "--out", str(tmp_path / "bad.nc")]) == 2
+    assert "power of 2" in capsys.readouterr().err and not (tmp_path / "bad.nc").exists()
+    assert cli.main(["forecast", "--checkpoint", str(run), "--initial", str(data), "--lead-steps", "8",
+                     "--out", str(tmp_path / "f.nc"), "--no-progress"]) == 2
+    assert "funcdiff upsample" in capsys.readouterr().err

@@ -221,7 +221,7 @@ def read_coarse(path: str | os.PathLike, channels, index=None, start_frame: int 
             leads = np.asarray(ds["lead_time"].values, dtype=np.float64) if is_forecast else None
         if is_forecast:
             x = read_forecast(path)  # (n_init, M, C, L, *S)
-            return (x.flatten(0, 1), torch.from_numpy(leads),
+            return (x.flatten(0, 1), torch.tensor(leads, dtype=torch.float64),
                     f"forecast file: sample = init_time * {x.shape[1]} + member")
     traj, times = read_trajectories(path, channels)
     chosen = list(range(traj.shape[0])) if index is None else list(index)
