@@ -72,7 +72,7 @@ def run_solve_batch(args: argparse.Namespace) -> int:
     with user_errors():
         task = get_task(task_name(args.task))
         model = load_model(args.checkpoint, args.device)
-        check_compatible(task, model[1])
+        check_compatible(task, model[1], getattr(args, "method", "dps"))
         fields = read_case_fields(args.cases, task.channels, task.name)
         cases = index_cases(args.indices, fields.shape[0], str(args.cases))
     run = BatchRun(args.out_dir, cases, signature_of(args, "solve", checkpoint_step=model[1].step), "solve")
@@ -85,7 +85,8 @@ def run_solve_batch(args: argparse.Namespace) -> int:
                          pde_guidance=args.pde_guidance, pde_weight=args.pde_weight,
                          pde_start_sigma=args.pde_start_sigma, pushforward=args.pushforward,
                          trust_region=trust_region, sigma_max=args.sigma_max, batch_size=args.batch_size,
-                         device=args.device, progress=not args.no_progress)
+                         device=args.device, progress=not args.no_progress,
+                         **{k: getattr(args, k) for k in ("method", "cg_iters") if hasattr(args, k)})
     return finish(result, args.out_dir)
 
 
