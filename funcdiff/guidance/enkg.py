@@ -15,12 +15,21 @@ correction of particle i needs no gradient of the denoiser or of the solver:
     K = Σ_y + σ² ∇f C ∇Gᵀ ≈ Σ_y + σ² Fᵀ Γ⁺ H,   H = A X for a linear G = A·decode; H = F otherwise.
 
 C⁻¹X (one FFT per particle) is the only operation on full fields besides the denoiser and G; everything else is
-M × M or sensor-sized (K⁻¹ by the Woodbury identity when Σ_y > 0, a small ridge keeps noise-free sensors
-solvable). For a linear-Gaussian problem with the exact denoiser (2) is the exact MMPS correction whenever the
-particle deviations span the state (M > N); with fewer particles it is its C⁻¹-orthogonal projection onto the
-ensemble's span, so the posterior mean converges to the Kalman posterior as the ensemble grows
-(``tests/test_enkg.py`` measures the rate). For a nonlinear G, ∇G J C ∇Gᵀ is approximated by ∇f C ∇fᵀ
-(= ∇G J C Jᵀ ∇Gᵀ: J ≈ I where the likelihood matters, at small σ).
+M × M or sensor-sized (K⁻¹ by the Woodbury identity). For a linear-Gaussian problem with the exact denoiser
+(2) is the exact MMPS correction whenever the particle deviations span the state (M > N); with fewer
+particles it is its C⁻¹-orthogonal projection onto the ensemble's span.
+
+**Hybrid (default for a linear G).** Off the ensemble's span the derivative is taken from the covariance model
+of :class:`~funcdiff.guidance.ObservationGuidance` (σ² J_m C = r²(σ) C / a² per channel, no network
+derivative): ∇f ≈ Fᵀ Γ⁺ X C⁻¹ + A J_m (I - Π), Π = Xᵀ Γ⁺ X C⁻¹, which gives
+
+    δ_i = ζ σ² [Xᵀ Γ⁺ (F - H_m) w_i + J_m C Aᵀ w_i],   K = K_model + σ² Hᵀ Γ⁺ (F - H_m),   H_m = A J_m X,
+
+a low-rank correction of the DPS likelihood (Woodbury around K_model⁻¹): a single particle gives DPS's model,
+a spanning ensemble the exact update; the posterior mean converges to the Kalman posterior as the ensemble
+grows (``tests/test_enkg.py`` measures the rate). The physics operator (nonlinear G) uses the pure ensemble,
+with K = Σ_y + σ² Fᵀ Γ⁺ F (∇G J C ∇Gᵀ approximated by ∇f C ∇fᵀ = ∇G J C Jᵀ ∇Gᵀ: J ≈ I where the likelihood
+matters, at small σ) and a small ridge so noise-free sensors stay solvable.
 
 Cost per step: one denoiser call and one evaluation of G per particle (solver calls = particles × NFE), no
 backward pass. The whole ensemble must be in one call: do not chunk the batch.
@@ -47,8 +56,9 @@ class EnsembleKalmanDenoiser:
             :class:`~funcdiff.guidance.operators.SolverOperator` with values shared by the ensemble (B_obs = 1).
         noise: the diffusion noise N(0, C).
         strength: ζ (1 = Bayesian).
-        ridge: relative ridge added to K (× its largest diagonal entry) so noise-free sensors stay solvable.
+        ridge: relative ridge added to Σ_y (pure ensemble) so noise-free sensors stay solvable.
         rcond: relative cut-off of the pseudo-inverse of Γ.
+        hybrid: use the model covariance off the ensemble's span (linear operators; module docstring).
 
     Shapes: x (M, C, *S) — the ensemble, M ≥ 2 — sigma (M,) or scalar -> (M, C, *S).
     """

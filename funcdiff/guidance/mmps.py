@@ -25,7 +25,9 @@ that likelihood, and each iteration costs one VJP. The product Jᵀ Aᵀ w of (3
 iterations from the VJPs already taken, so a step costs one denoiser call and ``cg_iters + 1`` VJPs.
 
 With a learned denoiser J need not be symmetric and K need not be positive definite; PCG stops for a sample
-whose search direction has non-positive curvature (keeping its last iterate).
+whose search direction has non-positive curvature (keeping its last iterate). A learned J can also make
+A J C Aᵀ nearly singular in spurious directions, so K⁻¹r — and the correction of the unobserved channels —
+explodes; a trust region in the metric of the model covariance bounds it (``trust_region``).
 """
 
 from __future__ import annotations
@@ -57,6 +59,8 @@ class MomentMatchingDenoiser:
         cg_iters: preconditioned CG iterations on the sensor-space system K w = r (0 = the DPS likelihood).
         chunk_size: samples per call (bounds the graph's memory); None = whole batch.
         tol: relative residual ‖K w - r‖/‖r‖ at which CG stops early.
+        trust_region: κ of the bound (tδ)ᵀP_m⁻¹(tδ) ≤ κ²ζ² rᵀK_m⁻¹r on the correction (see ``_trust_scale``);
+            2 by default (never binding for the exact denoiser in ``tests/test_mmps.py``); None = off.
 
     Counts ``vjps`` (vector–Jacobian products through the denoiser) and ``calls`` (denoiser evaluations).
     Shapes: x (B, C, *S), sigma (B,) or scalar -> (B, C, *S), detached.
