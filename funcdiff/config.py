@@ -282,9 +282,9 @@ class RunConfig:
             k, t = self.transform.coefficients_per_channel(), self.transform
             k_cond = t.coefficients_per_channel(max(len(t.axes) - 1, 0))
             return {**self.model, "in_channels": c * k, "out_channels": c * k, "cond_channels": c * k_cond}
-        if fc.kind == "super_resolution":  # details given the approximation, one wavelet level
+        if fc.kind == "super_resolution":  # approximation correction + details given the samples, one level
             k = self.transform.coefficients_per_channel()
-            return {**self.model, "in_channels": c * (k - 1), "out_channels": c * (k - 1), "cond_channels": c}
+            return {**self.model, "in_channels": c * k, "out_channels": c * k, "cond_channels": c}
         out = {**self.model, "in_channels": c * fc.horizon, "out_channels": c * fc.horizon,
                "cond_channels": c * fc.history}
         if fc.kind == "rolling":

@@ -16,7 +16,8 @@ from funcdiff import cli
 from funcdiff.data import generate_to_hdf5
 from funcdiff.errors import UserError
 from funcdiff.pde import get_problem
-from funcdiff.tasks.super_resolution import SuperResolver, interpolate, super_resolve, upsample_time_coordinate
+from funcdiff.tasks.super_resolution import (SuperResolver, interpolate, sample_state, super_resolve,
+                                             upsample_time_coordinate)
 from funcdiff.training.super_resolution import SuperResolutionCoder, approximation_shift, coarse_roll
 from funcdiff.transforms import WaveletTransform
 
@@ -53,17 +54,18 @@ def test_approximation_is_sqrt2_pow_d_times_the_coarse_samples():
 
 @pytest.mark.parametrize("axes,shape", [(("time", "x"), (3, 2, 8, 16)), (("x", "y"), (3, 2, 16, 8)), (("x",), (5, 1, 32))])
 def test_pairs_round_trip(axes, shape):
-    """encode (approximation | details, normalised per subband) then decode gives the fine field back."""
+    """encode (conditioning from the half-grid samples | approximation correction, details) then decode gives the
+    fine field back exactly."""
     gen = torch.Generator().manual_seed(0)
     fine = torch.randn(*shape, generator=gen).cumsum(-1)
     coder = SuperResolutionCoder(WaveletTransform("coif1", 1, axes), channels=shape[1])
     coder.fit(fine)
     items = coder.encode(fine)
     k = 2 ** len(axes)
-    assert items.shape == (shape[0], shape[1] * k, *[n // 2 for n in shape[2:]])
-    cond, details = items[:, :shape[1]], items[:, shape[1]:]
-    assert cond.std() == pytest.approx(1.0, abs=0.05)  # normalised
-    back = coder.decode(cond, details)
+    assert items.shape == (shape[0], shape[1] * (1 + k), *[n // 2 for n in shape[2:]])
+    cond, state = items[:, :shape[1]], items[:, shape[1]:]
+    assert state[:, :shape[1]].std() == pytest.approx(1.0, abs=0.05)  # the correction, normalised
+    back = coder.decode(cond, state)
     assert torch.allclose(back, fine, atol=1e-5 * float(fine.abs().max()))
     state = SuperResolutionCoder.from_state_dict(coder.state_dict())
     assert torch.equal(state.encode(fine), items)
@@ -84,22 +86,21 @@ class GaussianDetailOracle(torch.nn.Module):
 
 
 def _oracle_setup(s: float, batch: int):
-    """A fine field on 4G = (16, 64), its one-level coefficients at 2G and the approximation's at G."""
+    """A field with a front on 4G = (16, 64), its samples on 2G and G, and the exact states of both levels."""
     fine = smooth_field(16, 64).float().expand(batch, 1, 16, 64).contiguous()
     fine = fine + 0.3 * torch.tanh(20 * torch.sin(2 * math.pi * torch.arange(64) / 64))  # a front
     coder = SuperResolutionCoder(WaveletTransform("coif1", 1, ("time", "x")), channels=1)
     coder.fit(fine)
-    scale = coder.approximation_scale()
-    approx1 = coder.transform.raw_forward(fine)[:, :, 0] / scale  # the field on 2G in sample units
-    coarse = coder.transform.raw_forward(approx1)[:, :, 0] / scale  # on G
+    approx1 = coder.subsample(fine)  # the field on 2G
+    coarse = coder.subsample(approx1)  # on G
     means = {(8, 32): coder.encode(fine)[:, 1:], (4, 16): coder.encode(approx1)[:, 1:]}
     sr = SuperResolver(denoiser=GaussianDetailOracle(means, s), coder=coder)
     return sr, fine, approx1, coarse, means
 
 
 def test_exact_conditional_denoiser_reconstructs_4x_exactly():
-    """With the exact denoiser of point-mass details (s = 0), two applications (G -> 2G -> 4G) of the sampling
-    path give back the fine field: the approximation enters as √2^D times the coarser samples, exactly."""
+    """With the exact denoiser of a point-mass state (s = 0), two applications (G -> 2G -> 4G) of the sampling
+    path give back the fine field from its samples on G."""
     sr, fine, _, coarse, _ = _oracle_setup(0.0, batch=2)
     out = super_resolve(sr, coarse, 4, steps=8, seed=1)
     assert out.shape == fine.shape
@@ -107,11 +108,10 @@ def test_exact_conditional_denoiser_reconstructs_4x_exactly():
 
 
 def test_exact_gaussian_conditional_denoiser_gives_the_conditional_law():
-    """s > 0: Heun through refine_once reproduces the conditional mean and variance of the details."""
+    """s > 0: Heun through the sampling path reproduces the conditional mean and variance of the state."""
     s = 0.5
     sr, _, approx1, coarse, means = _oracle_setup(s, batch=256)
-    out = super_resolve(sr, coarse, 2, steps=32, seed=3)
-    details = sr.coder.encode(out)[:, 1:]
+    details = sample_state(sr, sr.coder.condition(coarse), steps=32, generator=torch.Generator().manual_seed(3))
     mu = means[(4, 16)]
     # Monte Carlo error, plus the known bias of starting at N(0, σ_max²) instead of N(mu, s² + σ_max²): the ODE
     # carries the start's offset -mu to -mu·s/sqrt(s² + σ_max²) at the end
@@ -119,7 +119,6 @@ def test_exact_gaussian_conditional_denoiser_gives_the_conditional_law():
     assert bool(((details.mean(0) - mu[0]).abs() < 4 * s / math.sqrt(256) + 1.2 * bias).all())
     var = details.var(0)
     assert float(var.mean()) == pytest.approx(s ** 2, rel=0.05)
-    assert float((sr.coder.encode(out)[:, :1] - sr.coder.condition(coarse)).abs().max()) < 1e-4  # approx kept
 
 
 def test_interpolation_keeps_the_samples_and_time_coordinates():

@@ -104,8 +104,18 @@ def refine_once(sr: SuperResolver, coarse: Tensor, *, steps: int = 16, solver: s
         raise UserError(f"the grid {grid} is too coarse for the model: it needs more than {sr.n_modes} points per "
                         "axis (its Fourier modes)")
     cond = sr.coder.condition(coarse)
-    noise = sr.noise.sample((b, sr.coder.state_channels, *grid), generator=generator, dtype=coarse.dtype)
-    sigmas = sigmas_karras(steps, sr.sigma_min, sr.sigma_max, sr.rho).to(coarse.device)
+    return sr.coder.decode(cond, sample_state(sr, cond, steps=steps, solver=solver, generator=generator,
+                                              batch_size=batch_size))
+
+
+@torch.no_grad()
+def sample_state(sr: SuperResolver, cond: Tensor, *, steps: int = 16, solver: str = "heun",
+                 generator: Optional[torch.Generator] = None, batch_size: int = 16) -> Tensor:
+    """The diffused state (approximation correction and details, normalised) given the conditioning ``cond``
+    (B, C, *G): white noise × sigma_max, ``steps`` Karras steps of ``solver``. Shapes: -> (B, C·K, *G)."""
+    b, grid = cond.shape[0], tuple(cond.shape[2:])
+    noise = sr.noise.sample((b, sr.coder.state_channels, *grid), generator=generator, dtype=cond.dtype)
+    sigmas = sigmas_karras(steps, sr.sigma_min, sr.sigma_max, sr.rho).to(cond.device)
     out = []
     for start in range(0, b, batch_size):
         part = slice(start, start + batch_size)
@@ -114,8 +124,7 @@ def refine_once(sr: SuperResolver, coarse: Tensor, *, steps: int = 16, solver: s
         def denoiser(z: Tensor, sigma: Tensor, c=c) -> Tensor:
             return sr.denoiser(z, sigma, cond=c)
 
-        details = get_solver(solver)(denoiser, sr.sigma_max * noise[part].to(coarse.device), sigmas)
-        out.append(sr.coder.decode(c, details))
+        out.append(get_solver(solver)(denoiser, sr.sigma_max * noise[part].to(cond.device), sigmas))
     return torch.cat(out)
 
 
@@ -283,4 +292,4 @@ def plot_super_resolution(coarse: Tensor, fine: Tensor, path: str | os.PathLike)
 
 
 __all__ = ["SuperResolver", "interpolate", "load_super_resolver", "plot_super_resolution", "read_coarse",
-           "refine_once", "super_resolve", "upsample_time_coordinate", "write_super_resolution"]
+           "refine_once", "sample_state", "super_resolve", "upsample_time_coordinate", "write_super_resolution"]
