@@ -52,19 +52,23 @@ def test_approximation_is_sqrt2_pow_d_times_the_coarse_samples():
         coarse_roll("haar")  # centre half a fine cell off: not a whole number of coarse cells
 
 
+@pytest.mark.parametrize("residual", [False, True])
 @pytest.mark.parametrize("axes,shape", [(("time", "x"), (3, 2, 8, 16)), (("x", "y"), (3, 2, 16, 8)), (("x",), (5, 1, 32))])
-def test_pairs_round_trip(axes, shape):
+def test_pairs_round_trip(axes, shape, residual):
     """encode (conditioning from the half-grid samples | approximation correction, details) then decode gives the
     fine field back exactly."""
     gen = torch.Generator().manual_seed(0)
     fine = torch.randn(*shape, generator=gen).cumsum(-1)
-    coder = SuperResolutionCoder(WaveletTransform("coif1", 1, axes), channels=shape[1])
+    coder = SuperResolutionCoder(WaveletTransform("coif1", 1, axes), channels=shape[1], residual=residual)
     coder.fit(fine)
     items = coder.encode(fine)
     k = 2 ** len(axes)
     assert items.shape == (shape[0], shape[1] * (1 + k), *[n // 2 for n in shape[2:]])
     cond, state = items[:, :shape[1]], items[:, shape[1]:]
-    assert state[:, :shape[1]].std() == pytest.approx(1.0, abs=0.05)  # the correction, normalised
+    assert state[:, :shape[1]].std() == pytest.approx(1.0, abs=0.05)  # correction / residual approx., normalised
+    if residual:  # the state of a zero residual decodes to the interpolation of the samples
+        assert torch.allclose(coder.decode(cond, coder.transform.forward(torch.zeros_like(fine))), interpolate(
+            coder.subsample(fine), 2, time_axis=axes[0] == "time"), atol=1e-5)
     back = coder.decode(cond, state)
     assert torch.allclose(back, fine, atol=1e-5 * float(fine.abs().max()))
     state = SuperResolutionCoder.from_state_dict(coder.state_dict())

@@ -33,7 +33,8 @@ from torch import Tensor, nn
 from funcdiff.errors import UserError
 from funcdiff.noise import GaussianRandomField
 from funcdiff.sampling import get_solver, sigmas_karras
-from funcdiff.training.super_resolution import SuperResolutionCoder
+from funcdiff.training.super_resolution import (SuperResolutionCoder, interpolate, levels_of_factor,
+                                               upsample_time_coordinate)
 
 
 @dataclass
@@ -133,7 +134,7 @@ def super_resolve(sr: SuperResolver, coarse: Tensor, factor: int, *, steps: int 
     """Refine physical trajectories/fields ``factor`` (a power of 2) times along every transformed axis by
     repeated one-level applications. Shapes: (B, C, *G) -> (B, C, *factor·G) (space-only model on (B, C, T, *S):
     (B, C, T, *factor·S)). The same ``seed`` gives the same result."""
-    levels = _levels(factor)
+    levels = levels_of_factor(factor)
     fields, frames = _fields(sr, coarse)
     gen = torch.Generator().manual_seed(int(seed))
     x = sr.encode(fields.float())
@@ -142,70 +143,6 @@ def super_resolve(sr: SuperResolver, coarse: Tensor, factor: int, *, steps: int 
     x = sr.decode(x)
     if frames is not None:
         x = x.reshape(-1, frames, *x.shape[1:]).transpose(1, 2)
-    return x
-
-
-def _levels(factor: int) -> int:
-    levels = int(round(math.log2(factor))) if factor >= 1 else -1
-    if factor < 2 or (1 << levels) != factor:
-        raise UserError(f"the super-resolution factor must be a power of 2 (2, 4, 8, ...), got {factor}")
-    return levels
-
-
-def upsample_time_coordinate(times: Tensor, factor: int) -> Tensor:
-    """Times of the refined frames: fine frame j at t_0 + j·dt/factor (dt the input's spacing). Shapes: (T,) ->
-    (factor·T,)."""
-    times = times.double()
-    dt = float(times[1] - times[0]) if times.numel() > 1 else 1.0
-    return times[0] + torch.arange(factor * times.numel(), dtype=torch.float64) * dt / factor
-
-
-# ------------------------------------------------------------------------------------------ baselines
-def _spectral_axis(x: Tensor, dim: int, factor: int) -> Tensor:
-    """Fourier (band-limited, periodic) interpolation along ``dim``: n -> factor·n samples, the coarse samples
-    kept exactly (the Nyquist coefficient split evenly between ±k)."""
-    n = x.shape[dim]
-    spec = torch.fft.rfft(x.double(), dim=dim)
-    if n % 2 == 0:
-        idx = [slice(None)] * x.ndim
-        idx[dim] = slice(n // 2, n // 2 + 1)
-        spec[tuple(idx)] = spec[tuple(idx)] / 2
-    m = factor * n
-    spec = torch.nn.functional.pad(spec.movedim(dim, -1), [0, m // 2 + 1 - spec.shape[dim]]).movedim(-1, dim)
-    return (torch.fft.irfft(spec, n=m, dim=dim) * factor).to(x.dtype)
-
-
-def _linear_axis(x: Tensor, dim: int, factor: int, periodic: bool) -> Tensor:
-    """Linear interpolation along ``dim``: fine j at coarse position j / factor (periodic wrap, or the last
-    coarse sample held beyond the end)."""
-    n = x.shape[dim]
-    pos = torch.arange(factor * n, dtype=torch.float64) / factor
-    lo = pos.floor().long()
-    w = (pos - lo).to(x.dtype)
-    hi = (lo + 1) % n if periodic else (lo + 1).clamp(max=n - 1)
-    shape = [1] * x.ndim
-    shape[dim] = -1
-    return x.index_select(dim, lo) * (1 - w.reshape(shape)) + x.index_select(dim, hi) * w.reshape(shape)
-
-
-def interpolate(coarse: Tensor, factor: int, *, time_axis: bool, method: str = "spectral",
-                refine_time: bool = True) -> Tensor:
-    """Baseline refinement of (B, C, [T,] *S) by ``factor`` along every axis after (B, C) (with ``time_axis`` and
-    not ``refine_time``: the spatial axes only): ``spectral`` (Fourier interpolation on the periodic space, linear
-    in time) or ``linear`` (linear in every axis, periodic in space). The coarse samples are kept at fine index
-    factor·k, as in :func:`super_resolve`."""
-    _levels(factor)
-    if method not in ("spectral", "linear"):
-        raise UserError(f"unknown interpolation {method!r}; valid: spectral, linear")
-    x = coarse
-    for dim in range(2, coarse.ndim):
-        is_time = time_axis and dim == 2
-        if is_time and not refine_time:
-            continue
-        if method == "spectral" and not is_time:
-            x = _spectral_axis(x, dim, factor)
-        else:
-            x = _linear_axis(x, dim, factor, periodic=not is_time)
     return x
 
 

@@ -14,7 +14,15 @@ normalised per subband with statistics fitted on the training split. The correct
 approximation minus the one from samples (zero for a smooth field up to O(h^4) with coif1, non-zero at shocks,
 where the filter's average and the sample differ); with it the pair round-trips exactly and the model is trained
 on the same conditioning it is applied with. (A first version conditioned on the true approximation and
-diffused the details only; measured in the README: worse, since samples are what a coarse trajectory holds.) Being a neural operator, the denoiser
+diffused the details only; measured in the README.)
+
+``transform.residual: true`` diffuses instead the one-level coefficients of the change from interpolation
+(spectral in space, linear in time) of the half-grid samples, conditioned on those samples (data-normalised)::
+
+    item = [ samples (C, *F/2) ,  W(fine - interpolate(samples)) (C·K, *F/2), normalised per subband ]
+
+so a zero state is the interpolation and the model learns what interpolation misses (Gibbs ripples and smeared
+fronts at shocks). Both layouts round-trip exactly. Being a neural operator, the denoiser
 applies on any grid: given a trajectory on the grid G, its samples are the approximation of the unknown field on
 2G (below), the model generates that field's details, and the exact inverse transform gives the field on 2G; a
 second application gives 4G (:mod:`funcdiff.tasks.super_resolution`).
@@ -74,6 +82,71 @@ def coarse_roll(wavelet: str) -> int:
     return roll
 
 
+def levels_of_factor(factor: int) -> int:
+    """log2 of a refinement factor; UserError unless it is a power of 2 (>= 2)."""
+    levels = int(round(math.log2(factor))) if factor >= 1 else -1
+    if factor < 2 or (1 << levels) != factor:
+        raise UserError(f"the super-resolution factor must be a power of 2 (2, 4, 8, ...), got {factor}")
+    return levels
+
+
+def upsample_time_coordinate(times: Tensor, factor: int) -> Tensor:
+    """Times of the refined frames: fine frame j at t_0 + j·dt/factor (dt the input's spacing). Shapes: (T,) ->
+    (factor·T,)."""
+    times = times.double()
+    dt = float(times[1] - times[0]) if times.numel() > 1 else 1.0
+    return times[0] + torch.arange(factor * times.numel(), dtype=torch.float64) * dt / factor
+
+
+# ------------------------------------------------------------------------------------------ interpolation
+def _spectral_axis(x: Tensor, dim: int, factor: int) -> Tensor:
+    """Fourier (band-limited, periodic) interpolation along ``dim``: n -> factor·n samples, the coarse samples
+    kept exactly (the Nyquist coefficient split evenly between ±k)."""
+    n = x.shape[dim]
+    spec = torch.fft.rfft(x.double(), dim=dim)
+    if n % 2 == 0:
+        idx = [slice(None)] * x.ndim
+        idx[dim] = slice(n // 2, n // 2 + 1)
+        spec[tuple(idx)] = spec[tuple(idx)] / 2
+    m = factor * n
+    spec = torch.nn.functional.pad(spec.movedim(dim, -1), [0, m // 2 + 1 - spec.shape[dim]]).movedim(-1, dim)
+    return (torch.fft.irfft(spec, n=m, dim=dim) * factor).to(x.dtype)
+
+
+def _linear_axis(x: Tensor, dim: int, factor: int, periodic: bool) -> Tensor:
+    """Linear interpolation along ``dim``: fine j at coarse position j / factor (periodic wrap, or the last
+    coarse sample held beyond the end)."""
+    n = x.shape[dim]
+    pos = torch.arange(factor * n, dtype=torch.float64) / factor
+    lo = pos.floor().long()
+    w = (pos - lo).to(x.dtype)
+    hi = (lo + 1) % n if periodic else (lo + 1).clamp(max=n - 1)
+    shape = [1] * x.ndim
+    shape[dim] = -1
+    return x.index_select(dim, lo) * (1 - w.reshape(shape)) + x.index_select(dim, hi) * w.reshape(shape)
+
+
+def interpolate(coarse: Tensor, factor: int, *, time_axis: bool, method: str = "spectral",
+                refine_time: bool = True) -> Tensor:
+    """Baseline refinement of (B, C, [T,] *S) by ``factor`` along every axis after (B, C) (with ``time_axis`` and
+    not ``refine_time``: the spatial axes only): ``spectral`` (Fourier interpolation on the periodic space, linear
+    in time) or ``linear`` (linear in every axis, periodic in space). The coarse samples are kept at fine index
+    factor·k, as in :func:`funcdiff.tasks.super_resolution.super_resolve`."""
+    levels_of_factor(factor)
+    if method not in ("spectral", "linear"):
+        raise UserError(f"unknown interpolation {method!r}; valid: spectral, linear")
+    x = coarse
+    for dim in range(2, coarse.ndim):
+        is_time = time_axis and dim == 2
+        if is_time and not refine_time:
+            continue
+        if method == "spectral" and not is_time:
+            x = _spectral_axis(x, dim, factor)
+        else:
+            x = _linear_axis(x, dim, factor, periodic=not is_time)
+    return x
+
+
 class SuperResolutionCoder:
     """Fine fields (N, C, *F) <-> [approximation from samples | correction, details] on the half grid.
 
@@ -82,7 +155,7 @@ class SuperResolutionCoder:
     conditioning first; ``decode(cond, state)`` -> (N, C, *F); ``condition(coarse)`` (N, C, *G) -> (N, C, *G).
     """
 
-    def __init__(self, transform: WaveletTransform, channels: int) -> None:
+    def __init__(self, transform: WaveletTransform, channels: int, residual: bool = False) -> None:
         if not isinstance(transform, WaveletTransform) or transform.levels != 1:
             raise UserError("super-resolution needs transform.kind: wavelet with transform.levels: 1 (one "
                             "application = one level = 2x per axis; apply it repeatedly for 4x)")
@@ -92,6 +165,7 @@ class SuperResolutionCoder:
         self.transform, self.channels = transform, int(channels)
         self.roll = coarse_roll(transform.wavelet)
         self.correction_stats: dict | None = None
+        self.residual = bool(residual)
 
     @classmethod
     def from_config(cls, config: RunConfig) -> "SuperResolutionCoder":
@@ -102,7 +176,7 @@ class SuperResolutionCoder:
             raise UserError(f"forecast.kind=super_resolution needs transform.kind: wavelet with axes "
                             f"{list(valid[1])} (space and time) or {list(valid[0])} (space only); got "
                             f"kind={t.kind}, axes={list(axes)}")
-        return cls(build_transform(**t.options()), len(config.data.channels))
+        return cls(build_transform(**t.options()), len(config.data.channels), residual=t.residual)
 
     # --------------------------------------------------------------------------------- layout
     @property
@@ -144,6 +218,9 @@ class SuperResolutionCoder:
         """Per-subband statistics of fine training fields (N, C, *F), then those of the approximation correction
         (mean and std per channel, in normalised approximation units)."""
         self.check_grid(fine.shape[2:])
+        if self.residual:
+            self.transform.fit(fine.double() - self.base(self.subsample(fine.double())))
+            return
         self.transform.fit(fine.double())
         self.correction_stats = None
         corr = self._correction(fine.double())  # (N, C, *F/2)
@@ -156,6 +233,11 @@ class SuperResolutionCoder:
     def subsample(fine: Tensor) -> Tensor:
         """The half-grid samples of a fine field: every other point along every axis after (N, C)."""
         return fine[(..., *[slice(None, None, 2)] * (fine.ndim - 2))]
+
+    def base(self, coarse: Tensor) -> Tensor:
+        """``residual``: the interpolation the state is the change from (spectral in space, linear in time),
+        (N, C, *G) -> (N, C, *2G)."""
+        return interpolate(coarse, 2, time_axis=self.time_axis)
 
     def _correction(self, fine: Tensor) -> Tensor:
         """True normalised approximation minus the one from the half-grid samples. Shapes: (N, C, *F) ->
@@ -177,6 +259,9 @@ class SuperResolutionCoder:
         """Training items (N, C, *F) -> (N, C + C·K, *F/2): the conditioning (:meth:`condition` of the half-grid
         samples), then the state: the normalised approximation correction and the normalised details."""
         self.check_grid(fine.shape[2:])
+        if self.residual:
+            coarse = self.subsample(fine)
+            return torch.cat([coarse, self.transform.forward(fine - self.base(coarse))], dim=1)
         approx, details = self._split(self.transform.forward(fine))
         cond = self.condition(self.subsample(fine))
         corr = (approx - cond - self._corr_view("mean", cond)) / self._corr_view("std", cond)
@@ -186,6 +271,8 @@ class SuperResolutionCoder:
         """Conditioning (N, C, *G) and state (N, C·K, *G) (correction, then details) -> the fine field
         (N, C, *2G), exactly undoing :meth:`encode`."""
         n, k, c = cond.shape[0], self.bands, self.channels
+        if self.residual:
+            return self.base(cond) + self.transform.inverse(state)
         approx = cond + state[:, :c] * self._corr_view("std", cond) + self._corr_view("mean", cond)
         details = state[:, c:].reshape(n, c, k - 1, *state.shape[2:])
         return self.transform.inverse(torch.cat([approx.unsqueeze(2), details], dim=2).flatten(1, 2))
@@ -198,6 +285,8 @@ class SuperResolutionCoder:
         """Coarse samples (N, C, *G) (data-normalised units) -> the normalised approximation of the field on 2G:
         √2^D · samples moved by the filter's centre (:func:`coarse_roll`), then the fitted band statistics."""
         self.check_grid([2 * n for n in coarse.shape[2:]])
+        if self.residual:
+            return coarse
         approx = self.approximation_scale() * coarse
         if self.roll:
             approx = torch.roll(approx, shifts=[-self.roll] * self.dims, dims=list(range(2, coarse.ndim)))
@@ -212,11 +301,12 @@ class SuperResolutionCoder:
     # --------------------------------------------------------------------------------- state
     def state_dict(self) -> dict:
         return {"transform": self.transform.state_dict(), "channels": self.channels,
-                "correction": getattr(self, "correction_stats", None)}
+                "correction": getattr(self, "correction_stats", None), "residual": self.residual}
 
     @classmethod
     def from_state_dict(cls, state: dict) -> "SuperResolutionCoder":
-        coder = cls(transform_from_state_dict(state["transform"]), int(state["channels"]))
+        coder = cls(transform_from_state_dict(state["transform"]), int(state["channels"]),
+                    residual=bool(state.get("residual", False)))
         coder.correction_stats = state.get("correction")
         return coder
 
@@ -243,4 +333,5 @@ class SuperResolutionTraining:
         return {"super_resolution": self.coder.state_dict()}
 
 
-__all__ = ["SuperResolutionCoder", "SuperResolutionTraining", "approximation_shift", "coarse_roll"]
+__all__ = ["SuperResolutionCoder", "SuperResolutionTraining", "approximation_shift", "coarse_roll", "interpolate",
+           "levels_of_factor"]
