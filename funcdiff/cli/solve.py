@@ -27,14 +27,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser("solve", help="solve a forward/inverse task from sparse observations")
     p.add_argument("--checkpoint", required=True, type=Path, help="checkpoint file or run directory")
-    p.add_argument("--task", required=True, metavar="TASK", help=f"one of {', '.join(task_names())}")
+    p.add_argument("--task", required=True, metavar="TASK",
+                   help=f"one of {', '.join(task_names())}, or reconstruct (any model, e.g. on the sphere: every "
+                        "channel from stations)")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--observations", type=Path,
                         help="sensors: a file from `funcdiff observe`, or a posterior.nc of `solve`/`demo`")
     source.add_argument("--obs-fraction", type=float, help="observe this fraction of the truth's grid at random")
     source.add_argument("--obs-count", type=positive_int, help="observe this many random grid points of the truth")
     p.add_argument("--truth", type=Path, help="ground truth: our HDF5 layout (with --index) or netCDF")
-    p.add_argument("--index", type=int, default=0, help="sample index in --truth")
+    p.add_argument("--index", type=int, default=0, help="sample index in --truth (an ERA5 store: frame index)")
+    p.add_argument("--observed", default=None, metavar="NAMES",
+                   help="reconstruct with --obs-fraction/--obs-count: channels the stations read, comma-separated "
+                        "(default: every channel of the model)")
     p.add_argument("--obs-noise", type=non_negative_float, default=0.0, help="measurement-noise std (physical units)")
     p.add_argument("--num-samples", type=positive_int, default=8)
     p.add_argument("--steps", type=positive_int, default=100)
@@ -75,19 +80,24 @@ def task_name(name: str) -> str:
 def run(args: argparse.Namespace) -> int:
     from funcdiff.cli import user_errors
     from funcdiff.guidance import load_observation
-    from funcdiff.tasks import check_compatible, get_task, load_model, load_truth, make_observation, solve
+    from funcdiff.tasks import check_compatible, load_model, load_truth, make_observation, solve
+    from funcdiff.tasks.solve import resolve_task
     from funcdiff.cli.batch import batch_requested, run_solve_batch
 
     if batch_requested(args):
         return run_solve_batch(args)
     with user_errors():
-        task = get_task(task_name(args.task))
+        observation = load_observation(args.observations) if args.observations is not None else None
+        if args.observed is not None and (observation is not None or task_name(args.task) != "reconstruct"):
+            raise UserError("--observed chooses the channels of twin stations (--obs-fraction/--obs-count) of "
+                            "--task reconstruct; a station file names its own variables")
+        observed = observation.channel_names if observation is not None else (
+            [n.strip() for n in args.observed.split(",") if n.strip()] if args.observed else None)
         model = load_model(args.checkpoint, args.device)
+        task = resolve_task(task_name(args.task), model[1], observed, observation and observation.grid)
         check_compatible(task, model[1], args.method)  # before the truth: a wrong model is the first thing to say
         truth = load_truth(args.truth, task.channels, args.index) if args.truth else None
-    if args.observations is not None:
-        observation = load_observation(args.observations)
-    else:
+    if observation is None:
         if truth is None:
             raise UserError("--obs-fraction/--obs-count draw sensors from the ground truth: pass --truth")
         observation = make_observation(task, truth, fraction=args.obs_fraction, count=args.obs_count,

@@ -11,6 +11,14 @@ One layout for every file that holds sensors: ``funcdiff observe`` and :func:`sa
     observed_channel                                       str coordinate, channel names
     sensor_coords.attrs: grid ("periodic" | "node"), grid_convention (text)
 
+Stations on the sphere (grid ``"latlon"``) keep ``sensor_coords`` as (latitude, longitude) in degrees. A plain
+station file is read too: 1-D ``latitude`` and ``longitude`` (degrees north/east) along one dimension (e.g.
+``station``) and one variable per observed channel along it, named like the model's channels (``z500``), with an
+optional ``noise_std`` attribute (measurement-noise std in the variable's units; default 0)::
+
+    z500(station), t850(station)          float, observed values in the variable's units
+    latitude(station), longitude(station) float, degrees
+
 Files of funcdiff <= 0.1 (variables ``values(sample, channel, sensor)``, ``coords(sensor, dim)``, global
 ``grid`` attribute) are still read.
 """
@@ -42,12 +50,14 @@ def observation_to_dataset(observation: SparseObservation) -> xr.Dataset:
         raise ValueError("cannot write an observation without values")
     names = observation.channel_names or tuple(f"channel_{c}" for c in observation.channels)
     grid = {"grid": observation.grid, "grid_convention": CONVENTIONS[observation.grid]}
+    where = ({"long_name": "station (latitude, longitude)", "units": "degrees"} if observation.grid == "latlon" else
+             {"long_name": "sensor coordinates on the unit domain", "units": "1"})
     return xr.Dataset(
         {
             "observed_values": (("obs_sample", "observed_channel", "sensor"),
                                 observation.values.double().cpu().numpy(), {"long_name": "observed values"}),
             "sensor_coords": (("sensor", "dim"), observation.coords.double().cpu().numpy(),
-                              {"long_name": "sensor coordinates on the unit domain", "units": "1", **grid}),
+                              {**where, **grid}),
             "noise_std": (("observed_channel",), observation.noise_std_per_channel().numpy(),
                           {"long_name": "measurement-noise standard deviation"}),
             "channel_index": (("observed_channel",), np.asarray(observation.channels, dtype=np.int64),
@@ -84,6 +94,10 @@ def load_observation(path: str | os.PathLike) -> SparseObservation:
     if "values" in ds and "coords" in ds:
         ds = ds.rename({k: v for k, v in LEGACY_NAMES.items() if k in ds.variables or k in ds.dims})
     missing = [v for v in ("observed_values", "sensor_coords", "channel_index") if v not in ds]
+    if missing and "observed_values" not in ds and "latitude" in ds.variables and "longitude" in ds.variables:
+        stations = _station_file(ds, path)
+        if stations is not None:
+            return stations
     if missing:
         raise UserError(f"{path} holds no sensors: it lacks the variables {missing} of an observation file")
     grid = str(ds["sensor_coords"].attrs.get("grid", ds.attrs.get("grid", "")))
@@ -101,5 +115,28 @@ def load_observation(path: str | os.PathLike) -> SparseObservation:
             values=torch.from_numpy(values.transpose("obs_sample", "observed_channel", "sensor").values
                                     .astype(np.float64)),
             noise_std=tuple(float(s) for s in std), grid=grid, channel_names=names)
+    except ValueError as err:
+        raise UserError(f"{path}: {err}") from err
+
+
+def _station_file(ds: xr.Dataset, path: str | os.PathLike) -> SparseObservation | None:
+    """A plain station file (module docstring) as a lat-lon observation, or None when ``latitude`` and
+    ``longitude`` are not 1-D along one shared dimension (e.g. a gridded field). Channel indices are placeholders
+    (0..C-1): ``funcdiff solve`` binds the channels by name."""
+    lat, lon = ds["latitude"], ds["longitude"]
+    if lat.ndim != 1 or lon.dims != lat.dims:
+        return None
+    (dim,) = lat.dims
+    names = [str(n) for n, v in ds.data_vars.items() if v.dims == (dim,) and n not in ("latitude", "longitude")]
+    if not names:
+        raise UserError(f"{path}: the stations along {dim!r} hold no observed variables (one 1-D variable per "
+                        f"channel, e.g. z500({dim}))")
+    values = np.stack([ds[n].values.astype(np.float64) for n in names])[None]
+    coords = np.stack([lat.values, lon.values], axis=1).astype(np.float64)
+    std = tuple(float(ds[n].attrs.get("noise_std", 0.0)) for n in names)
+    try:
+        return SparseObservation(coords=torch.from_numpy(coords), channels=tuple(range(len(names))),
+                                 values=torch.from_numpy(values), noise_std=std, grid="latlon",
+                                 channel_names=tuple(names))
     except ValueError as err:
         raise UserError(f"{path}: {err}") from err

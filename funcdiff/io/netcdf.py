@@ -15,9 +15,10 @@ import funcdiff
 from funcdiff.io.atomic import atomic_path
 
 SPATIAL_NAMES = ("x", "y", "z")
+LATLON = ("latitude", "longitude")  # spatial dims of fields on the sphere (grid "latlon", degrees)
 
 
-GRIDS = ("periodic", "node")
+GRIDS = ("periodic", "node", "latlon")  # latlon: dims (latitude, longitude) in degrees, latitude ascending
 GRID_ALIASES = {"nodes": "node"}  # spelling of funcdiff <= 0.1
 LONG_NAMES = {"a": "PDE coefficient (input) a", "u": "PDE solution u", "w0": "vorticity at t = 0",
               "wT": "vorticity at the final time"}
@@ -78,7 +79,8 @@ def fields_to_dataset(
         channel_names: C names; each becomes a data variable of dims (sample, x[, y[, z]]).
         attrs: global attributes (numbers stay numbers, lists of numbers become arrays, others JSON text).
         grid: "periodic" (x_i = i/n on [0, 1)) or "node" (x_i = i/(n-1) on [0, 1], Dirichlet problems);
-            "nodes" is accepted for "node".
+            "nodes" is accepted for "node"; "latlon": fields (B, C, H, W) on the lat-lon grid of
+            :mod:`funcdiff.sphere`, dims ``latitude``/``longitude`` in degrees (CF ``degrees_north``/``_east``).
         extra: further (B, C, *S) tensors stored as ``<channel>_<key>`` (e.g. posterior ``std``).
     """
     if fields.ndim < 3 or fields.ndim > 5:
@@ -86,10 +88,16 @@ def fields_to_dataset(
     if len(channel_names) != fields.shape[1]:
         raise ValueError(f"{len(channel_names)} channel names for {fields.shape[1]} channels")
     grid = canonical_grid(grid)
-    dims = (sample_dim, *SPATIAL_NAMES[: fields.ndim - 2])
+    if grid == "latlon" and fields.ndim != 4:
+        raise ValueError(f"lat-lon fields must be (B, C, latitude, longitude), got shape {tuple(fields.shape)}")
+    dims = (sample_dim, *(LATLON if grid == "latlon" else SPATIAL_NAMES[: fields.ndim - 2]))
     coords = {sample_dim: np.arange(fields.shape[0])}
     for name, n in zip(dims[1:], fields.shape[2:]):
         coords[name] = np.arange(n) / (n if grid == "periodic" else max(n - 1, 1))
+    if grid == "latlon":
+        from funcdiff.sphere import grid_latitudes, grid_longitudes
+
+        coords.update(latitude=grid_latitudes(*fields.shape[2:]), longitude=grid_longitudes(fields.shape[3]))
     data_vars = {}
     tensors = {"": fields, **{f"_{k}": v for k, v in (extra or {}).items()}}
     for suffix, tensor in tensors.items():
@@ -98,7 +106,11 @@ def fields_to_dataset(
             data_vars[f"{name}{suffix}"] = xr.DataArray(array[:, c], dims=dims, attrs=variable_attrs(f"{name}{suffix}"))
     ds = xr.Dataset(data_vars, coords=coords)
     for name in dims[1:]:
-        ds[name].attrs.update(units="1", long_name=f"{name} coordinate (unit domain)")
+        if grid == "latlon":
+            ds[name].attrs.update(standard_name=name, long_name=name,
+                                  units="degrees_north" if name == "latitude" else "degrees_east")
+        else:
+            ds[name].attrs.update(units="1", long_name=f"{name} coordinate (unit domain)")
     ds.attrs.update({"funcdiff_version": funcdiff.__version__, "grid": grid,
                      "Conventions": "CF-1.8", **{k: _attr_value(v) for k, v in (attrs or {}).items()}})
     return ds

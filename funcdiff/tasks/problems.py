@@ -13,7 +13,12 @@ poisson-forward / -inverse poisson       a, u        a / u     u / a     node
 helmholtz-forward/-inverse helmholtz     a, u        a / u     u / a     node
 navier-stokes-forward/-inv navier_stokes w0, wT      w0 / wT   wT / w0   periodic
 burgers                    burgers       u (T, x)    u         u         periodic
+reconstruct                (the model's) all         any       all       the model's
 =========================  ============  ==========  ========  ========  =========
+
+``reconstruct`` is generic: it is not tied to a PDE but built for each checkpoint (:func:`reconstruct_task`) from
+the model's channels and grid (``"latlon"`` for a model trained on an ERA5 store: stations at (latitude,
+longitude) in degrees); the sensors read any subset of the channels and every channel is reported and scored.
 
 Grids: ``"node"`` is x_i = i/(N-1) on [0, 1] with u = 0 on the boundary (Darcy, Poisson, Helmholtz);
 ``"periodic"`` is x_i = i/N on [0, 1) (Navier–Stokes; Burgers in x, with time as a second axis).
@@ -241,5 +246,31 @@ def get_task(name: str | Task) -> Task:
     return TASKS[key]
 
 
+RECONSTRUCT = "reconstruct"  # the generic task of any checkpoint (:func:`reconstruct_task`)
+
+
+def is_reconstruct(task: "str | Task") -> bool:
+    """Whether ``task`` names the generic ``reconstruct`` task (built per checkpoint, not in :data:`TASKS`)."""
+    return isinstance(task, str) and task.strip().lower() == RECONSTRUCT
+
+
+def reconstruct_task(channels: tuple[str, ...], observed: Optional[tuple[str, ...]], grid: str,
+                     problem: str = "") -> Task:
+    """The generic reconstruction task of a model with state ``channels`` on ``grid`` (``"periodic"``, ``"node"``
+    or ``"latlon"``): sensors read ``observed`` (default: every channel), every channel is the target.
+
+    ValueError naming the model's channels for an observed name it does not have.
+    """
+    observed = tuple(observed or channels)
+    unknown = [c for c in observed if c not in channels]
+    if unknown:
+        raise ValueError(f"variables {unknown} are not channels of the model; it has {list(channels)}")
+    kind = {"latlon": "stations at (latitude, longitude)"}.get(grid, f"sensors on the {grid} grid")
+    return Task(name=RECONSTRUCT, problem=problem, direction="reconstruct", channels=tuple(channels),
+                observed=observed, target=tuple(channels), grid=grid,
+                description=f"reconstruct every channel {list(channels)} from {kind} of {list(observed)}")
+
+
 def task_names() -> list[str]:
+    """The registered tasks (``reconstruct``, built per checkpoint, is not among them)."""
     return sorted(TASKS)

@@ -34,7 +34,7 @@ from funcdiff.io.checkpoint import CheckpointMeta, load_denoiser
 from funcdiff.io.netcdf import add_field, fields_to_dataset, write_netcdf
 from funcdiff.metrics import misclassification_rate, relative_l2
 from funcdiff.sampling import num_denoiser_calls
-from funcdiff.tasks.problems import TASKS, Task, get_task
+from funcdiff.tasks.problems import TASKS, Task, get_task, is_reconstruct, reconstruct_task
 from funcdiff.tasks.samplers import METHODS, check_method  # noqa: F401  (METHODS: re-exported)
 
 PROBLEM_ALIASES = {"navier-stokes": "navier_stokes"}
@@ -60,6 +60,7 @@ class Posterior:
     truth: Optional[Tensor] = None
     truth_names: tuple[str, ...] = ()
     settings: dict = field(default_factory=dict)
+    units: dict = field(default_factory=dict)  # channel -> CF units (lat-lon models: from the ERA5 store)
 
     @property
     def mean(self) -> Tensor:
@@ -95,6 +96,9 @@ class Posterior:
             out[f"rel_l2_{name}"] = float(relative_l2(self.channel(self.mean, [name]), truth)[0, 0])
             single = relative_l2(self.channel(self.samples, [name]), truth.expand(self.samples.shape[0], *truth.shape[1:]))
             out[f"rel_l2_{name}_single"] = float(single.mean())
+            if self.task.grid == "latlon":  # area-weighted RMSE (WeatherBench 2), units of the channel
+                out.update(_latlon_rmse(name, self.channel(self.mean, [name]), self.channel(self.samples, [name]),
+                                        truth))
             if self.task.threshold is not None:
                 rate = misclassification_rate(self.channel(self.mean, [name]), truth, self.task.threshold)
                 out[f"misclassification_{name}"] = float(rate[0, 0])
@@ -114,6 +118,10 @@ class Posterior:
             truth = self.truth[0, self.truth_names.index(name)]
             add_field(ds, f"{name}_truth", truth, like)
             add_field(ds, f"{name}_error", self.channel(self.mean, [name])[0, 0] - truth, like)
+        for var in ds.data_vars:  # every variable derived from a channel carries that channel's units
+            base = var if var in self.units else var.rpartition("_")[0]
+            if base in self.units:
+                ds[var].attrs["units"] = str(self.units[base])
         return xr.merge([ds, observation_to_dataset(self.observation)], combine_attrs="override")
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -139,6 +147,9 @@ class Posterior:
             panels.append((f"|error| {target}", (mean - truth).abs()))
         dot_panel = 1 if panels[0][0].startswith("truth") else 0
         points = self.observation.coords if self.observation.dim == 2 else None
+        if self.task.grid == "latlon":  # longitude across, latitude up (plot_panels draws (x, y) fields)
+            panels = [(name, value.T) for name, value in panels]
+            points = torch.stack([points[:, 1] / 360.0, (points[:, 0] + 90.0) / 180.0], dim=1)
         cmaps = ["RdBu_r"] * (len(panels) - 2) + ["viridis", "magma"]
         shared = [i for i, (name, _) in enumerate(panels) if name.startswith(("truth", "posterior mean"))]
         how = (f"{self.task.name}: {self.task.target[0]} = numerical solver applied to each posterior sample of "
@@ -167,10 +178,13 @@ def checkpoint_problem(meta: CheckpointMeta) -> Optional[str]:
 
 
 def checkpoint_grid(meta: CheckpointMeta) -> str:
-    """``"node"`` or ``"periodic"``: the grid of a checkpoint's training data (``meta.extra["grid"]`` from the
-    data file), else the grid of the task registry's problem it was trained on, else ``"periodic"``."""
+    """``"node"``, ``"periodic"`` or ``"latlon"`` (a model trained on an ERA5 store): the grid of a checkpoint's
+    training data (``meta.extra["grid"]`` from the data file), else the grid of the task registry's problem it was
+    trained on, else ``"periodic"``."""
     grid = (meta.extra or {}).get("grid")
     kind = grid.get("type") if isinstance(grid, dict) else grid
+    if kind == "latlon":
+        return "latlon"
     if kind in ("node", "nodes", "periodic"):
         return "node" if kind.startswith("node") else "periodic"
     problem = checkpoint_problem(meta)
@@ -187,6 +201,43 @@ def _problem_of_name(name: str) -> Optional[str]:
         if name == prob or name.startswith(prob + "-") or name.startswith(prob + "_"):
             return PROBLEM_ALIASES.get(prob, prob)
     return None
+
+
+def _check_sphere(sensor_grid: str, model_grid: str, what: str) -> None:
+    """UserError when stations at (latitude, longitude) meet a model of the unit domain (or the reverse)."""
+    if sensor_grid == "latlon" and model_grid != "latlon":
+        raise UserError(f"the stations are (latitude, longitude) on the sphere but {what} lies on the {model_grid!r} "
+                         "grid of the unit domain: use a model trained on an ERA5 store (lat-lon grid)")
+    if model_grid == "latlon" and sensor_grid not in ("latlon", None):
+        raise UserError(f"{what} lies on the sphere but the sensors use the {sensor_grid!r} grid of the unit "
+                         "domain: give stations at (latitude, longitude) in degrees")
+
+
+def resolve_task(task: str | Task, meta: CheckpointMeta, observed: Optional[Sequence[str]] = None,
+                 sensor_grid: Optional[str] = None) -> Task:
+    """A registered task, or the generic ``reconstruct`` task of this checkpoint (its channels and grid, sensors
+    on ``observed``, default every channel; :func:`funcdiff.tasks.problems.reconstruct_task`). UserError for
+    sensors on another grid than the model's (``sensor_grid``), an observed name the model does not have or an
+    unknown task."""
+    try:
+        if is_reconstruct(task):
+            _check_sphere(sensor_grid, checkpoint_grid(meta), f"checkpoint {meta.path or '(in memory)'}")
+            return reconstruct_task(tuple(meta.channel_names), tuple(observed) if observed else None,
+                                    checkpoint_grid(meta), checkpoint_problem(meta) or "")
+        return get_task(task)
+    except ValueError as err:
+        raise UserError(str(err)) from err
+
+
+def _latlon_rmse(name: str, mean: Tensor, samples: Tensor, truth: Tensor) -> dict[str, float]:
+    """Area-weighted RMSE (WeatherBench 2 weights) of the posterior mean and, averaged, of single samples.
+    Shapes: mean (1, 1, H, W), samples (K, 1, H, W), truth (1, 1, H, W); units of the channel."""
+    from funcdiff.metrics import latitude_weights, rmse
+    from funcdiff.sphere import grid_latitudes
+
+    weights = latitude_weights(grid_latitudes(*truth.shape[-2:])).to(truth.dtype)[:, None]
+    single = rmse(samples, truth.expand_as(samples), weights, (1, 2, 3))
+    return {f"rmse_{name}": float(rmse(mean, truth, weights)), f"rmse_{name}_single": float(single.mean())}
 
 
 def check_compatible(task: Task, meta: CheckpointMeta, method: str = "dps") -> None:
@@ -207,6 +258,7 @@ def _bind_observation(task: Task, observation: SparseObservation, channel_names:
     """Re-index the observation's channels by name into the model's channel order; check task and grid."""
     if observation.values is None:
         raise UserError("the observation holds no values")
+    _check_sphere(observation.grid, task.grid, f"task {task.name!r}")
     names = observation.channel_names or tuple(task.channels[c] for c in observation.channels)
     unknown = [n for n in names if n not in channel_names]
     if unknown:
@@ -293,8 +345,15 @@ def solve(checkpoint: ModelLike, task: str | Task, observation: SparseObservatio
             only, with the task's numerical solver in the observation operator (inverse: y = A S(a)) and the
             reported solution S(a), so every sample satisfies the discrete PDE.
     Shapes: returns a :class:`Posterior` with samples (num_samples, C, *S) in physical units.
+    ``task="reconstruct"``: the generic task of the checkpoint (:func:`resolve_task`; sensors of the observation's
+    channels, every channel reported); on a lat-lon model the resolution is rows (columns twice as many) or a tuple.
     """
+    if is_reconstruct(task):  # built from the model: load it first (once; ``checkpoint`` becomes the pair)
+        checkpoint = load_model(checkpoint, device)
+        task = resolve_task(task, checkpoint[1], observation.channel_names, observation.grid)
     task = get_task(task)
+    if isinstance(resolution, int) and task.grid == "latlon":  # like `funcdiff sample`: H rows, 2H columns
+        resolution = (resolution, 2 * resolution)
     if num_samples < 1 or steps < 1:
         raise UserError(f"num_samples and steps must be positive integers, got {num_samples} and {steps}")
     check_method(task, method, num_samples=num_samples, pde_guidance=pde_guidance, pushforward=pushforward,
@@ -351,7 +410,8 @@ def solve(checkpoint: ModelLike, task: str | Task, observation: SparseObservatio
                 "pde_weight": pde_weight, "pushforward": int(pushforward), "trust_region": trust_region or 0.0,
                 "num_sensors": obs.num_sensors, "resolution": list(spatial),
                 "checkpoint": meta.path, "checkpoint_step": meta.step, **scored_on}
-    return Posterior(task, names, samples.float(), obs, truth, truth_names, settings)
+    units = ((meta.extra or {}).get("era5") or {}).get("units") or {}
+    return Posterior(task, names, samples.float(), obs, truth, truth_names, settings, units=dict(units))
 
 
 def regrid(x: Tensor, spatial: Sequence[int], grid: str) -> Tensor:
@@ -361,6 +421,10 @@ def regrid(x: Tensor, spatial: Sequence[int], grid: str) -> Tensor:
     Shapes: x (B, C, *S) -> (B, C, *spatial), same dtype.
     """
     axes = [torch.arange(n, dtype=torch.float64) / (n if grid == "periodic" else n - 1) for n in spatial]
+    if grid == "latlon":  # grid points of the target lat-lon grid, in degrees
+        from funcdiff.sphere import grid_latitudes, grid_longitudes
+
+        axes = [torch.from_numpy(grid_latitudes(*spatial)), torch.from_numpy(grid_longitudes(spatial[1]))]
     points = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, len(spatial))
     grid_points = SparseObservation(points, channels=tuple(range(x.shape[1])), grid=grid)
     return grid_points.observe(x.double()).reshape(*x.shape[:2], *spatial).to(x.dtype)
@@ -450,4 +514,8 @@ def read_truth_file(path: str | os.PathLike, channels: Sequence[str]) -> Tensor:
             return dataset_to_fields(ds.load(), channels)
     from funcdiff.data import load_fields
 
-    return load_fields(path, fields=list(channels)).stack(tuple(channels)).float()
+    data = load_fields(path, fields=list(channels))
+    fields = data.stack(tuple(channels)).float()
+    if data.source == "era5_zarr":  # an ERA5 store: every frame of every segment is a sample (N·T, C, H, W)
+        fields = fields.movedim(2, 1).flatten(0, 1)
+    return fields
