@@ -186,3 +186,22 @@ def test_train_and_upsample_from_the_shipped_config(tmp_path, capsys):
     assert cli.main(["forecast", "--checkpoint", str(run), "--initial", str(data), "--lead-steps", "8",
                      "--out", str(tmp_path / "f.nc"), "--no-progress"]) == 2
     assert "funcdiff upsample" in capsys.readouterr().err
+
+
+def test_space_only_model_refines_each_frame_of_a_trajectory():
+    """A space-only model (axes [x]) on trajectories (B, C, T, S): frames are refined one by one, time untouched;
+    with the exact point-mass denoiser (residual state) the fine frames come back exactly."""
+    x = torch.arange(64, dtype=torch.float64) / 64
+    frames = torch.stack([torch.tanh(15 * torch.sin(2 * math.pi * (x - 0.1 * t))) for t in range(3)])
+    fine = torch.stack([frames, 0.5 * frames]).unsqueeze(1).float()  # (2, 1, 3, 64)
+    folded = fine.transpose(1, 2).flatten(0, 1)  # (6, 1, 64): sample b·T + t
+    coder = SuperResolutionCoder(WaveletTransform("coif1", 1, ("x",)), channels=1, residual=True)
+    coder.fit(folded)
+    means = {(32,): coder.encode(folded)[:, 1:], (16,): coder.encode(coder.subsample(folded))[:, 1:]}
+    sr = SuperResolver(denoiser=GaussianDetailOracle(means, 0.0), coder=coder)
+    coarse = fine[..., ::4]  # (2, 1, 3, 16)
+    out = super_resolve(sr, coarse, 4, steps=4)
+    assert out.shape == (2, 1, 3, 64)
+    assert float((out - fine).abs().max()) < 1e-4
+    with pytest.raises(UserError, match="does not fit"):
+        super_resolve(sr, coarse[:, :, 0, None, None], 2)  # (B, C, 1, 1, S): too many axes
