@@ -145,6 +145,8 @@ def test_twin_stations_from_the_truth_store_same_seed_same_result(sphere, capsys
             runs.append(ds.load())
     a, b = runs
     assert list(a["observed_channel"].values) == ["z500"] and a.sizes["sensor"] == round(0.05 * 32 * 64)
+    again = _loaded(tmp_path / "a.nc")  # a posterior's stations are a station file for the next solve
+    assert again.grid == "latlon" and again.channel_names == ("z500",) and again.values.shape == (1, 1, 102)
     np.testing.assert_array_equal(a["u500_mean"].values, b["u500_mean"].values)
     # z500 stations only: u500 is reconstructed through the joint prior (reported, not asserted beyond finiteness)
     assert np.isfinite(a["u500_mean"].values).all() and a.attrs["rmse_z500"] < a.attrs["rmse_z500_single"] * 1.5
@@ -167,3 +169,6 @@ def test_sphere_solve_errors_are_one_line(sphere, capsys, tmp_path):
     assert "ERA5 store" in user_error(torus, capsys)
     err = user_error([*torus[:4], "darcy-inverse", *torus[5:]], capsys)
     assert "latitude, longitude" in err
+    err = user_error(["solve", "--checkpoint", sphere["run"], "--task", "reconstruct", "--cases",
+                      sphere["root"] / "heldout.zarr", "--obs-fraction", "0.05", "--out-dir", tmp_path / "cases"], capsys)
+    assert "--cases" in err

@@ -85,6 +85,9 @@ def run(args: argparse.Namespace) -> int:
     from funcdiff.cli.batch import batch_requested, run_solve_batch
 
     if batch_requested(args):
+        if task_name(args.task) == "reconstruct":
+            raise UserError("batch case lists (--cases) run the registered PDE tasks; run --task reconstruct one "
+                            "truth frame at a time (--truth STORE --index I)")
         return run_solve_batch(args)
     with user_errors():
         observation = load_observation(args.observations) if args.observations is not None else None
