@@ -32,7 +32,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "channel from stations)")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--observations", type=Path,
-                        help="sensors: a file from `funcdiff observe`, or a posterior.nc of `solve`/`demo`")
+                        help="sensors: a file from `funcdiff observe`, a posterior.nc of `solve`/`demo`, or a station "
+                             "file (latitude/longitude in degrees and one variable per channel along `station`)")
     source.add_argument("--obs-fraction", type=float, help="observe this fraction of the truth's grid at random")
     source.add_argument("--obs-count", type=positive_int, help="observe this many random grid points of the truth")
     p.add_argument("--truth", type=Path, help="ground truth: our HDF5 layout (with --index) or netCDF")
