@@ -313,7 +313,8 @@ def main() -> None:
     write_json(rows, args.out, {"quick": args.quick, "threads": torch.get_num_threads(),
                                 "loadavg": os.getloadavg(), "seconds": round(time.perf_counter() - start, 1),
                                 "baselines": baselines, "seed": args.seed, "super_resolution": sr_meta,
-                                "super_resolution_spec": {k: v for k, v in SR_SPEC.items() if k not in ("quick", "full")},
+                                "super_resolution_spec": {k: v for k, v in SR_SPEC.items()
+                                                          if k not in ("quick", "full")},
                                 "specs": {k: {kk: vv for kk, vv in v.items() if kk not in ("quick", "full")}
                                           for k, v in SPECS.items()}})
 

@@ -53,7 +53,8 @@ def test_approximation_is_sqrt2_pow_d_times_the_coarse_samples():
 
 
 @pytest.mark.parametrize("residual", [False, True])
-@pytest.mark.parametrize("axes,shape", [(("time", "x"), (3, 2, 8, 16)), (("x", "y"), (3, 2, 16, 8)), (("x",), (5, 1, 32))])
+@pytest.mark.parametrize("axes,shape", [(("time", "x"), (3, 2, 8, 16)), (("x", "y"), (3, 2, 16, 8)),
+                                        (("x",), (5, 1, 32))])
 def test_pairs_round_trip(axes, shape, residual):
     """encode (conditioning from the half-grid samples | approximation correction, details) then decode gives the
     fine field back exactly."""
@@ -185,6 +186,9 @@ def test_train_and_upsample_from_the_shipped_config(tmp_path, capsys):
     assert "power of 2" in capsys.readouterr().err and not (tmp_path / "bad.nc").exists()
     assert cli.main(["forecast", "--checkpoint", str(run), "--initial", str(data), "--lead-steps", "8",
                      "--out", str(tmp_path / "f.nc"), "--no-progress"]) == 2
+    assert "funcdiff upsample" in capsys.readouterr().err
+    assert cli.main(["sample", "--checkpoint", str(run), "--resolution", "64", "--num-samples", "1",
+                     "--out", str(tmp_path / "s.nc"), "--no-progress"]) == 2
     assert "funcdiff upsample" in capsys.readouterr().err
 
 

@@ -47,6 +47,9 @@ def sample_checkpoint(checkpoint: str | os.PathLike, resolution: int, num_sample
         raise UserError(f"need resolution >= 2 and num_samples >= 1, got {resolution} and {num_samples}")
     denoiser, meta = load_denoiser(checkpoint, ema=ema, device=device)
     kind = (meta.config.get("forecast") or {}).get("kind", "none")
+    if kind == "super_resolution":
+        raise UserError(f"checkpoint {checkpoint} is a super-resolution model; it refines a given trajectory: "
+                        "use `funcdiff upsample --checkpoint ... --input FILE`")
     if kind != "none":
         raise UserError(f"checkpoint {checkpoint} is a forecaster (forecast.kind={kind}); it needs initial frames: "
                         "use `funcdiff forecast --checkpoint ... --initial FILE`")

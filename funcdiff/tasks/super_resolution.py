@@ -1,10 +1,11 @@
 """Zero-shot super-resolution of trajectories in the wavelet domain (WDNO, Hu, Wang et al., ICLR 2025).
 
 A super-resolution checkpoint (``forecast.kind: super_resolution``, :mod:`funcdiff.training.super_resolution`)
-holds a conditional EDM denoiser of one wavelet level's detail coefficients given the approximation. One
-application (:func:`refine_once`) treats the given trajectory on the grid G as the approximation of the unknown
-field on 2G (√2^D times its samples), draws white noise for the details on G, runs the shared Karras schedule and
-solver with the approximation as clean conditioning channels, and inverts the transform exactly: 2x along every
+holds a conditional EDM denoiser of one wavelet level's detail coefficients (with the approximation correction,
+or of the residual from interpolation) given the half-grid samples. One application (:func:`refine_once`) treats
+the given trajectory on the grid G as the samples of the unknown field on 2G (its approximation is √2^D times
+them), draws white noise for the state on G, runs the shared Karras schedule and solver with the samples as clean
+conditioning channels, and inverts the transform exactly: 2x along every
 transformed axis (time and space, or space only). :func:`super_resolve` repeats it for 4x, 8x; the denoiser, a
 neural operator, runs each time on the grid it is given -- beyond the grid it was trained at, without retraining.
 
@@ -20,7 +21,6 @@ space-time model, fields (B, C, *S) or trajectories (B, C, T, *S) (frames refine
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,9 +97,9 @@ def _fields(sr: SuperResolver, x: Tensor) -> tuple[Tensor, Optional[int]]:
 @torch.no_grad()
 def refine_once(sr: SuperResolver, coarse: Tensor, *, steps: int = 16, solver: str = "heun",
                 generator: Optional[torch.Generator] = None, batch_size: int = 16) -> Tensor:
-    """One level: normalised fields (B, C, *G) -> normalised fields (B, C, *2G), sampling the details with
-    ``steps`` Karras steps of ``solver`` (NFE = 2·steps - 1 for Heun) conditioned on the approximation."""
-    b = coarse.shape[0]
+    """One level: normalised fields (B, C, *G) -> normalised fields (B, C, *2G), sampling the state (details and
+    approximation correction, or the residual from interpolation) with ``steps`` Karras steps of ``solver``
+    (NFE = 2·steps - 1 for Heun) conditioned on the samples ``coarse``."""
     grid = tuple(coarse.shape[2:])
     if sr.n_modes and any(n <= m for n, m in zip(grid, sr.n_modes)):
         raise UserError(f"the grid {grid} is too coarse for the model: it needs more than {sr.n_modes} points per "
