@@ -244,7 +244,9 @@ def run_super_resolution(args, work: Path) -> tuple[list[dict], dict]:
                          **_sr_scores(pred.unsqueeze(1), truths[f])})
     # training data at 1x / 2x the coarse grid; the state: details (+ approximation correction) or the residual
     models = [(m, level, residual) for residual in (False, True)
-              for m, level in (("wavelet-super-resolution", 1), ("fine-trained", 2))]
+              for m, level in (("wavelet-super-resolution", 1), ("fine-trained", 2))
+              if (not args.sr_method or m in args.sr_method)
+              and (not args.sr_state or ("residual" if residual else "details") in args.sr_state)]
     for method, level, residual in models:
         data = train[:, :, ::step // level, ::sub // level]
         out_dir = work / f"superres-{method}-{residual}"
@@ -289,6 +291,10 @@ def main() -> None:
     p.add_argument("--noise-study", action="store_true", help="also train the wavelet model with mapped GRF noise")
     p.add_argument("--super-resolution", action="store_true", help="also the super-resolution rows (2x, 4x)")
     p.add_argument("--super-resolution-only", action="store_true", help="only the super-resolution rows")
+    p.add_argument("--sr-method", action="append", choices=["wavelet-super-resolution", "fine-trained"],
+                   default=None, help="super-resolution models to train (default both)")
+    p.add_argument("--sr-state", action="append", choices=["details", "residual"], default=None,
+                   help="super-resolution states to train (default both)")
     args = p.parse_args()
     torch.manual_seed(args.seed)
     rows, baselines, sr_meta = [], {}, None
