@@ -59,7 +59,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-from funcdiff.guidance.likelihood import (Decode, ObservationGuidance, per_channel, posterior_variance,
+from funcdiff.guidance.likelihood import (Decode, ObservationGuidance, in_chunks, per_channel, posterior_variance,
                                           sigma_per_sample)
 from funcdiff.guidance.observations import SparseObservation
 from funcdiff.noise import GaussianRandomField
@@ -104,15 +104,8 @@ class GuidedDenoiser:
         self.sigma_data = torch.as_tensor(sigma_data, dtype=torch.float64).flatten()
 
     def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
-        sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
-        size = self.chunk_size or x.shape[0]
-        per_sample = sigma.ndim > 0 and sigma.shape[0] == x.shape[0] and x.shape[0] > 1
-        out = []
-        for start in range(0, x.shape[0], size):
-            part = slice(start, start + size)
-            terms = [term.for_batch(part) if hasattr(term, "for_batch") else term for term in self.terms]
-            out.append(self._guided(x[part], sigma[part] if per_sample else sigma, terms))
-        return torch.cat(out)
+        return in_chunks(x, sigma, self.chunk_size, lambda xs, ss, rows: self._guided(
+            xs, ss, [term.for_batch(rows) if hasattr(term, "for_batch") else term for term in self.terms]))
 
     def _guided(self, x: Tensor, sigma: Tensor, terms: list) -> Tensor:
         with torch.enable_grad():

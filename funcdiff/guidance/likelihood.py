@@ -41,6 +41,22 @@ def sigma_per_sample(sigma: Tensor | float, x: Tensor) -> Tensor:
     return s.expand(x.shape[0], *s.shape[1:]).flatten(1).amax(dim=1)
 
 
+def in_chunks(x: Tensor, sigma: Tensor | float, chunk_size: int | None, guided: Callable) -> Tensor:
+    """Apply ``guided(x_part, sigma_part, rows)`` over batch chunks of ``chunk_size`` rows and concatenate.
+
+    ``x``: (B, C, *S); ``sigma``: a scalar, or per sample (B,) / broadcastable to ``x`` (split with the rows);
+    ``rows`` is the chunk's slice of the batch, for observations that carry per-sample values. Guidance needs a
+    graph through the denoiser per chunk, so chunking bounds its memory without changing the result."""
+    sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
+    size = chunk_size or x.shape[0]
+    per_sample = sigma.ndim > 0 and sigma.shape[0] == x.shape[0] and x.shape[0] > 1
+    out = []
+    for start in range(0, x.shape[0], size):
+        rows = slice(start, start + size)
+        out.append(guided(x[rows], sigma[rows] if per_sample else sigma, rows))
+    return torch.cat(out)
+
+
 def posterior_variance(sigma: Tensor, sigma_data: Tensor | float) -> Tensor:
     """r²(σ) = σ² σ_data² / (σ² + σ_data²): variance of x_0 given x_0 + σ ε for data of variance σ_data².
 

@@ -37,7 +37,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-from funcdiff.guidance.likelihood import per_channel, posterior_variance, sigma_per_sample
+from funcdiff.guidance.likelihood import in_chunks, per_channel, posterior_variance, sigma_per_sample
 from funcdiff.guidance.operators import SparseOperator
 from funcdiff.noise import GaussianRandomField
 from funcdiff.sampling import Denoiser
@@ -83,14 +83,8 @@ class MomentMatchingDenoiser:
         self.calls = 0
 
     def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
-        sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
-        size = self.chunk_size or x.shape[0]
-        per_sample = sigma.ndim > 0 and sigma.shape[0] == x.shape[0] and x.shape[0] > 1
-        out = []
-        for start in range(0, x.shape[0], size):
-            part = slice(start, start + size)
-            out.append(self._guided(x[part], sigma[part] if per_sample else sigma, self.operator.for_batch(part)))
-        return torch.cat(out)
+        return in_chunks(x, sigma, self.chunk_size,
+                         lambda xs, ss, rows: self._guided(xs, ss, self.operator.for_batch(rows)))
 
     def _guided(self, x: Tensor, sigma: Tensor, op: SparseOperator) -> Tensor:
         self.calls += x.shape[0]
