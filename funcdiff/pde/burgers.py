@@ -1,10 +1,13 @@
-"""1-D viscous Burgers ``u_t + (u^2 / 2)_x = nu u_xx`` on the periodic interval ``[0, 1)`` (grid ``x_i = i / N``).
+"""1-D viscous Burgers ``u_t + (u^2 / 2)_x = nu u_xx (+ f(x))`` on the periodic interval ``[0, 1)`` (grid ``x_i = i / N``),
+optionally with a time-independent forcing ``f`` (the forced setting of WDNO's Burgers experiments).
 
 Discretisation: Fourier pseudo-spectral in space (2/3 rule on the flux), ETDRK4 in time with the contour-integral
 coefficients of Kassam & Trefethen, "Fourth-order time-stepping for stiff PDEs", SIAM J. Sci. Comput. 26 (2005),
 Eq. (2.5) and Sec. 3. The step of each sample is CFL-limited by its initial ``max|u|`` (``cfl = 1`` is stable:
 the explicit RK4-type stages allow ``|u| k_max dt <~ 2.8`` with ``k_max = 2 pi N / 3`` after de-aliasing); by the
-maximum principle ``max|u|`` never grows, so the step stays CFL-stable for the whole run.
+maximum principle ``max|u|`` never grows, so the step stays CFL-stable for the whole run. With a forcing ``f``,
+``max|u(t)| <= max|u0| + t max|f|`` (at an extremum ``u_x = 0`` and ``nu u_xx`` has the restoring sign), so the
+forced step is CFL-limited by that bound at the last snapshot time.
 """
 
 from __future__ import annotations
@@ -45,16 +48,18 @@ def etdrk4_coefficients(linear: Tensor, h: Tensor) -> tuple[Tensor, ...]:
 class _Burgers:
     """Spectral symbols of one grid: linear part ``-nu (2 pi k)^2`` and de-aliased flux derivative."""
 
-    def __init__(self, n: int, nu: float, device, dtype) -> None:
+    def __init__(self, n: int, nu: float, device, dtype, forcing: Tensor | None = None) -> None:
         k = integer_wavenumbers(n, real=True, device=device, dtype=dtype)
         self.n = n
         self.linear = -nu * (TWO_PI * k) ** 2
         self.flux_symbol = -0.5j * TWO_PI * k * dealias_mask(n, 1, device=device)
+        self.forcing_hat = None if forcing is None else torch.fft.rfft(forcing.to(dtype))  # (B, 1, K)
 
     def nonlinear(self, v: Tensor) -> Tensor:
-        """``-(u^2 / 2)_x`` in Fourier space for the Fourier coefficients ``v``."""
+        """``-(u^2 / 2)_x (+ f)`` in Fourier space for the Fourier coefficients ``v``."""
         u = torch.fft.irfft(v, n=self.n)
-        return self.flux_symbol * torch.fft.rfft(u * u)
+        out = self.flux_symbol * torch.fft.rfft(u * u)
+        return out if self.forcing_hat is None else out + self.forcing_hat
 
     def step(self, v: Tensor, c: tuple[Tensor, ...]) -> Tensor:
         """One ETDRK4 step (Kassam & Trefethen 2005, Eq. 2.5); ``c`` from :func:`etdrk4_coefficients`."""
@@ -77,14 +82,19 @@ def solve_burgers(
     cfl: float = 1.0,
     max_dt: float = 1e-2,
     dt: float | None = None,
+    forcing: Tensor | None = None,
 ) -> Tensor:
     """Integrate ``u0`` with ETDRK4 and return snapshots at ``times`` (``t = 0`` is ``u0``).
 
     Each sample steps with ``min(cfl * (1/N) / max|u0|, max_dt)`` (or the fixed ``dt``), shortened so that a whole
     number of equal steps fills every interval between snapshots. Float32 and float64, CPU and CUDA.
+    ``forcing``: a time-independent source ``f(x)`` added to the right-hand side (part of the explicit stages of
+    ETDRK4); the speed in the step rule is then ``max|u0| + t_last max|f|`` (module docstring). ``None`` (default)
+    is the unforced solver, unchanged.
 
     Shapes:
-        u0: ``(B, 1, N)`` (length/time); times: ``(T,)``; returns ``(B, 1, T, N)``.
+        u0: ``(B, 1, N)`` (length/time); times: ``(T,)``; forcing: ``(B, 1, N)`` (length/time^2);
+        returns ``(B, 1, T, N)``.
     """
     check_field(u0, "u0", 1)
     if u0.shape[-1] < 4:
@@ -94,9 +104,13 @@ def solve_burgers(
     check_positive(max_dt, "max_dt")
     targets = check_times(times)
     n = u0.shape[-1]
-    model = _Burgers(n, nu, u0.device, u0.dtype)
+    if forcing is not None and forcing.shape != u0.shape:
+        raise ValueError(f"forcing must have the shape of u0 {tuple(u0.shape)}, got {tuple(forcing.shape)}")
+    model = _Burgers(n, nu, u0.device, u0.dtype, forcing)
     if dt is None:
         speed = u0.abs().flatten(1).amax(1).to(torch.float64).clamp_min(1e-12)
+        if forcing is not None:
+            speed = speed + max(targets) * forcing.abs().flatten(1).amax(1).to(torch.float64)
         base = (cfl / (n * speed)).clamp(max=max_dt)[:, None]  # (B, 1)
     else:
         base = torch.full((u0.shape[0], 1), check_positive(dt, "dt"), dtype=torch.float64, device=u0.device)
@@ -131,30 +145,34 @@ def _advance(model: _Burgers, v: Tensor, steps: Tensor, coeffs: tuple[Tensor, ..
     return v
 
 
-def burgers_rhs(u: Tensor, nu: float) -> Tensor:
-    """Right-hand side ``-(u^2 / 2)_x + nu u_xx`` by spectral derivatives (no de-aliasing); differentiable.
+def burgers_rhs(u: Tensor, nu: float, forcing: Tensor | None = None) -> Tensor:
+    """Right-hand side ``-(u^2 / 2)_x + nu u_xx (+ f)`` by spectral derivatives (no de-aliasing); differentiable.
 
     Shapes:
-        u: ``(..., N)``; returns ``(..., N)`` (length/time^2).
+        u: ``(..., N)``; forcing: broadcastable to ``u``; returns ``(..., N)`` (length/time^2).
     """
     n = u.shape[-1]
     ik = 1j * TWO_PI * integer_wavenumbers(n, real=True, device=u.device, dtype=u.dtype)
     flux = torch.fft.irfft(ik * torch.fft.rfft(0.5 * u * u), n=n)
-    return -flux + nu * torch.fft.irfft(ik**2 * torch.fft.rfft(u), n=n)
+    out = -flux + nu * torch.fft.irfft(ik**2 * torch.fft.rfft(u), n=n)
+    return out if forcing is None else out + forcing
 
 
-def burgers_residual(u_traj: Tensor, times: Sequence[float] | Tensor, nu: float) -> Tensor:
+def burgers_residual(u_traj: Tensor, times: Sequence[float] | Tensor, nu: float,
+                     forcing: Tensor | None = None) -> Tensor:
     """Residual of viscous Burgers along a trajectory: spectral in space, trapezoidal in time (second order).
 
     Differentiable in ``u_traj``; pointwise, so its size is resolution independent
     (reduce with :func:`funcdiff.pde.mean_square`).
 
     Shapes:
-        u_traj: ``(B, 1, T, N)``; times: ``(T,)``; returns ``(B, 1, T - 1, N)``.
+        u_traj: ``(B, 1, T, N)``; times: ``(T,)``; forcing (time-independent): ``(B, 1, N)``;
+        returns ``(B, 1, T - 1, N)``.
     """
     check_field(u_traj, "u_traj", 1, time_axis=True)
     nu = check_nonnegative(nu, "nu")
-    return trapezoid_residual(u_traj, times, lambda u: burgers_rhs(u, nu))
+    f = None if forcing is None else forcing.unsqueeze(-2)
+    return trapezoid_residual(u_traj, times, lambda u: burgers_rhs(u, nu, f))
 
 
 def cole_hopf_solution(

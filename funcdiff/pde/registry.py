@@ -26,6 +26,7 @@ from funcdiff.pde.elliptic import solve_darcy, solve_helmholtz, solve_poisson
 from funcdiff.pde.grf import sample_cosine_grf, sample_periodic_grf, threshold_coefficient
 from funcdiff.pde.navier_stokes import make_forcing, solve_navier_stokes
 
+TWO_PI_ = 2 * math.pi
 FNO_NS_SIGMA = math.sqrt(2.0) * 7.0**1.5  # amplitude of the FNO Navier-Stokes initial vorticity (alpha=2.5, tau=7)
 
 
@@ -264,6 +265,49 @@ def generate_burgers_shock(
                     params)
 
 
+BURGERS_FORCED_DEFAULTS = {**BURGERS_SHOCK_DEFAULTS, "forcing_amplitude": 0.3, "forcing_modes": 3}
+
+
+def sample_forcing(num_samples: int, resolution: int, amplitude: float, modes: int,
+                   generator: torch.Generator | None) -> Tensor:
+    """Smooth random forcings ``f(x) = A / sqrt(K) sum_{k=1..K} (a_k cos 2 pi k x + b_k sin 2 pi k x)``, a_k, b_k
+    i.i.d. N(0, 1) (float64, from ``generator``): zero mean, expected rms over x equal to ``A``; a few low Fourier
+    modes as the forcings of WDNO's Burgers control setting (Hu, Wang et al., ICLR 2025). Shapes: (B, 1, N)."""
+    if int(modes) < 1 or 2 * int(modes) >= int(resolution):
+        raise ValueError(f"forcing_modes must be in [1, resolution/2), got {modes}")
+    ab = torch.randn(num_samples, 2, int(modes), generator=generator, dtype=torch.float64)
+    x = torch.arange(resolution, dtype=torch.float64) / resolution
+    k = torch.arange(1, int(modes) + 1, dtype=torch.float64)
+    phase = TWO_PI_ * k[:, None] * x  # (K, N)
+    f = (ab[:, 0, :, None] * torch.cos(phase) + ab[:, 1, :, None] * torch.sin(phase)).sum(1)
+    return (float(amplitude) / math.sqrt(int(modes)) * f)[:, None]
+
+
+def generate_burgers_shock_forced(
+    num_samples: int, resolution: int, *, generator: torch.Generator, device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32, **params: Any,
+) -> dict[str, Tensor]:
+    """Forced shock-forming Burgers ``u_t + u u_x = nu u_xx + f(x)``: the setting of ``burgers_shock`` (nu = 1e-3,
+    GRF initial data, 201 frames 0.01 apart, no spin-up) with one time-independent forcing per trajectory from
+    :func:`sample_forcing` (rms ``forcing_amplitude`` = 0.3 length/time^2 over ``forcing_modes`` = 3 modes; drawn
+    after the initial states). Use ``resolution >= 1024`` as for ``burgers_shock``.
+
+    Returns ``{"u": (num_samples, T, N), "f": (num_samples, T, N), "t": (T,)}``: ``f`` is the forcing repeated
+    over the frames (so that it is one more channel of the trajectory file, read like ``u``)."""
+    p = _resolve("burgers_shock_forced", BURGERS_FORCED_DEFAULTS, params)
+    _check_size(num_samples, resolution, 4)
+    times = frame_times("burgers_shock_forced", p)
+    work = _work_dtype(p["precision"])
+    u0 = sample_periodic_grf(num_samples, resolution, 1, alpha=p["alpha"], tau=p["tau"], sigma=p["sigma"],
+                             generator=generator, dtype=torch.float64)
+    f = sample_forcing(num_samples, resolution, p["forcing_amplitude"], p["forcing_modes"], generator)
+    u = solve_burgers(u0.to(device, work), [float(p["spin_up"]) + t for t in times], nu=p["nu"], cfl=p["cfl"],
+                      max_dt=p["max_dt"], forcing=f.to(device, work))
+    out = _trajectory("u", u, times, device, dtype)
+    out["f"] = f.to(device, dtype).expand(-1, len(times), -1).contiguous()
+    return out
+
+
 PROBLEMS: dict[str, Problem] = {
     p.name: p
     for p in (
@@ -283,6 +327,9 @@ PROBLEMS: dict[str, Problem] = {
                 "1-D viscous Burgers (nu=1e-2) on [0,1) from periodic GRF data (also returns 't')."),
         Problem("burgers_shock", "trajectory", ("u",), BURGERS_SHOCK_DEFAULTS, generate_burgers_shock,
                 "1-D Burgers with nu=1e-3: shocks form by t~0.2; use >= 1024 points (also returns 't')."),
+        Problem("burgers_shock_forced", "trajectory", ("u", "f"), BURGERS_FORCED_DEFAULTS,
+                generate_burgers_shock_forced,
+                "burgers_shock plus a random time-independent forcing f(x) (3 modes, rms 0.3), stored as field f."),
     )
 }
 
