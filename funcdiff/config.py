@@ -163,7 +163,9 @@ class ForecastConfig:
     per shift; autoregressive: a block of ``horizon`` frames gets ``steps_per_frame × horizon`` steps).
     ``"trajectory"`` (WDNO, Hu, Wang et al., ICLR 2025) diffuses the ``horizon`` frames after one initial frame
     (``history`` must be 1) as one space-time field through ``transform`` (:mod:`funcdiff.training.trajectory`);
-    a forecast longer than ``horizon`` continues from the last frame, block by block.
+    a forecast longer than ``horizon`` continues from the last frame, block by block. ``forcing`` (trajectory
+    only): the names of the last ``data.channels`` that hold a time-independent forcing (e.g. ``[f]`` of
+    ``burgers_shock_forced``): clean conditioning channels laid out like the initial frame, never diffused.
     ``"super_resolution"`` learns the one-level wavelet details of the last ``horizon`` frames of each window given
     their approximation (:mod:`funcdiff.training.super_resolution`; ``funcdiff upsample`` applies it).
     """
@@ -175,8 +177,12 @@ class ForecastConfig:
     frame_step: int = 1
     stride: int = 1
     steps_per_frame: int = 2
+    forcing: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        if self.forcing and self.kind != "trajectory":
+            raise ValueError(f"forecast.forcing {list(self.forcing)} is used by forecast.kind=trajectory only, "
+                             f"got kind {self.kind!r}")
         if self.kind not in FORECAST_KINDS:
             raise ValueError(f"forecast.kind must be one of {list(FORECAST_KINDS)}, got {self.kind!r}")
         for name in ("history", "horizon", "frame_step", "stride", "steps_per_frame"):
@@ -267,6 +273,10 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         _check_model_keys(self.model)
+        forcing, channels = tuple(self.forecast.forcing), tuple(self.data.channels)
+        if forcing and (len(forcing) >= len(channels) or channels[len(channels) - len(forcing):] != forcing):
+            raise ValueError(f"forecast.forcing {list(forcing)} must name the last data.channels (after at least "
+                             f"one diffused channel), got data.channels {list(channels)}")
 
     def model_config(self, num_channels: int) -> dict:
         """The full ``build_denoiser`` dict: ``model`` plus in/out channels taken from the data.
@@ -281,7 +291,8 @@ class RunConfig:
         if fc.kind == "trajectory":  # the space-time block in coefficient space; the initial frame as conditioning
             k, t = self.transform.coefficients_per_channel(), self.transform
             k_cond = t.coefficients_per_channel(max(len(t.axes) - 1, 0))
-            return {**self.model, "in_channels": c * k, "out_channels": c * k, "cond_channels": c * k_cond}
+            state = c - len(fc.forcing)  # forcing channels are conditioning only
+            return {**self.model, "in_channels": state * k, "out_channels": state * k, "cond_channels": c * k_cond}
         if fc.kind == "super_resolution":  # approximation correction + details given the samples, one level
             k = self.transform.coefficients_per_channel()
             return {**self.model, "in_channels": c * k, "out_channels": c * k, "cond_channels": c}

@@ -15,6 +15,9 @@ Sensors: an observation term written for a physical frame (B, C, *S) is evaluate
 denoised coefficients (:class:`InverseTransformTerm`), so the existing :class:`~funcdiff.guidance.GuidedDenoiser`
 guides the coefficient state, preconditioned by the coefficient noise's covariance.
 
+Forcing (``forecast.forcing``): the initial frame carries the forcing channels (read from the initial file like
+every channel); they condition the diffusion and are emitted unchanged in every frame (``decode_state``).
+
 Units: inside the step everything is normalised (the checkpoint's normaliser, then the per-subband statistics).
 Shapes: history (M, C, *S) (one frame); the state (M, C·K, T', *S'); emitted frames folded (M, T·C, *S).
 """

@@ -21,6 +21,13 @@ time signal every time-detail band is zero (the wavelet's vanishing moment), so 
 channels would be identically zero; the spatial transform is exactly its non-zero part (up to the factor 2^(L/2)
 of the time approximation, absorbed by the per-subband normalisation, which is fitted on the training initial
 states). Every coarse-grid point thus sees the initial state's coefficients at its own spatial location.
+
+**Forcing.** With ``forecast.forcing`` (the last F data channels hold a time-independent forcing, e.g. ``f`` of
+``burgers_shock_forced``), those channels of the initial frame are conditioning channels laid out exactly like the
+initial state (the same spatial transform, per-channel statistics), and they are never diffused: the state has
+(C - F)·K channels, and decoding appends the forcing of the initial frame to every generated frame (it is constant
+in time), so the forecasting code downstream sees all C channels per frame. Without ``forecast.forcing`` (F = 0)
+every map below is the one it was.
 """
 
 from __future__ import annotations
@@ -100,17 +107,27 @@ class TrajectoryCoder:
     (B, C, *S) over the spatial axes (identity when ``transform`` is).
     """
 
-    def __init__(self, transform: Transform, cond_transform: Transform, channels: int, residual: bool = False) -> None:
+    def __init__(self, transform: Transform, cond_transform: Transform, channels: int, residual: bool = False,
+                 forcing: int = 0) -> None:
         self.transform, self.cond_transform, self.channels = transform, cond_transform, int(channels)
-        self.residual = bool(residual)
+        self.residual, self.forcing = bool(residual), int(forcing)
+        if not 0 <= self.forcing < self.channels:
+            raise UserError(f"{self.forcing} forcing channel(s) of {self.channels}: at least one channel must be "
+                            "diffused")
+
+    @property
+    def diffused(self) -> int:
+        """Physical channels that are diffused (the first ``channels - forcing``)."""
+        return self.channels - self.forcing
 
     @classmethod
     def from_config(cls, config: RunConfig) -> "TrajectoryCoder":
         """The (unfitted) coder of a ``forecast.kind: trajectory`` config; UserError for a transform whose axes do
         not name (time, *space) of ``data.dim`` spatial axes."""
         t, d = config.transform, config.data.dim
+        forcing = len(config.forecast.forcing)
         if t.kind == "identity":
-            return cls(IdentityTransform(), IdentityTransform(), len(config.data.channels), t.residual)
+            return cls(IdentityTransform(), IdentityTransform(), len(config.data.channels), t.residual, forcing)
         axes = tuple(t.axes)
         if len(axes) != 1 + d or axes[0] != TIME_AXIS:
             raise UserError(f"transform.axes {list(axes)}: a trajectory model transforms (time, space...) with "
@@ -118,7 +135,7 @@ class TrajectoryCoder:
         options = t.options()
         transform = build_transform(**options)
         cond = build_transform(**{**options, "axes": list(axes[1:])})
-        return cls(transform, cond, len(config.data.channels), t.residual)
+        return cls(transform, cond, len(config.data.channels), t.residual, forcing)
 
     # ------------------------------------------------------------------------------------------ layout
     @property
@@ -127,7 +144,7 @@ class TrajectoryCoder:
 
     @property
     def state_channels(self) -> int:
-        return self.channels * self.transform.coefficients_per_channel()
+        return self.diffused * self.transform.coefficients_per_channel()
 
     @property
     def cond_channels(self) -> int:
@@ -148,7 +165,8 @@ class TrajectoryCoder:
 
     # ------------------------------------------------------------------------------------------ maps
     def fit(self, windows: Tensor) -> None:
-        """Per-subband statistics of the trajectories (frames 1..T) and of the initial frames of ``windows``."""
+        """Per-subband statistics of the trajectories (frames 1..T, diffused channels) and of the initial frames
+        (all channels, forcing included) of ``windows``."""
         self.check_grid(windows.shape[2] - 1, windows.shape[3:])
         self.transform.fit(self._state(windows[:, :, 1:], windows[:, :, 0]).double())
         self.cond_transform.fit(windows[:, :, 0].double())
@@ -160,19 +178,27 @@ class TrajectoryCoder:
         return cond.unsqueeze(2).expand(*cond.shape[:2], coarse_t, *cond.shape[2:]).contiguous()
 
     def _state(self, trajectory: Tensor, initial: Tensor) -> Tensor:
-        """The diffused field: the trajectory, or with ``residual`` its change from the initial frame."""
+        """The diffused field: the trajectory's diffused channels, or with ``residual`` their change from the
+        initial frame."""
+        if self.forcing:
+            trajectory, initial = trajectory[:, :self.diffused], initial[:, :self.diffused]
         return trajectory - initial.unsqueeze(2) if self.residual else trajectory
 
     def encode_state(self, trajectory: Tensor, initial: Tensor) -> Tensor:
-        """(B, C, T, *S) frames 1..T and the initial frame (B, C, *S) -> (B, C·K, T', *S')."""
+        """(B, C, T, *S) frames 1..T and the initial frame (B, C, *S) -> (B, (C - F)·K, T', *S')."""
         self.check_grid(trajectory.shape[2], trajectory.shape[3:])
         return self.transform.forward(self._state(trajectory, initial))
 
     def decode_state(self, z: Tensor, initial: Tensor) -> Tensor:
-        """(B, C·K, T', *S') and the initial frame (B, C, *S) -> (B, C, T, *S), exactly undoing
-        :meth:`encode_state`."""
+        """(B, (C - F)·K, T', *S') and the initial frame (B, C, *S) -> (B, C, T, *S), exactly undoing
+        :meth:`encode_state` (the F forcing channels are the initial frame's, repeated over the T frames)."""
         x = self.transform.inverse(z)
-        return x + initial.unsqueeze(2) if self.residual else x
+        if self.residual:
+            x = x + initial[:, :self.diffused].unsqueeze(2)
+        if not self.forcing:
+            return x
+        f = initial[:, self.diffused:].unsqueeze(2)
+        return torch.cat([x, f.expand(*f.shape[:2], x.shape[2], *f.shape[3:])], dim=1)
 
     def encode(self, windows: Tensor) -> Tensor:
         """Training items: (N, C, 1 + T, *S) -> (N, C·K_s + C·K, T', *S'), conditioning first."""
@@ -183,12 +209,12 @@ class TrajectoryCoder:
     def state_dict(self) -> dict:
         """Plain JSON (both transforms with their fitted statistics), stored in the checkpoint's ``extra``."""
         return {"transform": self.transform.state_dict(), "cond_transform": self.cond_transform.state_dict(),
-                "channels": self.channels, "residual": self.residual}
+                "channels": self.channels, "residual": self.residual, "forcing": self.forcing}
 
     @classmethod
     def from_state_dict(cls, state: dict) -> "TrajectoryCoder":
         return cls(transform_from_state_dict(state["transform"]), transform_from_state_dict(state["cond_transform"]),
-                   int(state["channels"]), bool(state.get("residual", False)))
+                   int(state["channels"]), bool(state.get("residual", False)), int(state.get("forcing", 0)))
 
 
 def trajectory_noise(config: RunConfig, coder: TrajectoryCoder) -> CoefficientNoise:
