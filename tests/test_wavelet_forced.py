@@ -101,3 +101,30 @@ def test_forcing_config_errors_are_clear(tmp_path):
         _config(tmp_path, channels=("f",))
     with pytest.raises(ValueError, match="trajectory only"):
         config_from_dict({"data": {"channels": ["u", "f"]}, "forecast": {"kind": "autoregressive", "forcing": ["f"]}})
+
+
+def test_cli_generate_train_forecast_reads_the_forcing_from_the_initial_file(tmp_path):
+    """`funcdiff data generate burgers_shock_forced` -> `funcdiff train` (forecast.forcing: [f]) -> `funcdiff forecast`
+    from the data file: the netCDF carries u and the file's own forcing f on every lead."""
+    import h5py
+    import numpy as np
+    import xarray as xr
+    import yaml
+
+    from funcdiff.cli import main
+
+    data = tmp_path / "forced.h5"
+    assert main(["data", "generate", "burgers_shock_forced", "--num-samples", "6", "--resolution", str(X), "--set",
+                 "nu=0.01", "--set", "dt=0.02", "--set", f"num_frames={1 + T}", "--out", str(data), "--no-progress",
+                 "--threads", "1"]) == 0
+    raw = _config(tmp_path).to_dict()
+    raw["data"].update({"source": "file", "path": str(data)})
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(raw))
+    assert main(["train", "--config", str(tmp_path / "cfg.yaml"), "--no-progress"]) == 0
+    out = tmp_path / "fc.nc"
+    assert main(["forecast", "--checkpoint", str(tmp_path / "m"), "--initial", str(data), "--index", "5",
+                 "--lead-steps", str(T), "--members", "2", "--out", str(out), "--no-progress", "--no-plot"]) == 0
+    with h5py.File(data) as h5, xr.open_dataset(out) as ds:
+        assert set(ds.data_vars) >= {"u", "f"} and ds["u"].shape == (1, 2, T, X)
+        assert np.allclose(ds["f"].values, h5["f"][5, 0], atol=1e-6)
+        assert np.isfinite(ds["u"].values).all()
