@@ -12,7 +12,10 @@ NFE); they differ only in ``transform:``
 
 Data (our solvers, held-out trajectories by ``training.forecast.trajectory_split``): Burgers with shocks
 (``burgers_shock``, nu = 1e-3, solved at 1024 points and subsampled to 128, frames 0.02 apart) and a 2-D
-Navier-Stokes vorticity trajectory (``navier_stokes_trajectory``, FNO forcing, 32², frames 0.5 apart). Each test
+Navier-Stokes vorticity trajectory (``navier_stokes_trajectory``, FNO forcing, 32², frames 0.5 apart), and forced
+Burgers with shocks (``burgers_shock_forced``: the same setting plus a random time-independent forcing f(x) of 3
+Fourier modes, rms 0.3, one per trajectory; both models are conditioned on f as well as on the initial frame,
+``forecast.forcing: [f]``, with the budget of the unforced rows; ``--pde burgers_shock_forced`` runs only these). Each test
 case starts from a held-out trajectory at several start frames. Scores over frames 1..T, in physical units, averaged
 over cases and members: MSE (WDNO's metric), relative L2 per frame, shock-location error (periodic distance between
 the positions of the steepest descent, Burgers only), energy-spectrum error (rms log10 ratio of the mean spatial
@@ -21,6 +24,7 @@ shells hold round-off only). Honest baselines in ``meta.baselines``: the initial
 conserved) and persistence (NS).
 
     python benchmarks/wavelet.py --quick --out benchmarks/results/wavelet_quick.json
+    python benchmarks/wavelet.py --quick --pde burgers_shock_forced --out benchmarks/results/wavelet_quick_forced.json
 
 JSON rows ``{"pde", "method", "grid", "nfe", "mse", "rel_l2", "shock_error"}`` plus ``spectrum_error``, ``noise``,
 ``params``, ``train_seconds``, ``sample_seconds``.
@@ -84,30 +88,44 @@ SPECS = {
         "full": {"n_traj": 128, "steps": 3000, "members": 8},
     },
 }
+# Forced Burgers (burgers_shock_forced: the same GRF, nu and frames plus a random 3-mode forcing f(x), rms 0.3): the
+# same budget and models as burgers_shock; f is a second data channel, conditioning only (forecast.forcing).
+SPECS["burgers_shock_forced"] = {**SPECS["burgers_shock"], "problem": "burgers_shock_forced", "channels": ["u", "f"],
+                                 "forcing": ["f"]}
 ENERGY_FLOOR = 1e-6  # spectrum error over the shells with at least this fraction of the peak shell's energy
 MODEL = {"backbone": "fno", "hidden_channels": 32, "n_layers": 4, "emb_dim": 64, "norm_groups": 8}
 
 
 def make_data(spec: dict, n_traj: int, seed: int) -> tuple[torch.Tensor, float]:
-    """Trajectories (N, 1, T, *S) and the frame spacing of the file (before ``frame_step``)."""
+    """Trajectories (N, C, T, *S) (C = 1, or u and the forcing f) and the frame spacing of the file (before
+    ``frame_step``)."""
     out = get_problem(spec["problem"]).generate(n_traj, spec["solve_resolution"],
                                                 generator=torch.Generator().manual_seed(seed), **spec["params"])
-    u = out[spec["channel"]]
+    u = torch.stack([out[c] for c in _channels(spec)], dim=1)
     sub = spec["subsample"]
     u = u[(..., *[slice(None, None, sub)] * spec["dim"])]
-    return u.unsqueeze(1).float(), float(out["t"][1] - out["t"][0])
+    return u.float(), float(out["t"][1] - out["t"][0])
+
+
+def _channels(spec: dict) -> list[str]:
+    """The data channels of a spec: the diffused one, then any forcing (conditioning only)."""
+    return spec.get("channels", [spec["channel"]])
+
+
+def _shocks(pde: str) -> bool:
+    return pde.startswith("burgers")
 
 
 def run_config(spec: dict, budget: dict, transform: dict, out_dir: Path, seed: int) -> dict:
     return {"name": f"wavelet-bench-{transform['kind']}",
-            "data": {"channels": [spec["channel"]], "dim": spec["dim"], "test_fraction": 0.2, "seed": seed},
+            "data": {"channels": _channels(spec), "dim": spec["dim"], "test_fraction": 0.2, "seed": seed},
             "noise": spec["noise"], "model": {**MODEL, "n_modes": spec["n_modes"]},
             "train": {"steps": budget["steps"], "batch_size": 8, "lr": 1e-3, "warmup_steps": 50, "ema_decay": 0.999,
                       "log_every": 50, "eval_every": 0, "checkpoint_every": 0, "seed": seed, "out_dir": str(out_dir),
                       "device": "cpu"},
             "sample": {"sigma_min": 0.002, "sigma_max": 20.0, "rho": 7.0},
             "forecast": {"kind": "trajectory", "history": 1, "horizon": spec["horizon"], "stride": 4,
-                         "frame_step": spec["frame_step"], "steps_per_frame": 1},
+                         "frame_step": spec["frame_step"], "steps_per_frame": 1, "forcing": spec.get("forcing", [])},
             "transform": transform}
 
 
@@ -124,8 +142,9 @@ def test_cases(spec: dict, traj: torch.Tensor, test_idx: torch.Tensor) -> tuple[
 
 
 def scores(pred: torch.Tensor, truth: torch.Tensor, dim: int, shocks: bool) -> dict:
-    """pred (n, M, 1, T, *S), truth (n, 1, T, *S), physical units."""
-    truth = truth.unsqueeze(1)
+    """pred (n, M, C, T, *S), truth (n, C, T, *S), physical units; channel 0 is scored (a forcing channel, which
+    the models copy from the initial frame, is not)."""
+    pred, truth = pred[:, :, :1], truth[:, None, :1]
     err = pred - truth
     space = tuple(range(pred.ndim - dim, pred.ndim))
     rel = err.pow(2).sum(space).sqrt() / truth.pow(2).sum(space).sqrt()
@@ -144,14 +163,14 @@ def scores(pred: torch.Tensor, truth: torch.Tensor, dim: int, shocks: bool) -> d
 def baseline(pde: str, spec: dict, initial: torch.Tensor, truth: torch.Tensor, dt: float) -> dict:
     """Advected initial state (Burgers) or persistence (NS), scored like a one-member forecast."""
     horizon = spec["horizon"]
-    if pde == "burgers_shock":
+    if _shocks(pde):  # the forcing has zero mean, so the mean velocity is conserved with it too
         times = torch.arange(1, horizon + 1, dtype=torch.float64) * dt
-        pred = advected_initial_state(initial[:, :, 0], times)  # (n, 1, T, N)
+        pred = advected_initial_state(initial[:, :1, 0], times)  # (n, 1, T, N)
         name = "advected initial state (mean velocity)"
     else:
         pred = initial.expand_as(truth)
         name = "persistence"
-    return {"baseline": name, **scores(pred.unsqueeze(1), truth, spec["dim"], pde == "burgers_shock")}
+    return {"baseline": name, **scores(pred.unsqueeze(1), truth[:, :1], spec["dim"], _shocks(pde))}
 
 
 def run_pde(pde: str, args, work: Path) -> tuple[list[dict], dict]:
@@ -189,7 +208,7 @@ def run_pde(pde: str, args, work: Path) -> tuple[list[dict], dict]:
         grid = "x".join(str(n) for n in (spec["horizon"], *traj.shape[3:]))
         noise = "grf (space-time)" if transform["kind"] == "identity" else transform["noise"]
         rows.append({"pde": pde, "method": method, "grid": grid, "nfe": round(run.nfe_per_frame * spec["horizon"]),
-                     **scores(pred, truth, spec["dim"], pde == "burgers_shock"), "noise": noise,
+                     **scores(pred, truth, spec["dim"], _shocks(pde)), "noise": noise,
                      "params": count_parameters(trainer.model), "train_seconds": round(train_seconds, 1),
                      "sample_seconds": round(sample_seconds, 1), "train_steps": budget["steps"],
                      "test_cases": int(initial.shape[0]), "members": budget["members"]})
