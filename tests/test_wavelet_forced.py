@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -104,12 +106,12 @@ def test_forcing_config_errors_are_clear(tmp_path):
 
 
 def test_cli_generate_train_forecast_reads_the_forcing_from_the_initial_file(tmp_path):
-    """`funcdiff data generate burgers_shock_forced` -> `funcdiff train` (forecast.forcing: [f]) -> `funcdiff forecast`
+    """`funcdiff data generate burgers_shock_forced` -> `funcdiff train` of the shipped config (tiny overrides) ->
+    `funcdiff forecast`
     from the data file: the netCDF carries u and the file's own forcing f on every lead."""
     import h5py
     import numpy as np
     import xarray as xr
-    import yaml
 
     from funcdiff.cli import main
 
@@ -117,10 +119,16 @@ def test_cli_generate_train_forecast_reads_the_forcing_from_the_initial_file(tmp
     assert main(["data", "generate", "burgers_shock_forced", "--num-samples", "6", "--resolution", str(X), "--set",
                  "nu=0.01", "--set", "dt=0.02", "--set", f"num_frames={1 + T}", "--out", str(data), "--no-progress",
                  "--threads", "1"]) == 0
-    raw = _config(tmp_path).to_dict()
-    raw["data"].update({"source": "file", "path": str(data)})
-    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(raw))
-    assert main(["train", "--config", str(tmp_path / "cfg.yaml"), "--no-progress"]) == 0
+    shipped = Path(__file__).resolve().parents[1] / "configs" / "wavelet" / "burgers-shock-forced-wavelet.yaml"
+    small = ["train.steps=3", "train.batch_size=2", "model.n_modes=[2, 6]", "model.hidden_channels=8",
+             "model.n_layers=1", "model.emb_dim=16", "model.norm_groups=4", f"forecast.horizon={T}",
+             f"forecast.stride={T}", "forecast.frame_step=1", "transform.levels=1", "transform.wavelet=db2",
+             f"data.path={data}", "data.test_fraction=0.34"]
+    argv = ["train", "--config", str(shipped), "--out-dir", str(tmp_path / "m"), "--seed", "1", "--device", "cpu",
+            "--no-progress"]
+    for item in small:
+        argv += ["--set", item]
+    assert main(argv) == 0
     out = tmp_path / "fc.nc"
     assert main(["forecast", "--checkpoint", str(tmp_path / "m"), "--initial", str(data), "--index", "5",
                  "--lead-steps", str(T), "--members", "2", "--out", str(out), "--no-progress", "--no-plot"]) == 0
