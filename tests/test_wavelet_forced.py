@@ -107,8 +107,7 @@ def test_forcing_config_errors_are_clear(tmp_path):
 
 def test_cli_generate_train_forecast_reads_the_forcing_from_the_initial_file(tmp_path):
     """`funcdiff data generate burgers_shock_forced` -> `funcdiff train` of the shipped config (tiny overrides) ->
-    `funcdiff forecast`
-    from the data file: the netCDF carries u and the file's own forcing f on every lead."""
+    `funcdiff forecast` from the data file: the netCDF carries u and the file's own forcing f on every lead."""
     import h5py
     import numpy as np
     import xarray as xr

@@ -25,8 +25,8 @@ from funcdiff.pde.burgers import solve_burgers
 from funcdiff.pde.elliptic import solve_darcy, solve_helmholtz, solve_poisson
 from funcdiff.pde.grf import sample_cosine_grf, sample_periodic_grf, threshold_coefficient
 from funcdiff.pde.navier_stokes import make_forcing, solve_navier_stokes
+from funcdiff.pde.spectral import TWO_PI
 
-TWO_PI_ = 2 * math.pi
 FNO_NS_SIGMA = math.sqrt(2.0) * 7.0**1.5  # amplitude of the FNO Navier-Stokes initial vorticity (alpha=2.5, tau=7)
 
 
@@ -278,7 +278,7 @@ def sample_forcing(num_samples: int, resolution: int, amplitude: float, modes: i
     ab = torch.randn(num_samples, 2, int(modes), generator=generator, dtype=torch.float64)
     x = torch.arange(resolution, dtype=torch.float64) / resolution
     k = torch.arange(1, int(modes) + 1, dtype=torch.float64)
-    phase = TWO_PI_ * k[:, None] * x  # (K, N)
+    phase = TWO_PI * k[:, None] * x  # (K, N)
     f = (ab[:, 0, :, None] * torch.cos(phase) + ab[:, 1, :, None] * torch.sin(phase)).sum(1)
     return (float(amplitude) / math.sqrt(int(modes)) * f)[:, None]
 
