@@ -157,6 +157,7 @@ def test_cli_generate_info_list(tmp_path, capsys):
 
 CHEAP = {"navier_stokes": {"t_final": 0.02}, "navier_stokes_trajectory": {"times": [0.0, 0.01, 0.02]},
          "burgers": {"times": [0.0, 0.01, 0.02]}, "burgers_shock": {"num_frames": 3},
+         "burgers_shock_forced": {"num_frames": 3},
          "kolmogorov": {"spin_up": 0.01, "dt": 0.01, "num_frames": 3}}
 
 
