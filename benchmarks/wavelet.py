@@ -179,6 +179,9 @@ def run_pde(pde: str, args, work: Path) -> tuple[list[dict], dict]:
     if args.steps:
         budget["steps"] = args.steps
     traj, file_dt = make_data(spec, budget["n_traj"], args.seed)
+    if args.ignore_forcing and spec.get("forcing"):  # ablation: the same data, models that never see the forcing
+        spec = {**spec, "channels": _channels(spec)[:1], "forcing": []}
+        traj = traj[:, :1]
     dt = file_dt * spec["frame_step"]
     methods = [("physical", {"kind": "identity", "residual": args.residual}),
                ("wavelet", {"kind": "wavelet", "wavelet": "db4", "levels": spec["levels"], "axes": spec["axes"],
@@ -211,7 +214,8 @@ def run_pde(pde: str, args, work: Path) -> tuple[list[dict], dict]:
                      **scores(pred, truth, spec["dim"], _shocks(pde)), "noise": noise,
                      "params": count_parameters(trainer.model), "train_seconds": round(train_seconds, 1),
                      "sample_seconds": round(sample_seconds, 1), "train_steps": budget["steps"],
-                     "test_cases": int(initial.shape[0]), "members": budget["members"]})
+                     "test_cases": int(initial.shape[0]), "members": budget["members"],
+                     "conditioning": "+".join(["initial frame", *spec.get("forcing", [])])})
         print_table(rows[-1:], list(rows[-1]))
     return rows, baseline(pde, spec, initial, truth, dt)
 
@@ -307,6 +311,8 @@ def main() -> None:
     p.add_argument("--method", action="append", choices=["physical", "wavelet"], default=None)
     p.add_argument("--residual", action="store_true", help="diffuse the change from the initial frame")
     p.add_argument("--steps", type=int, default=None, help="override the training steps of the budget")
+    p.add_argument("--ignore-forcing", action="store_true",
+                   help="ablation: forced PDEs without the forcing as conditioning (models see the initial frame only)")
     p.add_argument("--noise-study", action="store_true", help="also train the wavelet model with mapped GRF noise")
     p.add_argument("--super-resolution", action="store_true", help="also the super-resolution rows (2x, 4x)")
     p.add_argument("--super-resolution-only", action="store_true", help="only the super-resolution rows")
