@@ -15,10 +15,11 @@ from funcdiff.pde import (
     solve_navier_stokes,
 )
 
-RES = {"burgers": 32, "burgers_shock": 32, "navier_stokes": 16, "navier_stokes_trajectory": 16, "kolmogorov": 16}
+RES = {"burgers": 32, "burgers_shock": 32, "burgers_shock_forced": 32, "navier_stokes": 16, "navier_stokes_trajectory": 16, "kolmogorov": 16}
 SMALL = {"navier_stokes_trajectory": {"times": [0.0, 0.25, 0.5]}, "burgers": {"times": [0.0, 0.2, 0.4]},
-         "burgers_shock": {"dt": 0.2, "num_frames": 3}, "kolmogorov": {"spin_up": 0.1, "dt": 0.25, "num_frames": 3}}
-ONE_D = ("burgers", "burgers_shock")
+         "burgers_shock": {"dt": 0.2, "num_frames": 3}, "burgers_shock_forced": {"dt": 0.2, "num_frames": 3},
+         "kolmogorov": {"spin_up": 0.1, "dt": 0.25, "num_frames": 3}}
+ONE_D = ("burgers", "burgers_shock", "burgers_shock_forced")
 
 
 
