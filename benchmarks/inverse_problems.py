@@ -51,12 +51,14 @@ METHODS = ("dps", "mmps", "enkg", "dps-physics", "enkg-physics")
 
 
 def settings(quick: bool) -> dict:
-    """Run sizes. ``pde_runs``: (steps, weight) of the PDE-guided rows (active below σ = pde_start_sigma)."""
+    """Run sizes. ``pde_runs``: (steps, weight) of the PDE-guided rows (active below σ = pde_start_sigma).
+    ``max_steps``: per-method cap on the step counts (quick mode keeps the solver-in-the-loop methods, whose every
+    step runs the numerical solver, at <= 20 steps so that ``--quick`` stays under 20 minutes on 2 idle cores)."""
     if quick:
         return dict(problems=["darcy", "poisson", "helmholtz", "navier_stokes"], resolution=64, n_train=300,
                     n_test=2, train_steps=400, fno_steps=200, steps=[10, 20, 50], pde_runs=[], pde_start_sigma=1.0,
                     num_samples=4, hidden=24, layers=3, methods=list(METHODS), cg_iters=2, fine=128,
-                    fine_steps=[20], fine_methods=["dps", "mmps"])
+                    fine_steps=[10], fine_methods=["dps", "mmps"], max_steps={"dps-physics": 20, "enkg-physics": 20})
     return dict(problems=["darcy", "poisson", "helmholtz", "navier_stokes"], resolution=64, n_train=1000,
                 n_test=100, train_steps=4000, fno_steps=3000, steps=[10, 20, 50, 100, 200],
                 pde_runs=[(20, 0.01), (20, 1.0), (20, 100.0), (100, 1.0)], pde_start_sigma=1.0, num_samples=8,
@@ -133,7 +135,7 @@ def method_rows(task, model, test: torch.Tensor, s: dict, seed: int, device: str
     for method in methods:
         if method.endswith("-physics") and task.physics_solver is None:
             continue
-        for steps in steps_list:
+        for steps in [n for n in steps_list if n <= s.get("max_steps", {}).get(method, n)]:
             per = {"mean": [], "single": []}
             calls, vjps, t0 = [], [], time.perf_counter()
             for i in range(test.shape[0]):
