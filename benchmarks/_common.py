@@ -23,6 +23,19 @@ def parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
+def train_in_memory(config, fields: torch.Tensor):
+    """Train ``config`` on in-memory ``fields`` (N, C, *S) with the package's Trainer and save the final checkpoint.
+
+    Returns ``(trainer, checkpoint_path, seconds)``; ``seconds`` is the wall time of training and saving."""
+    from funcdiff.training import Trainer
+
+    start = time.perf_counter()
+    trainer = Trainer.from_config(config, fields=fields, progress=False)
+    trainer.fit()
+    path = trainer.save_checkpoint()
+    return trainer, path, time.perf_counter() - start
+
+
 def best_time(fn: Callable[[], object], repeats: int = 3, device: str = "cpu") -> float:
     """Best wall time of ``repeats`` calls after one warm-up call (synchronising CUDA)."""
     fn()

@@ -24,13 +24,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import parser, print_table, write_json  # noqa: E402
+from _common import parser, print_table, train_in_memory, write_json  # noqa: E402
 
 from funcdiff.config import config_from_dict  # noqa: E402
 from funcdiff.io.netcdf import fields_to_dataset, write_netcdf  # noqa: E402
 from funcdiff.pde import get_problem  # noqa: E402
 from funcdiff.tasks.batch import merge_parts, same_result  # noqa: E402
-from funcdiff.training import Trainer  # noqa: E402
 
 COLUMNS = ["procs", "cases", "seconds", "cases_per_second", "identical", "loadavg"]
 
@@ -51,9 +50,7 @@ def train_model(n: int, steps: int, out: Path) -> Path:
         "train": {"steps": steps, "batch_size": 16, "lr": 2e-3, "warmup_steps": 20, "ema_decay": 0.99,
                   "log_every": 0, "eval_every": 0, "checkpoint_every": 0, "out_dir": str(out), "device": "cpu"},
     })
-    trainer = Trainer.from_config(config, fields=darcy(400, n, seed=0), progress=False)
-    trainer.fit()
-    return trainer.save_checkpoint()
+    return train_in_memory(config, darcy(400, n, seed=0))[1]
 
 
 def run_batch(procs: int, command: list[str], out_dir: Path) -> float:

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import parser, print_table, write_json  # noqa: E402
+from _common import parser, print_table, train_in_memory, write_json  # noqa: E402
 
 from funcdiff.config import load_config  # noqa: E402
 from funcdiff.io.checkpoint import load_denoiser  # noqa: E402
@@ -39,7 +39,6 @@ from funcdiff.sampling import num_denoiser_calls  # noqa: E402
 from funcdiff.tasks import TASKS, make_observation, solve  # noqa: E402
 from funcdiff.tasks.solve import push_forward  # noqa: E402
 from funcdiff.tasks.baselines import fno_regression_predict, interpolation_baseline, train_fno_regression  # noqa: E402
-from funcdiff.training import Trainer  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "tasks"
 PROBLEM_CONFIG = {"darcy": "darcy-64", "poisson": "poisson-64", "helmholtz": "helmholtz-64",
@@ -80,9 +79,7 @@ def train_diffusion(problem: str, fields: torch.Tensor, s: dict, out_dir: Path, 
                  f"model.hidden_channels={s['hidden']}", f"model.n_layers={s['layers']}",
                  f"data.resolution={s['resolution']}", "train.ema_decay=0.995"]
     config = load_config(CONFIGS / f"{PROBLEM_CONFIG[problem]}.yaml", overrides)
-    trainer = Trainer.from_config(config, fields=fields, progress=False)
-    trainer.fit()
-    return trainer.save_checkpoint()
+    return train_in_memory(config, fields)[1]
 
 
 def score(task, pred: torch.Tensor, truth: torch.Tensor) -> dict:

@@ -58,7 +58,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import parser, print_table, write_json  # noqa: E402
+from _common import parser, print_table, train_in_memory, write_json  # noqa: E402
 
 from funcdiff.config import config_from_dict  # noqa: E402
 from funcdiff.metrics import energy_spectrum, spectrum_error  # noqa: E402
@@ -66,7 +66,6 @@ from funcdiff.pde import get_problem  # noqa: E402
 from funcdiff.tasks.forecast import forecast, load_forecaster  # noqa: E402
 from funcdiff.tasks.trajectory import advected_initial_state, shock_error  # noqa: E402
 from funcdiff.training.forecast import trajectory_split  # noqa: E402
-from funcdiff.training.trainer import Trainer  # noqa: E402
 from funcdiff.training.trajectory import count_parameters  # noqa: E402
 from funcdiff.tasks.super_resolution import interpolate, load_super_resolver, super_resolve  # noqa: E402
 
@@ -197,11 +196,7 @@ def run_pde(pde: str, args, work: Path) -> tuple[list[dict], dict]:
     for method, transform in methods:
         out_dir = work / f"{pde}-{method}-{transform.get('noise', 'grf')}"
         config = config_from_dict(run_config(spec, budget, transform, out_dir, args.seed))
-        start = time.perf_counter()
-        trainer = Trainer.from_config(config, fields=traj, progress=False)
-        trainer.fit()
-        trainer.save_checkpoint()
-        train_seconds = time.perf_counter() - start
+        trainer, _, train_seconds = train_in_memory(config, traj)
         fc = load_forecaster(out_dir)
         start = time.perf_counter()
         run = forecast(fc, initial, spec["horizon"], members=budget["members"], seed=args.seed, steps_per_frame=1,
@@ -274,11 +269,7 @@ def run_super_resolution(args, work: Path) -> tuple[list[dict], dict]:
         data = train[:, :, ::step // level, ::sub // level]
         out_dir = work / f"superres-{method}-{residual}"
         config = config_from_dict(sr_config(data.shape[-1], budget, out_dir, args.seed, residual))
-        start = time.perf_counter()
-        trainer = Trainer.from_config(config, fields=data, progress=False)
-        trainer.fit()
-        trainer.save_checkpoint()
-        train_seconds = time.perf_counter() - start
+        trainer, _, train_seconds = train_in_memory(config, data)
         sr = load_super_resolver(out_dir)
         for f in (2, 4):
             start = time.perf_counter()
