@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
+
+from funcdiff.io.atomic import write_text_atomic
 
 
 def parser(description: str) -> argparse.ArgumentParser:
@@ -74,9 +74,6 @@ def _fmt(value) -> str:
 def write_json(rows: Sequence[dict], path: Path | None, meta: dict) -> None:
     if path is None:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump({"meta": {"machine": machine(), "torch": torch.__version__, **meta}, "rows": list(rows)}, f, indent=1)
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps({"meta": {"machine": machine(), "torch": torch.__version__, **meta},
+                                        "rows": list(rows)}, indent=1))
     print(f"wrote {path}")
