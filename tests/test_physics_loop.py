@@ -38,12 +38,13 @@ def test_darcy_adjoint_gradient_equals_central_differences():
     assert abs(float(grad[0, 0, i, j]) - float(fd)) < 1e-5 * max(1.0, abs(float(fd)))
 
 
-@pytest.mark.parametrize("method", ["dps-physics", "enkg-physics"])
+@pytest.mark.parametrize("method", ["dps-physics", "mmps-physics", "enkg-physics"])
 @pytest.mark.parametrize("direction", ["inverse", "forward"])
 def test_physics_samples_satisfy_the_discrete_pde(darcy_run, method, direction):
     """Every reported (a, u) satisfies the discrete Darcy equation to solver precision; the guidance fits the
     observations better than the same sampler unguided (measured misfit of the mean, 12 steps: inverse
-    dps-physics 0.21, enkg-physics with 3 particles 0.27, vs 0.34 unguided); solver calls are counted."""
+    dps-physics 0.21, enkg-physics with 3 particles 0.27, vs 0.34 unguided; mmps-physics: see the print);
+    solver calls are counted."""
     checkpoint, test = darcy_run
     task = TASKS[f"darcy-{direction}"]
     truth = test[:1]
@@ -61,7 +62,7 @@ def test_physics_samples_satisfy_the_discrete_pde(darcy_run, method, direction):
     misfit, unguided = post.metrics()["misfit_mean"], prior.metrics()["misfit_mean"]
     print(f"{method} darcy-{direction}: misfit {misfit:.3f} (unguided {unguided:.3f}), "
           f"solver calls {post.settings['solver_calls']}")
-    assert misfit < (0.75 if method == "dps-physics" else 0.9) * unguided  # enkg: an ensemble of only 3
+    assert misfit < (0.9 if method == "enkg-physics" else 0.75) * unguided  # enkg: an ensemble of only 3
 
 
 def test_methods_share_the_solver_and_report_their_costs(darcy_run):

@@ -28,6 +28,14 @@ With a learned denoiser J need not be symmetric and K need not be positive defin
 whose search direction has non-positive curvature (keeping its last iterate). A learned J can also make
 A J C Aᵀ nearly singular in spurious directions, so K⁻¹r — and the correction of the unobserved channels —
 explodes; a trust region in the metric of the model covariance bounds it (``trust_region``).
+
+**A numerical solver in the loop** (y = A S(x_0) + η, ``mmps-physics``): A is replaced by the tangent-linear
+model G' = A ∂S at the current estimate D(x_σ) (the extended Kalman filter's linearisation), so
+K = Σ_y + σ² G' J C G'ᵀ; the VJP Jᵀ G'ᵀ v runs through the solver's adjoint and G'·z is a central difference
+(two solves). For a linear PDE (Poisson, Helmholtz: S linear in the source) this is exact, and with the exact
+denoiser of a Gaussian input prior the update is again E[x_0 | x_σ, y] (``tests/test_mmps.py``). The
+preconditioner is the residual-normalised plug-in covariance (‖r‖²/n + s²) I: a solver has no closed-form
+covariance model.
 """
 
 from __future__ import annotations
@@ -53,7 +61,9 @@ class MomentMatchingDenoiser:
 
     Args:
         denoiser: the unconditional denoiser D(x, sigma) (differentiable).
-        operator: the linear observation operator (:class:`SparseOperator`).
+        operator: the observation operator: :class:`SparseOperator` (linear), or
+            :class:`~funcdiff.guidance.operators.SolverOperator` (a solver in the loop, linearised at D(x_σ) by
+            its tangent model: the extended-Kalman form of eq. (3), exact for a linear solver).
         noise: the diffusion noise N(0, C).
         strength: ζ (1 = Bayesian).
         cg_iters: preconditioned CG iterations on the sensor-space system K w = r (0 = the DPS likelihood).
@@ -61,6 +71,8 @@ class MomentMatchingDenoiser:
         tol: relative residual ‖K w - r‖/‖r‖ at which CG stops early.
         trust_region: κ of the bound (tδ)ᵀP_m⁻¹(tδ) ≤ κ²ζ² rᵀK_m⁻¹r on the correction (see ``_trust_scale``);
             2 by default (never binding for the exact denoiser in ``tests/test_mmps.py``); None = off.
+        sigma_data: data std of the model state (float or per channel) for the trust region's covariance model;
+            default: the operator's (1.0 for a solver operator).
 
     Counts ``vjps`` (vector–Jacobian products through the denoiser) and ``calls`` (denoiser evaluations).
     Shapes: x (B, C, *S), sigma (B,) or scalar -> (B, C, *S), detached.
@@ -68,9 +80,8 @@ class MomentMatchingDenoiser:
 
     def __init__(self, denoiser: Denoiser, operator: SparseOperator, noise: GaussianRandomField, *,
                  strength: float = 1.0, cg_iters: int = 3, chunk_size: Optional[int] = None,
-                 tol: float = 1e-6, trust_region: Optional[float] = 2.0) -> None:
-        if not operator.is_linear:
-            raise ValueError("MMPS needs a linear observation operator (use dps or enkg with a solver in the loop)")
+                 tol: float = 1e-6, trust_region: Optional[float] = 2.0,
+                 sigma_data: Optional[float | Sequence[float]] = None) -> None:
         if not strength >= 0 or cg_iters < 0 or (chunk_size is not None and chunk_size < 1):
             raise ValueError(f"need strength >= 0, cg_iters >= 0, chunk_size >= 1; got {strength}, {cg_iters}, "
                              f"{chunk_size}")
@@ -79,6 +90,7 @@ class MomentMatchingDenoiser:
         if trust_region is not None and not trust_region > 0:
             raise ValueError(f"trust_region must be > 0 or None, got {trust_region}")
         self.trust_region = trust_region
+        self.sigma_data = getattr(operator, "sigma_data", 1.0) if sigma_data is None else sigma_data
         self.vjps = 0
         self.calls = 0
 
@@ -103,23 +115,24 @@ class MomentMatchingDenoiser:
                 g, = torch.autograd.grad(pred, x_in, v.to(pred.dtype), retain_graph=True)
                 return self.noise.apply_cov_power(g.double(), 1.0)
 
-            w, cjtw = self._pcg(op, vjp, op.residual(denoised), sig, scale, denoised)
+            r = op.residual(denoised.detach())
+            precond = op.preconditioner(r, sig, denoised.detach())
+            w, cjtw = self._pcg(op.tangent(denoised), vjp, precond, r, op.noise_var, scale, denoised)
         delta = self.strength * scale * cjtw
         if self.trust_region is not None:
-            delta = delta * self._trust_scale(op, delta, denoised.detach(), sig)
+            delta = delta * self._trust_scale(r, precond, delta, sig)
         return (denoised.double() + delta).to(x.dtype).detach()
 
-    def _trust_scale(self, op: SparseOperator, delta: Tensor, denoised: Tensor, sig: Tensor) -> Tensor:
+    def _trust_scale(self, r: Tensor, precond, delta: Tensor, sig: Tensor) -> Tensor:
         """t ≤ 1 per sample with (tδ)ᵀ P_m⁻¹ (tδ) ≤ κ² ζ² rᵀ K_m⁻¹ r, P_m = r²(σ) C / a² and K_m the covariance
         model of :class:`ObservationGuidance` (for the exact Kalman update δᵀP⁻¹δ ≤ rᵀK⁻¹r with the true P, K).
 
         A learned Jacobian with spurious near-null directions of A J C Aᵀ makes K⁻¹r, and with it the
         correction of the *unobserved* channels, blow up (measured on a small Darcy model: the inverse's
         coefficient error 84 at 6 steps without this bound). Shapes: delta (B, C, *S) -> (B, 1, ..., 1)."""
-        r = op.residual(denoised)
-        chi2 = (r * op.model_inverse(r, sig, denoised)).sum(dim=1)  # rᵀ K_m⁻¹ r
+        chi2 = (r * precond(r)).sum(dim=1)  # rᵀ K_m⁻¹ r
         amp = self.noise.amplitude
-        sd = per_channel(torch.as_tensor(op.sigma_data, dtype=torch.float64).flatten(), delta.shape[1])
+        sd = per_channel(torch.as_tensor(self.sigma_data, dtype=torch.float64).flatten(), delta.shape[1])
         r2 = posterior_variance(sig[:, None] * amp, sd[None, :].to(sig.device)) / amp**2  # (B, C): P_m = r2 C
         norm = (delta * self.noise.apply_cov_power(delta, -1.0)).flatten(2).sum(2)  # δ_cᵀ C⁻¹ δ_c
         m = (norm.clamp(min=0) / r2.clamp(min=1e-300)).sum(dim=1)
@@ -127,17 +140,15 @@ class MomentMatchingDenoiser:
         t = torch.sqrt(bound / m.clamp(min=1e-300)).clamp(max=1.0)
         return t.reshape(-1, *[1] * (delta.ndim - 1))
 
-    def _pcg(self, op: SparseOperator, vjp, r: Tensor, sig: Tensor, scale: Tensor, like: Tensor
+    def _pcg(self, tangent, vjp, precond, r: Tensor, noise_var: Tensor, scale: Tensor, like: Tensor
              ) -> tuple[Tensor, Tensor]:
-        """Solve K w = r by PCG from w₀ = K_model⁻¹ r; returns w (B, n) and C Jᵀ Aᵀ w (B, C, *S) (float64)."""
-        s2 = op.noise_var.to(r.device)
+        """Solve K w = r by PCG from w₀ = ``precond``(r) (K_model⁻¹ r); ``tangent`` z ↦ A·z (the linearised
+        forward model). Returns w (B, n) and C Jᵀ Aᵀ w (B, C, *S) (float64)."""
+        s2 = noise_var.to(r.device)
 
         def apply_k(v: Tensor) -> tuple[Tensor, Tensor]:
             g = vjp(v)  # C Jᵀ Aᵀ v
-            return s2 * v + op.linear((scale * g).to(like.dtype)).double(), g
-
-        def precond(v: Tensor) -> Tensor:
-            return op.model_inverse(v, sig, like)
+            return s2 * v + tangent((scale * g).to(like.dtype)).double(), g
 
         w = precond(r)
         kw, cjtw = apply_k(w)

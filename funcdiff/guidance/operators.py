@@ -106,6 +106,15 @@ class SparseOperator:
         """y - A decode(x) (float64). Shapes: (B, C, *S) -> (B, n)."""
         return self.values.to(x.device) - self.predict(x).double()
 
+    def tangent(self, at: Tensor) -> Callable[[Tensor], Tensor]:
+        """The linearisation z ↦ ∂G(at)·z of the forward model: for y = A decode(x), :meth:`linear` wherever."""
+        return self.linear
+
+    def preconditioner(self, r: Tensor, sigma: Tensor, like: Tensor) -> Callable[[Tensor], Tensor]:
+        """v ↦ K_model(σ)⁻¹ v, the covariance model of :meth:`model_inverse` (MMPS's CG preconditioner and
+        trust-region metric). Shapes: v (B, n) -> (B, n), float64."""
+        return lambda v: self.model_inverse(v, sigma, like)
+
 
 class SolverOperator:
     """y = A S(decode(x)[:, input]): sensors on the output of a numerical solver run on the state's input channel.
@@ -161,6 +170,29 @@ class SolverOperator:
 
     def residual(self, x: Tensor) -> Tensor:
         return self.values.to(x.device) - self.predict(x).double()
+
+    def tangent(self, at: Tensor, rel_step: float = 1e-3) -> Callable[[Tensor], Tensor]:
+        """The tangent-linear model z ↦ ∂G(at)·z = A ∂S(decode(at)) decode'(z) by a central difference (two
+        solves per product; exact up to rounding for a linear solver: Poisson, Helmholtz). The step is
+        ``rel_step`` × (‖at‖ + 1) / ‖z‖ per sample. Shapes: at, z (B, C, *S) -> (B, n), float64."""
+        at = at.detach()
+
+        def apply(z: Tensor) -> Tensor:
+            with torch.no_grad():
+                size = at.flatten(1).norm(dim=1) + 1.0
+                eps = rel_step * size / z.flatten(1).norm(dim=1).clamp(min=1e-30)
+                step = eps.reshape(-1, *[1] * (z.ndim - 1)).to(z.dtype) * z
+                diff = self.predict(at + step).double() - self.predict(at - step).double()
+                return diff / (2 * eps[:, None].double())
+
+        return apply
+
+    def preconditioner(self, r: Tensor, sigma: Tensor, like: Tensor) -> Callable[[Tensor], Tensor]:
+        """v ↦ v / (‖r‖²/n + s²): the residual-normalised plug-in covariance of :class:`OperatorLikelihood`
+        (a solver in the loop has no closed-form covariance model), fixed for this step by the residual ``r``.
+        Shapes: r, v (B, n) -> (B, n), float64."""
+        k = (r.detach().double().pow(2).mean(dim=1, keepdim=True) + self.noise_var.to(r.device)).clamp(min=1e-30)
+        return lambda v: v / k
 
 
 class OperatorLikelihood:

@@ -7,6 +7,8 @@ method             correction of the denoised estimate                          
 ``mmps``           Kalman update with the Tweedie covariance σ² J C (CG on sensors)        1 call + k+1 VJPs
 ``enkg``           the same update, derivatives from the ensemble (no backward pass)      1 call
 ``dps-physics``    dps with y = A S(a): the solver S in the loop, gradient by its adjoint  1 call + 1 VJP + S
+``mmps-physics``   mmps with y = A S(a), S linearised at the estimate (exact: linear PDE)  1 call + k+1 VJPs
+                                                                                           + (2k+1) S
 ``enkg-physics``   enkg with y = A S(a): the solver as a black box                        1 call + S
 =================  =====================================================================  ==================
 
@@ -30,7 +32,7 @@ from funcdiff.guidance.operators import OperatorLikelihood, SolverOperator, Spar
 from funcdiff.sampling import num_denoiser_calls, sample
 from funcdiff.tasks.problems import Task
 
-METHODS = ("dps", "mmps", "enkg", "dps-physics", "enkg-physics")
+METHODS = ("dps", "mmps", "enkg", "dps-physics", "mmps-physics", "enkg-physics")
 
 
 def check_method(task: Task, method: str, *, num_samples: int, pde_guidance: bool = False,
@@ -93,9 +95,9 @@ def posterior_states(method: str, task: Task, denoiser, meta, obs: SparseObserva
     if method == "dps-physics":
         guided = GuidedDenoiser(denoiser, [OperatorLikelihood(op)], noise, strength=strength,
                                 chunk_size=chunk_size, trust_region=trust_region, sigma_data=sigma_data)
-    elif method == "mmps":
+    elif method in ("mmps", "mmps-physics"):
         guided = MomentMatchingDenoiser(denoiser, op, noise, strength=strength, cg_iters=cg_iters,
-                                        chunk_size=chunk_size)
+                                        chunk_size=chunk_size, sigma_data=sigma_data)
     else:  # enkg, enkg-physics
         guided = EnsembleKalmanDenoiser(denoiser, op, noise, strength=strength)
     x = sample(guided, shape, noise, **run)
