@@ -3,11 +3,12 @@
 FunDPS protocol on our generated data: per held-out field, observe 3 % of the grid at random nodes (500 of
 128², or the same fraction at the resolution run), report the relative L2 error of the target channel per
 field averaged over all held-out fields (Darcy inverse also the misclassification rate at a = 7.5).
-Rows: each posterior sampler of ``solve(method=...)`` (dps, mmps, enkg, dps-physics, enkg-physics; Heun) at
-10, 20 and 50 steps, scoring one posterior sample (``estimator=single``, averaged over the samples drawn) and
-the mean of several (``estimator=mean``), with the numerical-solver calls and VJPs per sample beside the NFE;
-the 64²-trained model also solved at 128² (fields generated there); in full mode also PDE-residual guidance
-rows; ``interpolation`` (forward: interpolate the observed input, run our solver on it) and
+Rows: each posterior sampler of ``solve(method=...)`` (dps, mmps, enkg, dps-physics, mmps-physics,
+enkg-physics; Heun) at 10, 20 and 50 steps, scoring one posterior sample (``estimator=single``, averaged over the
+samples drawn) and the mean of several (``estimator=mean``), with the numerical-solver calls and VJPs per sample
+beside the NFE; zero-shot resolution (``zero_shot`` rows): the 64²-trained model solves held-out fields
+generated at 128² and the *same* fields restricted to 64² (:func:`restrict`), so the ratio of the two errors
+compares one model on the same functions; in full mode also PDE-residual guidance rows; ``interpolation`` (forward: interpolate the observed input, run our solver on it) and
 ``fno-regression`` (a deterministic FNO from masked observations to the target, trained on the same data).
 
 One joint diffusion model per PDE (trained with the package's Trainer on configs/tasks/<pde>-64.yaml, sizes
@@ -21,10 +22,14 @@ Darcy 2.49 % / 5.18 %, Poisson 1.99 / 20.47, Helmholtz 2.13 / 17.16, Navier–St
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -37,7 +42,8 @@ from funcdiff.metrics import misclassification_rate, relative_l2  # noqa: E402
 from funcdiff.pde import get_problem  # noqa: E402
 from funcdiff.sampling import num_denoiser_calls  # noqa: E402
 from funcdiff.tasks import TASKS, make_observation, solve  # noqa: E402
-from funcdiff.tasks.solve import push_forward  # noqa: E402
+from funcdiff.tasks.solve import push_forward, regrid  # noqa: E402
+from funcdiff.pde import threshold_coefficient  # noqa: E402
 from funcdiff.tasks.baselines import fno_regression_predict, interpolation_baseline, train_fno_regression  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "tasks"
@@ -45,24 +51,32 @@ PROBLEM_CONFIG = {"darcy": "darcy-64", "poisson": "poisson-64", "helmholtz": "he
                   "navier_stokes": "navier-stokes-64"}
 TASK_PREFIX = {"navier_stokes": "navier-stokes"}
 COLUMNS = ["task", "direction", "method", "pde_weight", "estimator", "steps", "nfe", "solver_calls", "vjps",
-           "rel_l2", "misclassification", "resolution", "n_samples", "seconds"]
-METHODS = ("dps", "mmps", "enkg", "dps-physics", "enkg-physics")
+           "rel_l2", "misclassification", "resolution", "zero_shot", "n_samples", "seconds"]
+METHODS = ("dps", "mmps", "enkg", "dps-physics", "mmps-physics", "enkg-physics")
 
 
 def settings(quick: bool) -> dict:
     """Run sizes. ``pde_runs``: (steps, weight) of the PDE-guided rows (active below σ = pde_start_sigma).
-    ``max_steps``: per-method cap on the step counts (quick mode keeps the solver-in-the-loop methods, whose every
-    step runs the numerical solver, at <= 20 steps so that ``--quick`` stays under 20 minutes on 2 idle cores)."""
+    ``max_steps``: cap on the step counts per method or per ``problem/method`` (quick mode keeps the
+    solver-in-the-loop methods, whose every step runs the numerical solver, at <= 20 steps — Navier–Stokes'
+    ``mmps-physics`` at 10 — so that ``--quick`` stays near 20 minutes on 2 idle cores).
+    ``cg_iters``: CG iterations of ``mmps`` (σ-aware preconditioner) and of ``mmps-physics`` (residual-normalised
+    preconditioner: it needs more). ``fine_skip``: (problem, direction, method) left out of the zero-shot rows."""
     if quick:
         return dict(problems=["darcy", "poisson", "helmholtz", "navier_stokes"], resolution=64, n_train=300,
                     n_test=2, train_steps=400, fno_steps=200, steps=[10, 20, 50], pde_runs=[], pde_start_sigma=1.0,
-                    num_samples=4, hidden=24, layers=3, methods=list(METHODS), cg_iters=2, fine=128,
-                    fine_steps=[10], fine_methods=["dps", "mmps"], max_steps={"dps-physics": 20, "enkg-physics": 20})
+                    num_samples=4, hidden=24, layers=3, methods=list(METHODS),
+                    cg_iters={"mmps": 2, "mmps-physics": 10}, fine=128, fine_steps=[10],
+                    fine_methods=["dps", "mmps", "dps-physics", "mmps-physics"],
+                    fine_skip=[["darcy", "inverse", "mmps-physics"], ["navier_stokes", "inverse", "dps-physics"],
+                               ["navier_stokes", "inverse", "mmps-physics"]],
+                    max_steps={"dps-physics": 20, "mmps-physics": 20, "enkg-physics": 20,
+                               "navier_stokes/mmps-physics": 10})
     return dict(problems=["darcy", "poisson", "helmholtz", "navier_stokes"], resolution=64, n_train=1000,
                 n_test=100, train_steps=4000, fno_steps=3000, steps=[10, 20, 50, 100, 200],
                 pde_runs=[(20, 0.01), (20, 1.0), (20, 100.0), (100, 1.0)], pde_start_sigma=1.0, num_samples=8,
-                hidden=32, layers=4, methods=list(METHODS), cg_iters=3, fine=128, fine_steps=[20, 50],
-                fine_methods=list(METHODS))
+                hidden=32, layers=4, methods=list(METHODS), cg_iters={"mmps": 3, "mmps-physics": 10}, fine=128,
+                fine_steps=[20, 50], fine_methods=list(METHODS), fine_skip=[], max_steps={})
 
 
 def generate(problem: str, num: int, resolution: int, seed: int) -> torch.Tensor:
@@ -70,6 +84,20 @@ def generate(problem: str, num: int, resolution: int, seed: int) -> torch.Tensor
     p = get_problem(problem)
     data = p.generate(num, resolution, generator=torch.Generator().manual_seed(seed))
     return torch.stack([data[name] for name in p.fields], dim=1)
+
+
+def restrict(problem: str, fields: torch.Tensor, resolution: int) -> torch.Tensor:
+    """The same functions on a coarser grid, as a discrete pair like the training data: the input channel
+    interpolated (multilinear at the grid's nodes; Darcy's coefficient re-thresholded to its two values), the
+    output re-solved there by our solver. Shapes: (B, 2, N, N) -> (B, 2, n, n), physical units."""
+    task = TASKS[f"{TASK_PREFIX.get(problem, problem)}-forward"]
+    a = regrid(fields[:, :1].double(), (resolution, resolution), task.grid)
+    if problem == "darcy":
+        p = get_problem(problem).defaults
+        a = threshold_coefficient(a - 0.5 * (p["a_high"] + p["a_low"]), p["a_high"], p["a_low"])
+    with torch.no_grad():
+        u = task.forward_solver(a)
+    return torch.cat([a, u.double()], dim=1).to(fields.dtype)
 
 
 def train_diffusion(problem: str, fields: torch.Tensor, s: dict, out_dir: Path, device: str) -> Path:
@@ -132,14 +160,17 @@ def method_rows(task, model, test: torch.Tensor, s: dict, seed: int, device: str
     for method in methods:
         if method.endswith("-physics") and task.physics_solver is None:
             continue
-        for steps in [n for n in steps_list if n <= s.get("max_steps", {}).get(method, n)]:
+        caps = s.get("max_steps", {})
+        cap = caps.get(f"{task.problem}/{method}", caps.get(method))
+        for steps in [n for n in steps_list if cap is None or n <= cap]:
             per = {"mean": [], "single": []}
             calls, vjps, t0 = [], [], time.perf_counter()
             for i in range(test.shape[0]):
                 truth = test[i:i + 1]
                 obs = make_observation(task, truth, fraction=0.03, seed=seed + i)
                 post = solve(model, task, obs, num_samples=s["num_samples"], steps=steps, seed=seed + i,
-                             resolution=tuple(truth.shape[2:]), method=method, cg_iters=s["cg_iters"], device=device)
+                             resolution=tuple(truth.shape[2:]), method=method, cg_iters=cg_iters(s, method),
+                             device=device)
                 target = post.channel(post.samples, task.target)
                 t = truth[:, list(task.target_index)]
                 per["mean"].append(score(task, target.mean(0, keepdim=True), t))
@@ -153,6 +184,12 @@ def method_rows(task, model, test: torch.Tensor, s: dict, seed: int, device: str
                              "solver_calls": sum(calls) / len(calls), "vjps": sum(vjps) / len(vjps),
                              "resolution": int(test.shape[-1]), "seconds": round(seconds, 1), **_average(scores)})
     return rows
+
+
+def cg_iters(s: dict, method: str) -> int:
+    """CG iterations of ``method`` from the settings (a number, or one per mmps variant)."""
+    value = s["cg_iters"]
+    return int(value.get(method, value.get("mmps", 5))) if isinstance(value, dict) else int(value)
 
 
 def _average(scores: list[dict]) -> dict:
@@ -182,6 +219,47 @@ def baseline_rows(task, train: torch.Tensor, test: torch.Tensor, s: dict, seed: 
     return rows
 
 
+def gaussian_oracle(problem: str, task, obs, resolution: int) -> Optional[torch.Tensor]:
+    """The exact posterior mean of the target under the data's own prior, where that is Gaussian and the
+    solver linear (Poisson, Helmholtz: the source a is the cosine GRF of the generator): the Bayes estimator,
+    a floor for every method's mean-squared error. None for the other problems.
+
+    a = Σ_k λ_k ξ_k φ_k with white ξ (the generator's expansion, :func:`funcdiff.pde.sample_cosine_grf`), y = G ξ
+    with G the sensors of a (forward) or of S(a) (inverse); E[ξ | y] = Gᵀ (G Gᵀ + ε I)⁻¹ y (noise-free sensors,
+    ε a 1e-10 relative jitter). Shapes: observation values (1, 1, n) -> (1, 1, N, N), physical units."""
+    if problem not in ("poisson", "helmholtz"):
+        return None
+    p = get_problem(problem).defaults
+    alpha, tau = float(p["alpha"]), float(p["tau"])
+    sigma = tau ** (alpha - 1.0) if p["sigma"] is None else float(p["sigma"])
+    k = torch.arange(resolution, dtype=torch.float64)
+    scale = sigma * (math.pi**2 * (k[:, None] ** 2 + k[None, :] ** 2) + tau**2) ** (-alpha / 2.0)
+    scale[0, 0] = 0.0
+    cos = torch.cos(math.pi * torch.linspace(0.0, 1.0, resolution, dtype=torch.float64)[:, None] * k[None, :])
+    modes = torch.einsum("ik,jl,kl->klij", cos, cos, scale).reshape(-1, 1, resolution, resolution)
+    solver = task.forward_solver
+    with torch.no_grad():
+        pair = torch.cat([modes, solver(modes)], dim=1)  # (modes, [a, u], N, N): the task's channels
+        g = obs.observe(pair)[:, 0].T  # (n, modes)
+        gram = g @ g.T
+        gram = gram + 1e-10 * gram.diagonal().mean() * torch.eye(gram.shape[0], dtype=torch.float64)
+        xi = g.T @ torch.linalg.solve(gram, obs.values[0, 0].double())
+        a = (xi[:, None] * modes.flatten(1)).sum(0).reshape(1, 1, resolution, resolution)
+        return solver(a) if task.direction == "forward" else a
+
+
+def oracle_rows(problem: str, task, test: torch.Tensor, seed: int) -> list[dict]:
+    """The ``gaussian-oracle`` row (:func:`gaussian_oracle`) over the held-out fields, where it exists."""
+    scores = []
+    for i in range(test.shape[0]):
+        obs = make_observation(task, test[i:i + 1], fraction=0.03, seed=seed + i)
+        pred = gaussian_oracle(problem, task, obs, int(test.shape[-1]))
+        if pred is None:
+            return []
+        scores.append(score(task, pred.to(test.dtype), test[i:i + 1, list(task.target_index)]))
+    return [{"method": "gaussian-oracle", "estimator": "point", "steps": 0, "nfe": 0, **_average(scores)}]
+
+
 def run_problem(problem: str, s: dict, args, work: Path) -> list[dict]:
     t0 = time.perf_counter()
     fields = generate(problem, s["n_train"] + s["n_test"], s["resolution"], args.seed)
@@ -193,6 +271,7 @@ def run_problem(problem: str, s: dict, args, work: Path) -> list[dict]:
           f"({'given' if problem in args.checkpoints else 'trained'} in {time.perf_counter() - t1:.0f} s)", flush=True)
     rows = []
     fine = generate(problem, s["n_test"], s["fine"], args.seed + 7919) if s.get("fine") else None
+    coarse = restrict(problem, fine, s["resolution"]) if fine is not None else None
     for direction in ("forward", "inverse"):
         task = TASKS[f"{TASK_PREFIX.get(problem, problem)}-{direction}"]
         t2 = time.perf_counter()
@@ -200,11 +279,15 @@ def run_problem(problem: str, s: dict, args, work: Path) -> list[dict]:
         if s["pde_runs"]:
             found += [r for r in guided_rows(task, model, test, {**s, "steps": []}, args.seed, args.device)]
         found += baseline_rows(task, train, test, s, args.seed, args.device, model[1].normalizer)
-        if fine is not None:  # the 64²-trained model at 128² (zero-shot resolution)
-            found += method_rows(task, model, fine, s, args.seed, args.device, s["fine_methods"], s["fine_steps"])
+        found += oracle_rows(problem, task, test, args.seed)
+        if fine is not None:  # the 64²-trained model at 128² and on the same fields at 64² (zero-shot resolution)
+            methods = [m for m in s["fine_methods"] if [problem, direction, m] not in s.get("fine_skip", [])]
+            for fields in (coarse, fine):
+                found += [{**r, "zero_shot": True} for r in
+                          method_rows(task, model, fields, s, args.seed, args.device, methods, s["fine_steps"])]
         for r in found:
             rows.append({"task": problem, "direction": direction, "n_samples": int(test.shape[0]),
-                         "resolution": s["resolution"], "solver_calls": 0, **r})
+                         "resolution": s["resolution"], "solver_calls": 0, "zero_shot": False, **r})
         print(f"[{problem}-{direction}] evaluated in {time.perf_counter() - t2:.0f} s", flush=True)
         print_table(rows[-len(found):], COLUMNS)  # partial results survive an interrupted run
     return rows
@@ -223,8 +306,7 @@ def plot(rows: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.4), squeeze=False)
     for ax, (task, direction) in zip(axes[0], keys):
         sub = [r for r in rows if (r["task"], r["direction"]) == (task, direction)]
-        base = min(r.get("resolution", 0) for r in sub)
-        sub = [r for r in sub if r.get("resolution", 0) == base]  # the 128² rows of a 64² model: table only
+        sub = [r for r in sub if not r.get("zero_shot")]  # the zero-shot pairs (64² model at 128²): table only
         curves = sorted({(r["method"], r.get("pde_weight")) for r in sub if r["estimator"] != "point"},
                         key=lambda k: (k[0], k[1] or 0.0))
         for method, weight in curves:
@@ -268,6 +350,9 @@ def main() -> None:
     p.add_argument("--no-fine", action="store_true", help="skip the rows of the 64² model solved at 128²")
     p.add_argument("--resolution", type=int, default=None,
                    help="grid of the data and of sampling (default 64; a given checkpoint may be trained at another)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="problems run side by side in this many processes (each with torch's current thread count); "
+                        "the rows do not depend on it")
     args = p.parse_args()
     args.checkpoints = dict(_problem_path(item) for item in args.checkpoint)
     torch.manual_seed(args.seed)
@@ -283,11 +368,21 @@ def main() -> None:
         s["fine_methods"] = [m for m in s["fine_methods"] if m in args.methods]
     if args.no_fine:
         s["fine"] = None
-    rows = []
-    for problem in s["problems"]:
-        rows += run_problem(problem, s, args, args.work_dir)
+    start, load_start = time.perf_counter(), os.getloadavg()
+    if args.jobs > 1:  # one process per problem, each with this process's thread count
+        with ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn"),
+                                 initializer=torch.set_num_threads, initargs=(torch.get_num_threads(),)) as pool:
+            longest_first = sorted(s["problems"], key=lambda q: q != "navier_stokes")
+            futures = {q: pool.submit(run_problem, q, s, args, args.work_dir) for q in longest_first}
+            parts = [futures[q].result() for q in s["problems"]]
+    else:
+        parts = [run_problem(problem, s, args, args.work_dir) for problem in s["problems"]]
+    rows = [r for part in parts for r in part]
+    wall = time.perf_counter() - start
     print_table(rows, COLUMNS)
+    print(f"wall time {wall / 60:.1f} min with {args.jobs} process(es) of {torch.get_num_threads()} thread(s)")
     meta = {"quick": args.quick, "settings": s, "obs_fraction": 0.03, "threads": torch.get_num_threads(),
+            "jobs": args.jobs, "wall_seconds": round(wall, 1), "loadavg_start": load_start,
             "loadavg": os.getloadavg(),
             "checkpoints": {k: str(v) for k, v in args.checkpoints.items()},
             "note": f"{s['n_test']} held-out fields per task, {s['train_steps']} training steps"

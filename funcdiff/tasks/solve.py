@@ -341,8 +341,9 @@ def solve(checkpoint: ModelLike, task: str | Task, observation: SparseObservatio
             ``"dps"`` gradient guidance with the σ-aware likelihood model (default); ``"mmps"`` moment matching
             with the Tweedie covariance (:mod:`funcdiff.guidance.mmps`, ``cg_iters`` CG iterations per step);
             ``"enkg"`` derivative-free ensemble Kalman guidance over the ``num_samples`` samples
-            (:mod:`funcdiff.guidance.enkg`); ``"dps-physics"`` / ``"enkg-physics"``: the prior's input channel
-            only, with the task's numerical solver in the observation operator (inverse: y = A S(a)) and the
+            (:mod:`funcdiff.guidance.enkg`); ``"dps-physics"`` / ``"mmps-physics"`` / ``"enkg-physics"``: the
+            prior's input channel only, with the task's numerical solver in the observation operator (inverse:
+            y = A S(a); ``mmps-physics`` linearises S at each denoised estimate, exact for a linear PDE) and the
             reported solution S(a), so every sample satisfies the discrete PDE.
     Shapes: returns a :class:`Posterior` with samples (num_samples, C, *S) in physical units.
     ``task="reconstruct"``: the generic task of the checkpoint (:func:`resolve_task`; sensors of the observation's
