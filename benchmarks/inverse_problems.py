@@ -57,21 +57,25 @@ METHODS = ("dps", "mmps", "enkg", "dps-physics", "mmps-physics", "enkg-physics")
 
 def settings(quick: bool) -> dict:
     """Run sizes. ``pde_runs``: (steps, weight) of the PDE-guided rows (active below σ = pde_start_sigma).
-    ``max_steps``: cap on the step counts per method or per ``problem/method`` (quick mode keeps the
-    solver-in-the-loop methods, whose every step runs the numerical solver, at <= 20 steps — Navier–Stokes'
-    ``mmps-physics`` at 10 — so that ``--quick`` stays near 20 minutes on 2 idle cores).
+    ``max_steps``: cap on the step counts per method, ``direction/method`` or ``problem/method`` (quick mode
+    runs 10 and 20 steps — 50 with ``--steps 10 20 50`` — and keeps ``mmps-physics`` at 10 steps for forward
+    tasks, where it costs 4× ``dps-physics`` for the same error, and the solver-in-the-loop methods at 10 steps
+    for Navier–Stokes, whose differentiable solver is the slowest, so that ``--quick --jobs 2`` stays under 20
+    minutes on 2 idle cores).
     ``cg_iters``: CG iterations of ``mmps`` (σ-aware preconditioner) and of ``mmps-physics`` (residual-normalised
-    preconditioner: it needs more). ``fine_skip``: (problem, direction, method) left out of the zero-shot rows."""
+    preconditioner: it needs more). ``fine_skip``: (problem or "*", direction, method) left out of the
+    zero-shot rows."""
     if quick:
         return dict(problems=["darcy", "poisson", "helmholtz", "navier_stokes"], resolution=64, n_train=300,
-                    n_test=2, train_steps=400, fno_steps=200, steps=[10, 20, 50], pde_runs=[], pde_start_sigma=1.0,
+                    n_test=2, train_steps=400, fno_steps=200, steps=[10, 20], pde_runs=[], pde_start_sigma=1.0,
                     num_samples=4, hidden=24, layers=3, methods=list(METHODS),
                     cg_iters={"mmps": 2, "mmps-physics": 10}, fine=128, fine_steps=[10],
                     fine_methods=["dps", "mmps", "dps-physics", "mmps-physics"],
-                    fine_skip=[["darcy", "inverse", "mmps-physics"], ["navier_stokes", "inverse", "dps-physics"],
-                               ["navier_stokes", "inverse", "mmps-physics"]],
-                    max_steps={"dps-physics": 20, "mmps-physics": 20, "enkg-physics": 20,
-                               "navier_stokes/mmps-physics": 10})
+                    fine_skip=[["*", "forward", "mmps-physics"], ["darcy", "inverse", "mmps-physics"],
+                               ["navier_stokes", "inverse", "dps-physics"], ["navier_stokes", "inverse", "mmps-physics"]],
+                    max_steps={"dps-physics": 20, "mmps-physics": 20, "enkg-physics": 20, "forward/mmps-physics": 10,
+                               "navier_stokes/dps-physics": 10, "navier_stokes/mmps-physics": 10,
+                               "navier_stokes/enkg-physics": 10})
     return dict(problems=["darcy", "poisson", "helmholtz", "navier_stokes"], resolution=64, n_train=1000,
                 n_test=100, train_steps=4000, fno_steps=3000, steps=[10, 20, 50, 100, 200],
                 pde_runs=[(20, 0.01), (20, 1.0), (20, 100.0), (100, 1.0)], pde_start_sigma=1.0, num_samples=8,
@@ -161,7 +165,7 @@ def method_rows(task, model, test: torch.Tensor, s: dict, seed: int, device: str
         if method.endswith("-physics") and task.physics_solver is None:
             continue
         caps = s.get("max_steps", {})
-        cap = caps.get(f"{task.problem}/{method}", caps.get(method))
+        cap = caps.get(f"{task.problem}/{method}", caps.get(f"{task.direction}/{method}", caps.get(method)))
         for steps in [n for n in steps_list if cap is None or n <= cap]:
             per = {"mean": [], "single": []}
             calls, vjps, t0 = [], [], time.perf_counter()
@@ -281,7 +285,9 @@ def run_problem(problem: str, s: dict, args, work: Path) -> list[dict]:
         found += baseline_rows(task, train, test, s, args.seed, args.device, model[1].normalizer)
         found += oracle_rows(problem, task, test, args.seed)
         if fine is not None:  # the 64²-trained model at 128² and on the same fields at 64² (zero-shot resolution)
-            methods = [m for m in s["fine_methods"] if [problem, direction, m] not in s.get("fine_skip", [])]
+            skip = s.get("fine_skip", [])
+            methods = [m for m in s["fine_methods"] if [problem, direction, m] not in skip
+                       and ["*", direction, m] not in skip]
             for fields in (coarse, fine):
                 found += [{**r, "zero_shot": True} for r in
                           method_rows(task, model, fields, s, args.seed, args.device, methods, s["fine_steps"])]
