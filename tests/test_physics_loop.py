@@ -117,6 +117,11 @@ def test_cli_method_choice_and_error(darcy_run, tmp_path, capsys):
                      "--obs-fraction", "0.1", "--num-samples", "2", "--steps", "4", "--method", "mmps",
                      "--cg-iters", "1", "--out", str(out), "--no-plot", "--no-progress"])
     assert code == 0 and out.exists()
+    physics = tmp_path / "physics.nc"
+    code = cli_main(["solve", "--checkpoint", str(checkpoint), "--task", "darcy-inverse", "--truth", str(truth_path),
+                     "--obs-fraction", "0.1", "--num-samples", "2", "--steps", "4", "--method", "mmps-physics",
+                     "--cg-iters", "2", "--out", str(physics), "--no-plot", "--no-progress"])
+    assert code == 0 and physics.exists()
     code = cli_main(["solve", "--checkpoint", str(checkpoint), "--task", "darcy-inverse", "--truth", str(truth_path),
                      "--obs-fraction", "0.1", "--num-samples", "1", "--method", "enkg", "--out", str(out)])
     err = capsys.readouterr().err.strip().splitlines()
