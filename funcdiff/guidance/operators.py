@@ -41,6 +41,13 @@ def _as_list(observation: SparseObservation | Sequence[SparseObservation]) -> li
     return obs
 
 
+def plug_in_variance(r: Tensor, noise_var: Tensor) -> Tensor:
+    """‖r‖²/n + s² per sample: the residual-normalised covariance of DPS (Chung et al. 2023, Alg. 1) read as a
+    plug-in residual variance, for operators without a closed-form covariance model.
+    Shapes: r (B, n), noise_var (n,) -> (B, n), r's dtype."""
+    return (r.detach().pow(2).mean(dim=1, keepdim=True) + noise_var).clamp(min=1e-30)
+
+
 class SparseOperator:
     """y = A decode(x): sparse sensors of one or several observations, stacked (B, n) with n = Σ C_obs·N.
 
@@ -191,7 +198,7 @@ class SolverOperator:
         """v ↦ v / (‖r‖²/n + s²): the residual-normalised plug-in covariance of :class:`OperatorLikelihood`
         (a solver in the loop has no closed-form covariance model), fixed for this step by the residual ``r``.
         Shapes: r, v (B, n) -> (B, n), float64."""
-        k = (r.detach().double().pow(2).mean(dim=1, keepdim=True) + self.noise_var.to(r.device)).clamp(min=1e-30)
+        k = plug_in_variance(r.double(), self.noise_var.to(r.device))
         return lambda v: v / k
 
 
@@ -220,7 +227,7 @@ class OperatorLikelihood:
         pred = self.operator.predict(denoised)
         r = self.operator.values.to(device=pred.device, dtype=pred.dtype) - pred
         s2 = self.operator.noise_var.to(device=pred.device, dtype=pred.dtype)
-        k = (r.detach().pow(2).mean(dim=1, keepdim=True) + s2).clamp(min=1e-30)  # (B, n)
+        k = plug_in_variance(r, s2)  # (B, n)
         self._k = k
         quad = ((r / k).detach() * r).sum(dim=1)
         return self.weight * (quad - 0.5 * quad.detach())

@@ -8,7 +8,7 @@ method             correction of the denoised estimate                          
 ``enkg``           the same update, derivatives from the ensemble (no backward pass)      1 call
 ``dps-physics``    dps with y = A S(a): the solver S in the loop, gradient by its adjoint  1 call + 1 VJP + S
 ``mmps-physics``   mmps with y = A S(a), S linearised at the estimate (exact: linear PDE)  1 call + k+1 VJPs
-                                                                                           + (2k+1) S
+                                                                                           + (2k+3) S
 ``enkg-physics``   enkg with y = A S(a): the solver as a black box                        1 call + S
 =================  =====================================================================  ==================
 
