@@ -22,7 +22,6 @@ Darcy 2.49 % / 5.18 %, Poisson 1.99 / 20.47, Helmholtz 2.13 / 17.16, Navier–St
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 import time
@@ -43,7 +42,7 @@ from funcdiff.pde import get_problem  # noqa: E402
 from funcdiff.sampling import num_denoiser_calls  # noqa: E402
 from funcdiff.tasks import TASKS, make_observation, solve  # noqa: E402
 from funcdiff.tasks.solve import push_forward, regrid  # noqa: E402
-from funcdiff.pde import threshold_coefficient  # noqa: E402
+from funcdiff.pde import cosine_grf_expansion, threshold_coefficient  # noqa: E402
 from funcdiff.tasks.baselines import fno_regression_predict, interpolation_baseline, train_fno_regression  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "tasks"
@@ -191,9 +190,8 @@ def method_rows(task, model, test: torch.Tensor, s: dict, seed: int, device: str
 
 
 def cg_iters(s: dict, method: str) -> int:
-    """CG iterations of ``method`` from the settings (a number, or one per mmps variant)."""
-    value = s["cg_iters"]
-    return int(value.get(method, value.get("mmps", 5))) if isinstance(value, dict) else int(value)
+    """CG iterations of ``method`` from the settings (0 for the methods without CG)."""
+    return int(s["cg_iters"].get(method, 0))
 
 
 def _average(scores: list[dict]) -> dict:
@@ -234,12 +232,7 @@ def gaussian_oracle(problem: str, task, obs, resolution: int) -> Optional[torch.
     if problem not in ("poisson", "helmholtz"):
         return None
     p = get_problem(problem).defaults
-    alpha, tau = float(p["alpha"]), float(p["tau"])
-    sigma = tau ** (alpha - 1.0) if p["sigma"] is None else float(p["sigma"])
-    k = torch.arange(resolution, dtype=torch.float64)
-    scale = sigma * (math.pi**2 * (k[:, None] ** 2 + k[None, :] ** 2) + tau**2) ** (-alpha / 2.0)
-    scale[0, 0] = 0.0
-    cos = torch.cos(math.pi * torch.linspace(0.0, 1.0, resolution, dtype=torch.float64)[:, None] * k[None, :])
+    cos, scale = cosine_grf_expansion(resolution, alpha=p["alpha"], tau=p["tau"], sigma=p["sigma"])
     modes = torch.einsum("ik,jl,kl->klij", cos, cos, scale).reshape(-1, 1, resolution, resolution)
     solver = task.forward_solver
     with torch.no_grad():

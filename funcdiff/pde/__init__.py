@@ -26,7 +26,7 @@ from funcdiff.pde.elliptic import (
     solve_helmholtz,
     solve_poisson,
 )
-from funcdiff.pde.grf import sample_cosine_grf, sample_periodic_grf, threshold_coefficient
+from funcdiff.pde.grf import cosine_grf_expansion, sample_cosine_grf, sample_periodic_grf, threshold_coefficient
 from funcdiff.pde.navier_stokes import (
     kinetic_energy,
     make_forcing,
@@ -68,5 +68,6 @@ __all__ = [
     "solve_poisson",
     "taylor_green_vorticity",
     "threshold_coefficient",
+    "cosine_grf_expansion",
     "velocity_from_vorticity",
 ]

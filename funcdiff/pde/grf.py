@@ -74,6 +74,19 @@ def sample_cosine_grf(
         returns ``(num_samples, 1, resolution, resolution)``; dimensionless.
     """
     _check_grf_args(num_samples, resolution, alpha, tau)
+    basis, scale = cosine_grf_expansion(resolution, alpha=alpha, tau=tau, sigma=sigma, device=device)
+    xi = draw_normal((num_samples, 1, resolution, resolution), generator).to(device) * scale
+    field = basis @ xi @ basis.T
+    return field.to(dtype)
+
+
+def cosine_grf_expansion(resolution: int, *, alpha: float = 2.0, tau: float = 3.0, sigma: float | None = None,
+                         device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
+    """The expansion behind :func:`sample_cosine_grf`: field = B (scale ⊙ ξ) Bᵀ with white ξ, the cosine basis
+    B[i, k] = cos(π k x_i) at the nodes x_i = i / (N - 1) and the mode std scale[k, l] = σ (π²(k² + l²) + τ²)^(-α/2)
+    (mean-zero: scale[0, 0] = 0; σ = τ^(α-1) by default).
+
+    Shapes: returns B (N, N) and scale (N, N), float64; dimensionless."""
     sigma = tau ** (alpha - 1.0) if sigma is None else check_positive(sigma, "sigma")
     k = torch.arange(resolution, device=device, dtype=torch.float64)
     ksq = k[:, None] ** 2 + k[None, :] ** 2
@@ -81,9 +94,7 @@ def sample_cosine_grf(
     scale[0, 0] = 0.0
     x = torch.linspace(0.0, 1.0, resolution, device=device, dtype=torch.float64)
     basis = torch.cos(math.pi * x[:, None] * k[None, :])  # (N nodes, K modes)
-    xi = draw_normal((num_samples, 1, resolution, resolution), generator).to(device) * scale
-    field = basis @ xi @ basis.T
-    return field.to(dtype)
+    return basis, scale
 
 
 def threshold_coefficient(field: Tensor, high: float = 12.0, low: float = 3.0) -> Tensor:
