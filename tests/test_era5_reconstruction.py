@@ -20,6 +20,19 @@ from funcdiff.pde.shallow_water import ShallowWaterRun  # noqa: E402
 from funcdiff.training import train  # noqa: E402
 
 
+def tiny_sfno_config(path, channels, out_dir, *, steps: int, log_every: int = 0):
+    """The config of a tiny sphere model (sphere noise, SFNO 8 hidden channels, area-weighted loss) trained on
+    the zarr store ``path`` for ``steps`` steps on the CPU, with one checkpoint and evaluation at the end."""
+    return config_from_dict({
+        "data": {"source": "file", "path": str(path), "channels": list(channels)},
+        "noise": {"domain": "sphere", "smoothness": 2.0, "length_scale": 0.1},
+        "model": {"backbone": "sfno", "n_modes": [8, 8], "hidden_channels": 8, "n_layers": 2, "emb_dim": 16,
+                  "norm_groups": 4},
+        "train": {"steps": steps, "batch_size": 4, "warmup_steps": 4, "lr": 3e-3, "out_dir": str(out_dir),
+                  "checkpoint_every": steps, "eval_every": steps, "log_every": log_every,
+                  "latitude_weighted": True, "device": "cpu"}})
+
+
 def test_stations_guide_a_trained_sphere_model(tmp_path):
     with dask.config.set(scheduler="synchronous"):
         written = write_shallow_water_era5(tmp_path / "swe", ShallowWaterRun(nlat=33, spinup_days=1), days=4,
@@ -28,14 +41,7 @@ def test_stations_guide_a_trained_sphere_model(tmp_path):
                         attrs={"segment": "1D"})
     frames = FieldDataset.from_file(tmp_path / "frames.zarr", channels=("z500", "u500"))
     assert frames.fields.shape == (16, 2, 32, 64)  # 4 one-day trajectories of 4 frames, every frame a sample
-    config = config_from_dict({
-        "data": {"source": "file", "path": str(tmp_path / "frames.zarr"), "channels": ["z500", "u500"]},
-        "noise": {"domain": "sphere", "smoothness": 2.0, "length_scale": 0.1},
-        "model": {"backbone": "sfno", "n_modes": [8, 8], "hidden_channels": 8, "n_layers": 2, "emb_dim": 16,
-                  "norm_groups": 4},
-        "train": {"steps": 40, "batch_size": 4, "warmup_steps": 4, "lr": 3e-3, "out_dir": str(tmp_path / "run"),
-                  "checkpoint_every": 40, "eval_every": 40, "log_every": 20, "latitude_weighted": True,
-                  "device": "cpu"}})
+    config = tiny_sfno_config(tmp_path / "frames.zarr", ["z500", "u500"], tmp_path / "run", steps=40, log_every=20)
     train(config, progress=False)
     denoiser, meta = load_denoiser(tmp_path / "run", ema=False)
     assert meta.noise.as_dict()["domain"] == "sphere"

@@ -25,6 +25,8 @@ from funcdiff.tasks import load_truth, solve  # noqa: E402
 from funcdiff.tasks.solve import read_truth_file  # noqa: E402
 from funcdiff.training import Trainer, train  # noqa: E402
 
+from test_era5_reconstruction import tiny_sfno_config  # noqa: E402
+
 CHANNELS = ("z500", "u500")
 NOISE = {"z500": 20.0, "u500": 0.5}  # station measurement noise, ERA5 units (m² s⁻², m s⁻¹)
 SOLVE = ["--num-samples", "4", "--steps", "12", "--sigma-max", "20", "--no-progress"]
@@ -43,14 +45,7 @@ def sphere(tmp_path_factory):
                                    "heldout": ("2000-01-05T00", "2000-01-05T18")}.items():
             state = read_era5(written["wb2"], ",".join(CHANNELS), start=start, end=end)
             write_era5_zarr(state, root / f"{name}.zarr", res=5.625, attrs={"segment": "1D"})
-    config = config_from_dict({
-        "data": {"source": "file", "path": str(root / "frames.zarr"), "channels": list(CHANNELS)},
-        "noise": {"domain": "sphere", "smoothness": 2.0, "length_scale": 0.1},
-        "model": {"backbone": "sfno", "n_modes": [8, 8], "hidden_channels": 8, "n_layers": 2, "emb_dim": 16,
-                  "norm_groups": 4},
-        "train": {"steps": 200, "batch_size": 4, "warmup_steps": 4, "lr": 3e-3, "out_dir": str(root / "run"),
-                  "checkpoint_every": 200, "eval_every": 200, "log_every": 0, "latitude_weighted": True,
-                  "device": "cpu"}})
+    config = tiny_sfno_config(root / "frames.zarr", CHANNELS, root / "run", steps=200)
     train(config, progress=False)
     truth = load_truth(root / "heldout.zarr", CHANNELS, index=2).double()
     g = torch.Generator().manual_seed(0)
