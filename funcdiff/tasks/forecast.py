@@ -350,6 +350,10 @@ class Forecast:
         self.attrs = dict(attrs or {})
         self.path: Optional[Path] = None
 
+    def observations_for(self, init: int) -> Optional[TimedObservation]:
+        """The timed observations assimilated in the rollout of initial state ``init`` (None: no sensors)."""
+        return self.observations
+
     def blocks(self, init: int = 0, state: Optional[RolloutState] = None
                ) -> Iterator[tuple[list[int], Tensor, RolloutState]]:
         """The rollout of initial state ``init`` step by step (see :func:`rollout`)."""
