@@ -193,7 +193,10 @@ def test_forecast_user_errors_are_one_line(trained, tmp_path, capsys):
     assert "not a forecaster" in _fails(capsys, [*base[:2], str(tmp_path / "static"), *base[3:]])
     # observations outside the forecast (sensors up to lead 6, a forecast of 3 leads)
     assert _run_cli(tmp, tmp_path / "twin.nc", "--sensor-fraction", "0.1", "--sensor-every", "2") == 0
-    assert "outside the forecast" in _fails(capsys, base + ["--observations", str(tmp_path / "twin.sensors.nc")])
+    twin = str(tmp_path / "twin.sensors.nc")
+    assert "outside the forecast" in _fails(capsys, base + ["--index", "3", "--observations", twin])
+    # trajectory 3's sensors are not trajectory 0's (they were assimilated into it silently before)
+    assert "not for trajectory 0" in _fails(capsys, base + ["--observations", twin])
     # the initial file lacks the channel, or holds NaN
     import h5py
 
@@ -218,3 +221,65 @@ def test_python_api_takes_one_or_several_2d_initial_states():
     assert one.to_tensor().shape == (1, 2, 1, 3, 8, 8) and several.to_tensor().shape == (3, 2, 1, 3, 8, 8)
     scores = one.scores(torch.randn(1, 3, 8, 8))
     assert scores["crps"].shape == (1, 3) and scores["rank_histogram"].shape == (1, 3, 3)
+
+
+def test_twin_sensors_of_each_initial_state_come_from_its_own_trajectory(trained, tmp_path, capsys):
+    """Issue 18: with --index 6 --index 7 both rollouts assimilated trajectory 6's sensors. Each initial state now
+    observes its own truth, and its sensors equal those of a run that starts from it alone (same seed)."""
+    from funcdiff.guidance.timed import load_timed_observations
+
+    tmp, held_out = trained
+    a, b = held_out[:2]
+    common = ["--lead-steps", "6", "--members", "2", "--seed", "3", "--sensor-fraction", "0.25", "--sensor-every",
+              "2", "--sensor-noise", "0.01", "--no-progress", "--no-plot"]
+    run = ["forecast", "--checkpoint", str(tmp / "run"), "--initial", str(tmp / "adv.h5")]
+    assert main(run + ["--index", str(a), "--index", str(b), "--out", str(tmp_path / "two.nc"), *common]) == 0
+    assert main(run + ["--index", str(b), "--out", str(tmp_path / "one.nc"), *common]) == 0
+    two = load_timed_observations(tmp_path / "two.sensors.nc")
+    one = load_timed_observations(tmp_path / "one.sensors.nc")
+    assert two.init_index == (a, b) and one.init_index == (b,)
+    starts = {i: forecast_io.initial_from_file(tmp / "adv.h5", ("u",), i, None, 1) for i in (a, b)}
+    for k, i in enumerate((a, b)):
+        obs = two.observations[k]
+        truth = starts[i][1][:, [1, 3, 5]].movedim(1, 0).double()  # leads 2, 4, 6
+        noise_free = obs.sensors.observe(truth)
+        error = (obs.sensors.values - noise_free).abs().max()
+        assert 0 < float(error) < 0.06, (i, float(error))  # its own truth plus 1 % noise
+        other = starts[b if i == a else a][1][:, [1, 3, 5]].movedim(1, 0).double()
+        assert float((obs.sensors.values - obs.sensors.observe(other)).abs().max()) > 0.2
+    # the second state's sensors do not depend on the first sharing the run
+    torch.testing.assert_close(two.observations[1].sensors.values, one.observations[0].sensors.values)
+    torch.testing.assert_close(two.observations[1].sensors.coords, one.observations[0].sensors.coords)
+    # a sensor file serves the run of the same initial states, matched by index, in any order
+    assert main(run + ["--index", str(b), "--out", str(tmp_path / "again.nc"), "--observations",
+                       str(tmp_path / "two.sensors.nc"), *common[:6], "--no-progress", "--no-plot"]) == 0
+    with xr.open_dataset(tmp_path / "again.nc") as again, xr.open_dataset(tmp_path / "one.nc") as ds1:
+        np.testing.assert_allclose(again["u"].values, ds1["u"].values, rtol=1e-5, atol=1e-5)
+
+
+def test_one_observation_for_several_initial_states_is_refused():
+    from funcdiff.errors import UserError
+    from funcdiff.guidance.timed import make_timed_observation
+
+    fc = Forecaster(_Shift(), GaussianRandomField(dim=1), ForecastConfig(kind="rolling", horizon=2), ("u",))
+    truth = torch.randn(1, 5, 16)
+    obs = make_timed_observation(truth, [2, 4], fc.dt, fraction=0.25)
+    initial = torch.randn(2, 1, 1, 16)
+    with pytest.raises(UserError, match="one per initial state"):
+        Forecast(fc, initial, 4, members=2, observations=obs)
+    run = Forecast(fc, initial, 4, members=2, observations=[None, obs])
+    assert run.observations_for(0) is None and run.observations_for(1) is obs
+
+
+def test_sensor_flags_that_would_be_ignored_are_errors(trained, tmp_path, capsys):
+    tmp, held_out = trained
+    base = ["forecast", "--checkpoint", str(tmp / "run"), "--initial", str(tmp / "adv.h5"), "--index",
+            str(held_out[0]), "--lead-steps", "3", "--out", str(tmp_path / "e.nc"), "--no-progress", "--no-plot"]
+    assert "--sensor-fraction" in _fails(capsys, base + ["--sensor-every", "2"])
+    assert "--sensor-fraction" in _fails(capsys, base + ["--sensor-noise", "0.1"])
+    # sensors that stop where the truth ends: one warning line, the run goes on
+    long = [*base[:8], "30", *base[9:], "--members", "1", "--steps-per-frame", "1", "--sensor-fraction", "0.2",
+            "--sensor-every", "5"]
+    assert main(long) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "warning" in err[0] and "stop at lead 20 of 30" in err[0], err

@@ -104,8 +104,6 @@ def run_forecast_batch(args: argparse.Namespace) -> int:
         raise UserError("--observations hold the sensors of one start state; in batch mode use --sensor-fraction")
     if args.indices is not None and args.index:
         raise UserError("--indices selects the trajectories; --index goes with --init-times")
-    if args.sensor_fraction is not None and not 0 < args.sensor_fraction <= 1:
-        raise UserError(f"--sensor-fraction must be in (0, 1], got {args.sensor_fraction}")
     fc = load_forecaster(args.checkpoint, args.device)
     f = fc.forecast
     with user_errors():
@@ -115,11 +113,10 @@ def run_forecast_batch(args: argparse.Namespace) -> int:
                                init_times=args.init_times, trajectories=args.index, start_frame=args.start_frame)
     sensors = None
     if args.sensor_fraction is not None:
-        from funcdiff.cli.forecast import _twin_sensors
+        from funcdiff.cli.forecast import twin_sensors
 
-        def sensors(initial, truth, seed):
-            return _twin_sensors(argparse.Namespace(**{**vars(args), "seed": seed}), fc,
-                                 [(initial, truth, None, None)])
+        def sensors(initial, truth, seed, trajectory, frame):
+            return twin_sensors(args, fc, [trajectory], [(initial, truth, frame, None)], seed=seed, quiet=True)[0]
     run = BatchRun(args.out_dir, cases, signature_of(args, "forecast", forecaster=fc.name), "forecast")
     print(f"rank {run.rank}/{run.world}: {len(run.mine)} of {len(cases)} start states of {args.initial} -> "
           f"{args.out_dir}", flush=True)

@@ -27,7 +27,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--observations", default=None, help="timed sensors (netCDF with an obs_time coordinate)")
     parser.add_argument("--sensor-fraction", type=float, default=None,
                         help="twin experiment: observe this fraction of the grid in the --initial file's truth")
-    parser.add_argument("--sensor-every", type=positive_int, default=4, help="with --sensor-fraction: every N leads")
+    parser.add_argument("--sensor-every", type=positive_int, default=None,
+                        help="with --sensor-fraction: every N leads (default 4)")
     parser.add_argument("--sensor-noise", type=non_negative_float, default=0.0, help="sensor noise std (field units)")
     parser.add_argument("--steps-per-frame", type=positive_int, default=None,
                         help="solver steps per emitted frame (default: the config's forecast.steps_per_frame)")
@@ -47,30 +48,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_forecast(args: argparse.Namespace) -> int:
     from funcdiff.errors import UserError
-    from funcdiff.guidance.timed import load_timed_observation, save_timed_observation
     from funcdiff.tasks.forecast import Forecast, load_forecaster
     from funcdiff.tasks.forecast_io import initial_from_file
     from funcdiff.cli.batch import batch_requested, run_forecast_batch
 
+    check_sensor_flags(args)
     if batch_requested(args):
         return run_forecast_batch(args)
     if args.out is None:
         raise UserError("--out is required (or --indices/--init-times with --out-dir for a batch of start states)")
     fc = load_forecaster(args.checkpoint, args.device)
     f = fc.forecast
-    if args.observations and args.sensor_fraction is not None:
-        raise UserError("give either --observations or --sensor-fraction, not both")
+    indices = args.index or [0]
     starts = [initial_from_file(args.initial, fc.channel_names, i, args.start_frame, f.history, f.frame_step)
-              for i in (args.index or [0])]
-    observations = load_timed_observation(args.observations) if args.observations else None
+              for i in indices]
+    observations = None
+    if args.observations:
+        from funcdiff.guidance.timed import load_timed_observations
+
+        observations = load_timed_observations(args.observations, grid=fc.grid).for_starts(
+            [(i, s[2]) for i, s in zip(indices, starts)], args.observations)
     if args.sensor_fraction is not None:
-        observations = _twin_sensors(args, fc, starts)
-        save_timed_observation(observations, Path(args.out).with_suffix(".sensors.nc"))
+        observations = twin_sensors(args, fc, indices, starts)
     import torch
 
     run = Forecast(fc, torch.stack([s[0] for s in starts]), args.lead_steps, members=args.members, seed=args.seed,
                    steps_per_frame=args.steps_per_frame, solver=args.solver, observations=observations,
-                   batch_size=args.batch_size, init_index=args.index or [0], init_frame=[s[2] for s in starts],
+                   batch_size=args.batch_size, init_index=indices, init_frame=[s[2] for s in starts],
                    init_time=[s[3] for s in starts],
                    attrs={"checkpoint": str(args.checkpoint), "source_file": str(args.initial), "seed": args.seed,
                           "kind": f.kind, "config": {"forecast": vars(f), "members": args.members}})
@@ -84,22 +88,48 @@ def run_forecast(args: argparse.Namespace) -> int:
     return 0
 
 
-def _twin_sensors(args: argparse.Namespace, fc, starts):
-    """Sensors read from the truth after the first initial state, every ``--sensor-every`` leads."""
-    import torch
+def check_sensor_flags(args: argparse.Namespace) -> None:
+    """The sensor flags that go together: UserError for a combination that would be ignored or ambiguous."""
+    from funcdiff.errors import UserError
+
+    if args.observations and args.sensor_fraction is not None:
+        raise UserError("give either --observations or --sensor-fraction, not both")
+    if args.sensor_fraction is None:
+        for flag, value, default in (("--sensor-every", args.sensor_every, None), ("--sensor-noise",
+                                                                                 args.sensor_noise, 0.0)):
+            if value != default:
+                raise UserError(f"{flag} applies to twin-experiment sensors: give --sensor-fraction F too")
+    elif not 0 < args.sensor_fraction <= 1:
+        raise UserError(f"--sensor-fraction must be in (0, 1], got {args.sensor_fraction}")
+
+
+def twin_sensors(args: argparse.Namespace, fc, indices, starts, seed: int | None = None, quiet: bool = False):
+    """Twin-experiment sensors for each initial state, read from its own trajectory in --initial
+    (:func:`funcdiff.guidance.timed.twin_observation`), saved next to ``--out`` unless in batch mode (``quiet``).
+    Warns in one line when the truth ends before the last lead (sensors stop there)."""
+    import sys
 
     from funcdiff.errors import UserError
-    from funcdiff.guidance.timed import make_timed_observation
+    from funcdiff.guidance.timed import save_timed_observations, twin_leads, twin_observation
 
-    initial, truth, _, _ = starts[0]
-    if not 0 < args.sensor_fraction <= 1:
-        raise UserError(f"--sensor-fraction must be in (0, 1], got {args.sensor_fraction}")
-    available = min(args.lead_steps, truth.shape[1])
-    leads = list(range(args.sensor_every, available + 1, args.sensor_every))
-    if not leads:
-        raise UserError(f"no lead in 1..{available} (the forecast's leads with a truth frame in --initial) is a "
-                        f"multiple of --sensor-every {args.sensor_every}")
-    frames = torch.cat([initial[:, -1:], truth], dim=1)
-    return make_timed_observation(frames, leads, fc.dt, fraction=float(args.sensor_fraction),
-                                  channels=range(fc.channels), channel_names=fc.channel_names,
-                                  noise_std=args.sensor_noise, grid=fc.grid, seed=args.seed)
+    every = args.sensor_every or 4
+    seed = args.seed if seed is None else seed
+    observations = []
+    for index, (initial, truth, frame, _) in zip(indices, starts):
+        leads = twin_leads(args.lead_steps, truth.shape[1], every)
+        if not leads:
+            raise UserError(f"no lead in 1..{min(args.lead_steps, truth.shape[1])} (the forecast's leads with a "
+                            f"truth frame in --initial) is a multiple of --sensor-every {every}")
+        if truth.shape[1] < args.lead_steps:
+            print(f"funcdiff forecast: warning: trajectory {index} of {args.initial} ends {truth.shape[1]} frames "
+                  f"after start frame {frame}: its sensors stop at lead {leads[-1]} of {args.lead_steps}",
+                  file=sys.stderr)
+        observations.append(twin_observation(initial, truth, args.lead_steps, fc.dt, fraction=args.sensor_fraction,
+                                             every=every, channel_names=fc.channel_names,
+                                             noise_std=args.sensor_noise, grid=fc.grid, seed=seed,
+                                             trajectory=index, frame=frame))
+    if not quiet:
+        save_timed_observations(observations, Path(args.out).with_suffix(".sensors.nc"), init_index=indices,
+                                init_frame=[s[2] for s in starts], time_units=fc.time_units,
+                                units=list(fc.channel_units) or "1")
+    return observations

@@ -7,7 +7,7 @@ One layout for every file that holds sensors: ``funcdiff observe`` and :func:`sa
     observed_values(obs_sample, observed_channel, sensor)  float64, observed values in field units
     sensor_coords(sensor, dim)                             float64, sensor coordinates on the unit domain
     noise_std(observed_channel)                            float64, Gaussian measurement-noise std
-    channel_index(observed_channel)                        int64, index of the observed channel in the model state
+    channel_index(observed_channel)                        int32, index of the observed channel in the model state
     observed_channel                                       str coordinate, channel names
     sensor_coords.attrs: grid ("periodic" | "node"), grid_convention (text)
 
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -37,6 +38,8 @@ from funcdiff.errors import UserError
 from funcdiff.guidance.observations import SparseObservation
 from funcdiff.io.atomic import atomic_path
 
+INIT_DIM = "init"  # forecast sensor files (funcdiff.guidance.timed): one row of sensor values per initial state
+
 CONVENTIONS = {
     "periodic": "cell grid x_i = i/n on the torus [0, 1)^d",
     "node": "node grid x_i = i/(n-1) on [0, 1]^d including the boundary",
@@ -44,29 +47,63 @@ CONVENTIONS = {
 }
 
 
-def observation_to_dataset(observation: SparseObservation) -> xr.Dataset:
-    """The observation as an ``xarray.Dataset`` (layout in the module docstring)."""
+def observation_to_dataset(observation: SparseObservation, units: Sequence[str] | str = "1") -> xr.Dataset:
+    """The observation as an ``xarray.Dataset`` (layout in the module docstring), CF-1.8 attributes included.
+
+    ``units``: the observed channels' units (one string for all, or one per observed channel; ``"1"`` for
+    funcdiff's dimensionless PDE fields). When the channels share a unit it is ``observed_values``' ``units``;
+    when they differ (z500 in m2 s-2 beside u500 in m s-1) each channel keeps its own values and units, named in
+    the ``observed_units(observed_channel)`` coordinate. Stations on the sphere also get ``latitude(sensor)`` and
+    ``longitude(sensor)`` in degrees north/east.
+    """
     if observation.values is None:
         raise ValueError("cannot write an observation without values")
     names = observation.channel_names or tuple(f"channel_{c}" for c in observation.channels)
+    per_channel = [units] * len(names) if isinstance(units, str) else [str(u) for u in units]
+    if len(per_channel) != len(names):
+        raise ValueError(f"units: one per observed channel ({len(names)}), got {len(per_channel)}")
+    shared = per_channel[0] if len(set(per_channel)) == 1 else None
     grid = {"grid": observation.grid, "grid_convention": CONVENTIONS[observation.grid]}
     where = ({"long_name": "station (latitude, longitude)", "units": "degrees"} if observation.grid == "latlon" else
              {"long_name": "sensor coordinates on the unit domain", "units": "1"})
+    values_attrs = {"long_name": "observed values", "units": shared or "1"}
+    coords: dict = {"observed_channel": ("observed_channel", list(names), {"long_name": "observed channel"})}
+    if shared is None:
+        values_attrs["long_name"] = "observed values, each channel in its own units (observed_units)"
+        coords["observed_units"] = ("observed_channel", per_channel, {"long_name": "units of the observed channel"})
+    if observation.grid == "latlon":
+        lat, lon = observation.coords.double().cpu().numpy().T
+        coords["latitude"] = ("sensor", lat, {"standard_name": "latitude", "long_name": "station latitude",
+                                              "units": "degrees_north"})
+        coords["longitude"] = ("sensor", lon, {"standard_name": "longitude", "long_name": "station longitude",
+                                               "units": "degrees_east"})
+        values_attrs["coordinates"] = "latitude longitude"
     return xr.Dataset(
         {
             "observed_values": (("obs_sample", "observed_channel", "sensor"),
-                                observation.values.double().cpu().numpy(), {"long_name": "observed values"}),
+                                observation.values.double().cpu().numpy(), values_attrs),
             "sensor_coords": (("sensor", "dim"), observation.coords.double().cpu().numpy(),
                               {**where, **grid}),
             "noise_std": (("observed_channel",), observation.noise_std_per_channel().numpy(),
-                          {"long_name": "measurement-noise standard deviation"}),
-            "channel_index": (("observed_channel",), np.asarray(observation.channels, dtype=np.int64),
-                              {"long_name": "index of the observed channel in the model state"}),
+                          {"long_name": "measurement-noise standard deviation", "units": shared or "1"}),
+            "channel_index": (("observed_channel",), np.asarray(observation.channels, dtype=np.int32),
+                              {"long_name": "index of the observed channel in the model state", "units": "1"}),
         },
-        coords={"observed_channel": list(names)},
-        attrs={**grid, "has_channel_names": int(observation.channel_names is not None),
+        coords=coords,
+        attrs={"Conventions": "CF-1.8", "title": "funcdiff point observations (sensors)",
+               "history": history_line("observations written"), **grid,
+               "has_channel_names": int(observation.channel_names is not None),
                "funcdiff_version": funcdiff.__version__},
     )
+
+
+def history_line(what: str) -> str:
+    """A CF ``history`` entry: UTC time stamp, what was done, the funcdiff version and the command line."""
+    import datetime
+    import sys
+
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return f"{stamp}: {what} by funcdiff {funcdiff.__version__} ({' '.join(sys.argv[:1] + sys.argv[1:])[:500]})"
 
 
 def save_observation(observation: SparseObservation, path: str | os.PathLike) -> Path:
@@ -91,6 +128,15 @@ def load_observation(path: str | os.PathLike) -> SparseObservation:
         if isinstance(err, (FileNotFoundError, IsADirectoryError, PermissionError)):
             raise
         raise UserError(f"{path}: cannot read as netCDF ({err})") from err
+    if INIT_DIM in ds.dims:
+        raise UserError(f"{path} holds the sensors of {ds.sizes[INIT_DIM]} forecast initial state(s) (an "
+                        f"'{INIT_DIM}' dimension): give it to `funcdiff forecast --observations`")
+    return observation_from_dataset(ds, path)
+
+
+def observation_from_dataset(ds: xr.Dataset, path: str | os.PathLike) -> SparseObservation:
+    """The sensors of a dataset in the layout of the module docstring (one initial state: no ``init`` dimension);
+    ``path`` names the file in errors."""
     if "values" in ds and "coords" in ds:
         ds = ds.rename({k: v for k, v in LEGACY_NAMES.items() if k in ds.variables or k in ds.dims})
     missing = [v for v in ("observed_values", "sensor_coords", "channel_index") if v not in ds]

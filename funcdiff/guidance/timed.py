@@ -6,8 +6,18 @@ time units *after the forecast's initial state* (lead times: a sensor at time 4�
 :class:`~funcdiff.guidance.GuidedDenoiser` through :class:`FrameTerm` (Rozet & Louppe 2023 assimilate sparse,
 intermittent observations into Kolmogorov-flow trajectories in the same spirit, with whole-trajectory scores).
 
-File layout: the layout of :mod:`funcdiff.guidance.io` (one ``obs_sample`` row per time) plus a coordinate
-``obs_time(obs_sample)`` (float, model time units) -- so the static reader reads the sensors unchanged.
+Several initial states. Each initial state of a forecast has its own sensors, read from its own trajectory
+(:func:`twin_observation`); a :class:`~funcdiff.tasks.forecast.Forecast` takes one :class:`TimedObservation` per
+initial state.
+
+File layout: the layout of :mod:`funcdiff.guidance.io` (one ``obs_sample`` row per time) with one more leading
+dimension ``init`` (one row of values per initial state) and the coordinates::
+
+    observed_values(init, obs_sample, observed_channel, sensor)   float64, in the channels' units
+    obs_time(obs_sample)      float64, lead time: hours on the sphere, else dimensionless model time units
+    init_index(init), init_frame(init)   int32, trajectory index and start frame of each initial state
+
+Files of funcdiff <= 0.1 (no ``init`` dimension, one initial state) are still read.
 """
 
 from __future__ import annotations
@@ -24,7 +34,7 @@ import xarray as xr
 from torch import Tensor
 
 from funcdiff.errors import UserError
-from funcdiff.guidance.io import load_observation, observation_to_dataset
+from funcdiff.guidance.io import INIT_DIM, observation_from_dataset, observation_to_dataset
 from funcdiff.guidance.observations import SparseObservation, random_sensors
 from funcdiff.io.atomic import atomic_path
 from funcdiff.utils import expand_sigma
@@ -70,12 +80,16 @@ class TimedObservation:
 
 def make_timed_observation(truth: Tensor, frames: Sequence[int], dt: float, *, fraction: float | int,
                            channels: Sequence[int] = (0,), channel_names: Sequence[str] | None = None,
-                           noise_std: float = 0.0, grid: str = "periodic", seed: int = 0) -> TimedObservation:
+                           noise_std: float = 0.0, grid: str = "periodic", seed: int = 0,
+                           noise_seed: int | None = None) -> TimedObservation:
     """Sensors at fixed random grid points, read from ``truth`` at the lead ``frames`` (plus Gaussian noise).
 
     Args:
         truth: (C, L + 1, *S) physical frames, index 0 the initial state, index ℓ lead ℓ.
         frames: leads (≥ 1) that carry observations; fraction: share of grid points (float) or a count (int).
+        seed: draws the sensor positions (and the noise, unless ``noise_seed`` is given).
+        noise_seed: draws the measurement noise alone, so that sensors at the same positions (same ``seed``) on
+            several trajectories get independent noise (:func:`twin_observation`).
     Shapes: returns values (len(frames), C_obs, N).
     """
     gen = torch.Generator().manual_seed(int(seed))
@@ -87,29 +101,158 @@ def make_timed_observation(truth: Tensor, frames: Sequence[int], dt: float, *, f
     if not frames or min(frames) < 1 or max(frames) >= truth.shape[1]:
         raise UserError(f"observed leads {frames[:5]}... must lie in 1..{truth.shape[1] - 1} (the truth's frames)")
     values = op.observe(truth[:, frames].movedim(1, 0).double())
-    values = values + noise_std * torch.randn(values.shape, generator=gen, dtype=torch.float64)
+    noise_gen = gen if noise_seed is None else torch.Generator().manual_seed(int(noise_seed))
+    values = values + noise_std * torch.randn(values.shape, generator=noise_gen, dtype=torch.float64)
     return TimedObservation(op.with_values(values), torch.tensor(frames, dtype=torch.float64) * dt)
 
 
-def save_timed_observation(obs: TimedObservation, path: str | os.PathLike) -> Path:
-    """Write ``obs`` to netCDF atomically (layout in the module docstring)."""
-    ds = observation_to_dataset(obs.sensors)
-    ds = ds.assign_coords({TIME_DIM: ("obs_sample", obs.times.numpy(), {"long_name": "lead time of the observation",
-                                                                        "units": "model time units"})})
+def twin_leads(lead_steps: int, truth_leads: int, every: int) -> list[int]:
+    """The leads a twin experiment observes: every ``every``-th of 1..``lead_steps`` that has a truth frame
+    (``truth_leads`` of them follow the initial state). Empty when none does."""
+    return list(range(every, min(lead_steps, truth_leads) + 1, every))
+
+
+def twin_observation(initial: Tensor, truth: Tensor, lead_steps: int, dt: float, *, fraction: float, every: int,
+                     channel_names: Sequence[str], noise_std: float = 0.0, grid: str = "periodic", seed: int = 0,
+                     trajectory: int = 0, frame: int = 0) -> TimedObservation:
+    """Twin-experiment sensors of one initial state, read from *its own* trajectory's truth.
+
+    The positions depend on ``seed`` alone (one sensor network for every initial state of a run); the noise on
+    ``(seed, trajectory, frame)``. So an initial state's sensors and values are the same whether it runs alone or
+    beside others. Observes every ``every``-th lead that has a truth frame (:func:`twin_leads`); UserError if none.
+
+    Shapes: initial (C, history, *S), truth (C, L_avail, *S) physical (lead ℓ at index ℓ - 1).
+    """
+    if not 0 < fraction <= 1:
+        raise UserError(f"the sensor fraction must be in (0, 1], got {fraction}")
+    leads = twin_leads(lead_steps, truth.shape[1], every)
+    if not leads:
+        raise UserError(f"no lead in 1..{min(lead_steps, truth.shape[1])} (the forecast's leads with a truth frame) "
+                        f"is a multiple of every={every}")
+    frames = torch.cat([initial[:, -1:], truth], dim=1)
+    noise_seed = int(np.random.SeedSequence([int(seed), int(trajectory), int(frame)]).generate_state(1)[0])
+    return make_timed_observation(frames, leads, dt, fraction=float(fraction), channels=range(len(channel_names)),
+                                  channel_names=channel_names, noise_std=noise_std, grid=grid, seed=seed,
+                                  noise_seed=noise_seed)
+
+
+@dataclass(frozen=True)
+class SensorFile:
+    """The contents of a forecast sensor file: one :class:`TimedObservation` per initial state, with the
+    trajectory index and start frame of each (``None`` for a file of funcdiff <= 0.1, which held one state)."""
+
+    observations: tuple[TimedObservation, ...]
+    init_index: tuple[int, ...] | None = None
+    init_frame: tuple[int, ...] | None = None
+
+    def for_starts(self, starts: Sequence[tuple[int, int]], path: str | os.PathLike = "the sensor file"
+                   ) -> list[TimedObservation]:
+        """The observations of each ``(trajectory index, start frame)``, matched by index and frame (a file of
+        one state without them serves a run of one state). UserError naming the start that has no sensors."""
+        if self.init_index is None:
+            if len(starts) != 1 or len(self.observations) != 1:
+                raise UserError(f"{path} holds the sensors of one initial state without its trajectory index; "
+                                f"it cannot serve {len(starts)} initial states")
+            return list(self.observations)
+        keys = list(zip(self.init_index, self.init_frame or [None] * len(self.init_index)))
+        out = []
+        for index, frame in starts:
+            match = [k for k, key in enumerate(keys) if key[0] == index and key[1] in (frame, None)]
+            if not match:
+                raise UserError(f"{path} holds sensors for the initial states (index, frame) {keys}, not for "
+                                f"trajectory {index} at frame {frame}")
+            out.append(self.observations[match[0]])
+        return out
+
+
+def time_attrs(time_units: str = "model time units") -> dict:
+    """CF attributes of a lead-time coordinate: hours for a calendar time axis ("hours since ..."), else
+    dimensionless with the model's time unit in ``long_name``."""
+    duration = time_units.split(" since ")[0].strip()
+    if " since " in time_units:
+        return {"long_name": "lead time of the observation", "units": duration}
+    return {"long_name": f"lead time of the observation ({duration})", "units": "1"}
+
+
+def save_timed_observations(observations: Sequence[TimedObservation], path: str | os.PathLike, *,
+                            init_index: Sequence[int], init_frame: Sequence[int] | None = None,
+                            time_units: str = "model time units", units: Sequence[str] | str = "1") -> Path:
+    """Write the sensors of several initial states to one netCDF file atomically (layout in the module
+    docstring, plus an ``init`` dimension): they must share positions, channels and times, as twin sensors do.
+    ``units``: the observed channels' units; ``time_units``: the forecaster's (hours on the sphere)."""
+    if not observations or len(observations) != len(init_index):
+        raise ValueError(f"one initial-state index per observation: {len(observations)} observations, "
+                         f"{len(init_index)} indices")
+    first = observations[0]
+    for obs in observations[1:]:
+        if (not torch.equal(obs.times, first.times) or not torch.equal(obs.sensors.coords, first.sensors.coords)
+                or obs.sensors.channels != first.sensors.channels):
+            raise ValueError("the initial states' sensors differ in times, positions or channels: save each with "
+                             "its own save_timed_observations call")
+    values = torch.stack([o.sensors.values for o in observations])  # (n_init, K, C_obs, N)
+    ds = observation_to_dataset(first.sensors.with_values(values[0]), units=units)
+    ds["observed_values"] = ((INIT_DIM, *ds["observed_values"].dims), values.double().numpy(),
+                             ds["observed_values"].attrs)
+    init_coords = {"init_index": (INIT_DIM, np.asarray(init_index, dtype=np.int32),
+                                  {"long_name": "trajectory index of the initial state", "units": "1"})}
+    if init_frame is not None:
+        init_coords["init_frame"] = (INIT_DIM, np.asarray(init_frame, dtype=np.int32),
+                                     {"long_name": "frame of the initial state in its trajectory", "units": "1"})
+    ds = ds.assign_coords({TIME_DIM: ("obs_sample", first.times.numpy(), time_attrs(time_units)), **init_coords})
+    ds.attrs["title"] = "funcdiff forecast sensors (one row of values per initial state and observation time)"
     with atomic_path(path) as tmp:
         ds.to_netcdf(tmp, engine="netcdf4")
     return Path(path)
 
 
-def load_timed_observation(path: str | os.PathLike) -> TimedObservation:
-    """Read a file written by :func:`save_timed_observation`; UserError for a file without observation times."""
+def save_timed_observation(obs: TimedObservation, path: str | os.PathLike, *, init_index: int = 0,
+                           init_frame: int | None = None, time_units: str = "model time units",
+                           units: Sequence[str] | str = "1") -> Path:
+    """Write the sensors of one initial state (:func:`save_timed_observations` with one entry)."""
+    return save_timed_observations([obs], path, init_index=[init_index],
+                                   init_frame=None if init_frame is None else [init_frame], time_units=time_units,
+                                   units=units)
+
+
+def load_timed_observations(path: str | os.PathLike, grid: str | None = None) -> SensorFile:
+    """Read a file written by :func:`save_timed_observations` (or the one-state file of funcdiff <= 0.1).
+    UserError for a file without observation times, or whose stations are on another ``grid`` than the model's
+    (lat-lon stations for a torus model, say)."""
     with xr.open_dataset(path, engine="netcdf4") as ds:
-        if TIME_DIM not in ds.coords:
-            raise UserError(f"{path} has no '{TIME_DIM}' coordinate: it is not a file of timed observations "
-                            "(make one with `funcdiff forecast --sensor-fraction F` or save_timed_observation)")
-        times = torch.tensor(np.asarray(ds[TIME_DIM].values, dtype=np.float64))
-    static = load_observation(path)
-    return TimedObservation(static, times)
+        ds = ds.load()
+    file_grid = _grid_of(ds)
+    if grid is not None and file_grid and file_grid != grid:
+        raise UserError(f"{path} holds sensors on a {file_grid!r} grid "
+                        f"({'lat-lon stations' if file_grid == 'latlon' else 'unit-domain positions'}) but the "
+                        f"model's grid is {grid!r}")
+    if TIME_DIM not in ds.coords:
+        raise UserError(f"{path} has no '{TIME_DIM}' coordinate: it is not a file of timed observations "
+                        "(make one with `funcdiff forecast --sensor-fraction F` or save_timed_observations)")
+    times = torch.tensor(np.asarray(ds[TIME_DIM].values, dtype=np.float64))
+    if INIT_DIM not in ds.dims:
+        return SensorFile((TimedObservation(observation_from_dataset(ds, path), times),))
+    observations = tuple(TimedObservation(observation_from_dataset(ds.isel({INIT_DIM: i}), path), times)
+                         for i in range(ds.sizes[INIT_DIM]))
+    frames = tuple(int(f) for f in ds["init_frame"].values) if "init_frame" in ds.coords else None
+    return SensorFile(observations, tuple(int(i) for i in ds["init_index"].values), frames)
+
+
+def load_timed_observation(path: str | os.PathLike) -> TimedObservation:
+    """The sensors of a file holding one initial state (:func:`load_timed_observations` for several)."""
+    contents = load_timed_observations(path)
+    if len(contents.observations) != 1:
+        raise UserError(f"{path} holds the sensors of {len(contents.observations)} initial states; read them with "
+                        "load_timed_observations")
+    return contents.observations[0]
+
+
+def _grid_of(ds: xr.Dataset) -> str:
+    """The grid of the sensors in ``ds`` ("periodic", "node", "latlon"), or "" when it holds no sensors."""
+    if "sensor_coords" in ds:
+        grid = str(ds["sensor_coords"].attrs.get("grid", ds.attrs.get("grid", "")))
+        return {"nodes": "node"}.get(grid, grid)
+    lat, lon = ds.variables.get("latitude"), ds.variables.get("longitude")
+    return "latlon" if lat is not None and lon is not None and lat.ndim == 1 and lat.dims == lon.dims else ""
 
 
 class FrameTerm:

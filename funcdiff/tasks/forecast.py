@@ -275,8 +275,46 @@ def _window_denoiser(fc: Forecaster, history: Tensor, emitted: int, terms_for_le
     return GuidedDenoiser(denoiser, terms, fc.noise, sigma_data=fc.sigma_data)
 
 
+def per_initial_state(observations: TimedObservation | Sequence[Optional[TimedObservation]] | None,
+                      n_init: int) -> tuple[Optional[TimedObservation], ...]:
+    """One entry per initial state: ``observations`` as given (a sequence of ``n_init``), one
+    :class:`TimedObservation` for a single initial state, or ``None`` (no sensors). UserError for one
+    observation given to several initial states: their trajectories differ, so one set of values is wrong for
+    all but one (make each with :func:`funcdiff.guidance.timed.twin_observation` from its own trajectory)."""
+    if observations is None:
+        return (None,) * n_init
+    if isinstance(observations, TimedObservation):
+        if n_init != 1:
+            raise UserError(f"one set of timed observations for {n_init} initial states: give one per initial "
+                            "state (a list, None where a state has no sensors), each read from its own trajectory")
+        return (observations,)
+    observations = tuple(observations)
+    if len(observations) != n_init:
+        raise UserError(f"{len(observations)} sets of timed observations for {n_init} initial states: give one per "
+                        "initial state")
+    return observations
+
+
+def observation_digest(observation: TimedObservation) -> str:
+    """A short hash of the sensors (positions, channels, noise, times, values): part of a run's signature, so a
+    forecast is never resumed with other sensors."""
+    import hashlib
+
+    s = observation.sensors
+    h = hashlib.blake2b(digest_size=12)
+    for t in (s.coords, s.values, observation.times, s.noise_std_per_channel()):
+        h.update(t.detach().double().cpu().numpy().tobytes())
+    h.update(repr((s.channels, s.grid)).encode())
+    return h.hexdigest()
+
+
 def observation_terms(fc: Forecaster, observation: TimedObservation, lead_steps: int) -> TermsForLead:
     """lead -> guidance terms of the sensors at that lead (physical values; the terms decode the model state)."""
+    grids = {observation.sensors.grid, fc.grid}
+    if "latlon" in grids and len(grids) == 2:
+        raise UserError(f"the sensors are on a {observation.sensors.grid!r} grid "
+                        f"({'lat-lon stations' if observation.sensors.grid == 'latlon' else 'unit-domain positions'})"
+                        f" but the forecaster's grid is {fc.grid!r}")
     leads = observation.leads(fc.dt, lead_steps)
     by_lead: dict[int, list] = {}
     for k, lead in enumerate(leads):
@@ -329,7 +367,8 @@ class Forecast:
 
     def __init__(self, forecaster: Forecaster, initial: Tensor, lead_steps: int, *, members: int = 8, seed: int = 0,
                  steps_per_frame: Optional[int] = None, solver: str = "heun",
-                 observations: Optional[TimedObservation] = None, batch_size: Optional[int] = None,
+                 observations: TimedObservation | Sequence[Optional[TimedObservation]] | None = None,
+                 batch_size: Optional[int] = None,
                  init_index: Optional[Sequence[int]] = None, init_frame: Optional[Sequence[int]] = None,
                  init_time: Optional[Sequence[float]] = None, attrs: Optional[dict] = None) -> None:
         single = initial.ndim == 2 + forecaster.noise.dim  # (C, T0, *S) rather than (n_init, C, T0, *S)
@@ -340,9 +379,11 @@ class Forecast:
         self.forecaster, self.initial, self.lead_steps = forecaster, initial, int(lead_steps)
         self.members, self.seed, self.solver = int(members), int(seed), solver
         self.steps_per_frame = int(steps_per_frame or forecaster.forecast.steps_per_frame)
-        self.observations, self.batch_size = observations, batch_size
-        if observations is not None:
-            observation_terms(forecaster, observations, self.lead_steps)  # checks times and channels now
+        self.batch_size = batch_size
+        self.observations = per_initial_state(observations, n)
+        for obs in self.observations:
+            if obs is not None:
+                observation_terms(forecaster, obs, self.lead_steps)  # checks times, channels and grid now
         self.init_index = tuple(int(i) for i in (init_index if init_index is not None else range(n)))
         self.init_frame = tuple(int(f) for f in (init_frame if init_frame is not None else [initial.shape[2] - 1] * n))
         self.init_time = tuple(float(t) for t in (init_time if init_time is not None else
@@ -352,13 +393,14 @@ class Forecast:
 
     def observations_for(self, init: int) -> Optional[TimedObservation]:
         """The timed observations assimilated in the rollout of initial state ``init`` (None: no sensors)."""
-        return self.observations
+        return self.observations[init]
 
     def blocks(self, init: int = 0, state: Optional[RolloutState] = None
                ) -> Iterator[tuple[list[int], Tensor, RolloutState]]:
         """The rollout of initial state ``init`` step by step (see :func:`rollout`)."""
         return rollout(self.forecaster, self.initial[init], self.lead_steps, members=self.members, seed=self.seed,
-                       steps_per_frame=self.steps_per_frame, solver=self.solver, observations=self.observations,
+                       steps_per_frame=self.steps_per_frame, solver=self.solver,
+                       observations=self.observations_for(init),
                        batch_size=self.batch_size, state=state, offset=init)
 
     def frames(self, init: int = 0) -> Iterator[tuple[int, Tensor]]:
@@ -376,7 +418,8 @@ class Forecast:
         return {"forecaster": self.forecaster.name, "lead_steps": self.lead_steps, "members": self.members,
                 "seed": self.seed, "steps_per_frame": self.steps_per_frame, "solver": self.solver,
                 "batch_size": self.batch_size, "init_index": list(self.init_index),
-                "init_frame": list(self.init_frame), "observations": self.observations is not None,
+                "init_frame": list(self.init_frame),
+                "observations": [None if o is None else observation_digest(o) for o in self.observations],
                 "initial_sum": float(self.initial.double().sum())}
 
     def save(self, path: str | os.PathLike, *, progress: bool = False) -> Path:
@@ -407,13 +450,25 @@ class Forecast:
             raise UserError(f"the truth has {truth.shape[2]} leads, the forecast {self.lead_steps}")
         return lead_scores(self.to_tensor(), truth[:, :, :self.lead_steps].to(torch.float32))
 
-    def plot(self, path: str | os.PathLike, truth: Optional[Tensor] = None, init: int = 0) -> Path:
-        """PNG of truth (if given), ensemble mean, two members and the spread at a few leads, truth and estimates
-        on one colour scale. Shapes: truth (C, L', *S) for initial state ``init``."""
-        from funcdiff.tasks.forecast_io import plot_forecast
+    def plot(self, path: str | os.PathLike, truth: Optional[Tensor] = None, init: int = 0,
+             channels: Optional[Sequence[str]] = None) -> Path:
+        """PNG of :meth:`figure` (same arguments)."""
+        from funcdiff.io.plots import save_figure
 
-        return plot_forecast(self.to_tensor()[init], path, truth=truth, dt=self.forecaster.dt,
-                             channel_names=self.forecaster.channel_names)
+        return save_figure(self.figure(truth, init, channels), path)
+
+    def figure(self, truth: Optional[Tensor] = None, init: int = 0, channels: Optional[Sequence[str]] = None):
+        """Matplotlib Figure of truth (if given), ensemble mean, two members and the spread at a few leads of
+        every channel (or the ``channels`` named), truth and estimates on one colour scale with units, the
+        initial state in the title and the assimilated sensors marked
+        (:func:`funcdiff.tasks.forecast_io.forecast_figure`). Shapes: truth (C, L', *S) for initial state ``init``."""
+        from funcdiff.tasks.forecast_io import forecast_figure
+
+        f = self.forecaster
+        return forecast_figure(self.to_tensor()[init], truth=truth, dt=f.dt, channel_names=f.channel_names,
+                               channels=channels, channel_units=f.channel_units, grid=f.grid,
+                               time_units=f.time_units, observations=self.observations_for(init),
+                               init=(self.init_index[init], self.init_frame[init], self.init_time[init]))
 
 
 def forecast(model: Forecaster | str | os.PathLike, initial: Tensor, lead_steps: int, *, members: int = 8,
