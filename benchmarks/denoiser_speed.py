@@ -1,0 +1,221 @@
+"""One denoiser call against neuraloperator's own FNO and against a measured floor, 64² to 1024² (issue 20).
+
+Usage: python benchmarks/denoiser_speed.py [--quick] [--threads 1] [--grids 64 128 ...] [--out FILE.json]
+
+Rows: {"grid", "impl", "pass", "batch", "threads", "dtype", "seconds", "peak_mb"} with
+  impl  funcdiff      the EDM-preconditioned noise-conditioned FNO denoiser ``D(x; sigma)`` (FiLM, GroupNorm, MLPs)
+        neuralop-fno  ``neuralop.models.FNO`` of the same width, modes and layers (its defaults otherwise)
+        floor         what one call must cost on this machine, computed from measurements made here (below)
+  pass  forward       eval, ``torch.no_grad``
+        train-step    train mode, forward + backward of a mean-square loss (no optimiser step)
+``seconds`` is the median over repeats; funcdiff and neuraloperator are timed interleaved (call A, call B, A, B, ...)
+so that load from other jobs on a shared machine hits both alike. ``peak_mb`` is the peak of the memory allocated
+during one call above what was allocated before it (CPU: from the profiler's allocation events; CUDA: the
+allocator's peak). funcdiff rows also carry ``vs_neuralop`` (seconds / neuraloperator's), ``vs_floor`` and
+``growth`` (seconds / seconds at half the side).
+
+The floor of a forward call (width C, L layers, batch B, grid N², fields of B·C·N² float32):
+  L × (rfft2 + irfft2 of the hidden field), each timed here on a (B, C, N, N) tensor;
+  the pointwise matmuls (lifting, per block the 1×1 skip C→C and the MLP C→2C→C, projection C→2C→out) at the
+  GEMM rate measured here on a (2C, C) @ (C, B·N²) product;
+  the elementwise passes at the memory bandwidth measured here with ``torch.add(a, b, out=c)`` (3 fields moved):
+  per block GroupNorm statistics (read 1 field), normalise+FiLM+GELU fused (read+write 1 field: 2), the MLP's GELU
+  at 2C (4), the projection's GELU at 2C (4); the additions (spectral + skip, residual) are counted as fused into
+  the GEMMs. A train step's floor is 2× the FFTs, 3× the GEMMs and 3× the elementwise traffic of the forward.
+
+    python benchmarks/denoiser_speed.py --quick --out benchmarks/results/denoiser_speed_quick.json
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import parser, print_table, write_json  # noqa: E402
+
+from funcdiff.models import build_denoiser  # noqa: E402
+
+WIDTH, MODES, LAYERS, CHANNELS = 32, 16, 4, 2
+MODEL = {"backbone": "fno", "in_channels": CHANNELS, "out_channels": CHANNELS, "n_modes": [MODES, MODES],
+         "hidden_channels": WIDTH, "n_layers": LAYERS, "sigma_data": 0.5}
+COLUMNS = ["grid", "impl", "pass", "batch", "threads", "dtype", "seconds", "peak_mb", "vs_neuralop", "vs_floor",
+           "growth"]
+
+
+def neuralop_fno() -> torch.nn.Module:
+    from neuralop.models import FNO
+
+    return FNO(n_modes=(MODES, MODES), in_channels=CHANNELS, out_channels=CHANNELS, hidden_channels=WIDTH,
+               n_layers=LAYERS)
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def timed(fn, device: str) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def median_time(fn, repeats: int, device: str) -> float:
+    fn()
+    return statistics.median(timed(fn, device) for _ in range(repeats))
+
+
+def peak_mb(fn, device: str) -> float:
+    """Peak memory allocated during ``fn()`` above what was allocated before it, in MiB."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    from torch._C._profiler import _EventType
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    sizes: list[tuple[int, int]] = []  # (time, bytes allocated (+) or freed (-)) of every allocator event
+
+    def walk(nodes) -> None:
+        for node in nodes:
+            if node.tag == _EventType.Allocation:
+                sizes.append((node.start_time_ns, node.extra_fields.alloc_size))
+            walk(node.children)
+
+    walk(prof.profiler.kineto_results.experimental_event_tree())
+    current = peak = 0
+    for _, size in sorted(sizes):
+        current += size
+        peak = max(peak, current)
+    return peak / 2**20
+
+
+def calls(model: torch.nn.Module, is_denoiser: bool, pass_: str, x: torch.Tensor, sigma: torch.Tensor,
+          dtype: torch.dtype):
+    """A zero-argument function making one call of ``pass_``."""
+    autocast = dtype != torch.float32
+    device_type = x.device.type
+
+    def run():
+        with torch.autocast(device_type, dtype=dtype, enabled=autocast):
+            return model(x, sigma) if is_denoiser else model(x)
+
+    if pass_ == "forward":
+        model.eval()
+
+        def forward():
+            with torch.no_grad():
+                run()
+        return forward
+    model.train()
+    target = torch.randn_like(x)
+
+    def train_step():
+        model.zero_grad(set_to_none=True)
+        loss = (run().float() - target).square().mean()
+        loss.backward()
+    return train_step
+
+
+def floor_seconds(n: int, batch: int, repeats: int, device: str) -> dict[str, float]:
+    """The measured forward and train-step floors of one call at grid n² (see the module docstring)."""
+    c = WIDTH
+    h = torch.randn(batch, c, n, n, device=device)
+    h_hat = torch.fft.rfft2(h)
+    t_fft = median_time(lambda: torch.fft.rfft2(h), repeats, device) + median_time(
+        lambda: torch.fft.irfft2(h_hat, s=(n, n)), repeats, device)
+    del h_hat
+    w = torch.randn(2 * c, c, device=device)
+    cols = h.reshape(batch, c, -1).transpose(0, 1).reshape(c, -1) if batch > 1 else h.reshape(c, -1)
+    cols = cols.contiguous()
+    t_gemm = median_time(lambda: torch.mm(w, cols), repeats, device)
+    gemm_rate = 2 * (2 * c) * c * cols.shape[1] / t_gemm
+    out = torch.empty_like(h)
+    t_add = median_time(lambda: torch.add(h, h, out=out), repeats, device)
+    field_bytes = h.numel() * h.element_size()
+    bandwidth = 3 * field_bytes / t_add
+    points = batch * n * n
+    lift_in = CHANNELS + 4  # the state and sin/cos grid features of the 2 dims
+    gemm_flops = 2 * points * (lift_in * c + LAYERS * (c * c + 2 * c * c + 2 * c * c) + 2 * c * c + 2 * c * CHANNELS)
+    elementwise_fields = LAYERS * (1 + 2 + 4) + 4
+    forward = LAYERS * t_fft + gemm_flops / gemm_rate + elementwise_fields * field_bytes / bandwidth
+    train = 2 * LAYERS * t_fft + 3 * gemm_flops / gemm_rate + 3 * elementwise_fields * field_bytes / bandwidth
+    return {"forward": forward, "train-step": train, "fft_seconds": t_fft, "gemm_gflops": gemm_rate / 1e9,
+            "bandwidth_gbs": bandwidth / 1e9}
+
+
+def main() -> None:
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--grids", type=int, nargs="+", default=None, help="grid sides (default 64..1024; quick: ..512)")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--memory-batch", type=int, default=8,
+                   help="batch of the extra train-step rows at 256² that compare peak memory (0: none)")
+    p.add_argument("--repeats", type=int, default=None, help="timed calls per implementation (default 5; quick 3)")
+    p.add_argument("--passes", nargs="+", default=["forward", "train-step"], choices=["forward", "train-step"])
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    device = args.device
+    grids = args.grids or ([64, 128, 256, 512] if args.quick else [64, 128, 256, 512, 1024])
+    ours = build_denoiser(MODEL).to(device)
+    theirs = neuralop_fno().to(device)
+    jobs = [(n, args.batch, pass_) for n in grids for pass_ in args.passes]
+    if args.memory_batch and 256 in grids and "train-step" in args.passes:
+        jobs.append((256, args.memory_batch, "train-step"))
+    rows = []
+    for n, batch, pass_ in jobs:
+        repeats = args.repeats or (3 if args.quick else 5)
+        if n >= 1024 or (batch > 1 and args.quick):
+            repeats = min(repeats, 3 if not args.quick else 2)
+        x = torch.randn(batch, CHANNELS, n, n, device=device)
+        sigma = torch.full((batch,), 0.7, device=device)
+        fns = {"funcdiff": calls(ours, True, pass_, x, sigma, torch.float32),
+               "neuralop-fno": calls(theirs, False, pass_, x, sigma, torch.float32)}
+        peaks = {name: peak_mb(fn, device) for name, fn in fns.items()}  # also the warm-up call
+        times: dict[str, list[float]] = {name: [] for name in fns}
+        for _ in range(repeats):  # interleaved
+            for name, fn in fns.items():
+                times[name].append(timed(fn, device))
+        floor = floor_seconds(n, batch, max(repeats, 5), device)
+        common = {"grid": n, "pass": pass_, "batch": batch, "threads": torch.get_num_threads(), "dtype": "float32"}
+        seconds = {name: statistics.median(t) for name, t in times.items()}
+        for name in fns:
+            row = {**common, "impl": name, "seconds": seconds[name], "peak_mb": peaks[name]}
+            if name == "funcdiff":
+                row.update(vs_neuralop=seconds[name] / seconds["neuralop-fno"],
+                           vs_floor=seconds[name] / floor[pass_])
+            rows.append(row)
+        rows.append({**common, "impl": "floor", "seconds": floor[pass_], "peak_mb": None,
+                     "fft_seconds": floor["fft_seconds"], "gemm_gflops": floor["gemm_gflops"],
+                     "bandwidth_gbs": floor["bandwidth_gbs"]})
+        print(f"{n}² {pass_} batch {batch}: " + ", ".join(f"{k} {v:.4g} s" for k, v in seconds.items())
+              + f", floor {floor[pass_]:.4g} s", flush=True)
+    for row in rows:
+        if row["impl"] == "funcdiff":
+            half = [r for r in rows if r["impl"] == "funcdiff" and r["pass"] == row["pass"]
+                    and r["batch"] == row["batch"] and r["dtype"] == row["dtype"] and r["grid"] * 2 == row["grid"]]
+            if half:
+                row["growth"] = row["seconds"] / half[0]["seconds"]
+    print_table(rows, COLUMNS)
+    out = args.out or Path(__file__).resolve().parent / "results" / (
+        "denoiser_speed_quick.json" if args.quick else "denoiser_speed.json")
+    write_json(rows, out, {"benchmark": "denoiser_speed", "model": MODEL, "neuralop_fno": {
+        "n_modes": [MODES, MODES], "hidden_channels": WIDTH, "n_layers": LAYERS}, "quick": args.quick,
+        "threads": torch.get_num_threads()})
+
+
+if __name__ == "__main__":
+    main()
