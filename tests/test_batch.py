@@ -272,6 +272,38 @@ def test_forecast_init_times_on_two_ranks_equal_one_rank(forecaster, tmp_path, m
     torch.testing.assert_close(members[5], alone[0], rtol=0, atol=0)
 
 
+# Run before anything is imported: dask looks not installed (find_spec None, import fails), as after `pip install -e .`.
+NO_DASK = """
+import sys
+class _NoDask:
+    def __init__(self, inner):
+        self.inner = inner
+    def find_spec(self, name, path=None, target=None):
+        return None if name.split(".")[0] == "dask" else self.inner.find_spec(name, path, target)
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+sys.meta_path[:] = [_NoDask(f) if hasattr(f, "find_spec") else f for f in sys.meta_path]
+"""
+
+
+def test_merge_needs_no_dask(darcy, forecaster, tmp_path, monkeypatch):
+    """`funcdiff merge` works in the base install (dask is only in the test/era5 extras): a process in which dask
+    cannot be imported merges solve and forecast parts into the same file as this process does."""
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert main(_solve_cmd(darcy, tmp_path / "solve", "--indices", "0:3")) == 0
+    assert main(_forecast_cmd(forecaster, tmp_path / "forecast", "--init-times", "0.4/0.8/0.2", "--index", "1")) == 0
+    code = NO_DASK + "import importlib.util; assert importlib.util.find_spec('dask') is None\n" \
+        "from funcdiff.cli import main; sys.exit(main(['merge', sys.argv[1], '--out', sys.argv[2]]))"
+    for kind, cases in (("solve", 3), ("forecast", 3)):
+        run = subprocess.run([sys.executable, "-c", code, str(tmp_path / kind), str(tmp_path / f"{kind}-nodask.nc")],
+                             env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                             timeout=300)
+        assert run.returncode == 0, run.stderr[-3000:]
+        assert f"({cases} cases)" in run.stdout
+        assert same_result(merge_parts(tmp_path / kind), tmp_path / f"{kind}-nodask.nc")
+
+
 def test_forecast_batch_errors(forecaster, tmp_path, capsys):
     tmp = forecaster
     assert main(_forecast_cmd(tmp, tmp_path / "a", "--init-times", "0.4/9.0/0.2")) == 2

@@ -359,7 +359,9 @@ def merge_parts(out_dir: str | os.PathLike, out: Optional[str | os.PathLike] = N
     Solve parts gain a leading ``case`` dimension (coordinate: the sample index); forecast parts are joined along
     ``init_time`` (the layout of a multi-start forecast file) with ``case`` (position in the list) as a coordinate
     on it. Attributes that differ between cases (metrics, seeds) become variables along the case dimension.
-    Parts are read lazily (dask), so the merge needs memory for one part at a time. UserError if a case is missing.
+    Needs no dask (the base install has none): each part is opened with ``xr.open_dataset(cache=False)`` and the
+    parts are concatenated, so the merge holds the merged result in memory once (no second copy of the parts).
+    UserError if a case is missing.
     """
     out_dir = Path(out_dir)
     manifest = read_manifest(out_dir)
@@ -391,16 +393,18 @@ def merge_parts(out_dir: str | os.PathLike, out: Optional[str | os.PathLike] = N
             ds[k] = ((dim,), [v])
         return ds
 
-    merged = xr.open_mfdataset([str(p) for p in paths], combine="nested", concat_dim=dim, preprocess=prepare,
-                               data_vars="all" if not forecast else "minimal", coords="minimal", compat="override",
-                               combine_attrs="override", engine="netcdf4", parallel=False)
+    # What xr.open_mfdataset(combine="nested") does, without its dask chunks.
+    parts = [xr.open_dataset(p, engine="netcdf4", cache=False) for p in paths]
     try:
+        merged = xr.concat([prepare(ds) for ds in parts], dim=dim, data_vars="all" if not forecast else "minimal",
+                           coords="minimal", compat="override", join="outer", combine_attrs="override")
         merged.attrs.update({"batch_cases": len(cases), "batch_kind": manifest["kind"]})
         merged.attrs.pop(SIGNATURE_ATTR, None)
         merged.attrs[SIGNATURE_ATTR] = signature
         path = write_netcdf(merged, out if out is not None else out_dir / MERGED)
     finally:
-        merged.close()
+        for ds in parts:
+            ds.close()
     return path
 
 
