@@ -139,7 +139,7 @@ def test_twin_stations_from_the_truth_store_same_seed_same_result(sphere, capsys
         with xr.open_dataset(out) as ds:
             runs.append(ds.load())
     a, b = runs
-    assert list(a["observed_channel"].values) == ["z500"] and a.sizes["sensor"] == round(0.05 * 32 * 64)
+    assert list(a["channel_name"].values) == ["z500"] and a.sizes["sensor"] == round(0.05 * 32 * 64)
     again = _loaded(tmp_path / "a.nc")  # a posterior's stations are a station file for the next solve
     assert again.grid == "latlon" and again.channel_names == ("z500",) and again.values.shape == (1, 1, 102)
     np.testing.assert_array_equal(a["u500_mean"].values, b["u500_mean"].values)

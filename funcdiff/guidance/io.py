@@ -8,7 +8,7 @@ One layout for every file that holds sensors: ``funcdiff observe`` and :func:`sa
     sensor_coords(sensor, dim)                             float64, sensor coordinates on the unit domain
     noise_std(observed_channel)                            float64, Gaussian measurement-noise std
     channel_index(observed_channel)                        int32, index of the observed channel in the model state
-    observed_channel                                       str coordinate, channel names
+    channel_name(observed_channel)                         str, channel names (``observed_channel`` before 0.2)
     sensor_coords.attrs: grid ("periodic" | "node"), grid_convention (text)
 
 Stations on the sphere (grid ``"latlon"``) keep ``sensor_coords`` as (latitude, longitude) in degrees. A plain
@@ -53,7 +53,8 @@ def observation_to_dataset(observation: SparseObservation, units: Sequence[str] 
     ``units``: the observed channels' units (one string for all, or one per observed channel; ``"1"`` for
     funcdiff's dimensionless PDE fields). When the channels share a unit it is ``observed_values``' ``units``;
     when they differ (z500 in m2 s-2 beside u500 in m s-1) each channel keeps its own values and units, named in
-    the ``observed_units(observed_channel)`` coordinate. Stations on the sphere also get ``latitude(sensor)`` and
+    the ``observed_units(observed_channel)`` coordinate, and ``observed_values``/``noise_std`` carry no single
+    ``units`` (CF has no per-channel units within one variable). Stations on the sphere also get ``latitude(sensor)`` and
     ``longitude(sensor)`` in degrees north/east.
     """
     if observation.values is None:
@@ -66,8 +67,10 @@ def observation_to_dataset(observation: SparseObservation, units: Sequence[str] 
     grid = {"grid": observation.grid, "grid_convention": CONVENTIONS[observation.grid]}
     where = ({"long_name": "station (latitude, longitude)", "units": "degrees"} if observation.grid == "latlon" else
              {"long_name": "sensor coordinates on the unit domain", "units": "1"})
-    values_attrs = {"long_name": "observed values", "units": shared or "1"}
-    coords: dict = {"observed_channel": ("observed_channel", list(names), {"long_name": "observed channel"})}
+    values_attrs = {"long_name": "observed values", **({"units": shared} if shared else {})}
+    # the names as an auxiliary coordinate: a string coordinate *variable* (named like its dimension) is not
+    # CF-monotonic, and the IOOS checker fails on it
+    coords: dict = {"channel_name": ("observed_channel", list(names), {"long_name": "name of the observed channel"})}
     if shared is None:
         values_attrs["long_name"] = "observed values, each channel in its own units (observed_units)"
         coords["observed_units"] = ("observed_channel", per_channel, {"long_name": "units of the observed channel"})
@@ -85,7 +88,8 @@ def observation_to_dataset(observation: SparseObservation, units: Sequence[str] 
             "sensor_coords": (("sensor", "dim"), observation.coords.double().cpu().numpy(),
                               {**where, **grid}),
             "noise_std": (("observed_channel",), observation.noise_std_per_channel().numpy(),
-                          {"long_name": "measurement-noise standard deviation", "units": shared or "1"}),
+                          {"long_name": "measurement-noise standard deviation",
+                           **({"units": shared} if shared else {})}),
             "channel_index": (("observed_channel",), np.asarray(observation.channels, dtype=np.int32),
                               {"long_name": "index of the observed channel in the model state", "units": "1"}),
         },
@@ -149,7 +153,8 @@ def observation_from_dataset(ds: xr.Dataset, path: str | os.PathLike) -> SparseO
     grid = str(ds["sensor_coords"].attrs.get("grid", ds.attrs.get("grid", "")))
     grid = {"nodes": "node"}.get(grid, grid)
     has_names = int(ds.attrs.get("has_channel_names", 1))
-    names = tuple(str(n) for n in ds["observed_channel"].values) if has_names else None
+    name_var = "channel_name" if "channel_name" in ds.variables else "observed_channel"  # funcdiff <= 0.1
+    names = tuple(str(n) for n in ds[name_var].values) if has_names else None
     std = ds["noise_std"].values.astype(np.float64) if "noise_std" in ds else np.zeros(ds.sizes["observed_channel"])
     values = ds["observed_values"]
     if "obs_sample" not in values.dims:
