@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 
 # settings that do not change a case's result (where it goes, how it is shown, the device and chunking)
-NOT_IN_SIGNATURE = ("func", "debug", "threads", "out", "out_dir", "no_plot", "no_progress", "plot", "device",
-                    "batch_size", "cases", "indices", "init_times", "index", "start_frame", "verb")
+NOT_IN_SIGNATURE = ("func", "debug", "threads", "out", "out_dir", "no_plot", "no_progress", "plot", "channel",
+                    "device", "batch_size", "cases", "indices", "init_times", "index", "start_frame", "verb")
 
 
 def add_solve_batch_arguments(p: argparse.ArgumentParser) -> None:

@@ -39,6 +39,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", default=None, help="output netCDF file (required unless --out-dir: batch mode)")
     parser.add_argument("--plot", default=None, help="PNG of the first initial state (default: <out>.png)")
     parser.add_argument("--no-plot", action="store_true")
+    parser.add_argument("--channel", action="append", default=None, metavar="NAME",
+                        help="channel to draw in the PNG (repeatable; default: every channel)")
     parser.add_argument("--no-progress", action="store_true")
     from funcdiff.cli.batch import add_forecast_batch_arguments
 
@@ -83,7 +85,8 @@ def run_forecast(args: argparse.Namespace) -> int:
           f"{run.nfe_per_frame:g} network evaluations per frame)")
     if not args.no_plot:
         truth = starts[0][1]
-        png = run.plot(args.plot or Path(args.out).with_suffix(".png"), truth=truth if truth.shape[1] else None)
+        png = run.plot(args.plot or Path(args.out).with_suffix(".png"), truth=truth if truth.shape[1] else None,
+                       channels=args.channel)
         print(f"wrote {png}")
     return 0
 

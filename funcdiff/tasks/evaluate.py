@@ -304,45 +304,108 @@ def score_rows(scores: xr.Dataset) -> list[dict]:
     return rows
 
 
-def plot_scores(scores: xr.Dataset, path: str | os.PathLike) -> Path:
-    """PNG with one panel per score against lead time (every method and channel) and the forecast's rank
-    histogram pooled over leads."""
-    import matplotlib.pyplot as plt
+SHORT_TITLES = {"rmse": "RMSE of the ensemble mean", "rel_l2": "relative L2 error of the ensemble mean",
+                "crps": "fair CRPS", "spread": "ensemble spread", "ssr": "spread-skill ratio (goal: 1)",
+                "acc": "anomaly correlation (ACC)", "spectrum_error": "spectrum error (RMS of log10 ratio)",
+                "max_spectrum_ratio": "worst spectrum ratio (goal: < 2)"}
+UNIT_SCORES = ("rmse", "crps", "spread")
 
+
+def score_units(scores: xr.Dataset) -> dict[str, str]:
+    """channel -> units of its RMSE, CRPS and spread: the ``channel_units`` variable, else the common ``units``
+    of ``rmse``; a channel of unknown units is its own group (``"? <channel>"``), so that channels whose units
+    may differ never share an axis."""
+    channels = [str(c) for c in scores["channel"].values]
+    if "channel_units" in scores:
+        return dict(zip(channels, (str(u) for u in np.atleast_1d(scores["channel_units"].values))))
+    common = scores["rmse"].attrs.get("units")
+    if common and common != "channel units":
+        return {c: str(common) for c in channels}
+    return {c: "1" if len(channels) == 1 else f"? {c}" for c in channels}
+
+
+def plot_scores(scores: xr.Dataset, path: str | os.PathLike) -> Path:
+    """PNG of :func:`scores_figure`; returns ``path``."""
     from funcdiff.io.plots import save_figure
 
-    fig, axes = plt.subplots(3, 3, figsize=(13, 10))
+    return save_figure(scores_figure(scores), path)
+
+
+def scores_figure(scores: xr.Dataset):
+    """Matplotlib Figure of every score against lead time and the forecast's rank histogram pooled over leads.
+
+    Scores in a channel's units (RMSE, CRPS, spread) get one panel per unit (z500 never shares an axis with the
+    winds); dimensionless scores one panel each with every channel. Colour = channel, line style = forecast source
+    (ensemble, persistence, climatology), explained in one legend shared by all panels. The rank histogram's y axis
+    starts at 0, so a flat histogram looks flat.
+    """
+    import matplotlib.pyplot as plt
+
+    from funcdiff.io.plots import units_label
+
+    source_dim = "forecast_source" if "forecast_source" in scores.dims else "method"  # "method" before 0.2
+    sources = [str(s) for s in scores[source_dim].values]
+    channels = [str(c) for c in scores["channel"].values]
+    units = score_units(scores)
+    groups = list(dict.fromkeys(units[c] for c in channels))  # each unit once, in channel order
+    colour = {c: f"C{i % 10}" for i, c in enumerate(channels)}
+    style = dict(zip(METHODS, ("-", "--", ":")))
+    unitless = [n for n in SCORES if n not in UNIT_SCORES]
+    rows = len(groups) + -(-(len(unitless) + 1) // 3)
+    fig, axes = plt.subplots(rows, 3, figsize=(13, 2.9 * rows + 0.7), squeeze=False, layout="constrained")
     lead_time = scores["lead_time"].values
-    for ax, name in zip(axes.flat, SCORES):
-        for method, style in zip(METHODS, ("-", "--", ":")):
-            for channel in scores["channel"].values:
-                label = method if scores.sizes["channel"] == 1 else f"{method} {channel}"
-                values = scores[name].sel({"method": method, "channel": channel})
-                ax.plot(lead_time, values, style, marker=".", label=label)
+    lead_units = scores["lead_time"].attrs.get("units")
+    lead_label = "lead time" + (f" [{lead_units}]" if lead_units and lead_units != "1" else
+                                " [model time units]" if lead_units == "1" else "")
+    panels = [(name, [c for c in channels if units[c] == u], u) for u in groups for name in UNIT_SCORES]
+    panels += [(name, channels, "1") for name in unitless]
+    for ax, (name, chans, unit) in zip(axes.flat, panels):
+        for source in sources:
+            for channel in chans:
+                values = scores[name].sel({source_dim: source, "channel": channel}).values
+                if np.isfinite(values).any():
+                    ax.plot(lead_time, values, style.get(source, "-."), color=colour[channel], marker=".")
         target = {"ssr": 1.0, "max_spectrum_ratio": 2.0}.get(name)  # SSR goal, "spectrum within a factor 2"
         if target is not None:
             ax.axhline(target, color="0.6", lw=0.8)
         if name == "max_spectrum_ratio":
             ax.set_yscale("log")
-        ax.set_title(SCORE_ATTRS[name][0], fontsize=8)
-        ax.set_xlabel("lead time")
-        ax.set_ylabel(name)
-    axes.flat[0].legend(fontsize=7)
-    _plot_rank_histogram(axes.flat[len(SCORES)], scores)
-    fig.tight_layout()
-    return save_figure(fig, path)
+        title = SHORT_TITLES[name]
+        if name in UNIT_SCORES and len(groups) > 1:
+            title += f": {', '.join(chans)}"
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel(lead_label, fontsize=8)
+        ax.set_ylabel(units_label(name, None if unit.startswith("? ") else unit), fontsize=8)
+        ax.tick_params(labelsize=7)
+    used = len(panels)
+    _plot_rank_histogram(axes.flat[used], scores, source_dim, colour)
+    for ax in list(axes.flat)[used + 1:]:
+        ax.set_visible(False)
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color="k", ls=style.get(s, "-."), marker=".", label=s) for s in sources]
+    handles += [Line2D([], [], color=colour[c], lw=3, label=units_label(c, units[c]) if not units[c].startswith("? ")
+                       else c) for c in channels]
+    fig.legend(handles=handles, loc="outside upper center", ncols=min(len(handles), 8), fontsize=8)
+    return fig
 
 
-def _plot_rank_histogram(ax, scores: xr.Dataset) -> None:
-    """Frequencies of the forecast's rank histogram pooled over leads, one step line per channel."""
-    counts = scores["rank_histogram"].sel({"method": "forecast"}).sum("lead_time")
+def _plot_rank_histogram(ax, scores: xr.Dataset, source_dim: str = "forecast_source", colour=None) -> None:
+    """Frequencies of the forecast's rank histogram pooled over leads, one step line per channel; y from 0."""
+    counts = scores["rank_histogram"].sel({source_dim: "forecast"}).sum("lead_time")
+    top = 1 / scores.sizes["rank"]
     for channel in scores["channel"].values:
         freq = counts.sel(channel=channel).values
-        ax.step(scores["rank"].values, freq / max(freq.sum(), 1e-30), where="mid", label=str(channel))
+        freq = freq / max(freq.sum(), 1e-30)
+        top = max(top, float(np.nanmax(freq)))
+        ax.step(scores["rank"].values, freq, where="mid", label=str(channel),
+                color=(colour or {}).get(str(channel)))
     ax.axhline(1 / scores.sizes["rank"], color="0.6", lw=0.8)
-    ax.set_title("rank histogram (forecast, all leads)", fontsize=8)
-    ax.set_xlabel("rank of the truth")
-    ax.set_ylabel("frequency")
+    ax.set_ylim(0, 1.1 * top)
+    ax.set_title("rank histogram (forecast, all leads; grey: flat)", fontsize=9)
+    ax.set_xlabel("rank of the truth among the members", fontsize=8)
+    ax.set_ylabel("frequency [dimensionless]", fontsize=8)
+    ax.tick_params(labelsize=7)
 
 
 def save_scores(scores: xr.Dataset, out: str | os.PathLike, json_path: Optional[str | os.PathLike] = None,

@@ -106,67 +106,181 @@ def read_forecast(path: str | os.PathLike) -> Tensor:
 
 
 def plot_forecast(members: Tensor, path: str | os.PathLike, *, truth: Optional[Tensor] = None, dt: float = 1.0,
-                  channel_names: Sequence[str] = ("u",), leads: Optional[Sequence[int]] = None) -> Path:
-    """Truth (if given), ensemble mean, members 0 and 1 and the spread of the first channel at a few leads.
+                  channel_names: Sequence[str] = ("u",), leads: Optional[Sequence[int]] = None,
+                  **kwargs) -> Path:
+    """Write :func:`forecast_figure` (same arguments) to ``path`` as PNG; returns ``path``."""
+    from funcdiff.io.plots import save_figure
 
-    2-D fields: one image per (row, lead); truth, mean and members share one colour scale, the spread has its own.
-    1-D fields: per lead, truth, mean ± spread and two members as lines. Shapes: members (M, C, L, *S), truth
-    (C, L', *S) with lead ℓ at index ℓ - 1.
+    return save_figure(forecast_figure(members, truth=truth, dt=dt, channel_names=channel_names, leads=leads,
+                                       **kwargs), path)
+
+
+def forecast_figure(members: Tensor, *, truth: Optional[Tensor] = None, dt: float = 1.0,
+                    channel_names: Sequence[str] = ("u",), leads: Optional[Sequence[int]] = None,
+                    channels: Optional[Sequence[str]] = None, channel_units: Sequence[str] = (),
+                    grid: str = "periodic", time_units: str = "model time units",
+                    init: Optional[tuple[int, int, float]] = None, observations=None, lat=None, lon=None):
+    """The forecast picture as a matplotlib Figure: truth (if given), ensemble mean, members 0 and 1 and the
+    spread at a few leads, for every channel (or the ``channels`` named).
+
+    2-D fields: one map per (row, lead), x across and y up on the unit domain, or longitude across and north up
+    in degrees on a lat-lon ``grid`` (``lat``/``lon`` in degrees; default the regular grid). Per channel, truth,
+    mean and members share one colour scale (:func:`funcdiff.io.plots.colour_scale`: sequential over the data
+    range for absolute fields such as z500, diverging about 0 for signed ones), the spread has a sequential one;
+    both colour bars name the channel and its units. 1-D fields: per lead, truth, mean ± spread and two members
+    as lines. The title names the initial state ``init = (trajectory index, frame, time)``; lead labels carry the
+    lead time in ``time_units`` (hours for ERA5 data, model time units for PDE data). ``observations`` (a
+    :class:`~funcdiff.guidance.timed.TimedObservation`) marks the sensors on the truth and mean panels of the
+    observed channels: filled dots at leads that assimilate them, open circles at other leads.
+
+    Shapes: members (M, C, L, *S), truth (C, L', *S) with lead ℓ at index ℓ - 1.
     """
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from funcdiff.io.plots import save_figure
-
     n_leads = members.shape[2]
-    leads = sorted({max(1, round(f * n_leads)) for f in (0.02, 0.25, 0.5, 1.0)}) if leads is None else list(leads)
-    x = members[:, 0, [ell - 1 for ell in leads]].float()  # (M, K, *S)
-    ref = None if truth is None or truth.shape[1] < leads[-1] else truth[0, [ell - 1 for ell in leads]].float()
-    mean, spread = x.mean(0), x.std(0) if x.shape[0] > 1 else torch.zeros_like(x[0])
-    if x.ndim == 2 + 1:
-        fig = _plot_lines(plt, x, mean, spread, ref, leads, dt)
+    names = list(channel_names)
+    if channels:
+        unknown = [c for c in channels if c not in names]
+        if unknown:
+            raise UserError(f"channel(s) {unknown} are not in the forecast; it holds {names}")
+    chosen = [names.index(c) for c in (channels or names)]
+    obs_leads: list[int] = []
+    if observations is not None:
+        obs_leads = sorted(set(observations.leads(dt, n_leads)))
+    if leads is None:
+        leads = {max(1, round(f * n_leads)) for f in (0.02, 0.25, 0.5, 1.0)}
+        if obs_leads and not leads & set(obs_leads):
+            leads.add(obs_leads[0])  # show at least one lead whose sensors were assimilated
+    leads = sorted(leads)
+    idx = [ell - 1 for ell in leads]
+    x = members[:, :, idx].float()  # (M, C, K, *S)
+    ref = None if truth is None or truth.shape[1] < leads[-1] else truth[:, idx].float()
+    mean = x.mean(0)
+    spread = x.std(0) if x.shape[0] > 1 else torch.zeros_like(x[0])
+    units = list(channel_units) + ["1"] * (len(names) - len(channel_units))
+    meta = dict(dt=dt, time_units=time_units, grid=grid, lat=lat, lon=lon, observations=observations,
+                obs_leads=obs_leads)
+    if x.ndim == 3 + 1:
+        fig = _plot_lines(plt, x, mean, spread, ref, leads, chosen, names, units, meta)
     else:
-        fig = _plot_images(plt, x, mean, spread, ref, leads, dt)
-    fig.suptitle(f"forecast of {channel_names[0]}: {x.shape[0]} members (truth, mean and members on one scale)")
-    return save_figure(fig, path)
-
-
-def _plot_images(plt, x, mean, spread, ref, leads, dt):
-    rows = ([("truth", ref)] if ref is not None else []) + [("ensemble mean", mean), ("member 0", x[0])]
-    rows += [("member 1", x[1])] if x.shape[0] > 1 else []
-    scale = ref if ref is not None else mean
-    vmax = float(scale.abs().max())
-    fig, axes = plt.subplots(len(rows) + 1, len(leads), figsize=(2.4 * len(leads), 2.2 * (len(rows) + 1)),
-                             squeeze=False)
-    for j, lead in enumerate(leads):
-        for i, (name, field) in enumerate(rows):
-            im = axes[i, j].imshow(field[j].T, origin="lower", cmap="RdBu_r", vmin=-vmax, vmax=vmax)
-        sp = axes[-1, j].imshow(spread[j].T, origin="lower", cmap="viridis", vmin=0, vmax=float(spread.max()) or 1)
-        axes[0, j].set_title(f"lead {lead} (t = {lead * dt:g})", fontsize=8)
-    for i, name in enumerate([name for name, _ in rows] + ["spread"]):
-        axes[i, 0].set_ylabel(name, fontsize=8)
-    for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.colorbar(im, ax=axes[:-1].ravel().tolist(), shrink=0.6)
-    fig.colorbar(sp, ax=axes[-1].ravel().tolist(), shrink=0.6)
+        fig = _plot_images(plt, x, mean, spread, ref, leads, chosen, names, units, meta)
+    what = ", ".join(names[c] for c in chosen)
+    title = f"forecast of {what}: {x.shape[0]} members"
+    if init is not None:
+        title += f", from trajectory {init[0]} at frame {init[1]} ({_time_label(init[2], time_units)})"
+    if observations is not None:
+        n = observations.sensors.coords.shape[0]
+        title += (f"\n{n} sensors of {', '.join(names[c] for c in observations.sensors.channels)} assimilated at "
+                  f"leads {_lead_list(obs_leads)} (● observed at this lead, ○ sensor positions)")
+    fig.suptitle(title, fontsize=9)
     return fig
 
 
-def _plot_lines(plt, x, mean, spread, ref, leads, dt):
+def _duration(time_units: str) -> str:
+    """The unit of a lead time: "hours since 1970-01-01" -> "h", "model time units" as it is."""
+    unit = time_units.split(" since ")[0].strip()
+    return {"hours": "h", "hour": "h", "days": "d", "minutes": "min", "seconds": "s"}.get(unit, unit)
+
+
+def _time_label(time: float, time_units: str) -> str:
+    """An initial time: a date for CF units "<unit> since <date>", else "t = 1.5 model time units"."""
+    unit, _, since = time_units.partition(" since ")
+    factor = {"hours": 3600, "days": 86400, "minutes": 60, "seconds": 1}.get(unit.strip())
+    if since and factor:
+        try:
+            date = np.datetime64(since.strip().replace(" ", "T"), "s") + np.timedelta64(round(time * factor), "s")
+            return f"initial time {str(date)[:16].replace('T', ' ')}"
+        except ValueError:
+            pass
+    return f"initial time t = {time:g} {time_units}"
+
+
+def _lead_list(leads: Sequence[int]) -> str:
+    return ", ".join(map(str, leads[:8])) + (", …" if len(leads) > 8 else "")
+
+
+def _lead_title(lead: int, dt: float, time_units: str) -> str:
+    unit = _duration(time_units)
+    return f"lead {lead}: +{lead * dt:g} {unit}" if len(unit) <= 3 else f"lead {lead}: t = {lead * dt:g}\n({unit})"
+
+
+def _sensor_xy(observations, grid: str):
+    """Sensor positions as (across, up) plot coordinates: (x, y) on the unit domain, (lon, lat) on the sphere."""
+    coords = observations.sensors.coords.detach().double().cpu().numpy()
+    if grid == "latlon" or observations.sensors.grid == "latlon":
+        return np.mod(coords[:, 1], 360.0), coords[:, 0]
+    return coords[:, 0], coords[:, 1]
+
+
+def _plot_images(plt, x, mean, spread, ref, leads, chosen, names, units, meta):
+    from funcdiff.io.plots import colour_scale, draw_map, label_colorbar, units_label
+
+    base = ([("truth", ref)] if ref is not None else []) + [("ensemble mean", mean), ("member 0", x[0])]
+    base += [("member 1", x[1])] if x.shape[0] > 1 else []
+    per_block = len(base) + 1
+    sphere = meta["grid"] == "latlon"
+    width, height = (2.6, 1.55) if sphere else (2.2, 2.1)
+    fig, axes = plt.subplots(per_block * len(chosen), len(leads), squeeze=False, layout="constrained",
+                             figsize=(width * len(leads) + 1.2, height * per_block * len(chosen) + 0.6))
+    obs = meta["observations"]
+    observed = set(obs.sensors.channels) if obs is not None else set()
+    for b, c in enumerate(chosen):
+        rows = axes[b * per_block:(b + 1) * per_block]
+        cmap, vmin, vmax = colour_scale(*[f[c] for _, f in base])
+        _, _, smax = colour_scale(spread[c], signed=False)
+        for j, lead in enumerate(leads):
+            for i, (name, field) in enumerate(base):
+                im = draw_map(rows[i, j], field[c, j], grid=meta["grid"], lat=meta["lat"], lon=meta["lon"],
+                              cmap=cmap, vmin=vmin, vmax=vmax, labels=False)
+                if c in observed and i < 2 - (ref is None):  # truth and mean (or the mean alone)
+                    across, up = _sensor_xy(obs, meta["grid"])
+                    if lead in meta["obs_leads"]:
+                        rows[i, j].scatter(across, up, s=9, c="k", marker="o", edgecolors="w", linewidths=0.5)
+                    else:
+                        rows[i, j].scatter(across, up, s=9, facecolors="none", edgecolors="0.3", linewidths=0.5)
+            sp = draw_map(rows[-1, j], spread[c, j], grid=meta["grid"], lat=meta["lat"], lon=meta["lon"],
+                          cmap="magma", vmin=0, vmax=smax if smax > 0 else 1, labels=False)
+            rows[0, j].set_title(f"{names[c]}, {_lead_title(lead, meta['dt'], meta['time_units'])}", fontsize=7)
+        for i, name in enumerate([name for name, _ in base] + ["spread"]):
+            rows[i, 0].set_ylabel(f"{name}\n" + ("latitude (°N)" if sphere else "y"), fontsize=7)
+        for j in range(len(leads)):
+            rows[-1, j].set_xlabel("longitude (°E)" if sphere else "x", fontsize=7)
+        label_colorbar(fig.colorbar(im, ax=rows[:-1].ravel().tolist(), shrink=0.8),
+                       units_label(names[c], units[c]))
+        label_colorbar(fig.colorbar(sp, ax=rows[-1].ravel().tolist(), shrink=0.9),
+                       units_label(f"spread of {names[c]}", units[c]))
+    return fig
+
+
+def _plot_lines(plt, x, mean, spread, ref, leads, chosen, names, units, meta):
+    from funcdiff.io.plots import units_label
+
     grid = np.arange(x.shape[-1]) / x.shape[-1]
-    fig, axes = plt.subplots(1, len(leads), figsize=(3.2 * len(leads), 2.8), squeeze=False)
-    for j, lead in enumerate(leads):
-        ax = axes[0, j]
-        ax.fill_between(grid, mean[j] - spread[j], mean[j] + spread[j], color="C0", alpha=0.25, label="mean ± spread")
-        ax.plot(grid, mean[j], color="C0", label="ensemble mean")
-        for m in range(min(2, x.shape[0])):
-            ax.plot(grid, x[m, j], color="C2", lw=0.7, alpha=0.8, label="members" if m == 0 else None)
-        if ref is not None:
-            ax.plot(grid, ref[j], color="k", lw=1.2, ls="--", label="truth")
-        ax.set_title(f"lead {lead} (t={lead * dt:g})", fontsize=8)
-    axes[0, 0].legend(fontsize=6)
+    fig, axes = plt.subplots(len(chosen), len(leads), figsize=(3.2 * len(leads), 2.6 * len(chosen) + 0.6),
+                             squeeze=False, layout="constrained")
+    obs = meta["observations"]
+    for b, c in enumerate(chosen):
+        for j, lead in enumerate(leads):
+            ax = axes[b, j]
+            ax.fill_between(grid, mean[c, j] - spread[c, j], mean[c, j] + spread[c, j], color="C0", alpha=0.25,
+                            label="mean ± spread")
+            ax.plot(grid, mean[c, j], color="C0", label="ensemble mean")
+            for m in range(min(2, x.shape[0])):
+                ax.plot(grid, x[m, c, j], color="C2", lw=0.7, alpha=0.8, label="members" if m == 0 else None)
+            if ref is not None:
+                ax.plot(grid, ref[c, j], color="k", lw=1.2, ls="--", label="truth")
+            if obs is not None and c in obs.sensors.channels and lead in meta["obs_leads"]:
+                k = meta["obs_leads"].index(lead)
+                ax.scatter(obs.sensors.coords[:, 0].cpu().numpy(),
+                           obs.sensors.values[k, list(obs.sensors.channels).index(c)].cpu().numpy(),
+                           s=12, c="k", zorder=3, label="sensors (assimilated)")
+            ax.set_title(f"{names[c]}, {_lead_title(lead, meta['dt'], meta['time_units'])}", fontsize=8)
+            ax.set_xlabel("x", fontsize=7)
+            ax.set_ylabel(units_label(names[c], units[c]), fontsize=7)
+            ax.tick_params(labelsize=6)
+            ax.legend(fontsize=5)
     return fig
 
 
