@@ -190,3 +190,28 @@ def test_solve_at_another_resolution_than_the_truth_scores_on_the_sampling_grid(
     with xr.open_dataset(out) as ds:
         assert ds["a_truth"].shape == (2 * N, 2 * N) and ds["a"].shape == (1, 2 * N, 2 * N)
         assert ds.attrs["scored_on"].startswith(f"the sampling grid {2 * N}x{2 * N}") and "rel_l2_a" in ds.attrs
+
+
+def test_train_prints_the_held_out_samples_and_solve_warns_on_training_data(tmp_path, capsys):
+    import re
+
+    import yaml
+
+    torch.save({"x": torch.rand(8, N, N) + 1, "y": torch.rand(8, N, N)}, tmp_path / "data.pt")
+    config = tiny_config(tmp_path / "run", source="file", path=str(tmp_path / "data.pt"), test_fraction=0.25)
+    del config["data"]["resolution"]
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    assert main(["train", "--config", str(tmp_path / "c.yaml"), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    held = json.loads(re.search(r"held out for validation \(use these to evaluate\): samples (\[[0-9, ]*\]) of 8",
+                                out).group(1))
+    assert len(held) == 2
+    used = next(i for i in range(8) if i not in held)
+    solve = ["solve", "--checkpoint", str(tmp_path / "run"), "--task", "darcy-forward", "--truth",
+             str(tmp_path / "data.pt"), "--obs-fraction", "0.3", "--num-samples", "1", "--steps", "2", "--no-plot",
+             "--no-progress", "--out", str(tmp_path / "p.nc")]
+    assert main(solve + ["--index", str(held[0])]) == 0
+    assert "training split" not in capsys.readouterr().err
+    assert main(solve + ["--index", str(used)]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"sample {used} of" in err[0] and str(held) in err[0], err

@@ -87,7 +87,7 @@ def test_cli_forecast_layout_and_evaluate(trained, tmp_path):
     out = tmp_path / "f.nc"
     assert _run_cli(tmp, out, "--no-plot") == 0
     ds = _values(out)
-    assert dict(ds.sizes) == {"init_time": 1, "member": 3, "lead_time": 7, "x": RES}
+    assert dict(ds.sizes) == {"init": 1, "member": 3, "lead_time": 7, "x": RES}
     assert np.allclose(ds["lead_time"].values, 0.1 * np.arange(1, 8), atol=1e-6)
     assert int(ds["completed_leads"][0]) == 7 and int(ds["init_index"][0]) == 3
     assert isinstance(ds.attrs["seed"], (int, np.integer)) and json.loads(ds.attrs["channels"]) == ["u"]
@@ -283,3 +283,27 @@ def test_sensor_flags_that_would_be_ignored_are_errors(trained, tmp_path, capsys
     assert main(long) == 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "warning" in err[0] and "stop at lead 20 of 30" in err[0], err
+
+
+def test_held_out_trajectories_are_recorded_printed_and_training_data_warned(trained, tmp_path, capsys):
+    """Issue 18: the README forecast trajectories 0 and 1 — training data — and nothing said so."""
+    tmp, held_out = trained
+    train_idx = [i for i in range(N_TRAJ) if i not in held_out]
+    assert main(["data", "info", "--checkpoint", str(tmp / "run")]) == 0
+    out = capsys.readouterr().out
+    assert f"held out for validation (trajectories of {N_TRAJ}): {held_out}" in out and "adv.h5" in out
+    base = ["forecast", "--checkpoint", str(tmp / "run"), "--initial", str(tmp / "adv.h5"), "--lead-steps", "2",
+            "--members", "1", "--steps-per-frame", "1", "--no-progress", "--no-plot"]
+    assert main(base + ["--index", str(held_out[0]), "--out", str(tmp_path / "held.nc")]) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert main(base + ["--index", str(held_out[0]), "--index", str(train_idx[0]), "--out",
+                        str(tmp_path / "train.nc")]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "warning" in err[0] and f"trajectory {train_idx[0]} of" in err[0], err
+    assert str(held_out) in err[0]
+    # evaluate repeats it from the split the forecast file recorded
+    assert main(["evaluate", "--forecast", str(tmp_path / "train.nc"), "--truth", str(tmp / "adv.h5"), "--out",
+                 str(tmp_path / "scores.nc"), "--plot", str(tmp_path / "scores.png")]) == 0
+    err = capsys.readouterr().err
+    assert f"trajectory {train_idx[0]} of" in err and "training split" in err
+

@@ -34,8 +34,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     gen.add_argument("--overwrite", action="store_true", help="discard an existing file or partial run")
     gen.add_argument("--no-progress", action="store_true")
     gen.set_defaults(func=run_generate)
-    info = commands.add_parser("info", help="print what a data file holds")
-    info.add_argument("file", type=Path)
+    info = commands.add_parser("info", help="print what a data file holds, or a checkpoint's training data")
+    info.add_argument("file", type=Path, nargs="?", help="data file (HDF5, netCDF, zarr store)")
+    info.add_argument("--checkpoint", type=Path, default=None,
+                      help="checkpoint file or run directory: print its training data and held-out indices")
     info.set_defaults(func=run_info)
     lst = commands.add_parser("list", help="list the problems `generate` knows, with default parameters")
     lst.set_defaults(func=run_list)
@@ -86,10 +88,36 @@ def run_generate(args: argparse.Namespace) -> int:
 
 
 def run_info(args: argparse.Namespace) -> int:
+    from funcdiff.errors import UserError
+
+    if (args.file is None) == (args.checkpoint is None):
+        raise UserError("give a data file or --checkpoint RUN (one of them)")
+    if args.checkpoint is not None:
+        print(describe_checkpoint_data(args.checkpoint))
+        return 0
     from funcdiff.data.readers import describe_file
 
     print(describe_file(args.file))
     return 0
+
+
+def describe_checkpoint_data(path: Path) -> str:
+    """Lines: the run, its step, channels and grid, the training data file and the held-out indices."""
+    from funcdiff.io.checkpoint import read_checkpoint, read_meta, resolve_checkpoint, training_split
+
+    resolved = resolve_checkpoint(path)
+    meta = read_meta(read_checkpoint(resolved), resolved)
+    data = meta.config.get("data", {})
+    lines = [f"checkpoint {resolved}: run {meta.task!r} at step {meta.step}",
+             f"channels {list(meta.channel_names)} on a {list(meta.resolution)} grid",
+             f"training data: {data.get('path') or data.get('source', '?')}"]
+    split = training_split(meta)
+    if split is None:
+        lines.append("held out: not recorded (checkpoint made before funcdiff 0.2 recorded its split)")
+    else:
+        unit = {"sample": "samples", "trajectory": "trajectories"}.get(split["unit"], split["unit"])
+        lines.append(f"held out for validation ({unit} of {split['count']}): {split['held_out']}")
+    return "\n".join(lines)
 
 
 def run_list(args: argparse.Namespace) -> int:

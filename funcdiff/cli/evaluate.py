@@ -39,6 +39,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from funcdiff.tasks.evaluate import save_scores, score_forecast
 
     forecast = open_forecast(args.forecast)
+    line = truth_training_warning(forecast, args.truth)
+    if line:
+        print(f"funcdiff evaluate: warning: {line}", file=sys.stderr)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
         scores = score_forecast(forecast, args.truth, args.climatology, seed=args.seed)
@@ -48,6 +51,22 @@ def run_evaluate(args: argparse.Namespace) -> int:
     print(summary(scores))
     print("wrote " + ", ".join(map(str, paths)))
     return 0
+
+
+def truth_training_warning(forecast, truth: Path) -> str | None:
+    """The warning line when the forecast's initial states (``init_index``) are trajectories of ``truth`` that
+    the forecaster was trained on (the split the forecast file recorded), else None."""
+    import json
+
+    from funcdiff.io.checkpoint import training_data_warning
+
+    try:
+        split = json.loads(forecast.attrs.get("training_split", "null"))
+    except (TypeError, ValueError):
+        return None
+    if not isinstance(split, dict) or "init_index" not in forecast.variables:
+        return None
+    return training_data_warning(split, truth, forecast["init_index"].values.ravel().tolist(), "trajectory")
 
 
 def open_forecast(path: Path):
@@ -65,11 +84,11 @@ def open_forecast(path: Path):
 
 
 def summary(scores) -> str:
-    """Lines ``method channel: RMSE, CRPS, SSR at the first and last scored lead``."""
+    """Lines ``forecast_source channel: RMSE, CRPS, SSR at the first and last scored lead``."""
     lines = []
-    for method in scores["method"].values:
+    for method in scores["forecast_source"].values:
         for channel in scores["channel"].values:
-            sel = scores.sel({"method": method, "channel": channel}).isel(lead_time=[0, -1])
+            sel = scores.sel({"forecast_source": method, "channel": channel}).isel(lead_time=[0, -1])
             leads = sel["lead"].values
             parts = [f"{name} {sel[name].values[0]:.4g} -> {sel[name].values[1]:.4g}" for name in ("rmse", "crps",
                                                                                                      "ssr")]

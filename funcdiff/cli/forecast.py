@@ -64,6 +64,7 @@ def run_forecast(args: argparse.Namespace) -> int:
     indices = args.index or [0]
     starts = [initial_from_file(args.initial, fc.channel_names, i, args.start_frame, f.history, f.frame_step)
               for i in indices]
+    warn_training_data(fc, args.initial, indices)
     observations = None
     if args.observations:
         from funcdiff.guidance.timed import load_timed_observations
@@ -79,7 +80,8 @@ def run_forecast(args: argparse.Namespace) -> int:
                    batch_size=args.batch_size, init_index=indices, init_frame=[s[2] for s in starts],
                    init_time=[s[3] for s in starts],
                    attrs={"checkpoint": str(args.checkpoint), "source_file": str(args.initial), "seed": args.seed,
-                          "kind": f.kind, "config": {"forecast": vars(f), "members": args.members}})
+                          "kind": f.kind, "config": {"forecast": vars(f), "members": args.members},
+                          "training_split": fc.training_split})
     out = run.save(args.out, progress=not args.no_progress)
     print(f"wrote {out} ({len(starts)} initial state(s) x {args.members} members x {args.lead_steps} leads, "
           f"{run.nfe_per_frame:g} network evaluations per frame)")
@@ -89,6 +91,17 @@ def run_forecast(args: argparse.Namespace) -> int:
                        channels=args.channel)
         print(f"wrote {png}")
     return 0
+
+
+def warn_training_data(fc, initial, indices) -> None:
+    """One warning line when an initial state is a trajectory the forecaster was trained on."""
+    import sys
+
+    from funcdiff.io.checkpoint import training_data_warning
+
+    line = training_data_warning(fc.training_split, initial, indices, "trajectory")
+    if line:
+        print(f"funcdiff forecast: warning: {line}", file=sys.stderr)
 
 
 def check_sensor_flags(args: argparse.Namespace) -> None:

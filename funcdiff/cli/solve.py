@@ -12,6 +12,7 @@ writes ``posterior.nc`` (samples, mean, std, truth/error, sensors; misfit and re
 from __future__ import annotations
 
 import argparse
+import sys
 import json
 from pathlib import Path
 
@@ -80,6 +81,17 @@ def task_name(name: str) -> str:
     return name.strip().lower().replace("_", "-")
 
 
+def warn_training_sample(meta, truth: Path, index: int) -> None:
+    """One warning line when the truth is a sample the model was trained on (a field model's split by sample)."""
+    from funcdiff.io.checkpoint import training_data_warning, training_split
+
+    split = training_split(meta)
+    if split is not None and split.get("unit") == "sample":
+        line = training_data_warning(split, truth, [index], "sample")
+        if line:
+            print(f"funcdiff solve: warning: {line}", file=sys.stderr)
+
+
 def run(args: argparse.Namespace) -> int:
     from funcdiff.cli import user_errors
     from funcdiff.guidance import load_observation
@@ -103,6 +115,8 @@ def run(args: argparse.Namespace) -> int:
         task = resolve_task(task_name(args.task), model[1], observed, observation and observation.grid)
         check_compatible(task, model[1], args.method)  # before the truth: a wrong model is the first thing to say
         truth = load_truth(args.truth, task.channels, args.index) if args.truth else None
+    if truth is not None:
+        warn_training_sample(model[1], args.truth, args.index)
     if observation is None:
         if truth is None:
             raise UserError("--obs-fraction/--obs-count draw sensors from the ground truth: pass --truth")

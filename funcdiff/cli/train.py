@@ -76,6 +76,8 @@ def run_train(args: argparse.Namespace) -> int:
             trainer = Trainer.from_config(config, device=device, dist_info=info, progress=not args.no_progress)
             if args.resume:
                 trainer.resume()
+        if trainer.dist.is_main and not args.resume:
+            print(held_out_line(trainer.data_source.get("split")), flush=True)
         with StopSignal((signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)) as stop:
             trainer.stop = stop
             trainer.fit()
@@ -88,6 +90,16 @@ def run_train(args: argparse.Namespace) -> int:
     if trainer.dist.is_main:
         print(f"trained {config.name!r} to step {trainer.step}; checkpoints in {trainer.out_dir / 'checkpoints'}")
     return 0
+
+
+def held_out_line(split: dict | None) -> str:
+    """One line naming the held-out samples/trajectories (the data to evaluate on), or why there are none."""
+    if not split:
+        return "held out for validation: none recorded"
+    where = f" of {split['path']}" if split.get("path") else ""
+    unit = {"sample": "samples", "trajectory": "trajectories"}.get(split["unit"], split["unit"])
+    return (f"held out for validation (use these to evaluate): {unit} {split['held_out']} of "
+            f"{split['count']}{where}; recorded in the checkpoint (`funcdiff data info --checkpoint RUN`)")
 
 
 def _stopped(args: argparse.Namespace, trainer, stop) -> int:

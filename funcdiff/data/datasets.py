@@ -100,9 +100,16 @@ class FieldDataset(Dataset):
         """Random train/test split by sample. The test set uses the train set's normaliser; it is refitted
         on the train samples unless this dataset was given its normaliser."""
         train_idx, test_idx = _split_indices(len(self), n_test, generator)
+        source = {**self.source, "split": split_record(test_idx, len(self), "sample")}
         train = FieldDataset(self.fields[train_idx], self.channel_names,
-                             self.normalizer if self._normalizer_given else None, self.source)
-        return train, FieldDataset(self.fields[test_idx], self.channel_names, train.normalizer, self.source)
+                             self.normalizer if self._normalizer_given else None, source)
+        return train, FieldDataset(self.fields[test_idx], self.channel_names, train.normalizer, source)
+
+
+def split_record(held_out: Tensor, count: int, unit: str) -> dict:
+    """What a checkpoint records of its train/validation split: the held-out indices (samples or trajectories)
+    of the ``count`` in the data; ``path`` is added by the trainer for file data."""
+    return {"held_out": [int(i) for i in held_out], "count": int(count), "unit": unit}
 
 
 def _stored_normalizer(data: FieldData, channels: Sequence[str]) -> Normalizer | None:

@@ -24,7 +24,7 @@ import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -81,6 +81,40 @@ class CheckpointMeta:
                    normalizer=Normalizer.from_state_dict(norm) if norm is not None else None,
                    channel_names=tuple(raw["channel_names"]), resolution=tuple(raw["resolution"]),
                    task=raw.get("task"), step=step, version=version, path=path, extra=raw.get("extra") or {})
+
+
+def training_split(meta: CheckpointMeta) -> dict | None:
+    """The train/validation split a checkpoint was trained with: ``{"held_out": [...], "count": N, "unit":
+    "sample" | "trajectory", "path": data file}`` (``path`` only for file data), or None for checkpoints made
+    before funcdiff recorded it."""
+    split = meta.extra.get("split")
+    return split if isinstance(split, dict) and "held_out" in split else None
+
+
+def used_in_training(split: dict | None, path: str | os.PathLike, indices: Sequence[int]) -> list[int]:
+    """Which of ``indices`` (samples or trajectories of the file ``path``) a model with the training ``split``
+    (:func:`training_split`) was trained on: those not held out when ``path`` is its training data file (the
+    same resolved path), else none."""
+    if split is None or not split.get("path"):
+        return []
+    try:
+        same = Path(path).resolve() == Path(split["path"])
+    except OSError:
+        return []
+    held = set(int(i) for i in split["held_out"])
+    return [int(i) for i in indices if same and 0 <= int(i) < int(split["count"]) and int(i) not in held]
+
+
+def training_data_warning(split: dict | None, path: str | os.PathLike, indices: Sequence[int],
+                          what: str = "trajectory") -> str | None:
+    """One line warning that ``indices`` of ``path`` were training data of a model with the training ``split``
+    (None when none was); names the held-out ones to use instead."""
+    used = used_in_training(split, path, indices)
+    if not used:
+        return None
+    held = split["held_out"]
+    return (f"{what} {', '.join(map(str, used))} of {path} {'was' if len(used) == 1 else 'were'} in the model's "
+            f"training split: scores on it overstate skill; held-out {what}s: {held}")
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:

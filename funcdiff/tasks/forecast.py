@@ -73,6 +73,7 @@ class Forecaster:
     device: str | torch.device = "cpu"
     time_units: str = "model time units"
     channel_units: tuple[str, ...] = ()
+    training_split: Optional[dict] = None  # :func:`funcdiff.io.checkpoint.training_split` of the checkpoint
 
     @property
     def channels(self) -> int:
@@ -90,9 +91,16 @@ class Forecaster:
 def load_forecaster(checkpoint: str | os.PathLike, device: str | torch.device = "cpu") -> Forecaster:
     """The :class:`Forecaster` of a checkpoint file or run directory (EMA weights); UserError if the checkpoint
     is not a forecaster's."""
-    from funcdiff.io.checkpoint import load_denoiser
+    from funcdiff.io.checkpoint import load_denoiser, training_split
 
     denoiser, meta = load_denoiser(checkpoint, ema=True, device=device)
+    fc = _forecaster_from(denoiser, meta, checkpoint, device)
+    fc.training_split = training_split(meta)
+    return fc
+
+
+def _forecaster_from(denoiser, meta, checkpoint, device) -> Forecaster:
+    """The forecaster of a loaded checkpoint, by its kind (UserError for a model that is not one)."""
     config = config_from_dict(meta.config)
     if not config.forecast.enabled:
         raise UserError(f"checkpoint {checkpoint} is not a forecaster (it was trained without a `forecast:` "

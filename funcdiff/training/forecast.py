@@ -12,7 +12,7 @@ from torch import Tensor
 
 from funcdiff.config import ForecastConfig, RunConfig
 from funcdiff.data import FieldDataset, load_fields
-from funcdiff.data.datasets import SOURCE_ATTRS, _split_indices, test_count
+from funcdiff.data.datasets import SOURCE_ATTRS, _split_indices, split_record, test_count
 from funcdiff.data.windows import trajectory_windows
 from funcdiff.errors import UserError
 from funcdiff.schedules import init_levels, rolling_levels, sigma_from_level
@@ -107,6 +107,7 @@ def window_datasets(traj: Tensor, config: RunConfig, source: dict | None = None
         test = trajectory_windows(traj[test_idx], fc.window, fc.stride, fc.frame_step)
     except ValueError as err:
         raise UserError(f"forecast.history + forecast.horizon: {err}") from None
+    source = {**(source or {}), "split": split_record(test_idx, traj.shape[0], "trajectory")}
     train_set = FieldDataset(train, names, source=source)
     return train_set, FieldDataset(test, names, train_set.normalizer, source=source)
 

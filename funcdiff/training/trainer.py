@@ -175,6 +175,8 @@ class Trainer:
         self._check_data(train_set, val_set)
         self.channel_names, self.normalizer = tuple(train_set.channel_names), train_set.normalizer
         self.data_source = dict(train_set.source)
+        if "split" in self.data_source and config.data.source == "file" and config.data.path:
+            self.data_source["split"] = {**self.data_source["split"], "path": str(Path(config.data.path).resolve())}
         frames = config.forecast.enabled
         self.trajectory = _trajectory_training(config, train_set)
         self.train_x = _encoded(train_set, self.device, frames, self.trajectory)
