@@ -307,3 +307,42 @@ def test_held_out_trajectories_are_recorded_printed_and_training_data_warned(tra
     err = capsys.readouterr().err
     assert f"trajectory {train_idx[0]} of" in err and "training split" in err
 
+
+
+def test_unreadable_initial_files_and_other_channels_are_one_line(trained, tmp_path, capsys):
+    tmp, held_out = trained
+    base = ["forecast", "--checkpoint", str(tmp / "run"), "--index", str(held_out[0]), "--lead-steps", "2",
+            "--out", str(tmp_path / "e.nc"), "--no-progress", "--no-plot"]
+    empty = tmp_path / "empty.h5"
+    empty.write_bytes(b"")
+    assert "empty.h5" in _fails(capsys, base + ["--initial", str(empty)])
+    other = tmp_path / "other.h5"
+    generate_to_hdf5(SyntheticProblem("other", "trajectory", ("w",), {"frames": FRAMES, "shift": SHIFT},
+                                      lambda *a, **k: {"w": _advection(*a, **k)["u"], "t": _advection(*a, **k)["t"]},
+                                      "other channel"),
+                     other, num_samples=2, resolution=RES, seed=1, batch_size=2, progress=False)
+    assert "'u'" in _fails(capsys, base[:4] + ["0"] + base[5:] + ["--initial", str(other)])
+
+
+def test_ctrl_c_in_forecast_says_how_to_resume(trained, tmp_path, capsys, monkeypatch):
+    tmp, held_out = trained
+    from funcdiff.tasks import forecast_io as fio
+
+    real = fio.write_leads
+    calls = []
+
+    def interrupt_after_one(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fio, "write_leads", interrupt_after_one)
+    argv = ["forecast", "--checkpoint", str(tmp / "run"), "--initial", str(tmp / "adv.h5"), "--index",
+            str(held_out[0]), "--lead-steps", "3", "--members", "2", "--out", str(tmp_path / "k.nc"), "--no-progress",
+            "--no-plot"]
+    code = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 130 and len(err) == 1 and "interrupted" in err[0] and "rerun the same command" in err[0], err
+    monkeypatch.setattr(fio, "write_leads", real)
+    assert main(argv) == 0 and (tmp_path / "k.nc").exists()

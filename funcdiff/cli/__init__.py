@@ -124,6 +124,20 @@ def error_message(err: BaseException) -> str:
     return "; ".join(line.strip() for line in text.splitlines() if line.strip()) or type(err).__name__
 
 
+RESUMABLE = ("forecast", "data generate", "train")  # a rerun of the same command continues where it stopped
+
+
+def _verb_name(args: argparse.Namespace) -> str:
+    return " ".join(v for v in (args.verb, getattr(args, "data_command", None)) if v)
+
+
+def interrupted_message(args: argparse.Namespace) -> str:
+    """The one line after Ctrl-C: how to continue (verbs that resume, and batch runs) or that nothing was kept."""
+    if _verb_name(args) in RESUMABLE or getattr(args, "out_dir", None) is not None:
+        return "interrupted; rerun the same command to resume"
+    return "interrupted; no partial output file was left (each file is written whole, atomically)"
+
+
 def main(argv: list[str] | None = None) -> int:
     from funcdiff.errors import UserError
 
@@ -133,9 +147,17 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exit_:  # --help, or a usage error already printed as one line
         return int(exit_.code or 0)
     set_thread_policy(args.threads, args.verb)
+    from funcdiff.io.provenance import set_command  # standard library only: the `history` of files written
+
+    set_command(sys.argv[1:] if argv is None else argv)
     debug = args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
         return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"funcdiff {_verb_name(args)}: {interrupted_message(args)}", file=sys.stderr)
+        return 130
     except (UserError, *USER_OS_ERRORS) as err:
         if debug:
             raise

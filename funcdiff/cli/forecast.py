@@ -49,6 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_forecast(args: argparse.Namespace) -> int:
+    from funcdiff.cli import user_errors
     from funcdiff.errors import UserError
     from funcdiff.tasks.forecast import Forecast, load_forecaster
     from funcdiff.tasks.forecast_io import initial_from_file
@@ -62,8 +63,9 @@ def run_forecast(args: argparse.Namespace) -> int:
     fc = load_forecaster(args.checkpoint, args.device)
     f = fc.forecast
     indices = args.index or [0]
-    starts = [initial_from_file(args.initial, fc.channel_names, i, args.start_frame, f.history, f.frame_step)
-              for i in indices]
+    with user_errors():  # reading the user's files: a ValueError there is a problem of the input
+        starts = [initial_from_file(args.initial, fc.channel_names, i, args.start_frame, f.history, f.frame_step)
+                  for i in indices]
     warn_training_data(fc, args.initial, indices)
     observations = None
     if args.observations:

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from funcdiff.data.hdf5 import FORMAT_NAME
+from funcdiff.errors import UserError
 
 FORMATS = ("funcdiff", "pdebench", "fno_mat", "neuralop_pt", "era5_zarr")
 PDEBENCH_FIELDS = ("tensor", "nu", "density", "pressure", "Vx", "Vy", "Vz")
@@ -97,7 +98,11 @@ def detect_format(path: Path) -> str:
     if suffix == ".mat":
         return "fno_mat"
     if not h5py.is_hdf5(path):
-        raise ValueError(f"{path}: unrecognised file type (expected HDF5 .h5/.hdf5, .mat or .pt)")
+        if suffix in (".h5", ".hdf5", ".hdf"):
+            size = path.stat().st_size
+            raise UserError(f"{path}: not a readable HDF5 file ({'empty: 0 bytes' if size == 0 else f'{size} bytes'}"
+                            f"; an interrupted copy or generation? regenerate or copy it again)")
+        raise UserError(f"{path}: unrecognised file type (expected HDF5 .h5/.hdf5, .mat, .pt or an ERA5 zarr store)")
     with h5py.File(path, "r") as f:
         if f.attrs.get("funcdiff_format") == FORMAT_NAME:
             return "funcdiff"
