@@ -47,7 +47,7 @@ def test_read_train_forecast_evaluate(tmp_path, capsys):
     assert forecast_path.with_suffix(".png").exists()
 
     with xr.open_dataset(forecast_path) as ds:  # CF: decoded times, lat/lon with units, variables with ERA5 units
-        assert ds["z500"].dims == ("init_time", "member", "lead_time", "latitude", "longitude")
+        assert ds["z500"].dims == ("init", "member", "lead_time", "latitude", "longitude")
         assert ds["z500"].shape == (1, 4, 4, 32, 64) and ds["z500"].attrs["units"] == "m2 s-2"
         assert ds["init_time"].values[0] == np.datetime64("2000-01-05T00:00")
         lead = ds["lead_time"]  # CF duration in hours (xarray decodes it to timedelta64 only when asked)
@@ -84,10 +84,10 @@ def test_read_train_forecast_evaluate(tmp_path, capsys):
         # persistence at lead 1: the lat-weighted RMSE of frame 0 against frame 1, by hand
         expected = lat_weighted_rmse(torch.from_numpy(truth[None, 0]).double(),
                                      torch.from_numpy(truth[None, 1]).double(), lat)
-        got = scores["rmse"].sel({"method": "persistence"}).isel(lead_time=0).values
+        got = scores["rmse"].sel({"forecast_source": "persistence"}).isel(lead_time=0).values
         np.testing.assert_allclose(got, expected.numpy(), rtol=1e-5)
-        assert np.isfinite(scores["acc"].sel({"method": ["forecast", "persistence"]}).values).all()
-        assert np.isnan(scores["acc"].sel({"method": "climatology"}).values).all()  # 0/0, as in WB2
+        assert np.isfinite(scores["acc"].sel({"forecast_source": ["forecast", "persistence"]}).values).all()
+        assert np.isnan(scores["acc"].sel({"forecast_source": "climatology"}).values).all()  # 0/0, as in WB2
         assert np.isfinite(scores["crps"].values).all()
     rows = json.loads(json_path.read_text())
     rows = rows["rows"] if isinstance(rows, dict) else rows

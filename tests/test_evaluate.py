@@ -35,14 +35,17 @@ def random_truth(shape=(N, T, X), seed=0):
     return np.random.default_rng(seed).normal(size=shape)
 
 
-def make_forecast(members: dict, init_index, init_frame, dt: float = DT) -> xr.Dataset:
-    """Forecast dataset: members name -> (B, M, L, *S), in the layout `funcdiff forecast` writes."""
+def make_forecast(members: dict, init_index, init_frame, dt: float = DT, old: bool = False) -> xr.Dataset:
+    """Forecast dataset: members name -> (B, M, L, *S), in the layout `funcdiff forecast` writes (``old``: the
+    layout of funcdiff <= 0.1, with an ``init_time`` dimension)."""
     first = next(iter(members.values()))
     b, m, leads, *spatial = first.shape
-    dims = ("init_time", "member", "lead_time", *"xy"[: len(spatial)])
+    init = "init_time" if old else "init"
+    dims = (init, "member", "lead_time", *"xy"[: len(spatial)])
     coords = {"lead_time": dt * np.arange(1, leads + 1), "lead": ("lead_time", np.arange(1, leads + 1)),
-              "init_time": dt * np.asarray(init_frame, dtype=float), "init_index": ("init_time", init_index),
-              "init_frame": ("init_time", init_frame), "member": np.arange(m),
+              "init_time": (init, dt * np.asarray(init_frame, dtype=float)), "init_index": (init, init_index),
+              "init_frame": (init, init_frame), "member": np.arange(m),
+              **({} if old else {"init": np.arange(b)}),
               **{axis: np.arange(n) / n for axis, n in zip("xy", spatial)}}
     return xr.Dataset({name: (dims, value) for name, value in members.items()}, coords=coords,
                       attrs={"channels": json.dumps(list(members)), "dt": dt})
@@ -70,7 +73,7 @@ def test_offset_ensemble_has_the_scores_computed_by_hand(tmp_path, capsys):
     assert evaluate(tmp_path, make_forecast({"u": members}, init_index, init_frame), write_truth(
         tmp_path / "truth.h5", {"u": truth}), "--json", str(tmp_path / "s.json"), "--plot",
         str(tmp_path / "s.png")) == 0
-    scores = xr.open_dataset(tmp_path / "scores.nc").sel({"method": "forecast", "channel": "u"})
+    scores = xr.open_dataset(tmp_path / "scores.nc").sel({"forecast_source": "forecast", "channel": "u"})
     np.testing.assert_allclose(scores["rmse"], 2 * d, rtol=1e-6)
     np.testing.assert_allclose(scores["crps"], 4 * d / 3, rtol=1e-6)
     np.testing.assert_allclose(scores["spread"], d, rtol=1e-6)
@@ -94,14 +97,27 @@ def test_persistence_equal_forecast_matches_the_persistence_row(tmp_path):
     forecast = make_forecast({"u": persistence[:, None]}, init_index, init_frame)
     scores = score_forecast(forecast, write_truth(tmp_path / "truth.h5", {"u": truth}))
     for name in ("rmse", "rel_l2", "crps", "spectrum_error", "max_spectrum_ratio"):
-        forecast_row, persistence_row = (scores[name].sel({"method": m}) for m in ("forecast", "persistence"))
+        forecast_row, persistence_row = (scores[name].sel(forecast_source=m) for m in ("forecast", "persistence"))
         np.testing.assert_allclose(forecast_row, persistence_row, rtol=1e-6, err_msg=name)
     error = persistence - truth_windows(truth, init_index, init_frame, leads)  # (B, L, X)
     by_hand = {"rmse": np.sqrt((error**2).mean((0, 2))), "crps": np.abs(error).mean((0, 2))}
     for name, value in by_hand.items():
-        np.testing.assert_allclose(scores[name].sel({"method": "persistence", "channel": "u"}), value, rtol=1e-6)
-    assert np.isnan(scores["ssr"].sel({"method": "persistence"})).all()
-    assert np.isnan(scores["rank_histogram"].sel({"method": "persistence"})).all()
+        np.testing.assert_allclose(scores[name].sel(forecast_source="persistence", channel="u"), value, rtol=1e-6)
+    assert np.isnan(scores["ssr"].sel({"forecast_source": "persistence"})).all()
+    assert np.isnan(scores["rank_histogram"].sel({"forecast_source": "persistence"})).all()
+
+
+def test_a_forecast_file_of_the_old_layout_scores_the_same(tmp_path):
+    """Files of funcdiff <= 0.1 have an `init_time` dimension (here with a repeated time); evaluate still reads
+    them and gives the scores of the current layout."""
+    truth = random_truth(seed=6)
+    init_index, init_frame, leads = [0, 2], [1, 1], 3
+    members = truth_windows(truth, init_index, init_frame, leads)[:, None] + 0.1
+    truth_file = write_truth(tmp_path / "truth.h5", {"u": truth})
+    new, old = (score_forecast(make_forecast({"u": members}, init_index, init_frame, old=o), truth_file)
+                for o in (False, True))
+    assert old.identical(new) and old.sizes["forecast_source"] == 3
+    assert evaluate(tmp_path, make_forecast({"u": members}, init_index, init_frame, old=True), truth_file) == 0
 
 
 def test_climatology_row_and_a_separate_climatology_file(tmp_path):
@@ -113,10 +129,10 @@ def test_climatology_row_and_a_separate_climatology_file(tmp_path):
     for source, clim_file in ((truth, None), (other, write_truth(tmp_path / "clim.h5", {"u": other}))):
         scores = score_forecast(forecast, truth_file, clim_file).sel(channel="u")
         error = source.mean((0, 1))[None] - truth[1, 1:1 + leads]
-        np.testing.assert_allclose(scores["crps"].sel({"method": "climatology"}), np.abs(error).mean(1), rtol=1e-6)
-        np.testing.assert_allclose(scores["rmse"].sel({"method": "forecast"}), 0, atol=1e-6)
-        np.testing.assert_allclose(scores["crps"].sel({"method": "forecast"}), 0, atol=1e-6)
-        np.testing.assert_allclose(scores["max_spectrum_ratio"].sel({"method": "forecast"}), 1, rtol=1e-5)
+        np.testing.assert_allclose(scores["crps"].sel({"forecast_source": "climatology"}), np.abs(error).mean(1), rtol=1e-6)
+        np.testing.assert_allclose(scores["rmse"].sel({"forecast_source": "forecast"}), 0, atol=1e-6)
+        np.testing.assert_allclose(scores["crps"].sel({"forecast_source": "forecast"}), 0, atol=1e-6)
+        np.testing.assert_allclose(scores["max_spectrum_ratio"].sel({"forecast_source": "forecast"}), 1, rtol=1e-5)
 
 
 def test_two_channels_in_2d_and_leads_beyond_the_truth(tmp_path, capsys):
@@ -131,9 +147,9 @@ def test_two_channels_in_2d_and_leads_beyond_the_truth(tmp_path, capsys):
                     write_truth(tmp_path / "truth.h5", fields)) == 0
     assert "warning: leads 4..5 go beyond the truth's 6 frames" in capsys.readouterr().err
     scores = xr.open_dataset(tmp_path / "scores.nc")
-    assert scores.sizes == {"method": 3, "lead_time": 3, "channel": 2, "rank": 3}
-    np.testing.assert_allclose(scores["rmse"].sel({"method": "forecast"}), 0, atol=1e-6)
-    assert (scores["rmse"].sel({"method": "persistence"}) > 0.5).all()
+    assert scores.sizes == {"forecast_source": 3, "lead_time": 3, "channel": 2, "rank": 3}
+    np.testing.assert_allclose(scores["rmse"].sel({"forecast_source": "forecast"}), 0, atol=1e-6)
+    assert (scores["rmse"].sel({"forecast_source": "persistence"}) > 0.5).all()
 
 
 def test_lead_chunks_and_lead_scores_shapes(tmp_path):

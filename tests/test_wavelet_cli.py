@@ -43,7 +43,7 @@ def test_train_and_forecast_a_burgers_shock_trajectory_from_the_shipped_config(t
                      "--lead-steps", "8", "--members", "2", "--seed", "0", "--out", str(out), "--no-progress",
                      "--no-plot"]) == 0
     with xr.open_dataset(out) as ds:
-        assert ds["u"].dims == ("init_time", "member", "lead_time", "x")
+        assert ds["u"].dims == ("init", "member", "lead_time", "x")
         assert ds.sizes["lead_time"] == 8 and ds.sizes["x"] == 64
         np.testing.assert_allclose(ds["lead_time"].values, 0.02 * np.arange(1, 9), rtol=1e-6)  # frame_step 2
         assert json.loads(ds.attrs["config"])["forecast"]["kind"] == "trajectory"

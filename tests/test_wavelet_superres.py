@@ -165,13 +165,13 @@ def test_train_and_upsample_from_the_shipped_config(tmp_path, capsys):
                          "4", "--frames", "8", "--factor", "4", "--steps", "3", "--seed", "5", "--out", str(out)]) == 0
     assert outs[0].with_suffix(".png").exists()
     with xr.open_dataset(outs[0]) as a, xr.open_dataset(outs[1]) as b:
-        assert a["u"].dims == ("sample", "time", "x") and a["u"].shape == (1, 32, 256)
-        np.testing.assert_allclose(a["time"].values, 0.04 + 0.0025 * np.arange(32), rtol=1e-5)  # dt 0.01 / 4
+        assert a["u"].dims == ("sample", "t", "x") and a["u"].shape == (1, 32, 256)
+        np.testing.assert_allclose(a["t"].values, 0.04 + 0.0025 * np.arange(32), rtol=1e-5)  # dt 0.01 / 4
         np.testing.assert_allclose(a["x"].values, np.arange(256) / 256)
         assert bool(np.isfinite(a["u"].values).all())
         np.testing.assert_array_equal(a["u"].values, b["u"].values)
-    # a forecast file (init_time, member, lead_time, x) is refined member by member
-    fc = xr.Dataset({"u": (("init_time", "member", "lead_time", "x"), np.random.default_rng(0).normal(
+    # a forecast file (init, member, lead_time, x) is refined member by member
+    fc = xr.Dataset({"u": (("init", "member", "lead_time", "x"), np.random.default_rng(0).normal(
         size=(1, 2, 8, 64)).astype("float32"))}, coords={"lead_time": 0.02 * np.arange(1, 9)},
         attrs={"channels": json.dumps(["u"])})
     fc.to_netcdf(tmp_path / "forecast.nc")
@@ -179,7 +179,7 @@ def test_train_and_upsample_from_the_shipped_config(tmp_path, capsys):
                      "--out", str(tmp_path / "fc2.nc"), "--no-plot"]) == 0
     with xr.open_dataset(tmp_path / "fc2.nc") as ds:
         assert ds["u"].shape == (2, 16, 128)
-        np.testing.assert_allclose(ds["time"].values, 0.02 + 0.01 * np.arange(16), rtol=1e-5)
+        np.testing.assert_allclose(ds["t"].values, 0.02 + 0.01 * np.arange(16), rtol=1e-5)
     capsys.readouterr()
     assert cli.main(["upsample", "--checkpoint", str(run), "--input", str(data), "--factor", "3",
                      "--out", str(tmp_path / "bad.nc")]) == 2

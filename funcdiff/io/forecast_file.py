@@ -1,13 +1,25 @@
 """A forecast netCDF file written lead by lead while the rollout runs (CF-style, readable by xarray).
 
-Layout (``funcdiff evaluate`` reads it)::
+Layout (``funcdiff evaluate`` reads it; CF-1.8, checked by the IOOS compliance checker in the tests)::
 
-    <channel>(init_time, member, lead_time, x[, y[, z]])   float32, physical units
-    lead_time(lead_time)   float64, lead × dt (model time units)    lead(lead_time)  int, 1..L
-    init_time(init_time)   float64, time of the initial state       init_index(init_time), init_frame(init_time) int
-    member(member) int;    x, y, z: grid coordinates on the unit domain
-    completed_leads(init_time) int: leads written so far (a run in progress; L when complete)
-    global attributes: numbers as numbers, lists/dicts as JSON text (``channels``, ``config``, ...)
+    <channel>(init, member, lead_time, x[, y[, z]])   float32, physical units
+    init(init)             int32, 0..B-1: one entry per initial state (unique, so ``ds.sel(init=k)`` works)
+    init_time(init)        float64, time of the initial state      init_index(init) int32: trajectory in its file
+    init_frame(init)       int32, frame of the initial state in its trajectory (lead 0)
+    lead_time(lead_time)   float64, lead × dt                      lead(lead_time) int32, 1..L
+    member(member) int32;  x, y, z: grid coordinates on the unit domain (units "1")
+    completed_leads(init)  int32: leads written so far (a run in progress; L when complete)
+    global attributes: Conventions, title, history; numbers as numbers, lists/dicts as JSON text (``channels``, ...)
+
+Times. On the unit domain (PDE data) times are dimensionless: ``lead_time`` and ``init_time`` have units ``"1"``
+and say "(model time units)" in their ``long_name``. Data with CF times (ERA5 on the sphere: ``time_units`` such
+as ``"hours since 1970-01-01"``) give ``init_time`` those units (standard_name ``forecast_reference_time``, decoded
+to datetimes by xarray) and ``lead_time`` the duration ``"hours"`` (standard_name ``forecast_period``, decoded to
+timedeltas). This is WeatherBench 2's forecast layout under other names: WB2 ``time`` (the initialisation) is our
+``init_time`` on the ``init`` dimension, WB2 ``prediction_timedelta`` is ``lead_time``, WB2 ``number`` (ensemble
+member) is ``member``; ``ds.swap_dims(init="init_time").rename(init_time="time", lead_time="prediction_timedelta")``
+gives WB2's names when the initial times are unique. Files of funcdiff <= 0.1 had an ``init_time`` dimension
+(not unique when two trajectories start at the same frame); :func:`open_layout` reads both.
 
 The dimensions have fixed sizes from the start, so a write is one slice and memory never holds more than one
 step's frames. Files are created as ``<out>.partial`` and renamed when complete (see
@@ -30,9 +42,11 @@ import xarray as xr
 import funcdiff
 from funcdiff.errors import UserError
 from funcdiff.io.atomic import new_file_mode
-from funcdiff.io.netcdf import SPATIAL_NAMES
+from funcdiff.io.netcdf import SPATIAL_NAMES, cf_units
+from funcdiff.io.provenance import cf_global_attrs
 
-FORECAST_DIMS = ("init_time", "member", "lead_time")
+FORECAST_DIMS = ("init", "member", "lead_time")
+OLD_INIT_DIM = "init_time"  # the first dimension of forecast files of funcdiff <= 0.1
 LATLON = ("latitude", "longitude")  # spatial dims of a forecast on the sphere (grid "latlon")
 
 
@@ -71,20 +85,19 @@ def create_forecast_file(path: str | os.PathLike, layout: ForecastLayout, attrs:
     ds = netCDF4.Dataset(path, "w", format="NETCDF4")
     n_init = len(layout.init_index)
     spatial_dims = LATLON if layout.grid == "latlon" else SPATIAL_NAMES[: len(layout.spatial)]
-    duration = layout.time_units.split(" since ")[0]  # "hours since 1970-01-01" -> lead times in hours
     for name, size in (*zip(FORECAST_DIMS, (n_init, layout.members, layout.lead_steps)),
                        *zip(spatial_dims, layout.spatial)):
         ds.createDimension(name, size)
-    _coord(ds, "lead_time", ("lead_time",), np.arange(1, layout.lead_steps + 1) * layout.dt, "f8",
-           long_name="lead time", units=duration)
-    _coord(ds, "lead", ("lead_time",), np.arange(1, layout.lead_steps + 1), "i8", long_name="forecast step")
-    _coord(ds, "init_time", ("init_time",), np.asarray(layout.init_time), "f8", long_name="time of the initial state",
-           units=layout.time_units, **({"calendar": "proleptic_gregorian"} if " since " in layout.time_units else {}))
-    _coord(ds, "init_index", ("init_time",), np.asarray(layout.init_index), "i8",
+    lead_attrs, init_attrs = time_attrs(layout.time_units)
+    _coord(ds, "lead_time", ("lead_time",), np.arange(1, layout.lead_steps + 1) * layout.dt, "f8", **lead_attrs)
+    _coord(ds, "lead", ("lead_time",), np.arange(1, layout.lead_steps + 1), "i4", long_name="forecast step")
+    _coord(ds, "init", ("init",), np.arange(n_init), "i4", long_name="initial state number")
+    _coord(ds, "init_time", ("init",), np.asarray(layout.init_time), "f8", **init_attrs)
+    _coord(ds, "init_index", ("init",), np.asarray(layout.init_index), "i4",
            long_name="trajectory of the initial state in its file")
-    _coord(ds, "init_frame", ("init_time",), np.asarray(layout.init_frame), "i8",
+    _coord(ds, "init_frame", ("init",), np.asarray(layout.init_frame), "i4",
            long_name="frame of the initial state in its trajectory (lead 0)")
-    _coord(ds, "member", ("member",), np.arange(layout.members), "i8", long_name="ensemble member")
+    _coord(ds, "member", ("member",), np.arange(layout.members), "i4", long_name="ensemble member")
     if layout.grid == "latlon":
         from funcdiff.sphere import grid_latitudes, grid_longitudes
 
@@ -95,19 +108,44 @@ def create_forecast_file(path: str | os.PathLike, layout: ForecastLayout, attrs:
     for name, n in zip(spatial_dims if layout.grid != "latlon" else (), layout.spatial):
         values = np.arange(n) / (n if layout.grid == "periodic" else max(n - 1, 1))
         _coord(ds, name, (name,), values, "f8", long_name=f"{name} coordinate (unit domain)", units="1")
-    _coord(ds, "completed_leads", ("init_time",), np.zeros(n_init, dtype=np.int64), "i8",
+    _coord(ds, "completed_leads", ("init",), np.zeros(n_init, dtype=np.int32), "i4",
            long_name="leads written so far")
     for i, c in enumerate(layout.channels):
         var = ds.createVariable(c, "f4", (*FORECAST_DIMS, *spatial_dims),
                                 chunksizes=(1, 1, 1, *layout.spatial))
         units = layout.channel_units[i] if layout.channel_units else layout.units
-        var.setncatts({"long_name": f"forecast of {c}", "units": units,
-                       "coordinates": "lead init_index init_frame"})
-    ds.setncatts({"Conventions": "CF-1.8", "funcdiff_version": funcdiff.__version__, "grid": layout.grid,
+        var.setncatts(cf_units({"long_name": f"forecast of {c}", "units": units,
+                                "coordinates": "lead init_time init_index init_frame"}))
+    attrs = dict(attrs)
+    globals_ = cf_global_attrs(str(attrs.pop("title", "")) or "funcdiff ensemble forecast",
+                               history=str(attrs.pop("history", "")))
+    ds.setncatts({**globals_, "funcdiff_version": funcdiff.__version__, "grid": layout.grid,
                   "dt": float(layout.dt), "channels": json.dumps(list(layout.channels)),
                   **{k: attribute(v) for k, v in attrs.items()}})
     os.chmod(path, new_file_mode())
     return ds
+
+
+def time_attrs(time_units: str) -> tuple[dict, dict]:
+    """CF attributes of ``lead_time`` and ``init_time`` for a forecaster's ``time_units``: CF times
+    (``"hours since 1970-01-01"``: a duration in hours and a reference time) or a unit of the model's own
+    (``"model time units"``: dimensionless, units "1", the unit named in the long_name)."""
+    if " since " in time_units:
+        duration = time_units.split(" since ")[0].strip()
+        return ({"standard_name": "forecast_period", "long_name": "lead time", "units": duration},
+                {"standard_name": "forecast_reference_time", "long_name": "time of the initial state",
+                 "units": time_units, "calendar": "proleptic_gregorian"})
+    return (cf_units({"long_name": "lead time", "units": time_units}),
+            cf_units({"long_name": "time of the initial state", "units": time_units}))
+
+
+def open_layout(forecast: xr.Dataset) -> xr.Dataset:
+    """``forecast`` in the current layout: a file of funcdiff <= 0.1 (dimension ``init_time``) gets the ``init``
+    dimension, ``init_time`` becoming a coordinate on it; a current file is returned as it is."""
+    if OLD_INIT_DIM in forecast.dims and "init" not in forecast.dims:
+        forecast = forecast.swap_dims({OLD_INIT_DIM: "init"})
+        forecast = forecast.assign_coords(init=np.arange(forecast.sizes["init"], dtype=np.int32))
+    return forecast
 
 
 def _coord(ds: netCDF4.Dataset, name: str, dims: tuple, values: np.ndarray, dtype: str, **attrs: str) -> None:
@@ -144,7 +182,9 @@ class ForecastContents:
 
 
 def read_contents(forecast: xr.Dataset) -> ForecastContents:
-    """Channels, spatial dims and init/lead coordinates of a forecast dataset (UserError if malformed)."""
+    """Channels, spatial dims and init/lead coordinates of a forecast dataset in the current layout (pass a file
+    of funcdiff <= 0.1 through :func:`open_layout` first; UserError if malformed)."""
+    forecast = open_layout(forecast)
     channels = tuple(json.loads(forecast.attrs["channels"]) if "channels" in forecast.attrs else
                      [v for v in forecast.data_vars if forecast[v].dims[:3] == FORECAST_DIMS])
     missing = [c for c in channels if c not in forecast.data_vars]

@@ -105,6 +105,7 @@ def fields_to_dataset(
         for c, name in enumerate(channel_names):
             data_vars[f"{name}{suffix}"] = xr.DataArray(array[:, c], dims=dims, attrs=variable_attrs(f"{name}{suffix}"))
     ds = xr.Dataset(data_vars, coords=coords)
+    ds[sample_dim].attrs.update(long_name="sample number")
     for name in dims[1:]:
         if grid == "latlon":
             ds[name].attrs.update(standard_name=name, long_name=name,
@@ -116,8 +117,70 @@ def fields_to_dataset(
     return ds
 
 
-def write_netcdf(ds: xr.Dataset, path: str | os.PathLike) -> Path:
-    """Write ``ds`` to ``path`` atomically (temporary file in the same folder, then ``os.replace``)."""
+PLACEHOLDER_UNITS = ("model time units", "channel units")  # funcdiff <= 0.1: not UDUNITS; now "1" + long_name
+INT32 = np.iinfo(np.int32)
+
+
+def cf_units(attrs: Mapping) -> dict:
+    """``attrs`` with a placeholder unit (``"model time units"``) replaced by ``"1"``, the placeholder moved into
+    the ``long_name`` ("lead time (model time units)"): funcdiff's PDE data are dimensionless."""
+    attrs = dict(attrs)
+    units = attrs.get("units")
+    if isinstance(units, str) and units in PLACEHOLDER_UNITS:
+        attrs["units"] = "1"
+        name = str(attrs.get("long_name", "")).strip()
+        attrs["long_name"] = f"{name} ({units})" if name else units
+    return attrs
+
+
+def cf_dataset(ds: xr.Dataset, title: Optional[str] = None) -> xr.Dataset:
+    """A copy of ``ds`` encoded to pass the CF-1.8 compliance checker (nothing is computed; values are unchanged):
+
+    * 64-bit integers are written as int32 (CF has no 64-bit type) when they fit, booleans as int8;
+    * coordinate and integer variables get no ``_FillValue`` (CF §2.5.1: coordinates have no missing values);
+    * strings are written as char arrays (numeric coordinate variables only; string labels read back unchanged);
+    * a variable without ``long_name``/``standard_name`` gets its name as ``long_name``; placeholder units
+      become ``"1"`` (:func:`cf_units`);
+    * global ``Conventions``, ``title`` (kept if present, else ``title`` or "funcdiff output") and ``history``
+      (this program's line above any history ``ds`` carries, :mod:`funcdiff.io.provenance`).
+    """
+    from funcdiff.io.provenance import CONVENTIONS, add_history
+
+    ds = ds.copy()
+    for name, var in ds.variables.items():
+        encoding = dict(var.encoding)
+        attrs = cf_units(var.attrs)
+        if "long_name" not in attrs and "standard_name" not in attrs:
+            attrs["long_name"] = str(name)
+        dtype = np.dtype(var.dtype)
+        if dtype == np.bool_:
+            encoding["dtype"] = "int8"
+        elif dtype.kind in "iu" and dtype.itemsize == 8:
+            values = np.asarray(var.values)
+            fits = not values.size or (INT32.min <= int(values.min()) and int(values.max()) <= INT32.max)
+            if fits:
+                encoding["dtype"] = "int32"
+        elif dtype.kind in "OUS" and not (dtype.kind == "S" and dtype.itemsize == 1):
+            encoding["dtype"] = "S1"
+        if name in ds.coords or dtype.kind in "iubOUS":
+            encoding["_FillValue"] = None
+        for key in ("units", "calendar"):  # datetime/timedelta coordinates: CF units chosen by xarray or kept
+            if dtype.kind in "mM" and key in attrs:
+                encoding.setdefault(key, attrs.pop(key))
+        var.encoding, var.attrs = encoding, attrs
+    attrs = dict(ds.attrs)
+    attrs["Conventions"] = CONVENTIONS
+    if not str(attrs.get("title", "")).strip():
+        attrs["title"] = title or "funcdiff output"
+    attrs["history"] = add_history(str(attrs.get("history", "")))
+    ds.attrs = attrs
+    return ds
+
+
+def write_netcdf(ds: xr.Dataset, path: str | os.PathLike, title: Optional[str] = None) -> Path:
+    """Write ``ds`` to ``path`` atomically (temporary file in the same folder, then ``os.replace``), encoded for
+    CF-1.8 by :func:`cf_dataset` (``title``: the global title if ``ds`` has none)."""
+    ds = cf_dataset(ds, title)
     with atomic_path(path) as tmp:
         ds.to_netcdf(tmp, engine="netcdf4")
     return Path(path)

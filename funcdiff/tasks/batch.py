@@ -44,6 +44,7 @@ import xarray as xr
 from funcdiff.errors import UserError
 from funcdiff.io.atomic import write_text_atomic
 from funcdiff.io.netcdf import write_netcdf
+from funcdiff.io.provenance import add_history
 from funcdiff.training.distributed import batch_rank_from_env
 from funcdiff.training.signals import REQUEUE_EXIT, StopSignal
 
@@ -52,6 +53,7 @@ PARTS = "parts"
 MERGED = "merged.nc"
 SIGNATURE_ATTR = "batch_signature"
 DROPPED_ATTRS = ("run_signature",)  # per-part bookkeeping that the merged file does not need
+FILE_ATTRS = ("history", "title", "Conventions", "source", "institution")  # about the file, not the case
 
 
 # ------------------------------------------------------------------------------------------------ the cases
@@ -374,10 +376,10 @@ def merge_parts(out_dir: str | os.PathLike, out: Optional[str | os.PathLike] = N
                         "the batch command (it skips finished cases), then merge")
     attrs = [_attrs(p) for p in paths]
     keys = set().union(*attrs)
-    varying = sorted(k for k in keys if k not in DROPPED_ATTRS and
+    varying = sorted(k for k in keys if k not in DROPPED_ATTRS + FILE_ATTRS and
                      any(k not in a or _differ(a[k], attrs[0].get(k)) for a in attrs))
     forecast = manifest["kind"] == "forecast"
-    dim = "init_time" if forecast else "case"
+    dim = "init" if forecast else "case"
     positions = {p.name: i for i, p in enumerate(paths)}  # xarray may store the source path resolved
 
     def prepare(ds: xr.Dataset) -> xr.Dataset:
@@ -386,11 +388,14 @@ def merge_parts(out_dir: str | os.PathLike, out: Optional[str | os.PathLike] = N
         for k in DROPPED_ATTRS:
             ds.attrs.pop(k, None)
         if forecast:
-            ds = ds.assign_coords(case=("init_time", [i]))
+            if "init" not in ds.dims and "init_time" in ds.dims:  # a part of funcdiff <= 0.1 (dim init_time)
+                ds = ds.swap_dims(init_time="init")
+            ds = ds.assign_coords(case=("init", np.array([i], dtype=np.int32),
+                                        {"long_name": "position of the case in the batch's case list"}))
         else:
             ds = ds.reset_coords().expand_dims(case=[cases[i].index])
         for k, v in per_case.items():
-            ds[k] = ((dim,), [v])
+            ds[k] = ((dim,), [_per_case_value(v)], {"long_name": f"{k} of each case (a per-case attribute)"})
         return ds
 
     # What xr.open_mfdataset(combine="nested") does, without its dask chunks.
@@ -398,7 +403,14 @@ def merge_parts(out_dir: str | os.PathLike, out: Optional[str | os.PathLike] = N
     try:
         merged = xr.concat([prepare(ds) for ds in parts], dim=dim, data_vars="all" if not forecast else "minimal",
                            coords="minimal", compat="override", join="outer", combine_attrs="override")
+        if forecast:  # each part numbers its initial states from 0
+            merged = merged.assign_coords(init=("init", np.arange(merged.sizes["init"], dtype=np.int32),
+                                                {"long_name": "initial state number"}))
+        else:
+            merged["case"].attrs.update(long_name="sample index of the case in the case file")
         merged.attrs.update({"batch_cases": len(cases), "batch_kind": manifest["kind"]})
+        merged.attrs["history"] = add_history(str(attrs[0].get("history", "")),
+                                              f"merged {len(cases)} {manifest['kind']} parts of {out_dir}")
         merged.attrs.pop(SIGNATURE_ATTR, None)
         merged.attrs[SIGNATURE_ATTR] = signature
         path = write_netcdf(merged, out if out is not None else out_dir / MERGED)
@@ -413,14 +425,27 @@ def _attrs(path: Path) -> dict:
         return {k: ds.getncattr(k) for k in ds.ncattrs()}
 
 
+def _per_case_value(value):
+    """A per-case attribute as a variable entry: integers beyond int32 (63-bit case seeds) as decimal text, since
+    CF-1.8 has no 64-bit integer type (``--seed`` takes the text as it is)."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool) and \
+            not np.iinfo(np.int32).min <= int(value) <= np.iinfo(np.int32).max:
+        return str(int(value))
+    return value
+
+
 def _differ(a, b) -> bool:
     return not np.array_equal(np.asarray(a), np.asarray(b))
 
 
 def same_result(a: str | os.PathLike, b: str | os.PathLike) -> bool:
-    """Whether two merged files hold identical variables, coordinates and attributes (xarray ``identical``)."""
+    """Whether two merged files hold identical variables, coordinates and attributes (xarray ``identical``), all
+    but the global ``history`` (it records when and how each file was written)."""
     with xr.open_dataset(a, engine="netcdf4") as x, xr.open_dataset(b, engine="netcdf4") as y:
-        return bool(x.load().identical(y.load()))
+        x, y = x.load(), y.load()
+        for ds in (x, y):
+            ds.attrs.pop("history", None)
+        return bool(x.identical(y))
 
 
 # ------------------------------------------------------------------------------------------------ solve cases

@@ -1,14 +1,18 @@
 """Scores of an ensemble forecast against truth trajectories, per lead time and channel, with reference rows.
 
-Forecast layout (written by ``funcdiff forecast``): one variable per channel of dims
-``(init_time, member, lead_time, x[, y])`` in physical units; coordinates ``lead_time``, ``lead`` (1..L, on
-``lead_time``), ``init_index`` and ``init_frame`` (on ``init_time``), ``member``; global attrs ``channels``
-(JSON list) and ``dt``. Lead ℓ of initial condition i is compared with frame ``init_frame[i] + ℓ`` of trajectory
-``init_index[i]`` of the truth file (funcdiff HDF5 trajectories ``(N, T, *S)``).
+Forecast layout (written by ``funcdiff forecast``, :mod:`funcdiff.io.forecast_file`): one variable per channel of
+dims ``(init, member, lead_time, x[, y])`` in physical units; coordinates ``lead_time``, ``lead`` (1..L, on
+``lead_time``), ``init_time``, ``init_index`` and ``init_frame`` (on ``init``), ``member``; global attrs
+``channels`` (JSON list) and ``dt``. Files of funcdiff <= 0.1 (dimension ``init_time``) are read too. Lead ℓ of
+initial condition i is compared with frame ``init_frame[i] + ℓ`` of trajectory ``init_index[i]`` of the truth file
+(funcdiff HDF5 trajectories ``(N, T, *S)``).
 
-Methods scored: ``forecast`` (the ensemble), ``persistence`` (the initial frame, repeated) and ``climatology``
+Forecast sources scored (dimension ``forecast_source`` of ``scores.nc``: ``scores.rmse.sel(forecast_source=
+"persistence")``): ``forecast`` (the ensemble), ``persistence`` (the initial frame, repeated) and ``climatology``
 (the mean field over every trajectory and frame of a climatology file, by default the truth); the two references
-are deterministic, so their CRPS is their mean absolute error and their spread and SSR are NaN.
+are deterministic, so their CRPS is their mean absolute error and their spread and SSR are NaN. Scores in the
+channel's units (RMSE, CRPS, spread) carry the channels' units when all channels share them (``"1"`` for the
+dimensionless PDE data), else no ``units`` attribute and the units per channel in ``channel_units(channel)``.
 """
 
 from __future__ import annotations
@@ -26,11 +30,13 @@ import xarray as xr
 from torch import Tensor
 
 from funcdiff.errors import UserError
-from funcdiff.io.forecast_file import FORECAST_DIMS, ForecastContents, read_contents
+from funcdiff.io.forecast_file import FORECAST_DIMS, ForecastContents, open_layout, read_contents
 from funcdiff.metrics import (angular_power_spectrum, crps_ensemble, energy_spectrum, max_spectrum_ratio,
                               rank_histogram, rmse, spectrum_error, spread_skill_ratio, weighted_mean)
 
-METHODS = ("forecast", "persistence", "climatology")
+METHODS = ("forecast", "persistence", "climatology")  # the values of the scores' `forecast_source` dimension
+SOURCE_DIM = "forecast_source"  # not "method": xarray's .sel(method=...) is its own argument
+CHANNEL_UNITS = "channel units"  # in SCORE_ATTRS: replaced by the forecast channels' units
 SCORES = ("rmse", "rel_l2", "crps", "spread", "ssr", "acc", "spectrum_error", "max_spectrum_ratio")
 SCORE_ATTRS = {
     "rmse": ("RMSE of the ensemble mean", "channel units"),
@@ -208,9 +214,11 @@ def score_forecast(forecast: xr.Dataset, truth_path: str | os.PathLike,
         weights: spatial weights broadcastable to ``*S`` (see :func:`lead_scores`).
         seed: seeds the generator that breaks rank ties.
 
-    Shapes: -> dataset with variables ``SCORES`` of dims (method, lead_time, channel) and ``rank_histogram``
-    (method, lead_time, channel, rank); ``rank`` has M + 1 entries (NaN for the deterministic references).
+    Shapes: -> dataset with variables ``SCORES`` of dims (forecast_source, lead_time, channel) and
+    ``rank_histogram`` (forecast_source, lead_time, channel, rank); ``rank`` has M + 1 entries (NaN for the
+    deterministic references).
     """
+    forecast = open_layout(forecast)
     layout = read_contents(forecast)
     if weights is None and "latitude" in layout.spatial:  # lat-lon forecast: WeatherBench 2 area weights
         from funcdiff.metrics import latitude_weights
@@ -230,9 +238,23 @@ def score_forecast(forecast: xr.Dataset, truth_path: str | os.PathLike,
               for i in range(0, len(keep), lead_chunk)]
     scores = {m: {k: torch.cat([c[m][k] for c in chunks], dim=1) for k in chunks[0][m]} for m in METHODS}
     attrs = {"truth": str(truth_path), "climatology": str(climatology_path or truth_path),
-             "members": forecast.sizes["member"], "initial_conditions": forecast.sizes["init_time"],
+             "members": forecast.sizes["member"], "initial_conditions": forecast.sizes["init"],
              "dt": forecast.attrs.get("dt", float("nan"))}
-    return scores_to_dataset(scores, layout, keep, attrs)
+    units = {c: str(forecast[c].attrs.get("units", "1")) for c in layout.channels}
+    return scores_to_dataset(scores, layout, keep, attrs, channel_units=units,
+                             lead_time_attrs=_lead_time_attrs(forecast))
+
+
+def _lead_time_attrs(forecast: xr.Dataset) -> dict:
+    """CF attributes of the scores' ``lead_time`` (values as :func:`read_contents` gives them: hours for a
+    decoded CF duration, else the forecast's own numbers)."""
+    from funcdiff.io.netcdf import cf_units
+
+    lead = forecast["lead_time"]
+    if np.issubdtype(lead.dtype, np.timedelta64):
+        return {"standard_name": "forecast_period", "long_name": "lead time", "units": "hours"}
+    attrs = {k: lead.attrs[k] for k in ("standard_name", "long_name", "units") if k in lead.attrs}
+    return cf_units({"long_name": "lead time", "units": "1", **attrs})
 
 
 def _read_members(forecast: xr.Dataset, layout: ForecastContents, leads: np.ndarray) -> Tensor:
@@ -265,22 +287,43 @@ def _score_chunk(forecast: xr.Dataset, layout: ForecastContents, trajectories: T
 
 
 def scores_to_dataset(scores: dict[str, dict[str, Tensor]], layout: ForecastContents, leads: np.ndarray,
-                      attrs: dict) -> xr.Dataset:
-    """Collect :func:`lead_scores` outputs (per method, each (C, L) or (C, L, M + 1)) into a dataset."""
-    dims = ("method", "lead_time", "channel")
-    data_vars = {name: (dims, np.stack([scores[m][name].T.numpy() for m in METHODS]),
-                        {"long_name": SCORE_ATTRS[name][0], "units": SCORE_ATTRS[name][1]}) for name in SCORES}
+                      attrs: dict, *, channel_units: Optional[dict] = None,
+                      lead_time_attrs: Optional[dict] = None) -> xr.Dataset:
+    """Collect :func:`lead_scores` outputs (per forecast source, each (C, L) or (C, L, M + 1)) into a dataset.
+
+    ``channel_units``: channel -> CF units (default "1"); ``lead_time_attrs``: CF attributes of ``lead_time``."""
+    units = [str((channel_units or {}).get(c, "1")) for c in layout.channels]
+    common = units[0] if len(set(units)) == 1 else None
+    dims = (SOURCE_DIM, "lead_time", "channel")
+    data_vars = {}
+    for name in SCORES:
+        var_attrs = {"long_name": SCORE_ATTRS[name][0], "units": SCORE_ATTRS[name][1]}
+        if var_attrs["units"] == CHANNEL_UNITS:
+            if common is None:
+                del var_attrs["units"]
+                var_attrs["comment"] = "in the units of each channel: see channel_units"
+            else:
+                var_attrs["units"] = common
+        data_vars[name] = (dims, np.stack([scores[m][name].T.numpy() for m in METHODS]), var_attrs)
     ranks = scores["forecast"]["rank_histogram"].permute(1, 0, 2).numpy()  # (L, C, M + 1)
     histogram = np.full((len(METHODS), *ranks.shape), np.nan)
     histogram[0] = ranks
     data_vars["rank_histogram"] = ((*dims, "rank"), histogram, {"long_name": SCORE_ATTRS["rank_histogram"][0],
                                                                "units": "1"})
-    coords = {"method": list(METHODS), "lead_time": ("lead_time", layout.lead_time[leads], {"long_name": "lead time"}),
-              "lead": ("lead_time", layout.lead[leads], {"long_name": "lead (forecast steps)"}),
-              "channel": list(layout.channels), "rank": np.arange(ranks.shape[-1])}
+    if common is None:
+        data_vars["channel_units"] = (("channel",), units, {"long_name": "units of each channel"})
+    coords = {SOURCE_DIM: (SOURCE_DIM, list(METHODS), {"long_name": "source of the scored forecast: the ensemble, "
+                                                                    "or the persistence or climatology reference"}),
+              "lead_time": ("lead_time", layout.lead_time[leads],
+                            lead_time_attrs or {"long_name": "lead time", "units": "1"}),
+              "lead": ("lead_time", layout.lead[leads].astype(np.int32), {"long_name": "lead (forecast steps)"}),
+              "channel": ("channel", list(layout.channels), {"long_name": "forecast channel"}),
+              "rank": ("rank", np.arange(ranks.shape[-1], dtype=np.int32),
+                       {"long_name": "rank of the truth among the ensemble members"})}
     import funcdiff
 
-    return xr.Dataset(data_vars, coords=coords, attrs={**attrs, "funcdiff_version": funcdiff.__version__,
+    return xr.Dataset(data_vars, coords=coords, attrs={"title": "funcdiff forecast scores", **attrs,
+                                                       "funcdiff_version": funcdiff.__version__,
                                                        "Conventions": "CF-1.8"})
 
 
@@ -288,12 +331,12 @@ def scores_to_dataset(scores: dict[str, dict[str, Tensor]], layout: ForecastCont
 
 
 def score_rows(scores: xr.Dataset) -> list[dict]:
-    """One JSON-ready row per (method, channel, lead): ``{"method", "channel", "lead", "lead_time", <scores>}``
-    (NaN as None)."""
+    """One JSON-ready row per (forecast source, channel, lead): ``{"method", "channel", "lead", "lead_time",
+    <scores>}`` (NaN as None; ``method`` is the ``forecast_source``)."""
     rows = []
-    for method in scores["method"].values:
+    for method in scores[SOURCE_DIM].values:
         for channel in scores["channel"].values:
-            sel = scores.sel({"method": method, "channel": channel})
+            sel = scores.sel({SOURCE_DIM: method, "channel": channel})
             for i in range(scores.sizes["lead_time"]):
                 row = {"method": str(method), "channel": str(channel), "lead": int(sel["lead"][i]),
                        "lead_time": float(sel["lead_time"][i])}

@@ -168,7 +168,7 @@ def read_coarse(path: str | os.PathLike, channels, index=None, start_frame: int 
         if is_forecast:
             x = read_forecast(path)  # (n_init, M, C, L, *S)
             return (x.flatten(0, 1), torch.tensor(leads, dtype=torch.float64),
-                    f"forecast file: sample = init_time * {x.shape[1]} + member")
+                    f"forecast file: sample = init * {x.shape[1]} + member")
     traj, times = read_trajectories(path, channels)
     chosen = list(range(traj.shape[0])) if index is None else list(index)
     bad = [i for i in chosen if not 0 <= i < traj.shape[0]]
@@ -183,20 +183,23 @@ def read_coarse(path: str | os.PathLike, channels, index=None, start_frame: int 
 
 
 def write_super_resolution(fine: Tensor, times: Tensor, channels, path: str | os.PathLike, attrs: dict) -> Path:
-    """Refined trajectories (B, C, T, *S) as netCDF (atomic): ``<channel>(sample, time, x[, y])`` with the time
-    coordinate ``times`` (T,) and x_i = i/n on the unit periodic domain."""
+    """Refined trajectories (B, C, T, *S) as netCDF (atomic, CF-1.8): ``<channel>(sample, t, x[, y])`` with the
+    time coordinate ``t`` = ``times`` (T,) (dimensionless model time, units "1"; named ``t`` as in funcdiff's
+    trajectory files: CF reserves a ``time`` dimension for calendar times) and x_i = i/n on the unit periodic
+    domain."""
     import xarray as xr
 
     from funcdiff.io.netcdf import SPATIAL_NAMES, variable_attrs, write_netcdf
 
-    dims = ("sample", "time", *SPATIAL_NAMES[: fine.ndim - 3])
-    coords = {"sample": np.arange(fine.shape[0]), "time": times.numpy()}
+    dims = ("sample", "t", *SPATIAL_NAMES[: fine.ndim - 3])
+    coords = {"sample": np.arange(fine.shape[0], dtype=np.int32), "t": times.numpy()}
     for name, n in zip(dims[2:], fine.shape[3:]):
         coords[name] = np.arange(n) / n
     array = fine.detach().float().cpu().numpy()
     ds = xr.Dataset({c: xr.DataArray(array[:, i], dims=dims, attrs=variable_attrs(c)) for i, c in enumerate(channels)},
                     coords=coords)
-    ds["time"].attrs.update(long_name="time of the refined frame", units="model time units")
+    ds["sample"].attrs.update(long_name="sample number")
+    ds["t"].attrs.update(long_name="time of the refined frame (model time units)", units="1")
     for name in dims[2:]:
         ds[name].attrs.update(units="1", long_name=f"{name} coordinate (unit domain)")
     ds.attrs.update({"Conventions": "CF-1.8", "grid": "periodic", "channels": json.dumps(list(channels)),
