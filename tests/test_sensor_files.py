@@ -76,3 +76,11 @@ def test_static_observation_file_is_cf_clean(tmp_path):
     back = load_observation(path)
     assert back.channel_names == ("a", "u")
     torch.testing.assert_close(back.values, obs.values.double())
+
+
+def test_lat_lon_stations_for_a_torus_model_are_named_as_such(tmp_path):
+    stations = xr.Dataset({"z500": ("station", np.array([5e4, 5.1e4]))},
+                          coords={"latitude": ("station", [10.0, 20.0]), "longitude": ("station", [5.0, 6.0])})
+    stations.to_netcdf(tmp_path / "stations.nc")
+    with pytest.raises(UserError, match="lat-lon stations.*model's grid is 'periodic'"):
+        load_timed_observations(tmp_path / "stations.nc", grid="periodic")
