@@ -87,6 +87,10 @@ def test_samples_posterior_and_solve_batch_files(darcy, tmp_path):
     assert len(files) == 6
     for path in files:
         assert_cf(path)
+    with xr.open_dataset(files[-1]) as ds:  # per-case metrics with units; 63-bit case seeds as text
+        assert ds["rel_l2_a"].attrs["units"] == "1" and ds["misfit_mean"].attrs["units"] == "1"
+        assert ds["case"].dtype == np.int32 and int(ds["case_seed"].values[0]) > 0
+        assert "merged 2 solve parts" in ds.attrs["history"] and "funcdiff solve" in ds.attrs["history"]
 
 
 @needs_checker

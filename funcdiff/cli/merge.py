@@ -11,7 +11,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "merge", help="join the parts of a batch solve/forecast run into one netCDF file",
         description="Join <dir>/parts/case_*.nc of a finished `solve --cases` or `forecast --indices/--init-times` "
-                    "run into one file (solve: a `case` dimension; forecast: along init_time with a `case` "
+                    "run into one file (solve: a `case` dimension; forecast: along init with a `case` "
                     "coordinate). Refuses while cases are missing.")
     p.add_argument("out_dir", type=Path, help="the --out-dir of the batch run")
     p.add_argument("--out", type=Path, default=None, help="merged file (default: <out_dir>/merged.nc)")

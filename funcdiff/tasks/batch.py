@@ -12,7 +12,7 @@ Layout of an output folder::
     out/cases.json              the case list and the run's signature (what determines every result)
     out/parts/case_<key>.nc     one file per finished case, written atomically (temporary file + rename)
     out/merged.nc               ``funcdiff merge out/``: every case along a ``case`` dimension (forecasts: along
-                                ``init_time``, with ``case`` as its coordinate), per-case attributes as variables
+                                ``init``, with ``case`` as a coordinate on it), per-case attributes as variables
 
 Rules. Rank ``r`` of ``W`` takes cases ``r, r + W, r + 2W, ...`` of the list (``RANK``/``WORLD_SIZE`` from
 torchrun, else ``SLURM_PROCID``/``SLURM_NTASKS``; no process group is needed). A case's random numbers come from
@@ -359,8 +359,9 @@ def merge_parts(out_dir: str | os.PathLike, out: Optional[str | os.PathLike] = N
     """Join the parts of a finished batch run into one netCDF file (atomic; default ``<out_dir>/merged.nc``).
 
     Solve parts gain a leading ``case`` dimension (coordinate: the sample index); forecast parts are joined along
-    ``init_time`` (the layout of a multi-start forecast file) with ``case`` (position in the list) as a coordinate
-    on it. Attributes that differ between cases (metrics, seeds) become variables along the case dimension.
+    ``init`` (the layout of a multi-start forecast file) with ``case`` (position in the list) as a coordinate
+    on it. Attributes that differ between cases (metrics, seeds) become variables along the case dimension, with
+    CF units (:func:`per_case_attrs`); the file is CF-1.8 (its ``history`` adds the merge to the first part's).
     Needs no dask (the base install has none): each part is opened with ``xr.open_dataset(cache=False)`` and the
     parts are concatenated, so the merge holds the merged result in memory once (no second copy of the parts).
     UserError if a case is missing.
@@ -395,7 +396,7 @@ def merge_parts(out_dir: str | os.PathLike, out: Optional[str | os.PathLike] = N
         else:
             ds = ds.reset_coords().expand_dims(case=[cases[i].index])
         for k, v in per_case.items():
-            ds[k] = ((dim,), [_per_case_value(v)], {"long_name": f"{k} of each case (a per-case attribute)"})
+            ds[k] = ((dim,), [_per_case_value(v)], per_case_attrs(k, ds))
         return ds
 
     # What xr.open_mfdataset(combine="nested") does, without its dask chunks.
@@ -423,6 +424,30 @@ def merge_parts(out_dir: str | os.PathLike, out: Optional[str | os.PathLike] = N
 def _attrs(path: Path) -> dict:
     with netCDF4.Dataset(path, "r") as ds:
         return {k: ds.getncattr(k) for k in ds.ncattrs()}
+
+
+METRIC_NAMES = {"rel_l2_": "relative L2 error of the posterior mean of", "misclassification_":
+                "misclassification rate of the posterior mean of", "rmse_": "area-weighted RMSE of the posterior mean of"}
+
+
+def per_case_attrs(name: str, part: xr.Dataset) -> dict:
+    """CF ``long_name`` and ``units`` of a per-case attribute stored as a variable of the merged file: relative
+    errors, misfits and rates are ``"1"``, an RMSE has its channel's units, seeds and others have no units."""
+    if name in ("misfit_mean", "misfit_samples"):
+        what = "posterior mean" if name == "misfit_mean" else "samples (mean over samples)"
+        return {"long_name": f"relative observation misfit of the {what}", "units": "1"}
+    for prefix, what in METRIC_NAMES.items():
+        if name.startswith(prefix):
+            channel = name[len(prefix):]
+            single = channel.endswith("_single")
+            channel = channel.removesuffix("_single")
+            long_name = what.replace("the posterior mean", "single samples (mean)") if single else what
+            units = str(part[channel].attrs.get("units", "1")) if prefix == "rmse_" and channel in part else "1"
+            return {"long_name": f"{long_name} {channel}", "units": units}
+    if name in ("case_seed", "seed"):
+        return {"long_name": f"{'seed of the case' if name == 'case_seed' else 'sampling seed'} (decimal text "
+                             "when beyond int32)"}
+    return {"long_name": f"{name} of each case (a per-case attribute)"}
 
 
 def _per_case_value(value):
