@@ -346,3 +346,22 @@ def test_ctrl_c_in_forecast_says_how_to_resume(trained, tmp_path, capsys, monkey
     assert code == 130 and len(err) == 1 and "interrupted" in err[0] and "rerun the same command" in err[0], err
     monkeypatch.setattr(fio, "write_leads", real)
     assert main(argv) == 0 and (tmp_path / "k.nc").exists()
+
+
+def test_batch_twin_sensors_read_each_case_from_its_own_trajectory(trained, tmp_path):
+    """A batch case with twin sensors equals `forecast --index I --seed <case_seed>` with the same sensor flags."""
+    tmp, held_out = trained
+    a, b = held_out[:2]
+    sensor = ["--sensor-fraction", "0.25", "--sensor-every", "2", "--sensor-noise", "0.01"]
+    common = ["forecast", "--checkpoint", str(tmp / "run"), "--initial", str(tmp / "adv.h5"), "--lead-steps", "4",
+              "--members", "2", "--steps-per-frame", "2", "--no-progress", "--no-plot", *sensor]
+    assert main(common + ["--indices", f"{a},{b}", "--seed", "7", "--out-dir", str(tmp_path / "batch")]) == 0
+    parts = sorted((tmp_path / "batch" / "parts").glob("*.nc"))
+    assert len(parts) == 2
+    for part in parts:
+        with xr.open_dataset(part) as ds:
+            index, seed, batch = int(ds["init_index"].values[0]), int(ds.attrs["case_seed"]), ds["u"].values
+        single = tmp_path / f"single_{index}.nc"
+        assert main(common + ["--index", str(index), "--seed", str(seed), "--out", str(single)]) == 0
+        with xr.open_dataset(single) as ds:
+            np.testing.assert_allclose(ds["u"].values, batch, rtol=1e-5, atol=1e-5)
