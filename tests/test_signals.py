@@ -64,7 +64,7 @@ def _reference(config, tmp_path) -> dict:
     return _REFERENCE
 
 
-def test_sigusr1_checkpoints_exits_75_and_resume_is_bit_exact(tmp_path):
+def test_sigusr1_checkpoints_exits_75_and_resume_is_bit_exact(tmp_path, capsys):
     """SIGUSR1 to a training process (Slurm's time-limit warning): checkpoint at the step in hand, exit status
     75, a resume hint on stderr; ``--resume`` ends with the weights of an uninterrupted run, bit for bit."""
     out = tmp_path / "run"
@@ -72,7 +72,7 @@ def test_sigusr1_checkpoints_exits_75_and_resume_is_bit_exact(tmp_path):
     proc = _train(config)
     stdout, stderr = _signal_after_first_steps(proc, out / "log.jsonl", signal.SIGUSR1)
     assert proc.returncode == REQUEUE_EXIT, stderr[-2000:]
-    _check_stop_and_resume(config, out, tmp_path, "SIGUSR1", stderr)
+    _check_stop_and_resume(config, out, tmp_path, "SIGUSR1", stderr, capsys)
 
 
 def test_ctrl_c_checkpoints_prints_the_resume_command_without_traceback(tmp_path, capsys):
@@ -90,10 +90,10 @@ def test_ctrl_c_checkpoints_prints_the_resume_command_without_traceback(tmp_path
     threading.Thread(target=interrupt, daemon=True).start()
     status = main(["train", "--config", str(config), "--no-progress"])
     assert status == INTERRUPT_EXIT
-    _check_stop_and_resume(config, out, tmp_path, "SIGINT", capsys.readouterr().err)
+    _check_stop_and_resume(config, out, tmp_path, "SIGINT", capsys.readouterr().err, capsys)
 
 
-def _check_stop_and_resume(config, out, tmp_path, name, stderr):
+def _check_stop_and_resume(config, out, tmp_path, name, stderr, capsys):
     checkpoints = sorted((out / "checkpoints").glob("step_*.pt"))
     assert len(checkpoints) == 1, stderr
     stopped_at = int(checkpoints[0].stem.split("_")[1])
@@ -101,7 +101,11 @@ def _check_stop_and_resume(config, out, tmp_path, name, stderr):
     assert f"stopped by {name} at step {stopped_at}" in stderr
     assert f"Resume with: funcdiff train --config {config} --resume" in stderr
     assert "Traceback" not in stderr
+    capsys.readouterr()
     assert main(["train", "--config", str(config), "--no-progress", "--resume"]) == 0
+    # one line says where the run continues: 18 training samples in batches of 6 are 3 steps per epoch
+    assert (f"resumed from step {stopped_at} of {STEPS} (epoch {stopped_at // 3 + 1}, {stopped_at % 3} of its 3 "
+            f"batches done): {checkpoints[0]}") in capsys.readouterr().out.splitlines()
     final = torch.load(out / "checkpoints" / f"step_{STEPS:08d}.pt", weights_only=True)
     for key, value in _reference(config, tmp_path).items():
         assert torch.equal(final["model"][key], value), key

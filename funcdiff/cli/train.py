@@ -74,8 +74,9 @@ def run_train(args: argparse.Namespace) -> int:
     try:
         with user_errors():
             trainer = Trainer.from_config(config, device=device, dist_info=info, progress=not args.no_progress)
-            if args.resume:
-                trainer.resume()
+            resumed_from = trainer.resume() if args.resume else None
+        if trainer.dist.is_main and resumed_from is not None:
+            print(resumed_line(trainer, resumed_from), flush=True)
         if trainer.dist.is_main and not args.resume:
             print(held_out_line(trainer.data_source.get("split")), flush=True)
         with StopSignal((signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)) as stop:
@@ -90,6 +91,14 @@ def run_train(args: argparse.Namespace) -> int:
     if trainer.dist.is_main:
         print(f"trained {config.name!r} to step {trainer.step}; checkpoints in {trainer.out_dir / 'checkpoints'}")
     return 0
+
+
+def resumed_line(trainer, path) -> str:
+    """One line: the step (of ``train.steps``) and epoch a resumed run continues from, and the checkpoint."""
+    epoch, k = trainer.epoch_of(trainer.step)
+    per_epoch = trainer.train_x.shape[0] // trainer.config.train.batch_size
+    return (f"resumed from step {trainer.step} of {trainer.config.train.steps} (epoch {epoch + 1}, {k} of its "
+            f"{per_epoch} batches done): {path}")
 
 
 def held_out_line(split: dict | None) -> str:

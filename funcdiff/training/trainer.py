@@ -45,8 +45,8 @@ from funcdiff.io.checkpoint import (CheckpointMeta, checkpoint_path, latest_chec
                                     prune_checkpoints, read_checkpoint, save_checkpoint)
 from funcdiff.models import build_denoiser
 from funcdiff.noise import GaussianRandomField
-from funcdiff.training.distributed import (DistInfo, all_reduce_mean, dist_info_from_env, init_distributed,
-                                           select_device, shard_batch, shutdown_distributed)
+from funcdiff.training.distributed import (DistInfo, all_reduce_mean, barrier, dist_info_from_env,
+                                           init_distributed, select_device, shard_batch, shutdown_distributed)
 from funcdiff.training.ema import EMA
 from funcdiff.training.signals import StopSignal, agree_stop
 from funcdiff.training.forecast import forecast_loss, load_trajectories, window_datasets
@@ -232,11 +232,16 @@ class Trainer:
     def batch_indices(self, step: int) -> torch.Tensor:
         """This rank's sample indices at ``step``: batch ``k`` of a permutation seeded by (seed, epoch)."""
         n, b = self.train_x.shape[0], self.config.train.batch_size
-        epoch, k = divmod(step, n // b)
+        epoch, k = self.epoch_of(step)
         if self._perm_cache is None or self._perm_cache[0] != epoch:
             gen = torch.Generator().manual_seed(self.config.train.seed * 1_000_003 + epoch)
             self._perm_cache = (epoch, torch.randperm(n, generator=gen))
         return shard_batch(self._perm_cache[1][k * b:(k + 1) * b], self.dist)
+
+    def epoch_of(self, step: int) -> tuple[int, int]:
+        """``(epoch, k)``: after ``step`` steps, ``epoch`` whole passes over the data are done (0-based index of the
+        epoch in hand) and ``k`` batches of the next (an epoch is ``len(train data) // batch_size`` batches)."""
+        return divmod(step, self.train_x.shape[0] // self.config.train.batch_size)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.config.train.bf16 and self.device.type == "cuda":
@@ -316,6 +321,7 @@ class Trainer:
                 self.save_checkpoint()
             bar.update(1)
             if stop:
+                barrier(self.dist)  # no rank exits before rank 0 has written the checkpoint (Slurm may then kill all)
                 self.stopped_by = self.stop.name or "a signal to another rank"
                 break
         bar.close()
