@@ -195,3 +195,65 @@ def test_scores_png_without_units_keeps_channels_apart():
 
     fig = scores_figure(_scores(units=False))
     assert len([ax for ax in fig.axes if ax.get_ylabel().startswith("rmse")]) == 2
+
+
+def test_posterior_panels_on_the_sphere_are_maps_with_units_and_one_scale_for_truth_and_estimate():
+    from funcdiff.guidance.observations import SparseObservation, random_sensors
+    from funcdiff.io import plots
+    from funcdiff.tasks.problems import Task
+    from funcdiff.tasks.solve import Posterior
+
+    members, truth = _sphere_members()
+    z = truth[:1, 0][None]  # (1, 1, H, W) z500
+    coords = random_sensors(10, (H, W), grid="latlon", generator=torch.Generator().manual_seed(0))
+    obs = SparseObservation(coords, channels=(0,), noise_std=0.0, grid="latlon", channel_names=("z500",))
+    obs = obs.with_values(obs.observe(z.double()))
+    task = Task(name="z", problem="era5", direction="reconstruct", channels=("z500",), observed=("z500",),
+                target=("z500",), grid="latlon")
+    post = Posterior(task, ("z500",), members[:, :1, 0], obs, z, ("z500",), units={"z500": "m2 s-2"})
+    figures = []
+    original = plots.plot_panels
+    plots.plot_panels = lambda panels, path, **kw: figures.append(plots.panels_figure(panels, **kw))
+    try:
+        post.plot("unused.png")
+    finally:
+        plots.plot_panels = original
+    fig = figures[0]
+    axes = _map_axes(fig)
+    images = [ax.get_images()[0] for ax in axes]
+    assert all(im.get_array().shape == (H, W) and tuple(im.get_extent()[2:]) == (-90.0, 90.0) for im in images)
+    assert all("longitude" in ax.get_xlabel() for ax in axes)
+    shared = [im for ax, im in zip(axes, images) if ax.get_title().startswith(("truth", "observed", "posterior mean"))]
+    assert len(shared) == 3 and len({im.get_clim() for im in shared}) == 1
+    assert {im.get_cmap().name for im in shared} == {"viridis"}  # z500 is absolute: sequential
+    lon, lat = axes[1].collections[0].get_offsets().T  # sensors at (lon, lat) in degrees
+    np.testing.assert_allclose(np.sort(lat), np.sort(coords[:, 0].numpy()))
+    assert all("[m² s⁻²]" in label for label in _colorbar_labels(fig))
+
+
+def test_samples_and_super_resolution_pictures_label_units_and_share_a_scale():
+    from funcdiff.io import plots
+    from funcdiff.tasks.super_resolution import super_resolution_figure
+
+    grf = GaussianRandomField(dim=2, smoothness=2.0)
+    rows = {"data": grf.sample((2, 1, 16, 16)).exp(), "samples": grf.sample((2, 1, 16, 16)).exp()}
+    saved = []
+    original = plots.save_figure
+    plots.save_figure = lambda fig, path, dpi=None: saved.append(fig)
+    try:
+        plots.plot_samples_vs_data(rows, "unused.png", n_show=2, channel_name="a", units="m")
+    finally:
+        plots.save_figure = original
+    fig = saved[0]
+    images = [ax.get_images()[0] for ax in _map_axes(fig)]
+    assert len(images) == 4 and len({im.get_clim() for im in images}) == 1
+    assert {im.get_cmap().name for im in images} == {"viridis"}  # positive data: sequential, not red-blue
+    assert set(_colorbar_labels(fig)) == {"a [m]"}
+    wave = torch.sin(2 * torch.pi * (torch.arange(32)[None, :] / 32 - 0.05 * torch.arange(16)[:, None]))[None]
+    times = 0.5 * torch.arange(16, dtype=torch.float64)
+    fig = super_resolution_figure(wave[:, ::4, ::4], wave, channel_name="u", coarse_times=times[::4],
+                                  fine_times=times)
+    images = [ax.get_images()[0] for ax in _map_axes(fig)]
+    assert len({im.get_clim() for im in images}) == 1 and images[0].get_cmap().name == "RdBu_r"
+    assert _colorbar_labels(fig) == ["u [dimensionless]"]
+    assert all("model time units" in ax.get_ylabel() for ax in _map_axes(fig))

@@ -85,6 +85,7 @@ def run_sample(args: argparse.Namespace) -> int:
     print(f"wrote {args.num_samples} samples at {args.resolution}^{meta.noise.dim} to {path}")
     for c, name in enumerate(meta.channel_names):
         png = plot_samples_vs_data({"samples": fields}, path.with_name(f"{path.stem}_{name}.png"), channel=c,
-                                   channel_name=name)
+                                   channel_name=name, units=str(ds[name].attrs.get("units", "1")),
+                                   grid=checkpoint_grid(meta))
         print(f"wrote {png}")
     return 0

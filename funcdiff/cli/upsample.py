@@ -55,6 +55,7 @@ def run_upsample(args: argparse.Namespace) -> int:
                                         "solver": args.solver, "seed": args.seed, "samples": source})
     print(f"wrote {out}: {tuple(coarse.shape)} -> {tuple(fine.shape)} (samples, channels, time, space)")
     if not args.no_plot:
-        png = plot_super_resolution(coarse[0], fine[0], args.plot or Path(args.out).with_suffix(".png"))
+        png = plot_super_resolution(coarse[0], fine[0], args.plot or Path(args.out).with_suffix(".png"),
+                                    channel_name=sr.channel_names[0], coarse_times=times, fine_times=fine_times)
         print(f"wrote {png}")
     return 0

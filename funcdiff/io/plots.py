@@ -21,8 +21,12 @@ from funcdiff.io.atomic import atomic_path  # noqa: E402
 from funcdiff.metrics import radial_power_spectrum  # noqa: E402
 
 
-def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
-    """Save ``fig`` to ``path`` atomically and close it."""
+DEFAULT_DPI = 110  # of every PNG the package writes (docs/make_pictures.py lowers it for small pictures)
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: Optional[int] = None) -> Path:
+    """Save ``fig`` to ``path`` atomically (at ``dpi``, default :data:`DEFAULT_DPI`) and close it."""
+    dpi = DEFAULT_DPI if dpi is None else dpi
     try:
         with atomic_path(path) as tmp:
             fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
@@ -128,73 +132,97 @@ def label_colorbar(bar, label: str) -> None:
     bar.update_ticks()
 
 
-def _show_field(ax, field: torch.Tensor, title: str, cmap: str = "RdBu_r", vmin=None, vmax=None):
-    """Draw one 1-D curve or 2-D image (first spatial slice for 3-D)."""
-    field = field.detach().float().cpu().numpy()
+def _show_field(ax, field: torch.Tensor, title: str, cmap: Optional[str] = None, vmin=None, vmax=None, *,
+                label: str = "", grid: str = "periodic", lat=None, lon=None):
+    """Draw one 1-D curve or 2-D map (first spatial slice for 3-D) with a labelled colour bar. ``cmap=None``: the
+    :func:`colour_scale` rule (then ``vmin``/``vmax`` default to its limits); ``label``: the colour bar's (or the
+    curve's y axis) label, e.g. :func:`units_label`; ``grid="latlon"``: a (lat, lon) field as a map in degrees."""
+    field = field.detach().float().cpu()
     while field.ndim > 2:
         field = field[0]
     if field.ndim == 1:
-        ax.plot([i / len(field) for i in range(len(field))], field)
+        ax.plot([i / len(field) for i in range(len(field))], field.numpy())
+        ax.set_xlabel("x", fontsize=7)
+        ax.set_ylabel(label, fontsize=7)
     else:
-        im = ax.imshow(field.T, origin="lower", extent=(0, 1, 0, 1), cmap=cmap, vmin=vmin, vmax=vmax)
-        bar = plt.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-        bar.formatter.set_powerlimits((-2, 3))  # 2.5e-4 as "2.5" with a ×10⁻⁴ offset: no overlapping labels
-        bar.ax.tick_params(labelsize=7)
-        bar.ax.yaxis.offsetText.set_fontsize(7)
-        bar.update_ticks()
-        ax.set_xticks([])
-        ax.set_yticks([])
+        if cmap is None:
+            cmap, lo, hi = colour_scale(field)
+            vmin, vmax = (lo if vmin is None else vmin), (hi if vmax is None else vmax)
+        im = draw_map(ax, field, grid=grid, lat=lat, lon=lon, cmap=cmap, vmin=vmin, vmax=vmax)
+        label_colorbar(plt.colorbar(im, ax=ax, fraction=0.046, pad=0.04), label)
     ax.set_title(title, fontsize=9)
 
 
 def plot_samples_vs_data(
     rows: Mapping[str, torch.Tensor], path: str | os.PathLike, channel: int = 0, n_show: int = 4,
-    channel_name: str = "",
+    channel_name: str = "", units: Optional[str] = "1", grid: str = "periodic",
 ) -> Path:
-    """Fields of several batches in rows (e.g. data, samples at 32², samples at 64²) plus their spectra.
+    """Fields of several batches in rows (e.g. data, samples at 32², samples at 64²) plus their spectra, all
+    fields on one colour scale (:func:`colour_scale`) whose colour bars carry ``units`` (CF; "1" dimensionless);
+    ``grid="latlon"``: (lat, lon) fields drawn as maps, longitude across and north up.
 
     Args:
         rows: name -> (B, C, *S) batch; each row shows ``n_show`` fields of ``channel``.
         path: PNG file to write.
     """
-    fig = plt.figure(figsize=(3.0 * n_show + 4.5, 2.7 * len(rows)))
-    grid = fig.add_gridspec(len(rows), n_show + 1, width_ratios=[1.0] * n_show + [1.6], wspace=0.35)
-    lo = min(float(b[:n_show, channel].min()) for b in rows.values())
-    hi = max(float(b[:n_show, channel].max()) for b in rows.values())
-    spectrum_ax = fig.add_subplot(grid[:, n_show])
+    fig = plt.figure(figsize=(3.2 * n_show + 4.5, 2.9 * len(rows)))
+    sphere = grid == "latlon"
+    fig.set_size_inches(fig.get_figwidth() + 2.0 * sphere * n_show, fig.get_figheight())
+    layout = fig.add_gridspec(len(rows), n_show + 1, width_ratios=[1.0 + sphere] * n_show + [1.6], wspace=0.5,
+                              hspace=0.45)
+    cmap, lo, hi = colour_scale(*[b[:n_show, channel] for b in rows.values()])
+    label = units_label(channel_name or f"channel {channel}", units)
+    spectrum_ax = fig.add_subplot(layout[:, n_show])
     for r, (name, batch) in enumerate(rows.items()):
         for i in range(min(n_show, batch.shape[0])):
-            _show_field(fig.add_subplot(grid[r, i]), batch[i, channel], f"{name} #{i}", vmin=lo, vmax=hi)
+            _show_field(fig.add_subplot(layout[r, i]), batch[i, channel], f"{name} #{i}", cmap=cmap, vmin=lo,
+                        vmax=hi, label=label, grid=grid)
         k, p = radial_power_spectrum(batch[:, channel : channel + 1])
         spectrum_ax.loglog(k[1:].numpy(), p[1:].numpy(), label=f"{name} ({'×'.join(map(str, batch.shape[2:]))})")
     spectrum_ax.yaxis.tick_right()  # labels on the far side: clear of the neighbouring colourbar
     spectrum_ax.yaxis.set_label_position("right")
-    spectrum_ax.set_xlabel("wavenumber |k|")
-    spectrum_ax.set_ylabel("power")
+    spectrum_ax.set_xlabel("wavenumber |k| (cycles per unit length)")
+    spectrum_ax.set_ylabel("power [(" + label.partition(" [")[2].rstrip("]") + ")²]" if units not in (None, "", "1")
+                           else "power")
     spectrum_ax.set_title(f"radial power spectrum {channel_name}".strip(), fontsize=9)
     spectrum_ax.legend(fontsize=7)
     return save_figure(fig, path)
 
 
-def plot_panels(panels: Sequence[tuple[str, torch.Tensor]], path: str | os.PathLike, *, cmaps: Sequence[str] = (),
-                points: torch.Tensor | None = None, point_panels: Sequence[int] = (),
-                shared: Sequence[int] = (), title: str = "") -> Path:
-    """One row of named fields (each (*S)), optionally overlaying sensor ``points`` (N, 2) on some panels.
+def plot_panels(panels: Sequence[tuple[str, torch.Tensor]], path: str | os.PathLike, **kwargs) -> Path:
+    """Write :func:`panels_figure` (same arguments) as PNG; returns ``path``."""
+    return save_figure(panels_figure(panels, **kwargs), path)
 
-    ``shared``: indices of panels drawn on one colour scale (e.g. truth, observed field and estimate, so that
-    they can be compared by eye); ``title``: a line above the row (e.g. how the estimate was made).
+
+def panels_figure(panels: Sequence[tuple[str, torch.Tensor]], *, cmaps: Sequence[Optional[str]] = (),
+                  points: torch.Tensor | None = None, point_panels: Sequence[int] = (),
+                  shared: Sequence[int] = (), title: str = "", units: Sequence[Optional[str]] = (),
+                  grid: str = "periodic", lat=None, lon=None):
+    """One row of named fields (each (*S)), optionally overlaying sensor ``points`` on some panels.
+
+    ``shared``: indices of panels drawn on one colour scale chosen by :func:`colour_scale` (e.g. truth, observed
+    field and estimate, so that they can be compared by eye); the other panels use ``cmaps[i]`` (e.g. a
+    sequential map from 0 for a standard deviation or an absolute error; ``None``: the :func:`colour_scale`
+    rule); ``units[i]``: CF units of panel i, written on its colour bar; ``title``: a line above the row (e.g.
+    how the estimate was made). ``grid="latlon"``: fields are (lat, lon) maps drawn longitude across, north up,
+    and ``points`` are (lat, lon) degrees; otherwise (x, y) on the unit domain and ``points`` (N, 2) are (x, y).
     """
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.0 + 0.3 * bool(title)), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.1 + 0.3 * bool(title)), squeeze=False,
+                             layout="constrained")
     limits = {}
     if shared:
-        values = [panels[i][1] for i in shared]
-        limits = {"vmin": min(float(v.min()) for v in values), "vmax": max(float(v.max()) for v in values)}
+        cmap, lo, hi = colour_scale(*[panels[i][1] for i in shared])
+        limits = {"cmap": cmap, "vmin": lo, "vmax": hi}
     for i, (name, field) in enumerate(panels):
-        _show_field(axes[0, i], field, name, cmap=cmaps[i] if i < len(cmaps) else "RdBu_r",
-                    **(limits if i in shared else {}))
+        style = limits if i in shared else {"cmap": cmaps[i] if i < len(cmaps) else None}
+        if style["cmap"] is not None and i not in shared and style["cmap"] != DIVERGING:
+            style = {**style, "vmin": min(0.0, float(field.min()))}  # std, |error|: a sequential scale from 0
+        _show_field(axes[0, i], field, name, label=units_label(name, units[i] if i < len(units) else "1"),
+                    grid=grid, lat=lat, lon=lon, **style)
         if points is not None and i in point_panels:  # black dots with a white rim show on every colour
-            axes[0, i].scatter(points[:, 0].cpu().numpy(), points[:, 1].cpu().numpy(), s=10, c="k", marker="o",
-                               edgecolors="w", linewidths=0.6)
+            pts = points.detach().double().cpu().numpy()
+            across, up = (np.mod(pts[:, 1], 360.0), pts[:, 0]) if grid == "latlon" else (pts[:, 0], pts[:, 1])
+            axes[0, i].scatter(across, up, s=10, c="k", marker="o", edgecolors="w", linewidths=0.6)
     if title:
         fig.suptitle(title, fontsize=10)
-    return save_figure(fig, path)
+    return fig

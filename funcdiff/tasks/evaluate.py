@@ -429,7 +429,7 @@ def scores_figure(scores: xr.Dataset):
     handles = [Line2D([], [], color="k", ls=style.get(s, "-."), marker=".", label=s) for s in sources]
     handles += [Line2D([], [], color=colour[c], lw=3, label=units_label(c, units[c]) if not units[c].startswith("? ")
                        else c) for c in channels]
-    fig.legend(handles=handles, loc="outside upper center", ncols=min(len(handles), 8), fontsize=8)
+    fig.legend(handles=handles, loc="outside upper center", ncols=min(len(handles), 8), fontsize=8, handlelength=4)
     return fig
 
 

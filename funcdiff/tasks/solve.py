@@ -146,17 +146,18 @@ class Posterior:
         if self.truth is not None and target in self.truth_names:
             panels.append((f"|error| {target}", (mean - truth).abs()))
         dot_panel = 1 if panels[0][0].startswith("truth") else 0
-        points = self.observation.coords if self.observation.dim == 2 else None
-        if self.task.grid == "latlon":  # longitude across, latitude up (plot_panels draws (x, y) fields)
-            panels = [(name, value.T) for name, value in panels]
-            points = torch.stack([points[:, 1] / 360.0, (points[:, 0] + 90.0) / 180.0], dim=1)
-        cmaps = ["RdBu_r"] * (len(panels) - 2) + ["viridis", "magma"]
+        points = self.observation.coords if self.observation.dim == 2 else None  # (x, y), or (lat, lon) degrees
+        cmaps = [None] * (len(panels) - 2) + ["viridis", "magma"]  # fields by the colour_scale rule; std, |error|
         shared = [i for i, (name, _) in enumerate(panels) if name.startswith(("truth", "posterior mean"))]
+        if observed == target:
+            shared.append(dot_panel)  # the observed field is the target: on the scale of truth and estimate
+        units = [str(self.units.get(name.split()[-1] if not name.startswith("observed") else observed, "1"))
+                 for name, _ in panels]
         how = (f"{self.task.name}: {self.task.target[0]} = numerical solver applied to each posterior sample of "
                f"{self.task.observed[0]} (--pushforward)" if self.settings.get("pushforward") else
                f"{self.task.name}: guided diffusion posterior ({self.samples.shape[0]} samples)")
         return plot_panels(panels, path, cmaps=cmaps, points=points, point_panels=[dot_panel], shared=shared,
-                           title=how)
+                           title=how, units=units, grid="latlon" if self.task.grid == "latlon" else "periodic")
 
 
 def load_model(checkpoint: ModelLike, device: str | torch.device = "cpu") -> tuple[nn.Module, CheckpointMeta]:

@@ -207,29 +207,49 @@ def write_super_resolution(fine: Tensor, times: Tensor, channels, path: str | os
     return write_netcdf(ds, path)
 
 
-def plot_super_resolution(coarse: Tensor, fine: Tensor, path: str | os.PathLike) -> Path:
-    """The first channel of one coarse trajectory and its refinement on one colour scale: (time, x) images for
-    1-D space, the first frame for 2-D. Shapes: coarse (C, T, *S), fine (C, T', *S')."""
+def plot_super_resolution(coarse: Tensor, fine: Tensor, path: str | os.PathLike, **kwargs) -> Path:
+    """Write :func:`super_resolution_figure` (same arguments) as PNG; returns ``path``."""
+    from funcdiff.io.plots import save_figure
+
+    return save_figure(super_resolution_figure(coarse, fine, **kwargs), path)
+
+
+def super_resolution_figure(coarse: Tensor, fine: Tensor, *, channel_name: str = "u", units: str = "1",
+                            coarse_times: Optional[Tensor] = None, fine_times: Optional[Tensor] = None):
+    """The first channel of one coarse trajectory and its refinement on one colour scale
+    (:func:`funcdiff.io.plots.colour_scale`), with a colour bar naming the channel and its units: space-time
+    images (x across, time up, in model time units when the frame times are given) for 1-D space, the first
+    frame as a map (x across, y up) for 2-D. Shapes: coarse (C, T, *S), fine (C, T', *S'); times (T,), (T',)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from funcdiff.io.plots import save_figure
+    from funcdiff.io.plots import colour_scale, draw_map, label_colorbar, units_label
 
     a, b = coarse[0].float(), fine[0].float()
-    if a.ndim == 3:
+    space_time = coarse.ndim == 3
+    if not space_time:
         a, b = a[0], b[0]
-    vmax = float(max(a.abs().max(), b.abs().max())) or 1.0
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
-    for ax, field, name in ((axes[0], a, f"input {tuple(a.shape)}"), (axes[1], b, f"refined {tuple(b.shape)}")):
-        im = ax.imshow(field.numpy(), origin="lower", aspect="auto", cmap="RdBu_r", vmin=-vmax, vmax=vmax,
-                       extent=(0, 1, 0, 1))
-        ax.set_title(name, fontsize=9)
-        ax.set_xlabel("x" if coarse.ndim == 3 else "y")
-        ax.set_ylabel("time (block)" if coarse.ndim == 3 else "x")
-    fig.colorbar(im, ax=list(axes), shrink=0.8)
-    return save_figure(fig, path)
+    cmap, vmin, vmax = colour_scale(a, b)
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.8), layout="constrained", sharey=space_time)
+    for ax, field, name, times in ((axes[0], a, "input", coarse_times), (axes[1], b, "refined", fine_times)):
+        shape = "×".join(map(str, field.shape))
+        if space_time:
+            t0, t1 = (0.0, 1.0) if times is None else (float(times[0]), float(times[-1]))
+            dt = (t1 - t0) / max(field.shape[0] - 1, 1) if times is not None else 1.0 / field.shape[0]
+            lo, hi = (t0 - dt / 2, t1 + dt / 2) if times is not None else (0.0, 1.0)
+            im = ax.imshow(field.numpy(), origin="lower", aspect="auto", cmap=cmap, vmin=vmin, vmax=vmax,
+                           extent=(0, 1, lo, hi), interpolation="nearest")
+            ax.set_xlabel("x")
+            ax.set_ylabel("time (model time units)" if times is not None else "time (fraction of the trajectory)")
+            ax.set_title(f"{name} {channel_name}: {shape} (time × x)", fontsize=9)
+        else:
+            im = draw_map(ax, field, cmap=cmap, vmin=vmin, vmax=vmax)
+            ax.set_title(f"{name} {channel_name}: {shape} (x × y), first frame", fontsize=9)
+    label_colorbar(fig.colorbar(im, ax=list(axes), shrink=0.85), units_label(channel_name, units))
+    return fig
 
 
 __all__ = ["SuperResolver", "interpolate", "load_super_resolver", "plot_super_resolution", "read_coarse",
-           "refine_once", "sample_state", "super_resolve", "upsample_time_coordinate", "write_super_resolution"]
+           "refine_once", "sample_state", "super_resolution_figure", "super_resolve", "upsample_time_coordinate",
+           "write_super_resolution"]
