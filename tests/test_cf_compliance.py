@@ -154,3 +154,22 @@ def test_super_resolution_file(tmp_path):
     path = write_super_resolution(torch.zeros(2, 1, 3, 4), torch.arange(3.0) * 0.5, ("u",), tmp_path / "sr.nc",
                                   {"checkpoint": "x", "factors": [2]})
     assert_cf(path)
+
+
+@needs_checker
+def test_synthetic_cds_file(tmp_path):
+    """The ERA5-like CDS netCDF of `funcdiff data shallow-water` (a stand-in for downloads) is CF too."""
+    import pandas as pd
+
+    from funcdiff.data.era5 import VARIABLES
+    from funcdiff.data.era5_synthetic import SHORT_NAMES, write_cds
+
+    dims = ("time", "level", "latitude", "longitude")
+    ds = xr.Dataset({n: (dims, np.zeros((3, 1, 5, 8), np.float32), {"units": VARIABLES[n].units})
+                     for n in SHORT_NAMES},
+                    coords={"time": pd.date_range("2000-01-31T12", periods=3, freq="6h"), "level": [500],
+                            "latitude": np.linspace(-90, 90, 5), "longitude": np.arange(8) * 45.0})
+    paths = write_cds(ds, tmp_path)
+    assert len(paths) == 2  # one file per month
+    for path in paths:
+        assert_cf(path)

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from funcdiff.data.era5 import VARIABLES, _replace_directory
 from funcdiff.errors import UserError
-from funcdiff.io.atomic import atomic_path
+from funcdiff.io.netcdf import write_netcdf
 from funcdiff.pde.shallow_water import ShallowWaterRun, grid_coordinates, shallow_water_frames
 
 LEVEL = 500
@@ -66,13 +66,31 @@ def simulate(run: ShallowWaterRun, start: str, frames: int, *, progress: bool = 
                       attrs=attrs)
 
 
+CF_STANDARD_NAMES = {"z": "geopotential", "u": "eastward_wind", "v": "northward_wind"}
+CDS_COORD_ATTRS = {  # as in CDS files, which are CF (CDS writes "CF-1.7"; ours pass the CF-1.8 checker)
+    "valid_time": {"standard_name": "time", "long_name": "time"},
+    "pressure_level": {"standard_name": "air_pressure", "long_name": "pressure", "units": "hPa", "positive": "down",
+                       "stored_direction": "decreasing"},
+    "latitude": {"standard_name": "latitude", "long_name": "latitude", "units": "degrees_north"},
+    "longitude": {"standard_name": "longitude", "long_name": "longitude", "units": "degrees_east"},
+    "expver": {"long_name": "model experiment version"},
+    "number": {"standard_name": "realization", "long_name": "ensemble member numerical id", "units": "1"},
+}
+
+
 def to_cds(ds: xr.Dataset) -> xr.Dataset:
-    """The CDS 2024 layout of a normalised dataset (see the module docstring)."""
+    """The CDS 2024 layout of a normalised dataset (see the module docstring), with CF coordinate attributes."""
     out = ds.rename(time="valid_time", level="pressure_level").isel(latitude=slice(None, None, -1))
     out = out.assign_coords(pressure_level=out["pressure_level"].astype(np.float64),
-                            expver=("valid_time", np.full(out.sizes["valid_time"], "0001")), number=0)
+                            expver=("valid_time", np.full(out.sizes["valid_time"], "0001")), number=np.int32(0))
     for name in out.data_vars:
         out[name].attrs["units"] = re.sub(r"(-?\d+)", r"**\1", out[name].attrs["units"])  # m2 s-2 -> m**2 s**-2
+        if name in CF_STANDARD_NAMES:
+            out[name].attrs["standard_name"] = CF_STANDARD_NAMES[name]
+    for name, attrs in CDS_COORD_ATTRS.items():
+        if name in out.variables:
+            out[name].attrs.update(attrs)
+    out.attrs.setdefault("title", "funcdiff shallow-water ERA5-like data, CDS netCDF layout")
     return out
 
 
@@ -91,8 +109,7 @@ def write_cds(ds: xr.Dataset, folder: Path, overwrite: bool = False) -> list[Pat
         if path.exists() and not overwrite:
             raise UserError(f"{path} exists (use --overwrite)")
         part = to_cds(ds.isel(time=np.flatnonzero(months == month)))
-        with atomic_path(path) as tmp:
-            part.to_netcdf(tmp, engine="netcdf4")
+        write_netcdf(part, path)  # atomic, CF-1.8 encoding (no fill value on coordinates, history)
         paths.append(path)
     return paths
 

@@ -138,7 +138,8 @@ def cf_dataset(ds: xr.Dataset, title: Optional[str] = None) -> xr.Dataset:
 
     * 64-bit integers are written as int32 (CF has no 64-bit type) when they fit, booleans as int8;
     * coordinate and integer variables get no ``_FillValue`` (CF §2.5.1: coordinates have no missing values);
-    * strings are written as char arrays (numeric coordinate variables only; string labels read back unchanged);
+    * string labels of a dimension (``channel``) are written as char arrays (CF coordinate variables are
+      numeric; xarray reads the labels back unchanged);
     * a variable without ``long_name``/``standard_name`` gets its name as ``long_name``; placeholder units
       become ``"1"`` (:func:`cf_units`);
     * global ``Conventions``, ``title`` (kept if present, else ``title`` or "funcdiff output") and ``history``
@@ -160,13 +161,15 @@ def cf_dataset(ds: xr.Dataset, title: Optional[str] = None) -> xr.Dataset:
             fits = not values.size or (INT32.min <= int(values.min()) and int(values.max()) <= INT32.max)
             if fits:
                 encoding["dtype"] = "int32"
-        elif dtype.kind in "OUS" and not (dtype.kind == "S" and dtype.itemsize == 1):
+        elif dtype.kind in "OUS" and name in ds.dims:  # a string dimension coordinate: CF's are numeric
             encoding["dtype"] = "S1"
         if name in ds.coords or dtype.kind in "iubOUS":
             encoding["_FillValue"] = None
-        for key in ("units", "calendar"):  # datetime/timedelta coordinates: CF units chosen by xarray or kept
-            if dtype.kind in "mM" and key in attrs:
-                encoding.setdefault(key, attrs.pop(key))
+        if dtype.kind in "mM":  # datetimes/timedeltas: CF numbers (double; xarray's default is int64)
+            for key in ("units", "calendar"):
+                if key in attrs:
+                    encoding.setdefault(key, attrs.pop(key))
+            encoding.setdefault("dtype", "float64")
         var.encoding, var.attrs = encoding, attrs
     attrs = dict(ds.attrs)
     attrs["Conventions"] = CONVENTIONS
