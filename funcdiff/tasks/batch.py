@@ -426,8 +426,9 @@ def _attrs(path: Path) -> dict:
         return {k: ds.getncattr(k) for k in ds.ncattrs()}
 
 
-METRIC_NAMES = {"rel_l2_": "relative L2 error of the posterior mean of", "misclassification_":
-                "misclassification rate of the posterior mean of", "rmse_": "area-weighted RMSE of the posterior mean of"}
+METRIC_NAMES = {"rel_l2_": "relative L2 error of the posterior mean of",
+                "misclassification_": "misclassification rate of the posterior mean of",
+                "rmse_": "area-weighted RMSE of the posterior mean of"}
 
 
 def per_case_attrs(name: str, part: xr.Dataset) -> dict:
