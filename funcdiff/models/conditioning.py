@@ -29,10 +29,36 @@ class PointwiseLinear(nn.Module):
         self.linear = nn.Linear(in_channels, out_channels, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = torch.matmul(self.linear.weight.to(x.dtype), x.reshape(x.shape[0], x.shape[1], -1))
-        if self.linear.bias is not None:
-            out = out + self.linear.bias.to(x.dtype)[:, None]
-        return out.reshape(x.shape[0], -1, *x.shape[2:])
+        # one GEMM on the (C_in, prod(S)) view of each sample, bias added by the GEMM: no transposes, no copies
+        weight, bias = self.linear.weight, self.linear.bias
+        autocast = torch.is_autocast_enabled(x.device.type)
+        dtype = torch.get_autocast_dtype(x.device.type) if autocast else x.dtype  # as matmul would
+        x3 = x.reshape(x.shape[0], x.shape[1], -1).to(dtype)
+        weight = weight.to(dtype)
+        with torch.autocast(x.device.type, enabled=False):
+            if x.shape[0] == 1:
+                out = (torch.mm(weight, x3[0]) if bias is None else torch.addmm(bias.to(dtype)[:, None], weight, x3[0]))[None]
+            elif bias is None:
+                out = torch.matmul(weight, x3)
+            else:
+                out = torch.baddbmm(bias.to(dtype)[None, :, None], weight.expand(x.shape[0], -1, -1), x3)
+        return out.view(x.shape[0], -1, *x.shape[2:])
+
+
+    def forward_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """The same map on the row layout (..., C_in, n) -> (..., C_out, n) (funcdiff.models.spectral.to_rows):
+        one GEMM per contiguous (C_in, n) tile, batched."""
+        weight, bias = self.linear.weight, self.linear.bias
+        autocast = torch.is_autocast_enabled(x.device.type)
+        dtype = torch.get_autocast_dtype(x.device.type) if autocast else x.dtype  # as matmul would
+        x3 = x.reshape(-1, x.shape[-2], x.shape[-1]).to(dtype)
+        weight = weight.to(dtype)
+        with torch.autocast(x.device.type, enabled=False):
+            if bias is None:
+                out = torch.matmul(weight, x3)
+            else:
+                out = torch.baddbmm(bias.to(dtype)[None, :, None], weight.expand(x3.shape[0], -1, -1), x3)
+        return out.view(*x.shape[:-2], -1, x.shape[-1])
 
 
 class NoiseEmbedding(nn.Module):
