@@ -128,7 +128,8 @@ def _sample_two_resolutions(trainer: Trainer, s: DemoSettings, out_dir: Path, pr
         fields = trainer.normalizer.decode(x.cpu())
         attrs = {"resolution": n, "training_resolution": s.resolution, "solver": "heun", "steps": s.sample_steps,
                  "seed": s.seed, "config": trainer.config.to_dict()}
-        write_netcdf(fields_to_dataset(fields, trainer.channel_names, attrs), out_dir / f"samples_{n}.nc")
+        write_netcdf(fields_to_dataset(fields, trainer.channel_names, attrs), out_dir / f"samples_{n}.nc",
+                     title=f"funcdiff demo samples at {n} points per axis")
         rows[f"samples {n}²"] = fields
         result[f"spectrum_distance_{n}"] = log_spectrum_distance(fields, data)
     noise = trainer.noise.sample((s.num_generated, 1, s.resolution, s.resolution),
@@ -161,7 +162,7 @@ def _reconstruct(trainer: Trainer, s: DemoSettings, out_dir: Path, progress: boo
     post.settings = {**result, "obs_fraction": s.obs_fraction, "seed": s.seed, "steps": s.sample_steps,
                      "solver": "heun", "training_resolution": s.resolution, "resolution": [n, n]}
     ds = add_field(post.to_dataset(), "a_interpolated", interpolated[0, 0], "a")
-    write_netcdf(ds, out_dir / "posterior.nc")
+    write_netcdf(ds, out_dir / "posterior.nc", title="funcdiff demo posterior samples")
     panels = [("truth", truth[0, 0]), (f"{obs.num_sensors} sensors", truth[0, 0]),
               (f"posterior mean (err {result['reconstruction_rel_l2']:.2f})", mean[0, 0]),
               ("posterior std", std[0, 0]), ("|mean - truth|", (mean - truth)[0, 0].abs()),

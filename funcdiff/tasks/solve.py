@@ -125,8 +125,8 @@ class Posterior:
         return xr.merge([ds, observation_to_dataset(self.observation)], combine_attrs="override")
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write :meth:`to_dataset` to a netCDF file atomically."""
-        return write_netcdf(self.to_dataset(), path)
+        """Write :meth:`to_dataset` to a netCDF file atomically (CF-1.8)."""
+        return write_netcdf(self.to_dataset(), path, title=f"funcdiff posterior samples, task {self.task.name}")
 
     def plot(self, path: str | os.PathLike) -> Path:
         """PNG with truth, the observed channel with sensor dots, posterior mean, std and error of the target."""
