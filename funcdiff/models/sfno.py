@@ -74,7 +74,8 @@ class NoiseConditionedSFNO(NoiseConditionedFNO):
             from funcdiff.errors import UserError
 
             raise UserError("the sfno backbone needs torch-harmonics: pip install -e \".[sphere]\" "
-                            "(torch-harmonics 0.8.1 built with --no-build-isolation)") from err
+                            "(torch-harmonics 0.8.0 with torch 2.13; with torch 2.14: "
+                            "pip install torch-harmonics==0.9.3)") from err
         lmax, mmax = config.n_modes
         width = config.hidden_channels
         conv = SphericalConv(width, width, n_modes=(lmax, 2 * mmax), factorization=None, implementation="reconstructed",

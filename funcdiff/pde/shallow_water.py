@@ -3,7 +3,7 @@
 The solver is torch-harmonics' ``ShallowWaterSolver`` (Bonev et al., ICML 2023, the SFNO paper's benchmark;
 spectral in vorticity, divergence and geopotential, third-order Adams–Bashforth with implicit hyperdiffusion),
 used as a library; this module only chooses the initial state, spins the flow up, and samples it every few hours.
-It needs the optional extra ``pip install -e ".[sphere]"`` (torch-harmonics 0.8.1 with torch 2.13).
+It needs the optional extra ``pip install -e ".[sphere]"`` (torch-harmonics 0.8.0 with torch 2.13; 0.9.x with 2.14).
 
 Initial state: the barotropically unstable mid-latitude jet of Galewsky, Scott and Polvani (2004, Tellus 56A) plus
 a random perturbation (torch-harmonics' random initial condition at Mach ``mach``, drawn from ``seed``), so that
@@ -71,7 +71,8 @@ def _solver(run: ShallowWaterRun):
         from funcdiff.errors import UserError
 
         raise UserError("the shallow-water generator needs torch-harmonics: pip install -e \".[sphere]\" "
-                        "(torch-harmonics 0.8.1, built from source with --no-build-isolation)") from err
+                        "(torch-harmonics 0.8.0 with torch 2.13; with torch 2.14: "
+                        "pip install torch-harmonics==0.9.3)") from err
     modes = run.nlon // 3  # the 2/3 rule: quadratic terms do not alias
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

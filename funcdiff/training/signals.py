@@ -12,10 +12,11 @@ it with SIGTERM (then SIGKILL after ``KillWait``, 30 s by default). funcdiff's a
 
 The job script turns status 75 into ``scontrol requeue $SLURM_JOB_ID`` (with ``#SBATCH --requeue``); the requeued
 job reruns the same command with ``--resume`` (training) or the same case list (inference, which skips finished
-cases). Under torchrun, ``--signals-to-handle SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1`` (or the environment variable
-``PET_SIGNALS_TO_HANDLE``; ``TORCHELASTIC_SIGNALS_TO_HANDLE`` before torch 2.8) makes the agent forward SIGUSR1 to
-its workers instead of dying of it (the agent itself then exits with 1); training ranks agree on the stop step with
-one all-reduce per step (:func:`agree_stop`), so every rank checkpoints at the same step.
+cases). ``examples/slurm/train.sbatch`` starts one ``funcdiff train`` per srun task (srun forwards the signal to each):
+under torchrun the agent turns a signal into a ``SignalException`` (or a rank's 75 into a ``ChildFailedError``) with a
+traceback and exits with 1 (``--signals-to-handle ...,SIGUSR1`` only makes it forward SIGUSR1 to its workers first,
+instead of dying of it). Training ranks agree on the stop step with one all-reduce per step (:func:`agree_stop`), so
+every rank checkpoints at the same step, and wait for rank 0's checkpoint before they exit.
 """
 
 from __future__ import annotations
