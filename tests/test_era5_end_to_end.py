@@ -89,6 +89,11 @@ def test_read_train_forecast_evaluate(tmp_path, capsys):
         assert np.isfinite(scores["acc"].sel({"forecast_source": ["forecast", "persistence"]}).values).all()
         assert np.isnan(scores["acc"].sel({"forecast_source": "climatology"}).values).all()  # 0/0, as in WB2
         assert np.isfinite(scores["crps"].values).all()
+    from cf_check import cf_errors, checker_available
+
+    if checker_available()[0]:  # the sphere's forecast (CF times) and scores pass the CF-1.8 checker
+        for path in (forecast_path, scores_path):
+            assert cf_errors(path) == [], path
     rows = json.loads(json_path.read_text())
     rows = rows["rows"] if isinstance(rows, dict) else rows
     assert {r["method"] for r in rows} == {"forecast", "persistence", "climatology"} and "acc" in rows[0]
