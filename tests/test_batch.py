@@ -135,7 +135,7 @@ def test_two_ranks_write_the_merged_result_of_one_rank(darcy, tmp_path):
         np.testing.assert_array_equal(ds["a_mean"].values, a_mean)
 
 
-def test_killed_run_resumes_without_losing_or_duplicating_cases(darcy, tmp_path, monkeypatch):
+def test_killed_run_resumes_without_losing_or_duplicating_cases(darcy, tmp_path, monkeypatch, capsys):
     """A run that dies after 3 cases (with a half-written temporary file) is rerun: the 7 others are computed,
     the 3 finished ones are not recomputed, and the merged file equals an uninterrupted run's."""
     monkeypatch.delenv("RANK", raising=False)
@@ -154,8 +154,8 @@ def test_killed_run_resumes_without_losing_or_duplicating_cases(darcy, tmp_path,
         return original(self, compute_then_die, progress=progress)
 
     monkeypatch.setattr(batch.BatchRun, "run", dying_run)
-    with pytest.raises(KeyboardInterrupt):
-        main(_solve_cmd(darcy, tmp_path / "resumed"))
+    assert main(_solve_cmd(darcy, tmp_path / "resumed")) == 130  # Ctrl-C: one line saying how to resume
+    assert "interrupted; rerun the same command to resume" in capsys.readouterr().err
     monkeypatch.setattr(batch.BatchRun, "run", original)
     parts = tmp_path / "resumed" / "parts"
     assert len(list(parts.glob("case_*.nc"))) == 3 and len(list(parts.glob(".*tmp*"))) == 1
