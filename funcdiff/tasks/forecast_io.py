@@ -125,8 +125,9 @@ def forecast_figure(members: Tensor, *, truth: Optional[Tensor] = None, dt: floa
 
     2-D fields: one map per (row, lead), x across and y up on the unit domain, or longitude across and north up
     in degrees on a lat-lon ``grid`` (``lat``/``lon`` in degrees; default the regular grid). Per channel, truth,
-    mean and members share one colour scale (:func:`funcdiff.io.plots.colour_scale`: sequential over the data
-    range for absolute fields such as z500, diverging about 0 for signed ones), the spread has a sequential one;
+    mean and members share one colour scale (:func:`funcdiff.io.plots.colour_scale` of the truth, else of the
+    estimates: sequential over the data range for absolute fields such as z500, diverging about 0 for signed
+    ones; estimates beyond the truth's range saturate, marked by arrows on the colour bar); the spread has its own;
     both colour bars name the channel and its units. 1-D fields: per lead, truth, mean ± spread and two members
     as lines. The title names the initial state ``init = (trajectory index, frame, time)``; lead labels carry the
     lead time in ``time_units`` (hours for ERA5 data, model time units for PDE data). ``observations`` (a
@@ -228,7 +229,12 @@ def _plot_images(plt, x, mean, spread, ref, leads, chosen, names, units, meta):
     observed = set(obs.sensors.channels) if obs is not None else set()
     for b, c in enumerate(chosen):
         rows = axes[b * per_block:(b + 1) * per_block]
-        cmap, vmin, vmax = colour_scale(*[f[c] for _, f in base])
+        # the truth sets the scale (estimates beyond it saturate, shown by the colour bar's arrows): an untrained
+        # or diverging model cannot wash the truth out; without a truth, the estimates set it
+        cmap, vmin, vmax = colour_scale(ref[c]) if ref is not None else colour_scale(*[f[c] for _, f in base])
+        lowest, highest = min(float(f[c].min()) for _, f in base), max(float(f[c].max()) for _, f in base)
+        extend = {(False, False): "neither", (True, False): "min", (False, True): "max", (True, True): "both"}[
+            (lowest < vmin, highest > vmax)]
         _, _, smax = colour_scale(spread[c], signed=False)
         for j, lead in enumerate(leads):
             for i, (name, field) in enumerate(base):
@@ -247,7 +253,7 @@ def _plot_images(plt, x, mean, spread, ref, leads, chosen, names, units, meta):
             rows[i, 0].set_ylabel(f"{name}\n" + ("latitude (°N)" if sphere else "y"), fontsize=7)
         for j in range(len(leads)):
             rows[-1, j].set_xlabel("longitude (°E)" if sphere else "x", fontsize=7)
-        label_colorbar(fig.colorbar(im, ax=rows[:-1].ravel().tolist(), shrink=0.8),
+        label_colorbar(fig.colorbar(im, ax=rows[:-1].ravel().tolist(), shrink=0.8, extend=extend),
                        units_label(names[c], units[c]))
         label_colorbar(fig.colorbar(sp, ax=rows[-1].ravel().tolist(), shrink=0.9),
                        units_label(f"spread of {names[c]}", units[c]))
