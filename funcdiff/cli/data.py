@@ -6,12 +6,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
 import yaml
 
+from funcdiff.cli.choices import DATA_DTYPES  # names only: building the parser imports no torch
 from funcdiff.errors import UserError
-
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -28,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--device", default="cpu")
     gen.add_argument("--batch-size", type=positive_int, default=32)
-    gen.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    gen.add_argument("--dtype", choices=DATA_DTYPES, default="float32")
     gen.add_argument("--set", dest="overrides", action="append", default=[], metavar="PARAM=VALUE",
                      help="override a problem parameter (value parsed as YAML); repeatable")
     gen.add_argument("--overwrite", action="store_true", help="discard an existing file or partial run")
@@ -69,6 +67,8 @@ def problem_name(name: str) -> str:
 
 
 def run_generate(args: argparse.Namespace) -> int:
+    import torch
+
     from funcdiff.cli import user_errors
     from funcdiff.data.hdf5 import generate_to_hdf5, resolve_problem
 
@@ -79,7 +79,7 @@ def run_generate(args: argparse.Namespace) -> int:
         result = generate_to_hdf5(resolve_problem(name), out, num_samples=args.num_samples,
                                   resolution=args.resolution, seed=args.seed, batch_size=args.batch_size,
                                   params=parse_overrides(args.overrides), device=args.device,
-                                  dtype=DTYPES[args.dtype], overwrite=args.overwrite, progress=not args.no_progress)
+                                  dtype=getattr(torch, args.dtype), overwrite=args.overwrite, progress=not args.no_progress)
     if existed and result == out:
         print(f"{out} is already complete with these arguments: nothing to do (--overwrite regenerates it)")
     else:

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import fields
 
 from funcdiff.cli import positive_int
+from funcdiff.cli.choices import DEMO_SETTINGS
 from funcdiff.errors import UserError
-from funcdiff.tasks.demo import DemoSettings, run_demo
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -20,15 +19,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--no-progress", action="store_true")
-    for f in fields(DemoSettings):
-        if f.name not in ("seed", "device"):
-            kind = positive_int if isinstance(f.default, int) else float
-            p.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=None,
-                           help=f"(default {f.default}; with --quick a smaller value)")
+    for name, kind, default in DEMO_SETTINGS:  # DemoSettings' fields, without importing torch
+        p.add_argument(f"--{name.replace('_', '-')}", type=positive_int if kind is int else float, default=None,
+                       help=f"(default {default}; with --quick a smaller value)")
     p.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
+    from dataclasses import fields
+
+    from funcdiff.tasks.demo import DemoSettings, run_demo
+
     overrides = {f.name: getattr(args, f.name) for f in fields(DemoSettings) if getattr(args, f.name) is not None}
     if not 0.0 < overrides.get("obs_fraction", 0.5) <= 1.0:
         raise UserError(f"--obs-fraction must be in (0, 1], got {overrides['obs_fraction']}")

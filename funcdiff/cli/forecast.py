@@ -9,7 +9,7 @@ from pathlib import Path
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``forecast`` verb."""
     from funcdiff.cli import non_negative_float, positive_int
-    from funcdiff.sampling import SOLVERS
+    from funcdiff.cli.choices import DETERMINISTIC_SOLVERS
 
     parser = subparsers.add_parser(
         "forecast", help="ensemble forecast of a trajectory with a trained forecaster (netCDF, resumable)",
@@ -32,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--sensor-noise", type=non_negative_float, default=0.0, help="sensor noise std (field units)")
     parser.add_argument("--steps-per-frame", type=positive_int, default=None,
                         help="solver steps per emitted frame (default: the config's forecast.steps_per_frame)")
-    parser.add_argument("--solver", default="heun", choices=sorted(k for k in SOLVERS if k != "stochastic"))
+    parser.add_argument("--solver", default="heun", choices=DETERMINISTIC_SOLVERS)
     parser.add_argument("--batch-size", type=positive_int, default=None, help="members per chunk (bounds memory)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")

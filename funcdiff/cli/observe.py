@@ -19,13 +19,13 @@ from pathlib import Path
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``observe`` verb."""
     from funcdiff.cli import non_negative_float, positive_int
-    from funcdiff.tasks.problems import task_names
+    from funcdiff.cli.choices import TASKS
 
     p = subparsers.add_parser("observe", help="draw sensors from a ground-truth sample into an observation file",
                               description=__doc__.splitlines()[0])
     p.add_argument("--truth", required=True, type=Path, help="ground truth: our HDF5 layout or netCDF")
     p.add_argument("--index", type=int, default=0, help="sample index in --truth")
-    p.add_argument("--task", required=True, metavar="TASK", help=f"one of {', '.join(task_names())}")
+    p.add_argument("--task", required=True, metavar="TASK", help=f"one of {', '.join(TASKS)}")
     how_many = p.add_mutually_exclusive_group(required=True)
     how_many.add_argument("--fraction", type=float, help="observe this fraction of the grid's points, in (0, 1]")
     how_many.add_argument("--count", type=positive_int, help="observe this many grid points")

@@ -12,7 +12,7 @@ from funcdiff.errors import UserError
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``sample`` verb."""
     from funcdiff.cli import positive_int
-    from funcdiff.sampling import SOLVERS
+    from funcdiff.cli.choices import SOLVERS
 
     parser = subparsers.add_parser("sample", help="sample fields from a trained checkpoint into netCDF")
     parser.add_argument("--checkpoint", required=True, help="checkpoint file or run directory (latest checkpoint)")

@@ -22,14 +22,12 @@ from funcdiff.errors import UserError
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``solve`` verb."""
     from funcdiff.cli import non_negative_float, non_negative_int, positive_int
-    from funcdiff.sampling import SOLVERS
-    from funcdiff.tasks.problems import task_names
-    from funcdiff.tasks.samplers import METHODS
+    from funcdiff.cli.choices import METHODS, SOLVERS, TASKS
 
     p = subparsers.add_parser("solve", help="solve a forward/inverse task from sparse observations")
     p.add_argument("--checkpoint", required=True, type=Path, help="checkpoint file or run directory")
     p.add_argument("--task", required=True, metavar="TASK",
-                   help=f"one of {', '.join(task_names())}, or reconstruct (any model, e.g. on the sphere: every "
+                   help=f"one of {', '.join(TASKS)}, or reconstruct (any model, e.g. on the sphere: every "
                         "channel from stations)")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--observations", type=Path,

@@ -9,7 +9,7 @@ from pathlib import Path
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``upsample`` verb."""
     from funcdiff.cli import positive_int
-    from funcdiff.sampling import SOLVERS
+    from funcdiff.cli.choices import DETERMINISTIC_SOLVERS
 
     parser = subparsers.add_parser(
         "upsample", help="zero-shot super-resolution of trajectories (wavelet details given the coarse grid)",
@@ -27,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--frames", type=positive_int, default=None,
                         help="trajectory file: frames to refine (default: all from --start-frame)")
     parser.add_argument("--steps", type=positive_int, default=16, help="solver steps per level (Heun: 2·steps-1 NFE)")
-    parser.add_argument("--solver", default="heun", choices=sorted(k for k in SOLVERS if k != "stochastic"))
+    parser.add_argument("--solver", default="heun", choices=DETERMINISTIC_SOLVERS)
     parser.add_argument("--batch-size", type=positive_int, default=16, help="fields per network call")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
