@@ -65,8 +65,12 @@ class PeriodicSpectralConv(SpectralConv):
             for axis, mat in enumerate(forward_mats[:-1], start=1):
                 x_hat = _along(mat, x_hat, axis)
             weight = self.weight.to_tensor().to(x_hat.dtype)
-            first, last = "pqrstuvwxyz"[: self.order - 1], "k"
-            out_hat = torch.einsum(f"b{first}i{last},io{first}{last}->b{first}o{last}", x_hat, weight)
+            if x.shape[0] <= 2:  # a broadcast product summed over C_in: 4x faster than einsum's complex bmm here
+                w = weight.movedim(1, -2).movedim(0, -3)  # (m_1, .., C_in, C_out, k)
+                out_hat = (x_hat.unsqueeze(-2) * w).sum(-3)
+            else:
+                first, last = "pqrstuvwxyz"[: self.order - 1], "k"
+                out_hat = torch.einsum(f"b{first}i{last},io{first}{last}->b{first}o{last}", x_hat, weight)
             for axis, mat in enumerate(inverse_mats[:-1], start=1):
                 out_hat = _along(mat, out_hat, axis)
             # inverse: last axis by one real GEMM, [re, im] (.., 2k) @ (2k, n_d) (the irfft of k frequencies)
@@ -134,5 +138,6 @@ def from_rows(x: torch.Tensor) -> torch.Tensor:
 def _along(mat: torch.Tensor, x: torch.Tensor, axis: int) -> torch.Tensor:
     """Apply the matrix ``mat`` (m, n) along ``axis`` of the contiguous ``x`` (size n there); no copies."""
     before, after = math.prod(x.shape[:axis]), math.prod(x.shape[axis + 1:])
-    out = torch.matmul(mat, x.reshape(before, x.shape[axis], after))
+    x3 = x.reshape(before, x.shape[axis], after)
+    out = torch.mm(mat, x3[0]) if before == 1 else torch.matmul(mat, x3)
     return out.view(*x.shape[:axis], mat.shape[0], *x.shape[axis + 1:])
