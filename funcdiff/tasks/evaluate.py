@@ -239,7 +239,8 @@ def score_forecast(forecast: xr.Dataset, truth_path: str | os.PathLike,
     scores = {m: {k: torch.cat([c[m][k] for c in chunks], dim=1) for k in chunks[0][m]} for m in METHODS}
     attrs = {"truth": str(truth_path), "climatology": str(climatology_path or truth_path),
              "members": forecast.sizes["member"], "initial_conditions": forecast.sizes["init"],
-             "dt": forecast.attrs.get("dt", float("nan"))}
+             "dt": forecast.attrs.get("dt", float("nan")),
+             "history": str(forecast.attrs.get("history", ""))}  # the forecast's; writing adds evaluate's line
     units = {c: str(forecast[c].attrs.get("units", "1")) for c in layout.channels}
     return scores_to_dataset(scores, layout, keep, attrs, channel_units=units,
                              lead_time_attrs=_lead_time_attrs(forecast))
