@@ -363,7 +363,7 @@ def merge_parts(out_dir: str | os.PathLike, out: Optional[str | os.PathLike] = N
     on it. Attributes that differ between cases (metrics, seeds) become variables along the case dimension, with
     CF units (:func:`per_case_attrs`); the file is CF-1.8 (its ``history`` adds the merge to the first part's).
     Needs no dask (the base install has none): each part is opened with ``xr.open_dataset(cache=False)`` and the
-    parts are concatenated, so the merge holds the merged result in memory once (no second copy of the parts).
+    parts are concatenated in memory: the peak is about the merged file's size plus one variable's parts.
     UserError if a case is missing.
     """
     out_dir = Path(out_dir)
