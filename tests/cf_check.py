@@ -41,11 +41,18 @@ def require_checker() -> None:
 
 
 def _get_suite():
+    """A CheckSuite with the CF checkers only (loading every suite imports the deprecated ioos_sos one)."""
     global _suite
     if _suite is None:
+        from importlib.metadata import entry_points
+
         from compliance_checker.suite import CheckSuite
 
-        CheckSuite.load_all_available_checkers()
+        cf = [e for e in entry_points(group="compliance_checker.suites") if e.name.startswith("cf-")]
+        if cf:
+            CheckSuite._load_checkers(cf)
+        else:  # another packaging of the checker: load them all
+            CheckSuite.load_all_available_checkers()
         _suite = CheckSuite()
     return _suite
 
