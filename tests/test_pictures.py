@@ -257,3 +257,16 @@ def test_samples_and_super_resolution_pictures_label_units_and_share_a_scale():
     assert len({im.get_clim() for im in images}) == 1 and images[0].get_cmap().name == "RdBu_r"
     assert _colorbar_labels(fig) == ["u [dimensionless]"]
     assert all("model time units" in ax.get_ylabel() for ax in _map_axes(fig))
+
+
+def test_the_truth_sets_the_shared_scale_and_estimates_beyond_it_saturate():
+    from funcdiff.io.plots import panels_figure
+
+    truth = torch.linspace(0.0, 1.0, 64).reshape(8, 8)  # positive, like a Darcy pressure
+    estimate = truth - 0.4  # an estimate that dips below 0 must not turn the truth into a red-blue picture
+    fig = panels_figure([("truth u", truth), ("posterior mean u", estimate)], shared=(0, 1), reference=0)
+    images = [ax.get_images()[0] for ax in _map_axes(fig)]
+    assert [im.get_cmap().name for im in images] == ["viridis", "viridis"]
+    assert all(im.get_clim() == (0.0, 1.0) for im in images)
+    bars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+    assert [b._colorbar.extend for b in bars] == ["neither", "min"]

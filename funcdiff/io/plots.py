@@ -149,7 +149,10 @@ def _show_field(ax, field: torch.Tensor, title: str, cmap: Optional[str] = None,
             cmap, lo, hi = colour_scale(field)
             vmin, vmax = (lo if vmin is None else vmin), (hi if vmax is None else vmax)
         im = draw_map(ax, field, grid=grid, lat=lat, lon=lon, cmap=cmap, vmin=vmin, vmax=vmax)
-        label_colorbar(plt.colorbar(im, ax=ax, fraction=0.046, pad=0.04), label)
+        below = vmin is not None and float(field.min()) < vmin
+        above = vmax is not None and float(field.max()) > vmax
+        extend = "both" if below and above else "min" if below else "max" if above else "neither"
+        label_colorbar(plt.colorbar(im, ax=ax, fraction=0.046, pad=0.04, extend=extend), label)
     ax.set_title(title, fontsize=9)
 
 
@@ -197,11 +200,12 @@ def plot_panels(panels: Sequence[tuple[str, torch.Tensor]], path: str | os.PathL
 def panels_figure(panels: Sequence[tuple[str, torch.Tensor]], *, cmaps: Sequence[Optional[str]] = (),
                   points: torch.Tensor | None = None, point_panels: Sequence[int] = (),
                   shared: Sequence[int] = (), title: str = "", units: Sequence[Optional[str]] = (),
-                  grid: str = "periodic", lat=None, lon=None):
+                  grid: str = "periodic", lat=None, lon=None, reference: Optional[int] = None):
     """One row of named fields (each (*S)), optionally overlaying sensor ``points`` on some panels.
 
     ``shared``: indices of panels drawn on one colour scale chosen by :func:`colour_scale` (e.g. truth, observed
-    field and estimate, so that they can be compared by eye); the other panels use ``cmaps[i]`` (e.g. a
+    field and estimate, so that they can be compared by eye), from panel ``reference`` alone if given (the
+    truth: estimates beyond its range saturate, marked by arrows on their colour bars); the other panels use ``cmaps[i]`` (e.g. a
     sequential map from 0 for a standard deviation or an absolute error; ``None``: the :func:`colour_scale`
     rule); ``units[i]``: CF units of panel i, written on its colour bar; ``title``: a line above the row (e.g.
     how the estimate was made). ``grid="latlon"``: fields are (lat, lon) maps drawn longitude across, north up,
@@ -211,7 +215,7 @@ def panels_figure(panels: Sequence[tuple[str, torch.Tensor]], *, cmaps: Sequence
                              layout="constrained")
     limits = {}
     if shared:
-        cmap, lo, hi = colour_scale(*[panels[i][1] for i in shared])
+        cmap, lo, hi = colour_scale(*[panels[i][1] for i in ([reference] if reference is not None else shared)])
         limits = {"cmap": cmap, "vmin": lo, "vmax": hi}
     for i, (name, field) in enumerate(panels):
         style = limits if i in shared else {"cmap": cmaps[i] if i < len(cmaps) else None}

@@ -168,5 +168,5 @@ def _reconstruct(trainer: Trainer, s: DemoSettings, out_dir: Path, progress: boo
               ("posterior std", std[0, 0]), ("|mean - truth|", (mean - truth)[0, 0].abs()),
               (f"interpolation (err {result['interpolation_rel_l2']:.2f})", interpolated[0, 0])]
     plot_panels(panels, out_dir / "reconstruction.png", cmaps=("RdBu_r", "RdBu_r", "RdBu_r", "viridis", "magma"),
-                points=coords, point_panels=(1,), shared=(0, 1, 2, 5))
+                points=coords, point_panels=(1,), shared=(0, 1, 2, 5), reference=0)
     return result

@@ -122,7 +122,15 @@ class Posterior:
             base = var if var in self.units else var.rpartition("_")[0]
             if base in self.units:
                 ds[var].attrs["units"] = str(self.units[base])
-        return xr.merge([ds, observation_to_dataset(self.observation)], combine_attrs="override")
+        obs = self.observation
+        names = obs.channel_names or tuple(self.channel_names[c] if c < len(self.channel_names) else ""
+                                           for c in obs.channels)
+        sensors = observation_to_dataset(obs, units=[str(self.units.get(n, "1")) for n in names])
+        clash = [c for c in ("latitude", "longitude") if c in sensors.coords and c in ds.dims]
+        if clash:  # station latitude/longitude beside the grid's: CF wants other names for the stations' own
+            sensors = sensors.rename({c: f"station_{c}" for c in clash})
+            sensors["observed_values"].attrs["coordinates"] = " ".join(f"station_{c}" for c in clash)
+        return xr.merge([ds, sensors], combine_attrs="override")
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write :meth:`to_dataset` to a netCDF file atomically (CF-1.8)."""
@@ -157,7 +165,8 @@ class Posterior:
                f"{self.task.observed[0]} (--pushforward)" if self.settings.get("pushforward") else
                f"{self.task.name}: guided diffusion posterior ({self.samples.shape[0]} samples)")
         return plot_panels(panels, path, cmaps=cmaps, points=points, point_panels=[dot_panel], shared=shared,
-                           title=how, units=units, grid="latlon" if self.task.grid == "latlon" else "periodic")
+                           title=how, units=units, grid="latlon" if self.task.grid == "latlon" else "periodic",
+                           reference=0 if panels[0][0].startswith("truth") else None)
 
 
 def load_model(checkpoint: ModelLike, device: str | torch.device = "cpu") -> tuple[nn.Module, CheckpointMeta]:
