@@ -156,6 +156,22 @@ def floor_seconds(n: int, batch: int, repeats: int, device: str) -> dict[str, fl
             "bandwidth_gbs": bandwidth / 1e9}
 
 
+def bf16_sample_error(denoiser: torch.nn.Module, device: str, seed: int) -> float:
+    """Relative L2 difference between a seeded sample in float32 and the same under bfloat16 autocast."""
+    from funcdiff.noise import GaussianRandomField
+    from funcdiff.sampling import sample
+
+    noise = GaussianRandomField(dim=2, smoothness=2.0, length_scale=0.05)
+    denoiser.eval()
+    out = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        with torch.no_grad(), torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype != torch.float32):
+            out[dtype] = sample(denoiser, (2, CHANNELS, 64, 64), noise, steps=8, solver="heun", seed=seed,
+                                device=device).float()
+    ref = out[torch.float32]
+    return float((out[torch.bfloat16] - ref).norm() / ref.norm())
+
+
 def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
@@ -163,8 +179,15 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--memory-batch", type=int, default=8,
                    help="batch of the extra train-step rows at 256² that compare peak memory (0: none)")
-    p.add_argument("--repeats", type=int, default=None, help="timed calls per implementation (default 5; quick 3)")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="timed calls per implementation (default 15 at 64², 10 at 128², 6 at 256², else 3; quick fewer)")
     p.add_argument("--passes", nargs="+", default=["forward", "train-step"], choices=["forward", "train-step"])
+    p.add_argument("--bf16", action="store_true",
+                   help="also time funcdiff under bfloat16 autocast (dtype bfloat16 rows; FFT-like transforms stay "
+                        "float32) and measure a seeded sample's error against float32")
+    p.add_argument("--compile", action="store_true",
+                   help="also time torch.compile(funcdiff denoiser) (impl funcdiff-compiled: compile_seconds is the "
+                        "first call, seconds the steady state), forward only")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -177,13 +200,20 @@ def main() -> None:
         jobs.append((256, args.memory_batch, "train-step"))
     rows = []
     for n, batch, pass_ in jobs:
-        repeats = args.repeats or (3 if args.quick else 5)
-        if n >= 1024 or (batch > 1 and args.quick):
-            repeats = min(repeats, 3 if not args.quick else 2)
+        # more repeats where a call is short, so that a median is stable beside other jobs on a shared machine
+        by_grid = {64: 10, 128: 6, 256: 4} if args.quick else {64: 15, 128: 10, 256: 6}
+        repeats = args.repeats or (by_grid.get(n, 3) if batch == 1 else 3)
         x = torch.randn(batch, CHANNELS, n, n, device=device)
         sigma = torch.full((batch,), 0.7, device=device)
         fns = {"funcdiff": calls(ours, True, pass_, x, sigma, torch.float32),
                "neuralop-fno": calls(theirs, False, pass_, x, sigma, torch.float32)}
+        if args.bf16:
+            fns["funcdiff bf16"] = calls(ours, True, pass_, x, sigma, torch.bfloat16)
+        compile_seconds = None
+        if args.compile and pass_ == "forward":
+            compiled = torch.compile(ours)
+            fns["funcdiff-compiled"] = calls(compiled, True, pass_, x, sigma, torch.float32)
+            compile_seconds = timed(fns["funcdiff-compiled"], device)
         peaks = {name: peak_mb(fn, device) for name, fn in fns.items()}  # also the warm-up call
         times: dict[str, list[float]] = {name: [] for name in fns}
         for _ in range(repeats):  # interleaved
@@ -193,8 +223,11 @@ def main() -> None:
         common = {"grid": n, "pass": pass_, "batch": batch, "threads": torch.get_num_threads(), "dtype": "float32"}
         seconds = {name: statistics.median(t) for name, t in times.items()}
         for name in fns:
-            row = {**common, "impl": name, "seconds": seconds[name], "peak_mb": peaks[name]}
-            if name == "funcdiff":
+            row = {**common, "impl": name.split(" ")[0], "seconds": seconds[name], "peak_mb": peaks[name],
+                   "dtype": "bfloat16" if " bf16" in name else "float32"}
+            if name == "funcdiff-compiled":
+                row["compile_seconds"] = compile_seconds
+            if name.startswith("funcdiff"):
                 row.update(vs_neuralop=seconds[name] / seconds["neuralop-fno"],
                            vs_floor=seconds[name] / floor[pass_])
             rows.append(row)
@@ -209,12 +242,17 @@ def main() -> None:
                     and r["batch"] == row["batch"] and r["dtype"] == row["dtype"] and r["grid"] * 2 == row["grid"]]
             if half:
                 row["growth"] = row["seconds"] / half[0]["seconds"]
-    print_table(rows, COLUMNS)
+    meta = {}
+    if args.bf16:
+        meta["bf16_sample_error"] = bf16_sample_error(ours, device, args.seed)
+        print(f"bf16 autocast: relative L2 error of a seeded 64² sample (Heun, 8 steps) vs float32: "
+              f"{meta['bf16_sample_error']:.3g}")
+    print_table(rows, COLUMNS + (["compile_seconds"] if args.compile else []))
     out = args.out or Path(__file__).resolve().parent / "results" / (
         "denoiser_speed_quick.json" if args.quick else "denoiser_speed.json")
     write_json(rows, out, {"benchmark": "denoiser_speed", "model": MODEL, "neuralop_fno": {
         "n_modes": [MODES, MODES], "hidden_channels": WIDTH, "n_layers": LAYERS}, "quick": args.quick,
-        "threads": torch.get_num_threads()})
+        "threads": torch.get_num_threads(), **meta})
 
 
 if __name__ == "__main__":

@@ -143,7 +143,11 @@ class FNOBlock(nn.Module):
             mean = stats.sum(-1).sum(1).view(batch, groups, per_group).sum(-1) / count  # (B, G)
             mean = mean.repeat_interleave(per_group, dim=1)  # (B, C)
             h4 = stats - mean.to(stats.dtype)[:, None, :, None]
-            var = torch.linalg.vector_norm(h4, dim=-1).square().sum(1).view(batch, groups, per_group).sum(-1) / count
+            if torch.is_grad_enabled() and h4.requires_grad:  # vector_norm's backward divides by the norm and masks
+                squares = h4.square().sum(-1)
+            else:
+                squares = torch.linalg.vector_norm(h4, dim=-1).square()
+            var = squares.sum(1).view(batch, groups, per_group).sum(-1) / count
             rstd = (var + norm.eps).rsqrt().repeat_interleave(per_group, dim=1)
             if norm.affine:
                 rstd = rstd * norm.weight
