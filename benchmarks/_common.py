@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shlex
+import sys
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -74,6 +76,8 @@ def _fmt(value) -> str:
 def write_json(rows: Sequence[dict], path: Path | None, meta: dict) -> None:
     if path is None:
         return
-    write_text_atomic(path, json.dumps({"meta": {"machine": machine(), "torch": torch.__version__, **meta},
+    command = "python " + shlex.join(sys.argv)  # shown on the generated docs page of the file
+    write_text_atomic(path, json.dumps({"meta": {"machine": machine(), "torch": torch.__version__, "command": command,
+                                                 **meta},
                                         "rows": list(rows)}, indent=1))
     print(f"wrote {path}")

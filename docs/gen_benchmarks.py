@@ -1,0 +1,200 @@
+"""Benchmark pages of the docs, generated from ``benchmarks/results/*.json`` (standard library only, no torch).
+
+Every result file (``{"meta": {...}, "rows": [...]}``, written by ``benchmarks/_common.write_json``) becomes one
+table on the page of its family: the columns are the keys of its rows (in first-seen order), the header lists the
+command (when the file recorded one), the machine, torch and thread count from ``meta``, and the remaining settings
+as JSON. Nothing is copied by hand: rerun a benchmark with ``--out benchmarks/results/NAME.json`` and rebuild the
+docs. Load averages and the wall time of a particular run are left out (they describe the machine's day, not the
+method); timings that *are* the measurement (a column of the rows) stay.
+
+``python docs/gen_benchmarks.py OUT_DIR`` writes the pages as files; ``docs/hooks.py`` adds them to the site at
+build time.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+# result-file prefix -> the script that writes it
+SCRIPTS = {"noise": "noise.py", "sampler_overhead": "sampler_overhead.py", "scaling": "scaling.py",
+           "pde_solvers": "pde_solvers.py", "gpu": "gpu.py", "guidance": "guidance.py",
+           "inverse_problems": "inverse_problems.py", "inverse_methods": "inverse_problems.py",
+           "few_step_guidance": "few_step_guidance.py", "forecasting": "forecasting.py", "era5": "era5.py",
+           "sphere_solve": "sphere_solve.py", "wavelet": "wavelet.py", "batch": "batch.py"}
+
+# page -> (title, script(s), result-file prefixes, introduction). A result file goes to the first page with a
+# matching prefix; files that match none go to "other", so a new benchmark is never silently dropped.
+PAGES: dict[str, tuple[str, str, tuple[str, ...], str]] = {
+    "speed": ("Speed: noise, solvers, sampler, scaling", "noise.py, sampler_overhead.py, scaling.py, "
+              "pde_solvers.py, gpu.py", ("noise", "sampler_overhead", "scaling", "pde_solvers", "gpu"),
+              "Cost of the building blocks: GRF sampling by FFT against a dense Cholesky factor of the same "
+              "covariance, the sampler's overhead over bare denoiser calls, denoiser and training-step time "
+              "against the grid size, throughput and accuracy of the data generators (error against a grid "
+              "twice as fine), and training/sampling throughput (`benchmarks/gpu.py`; its CPU run here)."),
+    "guidance": ("Guidance and inverse problems", "guidance.py, inverse_problems.py, few_step_guidance.py",
+                 ("guidance", "inverse_problems", "inverse_methods", "few_step_guidance"),
+                 "Guided sampling against a closed-form Gaussian posterior (`guidance`), the FunDPS protocol on "
+                 "Darcy, Poisson, Helmholtz and Navier–Stokes (3 % of the grid observed; relative L2 of the "
+                 "posterior mean (`estimator: mean`) and of single samples, against interpolation (+ solver), "
+                 "FNO regression and, for the linear problems, the exact Gaussian posterior), the six posterior "
+                 "samplers side by side (`inverse_methods_*`), zero-shot 128² from a 64² model, and few-step "
+                 "sampling with and without the trust region."),
+    "forecasting": ("Forecasting", "forecasting.py", ("forecasting",),
+                    "Autoregressive and rolling diffusion against a deterministic FNO of the same backbone, "
+                    "persistence and climatology, on held-out trajectories of Kolmogorov flow (64²) and Burgers "
+                    "(1024 points), with and without 1 % sensors: per lead RMSE of the ensemble mean, fair CRPS, "
+                    "spread–skill ratio and spectrum error."),
+    "sphere": ("Sphere and ERA5-like data", "era5.py, sphere_solve.py", ("era5", "sphere_solve"),
+               "Shallow-water data in the ERA5 layouts on a 5.625° grid: the SFNO diffusion forecaster against "
+               "persistence and climatology (area-weighted RMSE, ACC, CRPS, SSR per lead), and reconstruction "
+               "of z500/u500 from stations (`sphere_solve`: area-weighted RMSE over the grid and at the "
+               "stations, guided mean and single sample, unguided sample, climatology)."),
+    "wavelet": ("Wavelet trajectories and super-resolution", "wavelet.py", ("wavelet",),
+                "Whole-trajectory diffusion in the wavelet domain against the same model in physical space at "
+                "equal steps and NFE (Burgers with shocks, 2-D Navier–Stokes), coefficient-noise study, forced "
+                "Burgers and its ablation, and zero-shot super-resolution 2×/4× against interpolation and a "
+                "model trained at the fine grid. Baselines are in each file's settings (`baselines`)."),
+    "batch": ("Batch inference", "batch.py", ("batch",),
+              "Rank-sharded batch inference (`solve --cases`) on 1 and K processes: cases per second and "
+              "whether the merged file is identical to the single-process one."),
+    "other": ("Other results", "", (), "Result files whose name matches no page above."),
+}
+
+HIDDEN_META = {"machine", "torch", "threads", "threads_per_process", "cpu_count", "quick", "command", "note",
+               "benchmark", "work", "checkpoint", "checkpoints"}
+COLLAPSE_ROWS = 40  # longer tables are folded (click to open)
+
+
+def _hidden(key: str) -> bool:
+    """Keys about the run rather than the method: load averages and wall times of the whole run."""
+    return key in HIDDEN_META or "loadavg" in key or key in {"seconds", "seconds_total", "wall_seconds",
+                                                             "timings_s", "forecast_seconds"}
+
+
+def _matches(name: str, prefix: str) -> bool:
+    return name == prefix or name.startswith(prefix + "_")
+
+
+def page_of(name: str) -> str:
+    for page, (_, _, prefixes, _) in PAGES.items():
+        if any(_matches(name, p) for p in prefixes):
+            return page
+    return "other"
+
+
+def script_of(name: str) -> str | None:
+    return next((script for prefix, script in SCRIPTS.items() if _matches(name, prefix)), None)
+
+
+def fmt(value) -> str:
+    """A table cell: floats to 4 significant digits, NaN as '–', nested values as compact JSON."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return "–" if math.isnan(value) else f"{value:.4g}"
+    if isinstance(value, (dict, list)):
+        value = json.dumps(value, separators=(",", ":"))
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def columns(rows: list[dict]) -> list[str]:
+    seen: dict[str, None] = {}
+    for row in rows:
+        seen.update((k, None) for k in row if "loadavg" not in k)
+    return list(seen)
+
+
+def table(rows: list[dict]) -> list[str]:
+    cols = columns(rows)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
+    return lines
+
+
+def section(path: Path) -> list[str]:
+    data = json.loads(path.read_text())
+    meta, rows = data.get("meta", {}), data.get("rows", [])
+    out = [f"## `{path.name}`", ""]
+    if meta.get("command"):
+        out += [f"Command: `{meta['command']}`", ""]
+    elif script_of(path.stem):
+        mode = " with `--quick`" if meta.get("quick") else ""
+        out += [f"Made by `benchmarks/{script_of(path.stem)}`{mode} (the file does not record its full command "
+                f"line).", ""]
+    threads = meta.get("threads", meta.get("threads_per_process"))
+    facts = [f"machine: {meta['machine']}" if "machine" in meta else None,
+             f"torch {meta['torch']}" if "torch" in meta else None,
+             f"{threads} torch thread(s)" + (" per process" if "threads_per_process" in meta else "")
+             if threads is not None else None,
+             f"{meta['cpu_count']} CPU cores" if "cpu_count" in meta else None]
+    facts = [f for f in facts if f]
+    if facts:
+        out += ["Run on " + "; ".join(facts) + ".", ""]
+    if meta.get("note"):
+        out += [f"Note: {meta['note']}.", ""]
+    figure = path.with_suffix(".png")
+    if figure.exists():
+        out += [f"![{path.stem}](results/{figure.name})", ""]
+    if rows:
+        lines = table(rows)
+        if len(rows) > COLLAPSE_ROWS:
+            out += [f'??? note "All {len(rows)} rows"', ""] + ["    " + line for line in lines]
+        else:
+            out += lines
+    else:
+        out += ["(no rows)"]
+    settings = {k: v for k, v in meta.items() if not _hidden(k)}
+    if settings:
+        out += ["", '??? info "Settings recorded in the file"', "", "    ```json"]
+        out += ["    " + line for line in json.dumps(settings, indent=1, ensure_ascii=False).splitlines()]
+        out += ["    ```"]
+    out += ["", f"[Download the JSON](results/{path.name})", ""]
+    return out
+
+
+def pages(results: Path = RESULTS) -> dict[str, str]:
+    """``{"benchmarks/<page>.md": markdown}`` for every page, plus ``benchmarks/index.md``."""
+    files: dict[str, list[Path]] = {page: [] for page in PAGES}
+    for path in sorted(results.glob("*.json")):
+        files[page_of(path.stem)].append(path)
+    out = {}
+    index = ["# Benchmarks", "",
+             "Each script in `benchmarks/` takes `--quick` (CPU-sized) and `--out FILE.json`, prints a table and "
+             "writes JSON rows to `benchmarks/results/`. The pages below are generated from those files when the "
+             "docs are built (`docs/gen_benchmarks.py`): one table per file, nothing copied by hand.", "",
+             "| page | scripts | result files |", "|---|---|---|"]
+    for page, (title, scripts, _, intro) in PAGES.items():
+        if page == "other" and not files[page]:
+            continue
+        body = [f"# {title}", "", intro, ""]
+        if scripts:
+            body += ["Scripts: " + ", ".join(f"`benchmarks/{s.strip()}`" for s in scripts.split(",")) + ".", ""]
+        for path in files[page]:
+            body += section(path)
+        if not files[page]:
+            body += ["No result files yet."]
+        out[f"benchmarks/{page}.md"] = "\n".join(body) + "\n"
+        index.append(f"| [{title}]({page}.md) | {scripts or '–'} | {len(files[page])} |")
+    out["benchmarks/index.md"] = "\n".join(index) + "\n"
+    return out
+
+
+def assets(results: Path = RESULTS) -> dict[str, Path]:
+    """Files the pages link to: ``{"benchmarks/results/<name>": path}`` (the JSON files and their plots)."""
+    return {f"benchmarks/results/{p.name}": p for p in sorted(results.iterdir()) if p.suffix in {".json", ".png"}}
+
+
+if __name__ == "__main__":
+    target = Path(sys.argv[1] if len(sys.argv) > 1 else "site-benchmarks")
+    for name, text in pages().items():
+        (target / name).parent.mkdir(parents=True, exist_ok=True)
+        (target / name).write_text(text)
+        print(f"wrote {target / name}")
