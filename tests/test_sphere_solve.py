@@ -102,6 +102,10 @@ def test_station_file_reconstruction_beats_the_unguided_prior_and_climatology_at
         units = dict(store.attrs["era5"]["units"]) if "era5" in store.attrs else None
     assert ds["z500_mean"].attrs["units"] == (units or {}).get("z500", ds["z500_mean"].attrs["units"]) != "1"
     assert ds["sensor_coords"].attrs["grid"] == "latlon" and ds.attrs["task"] == "reconstruct"
+    from cf_check import cf_errors, checker_available
+
+    if checker_available()[0]:  # a posterior on the sphere with its stations passes the CF-1.8 checker
+        assert cf_errors(out) == []
 
     truth = sphere["truth"].float()
     mean = torch.stack([torch.from_numpy(ds[f"{c}_mean"].values) for c in CHANNELS])[None]
