@@ -1,6 +1,8 @@
 """Every netCDF file funcdiff writes passes the IOOS compliance checker (cf:1.8) with no high- or medium-priority
 failure: samples, posterior, batch parts and merged files, forecasts (unit domain and sphere), scores,
-super-resolution output. Also the forecast layout's unique ``init`` index and the scores' ``forecast_source``."""
+super-resolution output, the synthetic CDS files. Also the forecast layout's unique ``init`` index and the scores'
+``forecast_source``. (Sensor files: tests/test_sensor_files.py; the sphere's forecast, scores and posterior from
+the CLI: tests/test_era5_end_to_end.py and tests/test_sphere_solve.py.)"""
 
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ def assert_cf(path):
 
 @pytest.fixture(scope="module")
 def darcy(tmp_path_factory):
-    """A 2-step Darcy model at 8² and a netCDF file of 3 truths."""
+    """A 1-step Darcy model at 8² and a netCDF file of 3 truths."""
     from funcdiff.training import Trainer
 
     tmp = tmp_path_factory.mktemp("cf_darcy")
