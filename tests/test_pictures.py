@@ -270,3 +270,18 @@ def test_the_truth_sets_the_shared_scale_and_estimates_beyond_it_saturate():
     assert all(im.get_clim() == (0.0, 1.0) for im in images)
     bars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
     assert [b._colorbar.extend for b in bars] == ["neither", "min"]
+
+
+def test_sphere_stations_are_marked_at_their_longitude_and_latitude():
+    from funcdiff.tasks.forecast_io import forecast_figure
+
+    members, truth = _sphere_members()
+    frames = torch.cat([truth[:, :1], truth], dim=1)  # (C, L + 1, H, W): index 0 the initial state
+    obs = make_timed_observation(frames, [2], 6.0, fraction=6, grid="latlon", seed=0)
+    fig = forecast_figure(members, truth=truth, dt=6.0, channel_names=("z500", "u850"), grid="latlon",
+                          time_units="hours since 2000-01-01", observations=obs)
+    offsets = [c.get_offsets() for ax in _map_axes(fig) for c in ax.collections]
+    lat, lon = obs.sensors.coords[:, 0].numpy(), obs.sensors.coords[:, 1].numpy()
+    assert offsets and all(np.allclose(np.sort(o[:, 0]), np.sort(np.mod(lon, 360))) for o in offsets)
+    assert all(np.allclose(np.sort(o[:, 1]), np.sort(lat)) for o in offsets)
+    assert "6 sensors of z500 assimilated at leads 2" in fig._suptitle.get_text()
