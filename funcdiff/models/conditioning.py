@@ -61,6 +61,47 @@ class PointwiseLinear(nn.Module):
         return out.view(*x.shape[:-2], -1, x.shape[-1])
 
 
+    def forward_rows_gelu(self, z: torch.Tensor) -> torch.Tensor:
+        """``forward_rows(gelu(z))`` (exact GELU) on the row layout; under autograd (float32/64, no autocast) the
+        GELU output is recomputed in the backward pass instead of being stored: a training step keeps one
+        tensor per GELU, not two (issue 20: peak memory)."""
+        if (torch.is_grad_enabled() and (z.requires_grad or self.linear.weight.requires_grad)
+                and not torch.is_autocast_enabled(z.device.type) and z.dtype == self.linear.weight.dtype):
+            out = _GeluLinearRows.apply(z.reshape(-1, z.shape[-2], z.shape[-1]), self.linear.weight, self.linear.bias)
+            return out.view(*z.shape[:-2], -1, z.shape[-1])
+        g = torch.nn.functional.gelu(z) if torch.is_grad_enabled() and z.requires_grad else torch.ops.aten.gelu_(z)
+        return self.forward_rows(g)
+
+
+class _GeluLinearRows(torch.autograd.Function):
+    """``W gelu(z) + b`` per (C_in, n) tile of the row layout, saving z only (GELU recomputed when differentiating)."""
+
+    @staticmethod
+    def forward(ctx, z3: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """z3 (T, C_in, n) -> (T, C_out, n)."""
+        g = torch.nn.functional.gelu(z3)
+        if bias is None:
+            out = torch.matmul(weight, g)
+        else:
+            out = torch.baddbmm(bias[None, :, None], weight.expand(g.shape[0], -1, -1), g)
+        ctx.save_for_backward(z3, weight)
+        ctx.has_bias = bias is not None
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        z3, weight = ctx.saved_tensors
+        go3 = grad_out.contiguous()
+        grad_z = grad_w = grad_b = None
+        if ctx.needs_input_grad[1]:
+            grad_w = torch.matmul(go3, torch.nn.functional.gelu(z3).transpose(1, 2)).sum(0)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = go3.sum(dim=(0, 2))
+        if ctx.needs_input_grad[0]:
+            grad_z = torch.ops.aten.gelu_backward(torch.matmul(weight.t(), go3), z3)
+        return grad_z, grad_w, grad_b
+
+
 class NoiseEmbedding(nn.Module):
     """Embed the per-sample noise level ``c_noise`` (EDM: ln(sigma)/4, dimensionless) into a feature vector.
 

@@ -117,8 +117,10 @@ class FNOBlock(nn.Module):
         # their input; the residual is added in place into the MLP's output.
         if rows:
             h = self.spectral.forward_rows(x, accumulate=self.pointwise.forward_rows(x))
-            h = _activate(self.act, self._modulate(h, emb, rows=True))
-            out = self.mlp[2].forward_rows(_activate(self.mlp[1], self.mlp[0].forward_rows(h)))
+            h = self._modulate(h, emb, rows=True)
+            h = self.mlp[0].forward_rows_gelu(h) if _exact_gelu(self.act) else self.mlp[0].forward_rows(self.act(h))
+            out = (self.mlp[2].forward_rows_gelu(h) if _exact_gelu(self.mlp[1])
+                   else self.mlp[2].forward_rows(self.mlp[1](h)))
         else:
             h = self.spectral(x) + self.pointwise(x)
             h = _activate(self.act, self._modulate(h, emb, rows=False))
@@ -130,7 +132,8 @@ class FNOBlock(nn.Module):
 
         GroupNorm's statistics are two-pass (mean, then the norm of the centred field) from reductions along
         contiguous rows: ``torch.var_mean`` (Welford) costs 10x more on a CPU at 512²."""
-        scale, shift = self.film.proj(emb).float().chunk(2, dim=1)  # (B, C) each
+        stat_dtype = torch.promote_types(h.dtype, torch.float32)  # float32 statistics under bf16/fp16 autocast
+        scale, shift = self.film.proj(emb).to(stat_dtype).chunk(2, dim=1)  # (B, C) each
         batch = h.shape[0]
         channels = h.shape[-2] if rows else h.shape[1]
         h4 = h.reshape(batch, -1, channels, h.shape[-1]) if rows else h.reshape(batch, 1, channels, -1)
@@ -138,7 +141,7 @@ class FNOBlock(nn.Module):
         norm = self.norm
         if isinstance(norm, nn.GroupNorm):
             groups, per_group = norm.num_groups, channels // norm.num_groups
-            stats = h4 if h4.dtype in (torch.float32, torch.float64) else h4.float()
+            stats = h4.to(stat_dtype)
             count = stats.shape[1] * stats.shape[3] * per_group
             mean = stats.sum(-1).sum(1).view(batch, groups, per_group).sum(-1) / count  # (B, G)
             mean = mean.repeat_interleave(per_group, dim=1)  # (B, C)
@@ -208,7 +211,8 @@ class NoiseConditionedFNO(nn.Module):
         for block in self.blocks:
             h = block(h, emb, rows=True)
         lift, act, project = self.projection
-        return from_rows(project.forward_rows(_activate(act, lift.forward_rows(h))))
+        h = lift.forward_rows(h)
+        return from_rows(project.forward_rows_gelu(h) if _exact_gelu(act) else project.forward_rows(act(h)))
 
     def _input_features(self, x: torch.Tensor, c_noise: torch.Tensor | float, c_field: torch.Tensor,
                         cond: torch.Tensor | None) -> torch.Tensor:
@@ -261,6 +265,10 @@ class NoiseConditionedFNO(nn.Module):
                 f"resolution {resolution} is too small for n_modes {cfg.n_modes}: every spatial size must exceed "
                 "n_modes so that the kept Fourier modes lie strictly below the grid's Nyquist frequency"
             )
+
+
+def _exact_gelu(act: nn.Module) -> bool:
+    return type(act) is nn.GELU and act.approximate == "none"
 
 
 def _activate(act: nn.Module, x: torch.Tensor) -> torch.Tensor:
