@@ -13,8 +13,10 @@ build time.
 
 from __future__ import annotations
 
+import ast
 import json
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -23,7 +25,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 # result-file prefix -> the script that writes it
 SCRIPTS = {"noise": "noise.py", "sampler_overhead": "sampler_overhead.py", "scaling": "scaling.py",
-           "pde_solvers": "pde_solvers.py", "gpu": "gpu.py", "guidance": "guidance.py",
+           "pde_solvers": "pde_solvers.py", "gpu": "gpu.py", "denoiser_speed": "denoiser_speed.py", "guidance": "guidance.py",
            "inverse_problems": "inverse_problems.py", "inverse_methods": "inverse_problems.py",
            "few_step_guidance": "few_step_guidance.py", "forecasting": "forecasting.py", "era5": "era5.py",
            "sphere_solve": "sphere_solve.py", "wavelet": "wavelet.py", "batch": "batch.py"}
@@ -32,7 +34,8 @@ SCRIPTS = {"noise": "noise.py", "sampler_overhead": "sampler_overhead.py", "scal
 # matching prefix; files that match none go to "other", so a new benchmark is never silently dropped.
 PAGES: dict[str, tuple[str, str, tuple[str, ...], str]] = {
     "speed": ("Speed: noise, solvers, sampler, scaling", "noise.py, sampler_overhead.py, scaling.py, "
-              "pde_solvers.py, gpu.py", ("noise", "sampler_overhead", "scaling", "pde_solvers", "gpu"),
+              "pde_solvers.py, gpu.py, denoiser_speed.py",
+              ("noise", "sampler_overhead", "scaling", "pde_solvers", "gpu", "denoiser_speed"),
               "Cost of the building blocks: GRF sampling by FFT against a dense Cholesky factor of the same "
               "covariance, the sampler's overhead over bare denoiser calls, denoiser and training-step time "
               "against the grid size, throughput and accuracy of the data generators (error against a grid "
@@ -160,6 +163,18 @@ def section(path: Path) -> list[str]:
     return out
 
 
+def script_summaries(folder: Path = RESULTS.parent) -> list[tuple[str, str]]:
+    """(script, first paragraph of its docstring) for every benchmark script, read without importing it."""
+    out = []
+    for path in sorted(folder.glob("*.py")):
+        if path.name.startswith("_"):
+            continue
+        doc = ast.get_docstring(ast.parse(path.read_text())) or ""
+        first = " ".join(doc.split("\n\n")[0].split())
+        out.append((path.name, re.sub(r"\s*\((?:see )?issues? \d+[^)]*\)", "", first)))
+    return out
+
+
 def pages(results: Path = RESULTS) -> dict[str, str]:
     """``{"benchmarks/<page>.md": markdown}`` for every page, plus ``benchmarks/index.md``."""
     files: dict[str, list[Path]] = {page: [] for page in PAGES}
@@ -171,6 +186,8 @@ def pages(results: Path = RESULTS) -> dict[str, str]:
              "writes JSON rows to `benchmarks/results/`. The pages below are generated from those files when the "
              "docs are built (`docs/gen_benchmarks.py`): one table per file, nothing copied by hand.", "",
              "| page | scripts | result files |", "|---|---|---|"]
+    scripts_table = ["", "## The scripts", "", "From each script's docstring:", "", "| script | measures |", "|---|---|"]
+    scripts_table += [f"| `benchmarks/{name}` | {fmt(text)} |" for name, text in script_summaries(results.parent)]
     for page, (title, scripts, _, intro) in PAGES.items():
         if page == "other" and not files[page]:
             continue
@@ -183,7 +200,7 @@ def pages(results: Path = RESULTS) -> dict[str, str]:
             body += ["No result files yet."]
         out[f"benchmarks/{page}.md"] = "\n".join(body) + "\n"
         index.append(f"| [{title}]({page}.md) | {scripts or '–'} | {len(files[page])} |")
-    out["benchmarks/index.md"] = "\n".join(index) + "\n"
+    out["benchmarks/index.md"] = "\n".join(index + scripts_table) + "\n"
     return out
 
 
