@@ -1,6 +1,5 @@
-"""The generated docs pages (docs/gen_benchmarks.py, docs/gen_cli.py) and the short README: one table per benchmark
-result file with the columns of its rows and no load averages, every verb's --help on the CLI page, and a README
-that stays short and points to the docs."""
+"""The generated docs pages (docs/gen_benchmarks.py, docs/gen_cli.py): one table per benchmark result file with the
+columns of its rows and no load averages, every verb's --help on the CLI page."""
 
 from __future__ import annotations
 
@@ -54,8 +53,3 @@ def test_cli_page_has_every_verbs_help():
         assert f"## `funcdiff {verb}`" in page and f"usage: funcdiff {verb}" in page, verb
     assert "### `funcdiff data generate`" in page
 
-
-def test_readme_is_short_and_points_to_the_docs():
-    readme = (ROOT / "README.md").read_text()
-    assert len(readme.splitlines()) <= 250
-    assert "mkdocs serve" in readme
