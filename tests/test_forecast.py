@@ -112,6 +112,10 @@ def test_same_seed_same_forecast_and_rerun_is_a_no_op(trained, tmp_path):
     assert not _values(a)["u"].equals(_values(c)["u"])
 
 
+class _Killed(BaseException):
+    """A process killed mid-write (SIGKILL): nothing in funcdiff handles it."""
+
+
 @pytest.mark.parametrize("die_in", ["write_leads", "_save_state"])
 def test_killed_forecast_resumes_bit_identical(trained, tmp_path, monkeypatch, die_in):
     """A run killed after 3 steps (inside the netCDF write, or between it and the state file) and rerun with the
@@ -125,12 +129,12 @@ def test_killed_forecast_resumes_bit_identical(trained, tmp_path, monkeypatch, d
     def dying(*args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 4:
-            raise KeyboardInterrupt  # stands in for SIGKILL at that point
+            raise _Killed  # stands in for SIGKILL at that point
         return original(*args, **kwargs)
 
     monkeypatch.setattr(forecast_io, die_in, dying)
     killed = tmp_path / "killed.nc"
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(_Killed):
         _run_cli(tmp, killed)
     assert (tmp_path / "killed.nc.partial").exists() and not killed.exists()
     monkeypatch.setattr(forecast_io, die_in, original)
@@ -192,11 +196,15 @@ def test_forecast_user_errors_are_one_line(trained, tmp_path, capsys):
     train(static, progress=False)
     assert "not a forecaster" in _fails(capsys, [*base[:2], str(tmp_path / "static"), *base[3:]])
     # observations outside the forecast (sensors up to lead 6, a forecast of 3 leads)
-    assert _run_cli(tmp, tmp_path / "twin.nc", "--sensor-fraction", "0.1", "--sensor-every", "2") == 0
+    held = str(trained[1][0])
+    on_held = base + ["--index", held]  # errors found after reading the initial state: no training-data warning
+    assert main([*base[:6], "7", *base[7:], "--index", held, "--out", str(tmp_path / "twin.nc"), "--sensor-fraction",
+                 "0.1", "--sensor-every", "2"]) == 0
     twin = str(tmp_path / "twin.sensors.nc")
-    assert "outside the forecast" in _fails(capsys, base + ["--index", "3", "--observations", twin])
-    # trajectory 3's sensors are not trajectory 0's (they were assimilated into it silently before)
-    assert "not for trajectory 0" in _fails(capsys, base + ["--observations", twin])
+    assert "outside the forecast" in _fails(capsys, on_held + ["--observations", twin])
+    # one trajectory's sensors are not another's (they were assimilated into it silently before)
+    assert f"not for trajectory {trained[1][1]}" in _fails(capsys, base + ["--index", str(trained[1][1]),
+                                                                          "--observations", twin])
     # the initial file lacks the channel, or holds NaN
     import h5py
 
@@ -210,8 +218,8 @@ def test_forecast_user_errors_are_one_line(trained, tmp_path, capsys):
     assert "grid" in _fails(capsys, [*base[:4], str(small), *base[5:]])
     assert "--sensor-fraction" in _fails(capsys, base + ["--sensor-fraction", "0.1", "--observations", "x.nc"])
     assert "(0, 1]" in _fails(capsys, base + ["--sensor-fraction", "2.0"])
-    assert "--sensor-every 4" in _fails(capsys, base + ["--sensor-fraction", "0.1"])  # 3 leads, sensors every 4
-    assert "obs_time" in _fails(capsys, base + ["--observations", str(tmp / "adv.h5")])
+    assert "--sensor-every 4" in _fails(capsys, on_held + ["--sensor-fraction", "0.1"])  # 3 leads, sensors every 4
+    assert "obs_time" in _fails(capsys, on_held + ["--observations", str(tmp / "adv.h5")])
 
 
 def test_python_api_takes_one_or_several_2d_initial_states():

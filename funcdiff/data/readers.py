@@ -100,8 +100,9 @@ def detect_format(path: Path) -> str:
     if not h5py.is_hdf5(path):
         if suffix in (".h5", ".hdf5", ".hdf"):
             size = path.stat().st_size
-            raise UserError(f"{path}: not a readable HDF5 file ({'empty: 0 bytes' if size == 0 else f'{size} bytes'}"
-                            f"; an interrupted copy or generation? regenerate or copy it again)")
+            raise UserError(f"{path}: unrecognised file type: not a readable HDF5 file ("
+                            f"{'empty, 0 bytes' if size == 0 else f'{size} bytes'}; an interrupted copy or "
+                            f"generation? regenerate or copy it again)")
         raise UserError(f"{path}: unrecognised file type (expected HDF5 .h5/.hdf5, .mat, .pt or an ERA5 zarr store)")
     with h5py.File(path, "r") as f:
         if f.attrs.get("funcdiff_format") == FORMAT_NAME:

@@ -559,8 +559,9 @@ def run_forecast_cases(forecaster, traj: "torch.Tensor", times: Optional["torch.
                        **forecast_kwargs) -> BatchResult:
     """Forecast every unfinished case of ``run`` on this rank from trajectories ``traj`` (N, C, T, *S) physical:
     each case is a one-start :class:`~funcdiff.tasks.forecast.Forecast` with seed :func:`case_seed`, saved (and
-    resumed mid-rollout after a kill) as its part. ``sensors(initial, truth, seed)`` may return timed observations
-    for the case (a twin experiment); ``forecast_kwargs`` go to ``Forecast`` (steps_per_frame, solver, batch_size).
+    resumed mid-rollout after a kill) as its part. ``sensors(initial, truth, seed, trajectory, frame)`` may return
+    timed observations for the case (a twin experiment on its own trajectory); ``forecast_kwargs`` go to
+    ``Forecast`` (steps_per_frame, solver, batch_size).
     """
     from funcdiff.tasks.forecast import Forecast
     from funcdiff.tasks.forecast_io import initial_from_trajectories
@@ -571,7 +572,7 @@ def run_forecast_cases(forecaster, traj: "torch.Tensor", times: Optional["torch.
         initial, truth, start, time_ = initial_from_trajectories(traj, times, source, case.index, case.frame,
                                                                  f.history, f.frame_step)
         s = case_seed(seed, case)
-        observations = sensors(initial, truth, s) if sensors is not None else None
+        observations = sensors(initial, truth, s, case.index, start) if sensors is not None else None
         Forecast(forecaster, initial, lead_steps, members=members, seed=s, observations=observations,
                  init_index=[case.index], init_frame=[start], init_time=[time_],
                  attrs={**(attrs or {}), "case_seed": s, SIGNATURE_ATTR: run.signature},
