@@ -54,8 +54,8 @@ class PointwiseLinear(nn.Module):
         x3 = x.reshape(-1, x.shape[-2], x.shape[-1]).to(dtype)
         weight = weight.to(dtype)
         with torch.autocast(x.device.type, enabled=False):
-            if bias is None:
-                out = torch.matmul(weight, x3)
+            if bias is None:  # bmm on the broadcast weight: matmul would copy x3 into a (T·n, C_in) matrix
+                out = torch.bmm(weight.expand(x3.shape[0], -1, -1), x3)
             else:
                 out = torch.baddbmm(bias.to(dtype)[None, :, None], weight.expand(x3.shape[0], -1, -1), x3)
         return out.view(*x.shape[:-2], -1, x.shape[-1])
@@ -81,7 +81,7 @@ class _GeluLinearRows(torch.autograd.Function):
         """z3 (T, C_in, n) -> (T, C_out, n)."""
         g = torch.nn.functional.gelu(z3)
         if bias is None:
-            out = torch.matmul(weight, g)
+            out = torch.bmm(weight.expand(g.shape[0], -1, -1), g)
         else:
             out = torch.baddbmm(bias[None, :, None], weight.expand(g.shape[0], -1, -1), g)
         ctx.save_for_backward(z3, weight)
@@ -93,12 +93,13 @@ class _GeluLinearRows(torch.autograd.Function):
         z3, weight = ctx.saved_tensors
         go3 = grad_out.contiguous()
         grad_z = grad_w = grad_b = None
+        # bmm, not matmul: matmul copies a transposed or broadcast operand into a contiguous one first
         if ctx.needs_input_grad[1]:
-            grad_w = torch.matmul(go3, torch.nn.functional.gelu(z3).transpose(1, 2)).sum(0)
+            grad_w = torch.bmm(go3, torch.nn.functional.gelu(z3).transpose(1, 2)).sum(0)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = go3.sum(dim=(0, 2))
         if ctx.needs_input_grad[0]:
-            grad_z = torch.ops.aten.gelu_backward(torch.matmul(weight.t(), go3), z3)
+            grad_z = torch.ops.aten.gelu_backward(torch.bmm(weight.t().expand(go3.shape[0], -1, -1), go3), z3)
         return grad_z, grad_w, grad_b
 
 

@@ -125,7 +125,9 @@ class FNOBlock(nn.Module):
             h = self.spectral(x) + self.pointwise(x)
             h = _activate(self.act, self._modulate(h, emb, rows=False))
             out = self.mlp[2](_activate(self.mlp[1], self.mlp[0](h)))
-        return out.add_(x) if out.dtype == torch.promote_types(out.dtype, x.dtype) else x + out
+        if out.dtype != torch.promote_types(out.dtype, x.dtype) or (torch.is_grad_enabled() and out.requires_grad):
+            return x + out  # (in place on a view, autograd would copy the gradient: CopySlices)
+        return out.add_(x)
 
     def _modulate(self, h: torch.Tensor, emb: torch.Tensor, rows: bool) -> torch.Tensor:
         """``film(norm(h), emb)`` as one affine map per (sample, channel), ``(h - mean) * a + b``.

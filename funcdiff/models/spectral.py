@@ -75,8 +75,11 @@ class PeriodicSpectralConv(SpectralConv):
                 out_hat = _along(mat, out_hat, axis)
             # inverse: last axis by one real GEMM, [re, im] (.., 2k) @ (2k, n_d) (the irfft of k frequencies)
             pairs = torch.view_as_real(out_hat.contiguous()).view(-1, 2 * out_hat.shape[-1])
+            in_place = not (torch.is_grad_enabled() and (accumulate is not None and accumulate.requires_grad
+                                                         or pairs.requires_grad))  # CopySlices costs a copy
             if accumulate is not None and accumulate.dtype == work and accumulate.is_contiguous():
-                out = accumulate.view(-1, sizes[-1]).addmm_(pairs, inverse_mats[-1])
+                acc = accumulate.view(-1, sizes[-1])
+                out = acc.addmm_(pairs, inverse_mats[-1]) if in_place else torch.addmm(acc, pairs, inverse_mats[-1])
             else:
                 out = torch.mm(pairs, inverse_mats[-1])
                 if accumulate is not None:
