@@ -112,9 +112,9 @@ def training_data_warning(split: dict | None, path: str | os.PathLike, indices: 
     used = used_in_training(split, path, indices)
     if not used:
         return None
-    held = split["held_out"]
+    plural = {"trajectory": "trajectories", "sample": "samples"}.get(what, what + "s")
     return (f"{what} {', '.join(map(str, used))} of {path} {'was' if len(used) == 1 else 'were'} in the model's "
-            f"training split: scores on it overstate skill; held-out {what}s: {held}")
+            f"training split: scores on it overstate skill; held-out {plural}: {split['held_out']}")
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:
