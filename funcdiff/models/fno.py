@@ -115,6 +115,8 @@ class FNOBlock(nn.Module):
         # the spectral layer adds its output into the pointwise skip in place; GroupNorm and FiLM become one
         # per-(sample, channel) affine map applied in one pass; GELUs run in place when autograd does not need
         # their input; the residual is added in place into the MLP's output.
+        if rows and self._can_chunk(x):
+            return self._forward_rows_chunked(x, emb)
         if rows:
             h = self.spectral.forward_rows(x, accumulate=self.pointwise.forward_rows(x))
             h = self._modulate(h, emb, rows=True)
@@ -128,6 +130,46 @@ class FNOBlock(nn.Module):
         if out.dtype != torch.promote_types(out.dtype, x.dtype) or (torch.is_grad_enabled() and out.requires_grad):
             return x + out  # (in place on a view, autograd would copy the gradient: CopySlices)
         return out.add_(x)
+
+    def _can_chunk(self, x: torch.Tensor) -> bool:
+        return (not torch.is_grad_enabled() and not torch.is_autocast_enabled(x.device.type) and x.is_contiguous()
+                and x.dtype == self.pointwise.linear.weight.dtype and _exact_gelu(self.act) and _exact_gelu(self.mlp[1])
+                and isinstance(self.norm, (nn.GroupNorm, nn.Identity)))
+
+    def _forward_rows_chunked(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        """Inference on the row layout: after the spectral layer, everything up to the residual is pointwise, so it
+        runs on chunks of grid rows small enough to stay in cache (normalise+FiLM, GELU, the MLP at 2x width,
+        GELU, residual) and the wide MLP hidden field never goes to memory. The same maths as the unchunked path;
+        on a CPU core about 2x faster from 512² up, where one field (32 MiB) no longer fits the cache."""
+        h = self.spectral.forward_rows(x, accumulate=self.pointwise.forward_rows(x))
+        batch, channels, n = h.shape[0], h.shape[-2], h.shape[-1]
+        h3, x3 = h.view(batch, -1, channels, n), x.view(batch, -1, channels, n)
+        scale, shift = self.film.proj(emb).to(h.dtype).chunk(2, dim=1)
+        gain, offset = 1 + scale, shift  # (B, C)
+        hidden = self.mlp[0].linear.out_features
+        step = max(1, CHUNK_BYTES // (max(hidden, channels) * n * h.element_size()))
+        chunks = [(b, r, min(r + step, h3.shape[1])) for b in range(batch) for r in range(0, h3.shape[1], step)]
+        norm = self.norm
+        if isinstance(norm, nn.GroupNorm):
+            groups, per_group = norm.num_groups, channels // norm.num_groups
+            count = h3.shape[1] * n * per_group
+            mean = (h3.sum(-1).sum(1).view(batch, groups, per_group).sum(-1) / count).repeat_interleave(per_group, 1)
+            squares = torch.zeros_like(mean)
+            for b, r0, r1 in chunks:  # two-pass variance, the centred chunk in cache
+                squares[b] += torch.linalg.vector_norm(h3[b, r0:r1] - mean[b, :, None], dim=-1).square().sum(0)
+            var = squares.view(batch, groups, per_group).sum(-1) / count
+            rstd = (var + norm.eps).rsqrt().repeat_interleave(per_group, dim=1)
+            if norm.affine:
+                rstd = rstd * norm.weight
+                offset = offset + gain * norm.bias
+            gain = gain * rstd
+            offset = offset - gain * mean
+        out = torch.empty_like(x3)
+        for b, r0, r1 in chunks:
+            y = torch.ops.aten.gelu_(torch.addcmul(offset[b, :, None], h3[b, r0:r1], gain[b, :, None]))
+            g = torch.ops.aten.gelu_(_tile_linear(self.mlp[0].linear, y))
+            _tile_linear(self.mlp[2].linear, g, out=out[b, r0:r1]).add_(x3[b, r0:r1])
+        return out.view(x.shape)
 
     def _modulate(self, h: torch.Tensor, emb: torch.Tensor, rows: bool) -> torch.Tensor:
         """``film(norm(h), emb)`` as one affine map per (sample, channel), ``(h - mean) * a + b``.
@@ -267,6 +309,18 @@ class NoiseConditionedFNO(nn.Module):
                 f"resolution {resolution} is too small for n_modes {cfg.n_modes}: every spatial size must exceed "
                 "n_modes so that the kept Fourier modes lie strictly below the grid's Nyquist frequency"
             )
+
+
+CHUNK_BYTES = 1 << 19  # the widest field of a chunk of rows in the chunked inference path (fits a core's L2)
+
+
+def _tile_linear(linear: nn.Linear, y: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``linear`` on tiles y (T, C_in, n) -> (T, C_out, n), optionally written into ``out``."""
+    weight = linear.weight.expand(y.shape[0], -1, -1)
+    if linear.bias is None:
+        return torch.bmm(weight, y) if out is None else torch.bmm(weight, y, out=out)
+    bias = linear.bias[None, :, None]
+    return torch.baddbmm(bias, weight, y) if out is None else torch.baddbmm(bias, weight, y, out=out)
 
 
 def _exact_gelu(act: nn.Module) -> bool:
