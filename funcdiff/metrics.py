@@ -291,7 +291,7 @@ def latitude_weights(lat) -> torch.Tensor:
     """
     import numpy as np
 
-    from funcdiff.data.era5 import cell_area_weights
+    from funcdiff.sphere import cell_area_weights
 
     lat = np.array(lat.detach().cpu() if torch.is_tensor(lat) else lat, dtype=np.float64)
     order = np.argsort(lat)

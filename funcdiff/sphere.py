@@ -185,3 +185,28 @@ def angular_power(coeffs: torch.Tensor) -> torch.Tensor:
     power = power[..., :1].sum(-1) + 2 * power[..., 1:].sum(-1)
     degrees = torch.arange(coeffs.shape[-2], device=coeffs.device, dtype=power.dtype)
     return power / (2 * degrees + 1)
+
+
+# ------------------------------------------------------------------------------------- grid cells and area weights
+def latitude_bounds(lat: np.ndarray) -> np.ndarray:
+    """Cell edges of ascending latitudes in degrees: midpoints between points, ±90 at the ends (as in
+    WeatherBench 2's ``_latitude_cell_bounds``; a point at a pole gets a half cell).
+
+    Shapes: lat (H,) -> (H + 1,).
+    """
+    lat = np.asarray(lat, dtype=np.float64)
+    if lat.ndim != 1 or lat.size < 2 or not np.all(np.diff(lat) > 0):
+        raise ValueError(f"latitudes must be ascending with at least 2 points, got {lat}")
+    return np.concatenate([[-90.0], (lat[:-1] + lat[1:]) / 2, [90.0]])
+
+
+def cell_area_weights(lat: np.ndarray) -> np.ndarray:
+    """Relative cell areas sin(upper edge) - sin(lower edge) of a lat-lon grid, normalised to mean 1
+    (WeatherBench 2, Rasp et al. 2024, ``get_lat_weights``). Exactly ∝ cos(lat) on equiangular grids whose
+    points avoid the poles (the 5.625° / 1.40625° WB2 grids); pole points get their half cell, not 0.
+
+    Shapes: lat (H,) ascending degrees -> (H,) float64.
+    """
+    edges = np.deg2rad(latitude_bounds(lat))
+    area = np.sin(edges[1:]) - np.sin(edges[:-1])
+    return area / area.mean()

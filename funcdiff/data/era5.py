@@ -38,6 +38,7 @@ import pandas as pd
 import xarray as xr
 
 from funcdiff.errors import UserError
+from funcdiff.sphere import cell_area_weights, latitude_bounds  # noqa: F401 (public here too)
 
 DIMS = ("time", "channel", "latitude", "longitude")
 SPATIAL = ("time", "latitude", "longitude")
@@ -304,18 +305,6 @@ def check_missing(state: xr.DataArray) -> None:
 # --- grid geometry and conservative regridding ----------------------------------------------------------
 
 
-def latitude_bounds(lat: np.ndarray) -> np.ndarray:
-    """Cell edges of ascending latitudes in degrees: midpoints between points, ±90 at the ends (as in
-    WeatherBench 2's ``_latitude_cell_bounds``; a point at a pole gets a half cell).
-
-    Shapes: lat (H,) -> (H + 1,).
-    """
-    lat = np.asarray(lat, dtype=np.float64)
-    if lat.ndim != 1 or lat.size < 2 or not np.all(np.diff(lat) > 0):
-        raise ValueError(f"latitudes must be ascending with at least 2 points, got {lat}")
-    return np.concatenate([[-90.0], (lat[:-1] + lat[1:]) / 2, [90.0]])
-
-
 def longitude_bounds(lon: np.ndarray) -> np.ndarray:
     """Cell edges of ascending longitudes covering the globe: periodic midpoints, the last edge 360° after the
     first. Shapes: lon (W,) -> (W + 1,)."""
@@ -325,18 +314,6 @@ def longitude_bounds(lon: np.ndarray) -> np.ndarray:
         raise ValueError(f"longitudes must be ascending, evenly spaced and global, got {lon}")
     first = (lon[-1] - 360.0 + lon[0]) / 2
     return np.concatenate([[first], (lon[:-1] + lon[1:]) / 2, [first + 360.0]])
-
-
-def cell_area_weights(lat: np.ndarray) -> np.ndarray:
-    """Relative cell areas sin(upper edge) - sin(lower edge) of a lat-lon grid, normalised to mean 1
-    (WeatherBench 2, Rasp et al. 2024, ``get_lat_weights``). Exactly ∝ cos(lat) on equiangular grids whose
-    points avoid the poles (the 5.625° / 1.40625° WB2 grids); pole points get their half cell, not 0.
-
-    Shapes: lat (H,) ascending degrees -> (H,) float64.
-    """
-    edges = np.deg2rad(latitude_bounds(lat))
-    area = np.sin(edges[1:]) - np.sin(edges[:-1])
-    return area / area.mean()
 
 
 def _overlaps(src: np.ndarray, dst: np.ndarray, period: Optional[float] = None) -> np.ndarray:
@@ -593,7 +570,7 @@ def read_era5_store(path: Union[str, os.PathLike], *, max_samples: Optional[int]
     """
     import torch
 
-    from funcdiff.data.readers import FieldData
+    from funcdiff.data.fields import FieldData
 
     ds = xr.open_zarr(path)
     state = ds["state"]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from funcdiff.data.fields import FieldData
 from funcdiff.data.hdf5 import FORMAT_NAME
 from funcdiff.errors import UserError
 
@@ -26,36 +26,6 @@ FORMATS = ("funcdiff", "pdebench", "fno_mat", "neuralop_pt", "era5_zarr")
 PDEBENCH_FIELDS = ("tensor", "nu", "density", "pressure", "Vx", "Vy", "Vz")
 FNO_MAT_NAMES = {"coeff": "a", "sol": "u", "a": "a", "u": "u", "input": "a", "output": "u"}
 NEURALOP_PT_NAMES = {"x": "a", "y": "u", "input": "a", "output": "u"}
-
-
-@dataclass
-class FieldData:
-    """Fields read from one file.
-
-    Shapes:
-        fields[name]: ``(N, *spatial)`` or ``(N, T, *spatial)``; coords[name]: ``(len,)`` for ``x``/``y``/``z``
-        (position on the domain, dimensionless) and ``t`` (time, in the source's units).
-    """
-
-    fields: dict[str, Tensor]
-    coords: dict[str, Tensor] = field(default_factory=dict)
-    attrs: dict[str, Any] = field(default_factory=dict)
-    source: str = ""
-    path: str = ""
-
-    @property
-    def num_samples(self) -> int:
-        return next(iter(self.fields.values())).shape[0]
-
-    def stack(self, channels: tuple[str, ...] | list[str]) -> Tensor:
-        """Stack named fields as channels: ``(N, C, *rest)``; the fields must have equal shapes."""
-        missing = [c for c in channels if c not in self.fields]
-        if missing:
-            raise ValueError(f"{self.path}: missing field(s) {missing}; available: {sorted(self.fields)}")
-        shapes = {c: tuple(self.fields[c].shape) for c in channels}
-        if len(set(shapes.values())) != 1:
-            raise ValueError(f"{self.path}: cannot stack fields with different shapes {shapes}")
-        return torch.stack([self.fields[c] for c in channels], dim=1)
 
 
 def load_fields(path: str | os.PathLike, *, format: str = "auto", fields: list[str] | None = None,
