@@ -30,7 +30,6 @@ import hashlib
 import json
 import math
 import os
-import re
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -120,83 +119,80 @@ def parse_indices(spec: str, available: int, source: str = "the data file", what
     return out
 
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|min|m|h|hr|d|day|days)?\s*$")
-_UNIT_SECONDS = {"s": 1, "sec": 1, "min": 60, "m": 60, "h": 3600, "hr": 3600, "d": 86400, "day": 86400,
-                 "days": 86400}
-
-
 def parse_time_range(spec: str) -> tuple[object, object, object]:
-    """``START/END[/STEP]`` (END included) as numbers (model time units) or ISO dates with a duration step
-    (``2020-01-01T00/2020-12-31T18/6h``; units s, min, h, d). A single time is ``START``. STEP None = every
-    frame in the range. Returns (start, end, step): floats, or numpy datetime64/timedelta64."""
+    """``START/END[/STEP]`` (END included) as numbers (model time units) or dates with a duration step, parsed by
+    pandas (``2020-01-01T00/2020-12-31T18/6h``; any ``pandas.to_timedelta`` duration such as 30min, 1D, 6h; a
+    bare number is hours). A single time is ``START``. STEP None = every frame in the range. Returns
+    (start, end, step): floats, or ``pandas.Timestamp``/``pandas.Timedelta``."""
+    import pandas as pd
+
     fields = [f.strip() for f in str(spec).split("/")]
     if not 1 <= len(fields) <= 3 or not all(fields):
-        raise UserError(f"--init-times {spec!r}: expected START/END[/STEP]")
+        raise UserError(f"init_times {spec!r}: expected START/END[/STEP]")
     start, end = fields[0], fields[1] if len(fields) > 1 else fields[0]
     step = fields[2] if len(fields) == 3 else None
     try:
-        t0, t1 = float(start), float(end)
-        dt = float(step) if step is not None else None
-        numeric = True
+        t0, t1, dt = float(start), float(end), (float(step) if step is not None else None)
     except ValueError:
-        numeric = False
-    if numeric:
-        if dt is not None and not dt > 0:
-            raise UserError(f"--init-times {spec}: the step must be positive")
-    else:
         try:
-            t0, t1 = np.datetime64(start, "s"), np.datetime64(end, "s")
+            t0, t1 = pd.Timestamp(start), pd.Timestamp(end)
         except ValueError:
-            raise UserError(f"--init-times {spec!r}: START and END must both be numbers or ISO dates "
+            raise UserError(f"init_times {spec!r}: START and END must both be numbers or ISO dates "
                             "(2020-01-01T00)") from None
-        dt = None
-        if step is not None:
-            match = _DURATION.match(step)
-            if not match:
-                raise UserError(f"--init-times {spec}: step {step!r} is not a duration like 6h, 30min, 1d")
-            seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2) or "h"]
-            if not seconds > 0:
-                raise UserError(f"--init-times {spec}: the step must be positive")
-            dt = np.timedelta64(int(round(seconds)), "s")
+        try:
+            dt = None if step is None else pd.to_timedelta(f"{step}h" if _is_number(step) else step)
+        except ValueError:
+            raise UserError(f"init_times {spec}: step {step!r} is not a duration like 6h, 30min, 1D") from None
+    if dt is not None and not dt > (0 if isinstance(dt, float) else pd.Timedelta(0)):
+        raise UserError(f"init_times {spec}: the step must be positive")
     if t1 < t0:
-        raise UserError(f"--init-times {spec}: END is before START")
+        raise UserError(f"init_times {spec}: END is before START")
     return t0, t1, dt
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def select_frames(spec: str, times: np.ndarray, source: str = "the data file") -> list[int]:
     """Frame indices of ``times`` (T,) that the range ``spec`` (:func:`parse_time_range`) asks for.
 
-    With a step, every requested time START, START + STEP, ..., <= END must be a frame (tolerance: 1e-3 of the
-    frame spacing, plus float32 rounding); without one, every frame in [START, END] is taken. UserError names the
-    first time the data do not cover and the data's time range.
+    With a step, every requested time START, START + STEP, ..., <= END must be a frame (pandas' nearest-index
+    lookup with a tolerance of 1e-3 of the frame spacing, plus float32 rounding); without one, every frame in
+    [START, END] is taken. UserError names the first time the data do not cover and the data's time range.
     """
+    import pandas as pd
+
     times = np.asarray(times)
     t0, t1, dt = parse_time_range(spec)
     dated = np.issubdtype(times.dtype, np.datetime64)
-    if dated != isinstance(t0, np.datetime64):
+    if dated != isinstance(t0, pd.Timestamp):
         have = "dates" if dated else "numbers (model time units)"
-        raise UserError(f"--init-times {spec}: {source}'s time coordinate holds {have}; give the range as {have}")
-    values = times.astype("datetime64[s]").astype(np.int64).astype(np.float64) if dated else times.astype(np.float64)
-    a, b = (float(np.datetime64(t, "s").astype(np.int64)) for t in (t0, t1)) if dated else (float(t0), float(t1))
-    spacing = float(np.median(np.diff(values))) if len(values) > 1 else 1.0
-    tol = 1e-3 * abs(spacing) + 1e-6 * max(1.0, float(np.abs(values).max(initial=0.0)))
+        raise UserError(f"init_times {spec}: {source}'s time coordinate holds {have}; give the range as {have}")
+    index = pd.DatetimeIndex(times) if dated else pd.Index(times.astype(np.float64))
+    spacing = (index[1:] - index[:-1]).to_series().median() if len(index) > 1 else (pd.Timedelta("1h") if dated
+                                                                                   else 1.0)
+    tol = spacing * 1e-3 + (pd.Timedelta(0) if dated else 1e-6 * max(1.0, float(np.abs(index).max())))
     if dt is None:
-        frames = [int(i) for i in np.flatnonzero((values >= a - tol) & (values <= b + tol))]
+        frames = [int(i) for i in np.flatnonzero((index >= t0 - tol) & (index <= t1 + tol))]
         if not frames:
-            raise UserError(f"--init-times {spec}: no frame of {source} lies in the range ({_describe(times)})")
+            raise UserError(f"init_times {spec}: no frame of {source} lies in the range ({_describe(times)})")
         return frames
-    step = float(dt.astype("timedelta64[s]").astype(np.int64)) if dated else float(dt)
-    count = int(math.floor((b - a) / step + 1e-9)) + 1
-    frames = []
-    for k in range(count):
-        want = a + k * step
-        i = int(np.argmin(np.abs(values - want)))
-        if abs(values[i] - want) > tol:
-            shown = np.datetime64(int(want), "s") if dated else f"{want:g}"
-            raise UserError(f"--init-times {spec}: time {shown} is not covered by {source} ({_describe(times)}; "
-                            f"{count} start times requested)")
-        frames.append(i)
-    return frames
+    count = int(math.floor((t1 - t0) / dt + 1e-9)) + 1
+    wanted = [t0 + k * dt for k in range(count)]
+    found = index.get_indexer(pd.DatetimeIndex(wanted) if dated else pd.Index(wanted), method="nearest",
+                              tolerance=tol)
+    missing = np.flatnonzero(found < 0)
+    if missing.size:
+        want = wanted[int(missing[0])]
+        shown = np.datetime64(want.to_datetime64(), "s") if dated else f"{want:g}"
+        raise UserError(f"init_times {spec}: time {shown} is not covered by {source} ({_describe(times)}; "
+                        f"{count} start times requested)")
+    return [int(i) for i in found]
 
 
 def _describe(times: np.ndarray) -> str:
