@@ -373,3 +373,14 @@ def test_batch_twin_sensors_read_each_case_from_its_own_trajectory(trained, tmp_
         assert main(common + ["--index", str(index), "--seed", str(seed), "--out", str(single)]) == 0
         with xr.open_dataset(single) as ds:
             np.testing.assert_allclose(ds["u"].values, batch, rtol=1e-5, atol=1e-5)
+
+
+def test_channel_flag_is_checked_before_the_run_and_drawn(trained, tmp_path, capsys):
+    tmp, held_out = trained
+    base = ["forecast", "--checkpoint", str(tmp / "run"), "--initial", str(tmp / "adv.h5"), "--index",
+            str(held_out[0]), "--lead-steps", "2", "--members", "1", "--steps-per-frame", "1", "--no-progress",
+            "--out", str(tmp_path / "c.nc")]
+    assert "channels are ['u']" in _fails(capsys, base + ["--channel", "w"])
+    assert "--no-plot" in _fails(capsys, base + ["--channel", "u", "--no-plot"])
+    assert not (tmp_path / "c.nc").exists()
+    assert main(base + ["--channel", "u"]) == 0 and (tmp_path / "c.png").exists()

@@ -66,6 +66,7 @@ def run_forecast(args: argparse.Namespace) -> int:
     with user_errors():  # reading the user's files: a ValueError there is a problem of the input
         starts = [initial_from_file(args.initial, fc.channel_names, i, args.start_frame, f.history, f.frame_step)
                   for i in indices]
+    check_plot_flags(args, fc.channel_names)
     warn_training_data(fc, args.initial, indices)
     observations = None
     if args.observations:
@@ -93,6 +94,19 @@ def run_forecast(args: argparse.Namespace) -> int:
                        channels=args.channel)
         print(f"wrote {png}")
     return 0
+
+
+def check_plot_flags(args: argparse.Namespace, channel_names) -> None:
+    """--channel names channels of the model and needs a picture: UserError before any work otherwise."""
+    from funcdiff.errors import UserError
+
+    if not args.channel:
+        return
+    if args.no_plot:
+        raise UserError("--channel chooses what the PNG draws: drop --no-plot or --channel")
+    unknown = [c for c in args.channel if c not in channel_names]
+    if unknown:
+        raise UserError(f"--channel {unknown[0]}: the forecaster's channels are {list(channel_names)}")
 
 
 def warn_training_data(fc, initial, indices) -> None:
