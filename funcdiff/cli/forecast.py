@@ -57,6 +57,9 @@ def run_forecast(args: argparse.Namespace) -> int:
 
     check_sensor_flags(args)
     if batch_requested(args):
+        if args.channel or args.plot:
+            raise UserError("a batch of forecasts (--indices/--init-times/--out-dir) writes no PNG: drop "
+                            "--channel/--plot")
         return run_forecast_batch(args)
     if args.out is None:
         raise UserError("--out is required (or --indices/--init-times with --out-dir for a batch of start states)")
