@@ -105,3 +105,13 @@ def test_training_gradients_match_the_unfused_block():
         grads.append({k: p.grad.clone() for k, p in denoiser.named_parameters()})
     for name in grads[0]:
         torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-9, atol=1e-12, msg=name)
+
+
+def test_group_norm_affine_gradient():
+    from funcdiff.models.fno import _GroupNormAffine
+
+    g = torch.Generator().manual_seed(2)
+    h = (torch.randn(2, 3, 4, 5, dtype=torch.float64, generator=g) + 0.5).requires_grad_()
+    a = torch.randn(2, 4, dtype=torch.float64, generator=g, requires_grad=True)
+    b = torch.randn(2, 4, dtype=torch.float64, generator=g, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda h, a, b: _GroupNormAffine.apply(h, a, b, 2, 1e-5), (h, a, b))
