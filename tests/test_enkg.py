@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import torch
 
-from funcdiff.guidance.enkg import EnsembleKalmanDenoiser, enkg_sample
+from funcdiff.guidance.enkg import EnsembleKalmanDenoiser
 from funcdiff.guidance.operators import SparseOperator
+from funcdiff.sampling import sample
 
 from test_guidance import DATA_SMOOTH, NOISE, N, OracleDenoiser
 from test_mmps import oracle_problem
@@ -15,8 +16,7 @@ from test_mmps import oracle_problem
 def _run(obs, m: int, seed: int, hybrid: bool = True):
     op = SparseOperator(obs, NOISE)
     guided = EnsembleKalmanDenoiser(OracleDenoiser(DATA_SMOOTH), op, NOISE, hybrid=hybrid)
-    return enkg_sample(OracleDenoiser(DATA_SMOOTH), NOISE, op, (m, 1, N, N), steps=16, dtype=torch.float64,
-                       seed=seed, guided=guided)
+    return sample(guided, (m, 1, N, N), NOISE, steps=16, dtype=torch.float64, seed=seed)
 
 
 def test_enkg_converges_to_the_kalman_posterior_as_the_ensemble_grows():
@@ -50,9 +50,9 @@ def test_enkg_uses_no_gradient_and_fits_the_observations():
             return super().__call__(x, sigma)
 
     op = SparseOperator(obs, NOISE)
-    x = enkg_sample(NoGrad(DATA_SMOOTH), NOISE, op, (16, 1, N, N), steps=12, dtype=torch.float64, seed=0,
-                    guided=EnsembleKalmanDenoiser(NoGrad(DATA_SMOOTH), op, NOISE))
-    prior = enkg_sample(NoGrad(DATA_SMOOTH), NOISE, op, (16, 1, N, N), steps=12, dtype=torch.float64, seed=0,
-                        strength=0.0)
+    x = sample(EnsembleKalmanDenoiser(NoGrad(DATA_SMOOTH), op, NOISE), (16, 1, N, N), NOISE, steps=12,
+               dtype=torch.float64, seed=0)
+    prior = sample(EnsembleKalmanDenoiser(NoGrad(DATA_SMOOTH), op, NOISE, strength=0.0), (16, 1, N, N), NOISE,
+                   steps=12, dtype=torch.float64, seed=0)
     fit, unfit = float(obs.relative_misfit(x.mean(0, keepdim=True))), float(obs.relative_misfit(prior.mean(0, keepdim=True)))
     assert fit < 0.3 * unfit, (fit, unfit)

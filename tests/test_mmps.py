@@ -8,13 +8,22 @@ import pytest
 import torch
 
 from funcdiff.guidance import SparseObservation, guided_sample, random_sensors
-from funcdiff.guidance.mmps import mmps_sample
+from funcdiff.guidance.mmps import MomentMatchingDenoiser
+from funcdiff.guidance.operators import SparseOperator
+from funcdiff.sampling import sample
 from funcdiff.tasks import make_observation, solve
 
 from test_guidance import DATA_SMOOTH, NOISE, N, OracleDenoiser, dense_covariance
 from test_tasks import darcy_run  # noqa: F401  (module fixture: a tiny joint (a, u) Darcy model at 16²)
 
 BATCH = 128
+
+
+def _mmps(obs, shape, *, cg_iters: int, trust_region=2.0, **kw):
+    """MMPS posterior samples of the oracle problem: the guided denoiser inside the one ``sample``."""
+    guided = MomentMatchingDenoiser(OracleDenoiser(DATA_SMOOTH), SparseOperator(obs, NOISE), NOISE, cg_iters=cg_iters,
+                                    trust_region=trust_region)
+    return sample(guided, shape, NOISE, **kw)
 
 
 def oracle_problem(fraction: float, noise_std: float = 0.05, seed: int = 0):
@@ -50,7 +59,7 @@ def test_mmps_reaches_the_monte_carlo_floor_where_dps_does_not(fraction):
     obs, mean, cov, _ = oracle_problem(fraction)
     for steps in (10, 32):
         kw = dict(steps=steps, dtype=torch.float64, seed=1)
-        mmps = mmps_sample(OracleDenoiser(DATA_SMOOTH), NOISE, obs, (BATCH, 1, N, N), cg_iters=10, **kw)
+        mmps = _mmps(obs, (BATCH, 1, N, N), cg_iters=10, **kw)
         dps = guided_sample(OracleDenoiser(DATA_SMOOTH), NOISE, obs, (BATCH, 1, N, N), **kw)
         (m_err, m_var), (d_err, d_var) = _scores(mmps, mean, cov), _scores(dps, mean, cov)
         print(f"{fraction:.0%} {steps} steps: mmps {m_err:.2f}x floor var {m_var:.2f} | dps {d_err:.2f}x var {d_var:.2f}")
@@ -66,7 +75,7 @@ def test_mmps_with_zero_cg_iterations_is_dps():
     """cg_iters = 0 keeps the PCG start w₀ = K_model⁻¹ r: the DPS likelihood exactly."""
     obs, _, _, _ = oracle_problem(0.1)
     kw = dict(steps=8, dtype=torch.float64, seed=3)
-    a = mmps_sample(OracleDenoiser(DATA_SMOOTH), NOISE, obs, (4, 1, N, N), cg_iters=0, trust_region=None, **kw)
+    a = _mmps(obs, (4, 1, N, N), cg_iters=0, trust_region=None, **kw)
     b = guided_sample(OracleDenoiser(DATA_SMOOTH), NOISE, obs, (4, 1, N, N), **kw)
     assert torch.allclose(a, b, atol=1e-10)
 
@@ -77,7 +86,7 @@ def test_more_information_never_hurts_on_the_oracle():
     errors = []
     for fraction in (0.01, 0.1, 0.3, 1.0):
         obs, _, _, truth = oracle_problem(fraction)
-        x = mmps_sample(OracleDenoiser(DATA_SMOOTH), NOISE, obs, (64, 1, N, N), steps=16, cg_iters=10,
+        x = _mmps(obs, (64, 1, N, N), steps=16, cg_iters=10,
                         dtype=torch.float64, seed=1)
         errors.append(float((x.mean(0) - truth[0]).norm() / truth.norm()))
     print("oracle error vs fraction", [round(e, 3) for e in errors])

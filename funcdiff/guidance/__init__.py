@@ -13,19 +13,26 @@
   derivatives replaced by ensemble statistics (no gradient of the denoiser or of the forward model).
 - :mod:`~funcdiff.guidance.operators`: sensor-space observation operators shared by these (``SparseOperator``;
   ``SolverOperator``: a numerical solver in the loop) and ``OperatorLikelihood`` (the DPS term through a solver).
+- :mod:`~funcdiff.guidance.terms`: ``GuidanceTerm``, the contract of a guidance term (``for_batch``, ``damped``,
+  ``curvature``), and ``gaussian_nll`` (½ rᵀK⁻¹r with the gradient of a constant K).
+- :mod:`~funcdiff.guidance.covariance`: ``ModelCovariance``, the model r²(σ) C / a² of Cov[x_0 | x_σ] shared by
+  these methods, and its trust-region scale.
+- :mod:`~funcdiff.guidance.linalg`: a batched conjugate gradient with a fixed iteration count (no host sync).
 - :mod:`~funcdiff.guidance.io`: observations to and from netCDF.
 - :mod:`~funcdiff.guidance.timed`: sensors with times for forecasts (``TimedObservation``) and ``FrameTerm``,
   a guidance term on one frame of a forecaster's window.
 """
 
-from funcdiff.guidance.dps import GuidedDenoiser, guided_sample
+from funcdiff.guidance.covariance import ModelCovariance
+from funcdiff.guidance.dps import GuidedDenoiser, guided_sample, observation_guided
 from funcdiff.guidance.io import load_observation, save_observation
 from funcdiff.guidance.likelihood import ObservationGuidance, observation_covariance, posterior_variance
 from funcdiff.guidance.observations import SparseObservation, random_sensors, resolve_channels
 from funcdiff.guidance.pde_guidance import PDEResidualGuidance
+from funcdiff.guidance.terms import GuidanceTerm
 
 __all__ = [
-    "GuidedDenoiser", "guided_sample", "ObservationGuidance", "PDEResidualGuidance", "SparseObservation",
+    "GuidedDenoiser", "GuidanceTerm", "ModelCovariance", "guided_sample", "observation_guided", "ObservationGuidance", "PDEResidualGuidance", "SparseObservation",
     "random_sensors", "resolve_channels", "observation_covariance", "posterior_variance",
     "load_observation", "save_observation",
 ]

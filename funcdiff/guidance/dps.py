@@ -59,8 +59,9 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-from funcdiff.guidance.likelihood import (Decode, ObservationGuidance, in_chunks, per_channel, posterior_variance,
-                                          sigma_per_sample)
+from funcdiff.guidance.covariance import ModelCovariance
+from funcdiff.guidance.likelihood import Decode, ObservationGuidance, in_chunks, sigma_per_sample
+from funcdiff.guidance.terms import GuidanceTerm, as_term
 from funcdiff.guidance.observations import SparseObservation
 from funcdiff.noise import GaussianRandomField
 from funcdiff.sampling import Denoiser, sample
@@ -73,8 +74,8 @@ class GuidedDenoiser:
     Args:
         denoiser: the unconditional denoiser D(x, sigma).
         terms: guidance terms ``term(denoised, sigma) -> (B,)`` negative log-likelihoods (summed), e.g.
-            :class:`ObservationGuidance`, :class:`PDEResidualGuidance`. A term with per-sample data offers
-            ``term.for_batch(slice) -> term`` so that batch chunks see their own rows.
+            :class:`ObservationGuidance`, :class:`PDEResidualGuidance`: :class:`~funcdiff.guidance.terms.GuidanceTerm`
+            instances (``for_batch`` gives a batch chunk its own rows) or plain callables.
         noise: the diffusion noise (its covariance C preconditions the gradient); needed if ``precondition``.
         strength: ζ, multiplies every term (1 = Bayesian; see the module docstring for tuning).
         precondition: apply C to the gradient (function-space guidance, default) or not (pixel space).
@@ -89,7 +90,7 @@ class GuidedDenoiser:
     Shapes: x (B, C, *S), sigma (B,) or broadcastable -> (B, C, *S).
     """
 
-    def __init__(self, denoiser: Denoiser, terms: Sequence, noise: Optional[GaussianRandomField] = None, *,
+    def __init__(self, denoiser: Denoiser, terms: Sequence[GuidanceTerm], noise: Optional[GaussianRandomField] = None, *,
                  strength: float = 1.0, precondition: bool = True, chunk_size: Optional[int] = None,
                  trust_region: Optional[float] = None, sigma_data: float | Sequence[float] = 1.0) -> None:
         if precondition and noise is None:
@@ -98,21 +99,22 @@ class GuidedDenoiser:
             raise ValueError(f"need strength >= 0 and chunk_size >= 1, got {strength}, {chunk_size}")
         if trust_region is not None and not trust_region > 0:
             raise ValueError(f"trust_region must be > 0 or None, got {trust_region}")
-        self.denoiser, self.terms, self.noise = denoiser, list(terms), noise
+        self.denoiser, self.terms, self.noise = denoiser, [as_term(t) for t in terms], noise
         self.strength, self.precondition, self.chunk_size = float(strength), precondition, chunk_size
         self.trust_region = trust_region if precondition else None
         self.sigma_data = torch.as_tensor(sigma_data, dtype=torch.float64).flatten()
+        self.covariance = ModelCovariance(noise, self.sigma_data) if precondition else None
 
     def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
         return in_chunks(x, sigma, self.chunk_size, lambda xs, ss, rows: self._guided(
-            xs, ss, [term.for_batch(rows) if hasattr(term, "for_batch") else term for term in self.terms]))
+            xs, ss, [term.for_batch(rows) for term in self.terms]))
 
     def _guided(self, x: Tensor, sigma: Tensor, terms: list) -> Tensor:
         with torch.enable_grad():
             x_in = x.detach().requires_grad_(True)
             denoised = self.denoiser(x_in, sigma)
-            plain = [t for t in terms if not getattr(t, "damped", False)]
-            groups = ([(plain, None)] if plain else []) + [([t], t) for t in terms if getattr(t, "damped", False)]
+            plain = [t for t in terms if not t.damped]
+            groups = ([(plain, None)] if plain else []) + [([t], t) for t in terms if t.damped]
             deltas = [self._correction(x_in, denoised, sigma, group, damped) for group, damped in groups]
             deltas = [d for d in deltas if d is not None]
         delta = sum(deltas[1:], deltas[0]) if deltas else None
@@ -145,14 +147,9 @@ class GuidedDenoiser:
         Shapes: grad = ∇_x L (unpreconditioned), delta (B, C, *S); loss (B,); sigma as the denoiser's.
         """
         sig = sigma_per_sample(sigma, delta).double()
-        sd = per_channel(self.sigma_data, delta.shape[1]).to(delta.device)
-        amp = self.noise.amplitude
-        r2 = posterior_variance(sig[:, None] * amp, sd[None, :]) / amp**2  # (B, C): P = r2 · C
         c_inv = (self.strength * sig**2)[:, None] * (-(grad * delta).flatten(2).sum(2)).double()  # δ_cᵀC⁻¹δ_c
-        m = (c_inv.clamp(min=0) / r2.clamp(min=1e-30)).sum(dim=1)
         bound = (self.trust_region * self.strength) ** 2 * 2 * loss.double().clamp(min=0)
-        t = torch.sqrt(bound / m.clamp(min=1e-300)).clamp(max=1.0)
-        return t.to(delta.dtype).reshape(-1, *[1] * (delta.ndim - 1))
+        return self.covariance.trust_scale(c_inv, sig, bound, delta.ndim).to(delta.dtype)
 
 
 def guided_sample(
@@ -190,15 +187,26 @@ def guided_sample(
     Shapes: ``shape`` = (B, C, *S) of the model state; returns (B, C, *S) in model units (apply the decode map
     for physical units).
     """
+    guided = observation_guided(denoiser, noise, observation, shape[0], pde_terms=pde_terms, decode=decode,
+                                sigma_data=sigma_data, scaling=scaling, strength=guidance_strength,
+                                precondition=precondition, chunk_size=chunk_size, trust_region=trust_region)
+    return sample(guided, shape, noise, steps=steps, solver=solver, sigma_min=sigma_min, sigma_max=sigma_max,
+                  rho=rho, seed=seed, device=device, dtype=dtype, solver_options=solver_options, progress=progress)
+
+
+def observation_guided(denoiser: Denoiser, noise: GaussianRandomField,
+                       observation: SparseObservation | Sequence[SparseObservation] | None, batch: int, *,
+                       pde_terms: Optional[Sequence] = None, decode: Optional[Decode] = None,
+                       sigma_data: float | Sequence[float] = 1.0, scaling: str = "likelihood", **options
+                       ) -> GuidedDenoiser:
+    """The :class:`GuidedDenoiser` of :func:`guided_sample`: one :class:`ObservationGuidance` per observation
+    (values (B_obs, C_obs, N) with B_obs = 1 or ``batch``) plus ``pde_terms``; ``options`` go to the wrapper
+    (strength, precondition, chunk_size, trust_region)."""
     observations = [] if observation is None else (
         [observation] if isinstance(observation, SparseObservation) else list(observation))
     terms = [ObservationGuidance(obs, noise, sigma_data=sigma_data, scaling=scaling, decode=decode)
              for obs in observations]
     for obs in observations:
-        if obs.values.shape[0] not in (1, shape[0]):
-            raise ValueError(f"observation values hold {obs.values.shape[0]} instances for {shape[0]} samples")
-    terms += list(pde_terms or [])
-    guided = GuidedDenoiser(denoiser, terms, noise, strength=guidance_strength, precondition=precondition,
-                            chunk_size=chunk_size, trust_region=trust_region, sigma_data=sigma_data)
-    return sample(guided, shape, noise, steps=steps, solver=solver, sigma_min=sigma_min, sigma_max=sigma_max,
-                  rho=rho, seed=seed, device=device, dtype=dtype, solver_options=solver_options, progress=progress)
+        if obs.values.shape[0] not in (1, batch):
+            raise ValueError(f"observation values hold {obs.values.shape[0]} instances for {batch} samples")
+    return GuidedDenoiser(denoiser, terms + list(pde_terms or []), noise, sigma_data=sigma_data, **options)

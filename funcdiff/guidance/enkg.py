@@ -37,12 +37,11 @@ backward pass. The whole ensemble must be in one call: do not chunk the batch.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
-
 import torch
 from torch import Tensor
 
-from funcdiff.guidance.likelihood import per_channel, posterior_variance, sigma_per_sample
+from funcdiff.guidance.covariance import ModelCovariance
+from funcdiff.guidance.likelihood import sigma_per_sample
 from funcdiff.noise import GaussianRandomField
 from funcdiff.sampling import Denoiser
 
@@ -105,10 +104,7 @@ class EnsembleKalmanDenoiser:
 
     def _model_jacobian(self, sig: float, x: Tensor) -> Tensor:
         """J_m per state channel: σ² J_m C = r²(σ) C / a², the covariance model of ObservationGuidance."""
-        amp = self.noise.amplitude
-        sd = per_channel(torch.as_tensor(self.operator.sigma_data, dtype=torch.float64).flatten(), x.shape[1])
-        r2 = posterior_variance(torch.tensor(sig * amp, dtype=torch.float64), sd)
-        return (r2 / (sig * amp) ** 2).to(x.device)
+        return ModelCovariance(self.noise, self.operator.sigma_data).jacobian(sig, x.shape[1], x.device)
 
     def _base_inverse(self, op, sig: float, x: Tensor, hybrid: bool):
         """K_base⁻¹ on rows (k, n): the model covariance's inverse (hybrid) or (Σ_y + ridge)⁻¹."""
@@ -135,24 +131,3 @@ class EnsembleKalmanDenoiser:
             adj, = torch.autograd.grad(op.linear(z), z, w)
         return op.noise.apply_cov_power(adj, 1.0)
 
-
-def enkg_sample(denoiser: Denoiser, noise: GaussianRandomField, operator, shape: Sequence[int], *,
-                steps: int = 32, solver: str = "heun", seed: int = 0, strength: float = 1.0,
-                sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0, device=None,
-                dtype: torch.dtype = torch.float32, progress: bool = False,
-                guided: Optional[EnsembleKalmanDenoiser] = None) -> Tensor:
-    """An ensemble of ``shape[0]`` posterior samples by EnKG inside :func:`funcdiff.sampling.sample` (one chunk).
-
-    ``operator``: a :class:`~funcdiff.guidance.operators.SparseOperator` or ``SolverOperator`` (or a
-    :class:`~funcdiff.guidance.SparseObservation`, wrapped in a ``SparseOperator``).
-    Shapes: ``shape`` = (M, C, *S); returns (M, C, *S) in model units.
-    """
-    from funcdiff.guidance.observations import SparseObservation
-    from funcdiff.guidance.operators import SparseOperator
-    from funcdiff.sampling import sample
-
-    if isinstance(operator, SparseObservation) or isinstance(operator, (list, tuple)):
-        operator = SparseOperator(operator, noise)
-    guided = guided or EnsembleKalmanDenoiser(denoiser, operator, noise, strength=strength)
-    return sample(guided, shape, noise, steps=steps, solver=solver, sigma_min=sigma_min, sigma_max=sigma_max,
-                  rho=rho, seed=seed, device=device, dtype=dtype, progress=progress)

@@ -27,7 +27,9 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
+from funcdiff.guidance.covariance import ModelCovariance, per_channel, posterior_variance  # noqa: F401 (re-export)
 from funcdiff.guidance.observations import SparseObservation
+from funcdiff.guidance.terms import GuidanceTerm, gaussian_nll
 from funcdiff.noise import GaussianRandomField
 from funcdiff.utils import expand_sigma
 
@@ -55,25 +57,6 @@ def in_chunks(x: Tensor, sigma: Tensor | float, chunk_size: int | None, guided: 
         rows = slice(start, start + size)
         out.append(guided(x[rows], sigma[rows] if per_sample else sigma, rows))
     return torch.cat(out)
-
-
-def posterior_variance(sigma: Tensor, sigma_data: Tensor | float) -> Tensor:
-    """r²(σ) = σ² σ_data² / (σ² + σ_data²): variance of x_0 given x_0 + σ ε for data of variance σ_data².
-
-    The EDM denoiser's error variance (Karras et al. 2022, eq. 7 loss weight inverse). Shapes: broadcasting.
-    """
-    sigma_data = torch.as_tensor(sigma_data, dtype=sigma.dtype, device=sigma.device)
-    return sigma**2 * sigma_data**2 / (sigma**2 + sigma_data**2)
-
-
-def per_channel(sigma_data: Tensor, num_channels: int) -> Tensor:
-    """σ_data as one value per state channel: a single value is repeated; otherwise the count must match.
-    Shapes: (1,) or (C,) -> (C,)."""
-    if sigma_data.numel() == 1:
-        return sigma_data.expand(num_channels)
-    if sigma_data.numel() != num_channels:
-        raise ValueError(f"sigma_data has {sigma_data.numel()} entries for {num_channels} state channels")
-    return sigma_data
 
 
 def decode_gain(decode: Decode | None, like: Tensor) -> Tensor:
@@ -107,7 +90,7 @@ def observation_covariance(observation: SparseObservation, noise: GaussianRandom
     return 0.5 * (m + m.T) / noise.amplitude**2
 
 
-class ObservationGuidance:
+class ObservationGuidance(GuidanceTerm):
     """Gaussian likelihood of sparse observations given the denoised field: a guidance term.
 
     Args:
@@ -141,6 +124,7 @@ class ObservationGuidance:
                              "'likelihood' covariance; use scaling='residual' or raise max_sensors")
         self.observation, self.noise, self.scaling = observation, noise, scaling
         self.sigma_data = torch.as_tensor(sigma_data, dtype=torch.float64).flatten()
+        self.covariance = ModelCovariance(noise, self.sigma_data)
         self.weight, self.decode, self.jitter = float(weight), decode, float(jitter)
         self._eig: dict[tuple[int, ...], tuple[Tensor, Tensor]] = {}
         self._gain: dict[tuple[int, ...], Tensor] = {}
@@ -162,13 +146,12 @@ class ObservationGuidance:
             self._eig[key] = (lam.clamp(min=self.jitter * float(lam.max())), vec)
         return self._eig[key]
 
-    def _channel_scales(self, denoised: Tensor) -> tuple[Tensor, Tensor]:
-        """Per observed channel: g_c² (C_obs,) and σ_data,c (C_obs,) (float64)."""
+    def _gain2(self, denoised: Tensor) -> Tensor:
+        """Per observed channel: g_c² (C_obs,) (float64)."""
         key = tuple(denoised.shape[1:])
         if key not in self._gain:
             self._gain[key] = decode_gain(self.decode, denoised)
-        chans = list(self.observation.channels)
-        return self._gain[key][chans] ** 2, per_channel(self.sigma_data, denoised.shape[1])[chans]
+        return self._gain[key][list(self.observation.channels)] ** 2
 
     def whiten(self, residual: Tensor, sigma: Tensor, denoised: Tensor) -> Tensor:
         """K(σ)⁻¹ r. Shapes: residual (B, C_obs, N), sigma (B,) -> (B, C_obs, N) (float64)."""
@@ -176,9 +159,9 @@ class ObservationGuidance:
         s2 = self.observation.noise_std_per_channel().to(r.device)[None, :, None] ** 2
         if self.scaling == "residual":
             return r / (r.pow(2).mean(dim=2, keepdim=True) + s2).clamp(min=1e-30)
-        gain2, sd = (t.to(r.device) for t in self._channel_scales(denoised))
+        gain2 = self._gain2(denoised).to(r.device)
         lam, vec = (t.to(r.device) for t in self.eig(denoised.shape[2:]))
-        r2 = posterior_variance(sigma.double()[:, None] * self.noise.amplitude, sd[None, :])  # (B, C_obs)
+        r2 = self.covariance.variance(sigma, denoised.shape[1])[:, list(self.observation.channels)]  # (B, C_obs)
         k_eig = s2 + (gain2[None, :] * r2)[..., None] * lam  # (B, C_obs, N)
         coeff = (r @ vec) / k_eig.clamp(min=1e-30)
         return coeff @ vec.T
@@ -191,9 +174,7 @@ class ObservationGuidance:
         field = self.decode(denoised) if self.decode is not None else denoised
         residual = self.observation.residual(field)
         white = self.whiten(residual, sigma_per_sample(sigma, denoised), denoised).to(residual.dtype)
-        quad = (white * residual).flatten(1).sum(dim=1)
-        # value ½ rᵀK⁻¹r and gradient -Aᵀ K⁻¹ r: K⁻¹r is detached, so the gradient needs 1·quad, not ½·quad
-        return self.weight * (quad - 0.5 * quad.detach())
+        return self.weight * gaussian_nll(white, residual)  # value ½ rᵀK⁻¹r, gradient -Aᵀ K⁻¹ r
 
     def misfit(self, x: Tensor) -> Tensor:
         """Relative observation misfit ‖y - A decode(x)‖ / ‖y‖ per sample. Shapes: (B, C, *S) -> (B,)."""

@@ -45,15 +45,13 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-from funcdiff.guidance.likelihood import in_chunks, per_channel, posterior_variance, sigma_per_sample
+from funcdiff.guidance.covariance import ModelCovariance
+from funcdiff.guidance.likelihood import in_chunks, sigma_per_sample
+from funcdiff.guidance.linalg import conjugate_gradient
 from funcdiff.guidance.operators import SparseOperator
 from funcdiff.noise import GaussianRandomField
 from funcdiff.sampling import Denoiser
 from funcdiff.utils import expand_sigma
-
-
-def _dot(a: Tensor, b: Tensor) -> Tensor:
-    return (a * b).sum(dim=1)
 
 
 class MomentMatchingDenoiser:
@@ -90,7 +88,8 @@ class MomentMatchingDenoiser:
         if trust_region is not None and not trust_region > 0:
             raise ValueError(f"trust_region must be > 0 or None, got {trust_region}")
         self.trust_region = trust_region
-        self.sigma_data = getattr(operator, "sigma_data", 1.0) if sigma_data is None else sigma_data
+        self.sigma_data = operator.sigma_data if sigma_data is None else sigma_data
+        self.covariance = ModelCovariance(noise, self.sigma_data)
         self.vjps = 0
         self.calls = 0
 
@@ -131,14 +130,9 @@ class MomentMatchingDenoiser:
         correction of the *unobserved* channels, blow up (measured on a small Darcy model: the inverse's
         coefficient error 84 at 6 steps without this bound). Shapes: delta (B, C, *S) -> (B, 1, ..., 1)."""
         chi2 = (r * precond(r)).sum(dim=1)  # rᵀ K_m⁻¹ r
-        amp = self.noise.amplitude
-        sd = per_channel(torch.as_tensor(self.sigma_data, dtype=torch.float64).flatten(), delta.shape[1])
-        r2 = posterior_variance(sig[:, None] * amp, sd[None, :].to(sig.device)) / amp**2  # (B, C): P_m = r2 C
         norm = (delta * self.noise.apply_cov_power(delta, -1.0)).flatten(2).sum(2)  # δ_cᵀ C⁻¹ δ_c
-        m = (norm.clamp(min=0) / r2.clamp(min=1e-300)).sum(dim=1)
         bound = (self.trust_region * self.strength) ** 2 * chi2.clamp(min=0)
-        t = torch.sqrt(bound / m.clamp(min=1e-300)).clamp(max=1.0)
-        return t.reshape(-1, *[1] * (delta.ndim - 1))
+        return self.covariance.trust_scale(norm, sig, bound, delta.ndim)
 
     def _pcg(self, tangent, vjp, precond, r: Tensor, noise_var: Tensor, scale: Tensor, like: Tensor
              ) -> tuple[Tensor, Tensor]:
@@ -150,50 +144,5 @@ class MomentMatchingDenoiser:
             g = vjp(v)  # C Jᵀ Aᵀ v
             return s2 * v + tangent((scale * g).to(like.dtype)).double(), g
 
-        w = precond(r)
-        kw, cjtw = apply_k(w)
-        res = r - kw
-        if self.cg_iters == 0:
-            return w, cjtw
-        r_norm = r.norm(dim=1).clamp(min=1e-300)
-        z = precond(res)
-        p = z
-        rz = _dot(res, z)
-        active = torch.ones(r.shape[0], dtype=torch.bool, device=r.device)
-        for _ in range(self.cg_iters):
-            active = active & (res.norm(dim=1) > self.tol * r_norm)
-            if not bool(active.any()):
-                break
-            kp, cjtp = apply_k(p)
-            curv = _dot(p, kp)
-            active = active & (curv > 0)
-            alpha = torch.where(active, rz / curv.clamp(min=1e-300), torch.zeros_like(rz))
-            w = w + alpha[:, None] * p
-            cjtw = cjtw + alpha.reshape(-1, *[1] * (cjtw.ndim - 1)) * cjtp
-            res = res - alpha[:, None] * kp
-            z = precond(res)
-            rz_new = _dot(res, z)
-            beta = torch.where(active, rz_new / rz.abs().clamp(min=1e-300), torch.zeros_like(rz))
-            p = z + beta[:, None] * p
-            rz = rz_new
-        return w, cjtw
+        return conjugate_gradient(apply_k, r, precond(r), self.cg_iters, precond=precond, tol=self.tol)
 
-
-def mmps_sample(denoiser: Denoiser, noise: GaussianRandomField, observation, shape: Sequence[int], *,
-                steps: int = 32, solver: str = "heun", seed: int = 0, strength: float = 1.0, cg_iters: int = 3,
-                decode=None, sigma_data: float | Sequence[float] = 1.0, chunk_size: Optional[int] = None,
-                trust_region: Optional[float] = 2.0,
-                sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0, device=None,
-                dtype: torch.dtype = torch.float32, progress: bool = False) -> Tensor:
-    """Posterior samples by MMPS: :class:`MomentMatchingDenoiser` inside :func:`funcdiff.sampling.sample`.
-
-    ``observation``: one :class:`~funcdiff.guidance.SparseObservation` or a list; values (B_obs, C_obs, N) with
-    B_obs = 1 or B. Shapes: ``shape`` = (B, C, *S); returns (B, C, *S) in model units.
-    """
-    from funcdiff.sampling import sample
-
-    op = SparseOperator(observation, noise, decode=decode, sigma_data=sigma_data)
-    guided = MomentMatchingDenoiser(denoiser, op, noise, strength=strength, cg_iters=cg_iters, chunk_size=chunk_size,
-                                    trust_region=trust_region)
-    return sample(guided, shape, noise, steps=steps, solver=solver, sigma_min=sigma_min, sigma_max=sigma_max,
-                  rho=rho, seed=seed, device=device, dtype=dtype, progress=progress)

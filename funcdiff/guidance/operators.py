@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from funcdiff.guidance.likelihood import Decode, ObservationGuidance
+from funcdiff.guidance.terms import GuidanceTerm, gaussian_nll
 from funcdiff.guidance.observations import SparseObservation
 from funcdiff.noise import GaussianRandomField
 
@@ -136,6 +137,7 @@ class SolverOperator:
     """
 
     is_linear = False
+    sigma_data = 1.0  # no covariance model of the state behind a solver: unit data std (MMPS's trust region)
 
     def __init__(self, observation: SparseObservation, solver: Solver, input_channel: int, *,
                  decode: Optional[Decode] = None) -> None:
@@ -202,7 +204,7 @@ class SolverOperator:
         return lambda v: v / k
 
 
-class OperatorLikelihood:
+class OperatorLikelihood(GuidanceTerm):
     """Guidance term ½ rᵀK⁻¹r, r = y - G(D), for :class:`~funcdiff.guidance.GuidedDenoiser` (``dps-physics``).
 
     K = (‖r‖²/n + s²) I per sample: the residual-norm normalisation of DPS (Chung et al. 2023, Alg. 1) read as a
@@ -229,8 +231,7 @@ class OperatorLikelihood:
         s2 = self.operator.noise_var.to(device=pred.device, dtype=pred.dtype)
         k = plug_in_variance(r, s2)  # (B, n)
         self._k = k
-        quad = ((r / k).detach() * r).sum(dim=1)
-        return self.weight * (quad - 0.5 * quad.detach())
+        return self.weight * gaussian_nll((r / k).detach(), r)
 
     def curvature(self, denoised: Tensor, direction: Tensor, sigma: Tensor) -> Tensor:
         """δᵀHδ = w (∇G δ)ᵀ K⁻¹ (∇G δ) per sample, ∇Gδ by a central difference. Shapes: (B, C, *S) -> (B,)."""

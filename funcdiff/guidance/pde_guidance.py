@@ -10,11 +10,12 @@ import torch
 from torch import Tensor
 
 from funcdiff.guidance.likelihood import Decode, sigma_per_sample
+from funcdiff.guidance.terms import GuidanceTerm
 
 ResidualFn = Callable[..., Tensor]
 
 
-class PDEResidualGuidance:
+class PDEResidualGuidance(GuidanceTerm):
     """Guidance term ``weight · mean(residual²)`` of the decoded denoised estimate, active for σ ≤ start_sigma.
 
     Args:

@@ -36,6 +36,7 @@ from torch import Tensor
 from funcdiff.errors import UserError
 from funcdiff.guidance.io import INIT_DIM, observation_from_dataset, observation_to_dataset
 from funcdiff.guidance.observations import SparseObservation, random_sensors
+from funcdiff.guidance.terms import GuidanceTerm, as_term
 from funcdiff.io.atomic import atomic_path
 from funcdiff.utils import expand_sigma
 
@@ -255,7 +256,7 @@ def _grid_of(ds: xr.Dataset) -> str:
     return "latlon" if lat is not None and lon is not None and lat.ndim == 1 and lat.dims == lon.dims else ""
 
 
-class FrameTerm:
+class FrameTerm(GuidanceTerm):
     """A guidance term on one frame of a folded window: ``term(denoised[:, frame channels], sigma of that frame)``.
 
     The window holds frames stacked as channels (:mod:`funcdiff.data.windows`), so an observation term written
@@ -263,10 +264,8 @@ class FrameTerm:
     per-sample level of an autoregressive block). Shapes: denoised (B, W·C, *S) -> (B,).
     """
 
-    damped = False
-
     def __init__(self, term, channels: slice) -> None:
-        self.term, self.channels = term, channels
+        self.term, self.channels = as_term(term), channels
 
     def __call__(self, denoised: Tensor, sigma: Tensor) -> Tensor:
         s = expand_sigma(sigma, denoised)
@@ -274,5 +273,4 @@ class FrameTerm:
         return self.term(denoised[:, self.channels], s)
 
     def for_batch(self, part: slice) -> "FrameTerm":
-        inner = self.term.for_batch(part) if hasattr(self.term, "for_batch") else self.term
-        return FrameTerm(inner, self.channels)
+        return FrameTerm(self.term.for_batch(part), self.channels)

@@ -34,6 +34,7 @@ from funcdiff.data.windows import fold_frames, frame_channels
 from funcdiff.errors import UserError
 from funcdiff.guidance import GuidedDenoiser
 from funcdiff.guidance.timed import FrameTerm
+from funcdiff.guidance.terms import GuidanceTerm, as_term
 from funcdiff.noise import GaussianRandomField
 from funcdiff.sampling import get_solver, sigmas_karras
 from funcdiff.training.trajectory import CoefficientNoise, TrajectoryCoder, noise_from_meta
@@ -80,7 +81,7 @@ def trajectory_forecaster(denoiser: nn.Module, meta, config, device: str | torch
                       device=device)
 
 
-class InverseTransformTerm:
+class InverseTransformTerm(GuidanceTerm):
     """A guidance term on physical frames, evaluated on the inverse transform of the denoised coefficients.
 
     ``term`` acts on folded physical frames (B, T·C, *S) (e.g. :class:`~funcdiff.guidance.timed.FrameTerm` around
@@ -90,10 +91,8 @@ class InverseTransformTerm:
     Call: ``(denoised, sigma) -> (B,)``.
     """
 
-    damped = False
-
     def __init__(self, term, coder: TrajectoryCoder, initial: Tensor) -> None:
-        self.term, self.coder, self.initial = term, coder, initial
+        self.term, self.coder, self.initial = as_term(term), coder, initial
 
     def __call__(self, denoised: Tensor, sigma: Tensor) -> Tensor:
         frames = fold_frames(self.coder.decode_state(denoised, self.initial))
@@ -102,8 +101,7 @@ class InverseTransformTerm:
         return self.term(frames, per_sample)
 
     def for_batch(self, part: slice) -> "InverseTransformTerm":
-        inner = self.term.for_batch(part) if hasattr(self.term, "for_batch") else self.term
-        return InverseTransformTerm(inner, self.coder, self.initial[part])
+        return InverseTransformTerm(self.term.for_batch(part), self.coder, self.initial[part])
 
 
 def trajectory_step(fc, history: Tensor, gens: list[torch.Generator], emitted: int, steps_per_frame: int,

@@ -1,0 +1,94 @@
+"""A guided step never waits for the device: no ``.item()``, ``bool(tensor)``, ``float(tensor)`` or
+``int(tensor)`` inside a DPS or MMPS denoiser call (MMPS's conjugate gradient runs a fixed iteration count with
+masked updates, :func:`funcdiff.guidance.linalg.conjugate_gradient`)."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+
+from funcdiff.guidance import GuidedDenoiser, ObservationGuidance, SparseObservation, random_sensors
+from funcdiff.guidance.linalg import conjugate_gradient
+from funcdiff.guidance.mmps import MomentMatchingDenoiser
+from funcdiff.guidance.operators import SparseOperator
+from funcdiff.noise import GaussianRandomField
+
+N = 16
+NOISE = GaussianRandomField(dim=2, smoothness=2.0, length_scale=0.1)
+
+
+class Linear(torch.nn.Module):
+    """A differentiable stand-in for the network (syncs of the model itself are not the guidance's)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mix = torch.nn.Conv2d(2, 2, 3, padding=1, padding_mode="circular", dtype=torch.float64)
+
+    def forward(self, x, sigma):
+        return self.mix(x) / (1 + sigma.reshape(-1, 1, 1, 1) ** 2)
+
+
+@contextlib.contextmanager
+def count_syncs():
+    """Counts the Tensor -> Python conversions that wait for the device, by patching them on torch.Tensor."""
+    counts = {"n": 0}
+    names = ("item", "__bool__", "__float__", "__int__", "tolist")
+    saved = {name: getattr(torch.Tensor, name) for name in names}
+
+    def counting(name):
+        def method(self, *args, **kwargs):
+            counts["n"] += 1
+            return saved[name](self, *args, **kwargs)
+        return method
+
+    try:
+        for name in names:
+            setattr(torch.Tensor, name, counting(name))
+        yield counts
+    finally:
+        for name, fn in saved.items():
+            setattr(torch.Tensor, name, fn)
+
+
+def _problem():
+    g = torch.Generator().manual_seed(0)
+    obs = SparseObservation(random_sensors(20, (N, N), generator=g), channels=(1,), noise_std=0.05)
+    obs = obs.with_values(torch.randn(1, 1, 20, generator=g, dtype=torch.float64))
+    x = torch.randn(4, 2, N, N, generator=g, dtype=torch.float64)
+    return obs, x, torch.full((4,), 3.0, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("method", ["dps", "dps-trust", "mmps"])
+def test_a_guided_step_does_not_synchronise_with_the_host(method):
+    torch.manual_seed(0)
+    obs, x, sigma = _problem()
+    if method == "mmps":
+        guided = MomentMatchingDenoiser(Linear(), SparseOperator(obs, NOISE), NOISE, cg_iters=4, chunk_size=2)
+    else:
+        guided = GuidedDenoiser(Linear(), [ObservationGuidance(obs, NOISE)], NOISE, chunk_size=2,
+                                trust_region=1.0 if method == "dps-trust" else None)
+    first = guided(x, sigma)  # the first call builds per-grid caches (eigendecomposition, decode gains)
+    with count_syncs() as syncs:
+        again = guided(x, sigma)
+    assert syncs["n"] == 0
+    assert torch.equal(first, again)
+
+
+def test_conjugate_gradient_runs_its_iterations_without_syncs_and_solves():
+    g = torch.Generator().manual_seed(1)
+    m = torch.randn(3, 6, 6, generator=g, dtype=torch.float64)
+    a = m @ m.transpose(1, 2) + 6 * torch.eye(6, dtype=torch.float64)
+    b = torch.randn(3, 6, generator=g, dtype=torch.float64)
+    calls = []
+
+    def apply(v):
+        calls.append(1)
+        av = (a @ v[..., None])[..., 0]
+        return av, 2 * v
+
+    with count_syncs() as syncs:
+        x, side = conjugate_gradient(apply, b, torch.zeros_like(b), 8, tol=1e-12)
+    assert syncs["n"] == 0 and len(calls) == 9  # one start + a fixed 8 iterations, converged rows masked
+    assert torch.allclose(x, torch.linalg.solve(a, b), atol=1e-10) and torch.allclose(side, 2 * x, atol=1e-10)
