@@ -361,7 +361,7 @@ class _GroupNormAffine(torch.autograd.Function):
         return grad_h, grad_a, grad_b, None, None
 
 
-CHUNK_BYTES = 1 << 19  # the widest field of a chunk of rows in the chunked inference path (fits a core's L2)
+CHUNK_BYTES = 1 << 21  # the widest field of a chunk of rows in the chunked inference path (2 MiB: best of 0.25-2 measured at 128²-512²)
 
 
 def _tile_linear(linear: nn.Linear, y: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
