@@ -19,6 +19,8 @@ from typing import Any, Sequence
 
 import yaml
 
+from funcdiff.kinds import KIND_NAMES
+
 DATA_SOURCES = ("synthetic", "file")
 DERIVED_MODEL_KEYS = ("in_channels", "out_channels", "cond_channels")
 
@@ -144,7 +146,7 @@ class SampleConfig:
     rho: float = 7.0
 
 
-FORECAST_KINDS = ("none", "autoregressive", "rolling", "deterministic", "trajectory", "super_resolution")
+FORECAST_KINDS = KIND_NAMES  # the registry of model kinds (funcdiff.kinds: names only, no torch)
 
 
 @dataclass(frozen=True)
@@ -162,12 +164,12 @@ class ForecastConfig:
     the starts of training windows. ``steps_per_frame``: default solver steps per emitted frame (rolling:
     per shift; autoregressive: a block of ``horizon`` frames gets ``steps_per_frame × horizon`` steps).
     ``"trajectory"`` (WDNO, Hu, Wang et al., ICLR 2025) diffuses the ``horizon`` frames after one initial frame
-    (``history`` must be 1) as one space-time field through ``transform`` (:mod:`funcdiff.training.trajectory`);
+    (``history`` must be 1) as one space-time field through ``transform`` (:mod:`funcdiff.kinds.trajectory`);
     a forecast longer than ``horizon`` continues from the last frame, block by block. ``forcing`` (trajectory
     only): the names of the last ``data.channels`` that hold a time-independent forcing (e.g. ``[f]`` of
     ``burgers_shock_forced``): clean conditioning channels laid out like the initial frame, never diffused.
     ``"super_resolution"`` learns the one-level wavelet details of the last ``horizon`` frames of each window given
-    their approximation (:mod:`funcdiff.training.super_resolution`; ``funcdiff upsample`` applies it).
+    their approximation (:mod:`funcdiff.kinds.super_resolution`; ``funcdiff upsample`` applies it).
     """
 
     kind: str = "none"
@@ -217,7 +219,7 @@ class TransformConfig:
     PyWavelets name), ``levels``, ``axes`` (one name per dimension after (batch, channel): ``time``, ``x``,
     ``y``, ``z``) and ``time_boundary`` (``periodization`` or ``boundary``). The options are checked when the
     transform is built, where the field's shape is known. Used by ``forecast.kind: trajectory``
-    (:mod:`funcdiff.training.trajectory`); ``noise`` chooses that diffusion's noise in coefficient space:
+    (:mod:`funcdiff.kinds.trajectory`); ``noise`` chooses that diffusion's noise in coefficient space:
     ``white`` (i.i.d. unit noise on the normalised coefficients) or ``grf`` (the ``noise:`` section's space-time
     Gaussian random field mapped through the transform). Identity always uses the ``noise:`` field as it is.
     ``residual``: a trajectory model diffuses the change of frames 1..T from the initial frame instead of the
@@ -281,26 +283,13 @@ class RunConfig:
     def model_config(self, num_channels: int) -> dict:
         """The full ``build_denoiser`` dict: ``model`` plus in/out channels taken from the data.
 
-        ``num_channels`` is the physical channel count C. A forecaster's state is its ``horizon`` frames stacked
-        as channels (C·horizon in and out) with C·history conditioning channels; a rolling one also sees each
-        frame's noise level as a channel (``noise_per_channel``).
+        ``num_channels`` is the physical channel count C; the layout is the kind's
+        (:meth:`funcdiff.kinds.base.ModelKind.model_config`): e.g. a forecaster's state is its ``horizon`` frames
+        stacked as channels (C·horizon in and out) with C·history conditioning channels.
         """
-        c, fc = int(num_channels), self.forecast
-        if not fc.enabled:
-            return {**self.model, "in_channels": c, "out_channels": c}
-        if fc.kind == "trajectory":  # the space-time block in coefficient space; the initial frame as conditioning
-            k, t = self.transform.coefficients_per_channel(), self.transform
-            k_cond = t.coefficients_per_channel(max(len(t.axes) - 1, 0))
-            state = c - len(fc.forcing)  # forcing channels are conditioning only
-            return {**self.model, "in_channels": state * k, "out_channels": state * k, "cond_channels": c * k_cond}
-        if fc.kind == "super_resolution":  # approximation correction + details given the samples, one level
-            k = self.transform.coefficients_per_channel()
-            return {**self.model, "in_channels": c * k, "out_channels": c * k, "cond_channels": c}
-        out = {**self.model, "in_channels": c * fc.horizon, "out_channels": c * fc.horizon,
-               "cond_channels": c * fc.history}
-        if fc.kind == "rolling":
-            out["noise_per_channel"] = True
-        return out
+        from funcdiff.kinds import model_kind
+
+        return model_kind(self).model_config(num_channels)
 
     def to_dict(self) -> dict:
         """Plain nested dict (lists, not tuples) that :func:`config_from_dict` accepts back."""

@@ -118,3 +118,16 @@ def keep_freed_memory(threshold_bytes: int = 1 << 30) -> bool:
             done = False
     _MALLOC_TUNED.append(done)
     return done
+
+
+def moved_attribute(old_module: str, name: str, new_paths: dict[str, str]):
+    """The attribute ``name`` of ``old_module`` that moved to ``new_paths[name]`` (a module path), with a
+    DeprecationWarning naming the new import; AttributeError for names that never lived there. For a module's
+    ``__getattr__``."""
+    import importlib
+    import warnings
+
+    if name not in new_paths:
+        raise AttributeError(f"module {old_module!r} has no attribute {name!r}")
+    warnings.warn(f"{old_module}.{name} moved: import it from {new_paths[name]}", DeprecationWarning, stacklevel=3)
+    return getattr(importlib.import_module(new_paths[name]), name)

@@ -12,7 +12,7 @@ from funcdiff.pde import get_problem
 from funcdiff.tasks.forecast import forecast, load_forecaster
 from funcdiff.training.forecast import trajectory_split
 from funcdiff.training.trainer import Trainer
-from funcdiff.training.trajectory import TrajectoryCoder
+from funcdiff.kinds.trajectory import TrajectoryCoder
 
 T, X = 8, 32
 
@@ -45,14 +45,14 @@ def test_forcing_is_a_clean_conditioning_channel_and_the_state_is_the_unforced_o
     ks, k = (2, 4) if kind == "wavelet" else (1, 1)
     mc = forced.model_config
     assert (mc["in_channels"], mc["out_channels"], mc["cond_channels"]) == (k, k, 2 * ks)
-    assert forced.trajectory.coder.state_channels == k and forced.trajectory.coder.cond_channels == 2 * ks
+    assert forced.kind.coder.state_channels == k and forced.kind.coder.cond_channels == 2 * ks
     a, b = forced.train_x, plain.train_x
     assert a.shape[1] == b.shape[1] + ks
     # u's conditioning channels and the diffused state are exactly those of the model without forcing
     assert torch.equal(a[:, :ks], b[:, :ks]) and torch.equal(a[:, 2 * ks:], b[:, ks:])
     # the forcing channels are the forcing's own (spatial) transform, the same on every coarse frame
     f0 = forced.normalizer.encode(data[:, :, :1])[:, 1:, 0].float()
-    coder = forced.trajectory.coder
+    coder = forced.kind.coder
     if kind == "wavelet":
         expected = coder.cond_transform.forward(torch.cat([torch.zeros_like(f0), f0], 1))[:, ks:]
         train_idx, _ = trajectory_split(data.shape[0], _config(tmp_path, kind))
@@ -63,7 +63,7 @@ def test_forcing_is_a_clean_conditioning_channel_and_the_state_is_the_unforced_o
 def test_decode_returns_the_forcing_on_every_frame_and_undoes_encode(tmp_path):
     data = _data()
     trainer = Trainer.from_config(_config(tmp_path, "wavelet"), fields=data, progress=False)
-    coder: TrajectoryCoder = trainer.trajectory.coder
+    coder: TrajectoryCoder = trainer.kind.coder
     windows = trainer.normalizer.encode(data).float()
     z = coder.encode_state(windows[:, :, 1:], windows[:, :, 0])
     assert z.shape[1] == 4

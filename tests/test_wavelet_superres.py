@@ -18,7 +18,7 @@ from funcdiff.errors import UserError
 from funcdiff.pde import get_problem
 from funcdiff.tasks.super_resolution import (SuperResolver, interpolate, sample_state, super_resolve,
                                              upsample_time_coordinate)
-from funcdiff.training.super_resolution import SuperResolutionCoder, approximation_shift, coarse_roll
+from funcdiff.kinds.super_resolution import SuperResolutionCoder, approximation_shift, coarse_roll
 from funcdiff.transforms import WaveletTransform
 
 

@@ -21,11 +21,11 @@ from funcdiff.errors import UserError
 from funcdiff.noise import GaussianRandomField
 from funcdiff.sampling import get_solver, sigmas_karras
 from funcdiff.tasks.forecast import Forecaster, load_forecaster, rollout
-from funcdiff.tasks.trajectory import TrajectoryDiffusion
+from funcdiff.kinds.trajectory import TrajectoryDiffusion
 from funcdiff.training.forecast import trajectory_split
 from funcdiff.training.loss import EDMLoss
 from funcdiff.training.trainer import Trainer
-from funcdiff.training.trajectory import CoefficientNoise, TrajectoryCoder, trajectory_noise
+from funcdiff.kinds.trajectory import CoefficientNoise, TrajectoryCoder, trajectory_noise
 from funcdiff.transforms import WaveletTransform
 
 T, X, LEVELS = 8, 16, 1
@@ -157,7 +157,7 @@ def test_identity_transform_leaves_the_field_training_path_bit_identical(tmp_pat
     runs = []
     for cfg in (plain, ident):
         trainer = Trainer.from_config(cfg, progress=False)
-        assert trainer.trajectory is None
+        assert trainer.kind.checkpoint_extra() == {}  # a field model: no transform state
         trainer.fit()
         runs.append(trainer.model.state_dict())
     assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
@@ -191,7 +191,7 @@ def test_wavelet_checkpoint_round_trip_and_forecast_shapes(tmp_path):
     trainer.save_checkpoint()
     fc = load_forecaster(cfg.train.out_dir)
     assert isinstance(fc.denoiser, TrajectoryDiffusion) and fc.denoiser.noise.mapped
-    assert fc.denoiser.coder.transform.stats == trainer.trajectory.coder.transform.stats
+    assert fc.denoiser.coder.transform.stats == trainer.kind.coder.transform.stats
     # the stored transform maps the training trajectories to the trainer's items exactly
     windows = trainer.normalizer.encode(traj[:2]).float()
     items = fc.denoiser.coder.encode(windows)

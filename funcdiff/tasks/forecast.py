@@ -14,8 +14,8 @@ A rollout is a loop around the shared solvers (:mod:`funcdiff.sampling`), never 
 * **deterministic** -- the MSE baseline of the same backbone (``forecast.kind: deterministic``): one Euler step
   from sigma_max to 0, i.e. the network's conditional-mean prediction, one evaluation per block.
 
-All are one function, :func:`rollout_step`, over a :class:`RolloutState` (history, window, per-member random
-generators, frames emitted). :func:`rollout` is a generator of emitted frames, so memory never grows with the lead
+Each is a kind (:mod:`funcdiff.kinds`): :func:`rollout_step` calls its ``step`` over a :class:`RolloutState`
+(history, window, per-member random generators, frames emitted). :func:`rollout` is a generator of emitted frames, so memory never grows with the lead
 time; :class:`Forecast` streams them to netCDF, resumes a killed run bit-identically from a state file written
 after every step, plots and scores. Sensors with times (:class:`~funcdiff.guidance.timed.TimedObservation`) guide
 every window frame that carries them through the existing :class:`~funcdiff.guidance.GuidedDenoiser`.
@@ -28,143 +28,27 @@ frames-major ``(M, W·C, *S)`` (:mod:`funcdiff.data.windows`).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 from torch import Tensor
 
-from funcdiff.config import ForecastConfig, SampleConfig, config_from_dict
-from funcdiff.data import Normalizer
-from funcdiff.data.windows import fold_frames, frame_channels, unfold_frames
+from funcdiff.data.windows import fold_frames, unfold_frames
 from funcdiff.errors import UserError
-from funcdiff.guidance import GuidedDenoiser
 from funcdiff.guidance.likelihood import ObservationGuidance
-from funcdiff.guidance.timed import FrameTerm, TimedObservation
-from funcdiff.noise import GaussianRandomField, make_generators
-from funcdiff.sampling import get_solver, sigmas_karras, sigmas_rolling
-from funcdiff.training.forecast import frames_per_step, nfe_per_frame
-
-ConditionalDenoiser = Callable[..., Tensor]  # (x, sigma, cond=history) -> denoised, normalised units
-
-
-@dataclass
-class Forecaster:
-    """What a rollout needs: the conditional denoiser and how it was trained.
-
-    ``denoiser(x, sigma, cond=history)`` maps a noisy window (B, horizon·C, *S) at per-element sigma and clean
-    history (B, history·C, *S) to the denoised window; a trained checkpoint gives one through
-    :func:`load_forecaster`, tests give exact ones. ``dt`` is the time between frames, ``normalizer`` maps
-    physical to model units (``None``: identity).
-    """
-
-    denoiser: ConditionalDenoiser
-    noise: GaussianRandomField
-    forecast: ForecastConfig
-    channel_names: tuple[str, ...]
-    normalizer: Optional[Normalizer] = None
-    sample: SampleConfig = field(default_factory=SampleConfig)
-    dt: float = 1.0
-    grid: str = "periodic"
-    min_resolution: tuple[int, ...] = ()
-    sigma_data: float | Sequence[float] = 1.0
-    name: str = "forecaster"
-    device: str | torch.device = "cpu"
-    time_units: str = "model time units"
-    channel_units: tuple[str, ...] = ()
-    training_split: Optional[dict] = None  # :func:`funcdiff.io.checkpoint.training_split` of the checkpoint
-
-    @property
-    def channels(self) -> int:
-        return len(self.channel_names)
-
-    def encode(self, x: Tensor) -> Tensor:
-        """Physical -> model units. Shapes: (B, C, ...) -> same."""
-        return x if self.normalizer is None else self.normalizer.encode(x).to(x.dtype)
-
-    def decode(self, x: Tensor) -> Tensor:
-        """Model -> physical units. Shapes: (B, C, ...) -> same."""
-        return x if self.normalizer is None else self.normalizer.decode(x).to(x.dtype)
+from funcdiff.guidance.timed import TimedObservation
+from funcdiff.kinds.base import Forecaster, RolloutState, load_model
+from funcdiff.noise import make_generators
 
 
 def load_forecaster(checkpoint: str | os.PathLike, device: str | torch.device = "cpu") -> Forecaster:
-    """The :class:`Forecaster` of a checkpoint file or run directory (EMA weights); UserError if the checkpoint
-    is not a forecaster's."""
-    from funcdiff.io.checkpoint import load_denoiser, training_split
-
-    denoiser, meta = load_denoiser(checkpoint, ema=True, device=device)
-    fc = _forecaster_from(denoiser, meta, checkpoint, device)
-    fc.training_split = training_split(meta)
-    return fc
-
-
-def _forecaster_from(denoiser, meta, checkpoint, device) -> Forecaster:
-    """The forecaster of a loaded checkpoint, by its kind (UserError for a model that is not one)."""
-    config = config_from_dict(meta.config)
-    if not config.forecast.enabled:
-        raise UserError(f"checkpoint {checkpoint} is not a forecaster (it was trained without a `forecast:` "
-                        "section); train one with a config from configs/forecast/")
-    if config.forecast.kind == "super_resolution":
-        raise UserError(f"checkpoint {checkpoint} is a super-resolution model, not a forecaster: apply it to a "
-                        "trajectory with `funcdiff upsample`")
-    if config.forecast.kind == "trajectory":
-        from funcdiff.tasks.trajectory import trajectory_forecaster
-
-        return trajectory_forecaster(denoiser, meta, config, device)
-    modes = tuple(meta.model_config.get("n_modes", ()))
-    era5 = meta.extra.get("era5") or {}  # lat-lon data from an ERA5 store: CF time units and channel units
-    units = era5.get("units") or {}
-    return Forecaster(denoiser=denoiser, noise=meta.noise, forecast=config.forecast,
-                      time_units=str(era5.get("time_units", "model time units")),
-                      channel_units=tuple(str(units.get(c, "1")) for c in meta.channel_names) if units else (),
-                      channel_names=tuple(meta.channel_names), normalizer=meta.normalizer, sample=config.sample,
-                      dt=float(meta.extra.get("dt", 1.0)), grid=str(_grid_kind(meta.extra.get("grid"))),
-                      min_resolution=tuple(int(m) + 1 for m in modes),
-                      sigma_data=meta.model_config.get("sigma_data", 1.0), name=str(meta.task or "forecaster"),
-                      device=device)
-
-
-def _grid_kind(grid) -> str:
-    kind = grid.get("type") if isinstance(grid, dict) else grid
-    if kind == "latlon":
-        return "latlon"
-    return "node" if isinstance(kind, str) and kind.startswith("node") else "periodic"
+    """The :class:`~funcdiff.kinds.base.Forecaster` of a checkpoint file or run directory (EMA weights), built by
+    its kind (:mod:`funcdiff.kinds`); UserError if the checkpoint is not a forecaster's."""
+    return load_model(checkpoint, "forecaster", device)
 
 
 # ------------------------------------------------------------------------------------------------ the loop
-@dataclass
-class RolloutState:
-    """Everything a rollout carries from one step to the next (normalised units).
-
-    ``history`` (M, history·C, *S) clean frames; ``window`` (M, horizon·C, *S) the rolling window at the start of
-    a step, or ``None`` before the first rolling step (and always for autoregressive steps); ``emitted`` frames
-    so far; one random generator per member, so a member's result never depends on the batch it ran in.
-    """
-
-    history: Tensor
-    window: Optional[Tensor]
-    emitted: int
-    generators: list[torch.Generator]
-
-    def state_dict(self) -> dict:
-        """Plain tensors and numbers (``torch.load(weights_only=True)`` reads them back)."""
-        return {"history": self.history, "window": self.window, "emitted": self.emitted,
-                "generators": [g.get_state() for g in self.generators]}
-
-    @classmethod
-    def from_state_dict(cls, state: dict, device: str | torch.device = "cpu") -> "RolloutState":
-        """The state on ``device``; the generators stay on the CPU, where :func:`make_generators` makes them."""
-        gens = []
-        for s in state["generators"]:
-            g = torch.Generator()
-            g.set_state(s)
-            gens.append(g)
-        window = state["window"]
-        return cls(state["history"].to(device), None if window is None else window.to(device),
-                   int(state["emitted"]), gens)
-
-
 def initial_state(fc: Forecaster, initial: Tensor, members: int, seed: int, offset: int = 0) -> RolloutState:
     """The state before the first step: the last ``history`` frames of ``initial``, repeated per member.
 
@@ -203,84 +87,24 @@ TermsForLead = Callable[[int], list]  # lead -> guidance terms on one (B, C, *S)
 def rollout_step(fc: Forecaster, state: RolloutState, *, steps_per_frame: int, solver: str = "heun",
                  terms_for_lead: Optional[TermsForLead] = None, batch_size: Optional[int] = None
                  ) -> tuple[Tensor, RolloutState]:
-    """One forecast step for all members, in chunks of ``batch_size`` (results independent of the chunking).
+    """One forecast step for all members, in chunks of ``batch_size`` (results independent of the chunking): the
+    forecaster's kind advances each chunk (:meth:`funcdiff.kinds.base.ModelKind.step`).
 
-    Returns the emitted frames (M, C, e, *S) in model units (e = 1 rolling, ``horizon`` autoregressive) and the
-    new state.
+    Returns the emitted frames (M, C, e, *S) in model units (e frames per step of the kind, e.g. 1 rolling,
+    ``horizon`` autoregressive) and the new state.
     """
-    m = state.history.shape[0]
+    kind, m = fc.model_kind, state.history.shape[0]
     size = batch_size or m
     frames, histories, windows = [], [], []
     for start in range(0, m, size):
-        part = slice(start, min(start + size, m))
-        window = None if state.window is None else state.window[part]
-        out = _step_chunk(fc, state.history[part], window, state.generators[part], state.emitted,
-                          steps_per_frame, solver, terms_for_lead)
+        out = kind.step(fc, state.part(slice(start, min(start + size, m))), steps_per_frame=steps_per_frame,
+                        solver=solver, terms_for_lead=terms_for_lead)
         for acc, value in zip((frames, histories, windows), out):
             acc.append(value)
-    e = frames_per_step(fc.forecast)
+    e = kind.frames_per_step(fc.forecast)
     new_window = None if windows[0] is None else torch.cat(windows)
     new_state = RolloutState(torch.cat(histories), new_window, state.emitted + e, state.generators)
     return unfold_frames(torch.cat(frames), fc.channels), new_state
-
-
-def _step_chunk(fc: Forecaster, history: Tensor, window: Optional[Tensor], gens: list[torch.Generator],
-                emitted: int, steps_per_frame: int, solver: str, terms_for_lead: Optional[TermsForLead]
-                ) -> tuple[Tensor, Tensor, Optional[Tensor]]:
-    """Advance one chunk of members: (emitted frames folded, new history, new window)."""
-    c, w, kind = fc.channels, fc.forecast.horizon, fc.forecast.kind
-    if kind == "trajectory":  # one diffusion of all `horizon` frames in the transform's space
-        from funcdiff.tasks.trajectory import trajectory_step
-
-        return trajectory_step(fc, history, gens, emitted, steps_per_frame, solver, terms_for_lead)
-    s = fc.sample
-    run = get_solver(solver)
-    denoiser = _window_denoiser(fc, history, emitted, terms_for_lead)
-    if window is None:
-        window = _fresh_noise(fc, gens, w * c, history)
-        if kind == "rolling":
-            init = sigmas_rolling(w, steps_per_frame * w, s.sigma_min, s.sigma_max, s.rho, init=True)
-            window = run(denoiser, window, _per_frame(init, c, history))
-    if kind == "rolling":
-        sigmas = _per_frame(sigmas_rolling(w, steps_per_frame, s.sigma_min, s.sigma_max, s.rho), c, history)
-    elif kind == "deterministic":
-        sigmas, run = torch.tensor([s.sigma_max, 0.0], dtype=torch.float64), get_solver("euler")  # x -> D(x)
-    else:
-        sigmas = sigmas_karras(steps_per_frame * w, s.sigma_min, s.sigma_max, s.rho)
-    x = run(denoiser, window, sigmas)
-    e = frames_per_step(fc.forecast)
-    out = x[:, :e * c]
-    new_window = torch.cat([x[:, e * c:], _fresh_noise(fc, gens, e * c, history)], dim=1) if kind == "rolling" else None
-    new_history = torch.cat([history, out], dim=1)[:, -fc.forecast.history * c:]
-    return out, new_history, new_window
-
-
-def _fresh_noise(fc: Forecaster, gens: list[torch.Generator], channels: int, like: Tensor) -> Tensor:
-    """sigma_max × function-space noise for ``channels`` folded channels, one generator per member."""
-    shape = (len(gens), channels, *like.shape[2:])
-    return fc.sample.sigma_max * fc.noise.sample(shape, generator=gens, dtype=like.dtype).to(like.device)
-
-
-def _per_frame(sigmas: Tensor, channels: int, like: Tensor) -> Tensor:
-    """(n+1, W) per-frame levels -> (n+1, 1, W·C, 1, ...) rows broadcastable to a folded window."""
-    rows = sigmas.repeat_interleave(channels, dim=1)
-    return rows.reshape(*rows.shape, *[1] * (like.ndim - 2)).unsqueeze(1).to(like.device, like.dtype)
-
-
-def _window_denoiser(fc: Forecaster, history: Tensor, emitted: int, terms_for_lead: Optional[TermsForLead]):
-    """The conditional denoiser with this step's history bound; wrapped by guidance for frames with sensors
-    (window frame k is lead ``emitted + 1 + k``)."""
-    def denoiser(x: Tensor, sigma: Tensor) -> Tensor:
-        return fc.denoiser(x, sigma, cond=history)
-
-    if terms_for_lead is None:
-        return denoiser
-    c = fc.channels
-    terms = [FrameTerm(term, frame_channels(k, c))
-             for k in range(fc.forecast.horizon) for term in terms_for_lead(emitted + 1 + k)]
-    if not terms:
-        return denoiser
-    return GuidedDenoiser(denoiser, terms, fc.noise, sigma_data=fc.sigma_data)
 
 
 def per_initial_state(observations: TimedObservation | Sequence[Optional[TimedObservation]] | None,
@@ -419,7 +243,7 @@ class Forecast:
 
     @property
     def nfe_per_frame(self) -> float:
-        return nfe_per_frame(self.forecaster.forecast, self.steps_per_frame, self.solver)
+        return self.forecaster.model_kind.nfe_per_frame(self.forecaster.forecast, self.steps_per_frame, self.solver)
 
     def signature(self) -> dict:
         """What determines the result: a partial file is resumed only by a run with the same signature."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import netCDF4
 import numpy as np
@@ -24,7 +24,10 @@ from tqdm.auto import tqdm
 from funcdiff.errors import UserError
 from funcdiff.io.atomic import atomic_path
 from funcdiff.io.forecast_file import ForecastLayout, create_forecast_file, write_leads
-from funcdiff.tasks.forecast import Forecast, RolloutState
+from funcdiff.kinds.base import RolloutState
+
+if TYPE_CHECKING:  # the forecast calls this module; this module only reads it
+    from funcdiff.tasks.forecast import Forecast
 
 
 def _partial(path: Path) -> Path:

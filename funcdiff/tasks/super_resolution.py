@@ -1,6 +1,6 @@
 """Zero-shot super-resolution of trajectories in the wavelet domain (WDNO, Hu, Wang et al., ICLR 2025).
 
-A super-resolution checkpoint (``forecast.kind: super_resolution``, :mod:`funcdiff.training.super_resolution`)
+A super-resolution checkpoint (``forecast.kind: super_resolution``, :mod:`funcdiff.kinds.super_resolution`)
 holds a conditional EDM denoiser of one wavelet level's detail coefficients (with the approximation correction,
 or of the residual from interpolation) given the half-grid samples. One application (:func:`refine_once`) treats
 the given trajectory on the grid G as the samples of the unknown field on 2G (its approximation is √2^D times
@@ -22,64 +22,23 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from funcdiff.errors import UserError
-from funcdiff.noise import GaussianRandomField
+from funcdiff.kinds.base import load_model
+from funcdiff.kinds.super_resolution import SuperResolver, interpolate, levels_of_factor, upsample_time_coordinate
 from funcdiff.sampling import get_solver, sigmas_karras
-from funcdiff.training.super_resolution import (SuperResolutionCoder, interpolate, levels_of_factor,
-                                               upsample_time_coordinate)
-
-
-@dataclass
-class SuperResolver:
-    """A loaded super-resolution model: ``denoiser(details, sigma, cond=approximation)`` in normalised
-    coefficients, the ``coder``, the data ``normalizer`` (physical <-> normalised; None = identity), the detail
-    noise, the Fourier modes of the backbone per axis and the checkpoint's sigma range."""
-
-    denoiser: nn.Module
-    coder: SuperResolutionCoder
-    normalizer: object = None
-    noise: GaussianRandomField = None
-    n_modes: tuple[int, ...] = ()
-    sigma_min: float = 0.002
-    sigma_max: float = 20.0
-    rho: float = 7.0
-    channel_names: tuple[str, ...] = ("u",)
-
-    def __post_init__(self) -> None:
-        if self.noise is None:
-            self.noise = GaussianRandomField(dim=self.coder.dims, smoothness=0.0)
-
-    def encode(self, x: Tensor) -> Tensor:
-        return x if self.normalizer is None else self.normalizer.encode(x).to(x.dtype)
-
-    def decode(self, x: Tensor) -> Tensor:
-        return x if self.normalizer is None else self.normalizer.decode(x).to(x.dtype)
 
 
 def load_super_resolver(checkpoint: str | os.PathLike, device: str | torch.device = "cpu") -> SuperResolver:
-    """The :class:`SuperResolver` of a checkpoint file or run directory (EMA weights); UserError otherwise."""
-    from funcdiff.config import config_from_dict
-    from funcdiff.io.checkpoint import load_denoiser
-
-    denoiser, meta = load_denoiser(checkpoint, ema=True, device=device)
-    config = config_from_dict(meta.config)
-    if config.forecast.kind != "super_resolution" or "super_resolution" not in meta.extra:
-        raise UserError(f"checkpoint {checkpoint} is not a super-resolution model (forecast.kind="
-                        f"{config.forecast.kind}); train one with configs/wavelet/burgers-shock-superres.yaml")
-    coder = SuperResolutionCoder.from_state_dict(meta.extra["super_resolution"])
-    s = config.sample
-    return SuperResolver(denoiser=denoiser, coder=coder, normalizer=meta.normalizer, noise=meta.noise,
-                         n_modes=tuple(int(m) for m in meta.model_config.get("n_modes", ())),
-                         sigma_min=s.sigma_min, sigma_max=s.sigma_max, rho=s.rho,
-                         channel_names=tuple(meta.channel_names))
+    """The :class:`~funcdiff.kinds.super_resolution.SuperResolver` of a checkpoint file or run directory (EMA
+    weights); UserError for a checkpoint of another kind."""
+    return load_model(checkpoint, "super_resolution", device)
 
 
 def _fields(sr: SuperResolver, x: Tensor) -> tuple[Tensor, Optional[int]]:

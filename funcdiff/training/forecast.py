@@ -7,6 +7,8 @@ a field model; only the items (windows of ``history + horizon`` frames, folded f
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import Tensor
 
@@ -57,14 +59,12 @@ class ConstantSigma:
 
 
 def forecast_loss(config: RunConfig, noise, channels: int) -> EDMLoss:
-    """The EDM loss of a forecaster: history frames as conditioning, rolling levels for ``kind="rolling"``."""
-    fc, tc, sc = config.forecast, config.train, config.sample
-    sampler = None
-    if fc.kind == "rolling":
-        sampler = RollingSigmas(fc.horizon, channels, fc.init_fraction, sc.sigma_min, sc.sigma_max, sc.rho)
-    elif fc.kind == "deterministic":
-        sampler = ConstantSigma(sc.sigma_max)
-    return EDMLoss(noise, tc.P_mean, tc.P_std, cond_channels=channels * fc.history, sigma_sampler=sampler)
+    """Deprecated: the loss belongs to the kind, ``funcdiff.kinds.model_kind(config).loss(noise)``."""
+    warnings.warn("funcdiff.training.forecast.forecast_loss is deprecated: use "
+                  "funcdiff.kinds.model_kind(config).loss(noise)", DeprecationWarning, stacklevel=2)
+    from funcdiff.kinds import model_kind
+
+    return model_kind(config).loss(noise)
 
 
 def load_trajectories(config: RunConfig) -> tuple[Tensor, dict]:
@@ -120,19 +120,22 @@ def trajectory_split(num_trajectories: int, config: RunConfig) -> tuple[Tensor, 
 
 
 def frames_per_step(fc: ForecastConfig) -> int:
-    """How many frames a forecast step emits: 1 for rolling, ``horizon`` for autoregressive."""
-    return 1 if fc.kind == "rolling" else fc.horizon
+    """Deprecated: ``funcdiff.kinds.KINDS[fc.kind].frames_per_step(fc)``."""
+    warnings.warn("funcdiff.training.forecast.frames_per_step is deprecated: use "
+                  "funcdiff.kinds.KINDS[fc.kind].frames_per_step(fc)", DeprecationWarning, stacklevel=2)
+    from funcdiff.kinds import KINDS
+
+    return KINDS[fc.kind].frames_per_step(fc)
 
 
 def nfe_per_frame(fc: ForecastConfig, steps_per_frame: int, solver: str = "heun") -> float:
-    """Network evaluations per emitted frame (Heun: 2 per step, the last step of a block to 0 costs 1 for
-    autoregressive blocks; a rolling step always has frames above 0, so 2)."""
-    if fc.kind == "rolling":
-        return float(steps_per_frame * (1 if solver == "euler" else 2))
-    if fc.kind == "deterministic":
-        return 1.0 / fc.horizon
-    steps = steps_per_frame * fc.horizon
-    return (steps if solver == "euler" else 2 * steps - 1) / fc.horizon
+    """Deprecated: ``funcdiff.kinds.KINDS[fc.kind].nfe_per_frame(fc, steps_per_frame, solver)``."""
+    warnings.warn("funcdiff.training.forecast.nfe_per_frame is deprecated: use "
+                  "funcdiff.kinds.KINDS[fc.kind].nfe_per_frame(fc, steps_per_frame, solver)", DeprecationWarning,
+                  stacklevel=2)
+    from funcdiff.kinds import KINDS
+
+    return KINDS[fc.kind].nfe_per_frame(fc, steps_per_frame, solver)
 
 
 __all__ = ["ConstantSigma", "RollingSigmas", "forecast_loss", "frames_per_step", "load_trajectories", "nfe_per_frame",

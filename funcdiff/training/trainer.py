@@ -36,21 +36,17 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from funcdiff.config import RunConfig
-from funcdiff.data import FieldDataset, make_synthetic_fields, train_test_split
-from funcdiff.data.datasets import check_finite
-from funcdiff.data.windows import fold_frames
-from funcdiff.errors import UserError
+from funcdiff.data import FieldDataset
 from funcdiff.io.atomic import write_text_atomic
 from funcdiff.io.checkpoint import (CheckpointMeta, checkpoint_path, latest_checkpoint, load_module_state,
                                     prune_checkpoints, read_checkpoint, save_checkpoint)
+from funcdiff.kinds.base import check_channel_count, field_noise
 from funcdiff.models import build_denoiser
 from funcdiff.noise import GaussianRandomField
 from funcdiff.training.distributed import (DistInfo, all_reduce_mean, barrier, dist_info_from_env,
                                            init_distributed, select_device, shard_batch, shutdown_distributed)
 from funcdiff.training.ema import EMA
 from funcdiff.training.signals import StopSignal, agree_stop
-from funcdiff.training.forecast import forecast_loss, load_trajectories, window_datasets
-from funcdiff.training.loss import EDMLoss
 from funcdiff.training.schedule import WarmupCosineSchedule
 
 log = logging.getLogger(__name__)
@@ -61,44 +57,21 @@ VAL_SEED_OFFSET = 7_777_777
 
 def build_noise(config: RunConfig) -> GaussianRandomField:
     """The diffusion's GRF on [0, 1)^dim from ``config.noise`` and ``config.data.dim`` (on the sphere with
-    ``noise.domain: sphere``)."""
-    n = config.noise
-    if n.domain == "sphere":
-        from funcdiff.noise_sphere import SphericalGaussianRandomField
-
-        if config.data.dim != 2:
-            raise ValueError(f"noise.domain=sphere needs lat-lon fields (data.dim=2), got data.dim={config.data.dim}")
-        return SphericalGaussianRandomField(smoothness=n.smoothness, length_scale=n.length_scale,
-                                            amplitude=n.amplitude, max_degree=n.max_degree)
-    return GaussianRandomField(dim=config.data.dim, smoothness=n.smoothness, length_scale=n.length_scale,
-                               amplitude=n.amplitude)
+    ``noise.domain: sphere``); :func:`funcdiff.kinds.base.field_noise`."""
+    return field_noise(config)
 
 
 def build_datasets(config: RunConfig, fields: torch.Tensor | None = None) -> tuple[FieldDataset, FieldDataset]:
-    """Train and validation sets of ``config.data`` (or of in-memory ``fields`` (N, C, *S) if given).
-
-    For a forecaster (``config.forecast.kind`` set) the data are trajectories (N, C, T, *S) and the items are
-    windows (C, history + horizon, *S) (:func:`funcdiff.training.forecast.window_datasets`).
+    """Train and validation sets of ``config.data`` (or of in-memory ``fields`` (N, C, *S) if given), cut by the
+    config's kind (:meth:`funcdiff.kinds.base.ModelKind.datasets`): fields, or for a forecaster windows
+    (C, history + horizon, *S) of trajectories (N, C, T, *S).
 
     The normaliser is fitted on the training split. Raises ValueError for non-finite data or a channel
     count that differs from ``data.channels``.
     """
-    d = config.data
-    if config.forecast.enabled:
-        traj, source = load_trajectories(config) if fields is None else (fields, {})
-        _check_channel_count(traj.shape[1], d.channels)
-        return window_datasets(traj, config, source)
-    if fields is None and d.source == "synthetic":
-        gen = torch.Generator().manual_seed(d.seed)
-        fields = make_synthetic_fields(d.num_samples or 256, d.resolution, gen, dim=d.dim, channels=len(d.channels))
-    if fields is not None:
-        if fields.ndim != 2 + d.dim:
-            raise ValueError(f"fields must be (N, C, *S) with data.dim={d.dim} spatial dims, got {tuple(fields.shape)}")
-        _check_channel_count(fields.shape[1], d.channels)
-        dataset = FieldDataset(fields, d.channels)
-    else:
-        dataset = FieldDataset.from_file(d.path, channels=d.channels, max_samples=d.num_samples)
-    return train_test_split(dataset, d.test_fraction, generator=torch.Generator().manual_seed(d.seed + 1))
+    from funcdiff.kinds import model_kind
+
+    return model_kind(config).datasets(fields)
 
 
 def area_weights(spatial: tuple[int, ...], source: dict, device: torch.device) -> torch.Tensor:
@@ -111,45 +84,6 @@ def area_weights(spatial: tuple[int, ...], source: dict, device: torch.device) -
     if not (isinstance(grid, dict) and grid.get("type") == "latlon") or len(spatial) != 2:
         raise ValueError("train.latitude_weighted needs lat-lon data (an ERA5 store of `funcdiff data era5`)")
     return latitude_weights(grid_latitudes(*spatial)).to(device=device, dtype=torch.float32)[:, None]
-
-
-def _check_channel_count(num_channels: int, names: tuple[str, ...]) -> None:
-    if num_channels != len(names):
-        raise ValueError(f"data has {num_channels} channels but data.channels names {len(names)}: {list(names)}")
-
-
-def _encoded(dataset: FieldDataset, device: torch.device, frames: bool = False, trajectory=None) -> torch.Tensor:
-    """All samples of a FieldDataset, normalised, as one (N, C, *S) tensor on ``device``; windows
-    (N, C, L, *S) of a forecaster are folded frames-major to (N, L·C, *S) when ``frames``, or mapped to the
-    coefficient grid by ``trajectory`` (:class:`funcdiff.training.trajectory.TrajectoryTraining`)."""
-    x = dataset.normalizer.encode(dataset.fields).to(device=device, dtype=torch.float32)
-    check_finite(x, dataset.channel_names)
-    if trajectory is not None:
-        return trajectory.items(x)
-    return fold_frames(x) if frames else x
-
-
-def _trajectory_training(config: RunConfig, train_set: FieldDataset):
-    """The transform, noise and loss of a whole-trajectory model (``forecast.kind: trajectory``), fitted on the
-    normalised training windows; ``None`` for every other model (their path is unchanged). Super-resolution
-    models (``forecast.kind: super_resolution``) get :class:`funcdiff.training.super_resolution.SuperResolutionTraining`,
-    which has the same interface."""
-    if config.forecast.kind == "super_resolution":
-        from funcdiff.training.super_resolution import SuperResolutionTraining
-
-        x = train_set.normalizer.encode(train_set.fields).to(torch.float32)
-        check_finite(x, train_set.channel_names)
-        return SuperResolutionTraining(config, x)
-    if config.forecast.kind != "trajectory":
-        if config.transform.kind != "identity":
-            raise UserError(f"transform.kind={config.transform.kind} is used by whole-trajectory models: set "
-                            "forecast.kind: trajectory (see configs/wavelet/)")
-        return None
-    from funcdiff.training.trajectory import TrajectoryTraining
-
-    x = train_set.normalizer.encode(train_set.fields).to(torch.float32)
-    check_finite(x, train_set.channel_names)
-    return TrajectoryTraining(config, x)
 
 
 class Trainer:
@@ -177,22 +111,21 @@ class Trainer:
         self.data_source = dict(train_set.source)
         if "split" in self.data_source and config.data.source == "file" and config.data.path:
             self.data_source["split"] = {**self.data_source["split"], "path": str(Path(config.data.path).resolve())}
-        frames = config.forecast.enabled
-        self.trajectory = _trajectory_training(config, train_set)
-        self.train_x = _encoded(train_set, self.device, frames, self.trajectory)
-        self.val_x = (_encoded(val_set, self.device, frames, self.trajectory)
-                      if val_set is not None and len(val_set) else None)
-        self.noise = self.trajectory.noise if self.trajectory is not None else build_noise(config)
-        self.model_config = config.model_config(len(self.channel_names))
+        from funcdiff.kinds import model_kind
+
+        self.kind = model_kind(config)  # the one lookup: everything kind-specific below is the kind's
+        self.kind.fit(train_set)
+        self.train_x = self.kind.items(train_set, self.device)
+        self.val_x = self.kind.items(val_set, self.device) if val_set is not None and len(val_set) else None
+        self.noise = self.kind.noise()
+        self.model_config = self.kind.model_config(len(self.channel_names))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(tc.seed)
             self.model = build_denoiser(self.model_config).to(self.device)
         self.ema = EMA(self.model, tc.ema_decay)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
         self.schedule = WarmupCosineSchedule(self.optimizer, tc.lr, tc.warmup_steps, tc.steps, tc.min_lr_ratio)
-        self.loss_fn = (self.trajectory.loss() if self.trajectory is not None
-                        else forecast_loss(config, self.noise, len(self.channel_names)) if frames
-                        else EDMLoss(self.noise, tc.P_mean, tc.P_std))
+        self.loss_fn = self.kind.loss(self.noise)
         if tc.latitude_weighted:
             self.loss_fn.spatial_weights = area_weights(tuple(self.train_x.shape[2:]), self.data_source, self.device)
         self.generator = torch.Generator(self.device).manual_seed(tc.seed)  # the same on every rank: global draws
@@ -214,7 +147,7 @@ class Trainer:
         return cls(config, train_set, val_set, **kwargs)
 
     def _check_data(self, train_set: FieldDataset, val_set: FieldDataset | None) -> None:
-        _check_channel_count(train_set.fields.shape[1], tuple(self.config.data.channels))
+        check_channel_count(train_set.fields.shape[1], tuple(self.config.data.channels))
         if val_set is not None and tuple(val_set.fields.shape[1:2]) != tuple(train_set.fields.shape[1:2]):
             raise ValueError(f"validation data has {val_set.fields.shape[1]} channels, training data "
                              f"{train_set.fields.shape[1]}")
@@ -349,7 +282,7 @@ class Trainer:
         return CheckpointMeta(config=self.config.to_dict(), model_config=self.model_config, noise=self.noise,
                               normalizer=self.normalizer, channel_names=self.channel_names,
                               resolution=tuple(self.train_x.shape[2:]), task=self.config.name, step=self.step,
-                              extra={**self.data_source, **(self.trajectory.meta() if self.trajectory else {})})
+                              extra={**self.data_source, **self.kind.checkpoint_extra()})
 
     def _rng_states(self) -> list[torch.Tensor]:
         state = self.generator.get_state()

@@ -1,0 +1,155 @@
+"""Autoregressive forecasters (``forecast.kind: autoregressive``): p(x_{t+1..t+horizon} | x_{t-history+1..t}).
+
+Training items are windows of ``history + horizon`` frames folded frames-major into channels
+(:mod:`funcdiff.data.windows`); the history frames are clean conditioning channels, the ``horizon`` future frames
+are noised at one sigma. A rollout step draws ``horizon`` fresh frames of function-space noise, runs the Karras
+schedule (``steps_per_frame × horizon`` steps) with the last ``history`` clean frames as conditioning and emits all
+``horizon`` frames. The rolling and deterministic kinds are this one with other hooks (:meth:`sigma_sampler`,
+:meth:`start_window`, :meth:`schedule`, :meth:`next_window`).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from funcdiff.data import FieldDataset
+from funcdiff.data.windows import fold_frames, frame_channels
+from funcdiff.kinds.base import Forecaster, ModelKind, RolloutState, check_channel_count, encoded, grid_kind
+from funcdiff.sampling import get_solver, sigmas_karras
+from funcdiff.training.forecast import load_trajectories, window_datasets
+from funcdiff.training.loss import EDMLoss
+
+
+def window_sets(config, fields: Optional[Tensor] = None) -> tuple[FieldDataset, FieldDataset]:
+    """Train/validation windows (C, history + horizon, *S) of the trajectories of ``config.data`` (or of in-memory
+    trajectories ``fields`` (N, C, T, *S)), split by trajectory (:func:`funcdiff.training.forecast.window_datasets`)."""
+    traj, source = load_trajectories(config) if fields is None else (fields, {})
+    check_channel_count(traj.shape[1], config.data.channels)
+    return window_datasets(traj, config, source)
+
+
+class AutoregressiveKind(ModelKind):
+    """Blocks of ``horizon`` frames given ``history`` frames (module docstring)."""
+
+    name = "autoregressive"
+    role = "forecaster"
+
+    # ------------------------------------------------------------------------------------- training
+    def model_config(self, num_channels: int) -> dict:
+        c, fc = int(num_channels), self.config.forecast
+        return {**self.config.model, "in_channels": c * fc.horizon, "out_channels": c * fc.horizon,
+                "cond_channels": c * fc.history}
+
+    def datasets(self, fields: Optional[Tensor] = None) -> tuple[FieldDataset, FieldDataset]:
+        return window_sets(self.config, fields)
+
+    def items(self, dataset: FieldDataset, device: torch.device) -> Tensor:
+        """Windows folded frames-major: (N, C, L, *S) -> (N, L·C, *S), history first."""
+        return fold_frames(encoded(dataset, device))
+
+    def sigma_sampler(self, channels: int):
+        """The training sigma draw (None: EDM's log-normal, one sigma per item)."""
+        return None
+
+    def loss(self, noise) -> EDMLoss:
+        tc, c = self.config.train, len(self.config.data.channels)
+        return EDMLoss(noise, tc.P_mean, tc.P_std, cond_channels=c * self.config.forecast.history,
+                       sigma_sampler=self.sigma_sampler(c))
+
+    # ------------------------------------------------------------------------------------- loading
+    @classmethod
+    def load(cls, denoiser, meta, config, device="cpu") -> Forecaster:
+        from funcdiff.io.checkpoint import training_split
+
+        modes = tuple(meta.model_config.get("n_modes", ()))
+        era5 = meta.extra.get("era5") or {}  # lat-lon data from an ERA5 store: CF time units and channel units
+        units = era5.get("units") or {}
+        return Forecaster(denoiser=denoiser, noise=meta.noise, forecast=config.forecast,
+                          time_units=str(era5.get("time_units", "model time units")),
+                          channel_units=tuple(str(units.get(c, "1")) for c in meta.channel_names) if units else (),
+                          channel_names=tuple(meta.channel_names), normalizer=meta.normalizer, sample=config.sample,
+                          dt=float(meta.extra.get("dt", 1.0)), grid=str(grid_kind(meta.extra.get("grid"))),
+                          min_resolution=tuple(int(m) + 1 for m in modes),
+                          sigma_data=meta.model_config.get("sigma_data", 1.0), name=str(meta.task or "forecaster"),
+                          device=device, training_split=training_split(meta))
+
+    @classmethod
+    def refusal(cls, checkpoint, wanted: str) -> str:
+        if wanted == "field":
+            return (f"checkpoint {checkpoint} is a forecaster (forecast.kind={cls.name}); it needs initial frames: "
+                    "use `funcdiff forecast --checkpoint ... --initial FILE`")
+        return super().refusal(checkpoint, wanted)
+
+    # ------------------------------------------------------------------------------------- rollout
+    @classmethod
+    def frames_per_step(cls, forecast) -> int:
+        return forecast.horizon
+
+    @classmethod
+    def nfe_per_frame(cls, forecast, steps_per_frame: int, solver: str = "heun") -> float:
+        """Heun: 2 per step, the last step of a block to 0 costs 1."""
+        steps = steps_per_frame * forecast.horizon
+        return (steps if solver == "euler" else 2 * steps - 1) / forecast.horizon
+
+    @classmethod
+    def step(cls, fc: Forecaster, state: RolloutState, *, steps_per_frame: int, solver: str = "heun",
+             terms_for_lead=None) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+        c, history, gens = fc.channels, state.history, state.generators
+        denoiser = window_denoiser(fc, history, state.emitted, terms_for_lead)
+        window = state.window
+        if window is None:
+            window = cls.start_window(fc, denoiser, get_solver(solver), gens, history, steps_per_frame)
+        sigmas, run = cls.schedule(fc, steps_per_frame, solver, history)
+        x = run(denoiser, window, sigmas)
+        e = cls.frames_per_step(fc.forecast) * c
+        out = x[:, :e]
+        new_history = torch.cat([history, out], dim=1)[:, -fc.forecast.history * c:]
+        return out, new_history, cls.next_window(fc, x[:, e:], gens, history)
+
+    @classmethod
+    def start_window(cls, fc: Forecaster, denoiser, run, gens, history: Tensor, steps_per_frame: int) -> Tensor:
+        """The window a step starts from when the state has none: sigma_max × fresh noise."""
+        return fresh_noise(fc, gens, fc.forecast.horizon * fc.channels, history)
+
+    @classmethod
+    def schedule(cls, fc: Forecaster, steps_per_frame: int, solver: str, like: Tensor):
+        """``(sigmas, solver)`` of one step: the Karras ramp of ``steps_per_frame × horizon`` steps."""
+        s = fc.sample
+        return sigmas_karras(steps_per_frame * fc.forecast.horizon, s.sigma_min, s.sigma_max, s.rho), get_solver(solver)
+
+    @classmethod
+    def next_window(cls, fc: Forecaster, rest: Tensor, gens, history: Tensor) -> Optional[Tensor]:
+        """The window the next step starts from, given the frames not emitted (None: start afresh)."""
+        return None
+
+
+# ----------------------------------------------------------------------------------------- shared pieces
+def fresh_noise(fc: Forecaster, gens: list[torch.Generator], channels: int, like: Tensor) -> Tensor:
+    """sigma_max × function-space noise for ``channels`` folded channels, one generator per member."""
+    shape = (len(gens), channels, *like.shape[2:])
+    return fc.sample.sigma_max * fc.noise.sample(shape, generator=gens, dtype=like.dtype).to(like.device)
+
+
+def window_denoiser(fc: Forecaster, history: Tensor, emitted: int, terms_for_lead):
+    """The conditional denoiser with this step's history bound; wrapped by guidance for frames with sensors
+    (window frame k is lead ``emitted + 1 + k``)."""
+    def denoiser(x: Tensor, sigma: Tensor) -> Tensor:
+        return fc.denoiser(x, sigma, cond=history)
+
+    if terms_for_lead is None:
+        return denoiser
+    from funcdiff.guidance import GuidedDenoiser
+    from funcdiff.guidance.timed import FrameTerm
+
+    c = fc.channels
+    terms = [FrameTerm(term, frame_channels(k, c))
+             for k in range(fc.forecast.horizon) for term in terms_for_lead(emitted + 1 + k)]
+    if not terms:
+        return denoiser
+    return GuidedDenoiser(denoiser, terms, fc.noise, sigma_data=fc.sigma_data)
+
+
+__all__ = ["AutoregressiveKind", "fresh_noise", "window_denoiser", "window_sets"]
