@@ -38,3 +38,17 @@ def init_levels(window: int, s: torch.Tensor) -> torch.Tensor:
     profile at t = 1 (s = 0) (Ruhe et al. 2024, Sec. 3.3). Shapes: s (...) -> (..., W)."""
     s = torch.as_tensor(s, dtype=torch.float64)[..., None]
     return s + (1 - s) * rolling_levels(window, torch.ones(()))
+
+
+SCHEDULE_KEYS = ("sigma_min", "sigma_max", "rho")
+
+
+def recorded_schedule(config: dict | None, sigma_max: float | None = None) -> dict:
+    """The Karras schedule a run's resolved config records at training (its ``sample`` section: ``sigma_min``,
+    ``sigma_max``, ``rho``, whichever are there), with ``sigma_max`` overridden when given. Keyword arguments
+    for :func:`funcdiff.sampling.sample` and the guided samplers."""
+    section = (config or {}).get("sample") or {}
+    schedule = {k: float(v) for k, v in section.items() if k in SCHEDULE_KEYS}
+    if sigma_max is not None:
+        schedule["sigma_max"] = float(sigma_max)
+    return schedule

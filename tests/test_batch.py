@@ -314,3 +314,26 @@ def test_forecast_batch_errors(forecaster, tmp_path, capsys):
     assert main(["forecast", "--checkpoint", str(tmp / "run"), "--initial", str(tmp / "adv.h5"),
                  "--lead-steps", "3"]) == 2
     assert "--out is required" in capsys.readouterr().err
+
+
+def test_solve_signature_is_the_settings_only(tmp_path):
+    """The signature of ``solve --cases`` comes from SolveSettings: an argument that does not change results (a new
+    cosmetic flag) leaves it unchanged, a setting changes it; a folder signed the old way (all arguments minus an
+    exclusion list) keeps its signature."""
+    import argparse
+    import json
+
+    from funcdiff.cli import build_parser
+    from funcdiff.cli.batch import signature_of, solve_signature
+    from funcdiff.cli.solve import settings_from_args
+
+    argv = ["solve", "--checkpoint", "ckpt.pt", "--cases", "cases.nc", "--out-dir", str(tmp_path), *SOLVE_ARGS]
+    args = build_parser().parse_args(argv)
+    sign = solve_signature(args, settings_from_args(args), "darcy-inverse", 2)
+    cosmetic = argparse.Namespace(**vars(args), colour_map="magma")
+    assert solve_signature(cosmetic, settings_from_args(cosmetic), "darcy-inverse", 2) == sign
+    other = build_parser().parse_args([*argv, "--cg-iters", "2"])
+    assert solve_signature(other, settings_from_args(other), "darcy-inverse", 2) != sign
+    legacy = signature_of(args, "solve", checkpoint_step=2)
+    (tmp_path / "cases.json").write_text(json.dumps({"kind": "solve", "signature": legacy, "cases": []}))
+    assert solve_signature(args, settings_from_args(args), "darcy-inverse", 2) == legacy

@@ -8,10 +8,12 @@ The case list, rank split, part files, restart and merge are :mod:`funcdiff.task
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
-# settings that do not change a case's result (where it goes, how it is shown, the device and chunking)
+# forecast batches: settings that do not change a case's result (where it goes, how it is shown, the device and
+# chunking); solve batches sign with their SolveSettings (solve_signature)
 NOT_IN_SIGNATURE = ("func", "debug", "threads", "out", "out_dir", "no_plot", "no_progress", "plot", "channel",
                     "device", "batch_size", "cases", "indices", "init_times", "index", "start_frame", "verb")
 
@@ -54,8 +56,24 @@ def finish(result, out_dir: Path) -> int:
     return result.exit_status
 
 
-def run_solve_batch(args: argparse.Namespace) -> int:
-    """``funcdiff solve --cases FILE ...``: one posterior part per case, this rank's share."""
+def solve_signature(args: argparse.Namespace, settings, task: str, checkpoint_step) -> dict:
+    """The signature of a ``solve --cases`` run: the model, the task and the :class:`SolveSettings` (nothing that
+    leaves results unchanged). A folder started before this signature existed (all arguments minus
+    :data:`NOT_IN_SIGNATURE`) is continued under its old signature when the command line gives that one."""
+    signature = {"kind": "solve", "task": task, "checkpoint": str(args.checkpoint),
+                 "checkpoint_step": checkpoint_step, "settings": settings.signature()}
+    try:
+        old = json.loads((Path(args.out_dir) / "cases.json").read_text())["signature"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return signature
+    legacy = signature_of(args, "solve", checkpoint_step=checkpoint_step)
+    same = json.dumps(old, sort_keys=True, default=str) == json.dumps(legacy, sort_keys=True, default=str)
+    return legacy if same else signature
+
+
+def run_solve_batch(args: argparse.Namespace, settings) -> int:
+    """``funcdiff solve --cases FILE ...`` with ``settings`` (SolveSettings): one posterior part per case, this
+    rank's share."""
     from funcdiff.cli import user_errors
     from funcdiff.cli.solve import task_name
     from funcdiff.errors import UserError
@@ -72,21 +90,14 @@ def run_solve_batch(args: argparse.Namespace) -> int:
     with user_errors():
         task = get_task(task_name(args.task))
         model = load_model(args.checkpoint, args.device)
-        check_compatible(task, model[1], getattr(args, "method", "dps"))
+        check_compatible(task, model[1], settings.method)
         fields = read_case_fields(args.cases, task.channels, task.name)
         cases = index_cases(args.indices, fields.shape[0], str(args.cases))
-    run = BatchRun(args.out_dir, cases, signature_of(args, "solve", checkpoint_step=model[1].step), "solve")
+    run = BatchRun(args.out_dir, cases, solve_signature(args, settings, task.name, model[1].step), "solve")
     print(f"rank {run.rank}/{run.world}: {len(run.mine)} of {len(cases)} cases of {args.cases} -> {args.out_dir}",
           flush=True)
-    trust_region = "auto" if args.trust_region is None else (args.trust_region or None)
-    result = solve_cases(model, task, fields, run, seed=args.seed, fraction=args.obs_fraction, count=args.obs_count,
-                         noise_std=args.obs_noise, num_samples=args.num_samples, steps=args.steps,
-                         resolution=args.resolution, solver=args.solver, guidance_strength=args.guidance_strength,
-                         pde_guidance=args.pde_guidance, pde_weight=args.pde_weight,
-                         pde_start_sigma=args.pde_start_sigma, pushforward=args.pushforward,
-                         trust_region=trust_region, sigma_max=args.sigma_max, batch_size=args.batch_size,
-                         device=args.device, progress=not args.no_progress,
-                         **{k: getattr(args, k) for k in ("method", "cg_iters") if hasattr(args, k)})
+    result = solve_cases(model, task, fields, run, settings, batch_size=args.batch_size, device=args.device,
+                         progress=not args.no_progress)
     return finish(result, args.out_dir)
 
 

@@ -90,6 +90,20 @@ def warn_training_sample(meta, truth: Path, index: int) -> None:
             print(f"funcdiff solve: warning: {line}", file=sys.stderr)
 
 
+def settings_from_args(args: argparse.Namespace):
+    """The :class:`~funcdiff.tasks.settings.SolveSettings` of a ``solve`` command line (the one place flags
+    become settings; ``--trust-region 0`` = off, absent = auto)."""
+    from funcdiff.tasks.settings import SolveSettings
+
+    trust_region = "auto" if args.trust_region is None else (args.trust_region or None)
+    return SolveSettings(method=args.method, num_samples=args.num_samples, steps=args.steps, solver=args.solver,
+                         resolution=args.resolution, seed=args.seed, guidance_strength=args.guidance_strength,
+                         cg_iters=args.cg_iters, pde_guidance=args.pde_guidance, pde_weight=args.pde_weight,
+                         pde_start_sigma=args.pde_start_sigma, trust_region=trust_region, sigma_max=args.sigma_max,
+                         pushforward=args.pushforward, obs_fraction=args.obs_fraction, obs_count=args.obs_count,
+                         obs_noise=args.obs_noise)
+
+
 def run(args: argparse.Namespace) -> int:
     from funcdiff.cli import user_errors
     from funcdiff.guidance import load_observation
@@ -101,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
         if task_name(args.task) == "reconstruct":
             raise UserError("batch case lists (--cases) run the registered PDE tasks; run --task reconstruct one "
                             "truth frame at a time (--truth STORE --index I)")
-        return run_solve_batch(args)
+        return run_solve_batch(args, settings_from_args(args))
     with user_errors():
         observation = load_observation(args.observations) if args.observations is not None else None
         if args.observed is not None and (observation is not None or task_name(args.task) != "reconstruct"):
@@ -120,14 +134,8 @@ def run(args: argparse.Namespace) -> int:
             raise UserError("--obs-fraction/--obs-count draw sensors from the ground truth: pass --truth")
         observation = make_observation(task, truth, fraction=args.obs_fraction, count=args.obs_count,
                                        seed=args.seed, noise_std=args.obs_noise)
-    trust_region = "auto" if args.trust_region is None else (args.trust_region or None)  # 0 = off
-    posterior = solve(model, task, observation, num_samples=args.num_samples, steps=args.steps,
-                      resolution=args.resolution, seed=args.seed, truth=truth, solver=args.solver,
-                      guidance_strength=args.guidance_strength, pde_guidance=args.pde_guidance,
-                      pde_weight=args.pde_weight, pde_start_sigma=args.pde_start_sigma,
-                      pushforward=args.pushforward, trust_region=trust_region, sigma_max=args.sigma_max,
-                      batch_size=args.batch_size, device=args.device, progress=not args.no_progress,
-                      method=args.method, cg_iters=args.cg_iters)
+    posterior = solve(model, task, observation, settings_from_args(args), truth=truth, batch_size=args.batch_size,
+                      device=args.device, progress=not args.no_progress)
     posterior.settings["checkpoint"] = str(args.checkpoint)
     posterior.save(args.out)
     print(f"wrote {args.out}")

@@ -489,11 +489,12 @@ def read_case_fields(path: str | os.PathLike, channels: Sequence[str], task_name
         raise UserError(f"case file {path} cannot provide variables {list(channels)}{need}: {err}") from None
 
 
-def solve_cases(model, task, fields: "torch.Tensor", run: BatchRun, *, seed: int = 0,
-                fraction: Optional[float] = None, count: Optional[int] = None, noise_std: float = 0.0,
-                progress: bool = True, **solve_kwargs) -> BatchResult:
-    """Solve every unfinished case of ``run`` on this rank: sensors drawn from case ``i``'s truth
-    ``fields[i:i+1]`` with :func:`case_seed`, sampled with the same seed, written as a posterior netCDF part.
+def solve_cases(model, task, fields: "torch.Tensor", run: BatchRun, settings, *, progress: bool = True,
+                **run_options) -> BatchResult:
+    """Solve every unfinished case of ``run`` on this rank with ``settings`` (a
+    :class:`~funcdiff.tasks.settings.SolveSettings`): sensors (``obs_fraction``/``obs_count``, ``obs_noise``)
+    drawn from case ``i``'s truth ``fields[i:i+1]`` with :func:`case_seed`, sampled with the same seed, written as
+    a posterior netCDF part. ``run_options``: batch_size, device (they do not change results).
 
     Equivalent to ``funcdiff solve --truth FILE --index i --seed <case_seed> ...`` for each case.
     Shapes: fields (N, C, *S) physical, channels ``task.channels``.
@@ -501,10 +502,11 @@ def solve_cases(model, task, fields: "torch.Tensor", run: BatchRun, *, seed: int
     from funcdiff.tasks.solve import make_observation, solve
 
     def compute(case: Case, part: Path) -> None:
-        s = case_seed(seed, case)
+        s = case_seed(settings.seed, case)
         truth = fields[case.index:case.index + 1]
-        observation = make_observation(task, truth, fraction=fraction, count=count, seed=s, noise_std=noise_std)
-        posterior = solve(model, task, observation, seed=s, truth=truth, **solve_kwargs)
+        observation = make_observation(task, truth, fraction=settings.obs_fraction, count=settings.obs_count, seed=s,
+                                       noise_std=settings.obs_noise)
+        posterior = solve(model, task, observation, settings.updated(seed=s), truth=truth, **run_options)
         posterior.settings.update({"case": case.index, "case_seed": s, SIGNATURE_ATTR: run.signature})
         posterior.save(part)
 

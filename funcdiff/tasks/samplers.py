@@ -1,4 +1,5 @@
-"""The posterior samplers behind ``solve(..., method=...)``: one denoiser, one ODE solver, several guidance rules.
+"""The posterior samplers behind ``solve(..., method=...)``: a registry of factories that wrap one denoiser into a
+guided denoiser; every one of them is run by the one :func:`funcdiff.sampling.sample`.
 
 =================  =====================================================================  ==================
 method             correction of the denoised estimate                                     per step costs
@@ -15,94 +16,197 @@ method             correction of the denoised estimate                          
 The ``*-physics`` methods use the prior of the input channel only (a joint model's input channel is the
 marginal prior of the input) and report (input, S(input)): every sample satisfies the discrete PDE. For a
 forward task the sensors read the input itself, so the solver runs once per sample at the end.
+
+A new method is one factory ``(problem, settings, chunk_size) -> GuidedSampler`` registered in
+:data:`POSTERIOR_METHODS` with :func:`register`.
 """
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import Tensor
 
 from funcdiff.errors import UserError
-from funcdiff.guidance import GuidedDenoiser, SparseObservation, guided_sample
+from funcdiff.guidance import GuidedDenoiser, SparseObservation, observation_guided
 from funcdiff.guidance.enkg import EnsembleKalmanDenoiser
 from funcdiff.guidance.mmps import MomentMatchingDenoiser
 from funcdiff.guidance.operators import OperatorLikelihood, SolverOperator, SparseOperator
-from funcdiff.sampling import num_denoiser_calls, sample
+from funcdiff.sampling import Denoiser, num_denoiser_calls, sample
 from funcdiff.tasks.problems import Task
+from funcdiff.tasks.settings import SolveSettings
 
-METHODS = ("dps", "mmps", "enkg", "dps-physics", "mmps-physics", "enkg-physics")
+
+@dataclass
+class PosteriorProblem:
+    """What every posterior method is built from.
+
+    Attributes:
+        task: the task.  denoiser, meta: the model and its checkpoint metadata.
+        observation: sensors with values (B_obs = 1), channels indexing the model's channels (the task's channels
+            for the ``*-physics`` methods).
+        shape: (B, C_model, *S) of the sampled state.  schedule: sigma_min / sigma_max / rho of the sampler.
+        pde_terms: extra guidance terms (the PDE residual of ``pde_guidance``; dps only).
+    """
+
+    task: Task
+    denoiser: Denoiser
+    meta: object
+    observation: SparseObservation
+    shape: tuple[int, ...]
+    schedule: dict
+    pde_terms: list = field(default_factory=list)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self.meta.channel_names)
+
+    @property
+    def decode(self):
+        return self.meta.normalizer.decode if self.meta.normalizer is not None else None
+
+    @property
+    def sigma_data(self):
+        return self.meta.model_config.get("sigma_data", 1.0)
+
+    @property
+    def noise(self):
+        return self.meta.noise
 
 
-def check_method(task: Task, method: str, *, num_samples: int, pde_guidance: bool = False,
-                 pushforward: bool = False, batch_size: Optional[int] = None) -> None:
-    """UserError (one line) for a method the task or the other options cannot use."""
-    if method not in METHODS:
-        raise UserError(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}")
-    physics = method.endswith("-physics")
-    if physics and task.physics_solver is None:
+@dataclass
+class GuidedSampler:
+    """A guided denoiser ``(x, sigma) -> denoised`` and what its run cost: ``counts() -> {"vjps",
+    "solver_calls"}`` (VJPs through the denoiser for the whole batch; solver calls per sample, summed)."""
+
+    denoiser: Denoiser
+    counts: Callable[[], dict]
+
+
+Factory = Callable[[PosteriorProblem, SolveSettings, Optional[int]], GuidedSampler]
+POSTERIOR_METHODS: dict[str, Factory] = {}
+
+
+def register(name: str) -> Callable[[Factory], Factory]:
+    """Register ``factory`` as the posterior method ``name`` (a decorator)."""
+    def add(factory: Factory) -> Factory:
+        POSTERIOR_METHODS[name] = factory
+        return factory
+    return add
+
+
+def check_method(task: Task, settings: SolveSettings, batch_size: Optional[int] = None) -> None:
+    """UserError (one line) for a method the task or the other settings cannot use."""
+    method = settings.method
+    if method not in POSTERIOR_METHODS:
+        raise UserError(f"unknown method {method!r}; valid methods: {', '.join(POSTERIOR_METHODS)}")
+    if settings.physics and task.physics_solver is None:
         raise UserError(f"method {method!r} runs the task's numerical solver in the loop, but task {task.name!r} "
                          f"has no such solver; use dps, mmps or enkg")
-    if pde_guidance and method != "dps":
+    if settings.pde_guidance and method != "dps":
         raise UserError(f"PDE-residual guidance combines with method 'dps' only, not {method!r}")
-    if pushforward and physics:
+    if settings.pushforward and settings.physics:
         raise UserError(f"--pushforward is implied by method {method!r} (it reports the solver's output)")
     if method.startswith("enkg"):
-        if num_samples < 2:
-            raise UserError(f"method {method!r} is an ensemble method: draw at least 2 samples, got {num_samples}")
-        if batch_size is not None and batch_size < num_samples:
+        if settings.num_samples < 2:
+            raise UserError(f"method {method!r} is an ensemble method: draw at least 2 samples, got "
+                             f"{settings.num_samples}")
+        if batch_size is not None and batch_size < settings.num_samples:
             raise UserError(f"method {method!r} needs the whole ensemble in one batch: drop --batch-size or make "
-                             f"it at least the number of samples ({num_samples})")
+                             f"it at least the number of samples ({settings.num_samples})")
 
 
-def _model_observation(task: Task, obs: SparseObservation, names: Sequence[str], channel: str) -> SparseObservation:
+def build(problem: PosteriorProblem, settings: SolveSettings, chunk_size: Optional[int] = None) -> GuidedSampler:
+    """The guided denoiser of ``settings.method`` for ``problem`` (one registry lookup)."""
+    return POSTERIOR_METHODS[settings.method](problem, settings, chunk_size)
+
+
+def draw(problem: PosteriorProblem, sampler: GuidedSampler, settings: SolveSettings, *, device="cpu",
+         progress: bool = False) -> Tensor:
+    """Samples of the model state (model units) by the one :func:`funcdiff.sampling.sample`.
+    Shapes: returns ``problem.shape`` = (B, C_model, *S)."""
+    return sample(sampler.denoiser, problem.shape, problem.noise, steps=settings.steps, solver=settings.solver,
+                  seed=settings.seed, device=device, progress=progress, **problem.schedule)
+
+
+def _model_observation(obs: SparseObservation, names: Sequence[str], channel: str) -> SparseObservation:
     """The observation of ``channel`` re-indexed into the model's channels ``names``."""
     return SparseObservation(coords=obs.coords, channels=(list(names).index(channel),), values=obs.values,
                              noise_std=obs.noise_std, grid=obs.grid, channel_names=(channel,))
 
 
-def posterior_states(method: str, task: Task, denoiser, meta, obs: SparseObservation, shape: Sequence[int], *,
-                     steps: int, solver: str, seed: int, strength: float, cg_iters: int,
-                     chunk_size: Optional[int], device, progress: bool, trust_region: Optional[float],
-                     schedule: dict) -> tuple[Tensor, dict]:
-    """Samples of the model state (model units) by ``method`` (not ``dps`` without physics: that is
-    :func:`funcdiff.guidance.guided_sample`) and the counts {"vjps", "solver_calls"} they cost (VJPs through
-    the denoiser for the whole batch; solver calls per sample summed over the batch).
+def _inverse_physics(problem: PosteriorProblem, settings: SolveSettings) -> bool:
+    return settings.physics and problem.task.direction == "inverse"
 
-    ``obs`` indexes the model's channels, or the task's channels for the ``*-physics`` methods.
-    Shapes: ``shape`` = (B, C_model, *S); returns (B, C_model, *S).
-    """
-    names = tuple(meta.channel_names)
-    decode = meta.normalizer.decode if meta.normalizer is not None else None
-    sigma_data = meta.model_config.get("sigma_data", 1.0)
-    noise = meta.noise
-    physics = method.endswith("-physics")
-    inverse_physics = physics and task.direction == "inverse"
-    if physics and not inverse_physics:
-        obs = _model_observation(task, obs, names, task.input_channel)
-    if inverse_physics:
+
+def _operator(problem: PosteriorProblem, settings: SolveSettings) -> SparseOperator | SolverOperator:
+    """The observation operator: sensors on the model state, or (inverse ``*-physics``) on the solver's output."""
+    task, obs = problem.task, problem.observation
+    if _inverse_physics(problem, settings):
         sensors = SparseObservation(coords=obs.coords, channels=(0,), values=obs.values, noise_std=obs.noise_std,
                                     grid=obs.grid, channel_names=obs.channel_names)
-        op = SolverOperator(sensors, task.physics_solver, names.index(task.input_channel), decode=decode)
-    else:
-        op = SparseOperator(obs, noise, decode=decode, sigma_data=sigma_data)
-    run = dict(steps=steps, solver=solver, seed=seed, device=device, progress=progress, **schedule)
-    if method == "dps-physics" and not inverse_physics:
-        x = guided_sample(denoiser, noise, obs, shape, guidance_strength=strength, decode=decode,
-                          sigma_data=sigma_data, chunk_size=chunk_size, trust_region=trust_region, **run)
-        return x, {"vjps": num_denoiser_calls(solver, steps), "solver_calls": 0}
-    if method == "dps-physics":
-        guided = GuidedDenoiser(denoiser, [OperatorLikelihood(op)], noise, strength=strength,
-                                chunk_size=chunk_size, trust_region=trust_region, sigma_data=sigma_data)
-    elif method in ("mmps", "mmps-physics"):
-        guided = MomentMatchingDenoiser(denoiser, op, noise, strength=strength, cg_iters=cg_iters,
-                                        chunk_size=chunk_size, sigma_data=sigma_data)
-    else:  # enkg, enkg-physics
-        guided = EnsembleKalmanDenoiser(denoiser, op, noise, strength=strength)
-    x = sample(guided, shape, noise, **run)
-    vjps = num_denoiser_calls(solver, steps) if method == "dps-physics" else int(getattr(guided, "vjps", 0))
-    return x, {"vjps": vjps, "solver_calls": int(op.solver_calls)}
+        return SolverOperator(sensors, task.physics_solver, problem.names.index(task.input_channel),
+                              decode=problem.decode)
+    if settings.physics:  # forward: the sensors read the input channel itself
+        obs = _model_observation(obs, problem.names, task.input_channel)
+    return SparseOperator(obs, problem.noise, decode=problem.decode, sigma_data=problem.sigma_data)
+
+
+def _dps_counts(settings: SolveSettings, op=None) -> Callable[[], dict]:
+    """One batched VJP per denoiser call; the solver calls of a solver operator."""
+    return lambda: {"vjps": num_denoiser_calls(settings.solver, settings.steps),
+                    "solver_calls": int(op.solver_calls) if op is not None else 0}
+
+
+@register("dps")
+def dps(problem: PosteriorProblem, settings: SolveSettings, chunk_size: Optional[int]) -> GuidedSampler:
+    """Gradient guidance with the σ-aware likelihood model (:func:`funcdiff.guidance.observation_guided`)."""
+    guided = observation_guided(problem.denoiser, problem.noise, problem.observation, problem.shape[0],
+                                pde_terms=problem.pde_terms, decode=problem.decode, sigma_data=problem.sigma_data,
+                                scaling=settings.scaling, strength=settings.guidance_strength,
+                                chunk_size=chunk_size, trust_region=settings.kappa)
+    return GuidedSampler(guided, _dps_counts(settings))
+
+
+@register("mmps")
+def mmps(problem: PosteriorProblem, settings: SolveSettings, chunk_size: Optional[int]) -> GuidedSampler:
+    """Moment matching with the Tweedie covariance (:class:`~funcdiff.guidance.mmps.MomentMatchingDenoiser`)."""
+    op = _operator(problem, settings)
+    guided = MomentMatchingDenoiser(problem.denoiser, op, problem.noise, strength=settings.guidance_strength,
+                                    cg_iters=settings.cg_iters, chunk_size=chunk_size, sigma_data=problem.sigma_data)
+    return GuidedSampler(guided, lambda: {"vjps": int(guided.vjps), "solver_calls": int(op.solver_calls)})
+
+
+@register("enkg")
+def enkg(problem: PosteriorProblem, settings: SolveSettings, chunk_size: Optional[int]) -> GuidedSampler:
+    """Derivative-free ensemble Kalman guidance (:class:`~funcdiff.guidance.enkg.EnsembleKalmanDenoiser`)."""
+    op = _operator(problem, settings)
+    guided = EnsembleKalmanDenoiser(problem.denoiser, op, problem.noise, strength=settings.guidance_strength)
+    return GuidedSampler(guided, lambda: {"vjps": 0, "solver_calls": int(op.solver_calls)})
+
+
+@register("dps-physics")
+def dps_physics(problem: PosteriorProblem, settings: SolveSettings, chunk_size: Optional[int]) -> GuidedSampler:
+    """dps through the solver (:class:`~funcdiff.guidance.operators.OperatorLikelihood`, a damped term); for a
+    forward task plain dps on the input channel's sensors."""
+    if not _inverse_physics(problem, settings):
+        obs = _model_observation(problem.observation, problem.names, problem.task.input_channel)
+        guided = observation_guided(problem.denoiser, problem.noise, obs, problem.shape[0], decode=problem.decode,
+                                    sigma_data=problem.sigma_data, strength=settings.guidance_strength,
+                                    chunk_size=chunk_size, trust_region=settings.kappa)
+        return GuidedSampler(guided, _dps_counts(settings))
+    op = _operator(problem, settings)
+    guided = GuidedDenoiser(problem.denoiser, [OperatorLikelihood(op)], problem.noise,
+                            strength=settings.guidance_strength, chunk_size=chunk_size,
+                            trust_region=settings.kappa, sigma_data=problem.sigma_data)
+    return GuidedSampler(guided, _dps_counts(settings, op))
+
+
+register("mmps-physics")(mmps)
+register("enkg-physics")(enkg)
+METHODS = tuple(POSTERIOR_METHODS)
 
 
 def solve_physics(task: Task, samples: Tensor, names: Sequence[str]) -> tuple[Tensor, tuple[str, ...]]:

@@ -10,7 +10,7 @@
     post.save("posterior.nc"); post.plot("posterior.png")
 
 The model state holds every channel of the PDE (e.g. Darcy (a, u)); observations of some channels guide the
-sampler (:func:`funcdiff.guidance.guided_sample`), optionally with the task's PDE residual
+sampler (a posterior method of :mod:`funcdiff.tasks.samplers`), optionally with the task's PDE residual
 (:class:`funcdiff.guidance.PDEResidualGuidance`); the task's target channels are reported. The same checkpoint
 solves at any resolution (the sensors are coordinates in the domain, read by interpolation at every grid).
 """
@@ -28,17 +28,19 @@ from torch import Tensor, nn
 
 from funcdiff.data.datasets import check_finite
 from funcdiff.errors import UserError
-from funcdiff.guidance import PDEResidualGuidance, SparseObservation, guided_sample, random_sensors
+from funcdiff.guidance import PDEResidualGuidance, SparseObservation, random_sensors
 from funcdiff.guidance.io import observation_to_dataset
 from funcdiff.io.checkpoint import CheckpointMeta, load_denoiser
 from funcdiff.io.netcdf import add_field, fields_to_dataset, write_netcdf
 from funcdiff.metrics import misclassification_rate, relative_l2
+from funcdiff.schedules import recorded_schedule
 from funcdiff.sampling import num_denoiser_calls
 from funcdiff.tasks.problems import TASKS, Task, get_task, is_reconstruct, reconstruct_task
-from funcdiff.tasks.samplers import METHODS, check_method  # noqa: F401  (METHODS: re-exported)
+from funcdiff.tasks.samplers import (METHODS, GuidedSampler, PosteriorProblem, build, check_method,  # noqa: F401
+                                     draw, solve_physics)
+from funcdiff.tasks.settings import FEW_STEPS, SolveSettings  # noqa: F401  (METHODS, FEW_STEPS: re-exported)
 
 PROBLEM_ALIASES = {"navier-stokes": "navier_stokes"}
-FEW_STEPS = 7  # solve() switches the guidance trust region on at or below this many steps (trust_region="auto")
 ModelLike = "str | os.PathLike | tuple[nn.Module, CheckpointMeta]"
 
 
@@ -314,71 +316,81 @@ def _decoder(meta: CheckpointMeta):
     return meta.normalizer.decode if meta.normalizer is not None else None
 
 
-def solve(checkpoint: ModelLike, task: str | Task, observation: SparseObservation, *, num_samples: int = 8,
-          steps: int = 100, resolution: int | Sequence[int] | None = None, seed: int = 0,
-          truth: Optional[Tensor] = None, truth_names: Optional[Sequence[str]] = None,
-          guidance_strength: float = 1.0, pde_guidance: bool = False, pde_weight: float = 1e-3,
-          pde_start_sigma: float = 1.0, solver: str = "heun", scaling: str = "likelihood",
-          trust_region: Optional[float] | str = "auto", sigma_max: Optional[float] = None,
-          pushforward: bool = False, batch_size: Optional[int] = None,
-          device: str | torch.device = "cpu", progress: bool = False, method: str = "dps",
-          cg_iters: int = 5) -> Posterior:
+@dataclass
+class Prepared:
+    """A checked solve: the problem every method is built from, the truth to score against and where."""
+
+    problem: PosteriorProblem
+    truth: Optional[Tensor]
+    truth_names: tuple[str, ...]
+    scored_on: dict
+
+
+def solve_settings(settings: Optional[SolveSettings] = None, keywords: Optional[dict] = None) -> SolveSettings:
+    """``settings`` (default :class:`SolveSettings()`) updated by keyword settings (``solve(..., steps=50)``);
+    TypeError naming an unknown keyword."""
+    settings = settings if settings is not None else SolveSettings()
+    return settings.updated(**keywords) if keywords else settings
+
+
+def solve(checkpoint: ModelLike, task: str | Task, observation: SparseObservation,
+          settings: Optional[SolveSettings] = None, *, truth: Optional[Tensor] = None,
+          truth_names: Optional[Sequence[str]] = None, batch_size: Optional[int] = None,
+          device: str | torch.device = "cpu", progress: bool = False, **keywords) -> Posterior:
     """Posterior samples of ``task`` given sparse ``observation`` (physical units), from a trained model.
+
+    prepare (checks, model, sensors, grid, schedule) -> build (the method's guided denoiser, one registry lookup in
+    :data:`funcdiff.tasks.samplers.POSTERIOR_METHODS`) -> draw (:func:`funcdiff.sampling.sample`) -> post-process
+    (decode, solver in the loop / pushforward, :class:`Posterior`).
 
     Args:
         checkpoint: checkpoint file, run directory, or ``(denoiser, meta)``.
         task: a task name (see :data:`funcdiff.tasks.TASKS`) or :class:`Task`.
         observation: sensors of the task's observed channels with values (1, C_obs, N) in physical units.
-        resolution: sampling grid (int per axis or tuple); default: the truth's grid, else the training grid.
-            A truth on another grid is interpolated onto the sampling grid (:func:`regrid`), where the
-            metrics are computed; ``settings["scored_on"]`` says so.
+        settings: every setting that changes the result (:class:`~funcdiff.tasks.settings.SolveSettings`:
+            method, num_samples, steps, solver, resolution, seed, guidance_strength, scaling, cg_iters,
+            pde_guidance / pde_weight / pde_start_sigma, trust_region, sigma_max, pushforward). Each may also be
+            given as a keyword (``solve(..., num_samples=8, steps=50, method="mmps")``), which updates
+            ``settings``. A truth on another grid than ``resolution`` is interpolated onto the sampling grid
+            (:func:`regrid`), where the metrics are computed; ``settings["scored_on"]`` says so.
         truth: optional ground truth (1, C_t, *S) of channels ``truth_names`` (default: the task's channels).
-        guidance_strength: ζ of :class:`funcdiff.guidance.GuidedDenoiser` (1 = Bayesian).
-        pde_guidance, pde_weight, pde_start_sigma: add the task's PDE residual as a soft constraint
-            (weight per unit mean-square normalised residual), active for σ ≤ ``pde_start_sigma``.
-        trust_region: κ of the guidance trust region (:class:`funcdiff.guidance.GuidedDenoiser`); None = off;
-            ``"auto"`` (default): κ = 1 for ``steps`` ≤ 7, where it keeps guided sampling from diverging, off
-            for longer schedules, where it would trim the cross-channel corrections of inverse problems
-            (``benchmarks/few_step_guidance.py``).
-        sigma_max: largest noise level of the schedule; default: the checkpoint's ``sample`` settings
-            (``sigma_min`` and ``rho`` come from there too).
-        pushforward: forward tasks only: replace each sample's target by the task's numerical solver applied
-            to that sample's input channel (posterior of the input from the diffusion prior, physics exactly
-            enforced for the output; costs one solve per sample).
         batch_size: samples per guided denoiser call (bounds gradient memory; results do not depend on it).
         progress: show a progress bar over the sampler's steps.
-        method: the posterior sampler (all wrap the same denoiser and ODE solver; README "Posterior samplers"):
-            ``"dps"`` gradient guidance with the σ-aware likelihood model (default); ``"mmps"`` moment matching
-            with the Tweedie covariance (:mod:`funcdiff.guidance.mmps`, ``cg_iters`` CG iterations per step);
-            ``"enkg"`` derivative-free ensemble Kalman guidance over the ``num_samples`` samples
-            (:mod:`funcdiff.guidance.enkg`); ``"dps-physics"`` / ``"mmps-physics"`` / ``"enkg-physics"``: the
-            prior's input channel only, with the task's numerical solver in the observation operator (inverse:
-            y = A S(a); ``mmps-physics`` linearises S at each denoised estimate, exact for a linear PDE) and the
-            reported solution S(a), so every sample satisfies the discrete PDE.
     Shapes: returns a :class:`Posterior` with samples (num_samples, C, *S) in physical units.
     ``task="reconstruct"``: the generic task of the checkpoint (:func:`resolve_task`; sensors of the observation's
     channels, every channel reported); on a lat-lon model the resolution is rows (columns twice as many) or a tuple.
     """
+    settings = solve_settings(settings, keywords)
+    prepared = prepare(checkpoint, task, observation, settings, truth=truth, truth_names=truth_names,
+                       batch_size=batch_size, device=device)
+    sampler = build(prepared.problem, settings, batch_size)
+    x = draw(prepared.problem, sampler, settings, device=device, progress=progress)
+    return post_process(prepared, sampler, x, settings)
+
+
+def prepare(checkpoint: ModelLike, task: str | Task, observation: SparseObservation, settings: SolveSettings, *,
+            truth: Optional[Tensor] = None, truth_names: Optional[Sequence[str]] = None,
+            batch_size: Optional[int] = None, device: str | torch.device = "cpu") -> Prepared:
+    """Check the settings against the task and the model, load the model, bind the sensors to its channels, fix
+    the sampling grid (regridding the truth onto it) and read the schedule from the checkpoint."""
     if is_reconstruct(task):  # built from the model: load it first (once; ``checkpoint`` becomes the pair)
         checkpoint = load_model(checkpoint, device)
         task = resolve_task(task, checkpoint[1], observation.channel_names, observation.grid)
     task = get_task(task)
+    resolution = settings.resolution
     if isinstance(resolution, int) and task.grid == "latlon":  # like `funcdiff sample`: H rows, 2H columns
         resolution = (resolution, 2 * resolution)
-    if num_samples < 1 or steps < 1:
-        raise UserError(f"num_samples and steps must be positive integers, got {num_samples} and {steps}")
-    check_method(task, method, num_samples=num_samples, pde_guidance=pde_guidance, pushforward=pushforward,
-                 batch_size=batch_size)
-    if trust_region == "auto":
-        trust_region = 1.0 if steps <= FEW_STEPS else None
-    if pushforward and (task.direction != "forward" or task.forward_solver is None):
+    if settings.num_samples < 1 or settings.steps < 1:
+        raise UserError(f"num_samples and steps must be positive integers, got {settings.num_samples} and "
+                        f"{settings.steps}")
+    check_method(task, settings, batch_size)
+    if settings.pushforward and (task.direction != "forward" or task.forward_solver is None):
         raise UserError(f"pushforward needs a forward task with a numerical solver; {task.name!r} is "
                          f"{task.direction!r}" + ("" if task.forward_solver is not None else " without a solver"))
     denoiser, meta = load_model(checkpoint, device)
-    check_compatible(task, meta, method)
+    check_compatible(task, meta, settings.method)
     names = tuple(meta.channel_names)
-    physics = method.endswith("-physics")
-    obs = _bind_observation(task, observation, task.channels if physics else names)
+    obs = _bind_observation(task, observation, task.channels if settings.physics else names)
     truth, truth_names = _check_truth(truth, truth_names, task)
     spatial = _spatial(resolution, meta, truth)
     scored_on = {}
@@ -388,41 +400,36 @@ def solve(checkpoint: ModelLike, task: str | Task, observation: SparseObservatio
         scored_on = {"scored_on": f"the sampling grid {'x'.join(map(str, spatial))}: truth interpolated "
                                   f"(multilinear) from {'x'.join(map(str, truth.shape[2:]))}"}
         truth = regrid(truth, spatial, task.grid)
-    pde_terms = [_pde_term(task, meta, pde_weight, pde_start_sigma)] if pde_guidance else []
-    sigma_data = meta.model_config.get("sigma_data", 1.0)
-    schedule = {k: float(v) for k, v in meta.config.get("sample", {}).items() if k in ("sigma_min", "sigma_max", "rho")}
-    if sigma_max is not None:
-        schedule["sigma_max"] = float(sigma_max)
-    shape = (num_samples, len(names), *spatial)
-    counts = {"vjps": num_denoiser_calls(solver, steps), "solver_calls": 0}  # dps: one batched VJP per call
-    if method == "dps":
-        x = guided_sample(denoiser, meta.noise, obs, shape, steps=steps, solver=solver,
-                          seed=seed, guidance_strength=guidance_strength, pde_terms=pde_terms, decode=_decoder(meta),
-                          sigma_data=sigma_data, scaling=scaling, chunk_size=batch_size, device=device,
-                          trust_region=trust_region, progress=progress, **schedule)
-    else:
-        from funcdiff.tasks.samplers import posterior_states
+    pde_terms = [_pde_term(task, meta, settings.pde_weight, settings.pde_start_sigma)] if settings.pde_guidance else []
+    schedule = recorded_schedule(meta.config, sigma_max=settings.sigma_max)
+    problem = PosteriorProblem(task, denoiser, meta, obs, (settings.num_samples, len(names), *spatial), schedule,
+                               pde_terms)
+    return Prepared(problem, truth, truth_names, scored_on)
 
-        x, counts = posterior_states(method, task, denoiser, meta, obs, shape, steps=steps, solver=solver, seed=seed,
-                                     strength=guidance_strength, cg_iters=cg_iters, chunk_size=batch_size,
-                                     device=device, progress=progress, trust_region=trust_region, schedule=schedule)
+
+def post_process(prepared: Prepared, sampler: GuidedSampler, x: Tensor, settings: SolveSettings) -> Posterior:
+    """Model states -> physical samples (decode; the solver in the loop's (input, S(input)); pushforward), the
+    run's settings and costs, and the :class:`Posterior`."""
+    problem = prepared.problem
+    task, meta, names = problem.task, problem.meta, problem.names
+    counts = sampler.counts()
     samples = (_decoder(meta)(x) if meta.normalizer is not None else x).cpu()
-    if physics:
-        from funcdiff.tasks.samplers import solve_physics
-
+    if settings.physics:
         samples, names = solve_physics(task, samples, names)
-        counts["solver_calls"] = counts.get("solver_calls", 0) + num_samples
-    if pushforward:
+        counts["solver_calls"] = counts.get("solver_calls", 0) + settings.num_samples
+    if settings.pushforward:
         samples = push_forward(task, samples, names)
-        counts["solver_calls"] += num_samples
-    settings = {"method": method, **counts,
-                "steps": steps, "solver": solver, **schedule, "nfe": num_denoiser_calls(solver, steps), "seed": seed,
-                "guidance_strength": guidance_strength, "pde_guidance": int(pde_guidance),
-                "pde_weight": pde_weight, "pushforward": int(pushforward), "trust_region": trust_region or 0.0,
-                "num_sensors": obs.num_sensors, "resolution": list(spatial),
-                "checkpoint": meta.path, "checkpoint_step": meta.step, **scored_on}
+        counts["solver_calls"] += settings.num_samples
+    s = settings
+    record = {"method": s.method, **counts, "steps": s.steps, "solver": s.solver, **problem.schedule,
+              "nfe": num_denoiser_calls(s.solver, s.steps), "seed": s.seed, "guidance_strength": s.guidance_strength,
+              "pde_guidance": int(s.pde_guidance), "pde_weight": s.pde_weight, "pushforward": int(s.pushforward),
+              "trust_region": s.kappa or 0.0, "num_sensors": problem.observation.num_sensors,
+              "resolution": list(problem.shape[2:]), "checkpoint": meta.path, "checkpoint_step": meta.step,
+              **prepared.scored_on}
     units = ((meta.extra or {}).get("era5") or {}).get("units") or {}
-    return Posterior(task, names, samples.float(), obs, truth, truth_names, settings, units=dict(units))
+    return Posterior(task, names, samples.float(), problem.observation, prepared.truth, prepared.truth_names,
+                     record, units=dict(units))
 
 
 def regrid(x: Tensor, spatial: Sequence[int], grid: str) -> Tensor:
