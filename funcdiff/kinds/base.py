@@ -146,7 +146,7 @@ class ModelKind(ABC):
         raise UserError(f"forecast.kind={cls.name} models are not rolled out")
 
 
-def load_model(checkpoint, wanted: str, device: str | torch.device = "cpu", ema: bool = True):
+def load_for_role(checkpoint, wanted: str, device: str | torch.device = "cpu", ema: bool = True):
     """The loaded model of a checkpoint file or run directory, by its kind; UserError unless the kind serves the
     ``wanted`` role (``field``, ``forecaster``, ``super_resolution``)."""
     from funcdiff.config import config_from_dict
@@ -285,4 +285,4 @@ class RolloutState:
 
 
 __all__ = ["ConditionalDenoiser", "Forecaster", "ModelKind", "ROLES", "RolloutState", "check_channel_count", "encoded",
-           "field_noise", "grid_kind", "load_model"]
+           "field_noise", "grid_kind", "load_for_role"]

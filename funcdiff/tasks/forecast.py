@@ -38,14 +38,14 @@ from funcdiff.data.windows import fold_frames, unfold_frames
 from funcdiff.errors import UserError
 from funcdiff.guidance.likelihood import ObservationGuidance
 from funcdiff.guidance.timed import TimedObservation
-from funcdiff.kinds.base import Forecaster, RolloutState, load_model
+from funcdiff.kinds.base import Forecaster, RolloutState, load_for_role
 from funcdiff.noise import make_generators
 
 
 def load_forecaster(checkpoint: str | os.PathLike, device: str | torch.device = "cpu") -> Forecaster:
     """The :class:`~funcdiff.kinds.base.Forecaster` of a checkpoint file or run directory (EMA weights), built by
     its kind (:mod:`funcdiff.kinds`); UserError if the checkpoint is not a forecaster's."""
-    return load_model(checkpoint, "forecaster", device)
+    return load_for_role(checkpoint, "forecaster", device)
 
 
 # ------------------------------------------------------------------------------------------------ the loop

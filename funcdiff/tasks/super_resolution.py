@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from funcdiff.errors import UserError
-from funcdiff.kinds.base import load_model
+from funcdiff.kinds.base import load_for_role
 from funcdiff.kinds.super_resolution import SuperResolver, interpolate, levels_of_factor, upsample_time_coordinate
 from funcdiff.sampling import get_solver, sigmas_karras
 
@@ -38,7 +38,7 @@ from funcdiff.sampling import get_solver, sigmas_karras
 def load_super_resolver(checkpoint: str | os.PathLike, device: str | torch.device = "cpu") -> SuperResolver:
     """The :class:`~funcdiff.kinds.super_resolution.SuperResolver` of a checkpoint file or run directory (EMA
     weights); UserError for a checkpoint of another kind."""
-    return load_model(checkpoint, "super_resolution", device)
+    return load_for_role(checkpoint, "super_resolution", device)
 
 
 def _fields(sr: SuperResolver, x: Tensor) -> tuple[Tensor, Optional[int]]:
