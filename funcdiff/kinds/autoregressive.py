@@ -20,7 +20,6 @@ from funcdiff.data.windows import fold_frames, frame_channels
 from funcdiff.kinds.base import Forecaster, ModelKind, RolloutState, check_channel_count, encoded, grid_kind
 from funcdiff.sampling import get_solver, sigmas_karras
 from funcdiff.training.forecast import load_trajectories, window_datasets
-from funcdiff.training.loss import EDMLoss
 
 
 def window_sets(config, fields: Optional[Tensor] = None) -> tuple[FieldDataset, FieldDataset]:
@@ -36,6 +35,8 @@ class AutoregressiveKind(ModelKind):
 
     name = "autoregressive"
     role = "forecaster"
+    refusals = {"field": "checkpoint {checkpoint} is a forecaster (forecast.kind={name}); it needs initial frames: "
+                         "use `funcdiff forecast --checkpoint ... --initial FILE`"}
 
     # ------------------------------------------------------------------------------------- training
     def model_config(self, num_channels: int) -> dict:
@@ -50,14 +51,9 @@ class AutoregressiveKind(ModelKind):
         """Windows folded frames-major: (N, C, L, *S) -> (N, L·C, *S), history first."""
         return fold_frames(encoded(dataset, device))
 
-    def sigma_sampler(self, channels: int):
-        """The training sigma draw (None: EDM's log-normal, one sigma per item)."""
-        return None
-
-    def loss(self, noise) -> EDMLoss:
-        tc, c = self.config.train, len(self.config.data.channels)
-        return EDMLoss(noise, tc.P_mean, tc.P_std, cond_channels=c * self.config.forecast.history,
-                       sigma_sampler=self.sigma_sampler(c))
+    def cond_channels(self) -> int:
+        """The ``history`` frames' channels."""
+        return len(self.config.data.channels) * self.config.forecast.history
 
     # ------------------------------------------------------------------------------------- loading
     @classmethod
@@ -75,13 +71,6 @@ class AutoregressiveKind(ModelKind):
                           min_resolution=tuple(int(m) + 1 for m in modes),
                           sigma_data=meta.model_config.get("sigma_data", 1.0), name=str(meta.task or "forecaster"),
                           device=device, training_split=training_split(meta))
-
-    @classmethod
-    def refusal(cls, checkpoint, wanted: str) -> str:
-        if wanted == "field":
-            return (f"checkpoint {checkpoint} is a forecaster (forecast.kind={cls.name}); it needs initial frames: "
-                    "use `funcdiff forecast --checkpoint ... --initial FILE`")
-        return super().refusal(checkpoint, wanted)
 
     # ------------------------------------------------------------------------------------- rollout
     @classmethod

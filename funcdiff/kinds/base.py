@@ -13,11 +13,12 @@ sampling methods are class methods that read the loaded model.
 ``fit(train_set)``    fit what the kind learns from the training split besides weights (a transform's statistics)
 ``items(dataset)``    the normalised training items the loss sees, conditioning channels first
 ``noise()``           the diffusion's noise (``sample``, ``apply_cov_power``, ``dim``, ``as_dict``)
-``loss(noise)``       the :class:`~funcdiff.training.EDMLoss` (conditioning split, sigma draw)
+``loss(noise)``       the :class:`~funcdiff.training.EDMLoss`: ``cond_channels()`` clean channels first, the
+                      ``sigma_sampler()`` draw (None: EDM's log-normal)
 ``checkpoint_extra``  the entries the kind writes into a checkpoint's ``extra``
 ``load(...)``         the loaded model of a checkpoint (a :class:`Forecaster`, a super-resolver, a field model)
-``role``, ``refusal`` what the loaded model is used for (``field``, ``forecaster``, ``super_resolution``) and
-                      the message for a checkpoint given to the wrong verb
+``role``, ``refusals`` what the loaded model is used for (``field``, ``forecaster``, ``super_resolution``) and
+                      the messages for a checkpoint given to the wrong verb (``require`` raises them)
 ``step(fc, state)``   one rollout step of a forecaster: emitted frames, new history, new window
 ``frames_per_step``,  frames one step emits; network evaluations per emitted frame
 ``nfe_per_frame``
@@ -29,7 +30,7 @@ autoregressive one with another sigma draw and another one-step schedule (``func
     class DeterministicKind(AutoregressiveKind):
         name = "deterministic"
 
-        def sigma_sampler(self, channels):            # training: every item at sigma_max
+        def sigma_sampler(self):                      # training: every item at sigma_max
             return ConstantSigma(self.config.sample.sigma_max)
 
         @classmethod
@@ -62,6 +63,8 @@ from funcdiff.noise import GaussianRandomField
 
 ConditionalDenoiser = Callable[..., Tensor]  # (x, sigma, cond=history) -> denoised, normalised units
 ROLES = ("field", "forecaster", "super_resolution")
+REFUSALS = {"super_resolution": "checkpoint {checkpoint} is not a super-resolution model (forecast.kind={name}); train "
+                                "one with configs/wavelet/burgers-shock-superres.yaml"}
 
 
 class ModelKind(ABC):
@@ -69,6 +72,7 @@ class ModelKind(ABC):
 
     name: ClassVar[str]
     role: ClassVar[str]
+    refusals: ClassVar[dict[str, str]] = {}  # wanted role -> message for a checkpoint of this kind (see refusal)
 
     def __init__(self, config: RunConfig) -> None:
         self.config = config
@@ -99,9 +103,22 @@ class ModelKind(ABC):
         """The diffusion's noise: the ``noise:`` section's field on the data's domain."""
         return field_noise(self.config)
 
-    @abstractmethod
+    def cond_channels(self) -> int:
+        """How many channels at the front of an item are clean conditioning."""
+        return 0
+
+    def sigma_sampler(self):
+        """The training sigma draw (None: EDM's log-normal, one sigma per item)."""
+        return None
+
     def loss(self, noise):
-        """The EDM loss of this kind with ``noise``."""
+        """The EDM loss of this kind with ``noise``: :meth:`cond_channels` conditioning channels first, the sigma
+        draw of :meth:`sigma_sampler`."""
+        from funcdiff.training.loss import EDMLoss  # the kinds sit beside training: imported when used
+
+        tc = self.config.train
+        return EDMLoss(noise, tc.P_mean, tc.P_std, cond_channels=self.cond_channels(),
+                       sigma_sampler=self.sigma_sampler())
 
     def checkpoint_extra(self) -> dict[str, Any]:
         """Entries for the checkpoint's ``extra`` (besides the data's source attributes)."""
@@ -115,11 +132,11 @@ class ModelKind(ABC):
 
     @classmethod
     def refusal(cls, checkpoint, wanted: str) -> str:
-        """The message for a checkpoint of this kind given where a ``wanted`` role is needed."""
-        if wanted == "super_resolution":
-            return (f"checkpoint {checkpoint} is not a super-resolution model (forecast.kind={cls.name}); train one "
-                    "with configs/wavelet/burgers-shock-superres.yaml")
-        return f"checkpoint {checkpoint} is a {cls.role} model (forecast.kind={cls.name}), not a {wanted} model"
+        """The message for a checkpoint of this kind given where a ``wanted`` role is needed: the kind's own
+        ``refusals[wanted]`` (fields ``checkpoint``, ``name``) or a generic one."""
+        template = cls.refusals.get(wanted) or REFUSALS.get(wanted, "checkpoint {checkpoint} is a {role} model "
+                                                                     "(forecast.kind={name}), not a {wanted} model")
+        return template.format(checkpoint=checkpoint, name=cls.name, role=cls.role, wanted=wanted)
 
     @classmethod
     def require(cls, wanted: str, checkpoint) -> None:

@@ -17,7 +17,7 @@ class DeterministicKind(AutoregressiveKind):
 
     name = "deterministic"
 
-    def sigma_sampler(self, channels: int) -> ConstantSigma:
+    def sigma_sampler(self) -> ConstantSigma:
         return ConstantSigma(self.config.sample.sigma_max)
 
     @classmethod

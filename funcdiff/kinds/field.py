@@ -10,7 +10,6 @@ from torch import Tensor
 
 from funcdiff.data import FieldDataset, make_synthetic_fields, train_test_split
 from funcdiff.kinds.base import ModelKind, check_channel_count, encoded
-from funcdiff.training.loss import EDMLoss
 
 
 class FieldKind(ModelKind):
@@ -18,6 +17,8 @@ class FieldKind(ModelKind):
 
     name = "none"
     role = "field"
+    refusals = {"forecaster": "checkpoint {checkpoint} is not a forecaster (it was trained without a `forecast:` "
+                              "section); train one with a config from configs/forecast/"}
 
     def model_config(self, num_channels: int) -> dict:
         c = int(num_channels)
@@ -42,21 +43,10 @@ class FieldKind(ModelKind):
     def items(self, dataset: FieldDataset, device: torch.device) -> Tensor:
         return encoded(dataset, device)
 
-    def loss(self, noise) -> EDMLoss:
-        tc = self.config.train
-        return EDMLoss(noise, tc.P_mean, tc.P_std)
-
     @classmethod
     def load(cls, denoiser, meta, config, device="cpu"):
         """``(denoiser, meta)``: the sampler and the solvers take the denoiser as it is."""
         return denoiser, meta
-
-    @classmethod
-    def refusal(cls, checkpoint, wanted: str) -> str:
-        if wanted == "forecaster":
-            return (f"checkpoint {checkpoint} is not a forecaster (it was trained without a `forecast:` section); "
-                    "train one with a config from configs/forecast/")
-        return super().refusal(checkpoint, wanted)
 
 
 __all__ = ["FieldKind"]

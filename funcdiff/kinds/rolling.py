@@ -29,9 +29,9 @@ class RollingKind(AutoregressiveKind):
     def model_config(self, num_channels: int) -> dict:
         return {**super().model_config(num_channels), "noise_per_channel": True}
 
-    def sigma_sampler(self, channels: int) -> RollingSigmas:
-        fc, sc = self.config.forecast, self.config.sample
-        return RollingSigmas(fc.horizon, channels, fc.init_fraction, sc.sigma_min, sc.sigma_max, sc.rho)
+    def sigma_sampler(self) -> RollingSigmas:
+        fc, sc, c = self.config.forecast, self.config.sample, len(self.config.data.channels)
+        return RollingSigmas(fc.horizon, c, fc.init_fraction, sc.sigma_min, sc.sigma_max, sc.rho)
 
     @classmethod
     def frames_per_step(cls, forecast) -> int:

@@ -52,7 +52,7 @@ from funcdiff.errors import UserError
 from funcdiff.kinds.autoregressive import window_sets
 from funcdiff.kinds.base import ModelKind, encoded
 from funcdiff.noise import GaussianRandomField
-from funcdiff.training.loss import EDMLoss
+from funcdiff.schedules import RHO, SIGMA_MAX, SIGMA_MIN
 from funcdiff.transforms import TIME_AXIS, WaveletTransform, build_transform, transform_from_state_dict
 
 SHIFT_TOLERANCE = 0.05  # fine cells: how close the filter's centre must be to a whole number of coarse cells
@@ -326,9 +326,9 @@ class SuperResolver:
     normalizer: object = None
     noise: GaussianRandomField = None
     n_modes: tuple[int, ...] = ()
-    sigma_min: float = 0.002
-    sigma_max: float = 20.0
-    rho: float = 7.0
+    sigma_min: float = SIGMA_MIN
+    sigma_max: float = SIGMA_MAX
+    rho: float = RHO
     channel_names: tuple[str, ...] = ("u",)
 
     def __post_init__(self) -> None:
@@ -349,6 +349,10 @@ class SuperResolutionKind(ModelKind):
 
     name = "super_resolution"
     role = "super_resolution"
+    refusals = {"field": "checkpoint {checkpoint} is a super-resolution model; it refines a given trajectory: use "
+                         "`funcdiff upsample --checkpoint ... --input FILE`",
+                "forecaster": "checkpoint {checkpoint} is a super-resolution model, not a forecaster: apply it to a "
+                              "trajectory with `funcdiff upsample`"}
 
     def __init__(self, config: RunConfig) -> None:
         super().__init__(config)
@@ -376,9 +380,8 @@ class SuperResolutionKind(ModelKind):
         """White noise on the normalised coefficients."""
         return GaussianRandomField(dim=self.coder.dims, smoothness=0.0)
 
-    def loss(self, noise) -> EDMLoss:
-        tc = self.config.train
-        return EDMLoss(noise, tc.P_mean, tc.P_std, cond_channels=self.coder.cond_channels)
+    def cond_channels(self) -> int:
+        return self.coder.cond_channels
 
     def checkpoint_extra(self) -> dict[str, Any]:
         return {"super_resolution": self.coder.state_dict()}
@@ -393,16 +396,6 @@ class SuperResolutionKind(ModelKind):
                              n_modes=tuple(int(m) for m in meta.model_config.get("n_modes", ())),
                              sigma_min=s.sigma_min, sigma_max=s.sigma_max, rho=s.rho,
                              channel_names=tuple(meta.channel_names))
-
-    @classmethod
-    def refusal(cls, checkpoint, wanted: str) -> str:
-        if wanted == "field":
-            return (f"checkpoint {checkpoint} is a super-resolution model; it refines a given trajectory: use "
-                    "`funcdiff upsample --checkpoint ... --input FILE`")
-        if wanted == "forecaster":
-            return (f"checkpoint {checkpoint} is a super-resolution model, not a forecaster: apply it to a "
-                    "trajectory with `funcdiff upsample`")
-        return super().refusal(checkpoint, wanted)
 
 
 __all__ = ["SuperResolutionCoder", "SuperResolutionKind", "SuperResolver", "approximation_shift", "coarse_roll",

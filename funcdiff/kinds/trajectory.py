@@ -47,7 +47,6 @@ from funcdiff.kinds.autoregressive import AutoregressiveKind
 from funcdiff.kinds.base import Forecaster, RolloutState, encoded, grid_kind
 from funcdiff.noise import GaussianRandomField, Generators
 from funcdiff.sampling import get_solver, sigmas_karras
-from funcdiff.training.loss import EDMLoss
 from funcdiff.transforms import (TIME_AXIS, IdentityTransform, WaveletTransform, build_transform,
                                  transform_from_state_dict)
 
@@ -317,9 +316,8 @@ class TrajectoryKind(AutoregressiveKind):
     def noise(self) -> CoefficientNoise:
         return trajectory_noise(self.config, self.coder)
 
-    def loss(self, noise) -> EDMLoss:
-        tc = self.config.train
-        return EDMLoss(noise, tc.P_mean, tc.P_std, cond_channels=self.coder.cond_channels)
+    def cond_channels(self) -> int:
+        return self.coder.cond_channels
 
     def checkpoint_extra(self) -> dict[str, Any]:
         return {"trajectory": self.coder.state_dict()}
