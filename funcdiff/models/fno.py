@@ -345,7 +345,7 @@ class _GroupNormAffine(torch.autograd.Function):
         batch, channels = a.shape
         grad = grad.contiguous()
         sum_g = grad.sum(-1).sum(1)  # (B, C)
-        sum_gh = (grad * h).sum(-1).sum(1)
+        sum_gh = torch.linalg.vecdot(grad, h, dim=-1).sum(1)  # no (grad * h) temporary
         grad_a = rstd * (sum_gh - mean * sum_g)  # sum of grad * xhat
         grad_b = sum_g
         per_group = channels // ctx.groups

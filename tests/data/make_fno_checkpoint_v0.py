@@ -29,5 +29,6 @@ for name, cfg in configs.items():
         from funcdiff.sampling import sample
         noise = GaussianRandomField(dim=2, smoothness=2.0, length_scale=0.1)
         with torch.no_grad():
-            out[name]["sample"] = sample(d, (2, 2, 16, 12), noise, steps=6, solver="heun", seed=3)
+            out[name]["sample"] = sample(d, (2, 2, 16, 12), noise, steps=6, solver="heun", seed=3,
+                                      sigma_min=0.002, sigma_max=80.0, rho=7.0)
 torch.save(out, "tests/data/fno_checkpoint_v0.pt")  # run from the repository root
