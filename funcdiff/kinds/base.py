@@ -7,22 +7,19 @@ the loaders, the rollout and the CLI call the contract and never branch on the n
 Contract (:class:`ModelKind`). Training methods act on an instance built from the run config; loading and
 sampling methods are class methods that read the loaded model.
 
-====================  =====================================================================================
-``model_config(c)``   channel layout: the ``build_denoiser`` dict for C physical channels (in/out/cond channels)
-``datasets(fields)``  train/validation :class:`~funcdiff.data.FieldDataset` s cut from the data (fields or windows)
-``fit(train_set)``    fit what the kind learns from the training split besides weights (a transform's statistics)
-``items(dataset)``    the normalised training items the loss sees, conditioning channels first
-``noise()``           the diffusion's noise (``sample``, ``apply_cov_power``, ``dim``, ``as_dict``)
-``loss(noise)``       the :class:`~funcdiff.training.EDMLoss`: ``cond_channels()`` clean channels first, the
-                      ``sigma_sampler()`` draw (None: EDM's log-normal)
-``checkpoint_extra``  the entries the kind writes into a checkpoint's ``extra``
-``load(...)``         the loaded model of a checkpoint (a :class:`Forecaster`, a super-resolver, a field model)
-``role``, ``refusals`` what the loaded model is used for (``field``, ``forecaster``, ``super_resolution``) and
-                      the messages for a checkpoint given to the wrong verb (``require`` raises them)
-``step(fc, state)``   one rollout step of a forecaster: emitted frames, new history, new window
-``frames_per_step``,  frames one step emits; network evaluations per emitted frame
-``nfe_per_frame``
-====================  =====================================================================================
+- layout: ``model_config(C)``, the ``build_denoiser`` dict for C physical channels (in/out/cond channels);
+- training items: ``datasets(fields)``, the train/validation :class:`~funcdiff.data.FieldDataset` s cut from the
+  data (fields or windows); ``fit(train_set)``, what the kind learns from the training split besides weights (a
+  transform's statistics); ``items(dataset, device)``, the normalised items the loss sees, conditioning first;
+- noise: ``noise()`` (``sample``, ``apply_cov_power``, ``dim``, ``as_dict``);
+- loss: ``loss(noise)``, the :class:`~funcdiff.training.EDMLoss` with ``cond_channels()`` clean channels first and
+  the ``sigma_sampler()`` draw (None: EDM's log-normal);
+- checkpoint: ``checkpoint_extra()``, the entries the kind writes into a checkpoint's ``extra``;
+- loading: ``load(denoiser, meta, config, device)``, the loaded model (a :class:`Forecaster`, a super-resolver,
+  a field model's ``(denoiser, meta)``); ``role`` (``field``, ``forecaster``, ``super_resolution``) and
+  ``refusals``, the messages ``require`` raises for a checkpoint given to the wrong verb;
+- sampling: ``step(forecaster, state, ...)``, one rollout step (emitted frames, new history, new window);
+  ``frames_per_step(forecast)``, ``nfe_per_frame(forecast, steps_per_frame, solver)``.
 
 **Adding a kind = one module + one registry entry.** The smallest kind, the deterministic forecaster, is the
 autoregressive one with another sigma draw and another one-step schedule (``funcdiff/kinds/deterministic.py``)::

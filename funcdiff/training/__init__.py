@@ -6,6 +6,9 @@
 - ``trainer``: :class:`Trainer`, :func:`train`, :func:`build_datasets`, :func:`build_noise`.
 - ``distributed``: torchrun environment, device choice, per-rank sharding and seeds.
 - ``forecast``: forecasters' training items (trajectory windows), the rolling-diffusion sigma draw, the MSE baseline.
+
+What differs between kinds of model (layout, items, noise, loss, checkpoint entries) is each kind's own
+(:mod:`funcdiff.kinds`); the trainer looks the kind up once.
 """
 
 from funcdiff.training.ema import EMA, ema_decay_at

@@ -2,7 +2,8 @@
 
 A forecaster is trained by the same :class:`~funcdiff.training.Trainer` and :class:`~funcdiff.training.EDMLoss` as
 a field model; only the items (windows of ``history + horizon`` frames, folded frames-major into channels by
-:mod:`funcdiff.data.windows`), the conditioning split and, for rolling diffusion, the sigma draw differ.
+:mod:`funcdiff.data.windows`), the conditioning split and, for rolling diffusion, the sigma draw differ. The kinds
+of :mod:`funcdiff.kinds` compose these pieces (which kind uses which is theirs to say, not this module's).
 """
 
 from __future__ import annotations
