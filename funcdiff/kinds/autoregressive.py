@@ -17,7 +17,8 @@ from torch import Tensor
 
 from funcdiff.data import FieldDataset
 from funcdiff.data.windows import fold_frames, frame_channels
-from funcdiff.kinds.base import Forecaster, ModelKind, RolloutState, check_channel_count, encoded, grid_kind
+from funcdiff.kinds.base import (Forecaster, ModelKind, RolloutState, check_channel_count, encoded,
+                                 forecaster_from_meta)
 from funcdiff.sampling import get_solver, sigmas_karras
 from funcdiff.training.forecast import load_trajectories, window_datasets
 
@@ -58,19 +59,7 @@ class AutoregressiveKind(ModelKind):
     # ------------------------------------------------------------------------------------- loading
     @classmethod
     def load(cls, denoiser, meta, config, device="cpu") -> Forecaster:
-        from funcdiff.io.checkpoint import training_split
-
-        modes = tuple(meta.model_config.get("n_modes", ()))
-        era5 = meta.extra.get("era5") or {}  # lat-lon data from an ERA5 store: CF time units and channel units
-        units = era5.get("units") or {}
-        return Forecaster(denoiser=denoiser, noise=meta.noise, forecast=config.forecast,
-                          time_units=str(era5.get("time_units", "model time units")),
-                          channel_units=tuple(str(units.get(c, "1")) for c in meta.channel_names) if units else (),
-                          channel_names=tuple(meta.channel_names), normalizer=meta.normalizer, sample=config.sample,
-                          dt=float(meta.extra.get("dt", 1.0)), grid=str(grid_kind(meta.extra.get("grid"))),
-                          min_resolution=tuple(int(m) + 1 for m in modes),
-                          sigma_data=meta.model_config.get("sigma_data", 1.0), name=str(meta.task or "forecaster"),
-                          device=device, training_split=training_split(meta))
+        return forecaster_from_meta(denoiser, meta, config, device)
 
     # ------------------------------------------------------------------------------------- rollout
     @classmethod

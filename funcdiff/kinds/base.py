@@ -261,6 +261,25 @@ class Forecaster:
         return x if self.normalizer is None else self.normalizer.decode(x).to(x.dtype)
 
 
+def forecaster_from_meta(denoiser, meta, config: RunConfig, device: str | torch.device = "cpu",
+                         **overrides) -> Forecaster:
+    """The :class:`Forecaster` of a checkpoint, every field read from its metadata the one way (``overrides``: what a
+    kind sets otherwise, e.g. a trajectory model's coefficient-space denoiser)."""
+    from funcdiff.io.checkpoint import training_split
+
+    era5 = meta.extra.get("era5") or {}  # lat-lon data from an ERA5 store: CF time units and channel units
+    units = era5.get("units") or {}
+    fields = dict(denoiser=denoiser, noise=meta.noise, forecast=config.forecast,
+                  time_units=str(era5.get("time_units", "model time units")),
+                  channel_units=tuple(str(units.get(c, "1")) for c in meta.channel_names) if units else (),
+                  channel_names=tuple(meta.channel_names), normalizer=meta.normalizer, sample=config.sample,
+                  dt=float(meta.extra.get("dt", 1.0)), grid=str(grid_kind(meta.extra.get("grid"))),
+                  min_resolution=tuple(int(m) + 1 for m in meta.model_config.get("n_modes", ())),
+                  sigma_data=meta.model_config.get("sigma_data", 1.0), name=str(meta.task or "forecaster"),
+                  device=device, training_split=training_split(meta))
+    return Forecaster(**{**fields, **overrides})
+
+
 @dataclass
 class RolloutState:
     """Everything a rollout carries from one step to the next (normalised units).
@@ -299,4 +318,4 @@ class RolloutState:
 
 
 __all__ = ["ConditionalDenoiser", "Forecaster", "ModelKind", "ROLES", "RolloutState", "check_channel_count", "encoded",
-           "field_noise", "grid_kind", "load_for_role"]
+           "field_noise", "forecaster_from_meta", "grid_kind", "load_for_role"]

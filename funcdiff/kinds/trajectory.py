@@ -44,7 +44,7 @@ from funcdiff.data.windows import fold_frames, frame_channels
 from funcdiff.errors import UserError
 from funcdiff.guidance.terms import GuidanceTerm, as_term
 from funcdiff.kinds.autoregressive import AutoregressiveKind
-from funcdiff.kinds.base import Forecaster, RolloutState, encoded, grid_kind
+from funcdiff.kinds.base import Forecaster, RolloutState, encoded, forecaster_from_meta
 from funcdiff.noise import GaussianRandomField, Generators
 from funcdiff.sampling import get_solver, sigmas_karras
 from funcdiff.transforms import (TIME_AXIS, IdentityTransform, WaveletTransform, build_transform,
@@ -326,8 +326,6 @@ class TrajectoryKind(AutoregressiveKind):
     def load(cls, denoiser, meta, config, device="cpu") -> Forecaster:
         """A :class:`Forecaster` whose denoiser is a :class:`TrajectoryDiffusion`; its ``noise`` is the spatial
         field guidance terms on physical frames use."""
-        from funcdiff.io.checkpoint import training_split
-
         if "trajectory" not in meta.extra:
             raise UserError(f"checkpoint {meta.path} has forecast.kind=trajectory but no transform state")
         coder = TrajectoryCoder.from_state_dict(meta.extra["trajectory"])
@@ -337,11 +335,8 @@ class TrajectoryKind(AutoregressiveKind):
         spatial = (GaussianRandomField(dim=dim, smoothness=base.smoothness, length_scale=base.length_scale,
                                        amplitude=base.amplitude)
                    if base.smoothness == 0 or base.smoothness > dim / 2 else GaussianRandomField(dim=dim))
-        return Forecaster(denoiser=model, noise=spatial, forecast=config.forecast,
-                          channel_names=tuple(meta.channel_names), normalizer=meta.normalizer, sample=config.sample,
-                          dt=float(meta.extra.get("dt", 1.0)), grid=str(grid_kind(meta.extra.get("grid"))),
-                          min_resolution=(), sigma_data=meta.model_config.get("sigma_data", 1.0),
-                          name=str(meta.task or "trajectory"), device=device, training_split=training_split(meta))
+        return forecaster_from_meta(model, meta, config, device, noise=spatial, min_resolution=(),
+                                    name=str(meta.task or "trajectory"))
 
     @classmethod
     def step(cls, fc: Forecaster, state: RolloutState, *, steps_per_frame: int, solver: str = "heun",
