@@ -52,6 +52,7 @@ from funcdiff.errors import UserError
 from funcdiff.kinds.autoregressive import window_sets
 from funcdiff.kinds.base import ModelKind, encoded
 from funcdiff.noise import GaussianRandomField
+from funcdiff.sampling import get_solver, sigmas_karras
 from funcdiff.schedules import RHO, SIGMA_MAX, SIGMA_MIN
 from funcdiff.transforms import TIME_AXIS, WaveletTransform, build_transform, transform_from_state_dict
 
@@ -343,9 +344,46 @@ class SuperResolver:
 
 
 
+# ------------------------------------------------------------------------------------------ the sampling step
+@torch.no_grad()
+def refine_once(sr: SuperResolver, coarse: Tensor, *, steps: int = 16, solver: str = "heun",
+                generator: Optional[torch.Generator] = None, batch_size: int = 16) -> Tensor:
+    """One level: normalised fields (B, C, *G) -> normalised fields (B, C, *2G), sampling the state (details and
+    approximation correction, or the residual from interpolation) with ``steps`` Karras steps of ``solver``
+    (NFE = 2·steps - 1 for Heun) conditioned on the samples ``coarse``."""
+    grid = tuple(coarse.shape[2:])
+    if sr.n_modes and any(n <= m for n, m in zip(grid, sr.n_modes)):
+        raise UserError(f"the grid {grid} is too coarse for the model: it needs more than {sr.n_modes} points per "
+                        "axis (its Fourier modes)")
+    cond = sr.coder.condition(coarse)
+    return sr.coder.decode(cond, sample_state(sr, cond, steps=steps, solver=solver, generator=generator,
+                                              batch_size=batch_size))
+
+
+@torch.no_grad()
+def sample_state(sr: SuperResolver, cond: Tensor, *, steps: int = 16, solver: str = "heun",
+                 generator: Optional[torch.Generator] = None, batch_size: int = 16) -> Tensor:
+    """The diffused state (approximation correction and details, normalised) given the conditioning ``cond``
+    (B, C, *G): white noise × sigma_max, ``steps`` Karras steps of ``solver``. Shapes: -> (B, C·K, *G)."""
+    b, grid = cond.shape[0], tuple(cond.shape[2:])
+    noise = sr.noise.sample((b, sr.coder.state_channels, *grid), generator=generator, dtype=cond.dtype)
+    sigmas = sigmas_karras(steps, sr.sigma_min, sr.sigma_max, sr.rho).to(cond.device)
+    out = []
+    for start in range(0, b, batch_size):
+        part = slice(start, start + batch_size)
+        c = cond[part]
+
+        def denoiser(z: Tensor, sigma: Tensor, c=c) -> Tensor:
+            return sr.denoiser(z, sigma, cond=c)
+
+        out.append(get_solver(solver)(denoiser, sr.sigma_max * noise[part].to(cond.device), sigmas))
+    return torch.cat(out)
+
+
 class SuperResolutionKind(ModelKind):
     """One wavelet level's details given the half-grid samples (module docstring); trained on the last ``horizon``
-    frames of trajectory windows, applied by ``funcdiff upsample`` (:mod:`funcdiff.tasks.super_resolution`)."""
+    frames of trajectory windows; its sampling step is :func:`refine_once` (one level), repeated by ``funcdiff
+    upsample`` (:func:`funcdiff.tasks.super_resolution.super_resolve`)."""
 
     name = "super_resolution"
     role = "super_resolution"
@@ -399,4 +437,4 @@ class SuperResolutionKind(ModelKind):
 
 
 __all__ = ["SuperResolutionCoder", "SuperResolutionKind", "SuperResolver", "approximation_shift", "coarse_roll",
-           "interpolate", "levels_of_factor", "upsample_time_coordinate"]
+           "interpolate", "levels_of_factor", "refine_once", "sample_state", "upsample_time_coordinate"]
