@@ -20,6 +20,7 @@ from typing import Any, Sequence
 import yaml
 
 from funcdiff.kinds import KIND_NAMES
+from funcdiff.schedules import RHO, SIGMA_MAX, SIGMA_MIN
 
 DATA_SOURCES = ("synthetic", "file")
 DERIVED_MODEL_KEYS = ("in_channels", "out_channels", "cond_channels")
@@ -141,9 +142,9 @@ class SampleConfig:
 
     steps: int = 32
     solver: str = "heun"
-    sigma_min: float = 0.002
-    sigma_max: float = 20.0
-    rho: float = 7.0
+    sigma_min: float = SIGMA_MIN  # the one default schedule (funcdiff.schedules), recorded in every checkpoint
+    sigma_max: float = SIGMA_MAX
+    rho: float = RHO
 
 
 FORECAST_KINDS = KIND_NAMES  # the registry of model kinds (funcdiff.kinds: names only, no torch)

@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from funcdiff.noise import GaussianRandomField, make_generators
-from funcdiff.schedules import init_levels, rolling_levels, sigma_from_level
+from funcdiff.schedules import RHO, SIGMA_MAX, SIGMA_MIN, init_levels, rolling_levels, sigma_from_level
 
 
 class Denoiser(Protocol):
@@ -36,7 +36,7 @@ Callback = Callable[[dict], Optional[torch.Tensor]]
 
 
 def sigmas_karras(
-    n: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0, device=None
+    n: int, sigma_min: float = SIGMA_MIN, sigma_max: float = SIGMA_MAX, rho: float = RHO, device=None
 ) -> torch.Tensor:
     """Karras et al. (2022) schedule, eq. 5: n noise levels from sigma_max to sigma_min, then a final 0.
 
@@ -52,8 +52,8 @@ def sigmas_karras(
     return torch.cat([sigmas, sigmas.new_zeros(1)])
 
 
-def sigmas_rolling(window: int, steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0,
-                   init: bool = False) -> torch.Tensor:
+def sigmas_rolling(window: int, steps: int, sigma_min: float = SIGMA_MIN, sigma_max: float = SIGMA_MAX,
+                   rho: float = RHO, init: bool = False) -> torch.Tensor:
     """Per-frame schedule of one rolling step: global t from 1 to 0 in ``steps`` solver steps, so that frame 0
     ends clean (``init=False``); or the initial phase from an all-noise window to the rolling profile (``init``).
 
@@ -231,9 +231,9 @@ def sample(
     *,
     steps: int = 32,
     solver: str = "heun",
-    sigma_min: float = 0.002,
-    sigma_max: float = 80.0,
-    rho: float = 7.0,
+    sigma_min: float = SIGMA_MIN,
+    sigma_max: float = SIGMA_MAX,
+    rho: float = RHO,
     seed: int = 0,
     batch_size: Optional[int] = None,
     device=None,

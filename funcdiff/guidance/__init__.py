@@ -24,7 +24,7 @@
 """
 
 from funcdiff.guidance.covariance import ModelCovariance
-from funcdiff.guidance.dps import GuidedDenoiser, guided_sample, observation_guided
+from funcdiff.guidance.dps import GuidedDenoiser, GuidedSampling, guided_sample, observation_guided
 from funcdiff.guidance.io import load_observation, save_observation
 from funcdiff.guidance.likelihood import ObservationGuidance, observation_covariance, posterior_variance
 from funcdiff.guidance.observations import SparseObservation, random_sensors, resolve_channels
@@ -32,7 +32,8 @@ from funcdiff.guidance.pde_guidance import PDEResidualGuidance
 from funcdiff.guidance.terms import GuidanceTerm
 
 __all__ = [
-    "GuidedDenoiser", "GuidanceTerm", "ModelCovariance", "guided_sample", "observation_guided", "ObservationGuidance", "PDEResidualGuidance", "SparseObservation",
+    "GuidedDenoiser", "GuidanceTerm", "GuidedSampling", "ModelCovariance", "guided_sample", "observation_guided",
+    "ObservationGuidance", "PDEResidualGuidance", "SparseObservation",
     "random_sensors", "resolve_channels", "observation_covariance", "posterior_variance",
     "load_observation", "save_observation",
 ]

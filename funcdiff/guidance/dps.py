@@ -54,6 +54,7 @@ Use it for few-step budgets (:func:`funcdiff.tasks.solve` does so by itself for 
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from typing import Optional, Sequence
 
 import torch
@@ -65,6 +66,7 @@ from funcdiff.guidance.terms import GuidanceTerm, as_term
 from funcdiff.guidance.observations import SparseObservation
 from funcdiff.noise import GaussianRandomField
 from funcdiff.sampling import Denoiser, sample
+from funcdiff.schedules import RHO, SIGMA_MAX, SIGMA_MIN
 from funcdiff.utils import expand_sigma
 
 
@@ -74,8 +76,9 @@ class GuidedDenoiser:
     Args:
         denoiser: the unconditional denoiser D(x, sigma).
         terms: guidance terms ``term(denoised, sigma) -> (B,)`` negative log-likelihoods (summed), e.g.
-            :class:`ObservationGuidance`, :class:`PDEResidualGuidance`: :class:`~funcdiff.guidance.terms.GuidanceTerm`
-            instances (``for_batch`` gives a batch chunk its own rows) or plain callables.
+            :class:`ObservationGuidance`, :class:`PDEResidualGuidance`: instances of
+            :class:`~funcdiff.guidance.terms.GuidanceTerm` (``for_batch`` gives a batch chunk its own rows) or plain
+            callables.
         noise: the diffusion noise (its covariance C preconditions the gradient); needed if ``precondition``.
         strength: ζ, multiplies every term (1 = Bayesian; see the module docstring for tuning).
         precondition: apply C to the gradient (function-space guidance, default) or not (pixel space).
@@ -152,31 +155,38 @@ class GuidedDenoiser:
         return self.covariance.trust_scale(c_inv, sig, bound, delta.ndim).to(delta.dtype)
 
 
-def guided_sample(
-    denoiser: Denoiser,
-    noise: GaussianRandomField,
-    observation: SparseObservation | Sequence[SparseObservation] | None,
-    shape: Sequence[int],
-    *,
-    steps: int = 64,
-    solver: str = "heun",
-    seed: int = 0,
-    guidance_strength: float = 1.0,
-    pde_terms: Optional[Sequence] = None,
-    decode: Optional[Decode] = None,
-    sigma_data: float | Sequence[float] = 1.0,
-    scaling: str = "likelihood",
-    precondition: bool = True,
-    chunk_size: Optional[int] = None,
-    sigma_min: float = 0.002,
-    sigma_max: float = 80.0,
-    rho: float = 7.0,
-    device=None,
-    dtype: torch.dtype = torch.float32,
-    solver_options: Optional[dict] = None,
-    progress: bool = False,
-    trust_region: Optional[float] = None,
-) -> Tensor:
+@dataclass(frozen=True)
+class GuidedSampling:
+    """The settings of :func:`guided_sample` that change its result.
+
+    Attributes:
+        steps, solver, seed, solver_options: the sampler (:func:`funcdiff.sampling.sample`).
+        sigma_min, sigma_max, rho: the Karras schedule; default the one default of :mod:`funcdiff.schedules` (for a
+            loaded model pass the recorded one: ``GuidedSampling(**meta.schedule)`` or ``**meta.schedule``).
+        guidance_strength: ζ.  scaling: the likelihood's covariance (:class:`ObservationGuidance`).
+        precondition: function-space guidance (C ∇).  trust_region: κ, None = off (:class:`GuidedDenoiser`).
+    """
+
+    steps: int = 64
+    solver: str = "heun"
+    seed: int = 0
+    guidance_strength: float = 1.0
+    scaling: str = "likelihood"
+    precondition: bool = True
+    trust_region: Optional[float] = None
+    sigma_min: float = SIGMA_MIN
+    sigma_max: float = SIGMA_MAX
+    rho: float = RHO
+    solver_options: Optional[dict] = None
+
+
+RUN_OPTIONS = ("chunk_size", "device", "dtype", "progress")  # how guided_sample runs, not what it computes
+
+
+def guided_sample(denoiser: Denoiser, noise: GaussianRandomField,
+                  observation: SparseObservation | Sequence[SparseObservation] | None, shape: Sequence[int],
+                  settings: Optional[GuidedSampling] = None, *, pde_terms: Optional[Sequence] = None,
+                  decode: Optional[Decode] = None, sigma_data: float | Sequence[float] = 1.0, **keywords) -> Tensor:
     """Posterior samples given sparse observations (and optional PDE-residual terms).
 
     Builds one :class:`ObservationGuidance` per observation (sensor sets may differ per channel: pass a list),
@@ -184,14 +194,22 @@ def guided_sample(
     the wrapper enables grad for its own call). Observation values (B_obs, C_obs, N) must have B_obs = 1
     (shared by all samples) or B_obs = B (sample i sees observation i).
 
+    ``settings``: :class:`GuidedSampling`; its fields may also be given as keywords (``steps=32, seed=0``), which
+    update it. Other keywords: ``chunk_size`` (samples per gradient computation), ``device``, ``dtype``
+    (default float32), ``progress``. ``decode`` maps model units to the observations' units; ``sigma_data`` is
+    the model's data std (float or per channel).
+
     Shapes: ``shape`` = (B, C, *S) of the model state; returns (B, C, *S) in model units (apply the decode map
     for physical units).
     """
+    run = {k: keywords.pop(k) for k in RUN_OPTIONS if k in keywords}
+    s = replace(settings or GuidedSampling(), **keywords)
     guided = observation_guided(denoiser, noise, observation, shape[0], pde_terms=pde_terms, decode=decode,
-                                sigma_data=sigma_data, scaling=scaling, strength=guidance_strength,
-                                precondition=precondition, chunk_size=chunk_size, trust_region=trust_region)
-    return sample(guided, shape, noise, steps=steps, solver=solver, sigma_min=sigma_min, sigma_max=sigma_max,
-                  rho=rho, seed=seed, device=device, dtype=dtype, solver_options=solver_options, progress=progress)
+                                sigma_data=sigma_data, scaling=s.scaling, strength=s.guidance_strength,
+                                precondition=s.precondition, chunk_size=run.pop("chunk_size", None),
+                                trust_region=s.trust_region)
+    return sample(guided, shape, noise, steps=s.steps, solver=s.solver, sigma_min=s.sigma_min,
+                  sigma_max=s.sigma_max, rho=s.rho, seed=s.seed, solver_options=s.solver_options, **run)
 
 
 def observation_guided(denoiser: Denoiser, noise: GaussianRandomField,

@@ -64,6 +64,15 @@ class CheckpointMeta:
     def __getitem__(self, key: str) -> Any:
         return getattr(self, key)
 
+    @property
+    def schedule(self) -> dict:
+        """The sampler schedule recorded at training (``sigma_min``, ``sigma_max``, ``rho`` of the run config's
+        ``sample`` section; :func:`funcdiff.schedules.recorded_schedule`): keyword arguments for
+        :func:`funcdiff.sampling.sample` and :func:`funcdiff.guidance.guided_sample`."""
+        from funcdiff.schedules import recorded_schedule
+
+        return recorded_schedule(self.config)
+
     def to_json(self) -> str:
         """The JSON text stored in a checkpoint's ``meta`` entry."""
         return json.dumps({

@@ -25,6 +25,7 @@ from funcdiff.io.netcdf import add_field, fields_to_dataset, write_netcdf
 from funcdiff.io.plots import plot_panels, plot_samples_vs_data
 from funcdiff.metrics import log_spectrum_distance, relative_l2
 from funcdiff.sampling import sample
+from funcdiff.schedules import SCHEDULE_KEYS
 from funcdiff.tasks.baselines import interpolate_observations
 from funcdiff.tasks.problems import Task
 from funcdiff.tasks.solve import Posterior
@@ -117,6 +118,11 @@ def _first_val(trainer: Trainer, history: list[dict]) -> float | None:
     return vals[0] if vals else None
 
 
+def _schedule(trainer: Trainer) -> dict:
+    """The run's schedule (its config's ``sample`` section), as every sampler entry point reads it."""
+    return {k: float(getattr(trainer.config.sample, k)) for k in SCHEDULE_KEYS}
+
+
 def _sample_two_resolutions(trainer: Trainer, s: DemoSettings, out_dir: Path, progress: bool) -> dict:
     """Samples at n² and (2n)² from the EMA denoiser, decoded to data units; netCDF + comparison PNG."""
     denoiser = trainer.ema.ema_model.eval()
@@ -124,7 +130,7 @@ def _sample_two_resolutions(trainer: Trainer, s: DemoSettings, out_dir: Path, pr
     rows, result = {"data": data}, {}
     for n in (s.resolution, 2 * s.resolution):
         x = sample(denoiser, (s.num_generated, 1, n, n), trainer.noise, steps=s.sample_steps, solver="heun",
-                   seed=s.seed, device=trainer.device, progress=progress)
+                   seed=s.seed, device=trainer.device, progress=progress, **_schedule(trainer))
         fields = trainer.normalizer.decode(x.cpu())
         attrs = {"resolution": n, "training_resolution": s.resolution, "solver": "heun", "steps": s.sample_steps,
                  "seed": s.seed, "config": trainer.config.to_dict()}
@@ -149,7 +155,7 @@ def _reconstruct(trainer: Trainer, s: DemoSettings, out_dir: Path, progress: boo
     x = guided_sample(trainer.ema.ema_model.eval(), trainer.noise, obs, (s.posterior_samples, 1, n, n),
                       steps=s.sample_steps, seed=s.seed, decode=trainer.normalizer.decode,
                       sigma_data=float(trainer.model_config.get("sigma_data", 1.0)), device=trainer.device,
-                      progress=progress)
+                      progress=progress, **_schedule(trainer))
     post = Posterior(DEMO_TASK, tuple(trainer.channel_names), trainer.normalizer.decode(x.cpu()), obs, truth,
                      tuple(trainer.channel_names))
     mean, std = post.mean, post.std

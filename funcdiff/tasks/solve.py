@@ -401,7 +401,7 @@ def prepare(checkpoint: ModelLike, task: str | Task, observation: SparseObservat
                                   f"(multilinear) from {'x'.join(map(str, truth.shape[2:]))}"}
         truth = regrid(truth, spatial, task.grid)
     pde_terms = [_pde_term(task, meta, settings.pde_weight, settings.pde_start_sigma)] if settings.pde_guidance else []
-    schedule = recorded_schedule(meta.config, sigma_max=settings.sigma_max)
+    schedule = recorded_schedule(meta.config, sigma_max=settings.sigma_max)  # = meta.schedule, σ_max overridden
     problem = PosteriorProblem(task, denoiser, meta, obs, (settings.num_samples, len(names), *spatial), schedule,
                                pde_terms)
     return Prepared(problem, truth, truth_names, scored_on)
