@@ -84,7 +84,7 @@ def make_data(work: Path, size: dict, seed: int) -> tuple[Path, Path]:
     import pandas as pd
 
     from funcdiff.data.era5 import read_era5, write_era5_zarr
-    from funcdiff.data.era5_synthetic import write_shallow_water_era5
+    from funcdiff.tasks.era5_synthetic import write_shallow_water_era5
     from funcdiff.pde.shallow_water import ShallowWaterRun
 
     train, test = work / "train.zarr", work / "test.zarr"

@@ -1,7 +1,7 @@
 """Station reconstruction on the sphere (``funcdiff solve --task reconstruct``): guided posterior against the
 unguided prior and the climatology, by training length and station density.
 
-Data: the shallow-water equations on the sphere (``funcdiff.data.era5_synthetic``, 33 × 64 with pole rows, spun up
+Data: the shallow-water equations on the sphere (``funcdiff.tasks.era5_synthetic``, 33 × 64 with pole rows, spun up
 one day, 6-hourly), regridded to the WeatherBench 2 5.625° grid (32 × 64); channels z500 and u500. The first
 ``train_days`` are the training frames (every frame a sample); the frames of the following day are held out in
 time. The climatology is the mean of the training frames.
@@ -44,7 +44,7 @@ def make_data(work: Path, train_days: int, seed: int) -> tuple[Path, Path]:
     import numpy as np
 
     from funcdiff.data.era5 import read_era5, write_era5_zarr
-    from funcdiff.data.era5_synthetic import write_shallow_water_era5
+    from funcdiff.tasks.era5_synthetic import write_shallow_water_era5
     from funcdiff.pde.shallow_water import ShallowWaterRun
 
     day = np.datetime64("2000-01-01T00", "h") + np.timedelta64(24 * train_days, "h")  # first held-out frame

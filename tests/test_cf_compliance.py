@@ -164,7 +164,7 @@ def test_synthetic_cds_file(tmp_path):
     import pandas as pd
 
     from funcdiff.data.era5 import VARIABLES
-    from funcdiff.data.era5_synthetic import SHORT_NAMES, write_cds
+    from funcdiff.tasks.era5_synthetic import SHORT_NAMES, write_cds
 
     dims = ("time", "level", "latitude", "longitude")
     ds = xr.Dataset({n: (dims, np.zeros((3, 1, 5, 8), np.float32), {"units": VARIABLES[n].units})

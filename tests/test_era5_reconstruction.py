@@ -13,7 +13,7 @@ pytest.importorskip("zarr")
 from funcdiff.config import config_from_dict  # noqa: E402
 from funcdiff.data import FieldDataset  # noqa: E402
 from funcdiff.data.era5 import read_era5, write_era5_zarr  # noqa: E402
-from funcdiff.data.era5_synthetic import write_shallow_water_era5  # noqa: E402
+from funcdiff.tasks.era5_synthetic import write_shallow_water_era5  # noqa: E402
 from funcdiff.guidance import SparseObservation, guided_sample, random_sensors  # noqa: E402
 from funcdiff.io.checkpoint import load_denoiser  # noqa: E402
 from funcdiff.pde.shallow_water import ShallowWaterRun  # noqa: E402

@@ -11,7 +11,7 @@ pytest.importorskip("zarr")
 
 from funcdiff.cli import main  # noqa: E402
 from funcdiff.data import era5  # noqa: E402
-from funcdiff.data.era5_synthetic import CHANNELS, write_shallow_water_era5  # noqa: E402
+from funcdiff.tasks.era5_synthetic import CHANNELS, write_shallow_water_era5  # noqa: E402
 from funcdiff.errors import UserError  # noqa: E402
 from funcdiff.pde.shallow_water import ShallowWaterRun  # noqa: E402
 

@@ -16,7 +16,7 @@ pytest.importorskip("zarr")
 from funcdiff.cli import main  # noqa: E402
 from funcdiff.config import config_from_dict  # noqa: E402
 from funcdiff.data.era5 import read_era5, write_era5_zarr  # noqa: E402
-from funcdiff.data.era5_synthetic import write_shallow_water_era5  # noqa: E402
+from funcdiff.tasks.era5_synthetic import write_shallow_water_era5  # noqa: E402
 from funcdiff.guidance import SparseObservation, random_sensors  # noqa: E402
 from funcdiff.metrics import latitude_weights, rmse  # noqa: E402
 from funcdiff.pde.shallow_water import ShallowWaterRun  # noqa: E402

@@ -185,7 +185,7 @@ def _register_shallow_water(commands: argparse._SubParsersAction) -> None:
 
 def run_shallow_water(args: argparse.Namespace) -> int:
     from funcdiff.cli import user_errors
-    from funcdiff.data.era5_synthetic import CHANNELS, write_shallow_water_era5
+    from funcdiff.tasks.era5_synthetic import CHANNELS, write_shallow_water_era5
     from funcdiff.pde.shallow_water import ShallowWaterRun
 
     with user_errors():
