@@ -37,6 +37,7 @@ import funcdiff
 from funcdiff.errors import UserError
 from funcdiff.guidance.observations import SparseObservation
 from funcdiff.io.atomic import atomic_path
+from funcdiff.io.provenance import cf_global_attrs
 
 INIT_DIM = "init"  # forecast sensor files (funcdiff.guidance.timed): one row of sensor values per initial state
 
@@ -94,20 +95,10 @@ def observation_to_dataset(observation: SparseObservation, units: Sequence[str] 
                               {"long_name": "index of the observed channel in the model state", "units": "1"}),
         },
         coords=coords,
-        attrs={"Conventions": "CF-1.8", "title": "funcdiff point observations (sensors)",
-               "history": history_line("observations written"), **grid,
+        attrs={**cf_global_attrs("funcdiff point observations (sensors)"), **grid,
                "has_channel_names": int(observation.channel_names is not None),
                "funcdiff_version": funcdiff.__version__},
     )
-
-
-def history_line(what: str) -> str:
-    """A CF ``history`` entry: UTC time stamp, what was done, the funcdiff version and the command line."""
-    import datetime
-    import sys
-
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    return f"{stamp}: {what} by funcdiff {funcdiff.__version__} ({' '.join(sys.argv[:1] + sys.argv[1:])[:500]})"
 
 
 def save_observation(observation: SparseObservation, path: str | os.PathLike) -> Path:
