@@ -66,7 +66,8 @@ class MomentMatchingDenoiser:
         strength: ζ (1 = Bayesian).
         cg_iters: preconditioned CG iterations on the sensor-space system K w = r (0 = the DPS likelihood).
         chunk_size: samples per call (bounds the graph's memory); None = whole batch.
-        tol: relative residual ‖K w - r‖/‖r‖ at which CG stops early.
+        tol: relative residual ‖K w - r‖/‖r‖ below which a sample's CG iterate stops changing (masked: CG runs
+            exactly ``cg_iters`` iterations, :func:`funcdiff.guidance.linalg.conjugate_gradient`, no host sync).
         trust_region: κ of the bound (tδ)ᵀP_m⁻¹(tδ) ≤ κ²ζ² rᵀK_m⁻¹r on the correction (see ``_trust_scale``);
             2 by default (never binding for the exact denoiser in ``tests/test_mmps.py``); None = off.
         sigma_data: data std of the model state (float or per channel) for the trust region's covariance model;
