@@ -9,10 +9,11 @@ with status 2. ``--debug`` (anywhere on the command line) or ``FUNCDIFF_DEBUG=1`
 instead; any other exception is a bug and always keeps its traceback.
 
 Threads. On a shared machine torch's default (one OpenMP thread per core, spinning while it waits) slowed the
-demo from seconds to minutes when another torch job ran (README, "Threads"). So every verb but ``data`` runs
-torch on one intra-op thread unless ``--threads N`` (0: torch's default, all cores) or ``OMP_NUM_THREADS``
-says otherwise, and ``OMP_WAIT_POLICY`` defaults to ``PASSIVE`` (idle OpenMP threads sleep) before torch is
-imported. ``data generate`` keeps torch's default: its large batched FFTs gain from every core.
+demo from seconds to minutes when another torch job ran (README, "Threads"); the spinning was the culprit, not the
+count. So ``OMP_WAIT_POLICY`` defaults to ``PASSIVE`` (idle OpenMP threads sleep) before torch is imported, and
+every verb runs torch on :func:`default_threads` intra-op threads, one per core the process may use (affinity mask,
+``SLURM_CPUS_PER_TASK``), unless ``--threads N`` (0: torch's own default) or ``OMP_NUM_THREADS`` says otherwise.
+``benchmarks/threads.py`` measured that rule within 1.2x of the best count both alone and beside another torch job.
 """
 
 from __future__ import annotations
@@ -22,12 +23,11 @@ import importlib
 import os
 import sys
 from contextlib import contextmanager
-from typing import Iterator, NoReturn
+from typing import Iterable, Iterator, Mapping, NoReturn
 
 VERBS = ("demo", "data", "train", "sample", "solve", "observe", "forecast", "evaluate", "merge", "upsample")
 USER_OS_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
 DEBUG_ENV = "FUNCDIFF_DEBUG"
-DEFAULT_ALL_CORES = ("data",)  # verbs that keep torch's default thread count unless --threads is given
 
 
 class Parser(argparse.ArgumentParser):
@@ -77,8 +77,8 @@ def _add_common(parser: argparse.ArgumentParser, top: bool) -> None:
     parser.add_argument("--debug", action="store_true", help=f"show tracebacks (or set {DEBUG_ENV}=1)",
                         **({"default": False} if top else default))
     parser.add_argument("--threads", type=non_negative_int, metavar="N", **({"default": None} if top else default),
-                        help="torch intra-op threads; 0 = torch's default, one per core (default: 1, or "
-                             "OMP_NUM_THREADS if set; `data`: torch's default)")
+                        help="torch intra-op threads; 0 = torch's own default (default: one per core this process may "
+                             "use, from its affinity mask and SLURM_CPUS_PER_TASK, or OMP_NUM_THREADS if set)")
 
 
 def _leaf_parsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
@@ -102,17 +102,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def allowed_cores(environ: Mapping[str, str] | None = None, affinity: Iterable[int] | None = None) -> int:
+    """The cores this process may use: the affinity mask (``os.sched_getaffinity(0)``; ``os.cpu_count()`` where the
+    platform has none), capped by ``SLURM_CPUS_PER_TASK`` when Slurm sets it (a Slurm task may see the whole node's
+    mask when the cgroup does not confine it). Unparsable or non-positive values are ignored. At least 1."""
+    environ = os.environ if environ is None else environ
+    if affinity is None:
+        try:
+            affinity = os.sched_getaffinity(0)
+        except (AttributeError, OSError):  # macOS, Windows
+            affinity = range(os.cpu_count() or 1)
+    cores = max(1, len(set(affinity)))
+    slurm = environ.get("SLURM_CPUS_PER_TASK", "").strip()
+    if slurm.isdigit() and int(slurm) > 0:
+        cores = min(cores, int(slurm))
+    return cores
+
+
+def default_threads(environ: Mapping[str, str] | None = None, affinity: Iterable[int] | None = None) -> int:
+    """torch intra-op threads a verb uses when neither ``--threads`` nor ``OMP_NUM_THREADS`` says: every core the
+    process may use (:func:`allowed_cores`), with ``OMP_WAIT_POLICY=PASSIVE`` so that idle threads sleep.
+    Measured with ``benchmarks/threads.py`` (README, "Threads")."""
+    return allowed_cores(environ, affinity)
+
+
 def set_thread_policy(threads: int | None = None, verb: str | None = None) -> None:
     """Default ``OMP_WAIT_POLICY=PASSIVE`` (effective only before torch is imported; a value the user set wins),
     then torch's intra-op threads: ``threads`` if given (0 = torch's default), else none set when
-    ``OMP_NUM_THREADS`` is set or for ``DEFAULT_ALL_CORES`` verbs, else 1."""
+    ``OMP_NUM_THREADS`` is set, else :func:`default_threads`."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    if verb is None or (threads is None and ("OMP_NUM_THREADS" in os.environ or verb in DEFAULT_ALL_CORES)):
+    if verb is None or (threads is None and "OMP_NUM_THREADS" in os.environ):
         return
     import torch
 
     if threads != 0:  # 0: keep torch's default, set when it was imported
-        torch.set_num_threads(threads or 1)
+        torch.set_num_threads(threads or default_threads())
 
 
 def error_message(err: BaseException) -> str:
