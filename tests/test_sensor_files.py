@@ -12,15 +12,15 @@ from cf_check import cf_errors, require_checker
 from funcdiff.errors import UserError
 from funcdiff.guidance.io import load_observation, save_observation
 from funcdiff.guidance.observations import SparseObservation
-from funcdiff.guidance.timed import (load_timed_observation, load_timed_observations, make_timed_observation,
+from funcdiff.guidance.timed import (SensorNetwork, load_timed_observation, load_timed_observations, make_timed_observation,
                                      save_timed_observations, twin_observation)
 
 
 def _twin(seed=0, trajectory=0):
     gen = torch.Generator().manual_seed(trajectory)
     initial, truth = torch.randn(2, 1, 12, 12, generator=gen), torch.randn(2, 6, 12, 12, generator=gen)
-    return twin_observation(initial, truth, 6, 0.5, fraction=0.2, every=2, channel_names=("u", "v"),
-                            noise_std=0.1, seed=seed, trajectory=trajectory, frame=0)
+    return twin_observation(initial, truth, 6, 0.5, SensorNetwork(0.2, every=2, noise_std=0.1, seed=seed),
+                            channel_names=("u", "v"), trajectory=trajectory, frame=0)
 
 
 def test_forecast_sensor_file_is_cf_clean_and_round_trips(tmp_path):

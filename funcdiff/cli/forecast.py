@@ -145,10 +145,10 @@ def twin_sensors(args: argparse.Namespace, fc, indices, starts, seed: int | None
     import sys
 
     from funcdiff.errors import UserError
-    from funcdiff.guidance.timed import save_timed_observations, twin_leads, twin_observation
+    from funcdiff.guidance.timed import SensorNetwork, save_timed_observations, twin_leads, twin_observation
 
     every = args.sensor_every or 4
-    seed = args.seed if seed is None else seed
+    network = SensorNetwork(args.sensor_fraction, every, args.sensor_noise, args.seed if seed is None else seed)
     observations = []
     for index, (initial, truth, frame, _) in zip(indices, starts):
         leads = twin_leads(args.lead_steps, truth.shape[1], every)
@@ -159,10 +159,9 @@ def twin_sensors(args: argparse.Namespace, fc, indices, starts, seed: int | None
             print(f"funcdiff forecast: warning: trajectory {index} of {args.initial} ends {truth.shape[1]} frames "
                   f"after start frame {frame}: its sensors stop at lead {leads[-1]} of {args.lead_steps}",
                   file=sys.stderr)
-        observations.append(twin_observation(initial, truth, args.lead_steps, fc.dt, fraction=args.sensor_fraction,
-                                             every=every, channel_names=fc.channel_names,
-                                             noise_std=args.sensor_noise, grid=fc.grid, seed=seed,
-                                             trajectory=index, frame=frame))
+        observations.append(twin_observation(initial, truth, args.lead_steps, fc.dt, network,
+                                             channel_names=fc.channel_names, grid=fc.grid, trajectory=index,
+                                             frame=frame))
     if not quiet:
         save_timed_observations(observations, Path(args.out).with_suffix(".sensors.nc"), init_index=indices,
                                 init_frame=[s[2] for s in starts], time_units=fc.time_units,

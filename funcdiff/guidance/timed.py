@@ -113,28 +113,44 @@ def twin_leads(lead_steps: int, truth_leads: int, every: int) -> list[int]:
     return list(range(every, min(lead_steps, truth_leads) + 1, every))
 
 
-def twin_observation(initial: Tensor, truth: Tensor, lead_steps: int, dt: float, *, fraction: float, every: int,
-                     channel_names: Sequence[str], noise_std: float = 0.0, grid: str = "periodic", seed: int = 0,
-                     trajectory: int = 0, frame: int = 0) -> TimedObservation:
+@dataclass(frozen=True)
+class SensorNetwork:
+    """Twin-experiment sensors: ``fraction`` of the grid points, observed every ``every`` leads with Gaussian
+    noise of std ``noise_std`` (field units); the positions are drawn from ``seed``."""
+
+    fraction: float
+    every: int = 4
+    noise_std: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.fraction <= 1:
+            raise UserError(f"the sensor fraction must be in (0, 1], got {self.fraction}")
+        if self.every < 1 or self.noise_std < 0:
+            raise UserError(f"sensors need every >= 1 and noise_std >= 0, got {self.every}, {self.noise_std}")
+
+
+def twin_observation(initial: Tensor, truth: Tensor, lead_steps: int, dt: float, network: SensorNetwork, *,
+                     channel_names: Sequence[str], grid: str = "periodic", trajectory: int = 0,
+                     frame: int = 0) -> TimedObservation:
     """Twin-experiment sensors of one initial state, read from *its own* trajectory's truth.
 
-    The positions depend on ``seed`` alone (one sensor network for every initial state of a run); the noise on
-    ``(seed, trajectory, frame)``. So an initial state's sensors and values are the same whether it runs alone or
-    beside others. Observes every ``every``-th lead that has a truth frame (:func:`twin_leads`); UserError if none.
+    The positions depend on ``network.seed`` alone (one sensor network for every initial state of a run); the
+    noise on ``(seed, trajectory, frame)``. So an initial state's sensors and values are the same whether it runs
+    alone or beside others. Observes every ``network.every``-th lead that has a truth frame (:func:`twin_leads`);
+    UserError if none.
 
     Shapes: initial (C, history, *S), truth (C, L_avail, *S) physical (lead ℓ at index ℓ - 1).
     """
-    if not 0 < fraction <= 1:
-        raise UserError(f"the sensor fraction must be in (0, 1], got {fraction}")
-    leads = twin_leads(lead_steps, truth.shape[1], every)
+    leads = twin_leads(lead_steps, truth.shape[1], network.every)
     if not leads:
         raise UserError(f"no lead in 1..{min(lead_steps, truth.shape[1])} (the forecast's leads with a truth frame) "
-                        f"is a multiple of every={every}")
+                        f"is a multiple of every={network.every}")
     frames = torch.cat([initial[:, -1:], truth], dim=1)
-    noise_seed = int(np.random.SeedSequence([int(seed), int(trajectory), int(frame)]).generate_state(1)[0])
-    return make_timed_observation(frames, leads, dt, fraction=float(fraction), channels=range(len(channel_names)),
-                                  channel_names=channel_names, noise_std=noise_std, grid=grid, seed=seed,
-                                  noise_seed=noise_seed)
+    noise_seed = int(np.random.SeedSequence([int(network.seed), int(trajectory), int(frame)]).generate_state(1)[0])
+    return make_timed_observation(frames, leads, dt, fraction=float(network.fraction),
+                                  channels=range(len(channel_names)), channel_names=channel_names,
+                                  noise_std=network.noise_std, grid=grid, seed=network.seed, noise_seed=noise_seed)
 
 
 @dataclass(frozen=True)
