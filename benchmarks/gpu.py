@@ -35,6 +35,8 @@ from funcdiff.guidance import SparseObservation, guided_sample, random_sensors  
 from funcdiff.sampling import sample  # noqa: E402
 from funcdiff.training import Trainer  # noqa: E402
 
+SIGMA_MAX_MEASURED = 80.0  # the sampler default when results/*.json were measured (now 20: funcdiff.schedules)
+
 FULL_MODEL = {"backbone": "fno", "n_modes": [32, 32], "hidden_channels": 128, "n_layers": 6, "emb_dim": 128,
               "norm_groups": 8}  # configs/darcy_128_gpu.yaml
 QUICK_MODEL = {"backbone": "fno", "n_modes": [8, 8], "hidden_channels": 16, "n_layers": 2, "emb_dim": 16,
@@ -85,10 +87,11 @@ def sample_rates(trainer: Trainer, resolution: int, batch: int, steps: int, seed
                             values=obs.observe(torch.randn(1, 2, resolution, resolution, generator=gen).double()))
 
     def unguided():
-        sample(model, shape, trainer.noise, steps=steps, seed=seed, device=device)
+        sample(model, shape, trainer.noise, steps=steps, seed=seed, device=device, sigma_max=SIGMA_MAX_MEASURED)
 
     def guided():
-        guided_sample(model, trainer.noise, obs, shape, steps=steps, seed=seed, device=device)
+        guided_sample(model, trainer.noise, obs, shape, steps=steps, seed=seed, device=device,
+                      sigma_max=SIGMA_MAX_MEASURED)
 
     unguided()  # warm-up
     t_plain = min(_timed(unguided, device) for _ in range(2))
