@@ -14,6 +14,12 @@ during one call above what was allocated before it (CPU: from the profiler's all
 allocator's peak). funcdiff rows also carry ``vs_neuralop`` (seconds / neuraloperator's), ``vs_floor`` and
 ``growth`` (seconds / seconds at half the side).
 
+Guided-step rows (pass ``guided-step``: ``dps``, ``mmps`` at 1 and 5 CG iterations, ``unguided``; ``seconds`` per
+sampler step, ``guided_ratio``, ``per_cg_iter_s``) and rollout rows (pass ``rollout``: ``autoregressive``,
+``rolling`` at equal NFE per frame; ``seconds`` per frame, ``frames_per_s_per_member``) come from
+``benchmarks/_posterior_speed.py`` (its docstring says how; ``--guided-grids``/``--rollout-grids`` with no value
+skip them). On CUDA every timing synchronises the device before the clock is read.
+
 The floor of a forward call (width C, L layers, batch B, grid N², fields of B·C·N² float32):
   L × (rfft2 + irfft2 of the hidden field), each timed here on a (B, C, N, N) tensor;
   the pointwise matmuls (lifting, per block the 1×1 skip C→C and the MLP C→2C→C, projection C→2C→out) at the
@@ -45,6 +51,10 @@ MODEL = {"backbone": "fno", "in_channels": CHANNELS, "out_channels": CHANNELS, "
          "hidden_channels": WIDTH, "n_layers": LAYERS, "sigma_data": 0.5}
 COLUMNS = ["grid", "impl", "pass", "batch", "threads", "dtype", "seconds", "peak_mb", "vs_neuralop", "vs_floor",
            "growth"]
+GUIDED_COLUMNS = ["grid", "impl", "pass", "batch", "threads", "steps", "cg_iters", "seconds", "guided_ratio",
+                  "per_cg_iter_s", "per_cg_iter_vs_unguided"]
+ROLLOUT_COLUMNS = ["grid", "impl", "pass", "batch", "threads", "steps_per_frame", "nfe_per_frame", "seconds",
+                   "frames_per_s_per_member", "startup_s"]
 
 
 def neuralop_fno() -> torch.nn.Module:
@@ -188,6 +198,10 @@ def main() -> None:
     p.add_argument("--compile", action="store_true",
                    help="also time torch.compile(funcdiff denoiser) (impl funcdiff-compiled: compile_seconds is the "
                         "first call, seconds the steady state), forward only")
+    p.add_argument("--guided-grids", type=int, nargs="*", default=None,
+                   help="grids of the guided-step rows (dps, mmps vs unguided; default 64 128; quick 64; none: skip)")
+    p.add_argument("--rollout-grids", type=int, nargs="*", default=None,
+                   help="grids of the rollout rows (autoregressive, rolling; default 64 256; quick 64; none: skip)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -236,6 +250,14 @@ def main() -> None:
                      "bandwidth_gbs": floor["bandwidth_gbs"]})
         print(f"{n}² {pass_} batch {batch}: " + ", ".join(f"{k} {v:.4g} s" for k, v in seconds.items())
               + f", floor {floor[pass_]:.4g} s", flush=True)
+    from _posterior_speed import guided_rows, rollout_rows
+
+    guided = args.guided_grids if args.guided_grids is not None else ([64] if args.quick else [64, 128])
+    rollouts = args.rollout_grids if args.rollout_grids is not None else ([64] if args.quick else [64, 256])
+    if guided:
+        rows += guided_rows(guided, device, repeats=3 if args.quick else 5)
+    if rollouts:
+        rows += rollout_rows(rollouts, device, repeats=1 if args.quick else 2)
     for row in rows:
         if row["impl"] == "funcdiff":
             half = [r for r in rows if r["impl"] == "funcdiff" and r["pass"] == row["pass"]
@@ -247,7 +269,10 @@ def main() -> None:
         meta["bf16_sample_error"] = bf16_sample_error(ours, device, args.seed)
         print(f"bf16 autocast: relative L2 error of a seeded 64² sample (Heun, 8 steps) vs float32: "
               f"{meta['bf16_sample_error']:.3g}")
-    print_table(rows, COLUMNS + (["compile_seconds"] if args.compile else []))
+    print_table([r for r in rows if r["pass"] in ("forward", "train-step")],
+                COLUMNS + (["compile_seconds"] if args.compile else []))
+    print_table([r for r in rows if r["pass"] == "guided-step"], GUIDED_COLUMNS)
+    print_table([r for r in rows if r["pass"] == "rollout"], ROLLOUT_COLUMNS)
     out = args.out or Path(__file__).resolve().parent / "results" / (
         "denoiser_speed_quick.json" if args.quick else "denoiser_speed.json")
     write_json(rows, out, {"benchmark": "denoiser_speed", "model": MODEL, "neuralop_fno": {

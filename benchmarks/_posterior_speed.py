@@ -1,0 +1,185 @@
+"""Guided steps and rollouts for ``benchmarks/denoiser_speed.py`` (issue 20): rows of the same table, built only
+from public APIs (``funcdiff.training.train``, ``funcdiff.tasks.solve``, ``funcdiff.sampling.sample``,
+``funcdiff.tasks.forecast``) on untrained models of the issue-20 size (one training step: the weights do not change
+the cost of a call).
+
+guided-step rows (impl ``dps`` / ``mmps``): a posterior solve (``task="reconstruct"``, 3 % of the grid observed in
+both channels, ``num_samples`` samples in one batch, ``steps`` Euler steps) against unguided sampling of the same
+model, shape, steps and solver (``funcdiff.sampling.sample``), timed interleaved; ``seconds`` = seconds per sampler
+step of the guided solve (the time at 2 × ``steps`` minus the time at ``steps``, over ``steps``: without a
+solve's fixed costs), ``guided_ratio`` = guided / unguided. ``mmps`` is timed at two CG iteration counts;
+``per_cg_iter_s`` = the difference per iteration per step (each CG iteration is one VJP through the denoiser).
+
+rollout rows (impl ``autoregressive`` / ``rolling``): ``configs/forecast/kolmogorov-{kind}.yaml`` (width 32, 16²
+modes, 4 layers) trained one step on advected GRFs at 64², then rolled out at the grid of the row (a model is grid
+independent) with the Euler solver, so that both kinds cost exactly ``steps_per_frame`` denoiser calls per frame
+(Heun's last step of an autoregressive block costs one call less); ``frames_per_s_per_member`` = emitted frames ×
+members / seconds, measured in steady state (from the first emitted block to the last; the start-up phase is
+``startup_s``).
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+FIELD_MODEL = {"backbone": "fno", "n_modes": [16, 16], "hidden_channels": 32, "n_layers": 4, "sigma_data": 0.5}
+ONE_STEP = {"steps": 1, "batch_size": 2, "warmup_steps": 0, "log_every": 0, "eval_every": 0, "checkpoint_every": 0,
+            "device": "cpu"}
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def field_checkpoint(workdir: Path, device: str) -> Path:
+    """A two-channel field model of the issue-20 size, trained one step on synthetic GRFs at 64²."""
+    from funcdiff.config import config_from_dict
+    from funcdiff.training import train
+
+    out = workdir / "field"
+    raw = {"name": "speed-field", "noise": {"smoothness": 2.0, "length_scale": 0.05}, "model": FIELD_MODEL,
+           "data": {"source": "synthetic", "channels": ["a", "u"], "resolution": 64, "num_samples": 4,
+                    "test_fraction": 0.25, "dim": 2, "seed": 0},
+           "train": {**ONE_STEP, "out_dir": str(out), "device": device}}
+    train(config_from_dict(raw), progress=False)
+    return out
+
+
+def guided_rows(grids, device: str, steps: int = 4, num_samples: int = 2, repeats: int = 3,
+                cg_iters: tuple[int, int] = (1, 5)) -> list[dict]:
+    from funcdiff.guidance import SparseObservation, random_sensors
+    from funcdiff.sampling import sample
+    from funcdiff.tasks import solve
+    from funcdiff.tasks.solve import load_model
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        model = load_model(field_checkpoint(Path(tmp), device), device)
+        denoiser, meta = model
+        from funcdiff.noise import GaussianRandomField
+
+        noise = GaussianRandomField(dim=2, smoothness=2.0, length_scale=0.05)
+        for n in grids:
+            gen = torch.Generator().manual_seed(0)
+            coords = random_sensors(0.03, (n, n), generator=gen)
+            obs = SparseObservation(coords, channels=(0, 1), values=torch.randn(1, 2, coords.shape[0], generator=gen),
+                                    noise_std=0.05, channel_names=("a", "u"))
+            common = dict(solver="euler", num_samples=num_samples, resolution=n, seed=0, device=device)
+
+            def unguided(k):
+                with torch.no_grad():
+                    sample(denoiser, (num_samples, 2, n, n), noise, steps=k, solver="euler", seed=0, device=device)
+
+            def guided(k, method, **extra):
+                solve(model, "reconstruct", obs, method=method, steps=k, **common, **extra)
+
+            runs = {"unguided": unguided, "dps": lambda k: guided(k, "dps"),
+                    f"mmps {cg_iters[0]}": lambda k: guided(k, "mmps", cg_iters=cg_iters[0]),
+                    f"mmps {cg_iters[1]}": lambda k: guided(k, "mmps", cg_iters=cg_iters[1])}
+            # each at `steps` and 2 × `steps`: the difference / steps is the cost of a step without the fixed
+            # costs of a solve (checks, sensors, decoding, metrics)
+            fns = {(name, k): (lambda run=run, k=k: run(k)) for name, run in runs.items() for k in (steps, 2 * steps)}
+            for fn in fns.values():
+                fn()  # warm-up
+            times = {name: [] for name in fns}
+            for _ in range(repeats):
+                for name, fn in fns.items():  # interleaved
+                    _sync(device)
+                    start = time.perf_counter()
+                    fn()
+                    _sync(device)
+                    times[name].append(time.perf_counter() - start)
+            sec = {name: (statistics.median(times[(name, 2 * steps)]) - statistics.median(times[(name, steps)]))
+                   / steps for name in runs}
+            common_row = {"grid": n, "pass": "guided-step", "batch": num_samples, "threads": torch.get_num_threads(),
+                          "dtype": "float32", "steps": steps}
+            rows.append({**common_row, "impl": "unguided", "seconds": sec["unguided"]})
+            rows.append({**common_row, "impl": "dps", "seconds": sec["dps"],
+                         "guided_ratio": sec["dps"] / sec["unguided"]})
+            lo, hi = cg_iters
+            per_iter = (sec[f"mmps {hi}"] - sec[f"mmps {lo}"]) / (hi - lo)
+            for k in cg_iters:
+                rows.append({**common_row, "impl": "mmps", "cg_iters": k, "seconds": sec[f"mmps {k}"],
+                             "guided_ratio": sec[f"mmps {k}"] / sec["unguided"], "per_cg_iter_s": per_iter,
+                             "per_cg_iter_vs_unguided": per_iter / sec["unguided"]})
+            print(f"{n}² guided step ({num_samples} samples, s/step): " + ", ".join(
+                f"{k} {v:.4g}" for k, v in sec.items()) + f"; dps/unguided {sec['dps'] / sec['unguided']:.2f}×, "
+                f"mmps per CG iteration {per_iter:.4g} s", flush=True)
+    return rows
+
+
+def _advected(n: int, frames: int, count: int, seed: int) -> torch.Tensor:
+    """(count, 1, frames, n, n): smooth periodic GRFs translated one grid point per frame along x."""
+    from funcdiff.noise import GaussianRandomField
+
+    grf = GaussianRandomField(dim=2, smoothness=2.0, length_scale=0.08)
+    u0 = grf.sample((count, 1, n, n), generator=torch.Generator().manual_seed(seed))
+    return torch.stack([torch.roll(u0, t, dims=-1) for t in range(frames)], dim=2)
+
+
+def forecaster_checkpoint(kind: str, workdir: Path, device: str) -> Path:
+    from funcdiff.config import load_config
+    from funcdiff.data import generate_to_hdf5
+    from funcdiff.data.synthetic import SyntheticProblem
+    from funcdiff.training import train
+
+    def generate(num_samples, resolution, *, generator, device="cpu", dtype=torch.float32, frames=12):
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+        w = _advected(resolution, frames, num_samples, seed)[:, 0]  # (N, T, n, n)
+        return {"w": w.to(device, dtype), "t": torch.arange(frames, dtype=dtype) * 0.1}
+
+    data = workdir / "adv.h5"
+    if not data.exists():
+        problem = SyntheticProblem("advection-2d", "trajectory", ("w",), {"frames": 12}, generate, "advected GRFs")
+        generate_to_hdf5(problem, data, num_samples=6, resolution=64, seed=0, batch_size=6, progress=False)
+    out = workdir / kind
+    overrides = [f"data.path={data}", f"train.out_dir={out}", "train.steps=1", "train.batch_size=2",
+                 "train.warmup_steps=0", "train.eval_every=0", "train.log_every=0", "train.checkpoint_every=0",
+                 f"train.device={device}", "data.test_fraction=0.34"]
+    train(load_config(ROOT / "configs" / "forecast" / f"kolmogorov-{kind}.yaml", overrides), progress=False)
+    return out
+
+
+def rollout_rows(grids, device: str, members: int = 2, steps_per_frame: int = 4, lead_steps: int = 8,
+                 repeats: int = 2) -> list[dict]:
+    from funcdiff.tasks.forecast import forecast, load_forecaster
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        fcs = {kind: load_forecaster(forecaster_checkpoint(kind, Path(tmp), device), device)
+               for kind in ("autoregressive", "rolling")}
+        for n in grids:
+            initial = _advected(n, 2, 1, 1)[0]  # (C, T0, n, n), T0 = history
+            runs = {kind: forecast(fc, initial, lead_steps, members=members, seed=0, device=device,
+                                   steps_per_frame=steps_per_frame, solver="euler") for kind, fc in fcs.items()}
+            results: dict[str, list[tuple[float, float, int]]] = {k: [] for k in runs}
+            for rep in range(repeats + 1):  # the first is a warm-up
+                for kind, fcst in runs.items():  # interleaved
+                    _sync(device)
+                    start = time.perf_counter()
+                    stamps = []
+                    for leads, _, _ in fcst.blocks(0):
+                        _sync(device)
+                        stamps.append((time.perf_counter(), len(leads)))
+                    if rep:
+                        first = stamps[0][0]
+                        frames = sum(k for _, k in stamps[1:])
+                        results[kind].append((first - start, stamps[-1][0] - first, frames))
+            for kind, res in results.items():
+                steady = statistics.median(r[1] / r[2] for r in res)  # seconds per frame (all members)
+                rows.append({"grid": n, "pass": "rollout", "impl": kind, "batch": members,
+                             "threads": torch.get_num_threads(), "dtype": "float32", "seconds": steady,
+                             "nfe_per_frame": runs[kind].nfe_per_frame, "steps_per_frame": steps_per_frame,
+                             "frames_per_s_per_member": members / steady,
+                             "startup_s": statistics.median(r[0] for r in res)})
+            print(f"{n}² rollout ({members} members, Euler, {steps_per_frame} steps/frame): " + ", ".join(
+                f"{r['impl']} {r['frames_per_s_per_member']:.3g} frames/s/member (NFE/frame {r['nfe_per_frame']:g})"
+                for r in rows if r["grid"] == n), flush=True)
+    return rows
