@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # GPU smoke run: Darcy (a, u) at 128² -- generate data, train the configs/darcy_128_gpu.yaml model for a fixed number
-# of steps, run the inverse-problem harness on the checkpoint, then benchmarks/gpu.py. One command, one folder:
+# of steps, run the inverse-problem harness on the checkpoint, then benchmarks/gpu.py, then the issue-20 table of
+# benchmarks/denoiser_speed.py (denoiser call and training step vs neuraloperator's FNO and the floor, bf16, guided
+# steps, rollouts; CUDA timings synchronise the device). One command, one folder:
 #
 #     bash benchmarks/gpu_smoke.sh                      # on a GPU machine; results under runs/gpu_smoke/
 #     DEVICE=cpu RES=32 N_TRAIN=64 STEPS=20 BATCH=8 N_TEST=2 GPU_ARGS="--quick --resolutions 32" \
 #       TRAIN_ARGS="--set model.n_modes=[8,8] --set model.hidden_channels=16 --set model.n_layers=2" \
+#       SPEED_ARGS="--quick --grids 64 --memory-batch 0 --guided-grids 64 --rollout-grids 64" \
 #       bash benchmarks/gpu_smoke.sh                    # the same pipeline, tiny, on a CPU (a check, not a result)
 #
 # Sized by estimate for under 8 minutes on one large GPU (H100/H200 class); it has not been timed on one yet (no GPU
@@ -23,6 +26,7 @@ BF16=${BF16:-false}
 OUT=${OUT:-runs/gpu_smoke}
 GPU_ARGS=${GPU_ARGS:-}
 TRAIN_ARGS=${TRAIN_ARGS:-}   # extra `funcdiff train` options, e.g. a smaller model for the CPU check
+SPEED_ARGS=${SPEED_ARGS:---bf16}  # benchmarks/denoiser_speed.py options (default: the full table, 64²-1024², bf16)
 mkdir -p "$OUT"
 phase() { echo "== $(date -u +%T) $*"; }
 t0=$SECONDS
@@ -51,4 +55,9 @@ t3=$SECONDS
 phase "benchmarks/gpu.py"
 python benchmarks/gpu.py --device "$DEVICE" $GPU_ARGS --out "$OUT/gpu.json"
 echo "   gpu.py took $((SECONDS - t3)) s"
-phase "done in $((SECONDS - t0)) s: $OUT/inverse_${RES}.json, $OUT/inverse_${RES}.png, $OUT/gpu.json"
+
+t4=$SECONDS
+phase "benchmarks/denoiser_speed.py $SPEED_ARGS"
+python benchmarks/denoiser_speed.py --device "$DEVICE" $SPEED_ARGS --out "$OUT/denoiser_speed.json"
+echo "   denoiser_speed.py took $((SECONDS - t4)) s"
+phase "done in $((SECONDS - t0)) s: $OUT/inverse_${RES}.json, $OUT/inverse_${RES}.png, $OUT/gpu.json, $OUT/denoiser_speed.json"
