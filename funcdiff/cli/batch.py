@@ -1,7 +1,7 @@
 """Batch-mode options shared by ``funcdiff solve --cases`` and ``funcdiff forecast --indices/--init-times``.
 
-Not a verb: :mod:`funcdiff.cli.solve` and :mod:`funcdiff.cli.forecast` add these options and hand over to
-:func:`run_solve_batch` / :func:`run_forecast_batch` when they are given (the single-case paths are unchanged).
+Not a verb: :mod:`funcdiff.cli.solve` and :mod:`funcdiff.cli.forecast` add these options and hand over to their
+own batch runners (``run_solve_batch`` / ``run_forecast_batch``) when they are given; this module imports neither.
 The case list, rank split, part files, restart and merge are :mod:`funcdiff.tasks.batch`.
 """
 
@@ -69,76 +69,6 @@ def solve_signature(args: argparse.Namespace, settings, task: str, checkpoint_st
     legacy = signature_of(args, "solve", checkpoint_step=checkpoint_step)
     same = json.dumps(old, sort_keys=True, default=str) == json.dumps(legacy, sort_keys=True, default=str)
     return legacy if same else signature
-
-
-def run_solve_batch(args: argparse.Namespace, settings) -> int:
-    """``funcdiff solve --cases FILE ...`` with ``settings`` (SolveSettings): one posterior part per case, this
-    rank's share."""
-    from funcdiff.cli import user_errors
-    from funcdiff.cli.solve import task_name
-    from funcdiff.errors import UserError
-    from funcdiff.tasks import check_compatible, get_task, load_model
-    from funcdiff.tasks.batch import BatchRun, index_cases, read_case_fields, solve_cases
-
-    if args.cases is None:
-        raise UserError("--indices/--out-dir are batch options: give the case file with --cases")
-    if args.out_dir is None:
-        raise UserError("--cases needs --out-dir (the folder of per-case parts)")
-    if args.observations is not None or args.truth is not None:
-        raise UserError("with --cases the truth of each case is its sample in the case file and its sensors come "
-                        "from --obs-fraction/--obs-count; drop --observations/--truth")
-    with user_errors():
-        task = get_task(task_name(args.task))
-        model = load_model(args.checkpoint, args.device)
-        check_compatible(task, model[1], settings.method)
-        fields = read_case_fields(args.cases, task.channels, task.name)
-        cases = index_cases(args.indices, fields.shape[0], str(args.cases))
-    run = BatchRun(args.out_dir, cases, solve_signature(args, settings, task.name, model[1].step), "solve")
-    print(f"rank {run.rank}/{run.world}: {len(run.mine)} of {len(cases)} cases of {args.cases} -> {args.out_dir}",
-          flush=True)
-    result = solve_cases(model, task, fields, run, settings, batch_size=args.batch_size, device=args.device,
-                         progress=not args.no_progress)
-    return finish(result, args.out_dir)
-
-
-def run_forecast_batch(args: argparse.Namespace) -> int:
-    """``funcdiff forecast --indices/--init-times ... --out-dir DIR``: one forecast part per start state."""
-    from funcdiff.cli import user_errors
-    from funcdiff.errors import UserError
-    from funcdiff.tasks.batch import BatchRun, forecast_cases, run_forecast_cases
-    from funcdiff.tasks.forecast import load_forecaster
-    from funcdiff.tasks.forecast_io import read_trajectories
-
-    if args.out_dir is None:
-        raise UserError("--indices/--init-times need --out-dir (the folder of per-case parts)")
-    if args.observations:
-        raise UserError("--observations hold the sensors of one start state; in batch mode use --sensor-fraction")
-    if args.indices is not None and args.index:
-        raise UserError("--indices selects the trajectories; --index goes with --init-times")
-    fc = load_forecaster(args.checkpoint, args.device)
-    f = fc.forecast
-    with user_errors():
-        traj, times = read_trajectories(args.initial, fc.channel_names)
-        cases = forecast_cases(traj.shape, times.numpy() if times is not None else None, str(args.initial),
-                               history=f.history, frame_step=f.frame_step, indices=args.indices,
-                               init_times=args.init_times, trajectories=args.index, start_frame=args.start_frame)
-    sensors = None
-    if args.sensor_fraction is not None:
-        from funcdiff.cli.forecast import twin_sensors
-
-        def sensors(initial, truth, seed, trajectory, frame):
-            return twin_sensors(args, fc, [trajectory], [(initial, truth, frame, None)], seed=seed, quiet=True)[0]
-    run = BatchRun(args.out_dir, cases, signature_of(args, "forecast", forecaster=fc.name), "forecast")
-    print(f"rank {run.rank}/{run.world}: {len(run.mine)} of {len(cases)} start states of {args.initial} -> "
-          f"{args.out_dir}", flush=True)
-    result = run_forecast_cases(fc, traj, times, str(args.initial), run, lead_steps=args.lead_steps,
-                                members=args.members, seed=args.seed, sensors=sensors,
-                                steps_per_frame=args.steps_per_frame, solver=args.solver, batch_size=args.batch_size,
-                                attrs={"checkpoint": str(args.checkpoint), "source_file": str(args.initial),
-                                       "seed": args.seed, "kind": f.kind,
-                                       "config": {"forecast": vars(f), "members": args.members}},
-                                progress=not args.no_progress)
-    return finish(result, args.out_dir)
 
 
 def batch_requested(args: argparse.Namespace) -> bool:

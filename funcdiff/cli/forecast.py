@@ -53,7 +53,7 @@ def run_forecast(args: argparse.Namespace) -> int:
     from funcdiff.errors import UserError
     from funcdiff.tasks.forecast import Forecast, load_forecaster
     from funcdiff.tasks.forecast_io import initial_from_file
-    from funcdiff.cli.batch import batch_requested, run_forecast_batch
+    from funcdiff.cli.batch import batch_requested
 
     check_sensor_flags(args)
     if batch_requested(args):
@@ -167,3 +167,42 @@ def twin_sensors(args: argparse.Namespace, fc, indices, starts, seed: int | None
                                 init_frame=[s[2] for s in starts], time_units=fc.time_units,
                                 units=list(fc.channel_units) or "1")
     return observations
+
+
+def run_forecast_batch(args: argparse.Namespace) -> int:
+    """``funcdiff forecast --indices/--init-times ... --out-dir DIR``: one forecast part per start state."""
+    from funcdiff.cli import user_errors
+    from funcdiff.cli.batch import finish, signature_of
+    from funcdiff.errors import UserError
+    from funcdiff.tasks.batch import BatchRun, forecast_cases, run_forecast_cases
+    from funcdiff.tasks.forecast import load_forecaster
+    from funcdiff.tasks.forecast_io import read_trajectories
+
+    if args.out_dir is None:
+        raise UserError("--indices/--init-times need --out-dir (the folder of per-case parts)")
+    if args.observations:
+        raise UserError("--observations hold the sensors of one start state; in batch mode use --sensor-fraction")
+    if args.indices is not None and args.index:
+        raise UserError("--indices selects the trajectories; --index goes with --init-times")
+    fc = load_forecaster(args.checkpoint, args.device)
+    f = fc.forecast
+    with user_errors():
+        traj, times = read_trajectories(args.initial, fc.channel_names)
+        cases = forecast_cases(traj.shape, times.numpy() if times is not None else None, str(args.initial),
+                               history=f.history, frame_step=f.frame_step, indices=args.indices,
+                               init_times=args.init_times, trajectories=args.index, start_frame=args.start_frame)
+    def case_sensors(initial, truth, seed, trajectory, frame):
+        return twin_sensors(args, fc, [trajectory], [(initial, truth, frame, None)], seed=seed, quiet=True)[0]
+
+    sensors = case_sensors if args.sensor_fraction is not None else None
+    run = BatchRun(args.out_dir, cases, signature_of(args, "forecast", forecaster=fc.name), "forecast")
+    print(f"rank {run.rank}/{run.world}: {len(run.mine)} of {len(cases)} start states of {args.initial} -> "
+          f"{args.out_dir}", flush=True)
+    result = run_forecast_cases(fc, traj, times, str(args.initial), run, lead_steps=args.lead_steps,
+                                members=args.members, seed=args.seed, sensors=sensors,
+                                steps_per_frame=args.steps_per_frame, solver=args.solver, batch_size=args.batch_size,
+                                attrs={"checkpoint": str(args.checkpoint), "source_file": str(args.initial),
+                                       "seed": args.seed, "kind": f.kind,
+                                       "config": {"forecast": vars(f), "members": args.members}},
+                                progress=not args.no_progress)
+    return finish(result, args.out_dir)

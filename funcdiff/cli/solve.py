@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     from funcdiff.guidance import load_observation
     from funcdiff.tasks import check_compatible, load_model, load_truth, make_observation, solve
     from funcdiff.tasks.solve import resolve_task
-    from funcdiff.cli.batch import batch_requested, run_solve_batch
+    from funcdiff.cli.batch import batch_requested
 
     if batch_requested(args):
         if task_name(args.task) == "reconstruct":
@@ -143,3 +143,33 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {posterior.plot(args.out.with_suffix('.png'))}")
     print(json.dumps(posterior.metrics(), indent=1))
     return 0
+
+
+def run_solve_batch(args: argparse.Namespace, settings) -> int:
+    """``funcdiff solve --cases FILE ...`` with ``settings`` (SolveSettings): one posterior part per case, this
+    rank's share."""
+    from funcdiff.cli import user_errors
+    from funcdiff.cli.batch import finish, solve_signature
+    from funcdiff.errors import UserError
+    from funcdiff.tasks import check_compatible, get_task, load_model
+    from funcdiff.tasks.batch import BatchRun, index_cases, read_case_fields, solve_cases
+
+    if args.cases is None:
+        raise UserError("--indices/--out-dir are batch options: give the case file with --cases")
+    if args.out_dir is None:
+        raise UserError("--cases needs --out-dir (the folder of per-case parts)")
+    if args.observations is not None or args.truth is not None:
+        raise UserError("with --cases the truth of each case is its sample in the case file and its sensors come "
+                        "from --obs-fraction/--obs-count; drop --observations/--truth")
+    with user_errors():
+        task = get_task(task_name(args.task))
+        model = load_model(args.checkpoint, args.device)
+        check_compatible(task, model[1], settings.method)
+        fields = read_case_fields(args.cases, task.channels, task.name)
+        cases = index_cases(args.indices, fields.shape[0], str(args.cases))
+    run = BatchRun(args.out_dir, cases, solve_signature(args, settings, task.name, model[1].step), "solve")
+    print(f"rank {run.rank}/{run.world}: {len(run.mine)} of {len(cases)} cases of {args.cases} -> {args.out_dir}",
+          flush=True)
+    result = solve_cases(model, task, fields, run, settings, batch_size=args.batch_size, device=args.device,
+                         progress=not args.no_progress)
+    return finish(result, args.out_dir)
