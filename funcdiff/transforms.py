@@ -42,8 +42,11 @@ TIME_BOUNDARIES = ("periodization", "boundary")
 class Transform(Protocol):
     """An invertible map from physical fields to the diffusion's coefficient space.
 
-    Shapes: ``forward`` (B, C, *S) -> (B, C', *S'); ``inverse`` undoes it exactly.
+    Shapes: ``forward`` (B, C, *S) -> (B, C', *S'); ``inverse`` undoes it exactly. ``levels``: how many times
+    the grid is halved (S' = S / 2^levels; 0 for the identity).
     """
+
+    levels: int
 
     def forward(self, x: torch.Tensor) -> torch.Tensor: ...
 
@@ -58,6 +61,7 @@ class IdentityTransform:
     """The physical-space path: ``forward`` and ``inverse`` return their input unchanged (the same tensor)."""
 
     kind = "identity"
+    levels = 0  # no coarsening: coefficients live on the physical grid
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x

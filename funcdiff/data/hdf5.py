@@ -43,6 +43,8 @@ class ProblemLike(Protocol):
     defaults: dict
     generate: Callable[..., dict[str, Tensor]]
     description: str
+    grid: str  # "periodic" or "node"
+    solver: str  # what makes the data ("" : the problem's name)
 
 
 def batch_seed(seed: int, batch_index: int) -> int:
@@ -243,7 +245,7 @@ def _time_attrs(t: np.ndarray, params: dict) -> dict[str, Any]:
 def grid_type(problem: ProblemLike) -> str:
     """``"periodic"`` (points ``j / R`` on ``[0, 1)``) or ``"node"`` (points ``j / (R - 1)`` on ``[0, 1]``, the
     Dirichlet elliptic problems), as the problem declares it (default periodic)."""
-    grid = getattr(problem, "grid", "periodic")
+    grid = problem.grid
     if grid not in ("periodic", "node"):
         raise ValueError(f"problem {problem.name!r} has unknown grid {grid!r}; valid: 'periodic', 'node'")
     return grid
@@ -270,7 +272,7 @@ def _static_attrs(problem: ProblemLike, args: dict, dim: int, spatial: tuple[int
             "dim": dim, "grid": json.dumps({"type": grid_type(problem), "shape": list(spatial),
                                             "domain": [[0.0, 1.0]] * dim, "coordinates": list(COORD_NAMES[:dim])}),
             "num_samples": args["num_samples"], "seed": args["seed"], "batch_size": args["batch_size"],
-            "solver": getattr(problem, "solver", "") or problem.name,
+            "solver": problem.solver or problem.name,
             "description": problem.description, "funcdiff_version": __version__}
 
 

@@ -41,6 +41,7 @@ class SyntheticProblem:
     generate: Callable[..., dict[str, Tensor]]
     description: str = ""
     solver: str = field(default="")
+    grid: str = "periodic"
 
 
 def _wavenumbers(n_modes: int, dim: int) -> Tensor:

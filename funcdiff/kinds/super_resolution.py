@@ -251,7 +251,7 @@ class SuperResolutionCoder:
         return approx - self.condition(self.subsample(fine))
 
     def _corr_view(self, key: str, like: Tensor) -> Tensor:
-        stats = getattr(self, "correction_stats", None)
+        stats = self.correction_stats
         value = [0.0 if key == "mean" else 1.0] * self.channels if stats is None else stats[key]
         return torch.tensor(value, dtype=like.dtype, device=like.device).reshape(1, -1, *[1] * (like.ndim - 2))
 
@@ -306,7 +306,7 @@ class SuperResolutionCoder:
     # --------------------------------------------------------------------------------- state
     def state_dict(self) -> dict:
         return {"transform": self.transform.state_dict(), "channels": self.channels,
-                "correction": getattr(self, "correction_stats", None), "residual": self.residual}
+                "correction": self.correction_stats, "residual": self.residual}
 
     @classmethod
     def from_state_dict(cls, state: dict) -> "SuperResolutionCoder":

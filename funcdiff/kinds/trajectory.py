@@ -79,7 +79,7 @@ class CoefficientNoise:
 
     def _physical_shape(self, shape: Sequence[int]) -> tuple[int, ...]:
         k = self.transform.coefficients_per_channel()
-        levels = getattr(self.transform, "levels", 0)
+        levels = self.transform.levels
         return (int(shape[0]), int(shape[1]) // k, *[int(n) << levels for n in shape[2:]])
 
     def sample(self, shape: Sequence[int], generator: Generators = None, device=None,
@@ -146,7 +146,7 @@ class TrajectoryCoder:
     # ------------------------------------------------------------------------------------------ layout
     @property
     def levels(self) -> int:
-        return int(getattr(self.transform, "levels", 0))
+        return int(self.transform.levels)
 
     @property
     def state_channels(self) -> int:

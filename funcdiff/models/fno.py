@@ -26,6 +26,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from funcdiff.models.backbone import Backbone
 from funcdiff.models.conditioning import FiLM, NoiseEmbedding, PointwiseLinear, periodic_grid_features
 from funcdiff.models.spectral import PeriodicSpectralConv, from_rows, to_rows
 from funcdiff.utils import append_dims, keep_freed_memory
@@ -216,7 +217,7 @@ class FNOBlock(nn.Module):
         return out.view(h.shape)
 
 
-class NoiseConditionedFNO(nn.Module):
+class NoiseConditionedFNO(Backbone):
     """Fourier neural operator ``F(x, c_noise)`` conditioned on the noise level, for EDM-style denoisers.
 
     ``c_noise`` is either per sample (a float or (B,)) or per element (a tensor with x's number of dims,

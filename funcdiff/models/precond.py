@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from funcdiff.models.backbone import Backbone
 from funcdiff.utils import expand_sigma
 
 SIGMA_MIN_FOR_LOG = 1e-20  # sigma = 0 is allowed: c_out = 0 there, and c_noise uses this floor to stay finite
@@ -90,10 +91,10 @@ class EDMPrecond(nn.Module):
     @property
     def config(self) -> dict:
         """Plain dict describing how this denoiser was built; ``build_denoiser(config)`` rebuilds it."""
-        out: dict = {"backbone": getattr(self.backbone, "name", type(self.backbone).__name__)}
-        backbone_config = getattr(self.backbone, "config", None)
-        if hasattr(backbone_config, "to_dict"):
-            out.update(backbone_config.to_dict())
+        if isinstance(self.backbone, Backbone):
+            out: dict = {"backbone": self.backbone.name, **self.backbone.config.to_dict()}
+        else:
+            out = {"backbone": type(self.backbone).__name__}
         sd = self.sigma_data
         out["sigma_data"] = sd.item() if sd.ndim == 0 else sd.tolist()
         return out

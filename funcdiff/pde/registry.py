@@ -41,6 +41,7 @@ class Problem:
     generate: Callable[..., dict[str, Tensor]]
     description: str
     grid: str = "periodic"  # "periodic": x_j = j/R on [0, 1); "node": x_j = j/(R-1) on [0, 1] (Dirichlet)
+    solver: str = ""  # what makes the data, recorded in files ("": the problem's name)
 
 
 def _resolve(problem: str, defaults: dict, params: dict) -> dict:
