@@ -18,6 +18,7 @@ Conventions (k-diffusion / EDM):
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, replace
 from typing import Callable, Optional, Protocol, Sequence
 
 import torch
@@ -224,36 +225,41 @@ def _progress(bar: tqdm) -> Callback:
     return callback
 
 
-def sample(
-    denoiser: Denoiser,
-    shape: Sequence[int],
-    noise: GaussianRandomField,
-    *,
-    steps: int = 32,
-    solver: str = "heun",
-    sigma_min: float = SIGMA_MIN,
-    sigma_max: float = SIGMA_MAX,
-    rho: float = RHO,
-    seed: int = 0,
-    batch_size: Optional[int] = None,
-    device=None,
-    dtype: torch.dtype = torch.float32,
-    progress: bool = False,
-    solver_options: Optional[dict] = None,
-    grad: bool = False,
-) -> torch.Tensor:
+@dataclass(frozen=True)
+class SamplerSettings:
+    """What a :func:`sample` call computes besides the seed: ``steps`` of ``solver`` (EDM's Euler/Heun/churn,
+    Karras et al. 2022 Alg. 1-2; ``solver_options`` go to it) along the Karras schedule ``sigma_min`` ..
+    ``sigma_max`` with exponent ``rho`` (default the one of :mod:`funcdiff.schedules`; for a trained model pass
+    the recorded one, ``SamplerSettings(**meta.schedule)``)."""
+
+    steps: int = 32
+    solver: str = "heun"
+    sigma_min: float = SIGMA_MIN
+    sigma_max: float = SIGMA_MAX
+    rho: float = RHO
+    solver_options: Optional[dict] = None
+
+
+def sample(denoiser: Denoiser, shape: Sequence[int], noise: GaussianRandomField,
+           settings: Optional[SamplerSettings] = None, *, seed: int = 0, batch_size: Optional[int] = None,
+           device=None, dtype: torch.dtype = torch.float32, progress: bool = False, grad: bool = False,
+           **keywords) -> torch.Tensor:
     """Draw samples at any resolution: Karras schedule, initial and churn noise from ``noise``.
 
-    Each sample i gets its own generator seeded from (seed, i), so results do not depend on ``batch_size``
-    (the chunk size bounding memory). Runs under ``torch.no_grad()`` unless ``grad=True``; guidance wrappers
-    enable gradients for their own denoiser call either way.
+    ``settings`` (:class:`SamplerSettings`): steps, solver and schedule; its fields may also be given as keywords
+    (``steps=16, sigma_max=20``), which update it (an unknown keyword is a TypeError). Each sample i gets its own
+    generator seeded from (``seed``, i), so results do not depend on ``batch_size`` (the chunk size bounding
+    memory). Runs under ``torch.no_grad()`` unless ``grad=True``; guidance wrappers enable gradients for their own
+    denoiser call either way.
 
     Shapes: ``shape`` = (B, C, *S); returns (B, C, *S) on ``device``.
     """
+    s = replace(settings or SamplerSettings(), **keywords)
+    steps, solver, sigma_max = s.steps, s.solver, s.sigma_max
     run = get_solver(solver)
     shape = tuple(int(n) for n in shape)
     batch_size = batch_size or shape[0]
-    sigmas = sigmas_karras(steps, sigma_min, sigma_max, rho)
+    sigmas = sigmas_karras(steps, s.sigma_min, sigma_max, s.rho)
     chunks = []
     starts = range(0, shape[0], batch_size)
     bar = tqdm(total=len(starts) * steps, desc="sampling", unit="step", disable=not progress)
@@ -263,7 +269,7 @@ def sample(
         draw = lambda like, g=gens: noise.sample(like.shape, generator=g, dtype=like.dtype).to(like.device)
         x = sigma_max * noise.sample((n, *shape[1:]), generator=gens, dtype=dtype).to(device)
         with torch.set_grad_enabled(grad):
-            x = run(denoiser, x, sigmas, noise=draw, callback=_progress(bar), **(solver_options or {}))
+            x = run(denoiser, x, sigmas, noise=draw, callback=_progress(bar), **(s.solver_options or {}))
         chunks.append(x.detach())
     bar.close()
     return torch.cat(chunks)
