@@ -10,6 +10,7 @@ an uninterrupted run's. On completion the partial file is renamed to ``<out>`` a
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, replace
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
@@ -108,21 +109,32 @@ def read_forecast(path: str | os.PathLike) -> Tensor:
         return torch.stack([torch.from_numpy(np.asarray(ds[c].values, dtype=np.float32)) for c in channels], dim=2)
 
 
-def plot_forecast(members: Tensor, path: str | os.PathLike, *, truth: Optional[Tensor] = None, dt: float = 1.0,
-                  channel_names: Sequence[str] = ("u",), leads: Optional[Sequence[int]] = None,
+def plot_forecast(members: Tensor, path: str | os.PathLike, layout: Optional[FrameLayout] = None,
                   **kwargs) -> Path:
     """Write :func:`forecast_figure` (same arguments) to ``path`` as PNG; returns ``path``."""
     from funcdiff.io.plots import save_figure
 
-    return save_figure(forecast_figure(members, truth=truth, dt=dt, channel_names=channel_names, leads=leads,
-                                       **kwargs), path)
+    return save_figure(forecast_figure(members, layout, **kwargs), path)
 
 
-def forecast_figure(members: Tensor, *, truth: Optional[Tensor] = None, dt: float = 1.0,
-                    channel_names: Sequence[str] = ("u",), leads: Optional[Sequence[int]] = None,
-                    channels: Optional[Sequence[str]] = None, channel_units: Sequence[str] = (),
-                    grid: str = "periodic", time_units: str = "model time units",
-                    init: Optional[tuple[int, int, float]] = None, observations=None, lat=None, lon=None):
+@dataclass(frozen=True)
+class FrameLayout:
+    """What a forecast's frames are: channel names and units, the time between frames ``dt`` in ``time_units``
+    (CF units such as "hours since 1970-01-01" on the sphere, "model time units" for PDE data), the ``grid``
+    ("periodic", "node" or "latlon") and, on a lat-lon grid, the latitudes and longitudes in degrees."""
+
+    channel_names: Sequence[str] = ("u",)
+    channel_units: Sequence[str] = ()
+    dt: float = 1.0
+    time_units: str = "model time units"
+    grid: str = "periodic"
+    lat: Optional[object] = None
+    lon: Optional[object] = None
+
+
+def forecast_figure(members: Tensor, layout: Optional[FrameLayout] = None, *, truth: Optional[Tensor] = None,
+                    leads: Optional[Sequence[int]] = None, channels: Optional[Sequence[str]] = None,
+                    init: Optional[tuple[int, int, float]] = None, observations=None, **layout_fields):
     """The forecast picture as a matplotlib Figure: truth (if given), ensemble mean, members 0 and 1 and the
     spread at a few leads, for every channel (or the ``channels`` named).
 
@@ -137,14 +149,16 @@ def forecast_figure(members: Tensor, *, truth: Optional[Tensor] = None, dt: floa
     :class:`~funcdiff.guidance.timed.TimedObservation`) marks the sensors on the truth and mean panels of the
     observed channels: filled dots at leads that assimilate them, open circles at other leads.
 
+    ``layout`` (:class:`FrameLayout`) says what the frames are; its fields may also be given as keywords.
+
     Shapes: members (M, C, L, *S), truth (C, L', *S) with lead ℓ at index ℓ - 1.
     """
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    n_leads = members.shape[2]
-    names = list(channel_names)
+    lay = replace(layout or FrameLayout(), **layout_fields)
+    dt, time_units, n_leads, names = lay.dt, lay.time_units, members.shape[2], list(lay.channel_names)
     if channels:
         unknown = [c for c in channels if c not in names]
         if unknown:
@@ -163,23 +177,29 @@ def forecast_figure(members: Tensor, *, truth: Optional[Tensor] = None, dt: floa
     ref = None if truth is None or truth.shape[1] < leads[-1] else truth[:, idx].float()
     mean = x.mean(0)
     spread = x.std(0) if x.shape[0] > 1 else torch.zeros_like(x[0])
-    units = list(channel_units) + ["1"] * (len(names) - len(channel_units))
-    meta = dict(dt=dt, time_units=time_units, grid=grid, lat=lat, lon=lon, observations=observations,
+    units = list(lay.channel_units) + ["1"] * (len(names) - len(lay.channel_units))
+    meta = dict(dt=dt, time_units=time_units, grid=lay.grid, lat=lay.lat, lon=lay.lon, observations=observations,
                 obs_leads=obs_leads)
     if x.ndim == 3 + 1:
         fig = _plot_lines(plt, x, mean, spread, ref, leads, chosen, names, units, meta)
     else:
         fig = _plot_images(plt, x, mean, spread, ref, leads, chosen, names, units, meta)
-    what = ", ".join(names[c] for c in chosen)
-    title = f"forecast of {what}: {x.shape[0]} members"
+    fig.suptitle(_forecast_title([names[c] for c in chosen], x.shape[0], names, time_units, init, observations,
+                                 obs_leads), fontsize=9)
+    return fig
+
+
+def _forecast_title(drawn: Sequence[str], members: int, names: Sequence[str], time_units: str, init,
+                    observations, obs_leads: Sequence[int]) -> str:
+    """What the forecast picture shows: channels, members, the initial state and the assimilated sensors."""
+    title = f"forecast of {', '.join(drawn)}: {members} members"
     if init is not None:
         title += f", from trajectory {init[0]} at frame {init[1]} ({_time_label(init[2], time_units)})"
     if observations is not None:
         n = observations.sensors.coords.shape[0]
         title += (f"\n{n} sensors of {', '.join(names[c] for c in observations.sensors.channels)} assimilated at "
                   f"leads {_lead_list(obs_leads)} (● observed at this lead, ○ sensor positions)")
-    fig.suptitle(title, fontsize=9)
-    return fig
+    return title
 
 
 def _duration(time_units: str) -> str:
