@@ -366,11 +366,7 @@ def merge_parts(out_dir: str | os.PathLike, out: Optional[str | os.PathLike] = N
     manifest = read_manifest(out_dir)
     cases = [Case(**c) for c in manifest["cases"]]
     signature = json.dumps(manifest["signature"], sort_keys=True, default=str)
-    paths = [out_dir / PARTS / f"case_{c.key}.nc" for c in cases]
-    missing = [c.key for c, p in zip(cases, paths) if not p.exists() or part_signature(p) != signature]
-    if missing:
-        raise UserError(f"{len(missing)} of {len(cases)} cases are not finished (first: case {missing[0]}); rerun "
-                        "the batch command (it skips finished cases), then merge")
+    paths = _finished_parts(out_dir, cases, signature)
     attrs = [_attrs(p) for p in paths]
     keys = set().union(*attrs)
     varying = sorted(k for k in keys if k not in DROPPED_ATTRS + FILE_ATTRS and
@@ -415,6 +411,16 @@ def merge_parts(out_dir: str | os.PathLike, out: Optional[str | os.PathLike] = N
         for ds in parts:
             ds.close()
     return path
+
+
+def _finished_parts(out_dir: Path, cases: Sequence[Case], signature: str) -> list[Path]:
+    """The part file of every case, in case order; UserError when one is missing or from another run."""
+    paths = [out_dir / PARTS / f"case_{c.key}.nc" for c in cases]
+    missing = [c.key for c, p in zip(cases, paths) if not p.exists() or part_signature(p) != signature]
+    if missing:
+        raise UserError(f"{len(missing)} of {len(cases)} cases are not finished (first: case {missing[0]}); rerun "
+                        "the batch command (it skips finished cases), then merge")
+    return paths
 
 
 def _attrs(path: Path) -> dict:
