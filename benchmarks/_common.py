@@ -38,19 +38,25 @@ def train_in_memory(config, fields: torch.Tensor):
     return trainer, path, time.perf_counter() - start
 
 
+def sync(device: str) -> None:
+    """Wait for queued CUDA work (nothing on the CPU)."""
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def timed(fn: Callable[[], object], device: str = "cpu") -> float:
+    """Wall time of one call of ``fn``, CUDA work included."""
+    sync(device)
+    start = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - start
+
+
 def best_time(fn: Callable[[], object], repeats: int = 3, device: str = "cpu") -> float:
     """Best wall time of ``repeats`` calls after one warm-up call (synchronising CUDA)."""
     fn()
-    best = float("inf")
-    for _ in range(repeats):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - start)
-    return best
+    return min(timed(fn, device) for _ in range(repeats))
 
 
 def machine() -> str:

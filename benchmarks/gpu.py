@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, parser, print_table, write_json  # noqa: E402
+from _common import machine, parser, print_table, timed, write_json  # noqa: E402
 
 from funcdiff.config import config_from_dict  # noqa: E402
 from funcdiff.guidance import SparseObservation, guided_sample, random_sensors  # noqa: E402
@@ -45,19 +45,6 @@ COLUMNS = ["device", "resolution", "variant", "train_batch", "train_steps_per_s"
            "samples_per_s", "guided_step_ratio", "peak_mem_mb"]
 
 
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def _timed(fn, device: str) -> float:
-    _sync(device)
-    start = time.perf_counter()
-    fn()
-    _sync(device)
-    return time.perf_counter() - start
-
-
 def _config(resolution: int, model: dict, batch: int, device: str, bf16: bool, compile_: bool, out: str) -> dict:
     return {"name": "gpu-bench",
             "data": {"source": "synthetic", "channels": ["a", "u"], "resolution": resolution,
@@ -72,7 +59,7 @@ def train_rate(trainer: Trainer, warmup: int, steps: int, device: str) -> float:
     """Optimizer steps per second after ``warmup`` steps (compilation, cuDNN/cuFFT plans, allocator)."""
     for _ in range(warmup):
         trainer.train_step()
-    return steps / _timed(lambda: [trainer.train_step() for _ in range(steps)], device)
+    return steps / timed(lambda: [trainer.train_step() for _ in range(steps)], device)
 
 
 def sample_rates(trainer: Trainer, resolution: int, batch: int, steps: int, seed: int, device: str
@@ -94,9 +81,9 @@ def sample_rates(trainer: Trainer, resolution: int, batch: int, steps: int, seed
                       sigma_max=SIGMA_MAX_MEASURED)
 
     unguided()  # warm-up
-    t_plain = min(_timed(unguided, device) for _ in range(2))
+    t_plain = min(timed(unguided, device) for _ in range(2))
     guided()
-    t_guided = min(_timed(guided, device) for _ in range(2))
+    t_guided = min(timed(guided, device) for _ in range(2))
     return batch / t_plain, t_guided / t_plain
 
 
