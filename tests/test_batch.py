@@ -22,6 +22,7 @@ from funcdiff.tasks import batch
 from funcdiff.tasks.batch import BatchRun, Case, case_seed, merge_parts, parse_indices, same_result, select_frames
 from funcdiff.training.distributed import batch_rank_from_env
 from funcdiff.training.signals import REQUEUE_EXIT
+from tiny_darcy import tiny_darcy_run
 
 N, CASES = 12, 10
 SOLVE_ARGS = ["--task", "darcy-inverse", "--obs-fraction", "0.1", "--num-samples", "2", "--steps", "3",
@@ -33,22 +34,7 @@ def darcy(tmp_path_factory):
     """A barely trained joint Darcy model at 12² (results need not be good, only reproducible) and a netCDF case
     file with 10 truths."""
     tmp = tmp_path_factory.mktemp("batch")
-    d = get_problem("darcy").generate(CASES, N, generator=torch.Generator().manual_seed(0))
-    fields = torch.stack([d["a"], d["u"]], dim=1)
-    write_netcdf(fields_to_dataset(fields, ("a", "u"), grid="node"), tmp / "cases.nc")
-    config = config_from_dict({
-        "name": "darcy-tiny", "data": {"source": "synthetic", "channels": ["a", "u"], "resolution": N,
-                                       "num_samples": 16, "test_fraction": 0.25},
-        "model": {"backbone": "fno", "n_modes": [4, 4], "hidden_channels": 8, "n_layers": 1, "emb_dim": 8,
-                  "norm_groups": 4},
-        "train": {"steps": 2, "batch_size": 4, "warmup_steps": 1, "log_every": 0, "eval_every": 0,
-                  "checkpoint_every": 0, "out_dir": str(tmp / "run"), "device": "cpu"},
-    })
-    from funcdiff.training import Trainer
-
-    trainer = Trainer.from_config(config, fields=fields[:, :, :, :], progress=False)
-    trainer.fit()
-    return tmp, trainer.save_checkpoint()
+    return tmp, tiny_darcy_run(tmp, n=N, fields=CASES, cases=CASES)
 
 
 def _solve_cmd(darcy, out_dir, *extra):

@@ -15,8 +15,7 @@ from cf_check import cf_report, checker_available
 from funcdiff.cli import main
 from funcdiff.config import config_from_dict
 from funcdiff.data import generate_to_hdf5
-from funcdiff.io.netcdf import fields_to_dataset, write_netcdf
-from funcdiff.pde import get_problem
+from tiny_darcy import tiny_darcy_run
 
 OK, WHY = checker_available()
 needs_checker = pytest.mark.skipif(not OK, reason=WHY)
@@ -33,23 +32,9 @@ def assert_cf(path):
 @pytest.fixture(scope="module")
 def darcy(tmp_path_factory):
     """A 1-step Darcy model at 8² and a netCDF file of 3 truths."""
-    from funcdiff.training import Trainer
-
     tmp = tmp_path_factory.mktemp("cf_darcy")
-    d = get_problem("darcy").generate(6, N, generator=torch.Generator().manual_seed(0))
-    fields = torch.stack([d["a"], d["u"]], dim=1)
-    write_netcdf(fields_to_dataset(fields[:3], ("a", "u"), grid="node"), tmp / "cases.nc")
-    config = config_from_dict({
-        "name": "darcy-cf", "data": {"source": "synthetic", "channels": ["a", "u"], "resolution": N,
-                                     "num_samples": 6, "test_fraction": 0.34},
-        "model": {"backbone": "fno", "n_modes": [4, 4], "hidden_channels": 8, "n_layers": 1, "emb_dim": 8,
-                  "norm_groups": 4},
-        "train": {"steps": 1, "batch_size": 2, "warmup_steps": 1, "log_every": 0, "eval_every": 0,
-                  "checkpoint_every": 0, "out_dir": str(tmp / "run"), "device": "cpu"},
-    })
-    trainer = Trainer.from_config(config, fields=fields, progress=False)
-    trainer.fit()
-    return tmp, trainer.save_checkpoint()
+    return tmp, tiny_darcy_run(tmp, n=N, fields=6, cases=3, name="darcy-cf", steps=1, batch_size=2,
+                               test_fraction=0.34)
 
 
 @pytest.fixture(scope="module")
