@@ -271,8 +271,9 @@ def main() -> None:
               f"{meta['bf16_sample_error']:.3g}")
     print_table([r for r in rows if r["pass"] in ("forward", "train-step")],
                 COLUMNS + (["compile_seconds"] if args.compile else []))
-    print_table([r for r in rows if r["pass"] == "guided-step"], GUIDED_COLUMNS)
-    print_table([r for r in rows if r["pass"] == "rollout"], ROLLOUT_COLUMNS)
+    for pass_, columns in (("guided-step", GUIDED_COLUMNS), ("rollout", ROLLOUT_COLUMNS)):
+        if any(r["pass"] == pass_ for r in rows):
+            print_table([r for r in rows if r["pass"] == pass_], columns)
     out = args.out or Path(__file__).resolve().parent / "results" / (
         "denoiser_speed_quick.json" if args.quick else "denoiser_speed.json")
     write_json(rows, out, {"benchmark": "denoiser_speed", "model": MODEL, "neuralop_fno": {

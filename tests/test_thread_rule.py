@@ -49,3 +49,15 @@ def test_set_thread_policy(monkeypatch):
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_set_thread_policy_imports_no_torch(monkeypatch):
+    """Before torch is imported, the count goes to OMP_NUM_THREADS (torch reads it on import)."""
+    import sys
+
+    monkeypatch.delitem(sys.modules, "torch", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "1")
+    cli.set_thread_policy(None, "data")
+    assert "torch" not in sys.modules
+    assert cli.os.environ["OMP_NUM_THREADS"] == "1"

@@ -129,14 +129,17 @@ def default_threads(environ: Mapping[str, str] | None = None, affinity: Iterable
 def set_thread_policy(threads: int | None = None, verb: str | None = None) -> None:
     """Default ``OMP_WAIT_POLICY=PASSIVE`` (effective only before torch is imported; a value the user set wins),
     then torch's intra-op threads: ``threads`` if given (0 = torch's default), else none set when
-    ``OMP_NUM_THREADS`` is set, else :func:`default_threads`."""
+    ``OMP_NUM_THREADS`` is set, else :func:`default_threads`. Imports no torch: before torch is imported the
+    count goes to ``OMP_NUM_THREADS``, which torch reads when a verb first imports it (``funcdiff data list``
+    never does)."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    if verb is None or (threads is None and "OMP_NUM_THREADS" in os.environ):
-        return
-    import torch
-
-    if threads != 0:  # 0: keep torch's default, set when it was imported
-        torch.set_num_threads(threads or default_threads())
+    if verb is None or threads == 0 or (threads is None and "OMP_NUM_THREADS" in os.environ):
+        return  # 0: keep torch's default
+    count = threads or default_threads()
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(count)
+    else:
+        os.environ["OMP_NUM_THREADS"] = str(count)
 
 
 def error_message(err: BaseException) -> str:
