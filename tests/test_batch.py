@@ -202,7 +202,7 @@ def test_idle_ranks_and_clear_errors(darcy, tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert "case file" in err and "['u']" in err and "darcy-inverse" in err and "Traceback" not in err
     assert main(_solve_cmd(darcy, tmp_path / "x", "--indices", "5:20")) == 2
-    assert "up to 19" in capsys.readouterr().err
+    assert "--indices '5:20': asks for samples up to 19" in capsys.readouterr().err
     # the same folder with other settings is refused
     assert main(_solve_cmd(darcy, tmp_path / "idle", "--indices", "0:2", "--steps", "4")) == 2
     assert "other settings" in capsys.readouterr().err
@@ -294,7 +294,7 @@ def test_forecast_batch_errors(forecaster, tmp_path, capsys):
     tmp = forecaster
     assert main(_forecast_cmd(tmp, tmp_path / "a", "--init-times", "0.4/9.0/0.2")) == 2
     err = capsys.readouterr().err
-    assert "is not covered by" in err and "frames run from 0 to" in err
+    assert "--init-times '0.4/9.0/0.2': time" in err and "is not covered by" in err and "frames run from 0 to" in err
     assert main(_forecast_cmd(tmp, tmp_path / "b", "--indices", "0:9")) == 2
     assert "holds 6" in capsys.readouterr().err
     assert main(["forecast", "--checkpoint", str(tmp / "run"), "--initial", str(tmp / "adv.h5"),

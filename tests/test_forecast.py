@@ -186,8 +186,8 @@ def test_forecast_user_errors_are_one_line(trained, tmp_path, capsys):
     tmp, _ = trained
     base = ["forecast", "--checkpoint", str(tmp / "run"), "--initial", str(tmp / "adv.h5"), "--lead-steps", "3",
             "--out", str(tmp_path / "e.nc"), "--no-progress", "--no-plot"]
-    assert "--start-frame" in _fails(capsys, base + ["--start-frame", "99"])
-    assert "--index" in _fails(capsys, base + ["--index", "99"])
+    assert "--start-frame 99 must lie in" in _fails(capsys, base + ["--start-frame", "99"])  # the library's
+    assert "--index 99 is out of range" in _fails(capsys, base + ["--index", "99"])  # index=99, as flags
     # a checkpoint that is not a forecaster
     static = config_from_dict({"data": {"num_samples": 8, "resolution": 16}, "model": {"n_modes": [4, 4],
                                "hidden_channels": 8, "n_layers": 1, "norm_groups": 4},

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import re
 import sys
 from contextlib import contextmanager
 from typing import Iterable, Iterator, Mapping, NoReturn
@@ -142,12 +143,36 @@ def set_thread_policy(threads: int | None = None, verb: str | None = None) -> No
         os.environ["OMP_NUM_THREADS"] = str(count)
 
 
+# The library names the parameters a caller passed (``index=5 is out of range``); the command line speaks in flags.
+# A parameter of this table written ``name=VALUE`` at the start of a word (start of the message, after a space or
+# a parenthesis; not ``train.steps=``, not quoted) is shown as ``--flag VALUE``; ``name=True``, or ``name=`` with
+# no value after it (``give one of indices= and init_times=``), as ``--flag``.
+PARAMETER_FLAGS = {
+    "index": "--index", "trajectories": "--index", "indices": "--indices", "start_frame": "--start-frame",
+    "init_times": "--init-times", "out_dir": "--out-dir", "overwrite": "--overwrite", "layout": "--layout",
+    "pushforward": "--pushforward", "batch_size": "--batch-size", "variables": "--variables", "start": "--start",
+    "end": "--end", "step": "--step",
+}
+_PARAMETER = re.compile(r"(?:(?<=^)|(?<=[\s(]))(?<!--set )(" + "|".join(PARAMETER_FLAGS) + r")=(True\b)?")
+
+
+def flag_message(text: str) -> str:
+    """``text`` with the parameters of :data:`PARAMETER_FLAGS` written as flags: ``start_frame=99 must lie in
+    1..23`` -> ``--start-frame 99 must lie in 1..23``; ``pass overwrite=True`` -> ``pass --overwrite``."""
+    def flag(m: re.Match) -> str:
+        bare = m[2] or m.end() == len(text) or text[m.end()] in " ,;)"
+        return PARAMETER_FLAGS[m[1]] + ("" if bare else " ")
+
+    return _PARAMETER.sub(flag, text)
+
+
 def error_message(err: BaseException) -> str:
-    """One line for a user error: OS errors as ``<reason>: <path>``, other messages with newlines joined."""
+    """One line for a user error: OS errors as ``<reason>: <path>``, other messages with newlines joined and the
+    library's parameter names shown as flags (:func:`flag_message`)."""
     if isinstance(err, OSError) and err.filename is not None and err.strerror:
         text = f"{err.strerror}: {err.filename}"
     else:
-        text = str(err.args[0]) if len(err.args) == 1 else str(err)
+        text = flag_message(str(err.args[0]) if len(err.args) == 1 else str(err))
     return "; ".join(line.strip() for line in text.splitlines() if line.strip()) or type(err).__name__
 
 

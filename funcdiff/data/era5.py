@@ -104,7 +104,7 @@ def parse_channels(spec: Union[str, Sequence[str]]) -> list[Channel]:
     names = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec)]
     names = [n for n in names if n]
     if not names:
-        raise UserError("no variables requested (e.g. --variables z500,t850,t2m)")
+        raise UserError("no variables requested (e.g. variables='z500,t850,t2m')")
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise UserError(f"variables requested twice: {', '.join(duplicates)}")
@@ -294,7 +294,7 @@ def raise_if_missing(counts: xr.DataArray) -> None:
     bad = [f"{name} has {int(n)}" for name, n in zip(counts["channel"].values, values) if n > 0]
     if bad:
         raise UserError(f"missing values (NaN) in the data: {'; '.join(bad)}; choose times without gaps "
-                        f"(--start/--end) or fill them first")
+                        f"(start=..., end=...) or fill them first")
 
 
 def check_missing(state: xr.DataArray) -> None:
@@ -400,7 +400,7 @@ def tendency_lag(times: pd.DatetimeIndex) -> tuple[int, pd.Timedelta]:
     """
     steps = np.unique(np.diff(times.values))
     if len(times) < 2 or len(steps) != 1:
-        raise UserError("statistics need at least 2 evenly spaced times (pass --step, e.g. 6h)")
+        raise UserError("statistics need at least 2 evenly spaced times (pass e.g. step='6h')")
     step = pd.Timedelta(steps[0])
     lag = int(TENDENCY_INTERVAL // step) if TENDENCY_INTERVAL % step == pd.Timedelta(0) else 1
     if lag >= len(times):
@@ -475,7 +475,7 @@ def _replace_directory(tmp: Path, out: Path, overwrite: bool) -> None:
     backup = out.with_name(f".{out.name}.old-{os.getpid()}")
     if out.exists():
         if not overwrite:
-            raise UserError(f"{out} exists (use --overwrite)")
+            raise UserError(f"{out} exists (use overwrite=True)")
         os.replace(out, backup)
     os.replace(tmp, out)
     shutil.rmtree(backup, ignore_errors=True)
@@ -500,7 +500,7 @@ def write_era5_zarr(source_state: xr.DataArray, out: Union[str, os.PathLike], *,
 
     out = Path(out)
     if out.exists() and not overwrite:
-        raise UserError(f"{out} exists (use --overwrite)")
+        raise UserError(f"{out} exists (use overwrite=True)")
     state = regrid_conservative(source_state, res)
     _, interval = tendency_lag(state.indexes["time"])
     tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")

@@ -130,7 +130,7 @@ def _read_json_attr(path: Path, name: str) -> dict:
         raise ValueError(f"{path} is locked: another process is writing it ({err})") from err
     except (OSError, KeyError) as err:
         raise ValueError(f"{path} is not a readable funcdiff HDF5 file ({err}); "
-                         "delete it or pass overwrite=True / --overwrite") from err
+                         "delete it or pass overwrite=True") from err
 
 
 def _check_args(path: Path, stored: dict, args: dict) -> None:
@@ -140,7 +140,7 @@ def _check_args(path: Path, stored: dict, args: dict) -> None:
     diffs = [f"{k}: file has {stored.get(k)!r}, requested {args.get(k)!r}"
              for k in sorted(set(stored) | set(args)) if stored.get(k) != args.get(k)]
     raise ValueError(f"{path} was generated with different arguments ({'; '.join(diffs)}); "
-                     "re-run with the original arguments or pass overwrite=True / --overwrite")
+                     "re-run with the original arguments or pass overwrite=True")
 
 
 def _open_partial(part: Path, args: dict) -> h5py.File:

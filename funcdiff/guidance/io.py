@@ -125,7 +125,8 @@ def load_observation(path: str | os.PathLike) -> SparseObservation:
         raise UserError(f"{path}: cannot read as netCDF ({err})") from err
     if INIT_DIM in ds.dims:
         raise UserError(f"{path} holds the sensors of {ds.sizes[INIT_DIM]} forecast initial state(s) (an "
-                        f"'{INIT_DIM}' dimension): give it to `funcdiff forecast --observations`")
+                        f"'{INIT_DIM}' dimension): give it to `funcdiff forecast --observations` (in Python: "
+                        "load_timed_observations)")
     return observation_from_dataset(ds, path)
 
 

@@ -81,11 +81,11 @@ def case_seed(seed: int, case: Case) -> int:
     return int.from_bytes(digest, "little") & (2 ** 63 - 1)
 
 
-def parse_indices(spec: str, available: int, source: str = "the data file", what: str = "sample") -> list[int]:
+def parse_indices(indices: str, available: int, source: str = "the data file", what: str = "sample") -> list[int]:
     """Indices from ``"0:1000"``, ``"0:1000:10"``, ``"5:"``, ``"3"`` or a comma list of those (Python slice rules,
-    stop excluded). UserError for an empty, negative, repeated or out-of-range selection."""
-    out: list[int] = []
-    for item in (p.strip() for p in str(spec).split(",")):
+    stop excluded). UserError (naming ``indices=``) for an empty, negative, repeated or out-of-range selection."""
+    spec, out = str(indices), []
+    for item in (p.strip() for p in spec.split(",")):
         try:
             if ":" in item:
                 fields = item.split(":")
@@ -97,25 +97,25 @@ def parse_indices(spec: str, available: int, source: str = "the data file", what
                 if step < 1 or start < 0:
                     raise ValueError
                 if stop > available:
-                    raise UserError(f"--indices {spec}: asks for {what}s up to {stop - 1} but {source} holds "
+                    raise UserError(f"indices={spec!r}: asks for {what}s up to {stop - 1} but {source} holds "
                                     f"{available} ({what}s 0..{available - 1})")
                 out += range(start, stop, step)
             else:
                 i = int(item)
                 if not 0 <= i < available:
-                    raise UserError(f"--indices {spec}: {what} {i} is out of range: {source} holds {available}")
+                    raise UserError(f"indices={spec!r}: {what} {i} is out of range: {source} holds {available}")
                 out.append(i)
         except UserError:
             raise
         except ValueError:
-            raise UserError(f"--indices {spec!r}: expected START:STOP[:STEP] or I, comma-separated, with "
+            raise UserError(f"indices={spec!r}: expected START:STOP[:STEP] or I, comma-separated, with "
                             "non-negative integers and a positive step") from None
     if not out:
-        raise UserError(f"--indices {spec} selects no {what} ({source} holds {available})")
+        raise UserError(f"indices={spec!r} selects no {what} ({source} holds {available})")
     seen: set[int] = set()
     repeated = [i for i in out if i in seen or seen.add(i)]
     if repeated:
-        raise UserError(f"--indices {spec} lists {what} {repeated[0]} more than once")
+        raise UserError(f"indices={spec!r} lists {what} {repeated[0]} more than once")
     return out
 
 
@@ -128,7 +128,7 @@ def parse_time_range(spec: str) -> tuple[object, object, object]:
 
     fields = [f.strip() for f in str(spec).split("/")]
     if not 1 <= len(fields) <= 3 or not all(fields):
-        raise UserError(f"init_times {spec!r}: expected START/END[/STEP]")
+        raise UserError(f"init_times={spec!r}: expected START/END[/STEP]")
     start, end = fields[0], fields[1] if len(fields) > 1 else fields[0]
     step = fields[2] if len(fields) == 3 else None
     try:
@@ -137,16 +137,16 @@ def parse_time_range(spec: str) -> tuple[object, object, object]:
         try:
             t0, t1 = pd.Timestamp(start), pd.Timestamp(end)
         except ValueError:
-            raise UserError(f"init_times {spec!r}: START and END must both be numbers or ISO dates "
+            raise UserError(f"init_times={spec!r}: START and END must both be numbers or ISO dates "
                             "(2020-01-01T00)") from None
         try:
             dt = None if step is None else pd.to_timedelta(f"{step}h" if _is_number(step) else step)
         except ValueError:
-            raise UserError(f"init_times {spec}: step {step!r} is not a duration like 6h, 30min, 1D") from None
+            raise UserError(f"init_times={spec!r}: step {step!r} is not a duration like 6h, 30min, 1D") from None
     if dt is not None and not dt > (0 if isinstance(dt, float) else pd.Timedelta(0)):
-        raise UserError(f"init_times {spec}: the step must be positive")
+        raise UserError(f"init_times={spec!r}: the step must be positive")
     if t1 < t0:
-        raise UserError(f"init_times {spec}: END is before START")
+        raise UserError(f"init_times={spec!r}: END is before START")
     return t0, t1, dt
 
 
@@ -172,7 +172,7 @@ def select_frames(spec: str, times: np.ndarray, source: str = "the data file") -
     dated = np.issubdtype(times.dtype, np.datetime64)
     if dated != isinstance(t0, pd.Timestamp):
         have = "dates" if dated else "numbers (model time units)"
-        raise UserError(f"init_times {spec}: {source}'s time coordinate holds {have}; give the range as {have}")
+        raise UserError(f"init_times={spec!r}: {source}'s time coordinate holds {have}; give the range as {have}")
     index = pd.DatetimeIndex(times) if dated else pd.Index(times.astype(np.float64))
     spacing = (index[1:] - index[:-1]).to_series().median() if len(index) > 1 else (pd.Timedelta("1h") if dated
                                                                                    else 1.0)
@@ -180,7 +180,7 @@ def select_frames(spec: str, times: np.ndarray, source: str = "the data file") -
     if dt is None:
         frames = [int(i) for i in np.flatnonzero((index >= t0 - tol) & (index <= t1 + tol))]
         if not frames:
-            raise UserError(f"init_times {spec}: no frame of {source} lies in the range ({_describe(times)})")
+            raise UserError(f"init_times={spec!r}: no frame of {source} lies in the range ({_describe(times)})")
         return frames
     count = int(math.floor((t1 - t0) / dt + 1e-9)) + 1
     wanted = [t0 + k * dt for k in range(count)]
@@ -190,7 +190,7 @@ def select_frames(spec: str, times: np.ndarray, source: str = "the data file") -
     if missing.size:
         want = wanted[int(missing[0])]
         shown = np.datetime64(want.to_datetime64(), "s") if dated else f"{want:g}"
-        raise UserError(f"init_times {spec}: time {shown} is not covered by {source} ({_describe(times)}; "
+        raise UserError(f"init_times={spec!r}: time {shown} is not covered by {source} ({_describe(times)}; "
                         f"{count} start times requested)")
     return [int(i) for i in found]
 
@@ -279,10 +279,10 @@ class BatchRun:
             old = read_manifest(self.out_dir)
             if json.dumps(old["signature"], sort_keys=True) != self.signature or old["kind"] != self.kind:
                 raise UserError(f"{self.out_dir} holds a batch run with other settings ({path}); use another "
-                                "--out-dir or delete it")
+                                "out_dir=<folder> or delete it")
             if old["cases"] != self.manifest()["cases"]:
                 raise UserError(f"{self.out_dir} holds a batch run over another case list ({len(old['cases'])} "
-                                f"cases); use another --out-dir or the same case selection")
+                                f"cases); use another out_dir=<folder> or the same case selection")
             return
         self.parts.mkdir(parents=True, exist_ok=True)
         write_text_atomic(path, text)
@@ -299,7 +299,8 @@ class BatchRun:
             path.unlink(missing_ok=True)
             return False
         if stored != self.signature:
-            raise UserError(f"{path} was written by a run with other settings; use another --out-dir or delete it")
+            raise UserError(f"{path} was written by a run with other settings; use another out_dir=<folder> or delete "
+                            "it")
         return True
 
     def _remove_stale_temporaries(self, case: Case) -> None:
@@ -345,8 +346,8 @@ def part_signature(path: Path) -> Optional[str]:
 def read_manifest(out_dir: str | os.PathLike) -> dict:
     path = Path(out_dir) / MANIFEST
     if not path.exists():
-        raise UserError(f"{out_dir} is not a batch output folder (no {MANIFEST}); pass the --out-dir of a "
-                        "`solve --cases` or `forecast --indices/--init-times` run")
+        raise UserError(f"{out_dir} is not a batch output folder (no {MANIFEST}); give the folder written by "
+                        "`funcdiff solve --cases` or `funcdiff forecast --indices/--init-times`")
     return json.loads(path.read_text())
 
 
@@ -477,10 +478,10 @@ def same_result(a: str | os.PathLike, b: str | os.PathLike) -> bool:
 
 
 # ------------------------------------------------------------------------------------------------ solve cases
-def index_cases(spec: Optional[str], available: int, source: str = "the data file") -> list[Case]:
-    """Solve cases: the samples ``spec`` selects (:func:`parse_indices`; None = every sample)."""
-    indices = parse_indices(spec, available, source) if spec else list(range(available))
-    return [Case(i) for i in indices]
+def index_cases(indices: Optional[str], available: int, source: str = "the data file") -> list[Case]:
+    """Solve cases: the samples ``indices`` selects (:func:`parse_indices`; None = every sample)."""
+    chosen = parse_indices(indices, available, source) if indices else list(range(available))
+    return [Case(i) for i in chosen]
 
 
 def read_case_fields(path: str | os.PathLike, channels: Sequence[str], task_name: str = "") -> "torch.Tensor":
@@ -529,27 +530,28 @@ def forecast_cases(traj_shape: Sequence[int], times: Optional[np.ndarray], sourc
     (default [0]). Exactly one of ``indices`` and ``init_times``. UserError for a range the data do not cover or a
     start without enough history."""
     if (indices is None) == (init_times is None):
-        raise UserError("give exactly one of --indices and --init-times")
+        raise UserError("give exactly one of indices= and init_times=")
     n, t = int(traj_shape[0]), int(traj_shape[2])
     first = (history - 1) * frame_step
     values = np.asarray(times) if times is not None else np.arange(t, dtype=np.float64)
     if indices is not None:
         frame = first if start_frame is None else int(start_frame)
         if not first <= frame < t:
-            raise UserError(f"--start-frame {frame} must lie in {first}..{t - 1}: the forecaster needs {history} "
+            raise UserError(f"start_frame={frame} must lie in {first}..{t - 1}: the forecaster needs {history} "
                             f"history frames spaced {frame_step} apart, and the trajectories have {t} frames")
         return [Case(i, frame, _time_value(values[frame]))
                 for i in parse_indices(indices, n, source, what="trajectory")]
     frames = select_frames(init_times, values, source)
     early = [f for f in frames if f < first]
     if early:
-        raise UserError(f"--init-times {init_times}: start time {values[early[0]]} has fewer than {history} history "
+        raise UserError(f"init_times={init_times!r}: start time {values[early[0]]} has fewer than {history} history "
                         f"frames before it in {source}; the first usable start time is "
                         f"{values[first] if first < t else 'none'}")
     chosen = list(trajectories) if trajectories else [0]
     bad = [i for i in chosen if not 0 <= i < n]
     if bad:
-        raise UserError(f"--index {bad[0]} is out of range: {source} holds {n} trajectories")
+        raise UserError(f"trajectories={chosen}: trajectory {bad[0]} is out of range: {source} holds {n} "
+                        "trajectories")
     return [Case(i, f, _time_value(values[f])) for i in chosen for f in frames]
 
 

@@ -107,7 +107,7 @@ def write_cds(ds: xr.Dataset, folder: Path, overwrite: bool = False) -> list[Pat
     for month in months.unique():
         path = folder / f"era5_swe_{LEVEL}hPa_{month}.nc"
         if path.exists() and not overwrite:
-            raise UserError(f"{path} exists (use --overwrite)")
+            raise UserError(f"{path} exists (use overwrite=True)")
         part = to_cds(ds.isel(time=np.flatnonzero(months == month)))
         write_netcdf(part, path)  # atomic, CF-1.8 encoding (no fill value on coordinates, history)
         paths.append(path)
@@ -117,7 +117,7 @@ def write_cds(ds: xr.Dataset, folder: Path, overwrite: bool = False) -> list[Pat
 def write_wb2(ds: xr.Dataset, path: Path, overwrite: bool = False) -> Path:
     """A zarr store (format 2, consolidated) in the WB2 layout, written beside ``path`` and renamed into place."""
     if path.exists() and not overwrite:
-        raise UserError(f"{path} exists (use --overwrite)")
+        raise UserError(f"{path} exists (use overwrite=True)")
     tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -140,7 +140,7 @@ def write_shallow_water_era5(out: str | os.PathLike, run: ShallowWaterRun, *, st
     Returns ``{"cds": [files...], "wb2": store}`` for the layouts written.
     """
     if layout not in LAYOUTS:
-        raise UserError(f"--layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+        raise UserError(f"layout={layout!r} is not one of {', '.join(LAYOUTS)}")
     frames = int(round(days * 24 / run.step_hours)) + 1
     ds = simulate(run, start, frames, progress=progress)
     out = Path(out)

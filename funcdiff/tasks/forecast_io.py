@@ -45,7 +45,7 @@ def save_forecast(fc: Forecast, path: Path, *, progress: bool = False) -> Path:
     if path.exists():
         if _file_signature(path) == signature:
             return path  # already complete: nothing to redo
-        raise UserError(f"{path} exists and holds another forecast; choose another --out or delete it")
+        raise UserError(f"{path} exists and holds another forecast; choose another output file or delete it")
     part, state_file = _partial(path), _state_path(path)
     start_init, state = _resume_point(part, state_file, signature, fc.forecaster.device)
     if state is None and start_init == 0:
@@ -347,11 +347,11 @@ def initial_from_trajectories(traj: Tensor, times: Optional[Tensor], path: str |
     errors. Shapes: traj (N, C, T, *S), times (T,) or None."""
     n, t = traj.shape[0], traj.shape[2]
     if not 0 <= index < n:
-        raise UserError(f"--index {index} is out of range: {path} holds {n} trajectories")
+        raise UserError(f"index={index} is out of range: {path} holds {n} trajectories")
     first = (history - 1) * frame_step
     start = first if start_frame is None else int(start_frame)
     if not first <= start < t:
-        raise UserError(f"--start-frame {start} must lie in {first}..{t - 1}: the forecaster needs {history} "
+        raise UserError(f"start_frame={start} must lie in {first}..{t - 1}: the forecaster needs {history} "
                         f"history frames spaced {frame_step} apart, and the trajectories have {t} frames")
     initial = traj[index, :, start - first:start + 1:frame_step]
     truth = traj[index, :, start + frame_step::frame_step]

@@ -108,14 +108,15 @@ def check_method(task: Task, settings: SolveSettings, batch_size: Optional[int] 
     if settings.pde_guidance and method != "dps":
         raise UserError(f"PDE-residual guidance combines with method 'dps' only, not {method!r}")
     if settings.pushforward and settings.physics:
-        raise UserError(f"--pushforward is implied by method {method!r} (it reports the solver's output)")
+        raise UserError(f"pushforward=True is implied by method {method!r} (it reports the solver's output)")
     if method.startswith("enkg"):
         if settings.num_samples < 2:
             raise UserError(f"method {method!r} is an ensemble method: draw at least 2 samples, got "
                              f"{settings.num_samples}")
         if batch_size is not None and batch_size < settings.num_samples:
-            raise UserError(f"method {method!r} needs the whole ensemble in one batch: drop --batch-size or make "
-                             f"it at least the number of samples ({settings.num_samples})")
+            raise UserError(f"method {method!r} needs the whole ensemble in one batch: batch_size={batch_size} is "
+                             f"less than the number of samples ({settings.num_samples}); leave the batch size unset "
+                             "or make it at least that")
 
 
 def build(problem: PosteriorProblem, settings: SolveSettings, chunk_size: Optional[int] = None) -> GuidedSampler:

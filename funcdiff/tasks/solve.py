@@ -164,7 +164,7 @@ class Posterior:
         units = [str(self.units.get(name.split()[-1] if not name.startswith("observed") else observed, "1"))
                  for name, _ in panels]
         how = (f"{self.task.name}: {self.task.target[0]} = numerical solver applied to each posterior sample of "
-               f"{self.task.observed[0]} (--pushforward)" if self.settings.get("pushforward") else
+               f"{self.task.observed[0]} (pushforward)" if self.settings.get("pushforward") else
                f"{self.task.name}: guided diffusion posterior ({self.samples.shape[0]} samples)")
         return plot_panels(panels, path, cmaps=cmaps, points=points, point_panels=[dot_panel], shared=shared,
                            title=how, units=units, grid="latlon" if self.task.grid == "latlon" else "periodic",

@@ -97,7 +97,7 @@ def read_coarse(path: str | os.PathLike, channels, index=None, start_frame: int 
     chosen = list(range(traj.shape[0])) if index is None else list(index)
     bad = [i for i in chosen if not 0 <= i < traj.shape[0]]
     if bad:
-        raise UserError(f"{path} holds {traj.shape[0]} trajectories; --index {bad} is out of range")
+        raise UserError(f"{path} holds {traj.shape[0]} trajectories; index={bad} is out of range")
     stop = traj.shape[2] if frames is None else start_frame + frames
     if not 0 <= start_frame < stop <= traj.shape[2]:
         raise UserError(f"{path} has {traj.shape[2]} frames; frames {start_frame}..{stop - 1} are not all in it")
