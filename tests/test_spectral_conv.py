@@ -116,3 +116,26 @@ def test_group_norm_affine_gradient():
     a = torch.randn(2, 4, dtype=torch.float64, generator=g, requires_grad=True)
     b = torch.randn(2, 4, dtype=torch.float64, generator=g, requires_grad=True)
     assert torch.autograd.gradcheck(lambda h, a, b: _GroupNormAffine.apply(h, a, b, 2, 1e-5), (h, a, b))
+
+
+def test_gelu_mlp_rows_gradient(monkeypatch):
+    """The fused activation + channel MLP of a training block (chunks of tiles, GELUs recomputed in backward) has
+    autograd's gradients, over several chunks and when only some inputs need a gradient (guidance's VJPs)."""
+    from funcdiff.models import fno
+    from funcdiff.models.fno import _GeluMLPRows
+
+    monkeypatch.setattr(fno, "CHUNK_BYTES", 6 * 5 * 8 * 2)  # two tiles of (6, 5) float64 per chunk: 3 chunks
+    g = torch.Generator().manual_seed(3)
+    m = torch.randn(5, 4, 5, dtype=torch.float64, generator=g, requires_grad=True)
+    w1 = torch.randn(6, 4, dtype=torch.float64, generator=g, requires_grad=True)
+    b1 = torch.randn(6, dtype=torch.float64, generator=g, requires_grad=True)
+    w2 = torch.randn(3, 6, dtype=torch.float64, generator=g, requires_grad=True)
+    b2 = torch.randn(3, dtype=torch.float64, generator=g, requires_grad=True)
+    assert len(_GeluMLPRows._chunks(m, 6)) == 3
+    assert torch.autograd.gradcheck(_GeluMLPRows.apply, (m, w1, b1, w2, b2))
+    frozen = [t.detach() for t in (w1, b1, w2, b2)]
+    assert torch.autograd.gradcheck(lambda m: _GeluMLPRows.apply(m, *frozen), (m,))
+    gelu = torch.nn.functional.gelu
+    reference = torch.einsum("oh,thn->ton", w2, gelu(torch.einsum("hc,tcn->thn", w1, gelu(m)) + b1[:, None])) \
+        + b2[:, None]
+    torch.testing.assert_close(_GeluMLPRows.apply(m, w1, b1, w2, b2), reference)

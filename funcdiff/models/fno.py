@@ -121,9 +121,15 @@ class FNOBlock(nn.Module):
         if rows:
             h = self.spectral.forward_rows(x, accumulate=self.pointwise.forward_rows(x))
             h = self._modulate(h, emb, rows=True)
-            h = self.mlp[0].forward_rows_gelu(h) if _exact_gelu(self.act) else self.mlp[0].forward_rows(self.act(h))
-            out = (self.mlp[2].forward_rows_gelu(h) if _exact_gelu(self.mlp[1])
-                   else self.mlp[2].forward_rows(self.mlp[1](h)))
+            if self._can_fuse_mlp(h):
+                lin1, lin2 = self.mlp[0].linear, self.mlp[2].linear
+                out = _GeluMLPRows.apply(h.reshape(-1, h.shape[-2], h.shape[-1]), lin1.weight, lin1.bias,
+                                         lin2.weight, lin2.bias).view(h.shape)
+            else:
+                h = (self.mlp[0].forward_rows_gelu(h) if _exact_gelu(self.act)
+                     else self.mlp[0].forward_rows(self.act(h)))
+                out = (self.mlp[2].forward_rows_gelu(h) if _exact_gelu(self.mlp[1])
+                       else self.mlp[2].forward_rows(self.mlp[1](h)))
         else:
             h = self.spectral(x) + self.pointwise(x)
             h = _activate(self.act, self._modulate(h, emb, rows=False))
@@ -131,6 +137,15 @@ class FNOBlock(nn.Module):
         if out.dtype != torch.promote_types(out.dtype, x.dtype) or (torch.is_grad_enabled() and out.requires_grad):
             return x + out  # (in place on a view, autograd would copy the gradient: CopySlices)
         return out.add_(x)
+
+    def _can_fuse_mlp(self, h: torch.Tensor) -> bool:
+        """Training on the row layout: ``mlp(act(h))`` as one autograd function over chunks of rows
+        (:class:`_GeluMLPRows`), float32/64 without autocast, exact GELUs, biases."""
+        lin1, lin2 = self.mlp[0].linear, self.mlp[2].linear
+        return (torch.is_grad_enabled() and not torch.is_autocast_enabled(h.device.type)
+                and h.dtype == lin1.weight.dtype and h.dtype in (torch.float32, torch.float64)
+                and _exact_gelu(self.act) and _exact_gelu(self.mlp[1])
+                and lin1.bias is not None and lin2.bias is not None)
 
     def _can_chunk(self, x: torch.Tensor) -> bool:
         return (not torch.is_grad_enabled() and not torch.is_autocast_enabled(x.device.type) and x.is_contiguous()
@@ -360,6 +375,64 @@ class _GroupNormAffine(torch.autograd.Function):
         grad_h = torch.addcmul(const[:, None, :, None], grad, k_grad[:, None, :, None])
         grad_h.addcmul_(h, k_h[:, None, :, None])
         return grad_h, grad_a, grad_b, None, None
+
+
+class _GeluMLPRows(torch.autograd.Function):
+    """``W2 gelu(W1 gelu(m) + b1) + b2`` per (C, n) tile of the row layout, m (T, C, n) -> (T, C_out, n): a block's
+    activation and channel MLP in one function, run over chunks of tiles so that the GELU outputs and the
+    gradients at the hidden width are made and used while they are in cache (the training step's counterpart of
+    :meth:`FNOBlock._forward_rows_chunked`). Saves m and the pre-activation z = W1 gelu(m) + b1, as the two
+    :class:`~funcdiff.models.conditioning._GeluLinearRows` it replaces did; the GELUs are recomputed in the
+    backward pass; weight gradients are accumulated per chunk with ``addbmm`` (no per-tile temporaries)."""
+
+    @staticmethod
+    def _chunks(m: torch.Tensor, hidden: int) -> list[slice]:
+        step = max(1, CHUNK_BYTES // (max(hidden, m.shape[1]) * m.shape[2] * m.element_size()))
+        return [slice(t, min(t + step, m.shape[0])) for t in range(0, m.shape[0], step)]
+
+    @staticmethod
+    def forward(ctx, m: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor,
+                b2: torch.Tensor) -> torch.Tensor:
+        m = m.contiguous()
+        hidden, tiles = w1.shape[0], m.shape[0]
+        z = m.new_empty(tiles, hidden, m.shape[2])
+        out = m.new_empty(tiles, w2.shape[0], m.shape[2])
+        bias1, bias2 = b1[None, :, None], b2[None, :, None]
+        for c in _GeluMLPRows._chunks(m, hidden):
+            g1 = torch.nn.functional.gelu(m[c])
+            zc = torch.baddbmm(bias1, w1.expand(g1.shape[0], -1, -1), g1, out=z[c])
+            g2 = torch.nn.functional.gelu(zc)
+            torch.baddbmm(bias2, w2.expand(g2.shape[0], -1, -1), g2, out=out[c])
+        ctx.save_for_backward(m, z, w1, w2)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        m, z, w1, w2 = ctx.saved_tensors
+        need_m, need_w1, need_b1, need_w2, need_b2 = ctx.needs_input_grad
+        go = grad_out.contiguous()
+        grad_m = torch.empty_like(m) if need_m else None
+        grad_w1 = torch.zeros_like(w1) if need_w1 else None
+        grad_w2 = torch.zeros_like(w2) if need_w2 else None
+        grad_b1 = w1.new_zeros(w1.shape[0]) if need_b1 else None
+        grad_b2 = w2.new_zeros(w2.shape[0]) if need_b2 else None
+        w1t, w2t = w1.t(), w2.t()
+        for c in _GeluMLPRows._chunks(m, w1.shape[0]):  # guidance's VJPs (x only) skip the weight gradients
+            go_c, z_c, m_c = go[c], z[c], m[c]
+            if need_w2:
+                grad_w2.addbmm_(go_c, torch.nn.functional.gelu(z_c).transpose(1, 2))
+            if need_b2:
+                grad_b2 += go_c.sum(-1).sum(0)  # contiguous axis first
+            if not (need_m or need_w1 or need_b1):
+                continue
+            dz = torch.ops.aten.gelu_backward(torch.bmm(w2t.expand(go_c.shape[0], -1, -1), go_c), z_c)
+            if need_w1:
+                grad_w1.addbmm_(dz, torch.nn.functional.gelu(m_c).transpose(1, 2))
+            if need_b1:
+                grad_b1 += dz.sum(-1).sum(0)
+            if need_m:
+                grad_m[c] = torch.ops.aten.gelu_backward(torch.bmm(w1t.expand(dz.shape[0], -1, -1), dz), m_c)
+        return grad_m, grad_w1, grad_b1, grad_w2, grad_b2
 
 
 CHUNK_BYTES = 1 << 21  # the widest field of a chunk of rows in the chunked inference path (2 MiB: best of 0.25-2 measured at 128²-512²)
