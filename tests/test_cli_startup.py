@@ -52,3 +52,19 @@ def test_choices_mirror_their_registries():
     assert choices.METHODS == tuple(METHODS)
     assert choices.DEMO_SETTINGS == tuple((f.name, type(f.default), f.default) for f in fields(DemoSettings)
                                           if f.name not in ("seed", "device"))
+
+
+# A verb that runs imports only what it uses (issue 20): listing or inspecting data needs no neural operator, no
+# compiler stack and no plotting. (`data list` still imports torch: the PDE registry it lists holds the solvers.)
+MODEL_STACK = ("neuralop", "torch_harmonics", "matplotlib")
+
+
+@pytest.mark.parametrize("argv", [["data", "list"], ["data", "info", "{h5}"]])
+def test_data_verbs_import_no_model_stack(argv, tmp_path):
+    from funcdiff.data import generate_to_hdf5
+    from funcdiff.data.synthetic import SYNTHETIC
+
+    path = tmp_path / "tiny.h5"
+    generate_to_hdf5(SYNTHETIC, path, num_samples=2, resolution=8, seed=0, batch_size=2, progress=False)
+    heavy = _imported([a.format(h5=path) for a in argv]) & set(MODEL_STACK)
+    assert not heavy, f"funcdiff {' '.join(argv)} imported {sorted(heavy)}"
