@@ -8,7 +8,7 @@ version (``funcdiff.guidance.guided_sample``, 3 % of the grid observed) with the
 ``guided_step_ratio`` = guided / unguided wall time at equal steps (the price of the gradient through the denoiser).
 ``peak_mem_mb``: ``torch.cuda.max_memory_allocated`` per row (CUDA only). The best variant per resolution is
 printed: that is what to set in a config (train.bf16, train.compile), which default to off until a GPU run shows a
-gain (README, "GPU options").
+gain (docs: "Batch jobs, multi-GPU training and Slurm").
 
 Rows: {"device", "resolution", "variant", "train_batch", "train_steps_per_s", "sample_batch", "steps",
        "samples_per_s", "guided_step_ratio", "peak_mem_mb"}

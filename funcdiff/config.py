@@ -93,7 +93,7 @@ class TrainConfig:
     ``latitude_weighted``: weight the loss's grid points by cell area (lat-lon data, WeatherBench 2 weights).
     ``grad_accum``: micro-batches per optimizer step on each rank (the rank's share of ``batch_size`` must divide
     by it); the update equals the one of the whole batch at once (to float rounding). ``compile``: wrap the network
-    in ``torch.compile`` (off by default: see README "GPU options"; ``benchmarks/gpu.py`` measures both).
+    in ``torch.compile`` (off by default: see the docs, "GPU options"; ``benchmarks/gpu.py`` measures both).
     """
 
     steps: int = 1000

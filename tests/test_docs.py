@@ -53,3 +53,9 @@ def test_cli_page_has_every_verbs_help():
         assert f"## `funcdiff {verb}`" in page and f"usage: funcdiff {verb}" in page, verb
     assert "### `funcdiff data generate`" in page
 
+
+
+def test_readme_is_short_and_points_to_the_docs():
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 250
+    assert "mkdocs serve" in readme

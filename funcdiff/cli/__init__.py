@@ -9,7 +9,7 @@ with status 2. ``--debug`` (anywhere on the command line) or ``FUNCDIFF_DEBUG=1`
 instead; any other exception is a bug and always keeps its traceback.
 
 Threads. On a shared machine torch's default (one OpenMP thread per core, spinning while it waits) slowed the
-demo from seconds to minutes when another torch job ran (README, "Threads"); the spinning was the culprit, not the
+demo from seconds to minutes when another torch job ran (docs, "Threads"); the spinning was the culprit, not the
 count. So ``OMP_WAIT_POLICY`` defaults to ``PASSIVE`` (idle OpenMP threads sleep) before torch is imported, and
 every verb runs torch on :func:`default_threads` intra-op threads, one per core the process may use (affinity mask,
 ``SLURM_CPUS_PER_TASK``), unless ``--threads N`` (0: torch's own default) or ``OMP_NUM_THREADS`` says otherwise.
@@ -123,7 +123,7 @@ def allowed_cores(environ: Mapping[str, str] | None = None, affinity: Iterable[i
 def default_threads(environ: Mapping[str, str] | None = None, affinity: Iterable[int] | None = None) -> int:
     """torch intra-op threads a verb uses when neither ``--threads`` nor ``OMP_NUM_THREADS`` says: every core the
     process may use (:func:`allowed_cores`), with ``OMP_WAIT_POLICY=PASSIVE`` so that idle threads sleep.
-    Measured with ``benchmarks/threads.py`` (README, "Threads")."""
+    Measured with ``benchmarks/threads.py`` (docs, "Threads")."""
     return allowed_cores(environ, affinity)
 
 

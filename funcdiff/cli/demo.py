@@ -11,8 +11,8 @@ from funcdiff.errors import UserError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("demo", help="end-to-end demo on built-in synthetic data (about 8 min on 2 shared "
-                                           "CPU cores, as measured in the README; --quick: seconds)",
+    p = subparsers.add_parser("demo", help="end-to-end demo on built-in synthetic data (minutes on a CPU; --quick: "
+                                           "seconds)",
                               description=__doc__)
     p.add_argument("--out-dir", default="funcdiff-demo", help="where outputs go (default: ./funcdiff-demo)")
     p.add_argument("--quick", action="store_true", help="tiny settings (seconds), for CI and smoke tests")

@@ -51,9 +51,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--method", default="dps", choices=METHODS,
                    help="posterior sampler: dps (default), mmps (Tweedie covariance), enkg (derivative-free "
                         "ensemble over --num-samples), dps-physics / mmps-physics / enkg-physics (the numerical solver "
-                        "in the loop; mmps-physics: the best inverse solver in the README's benchmark)")
+                        "in the loop; mmps-physics: the best inverse solver in the benchmarks)")
     p.add_argument("--cg-iters", type=non_negative_int, default=5,
-                   help="mmps, mmps-physics: CG iterations per step (mmps-physics: 10 in the README's benchmark)")
+                   help="mmps, mmps-physics: CG iterations per step (mmps-physics: 10 in the benchmarks)")
     p.add_argument("--pde-guidance", action=argparse.BooleanOptionalAction, default=False)
     p.add_argument("--pde-weight", type=float, default=1e-3, help="weight of the PDE-residual term")
     p.add_argument("--pde-start-sigma", type=float, default=1.0, help="PDE guidance acts below this noise level")

@@ -47,7 +47,7 @@ exact denoiser (the oracle tests are unchanged).
 Off by default (``None``): the model P treats channels as independent, but a joint (coefficient, solution)
 prior correlates them strongly, so a legitimate cross-channel correction — the whole point of an inverse
 problem, observing u to move a — can have a small norm under the true P and a large one under the model's.
-Measured on Darcy (``benchmarks/few_step_guidance.py``, README): κ = 1 rescues 5-step sampling (forward rel. L2
+Measured on Darcy (``benchmarks/few_step_guidance.py``): κ = 1 rescues 5-step sampling (forward rel. L2
 0.52 → 0.30) but costs ~3 % on the inverse at ≥ 10 steps with a small model and 15 % with a 4000-step one.
 Use it for few-step budgets (:func:`funcdiff.tasks.solve` does so by itself for ≤ 7 steps).
 """

@@ -14,7 +14,7 @@ normalised per subband with statistics fitted on the training split. The correct
 approximation minus the one from samples (zero for a smooth field up to O(h^4) with coif1, non-zero at shocks,
 where the filter's average and the sample differ); with it the pair round-trips exactly and the model is trained
 on the same conditioning it is applied with. (A first version conditioned on the true approximation and
-diffused the details only; measured in the README.)
+diffused the details only; it did no better in ``benchmarks/wavelet.py``.)
 
 ``transform.residual: true`` diffuses instead the one-level coefficients of the change from interpolation
 (spectral in space, linear in time) of the half-grid samples, conditioned on those samples (data-normalised)::

@@ -16,7 +16,7 @@ FEW_STEPS = 7  # trust_region="auto": the guidance trust region is on at or belo
 
 @dataclass(frozen=True)
 class SolveSettings:
-    """How posterior samples are drawn (:func:`funcdiff.tasks.solve`; README "Posterior samplers").
+    """How posterior samples are drawn (:func:`funcdiff.tasks.solve`; docs: "Posterior samplers").
 
     Attributes:
         method: the posterior sampler, a key of :data:`funcdiff.tasks.samplers.POSTERIOR_METHODS`.

@@ -10,7 +10,7 @@ transformed axis (time and space, or space only). :func:`super_resolve` repeats 
 neural operator, runs each time on the grid it is given -- beyond the grid it was trained at, without retraining.
 
 Time: fine frame 2k is coarse frame k, fine frame 2k + 1 lies half a coarse step after it; the last one lies half a
-step after the last coarse frame (the periodised time transform wraps there, see README).
+step after the last coarse frame (the periodised time transform wraps there; see the docs' wavelet guide).
 
 Baselines: :func:`interpolate` (spectral in the periodic space, linear in time; or linear in both).
 
