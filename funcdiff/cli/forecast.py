@@ -52,7 +52,7 @@ def run_forecast(args: argparse.Namespace) -> int:
     from funcdiff.cli import user_errors
     from funcdiff.errors import UserError
     from funcdiff.tasks.forecast import Forecast, load_forecaster
-    from funcdiff.tasks.forecast_io import initial_from_file
+    from funcdiff.tasks.forecast_io import initial_from_trajectories, read_trajectories
     from funcdiff.cli.batch import batch_requested
 
     check_sensor_flags(args)
@@ -67,7 +67,8 @@ def run_forecast(args: argparse.Namespace) -> int:
     f = fc.forecast
     indices = args.index or [0]
     with user_errors():  # reading the user's files: a ValueError there is a problem of the input
-        starts = [initial_from_file(args.initial, fc.channel_names, i, args.start_frame, f.history, f.frame_step)
+        traj, times = read_trajectories(args.initial, fc.channel_names)  # once, not once per --index
+        starts = [initial_from_trajectories(traj, times, args.initial, i, args.start_frame, f.history, f.frame_step)
                   for i in indices]
     check_plot_flags(args, fc.channel_names)
     warn_training_data(fc, args.initial, indices)
