@@ -59,7 +59,7 @@ def run_train(args: argparse.Namespace) -> int:
     from funcdiff.config import load_config
     from funcdiff.training import Trainer
     from funcdiff.training.signals import StopSignal
-    from funcdiff.training.distributed import (dist_info_from_env, init_distributed, select_device,
+    from funcdiff.training.distributed import (barrier, dist_info_from_env, init_distributed, select_device,
                                                shutdown_distributed)
 
     with user_errors():
@@ -82,6 +82,7 @@ def run_train(args: argparse.Namespace) -> int:
         with StopSignal((signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)) as stop:
             trainer.stop = stop
             trainer.fit()
+        barrier(info)  # no rank tears the group down (rank 0 hosts its store) while another is still in it
     finally:
         if trainer is not None:  # free the DDP wrapper while its process group exists: freed after it, a rank hung
             trainer.network = trainer.model  # at exit (seen under torchrun with gloo)

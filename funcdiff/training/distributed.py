@@ -6,6 +6,7 @@ torchrun sets ``WORLD_SIZE``, ``RANK`` and ``LOCAL_RANK``; a plain ``python`` ru
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 
@@ -63,12 +64,21 @@ def init_distributed(device: torch.device, info: DistInfo) -> None:
 
 
 def shutdown_distributed() -> None:
-    """Destroy the default process group if one is initialised."""
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    """Destroy the default process group if one is initialised (call :func:`barrier` first on a normal end).
+
+    ``gc.collect`` frees DDP reducers and finished gloo work that still hold the group, so its worker threads are
+    joined here and not during interpreter shutdown (a rank aborted there with "terminate called without an
+    active exception"). No barrier here: after an error on one rank it would hold that rank until the group's
+    timeout instead of letting it exit with its traceback."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    gc.collect()
+    dist.destroy_process_group()
+    gc.collect()
 
 
 def barrier(info: DistInfo) -> None:
+    """Wait for every rank (no-op in a single process)."""
     if info.enabled and dist.is_initialized():
         dist.barrier()
 

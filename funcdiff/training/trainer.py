@@ -368,6 +368,7 @@ def train(config: RunConfig, *, resume: bool = False, progress: bool = True) -> 
         if resume:
             trainer.resume()
         trainer.fit()
+        barrier(info)
     finally:
         shutdown_distributed()
     return trainer
