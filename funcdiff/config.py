@@ -88,7 +88,8 @@ class TrainConfig:
 
     ``P_mean``/``P_std``: log-normal sigma distribution of the EDM loss (Karras et al. 2022, Table 1).
     ``ema_decay``: per-step EMA decay (capped at (1+n)/(10+n) after n updates). ``*_every``: intervals in
-    steps (0 disables). ``bf16``: bfloat16 autocast of the forward pass on CUDA (ignored on CPU).
+    steps (0 disables). ``bf16``: bfloat16 autocast of the forward pass, CPU or CUDA
+    (FFTs/DFTs and norm statistics in float32; measured speed and loss-curve error in ``benchmarks/denoiser_speed.py``).
     ``device``: "auto" (CUDA if available), "cpu" or "cuda". ``keep_checkpoints``: newest files kept (0 = all).
     ``latitude_weighted``: weight the loss's grid points by cell area (lat-lon data, WeatherBench 2 weights).
     ``grad_accum``: micro-batches per optimizer step on each rank (the rank's share of ``batch_size`` must divide
@@ -138,6 +139,9 @@ class SampleConfig:
     levels the training distribution (log σ ~ N(-1.2, 1.2²)) almost never visits: on the Darcy model,
     5 Heun steps give samples with 2.1× the data std from 80 and 1.4× from 20, and guided 5-step errors
     drop 3× (``benchmarks/inverse_problems.py``).
+
+    ``bf16``: denoiser calls under bfloat16 autocast (``funcdiff sample``; CPU or CUDA, the solver state stays
+    float32; :class:`funcdiff.sampling.SamplerSettings`).
     """
 
     steps: int = 32
@@ -145,6 +149,7 @@ class SampleConfig:
     sigma_min: float = SIGMA_MIN  # the one default schedule (funcdiff.schedules), recorded in every checkpoint
     sigma_max: float = SIGMA_MAX
     rho: float = RHO
+    bf16: bool = False
 
 
 FORECAST_KINDS = KIND_NAMES  # the registry of model kinds (funcdiff.kinds: names only, no torch)

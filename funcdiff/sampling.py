@@ -230,7 +230,9 @@ class SamplerSettings:
     """What a :func:`sample` call computes besides the seed: ``steps`` of ``solver`` (EDM's Euler/Heun/churn,
     Karras et al. 2022 Alg. 1-2; ``solver_options`` go to it) along the Karras schedule ``sigma_min`` ..
     ``sigma_max`` with exponent ``rho`` (default the one of :mod:`funcdiff.schedules`; for a trained model pass
-    the recorded one, ``SamplerSettings(**meta.schedule)``)."""
+    the recorded one, ``SamplerSettings(**meta.schedule)``). ``bf16``: run the denoiser calls under bfloat16
+    autocast (CPU or CUDA; the state, the solver's arithmetic and the spectral transforms stay float32; the
+    error against a float32 sample of the same seed is measured in ``benchmarks/denoiser_speed.py``)."""
 
     steps: int = 32
     solver: str = "heun"
@@ -238,6 +240,13 @@ class SamplerSettings:
     sigma_max: float = SIGMA_MAX
     rho: float = RHO
     solver_options: Optional[dict] = None
+    bf16: bool = False
+
+
+def bf16_autocast(device: torch.device | str, enabled: bool = True):
+    """A bfloat16 autocast context on ``device`` (CPU or CUDA) when ``enabled``, else a no-op context."""
+    device_type = torch.device(device).type
+    return torch.autocast(device_type, dtype=torch.bfloat16, enabled=enabled and device_type in ("cpu", "cuda"))
 
 
 def sample(denoiser: Denoiser, shape: Sequence[int], noise: GaussianRandomField,
@@ -268,7 +277,7 @@ def sample(denoiser: Denoiser, shape: Sequence[int], noise: GaussianRandomField,
         gens = make_generators(seed, range(start, start + n))
         draw = lambda like, g=gens: noise.sample(like.shape, generator=g, dtype=like.dtype).to(like.device)
         x = sigma_max * noise.sample((n, *shape[1:]), generator=gens, dtype=dtype).to(device)
-        with torch.set_grad_enabled(grad):
+        with torch.set_grad_enabled(grad), bf16_autocast(x.device, s.bf16):
             x = run(denoiser, x, sigmas, noise=draw, callback=_progress(bar), **(s.solver_options or {}))
         chunks.append(x.detach())
     bar.close()

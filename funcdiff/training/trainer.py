@@ -1,4 +1,4 @@
-"""Trainer: AdamW + warm-up/cosine LR, gradient clipping, EMA, bf16 autocast on CUDA, JSON-lines log,
+"""Trainer: AdamW + warm-up/cosine LR, gradient clipping, EMA, bf16 autocast (CPU or CUDA), JSON-lines log,
 fixed-generator validation loss, atomic checkpoints with bit-exact resume, and torchrun/DDP.
 
 Determinism: the data order is a pure function of (seed, step) (one seeded permutation per epoch), the
@@ -177,8 +177,10 @@ class Trainer:
         return divmod(step, self.train_x.shape[0] // self.config.train.batch_size)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.config.train.bf16 and self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+        """bfloat16 autocast of the forward pass with ``train.bf16``, on CPU and CUDA alike (the spectral
+        transforms, GroupNorm statistics and the loss stay float32; parameters and optimiser state stay float32)."""
+        if self.config.train.bf16 and self.device.type in ("cpu", "cuda"):
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     def train_step(self) -> dict[str, float]:
