@@ -1,5 +1,5 @@
 """`funcdiff --help` and `funcdiff <verb> --help` import neither torch nor neuraloperator (issue 20), and the
-plain-tuple choices the parser offers (funcdiff.cli.choices) equal the registries they mirror."""
+plain-tuple choices the parser offers (funcdiff.cli.choices) equal the registries they mirror; `data list` too."""
 
 from __future__ import annotations
 
@@ -50,12 +50,27 @@ def test_choices_mirror_their_registries():
     assert choices.SOLVERS == tuple(sorted(SOLVERS))
     assert choices.TASKS == tuple(task_names())
     assert choices.METHODS == tuple(METHODS)
+    from funcdiff.data.hdf5 import available_problems
+
+    assert choices.DATA_PROBLEMS == {name: (p.kind, tuple(p.fields), dict(p.defaults), p.description)
+                                     for name, p in available_problems().items()}
     assert choices.DEMO_SETTINGS == tuple((f.name, type(f.default), f.default) for f in fields(DemoSettings)
                                           if f.name not in ("seed", "device"))
 
 
+def test_data_list_and_data_help_import_no_torch():
+    """``funcdiff data list`` prints the registry's mirror (funcdiff.cli.choices.DATA_PROBLEMS, checked above)."""
+    for argv in (["data", "list"], ["data", "--help"]):
+        heavy = _imported(argv) & set(HEAVY)
+        assert not heavy, f"funcdiff {' '.join(argv)} imported {sorted(heavy)}"
+    run = subprocess.run([sys.executable, "-m", "funcdiff.cli", "data", "list"], capture_output=True, text=True,
+                         timeout=120)
+    for name, (kind, fields, _, description) in choices.DATA_PROBLEMS.items():
+        assert f"{name:28s} {kind:10s} fields={list(fields)}" in run.stdout and description in run.stdout
+
+
 # A verb that runs imports only what it uses (issue 20): listing or inspecting data needs no neural operator, no
-# compiler stack and no plotting. (`data list` still imports torch: the PDE registry it lists holds the solvers.)
+# compiler stack and no plotting.
 MODEL_STACK = ("neuralop", "torch_harmonics", "matplotlib")
 
 

@@ -121,11 +121,11 @@ def describe_checkpoint_data(path: Path) -> str:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from funcdiff.data.hdf5 import available_problems
+    from funcdiff.cli.choices import DATA_PROBLEMS  # the registry's names and defaults, without importing torch
 
-    for name, problem in available_problems().items():
-        print(f"{name:28s} {problem.kind:10s} fields={list(problem.fields)} defaults={problem.defaults}")
-        print(f"{'':28s} {problem.description}")
+    for name, (kind, fields, defaults, description) in DATA_PROBLEMS.items():
+        print(f"{name:28s} {kind:10s} fields={list(fields)} defaults={defaults}")
+        print(f"{'':28s} {description}")
     return 0
 
 
