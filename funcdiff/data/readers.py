@@ -1,4 +1,5 @@
-"""Readers for field data: funcdiff's HDF5 layout, PDEBench HDF5, FNO ``.mat`` and neuraloperator ``.pt``.
+"""Readers for field data: funcdiff's HDF5 layout, PDEBench HDF5, FNO ``.mat``, neuraloperator ``.pt``, The Well
+HDF5 (:mod:`funcdiff.data.the_well`), anemoi-datasets zarr (:mod:`funcdiff.data.anemoi`) and ERA5 stores.
 
 Every reader returns a :class:`FieldData`: named single-channel fields ``(N, *spatial)`` (pairs) or
 ``(N, T, *spatial)`` (trajectories), 1-D coordinates as stored in the file (never invented), and attributes.
@@ -22,7 +23,8 @@ from funcdiff.data.fields import FieldData
 from funcdiff.data.hdf5 import FORMAT_NAME
 from funcdiff.errors import UserError
 
-FORMATS = ("funcdiff", "pdebench", "fno_mat", "neuralop_pt", "era5_zarr")
+FORMATS = ("funcdiff", "pdebench", "fno_mat", "neuralop_pt", "era5_zarr", "the_well", "anemoi_zarr")
+STORE_FORMATS = ("the_well", "anemoi_zarr")  # described from their metadata by ``describe_file``, never read whole
 PDEBENCH_FIELDS = ("tensor", "nu", "density", "pressure", "Vx", "Vy", "Vz")
 FNO_MAT_NAMES = {"coeff": "a", "sol": "u", "a": "a", "u": "u", "input": "a", "output": "u"}
 NEURALOP_PT_NAMES = {"x": "a", "y": "u", "input": "a", "output": "u"}
@@ -47,7 +49,8 @@ def load_fields(path: str | os.PathLike, *, format: str = "auto", fields: list[s
         raise FileNotFoundError(f"no such data file: {path}")
     fmt = detect_format(path) if format == "auto" else format
     readers = {"funcdiff": read_funcdiff_hdf5, "pdebench": read_pdebench, "fno_mat": read_fno_mat,
-               "neuralop_pt": read_neuralop_pt, "era5_zarr": _read_era5_store}
+               "neuralop_pt": read_neuralop_pt, "era5_zarr": _read_era5_store, "the_well": _read_the_well,
+               "anemoi_zarr": _read_anemoi}
     if fmt not in readers:
         raise ValueError(f"unknown format {fmt!r}; valid: {['auto', *FORMATS]}")
     data = readers[fmt](path, max_samples=max_samples)
@@ -58,11 +61,7 @@ def detect_format(path: Path) -> str:
     """Name of the reader for ``path``, from its suffix and (for HDF5) its keys and attributes."""
     suffix = path.suffix.lower()
     if path.is_dir():
-        from funcdiff.data.era5 import is_era5_store
-
-        if is_era5_store(path):
-            return "era5_zarr"
-        raise ValueError(f"{path}: a folder, but not a zarr store written by `funcdiff data era5`")
+        return _detect_folder(path)
     if suffix in (".pt", ".pth"):
         return "neuralop_pt"
     if suffix == ".mat":
@@ -78,10 +77,41 @@ def detect_format(path: Path) -> str:
         if f.attrs.get("funcdiff_format") == FORMAT_NAME:
             return "funcdiff"
         keys = list(f.keys())
+        if "dimensions" in f and "t1_fields" in f and "n_spatial_dims" in f.attrs:
+            return "the_well"
         if any(k in f for k in PDEBENCH_FIELDS) or any(_is_sample_group(f, k) for k in keys[:8]):
             return "pdebench"
     raise ValueError(f"{path}: unrecognised HDF5 layout; expected funcdiff attrs ('funcdiff_format'), "
                      f"PDEBench datasets {list(PDEBENCH_FIELDS)} or sample groups '0000/data'; found keys {keys}")
+
+
+def _detect_folder(path: Path) -> str:
+    from funcdiff.data.anemoi import is_anemoi_store
+    from funcdiff.data.era5 import is_era5_store
+    from funcdiff.data.the_well import is_the_well_file
+
+    if is_era5_store(path):
+        return "era5_zarr"
+    if is_anemoi_store(path):
+        return "anemoi_zarr"
+    if is_the_well_file(path):
+        return "the_well"
+    raise ValueError(f"{path}: a folder, but not a zarr store written by `funcdiff data era5`, an anemoi-datasets "
+                     "store or a folder of The Well's HDF5 files")
+
+
+def _read_the_well(path: Path, *, max_samples: int | None = None) -> FieldData:
+    """A file or folder of The Well (see :func:`funcdiff.data.the_well.read_the_well`)."""
+    from funcdiff.data.the_well import read_the_well
+
+    return read_the_well(path, max_samples=max_samples)
+
+
+def _read_anemoi(path: Path, *, max_samples: int | None = None) -> FieldData:
+    """An anemoi-datasets zarr store (see :func:`funcdiff.data.anemoi.read_anemoi`)."""
+    from funcdiff.data.anemoi import read_anemoi
+
+    return read_anemoi(path, max_samples=max_samples)
 
 
 def _read_era5_store(path: Path, *, max_samples: int | None = None) -> FieldData:
@@ -275,6 +305,8 @@ def describe_file(path: str | os.PathLike, max_items: int = 40) -> str:
     """A human-readable summary of a data file: format, fields (per-sample shapes), coordinates, attributes."""
     path = Path(path)
     fmt = detect_format(path)
+    if fmt in STORE_FORMATS:
+        return describe_store(path, fmt)
     head = load_fields(path, format=fmt, max_samples=1, dtype=None)
     lines = [f"file:   {path}", f"format: {fmt}"]
     if h5py.is_hdf5(path):
@@ -293,6 +325,30 @@ def describe_file(path: str | os.PathLike, max_items: int = 40) -> str:
     bad = {k: v for k, v in count_nonfinite(path, fmt).items() if any(v)}
     lines.append("non-finite values: " + ("; ".join(f"{k}: {n} NaN, {i} Inf" for k, (n, i) in bad.items())
                                           + " -- training on this file will fail" if bad else "none"))
+    return "\n".join(lines)
+
+
+def describe_store(path: str | os.PathLike, fmt: str) -> str:
+    """A summary of a lazily read store (The Well, anemoi) from its metadata alone: nothing of the data is read."""
+    from funcdiff.data.anemoi import AnemoiStore
+    from funcdiff.data.the_well import TheWellStore
+
+    store = TheWellStore(path) if fmt == "the_well" else AnemoiStore(path)
+    layout = "(N, C, T, *S)" if fmt == "the_well" else "(1, C, T, cells)" if len(store.shape) == 4 else \
+        "(1, C, T, latitude, longitude)"
+    lines = [f"file:   {path}", f"format: {fmt} (read lazily)", f"shape:  {store.shape} {layout}, "
+             f"{store.nbytes / 2**30:.3g} GiB as float32", f"channels: {', '.join(store.channel_names)}"]
+    for name, values in store.coords.items():
+        values = np.asarray(values)
+        if values.size:
+            lo, hi = (str(values.min()), str(values.max())) if values.dtype.kind == "M" else (
+                f"{float(values.min()):.4g}", f"{float(values.max()):.4g}")
+            lines.append(f"coord {name}: {values.size} values in [{lo}, {hi}]")
+    shown = {k: v for k, v in store.attrs.items() if k not in ("statistics", "normalization", "files")}
+    lines += [f"attr {k}: {v}" for k, v in shown.items()]
+    if store.attrs.get("normalization"):
+        lines.append(f"stored statistics for: {', '.join(store.attrs['normalization'])}")
+    lines.append("non-finite values: not scanned (the store is read lazily)")
     return "\n".join(lines)
 
 
