@@ -20,6 +20,12 @@ sampler step, ``guided_ratio``, ``per_cg_iter_s``) and rollout rows (pass ``roll
 ``benchmarks/_posterior_speed.py`` (its docstring says how; ``--guided-grids``/``--rollout-grids`` with no value
 skip them). On CUDA every timing synchronises the device before the clock is read.
 
+``--bf16`` adds bfloat16-autocast rows of funcdiff (dtype bfloat16; the spectral transforms stay float32), a
+``sample-error`` row (relative L2 of a seeded sample with ``sample.bf16`` against float32) and two ``loss-curve``
+rows (the same short training run with ``train.bf16`` false/true: validation losses, final-loss ratio, wall time).
+``--compile`` adds ``funcdiff-compiled`` rows (``torch.compile`` against eager at ``--compile-grids``, forward and
+train-step: first-call compile time, steady state, ratio, or the compiler's error).
+
 The floor of a forward call (width C, L layers, batch B, grid N², fields of B·C·N² float32):
   L × (rfft2 + irfft2 of the hidden field), each timed here on a (B, C, N, N) tensor;
   the pointwise matmuls (lifting, per block the 1×1 skip C→C and the MLP C→2C→C, projection C→2C→out) at the
@@ -166,20 +172,91 @@ def floor_seconds(n: int, batch: int, repeats: int, device: str) -> dict[str, fl
             "bandwidth_gbs": bandwidth / 1e9}
 
 
-def bf16_sample_error(denoiser: torch.nn.Module, device: str, seed: int) -> float:
-    """Relative L2 difference between a seeded sample in float32 and the same under bfloat16 autocast."""
+def bf16_sample_error(denoiser: torch.nn.Module, device: str, seed: int) -> dict:
+    """A row: relative L2 difference between a seeded sample in float32 and the same with ``bf16=True``
+    (``sample.bf16``: the denoiser calls under bfloat16 autocast, the solver state float32), 64², Heun, 8 steps."""
     from funcdiff.noise import GaussianRandomField
     from funcdiff.sampling import sample
 
     noise = GaussianRandomField(dim=2, smoothness=2.0, length_scale=0.05)
     denoiser.eval()
-    out = {}
-    for dtype in (torch.float32, torch.bfloat16):
-        with torch.no_grad(), torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype != torch.float32):
-            out[dtype] = sample(denoiser, (2, CHANNELS, 64, 64), noise, steps=8, solver="heun", seed=seed,
-                                device=device).float()
-    ref = out[torch.float32]
-    return float((out[torch.bfloat16] - ref).norm() / ref.norm())
+    out = {bf16: sample(denoiser, (2, CHANNELS, 64, 64), noise, steps=8, solver="heun", seed=seed, device=device,
+                        bf16=bf16).float() for bf16 in (False, True)}
+    error = float((out[True] - out[False]).norm() / out[False].norm())
+    return {"grid": 64, "impl": "funcdiff", "pass": "sample-error", "batch": 2, "threads": torch.get_num_threads(),
+            "dtype": "bfloat16", "steps": 8, "rel_l2_vs_fp32": error}
+
+
+def bf16_loss_curves(device: str, seed: int, steps: int = 100) -> list[dict]:
+    """Rows: the same short training run (``train.bf16`` false / true, same seed, data order and draws) of the
+    benchmark's model on 48 synthetic 32² fields, batch 8, ``steps`` steps: the fixed-draw validation loss every
+    ``steps // 4`` steps (``val_losses``), the final one, its ratio to float32's, and the training wall time."""
+    import tempfile
+
+    from funcdiff.config import config_from_dict
+    from funcdiff.training import Trainer
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for bf16 in (False, True):
+            config = config_from_dict({
+                "noise": {"smoothness": 2.0, "length_scale": 0.05},
+                "data": {"source": "synthetic", "channels": ["a", "u"], "resolution": 32, "num_samples": 64,
+                         "test_fraction": 0.25, "dim": 2, "seed": seed},
+                "model": {k: v for k, v in MODEL.items() if k not in ("backbone", "in_channels", "out_channels")},
+                "train": {"steps": steps, "batch_size": 8, "lr": 1e-3, "warmup_steps": 10, "log_every": 0,
+                          "eval_every": 0, "checkpoint_every": 0, "out_dir": f"{tmp}/{bf16}", "device": device,
+                          "bf16": bf16, "seed": seed}})
+            trainer = Trainer.from_config(config, progress=False)
+            losses, seconds = [trainer.validation_loss()], 0.0
+            for k in range(4):
+                start = time.perf_counter()
+                trainer.fit(until=(k + 1) * steps // 4)
+                seconds += time.perf_counter() - start
+                losses.append(trainer.validation_loss())
+            rows.append({"grid": 32, "impl": "funcdiff", "pass": "loss-curve", "batch": 8,
+                         "threads": torch.get_num_threads(), "dtype": "bfloat16" if bf16 else "float32",
+                         "steps": steps, "val_losses": [round(v, 5) for v in losses], "final_loss": losses[-1],
+                         "seconds": seconds})
+    rows[1]["loss_ratio_vs_fp32"] = rows[1]["final_loss"] / rows[0]["final_loss"]
+    return rows
+
+
+def compile_rows(model: torch.nn.Module, grids: list[int], device: str, repeats: int) -> list[dict]:
+    """Rows: ``torch.compile(model)`` against eager, forward and train-step, at each grid: ``compile_seconds`` is the
+    first call of the compiled model at that grid (tracing + code generation; a new grid recompiles), ``seconds``
+    the median of ``repeats`` interleaved steady-state calls, ``vs_eager`` the ratio. A failure of the compiler is
+    recorded in the row (``error``) instead of a time."""
+    import torch._dynamo
+
+    rows = []
+    for pass_ in ("forward", "train-step"):
+        torch._dynamo.reset()
+        compiled = torch.compile(model)
+        for n in grids:
+            x = torch.randn(1, CHANNELS, n, n, device=device)
+            sigma = torch.full((1,), 0.7, device=device)
+            eager, fast = calls(model, True, pass_, x, sigma, torch.float32), calls(compiled, True, pass_, x, sigma,
+                                                                                     torch.float32)
+            row = {"grid": n, "pass": pass_, "batch": 1, "threads": torch.get_num_threads(), "dtype": "float32",
+                   "impl": "funcdiff-compiled"}
+            try:
+                row["compile_seconds"] = timed(fast, device)
+            except Exception as error:  # noqa: BLE001 -- the benchmark records what the compiler said
+                rows.append({**row, "error": f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"})
+                continue
+            eager()
+            times = {"eager": [], "compiled": []}
+            for _ in range(repeats):
+                times["eager"].append(timed(eager, device))
+                times["compiled"].append(timed(fast, device))
+            row["seconds"] = statistics.median(times["compiled"])
+            row["eager_seconds"] = statistics.median(times["eager"])
+            row["vs_eager"] = row["seconds"] / row["eager_seconds"]
+            rows.append(row)
+            print(f"compile {n}² {pass_}: first call {row['compile_seconds']:.3g} s, steady {row['seconds']:.4g} s "
+                  f"vs eager {row['eager_seconds']:.4g} s", flush=True)
+    return rows
 
 
 def main() -> None:
@@ -196,8 +273,10 @@ def main() -> None:
                    help="also time funcdiff under bfloat16 autocast (dtype bfloat16 rows; FFT-like transforms stay "
                         "float32) and measure a seeded sample's error against float32")
     p.add_argument("--compile", action="store_true",
-                   help="also time torch.compile(funcdiff denoiser) (impl funcdiff-compiled: compile_seconds is the "
-                        "first call, seconds the steady state), forward only")
+                   help="also time torch.compile(funcdiff denoiser) against eager, forward and train-step, at "
+                        "--compile-grids (impl funcdiff-compiled: compile_seconds is the first call, seconds the "
+                        "steady state, vs_eager the ratio)")
+    p.add_argument("--compile-grids", type=int, nargs="+", default=[64, 128], help="grids of the compile rows")
     p.add_argument("--guided-grids", type=int, nargs="*", default=None,
                    help="grids of the guided-step rows (dps, mmps vs unguided; default 64 128; quick 64; none: skip)")
     p.add_argument("--rollout-grids", type=int, nargs="*", default=None,
@@ -223,11 +302,6 @@ def main() -> None:
                "neuralop-fno": calls(theirs, False, pass_, x, sigma, torch.float32)}
         if args.bf16:
             fns["funcdiff bf16"] = calls(ours, True, pass_, x, sigma, torch.bfloat16)
-        compile_seconds = None
-        if args.compile and pass_ == "forward":
-            compiled = torch.compile(ours)
-            fns["funcdiff-compiled"] = calls(compiled, True, pass_, x, sigma, torch.float32)
-            compile_seconds = timed(fns["funcdiff-compiled"], device)
         peaks = {name: peak_mb(fn, device) for name, fn in fns.items()}  # also the warm-up call
         times: dict[str, list[float]] = {name: [] for name in fns}
         for _ in range(repeats):  # interleaved
@@ -239,8 +313,6 @@ def main() -> None:
         for name in fns:
             row = {**common, "impl": name.split(" ")[0], "seconds": seconds[name], "peak_mb": peaks[name],
                    "dtype": "bfloat16" if " bf16" in name else "float32"}
-            if name == "funcdiff-compiled":
-                row["compile_seconds"] = compile_seconds
             if name.startswith("funcdiff"):
                 row.update(vs_neuralop=seconds[name] / seconds["neuralop-fno"],
                            vs_floor=seconds[name] / floor[pass_])
@@ -254,31 +326,36 @@ def main() -> None:
 
     guided = args.guided_grids if args.guided_grids is not None else ([64] if args.quick else [64, 128])
     rollouts = args.rollout_grids if args.rollout_grids is not None else ([64] if args.quick else [64, 256])
+    if args.compile:
+        rows += compile_rows(ours, args.compile_grids, device, repeats=3 if args.quick else 5)
     if guided:
         rows += guided_rows(guided, device, repeats=3 if args.quick else 5)
     if rollouts:
         rows += rollout_rows(rollouts, device, repeats=1 if args.quick else 2)
     for row in rows:
-        if row["impl"] == "funcdiff":
+        if row["impl"] == "funcdiff" and row["pass"] in ("forward", "train-step"):
             half = [r for r in rows if r["impl"] == "funcdiff" and r["pass"] == row["pass"]
                     and r["batch"] == row["batch"] and r["dtype"] == row["dtype"] and r["grid"] * 2 == row["grid"]]
             if half:
                 row["growth"] = row["seconds"] / half[0]["seconds"]
-    meta = {}
     if args.bf16:
-        meta["bf16_sample_error"] = bf16_sample_error(ours, device, args.seed)
-        print(f"bf16 autocast: relative L2 error of a seeded 64² sample (Heun, 8 steps) vs float32: "
-              f"{meta['bf16_sample_error']:.3g}")
-    print_table([r for r in rows if r["pass"] in ("forward", "train-step")],
-                COLUMNS + (["compile_seconds"] if args.compile else []))
-    for pass_, columns in (("guided-step", GUIDED_COLUMNS), ("rollout", ROLLOUT_COLUMNS)):
+        rows.append(bf16_sample_error(ours, device, args.seed))
+        rows += bf16_loss_curves(device, args.seed, steps=40 if args.quick else 100)
+    main_rows = [r for r in rows if r["pass"] in ("forward", "train-step") and r["impl"] != "funcdiff-compiled"]
+    print_table(main_rows, COLUMNS)
+    for pass_, columns in (("guided-step", GUIDED_COLUMNS), ("rollout", ROLLOUT_COLUMNS),
+                           ("sample-error", ["grid", "dtype", "steps", "rel_l2_vs_fp32"]),
+                           ("loss-curve", ["grid", "dtype", "steps", "val_losses", "loss_ratio_vs_fp32", "seconds"])):
         if any(r["pass"] == pass_ for r in rows):
             print_table([r for r in rows if r["pass"] == pass_], columns)
+    compiled = [r for r in rows if r["impl"] == "funcdiff-compiled"]
+    if compiled:
+        print_table(compiled, ["grid", "pass", "compile_seconds", "seconds", "eager_seconds", "vs_eager", "error"])
     out = args.out or Path(__file__).resolve().parent / "results" / (
         "denoiser_speed_quick.json" if args.quick else "denoiser_speed.json")
     write_json(rows, out, {"benchmark": "denoiser_speed", "model": MODEL, "neuralop_fno": {
         "n_modes": [MODES, MODES], "hidden_channels": WIDTH, "n_layers": LAYERS}, "quick": args.quick,
-        "threads": torch.get_num_threads(), **meta})
+        "threads": torch.get_num_threads()})
 
 
 if __name__ == "__main__":
