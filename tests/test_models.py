@@ -305,9 +305,9 @@ def test_errors_are_clear():
         model(torch.randn(1, 1, 16), 0.0)
     with pytest.raises(ValueError, match="c_noise of shape"):
         model(torch.randn(2, 1, 16, 16), torch.zeros(2, 1, 3, 1))
-    with pytest.raises(ValueError, match=r"unknown backbone 'unet'.*\['fno', 'sfno'\]"):
+    with pytest.raises(ValueError, match=r"unknown backbone 'unet'.*\['fno', 'local_fno', 'sfno', 'uno'\]"):
         build_backbone("unet", in_channels=1, out_channels=1, n_modes=(8,))
-    with pytest.raises(ValueError, match=r"unknown backbone 'unet'.*\['fno', 'sfno'\]"):
+    with pytest.raises(ValueError, match=r"unknown backbone 'unet'.*\['fno', 'local_fno', 'sfno', 'uno'\]"):
         build_denoiser({"backbone": "unet"})
     with pytest.raises(ValueError, match=r"unknown model config keys \['depth', 'width'\]"):
         build_denoiser({"in_channels": 1, "out_channels": 1, "n_modes": [8], "width": 3, "depth": 2})

@@ -7,10 +7,16 @@ import dataclasses
 from torch import nn
 
 from funcdiff.models.fno import FNOConfig, NoiseConditionedFNO
+from funcdiff.models.local_fno import LocalFNOConfig, NoiseConditionedLocalFNO
 from funcdiff.models.precond import EDMPrecond
 from funcdiff.models.sfno import NoiseConditionedSFNO, SFNOConfig
+from funcdiff.models.uno import NoiseConditionedUNO, UNOConfig
 
+# model.backbone -> (config dataclass, module). fno: Li et al. 2021; local_fno: Liu-Schiaffini et al. 2024;
+# uno: Rahman et al. 2023; sfno: Bonev et al. 2023 (the sphere's). docs/backbones.md says when to use which.
 BACKBONES: dict[str, tuple[type, type[nn.Module]]] = {"fno": (FNOConfig, NoiseConditionedFNO),
+                                                      "local_fno": (LocalFNOConfig, NoiseConditionedLocalFNO),
+                                                      "uno": (UNOConfig, NoiseConditionedUNO),
                                                       "sfno": (SFNOConfig, NoiseConditionedSFNO)}
 DENOISER_KEYS = ("backbone", "sigma_data")
 
