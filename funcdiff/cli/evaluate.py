@@ -22,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``evaluate`` verb."""
     p = subparsers.add_parser("evaluate", help="score an ensemble forecast against truth trajectories",
                               description=__doc__.splitlines()[0])
-    p.add_argument("--forecast", required=True, type=Path, help="forecast netCDF written by `funcdiff forecast`")
+    p.add_argument("--forecast", required=True, type=Path, help="forecast netCDF file or .zarr store written by `funcdiff forecast` or `funcdiff merge`")
     p.add_argument("--truth", required=True, type=Path, help="truth trajectories (funcdiff HDF5, or an ERA5 store of "
                    "`funcdiff data era5`: scores are then area-weighted)")
     p.add_argument("--out", required=True, type=Path, help="scores netCDF (dims method, lead_time, channel, rank)")
@@ -70,17 +70,18 @@ def truth_training_warning(forecast, truth: Path) -> str | None:
 
 
 def open_forecast(path: Path):
-    """``xarray.open_dataset`` of a forecast file (missing or unreadable: UserError)."""
-    import xarray as xr
-
+    """A forecast netCDF file or zarr store (``.zarr``, WeatherBench 2 names on the sphere) opened with xarray in
+    the netCDF layout (missing or unreadable: UserError)."""
     from funcdiff.errors import UserError
+    from funcdiff.io.forecast_zarr import is_zarr_path, open_forecast_dataset
 
-    if not path.is_file():
+    if not (path.is_file() or (path.is_dir() and is_zarr_path(path))):
         raise UserError(f"no such forecast file: {path}")
     try:
-        return xr.open_dataset(path)
-    except (OSError, ValueError) as err:
-        raise UserError(f"cannot read forecast {path} as netCDF ({err})") from err
+        return open_forecast_dataset(path)
+    except (OSError, ValueError, KeyError) as err:
+        kind = "a zarr store" if path.is_dir() else "netCDF"
+        raise UserError(f"cannot read forecast {path} as {kind} ({err})") from err
 
 
 def summary(scores) -> str:

@@ -36,7 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=positive_int, default=None, help="members per chunk (bounds memory)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    parser.add_argument("--out", default=None, help="output netCDF file (required unless --out-dir: batch mode)")
+    parser.add_argument("--out", default=None, help="output file: netCDF (.nc) or a zarr store (.zarr; WeatherBench 2 names on the sphere, one "
+                        "chunk per initial state and lead); required unless --out-dir (batch mode)")
     parser.add_argument("--plot", default=None, help="PNG of the first initial state (default: <out>.png)")
     parser.add_argument("--no-plot", action="store_true")
     parser.add_argument("--channel", action="append", default=None, metavar="NAME",
@@ -52,7 +53,7 @@ def run_forecast(args: argparse.Namespace) -> int:
     from funcdiff.cli import user_errors
     from funcdiff.errors import UserError
     from funcdiff.tasks.forecast import Forecast, load_forecaster
-    from funcdiff.tasks.forecast_io import initial_from_trajectories, read_trajectories
+    from funcdiff.tasks.case_store import case_frames, open_trajectories
     from funcdiff.cli.batch import batch_requested
 
     check_sensor_flags(args)
@@ -67,8 +68,8 @@ def run_forecast(args: argparse.Namespace) -> int:
     f = fc.forecast
     indices = args.index or [0]
     with user_errors():  # reading the user's files: a ValueError there is a problem of the input
-        traj, times = read_trajectories(args.initial, fc.channel_names)  # once, not once per --index
-        starts = [initial_from_trajectories(traj, times, args.initial, i, args.start_frame, f.history, f.frame_step)
+        traj, times = open_trajectories(args.initial, fc.channel_names)  # metadata; each start reads its frames
+        starts = [case_frames(traj, times, args.initial, i, args.start_frame, f.history, f.frame_step)
                   for i in indices]
     check_plot_flags(args, fc.channel_names)
     warn_training_data(fc, args.initial, indices)
@@ -176,8 +177,8 @@ def run_forecast_batch(args: argparse.Namespace) -> int:
     from funcdiff.cli.batch import finish, signature_of
     from funcdiff.errors import UserError
     from funcdiff.tasks.batch import BatchRun, forecast_cases, run_forecast_cases
+    from funcdiff.tasks.case_store import open_trajectories
     from funcdiff.tasks.forecast import load_forecaster
-    from funcdiff.tasks.forecast_io import read_trajectories
 
     if args.out_dir is None:
         raise UserError("--indices/--init-times need --out-dir (the folder of per-case parts)")
@@ -188,7 +189,7 @@ def run_forecast_batch(args: argparse.Namespace) -> int:
     fc = load_forecaster(args.checkpoint, args.device)
     f = fc.forecast
     with user_errors():
-        traj, times = read_trajectories(args.initial, fc.channel_names)
+        traj, times = open_trajectories(args.initial, fc.channel_names)  # metadata; each case reads its frames
         cases = forecast_cases(traj.shape, times.numpy() if times is not None else None, str(args.initial),
                                history=f.history, frame_step=f.frame_step, indices=args.indices,
                                init_times=args.init_times, trajectories=args.index, start_frame=args.start_frame)

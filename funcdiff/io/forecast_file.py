@@ -48,6 +48,9 @@ from funcdiff.io.provenance import cf_global_attrs
 FORECAST_DIMS = ("init", "member", "lead_time")
 OLD_INIT_DIM = "init_time"  # the first dimension of forecast files of funcdiff <= 0.1
 LATLON = ("latitude", "longitude")  # spatial dims of a forecast on the sphere (grid "latlon")
+# WeatherBench 2's names of a forecast zarr store on the sphere (funcdiff.io.forecast_zarr): variables and dims
+WB2_VARIABLES = {"init_time": "time", "lead_time": "prediction_timedelta", "member": "number"}
+WB2_DIMS = {"init": "time", "lead_time": "prediction_timedelta", "member": "number"}
 
 
 @dataclass(frozen=True)
@@ -83,47 +86,60 @@ def create_forecast_file(path: str | os.PathLike, layout: ForecastLayout, attrs:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     ds = netCDF4.Dataset(path, "w", format="NETCDF4")
-    n_init = len(layout.init_index)
     spatial_dims = LATLON if layout.grid == "latlon" else SPATIAL_NAMES[: len(layout.spatial)]
-    for name, size in (*zip(FORECAST_DIMS, (n_init, layout.members, layout.lead_steps)),
+    for name, size in (*zip(FORECAST_DIMS, (len(layout.init_index), layout.members, layout.lead_steps)),
                        *zip(spatial_dims, layout.spatial)):
         ds.createDimension(name, size)
-    lead_attrs, init_attrs = time_attrs(layout.time_units)
-    _coord(ds, "lead_time", ("lead_time",), np.arange(1, layout.lead_steps + 1) * layout.dt, "f8", **lead_attrs)
-    _coord(ds, "lead", ("lead_time",), np.arange(1, layout.lead_steps + 1), "i4", long_name="forecast step")
-    _coord(ds, "init", ("init",), np.arange(n_init), "i4", long_name="initial state number")
-    _coord(ds, "init_time", ("init",), np.asarray(layout.init_time), "f8", **init_attrs)
-    _coord(ds, "init_index", ("init",), np.asarray(layout.init_index), "i4",
-           long_name="trajectory of the initial state in its file")
-    _coord(ds, "init_frame", ("init",), np.asarray(layout.init_frame), "i4",
-           long_name="frame of the initial state in its trajectory (lead 0)")
-    _coord(ds, "member", ("member",), np.arange(layout.members), "i4", long_name="ensemble member")
-    if layout.grid == "latlon":
-        from funcdiff.sphere import grid_latitudes, grid_longitudes
-
-        _coord(ds, "latitude", ("latitude",), grid_latitudes(*layout.spatial), "f8", standard_name="latitude",
-               long_name="latitude", units="degrees_north")
-        _coord(ds, "longitude", ("longitude",), grid_longitudes(layout.spatial[1]), "f8", standard_name="longitude",
-               long_name="longitude", units="degrees_east")
-    for name, n in zip(spatial_dims if layout.grid != "latlon" else (), layout.spatial):
-        values = np.arange(n) / (n if layout.grid == "periodic" else max(n - 1, 1))
-        _coord(ds, name, (name,), values, "f8", long_name=f"{name} coordinate (unit domain)", units="1")
-    _coord(ds, "completed_leads", ("init",), np.zeros(n_init, dtype=np.int32), "i4",
-           long_name="leads written so far")
+    for name, dims, values, attrs_ in coordinate_variables(layout):
+        _coord(ds, name, dims, values, "f8" if values.dtype.kind == "f" else "i4", **attrs_)
     for i, c in enumerate(layout.channels):
         var = ds.createVariable(c, "f4", (*FORECAST_DIMS, *spatial_dims),
                                 chunksizes=(1, 1, 1, *layout.spatial))
         units = layout.channel_units[i] if layout.channel_units else layout.units
         var.setncatts(cf_units({"long_name": f"forecast of {c}", "units": units,
                                 "coordinates": "lead init_time init_index init_frame"}))
+    ds.setncatts(global_attrs(layout, attrs))
+    os.chmod(path, new_file_mode())
+    return ds
+
+
+def global_attrs(layout: ForecastLayout, attrs: dict) -> dict:
+    """The global attributes of a forecast file or store: CF-1.8 (title, history, Conventions), the grid, dt,
+    the channels as JSON text and ``attrs`` (:func:`attribute`: numbers and strings as they are, else JSON)."""
     attrs = dict(attrs)
     globals_ = cf_global_attrs(str(attrs.pop("title", "")) or "funcdiff ensemble forecast",
                                history=str(attrs.pop("history", "")))
-    ds.setncatts({**globals_, "funcdiff_version": funcdiff.__version__, "grid": layout.grid,
-                  "dt": float(layout.dt), "channels": json.dumps(list(layout.channels)),
-                  **{k: attribute(v) for k, v in attrs.items()}})
-    os.chmod(path, new_file_mode())
-    return ds
+    return {**globals_, "funcdiff_version": funcdiff.__version__, "grid": layout.grid,
+            "dt": float(layout.dt), "channels": json.dumps(list(layout.channels)),
+            **{k: attribute(v) for k, v in attrs.items()}}
+
+
+def coordinate_variables(layout: ForecastLayout) -> list[tuple[str, tuple, np.ndarray, dict]]:
+    """(name, dims, values, attributes) of every coordinate of the netCDF layout, typed as the file stores them."""
+    n_init, leads = len(layout.init_index), np.arange(1, layout.lead_steps + 1)
+    lead_attrs, init_attrs = time_attrs(layout.time_units)
+    out = [("lead_time", ("lead_time",), leads * layout.dt, lead_attrs),
+           ("lead", ("lead_time",), leads.astype(np.int32), {"long_name": "forecast step"}),
+           ("init", ("init",), np.arange(n_init, dtype=np.int32), {"long_name": "initial state number"}),
+           ("init_time", ("init",), np.asarray(layout.init_time, dtype=np.float64), init_attrs),
+           ("init_index", ("init",), np.asarray(layout.init_index, dtype=np.int32),
+            {"long_name": "trajectory of the initial state in its file"}),
+           ("init_frame", ("init",), np.asarray(layout.init_frame, dtype=np.int32),
+            {"long_name": "frame of the initial state in its trajectory (lead 0)"}),
+           ("member", ("member",), np.arange(layout.members, dtype=np.int32), {"long_name": "ensemble member"})]
+    if layout.grid == "latlon":
+        from funcdiff.sphere import grid_latitudes, grid_longitudes
+
+        out += [("latitude", ("latitude",), grid_latitudes(*layout.spatial),
+                 {"standard_name": "latitude", "long_name": "latitude", "units": "degrees_north"}),
+                ("longitude", ("longitude",), grid_longitudes(layout.spatial[1]),
+                 {"standard_name": "longitude", "long_name": "longitude", "units": "degrees_east"})]
+    else:
+        for name, n in zip(SPATIAL_NAMES, layout.spatial):
+            values = np.arange(n) / (n if layout.grid == "periodic" else max(n - 1, 1))
+            out.append((name, (name,), values, {"long_name": f"{name} coordinate (unit domain)", "units": "1"}))
+    out.append(("completed_leads", ("init",), np.zeros(n_init, dtype=np.int32), {"long_name": "leads written so far"}))
+    return out
 
 
 def time_attrs(time_units: str) -> tuple[dict, dict]:
@@ -141,11 +157,30 @@ def time_attrs(time_units: str) -> tuple[dict, dict]:
 
 def open_layout(forecast: xr.Dataset) -> xr.Dataset:
     """``forecast`` in the current layout: a file of funcdiff <= 0.1 (dimension ``init_time``) gets the ``init``
-    dimension, ``init_time`` becoming a coordinate on it; a current file is returned as it is."""
+    dimension, ``init_time`` becoming a coordinate on it; a zarr store with WeatherBench 2's names gets the
+    netCDF names (:func:`from_wb2`); a current file is returned as it is."""
+    forecast = from_wb2(forecast)
     if OLD_INIT_DIM in forecast.dims and "init" not in forecast.dims:
         forecast = forecast.swap_dims({OLD_INIT_DIM: "init"})
         forecast = forecast.assign_coords(init=np.arange(forecast.sizes["init"], dtype=np.int32))
     return forecast
+
+
+def from_wb2(ds: xr.Dataset) -> xr.Dataset:
+    """A dataset with WeatherBench 2's forecast names (``time``, ``prediction_timedelta``, ``number``) in the
+    netCDF layout's (``init`` with ``init_time`` on it, ``lead_time``, ``member``); others unchanged."""
+    if "prediction_timedelta" not in ds.dims or "init" not in ds.variables:
+        return ds
+    ds = ds.swap_dims(time="init")
+    return ds.rename({k: v for v, k in WB2_VARIABLES.items() if k in ds.variables})
+
+
+def to_wb2(ds: xr.Dataset) -> xr.Dataset:
+    """Inverse of :func:`from_wb2` for a dataset on a lat-lon grid; others unchanged."""
+    if "lead_time" not in ds.dims or not set(LATLON) <= set(ds.dims):
+        return ds
+    ds = ds.swap_dims(init="init_time")
+    return ds.rename({k: v for k, v in WB2_VARIABLES.items() if k in ds.variables})
 
 
 def _coord(ds: netCDF4.Dataset, name: str, dims: tuple, values: np.ndarray, dtype: str, **attrs: str) -> None:

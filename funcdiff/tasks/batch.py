@@ -34,7 +34,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 import netCDF4
 import numpy as np
@@ -42,10 +42,15 @@ import xarray as xr
 
 from funcdiff.errors import UserError
 from funcdiff.io.atomic import write_text_atomic
-from funcdiff.io.netcdf import write_netcdf
+from funcdiff.io.forecast_zarr import is_zarr_path, write_dataset_zarr
+from funcdiff.io.netcdf import cf_dataset, write_netcdf
 from funcdiff.io.provenance import add_history
 from funcdiff.training.distributed import batch_rank_from_env
 from funcdiff.training.signals import REQUEUE_EXIT, StopSignal
+
+if TYPE_CHECKING:
+    from funcdiff.data.stores import ArrayStore
+    from funcdiff.tasks.case_store import LazyStore
 
 MANIFEST = "cases.json"
 PARTS = "parts"
@@ -353,15 +358,15 @@ def read_manifest(out_dir: str | os.PathLike) -> dict:
 
 # ------------------------------------------------------------------------------------------------ merging
 def merge_parts(out_dir: str | os.PathLike, out: Optional[str | os.PathLike] = None) -> Path:
-    """Join the parts of a finished batch run into one netCDF file (atomic; default ``<out_dir>/merged.nc``).
+    """Join the parts of a finished batch run into one netCDF file (atomic; default ``<out_dir>/merged.nc``), or
+    for forecasts a zarr store when ``out`` ends in ``.zarr`` (atomic too; the layout of ``forecast --out F.zarr``).
 
     Solve parts gain a leading ``case`` dimension (coordinate: the sample index); forecast parts are joined along
     ``init`` (the layout of a multi-start forecast file) with ``case`` (position in the list) as a coordinate
     on it. Attributes that differ between cases (metrics, seeds) become variables along the case dimension, with
     CF units (:func:`per_case_attrs`); the file is CF-1.8 (its ``history`` adds the merge to the first part's).
-    Needs no dask (the base install has none): each part is opened with ``xr.open_dataset(cache=False)`` and the
-    parts are concatenated in memory: the peak is about the merged file's size plus one variable's parts.
-    UserError if a case is missing.
+    Needs no dask: each part is opened with ``xr.open_dataset(cache=False)`` and concatenated in memory (the
+    peak: about the merged file plus one variable's parts). UserError if a case is missing.
     """
     out_dir = Path(out_dir)
     manifest = read_manifest(out_dir)
@@ -407,11 +412,21 @@ def merge_parts(out_dir: str | os.PathLike, out: Optional[str | os.PathLike] = N
                                               f"merged {len(cases)} {manifest['kind']} parts of {out_dir}")
         merged.attrs.pop(SIGNATURE_ATTR, None)
         merged.attrs[SIGNATURE_ATTR] = signature
-        path = write_netcdf(merged, out if out is not None else out_dir / MERGED)
+        path = _write_merged(merged, out if out is not None else out_dir / MERGED, forecast)
     finally:
         for ds in parts:
             ds.close()
     return path
+
+
+def _write_merged(merged: xr.Dataset, out: str | os.PathLike, forecast: bool) -> Path:
+    """netCDF, or (forecasts, ``out`` ending in ``.zarr``) a zarr store chunked one initial state × one lead per
+    chunk with WeatherBench 2's names on the sphere (:func:`funcdiff.io.forecast_zarr.write_dataset_zarr`)."""
+    if not is_zarr_path(out):
+        return write_netcdf(merged, out)
+    if not forecast:
+        raise UserError(f"out={str(out)!r}: solve batches merge to netCDF (.nc); zarr output is for forecasts")
+    return write_dataset_zarr(cf_dataset(merged), out, json.loads(merged.attrs["channels"]))
 
 
 def _finished_parts(out_dir: Path, cases: Sequence[Case], signature: str) -> list[Path]:
@@ -486,31 +501,51 @@ def index_cases(indices: Optional[str], available: int, source: str = "the data 
 
 def read_case_fields(path: str | os.PathLike, channels: Sequence[str], task_name: str = "") -> "torch.Tensor":
     """Every sample of ``path`` (netCDF or any HDF5 layout :func:`funcdiff.data.load_fields` reads) with the named
-    channels: (N, C, *S) float32, physical units. UserError naming the variables the file lacks."""
+    channels: (N, C, *S) float32, physical units. UserError naming the variables the file lacks. A batch reads
+    its cases lazily instead (:func:`open_case_samples`)."""
     from funcdiff.tasks.solve import read_truth_file
 
     try:
         return read_truth_file(path, channels)
     except (ValueError, KeyError) as err:
-        need = f" needed by task {task_name!r}" if task_name else ""
-        raise UserError(f"case file {path} cannot provide variables {list(channels)}{need}: {err}") from None
+        raise UserError(_case_file_error(path, channels, task_name, err)) from None
 
 
-def solve_cases(model, task, fields: "torch.Tensor", run: BatchRun, settings, *, progress: bool = True,
+def open_case_samples(path: str | os.PathLike, channels: Sequence[str], task_name: str = "") -> "LazyStore":
+    """The samples of a case file as a lazy store (:func:`funcdiff.tasks.case_store.open_samples`: metadata now,
+    one sample per case later). Shapes: (N, C, *S). UserError naming the variables the file lacks."""
+    from funcdiff.tasks.case_store import open_samples
+
+    try:
+        return open_samples(path, channels)
+    except (ValueError, KeyError) as err:
+        raise UserError(_case_file_error(path, channels, task_name, err)) from None
+
+
+def _case_file_error(path, channels: Sequence[str], task_name: str, err: Exception) -> str:
+    need = f" needed by task {task_name!r}" if task_name else ""
+    return f"case file {path} cannot provide variables {list(channels)}{need}: {err}"
+
+
+def solve_cases(model, task, fields: "torch.Tensor | ArrayStore", run: BatchRun, settings, *, progress: bool = True,
                 **run_options) -> BatchResult:
     """Solve every unfinished case of ``run`` on this rank with ``settings`` (a
     :class:`~funcdiff.tasks.settings.SolveSettings`): sensors (``obs_fraction``/``obs_count``, ``obs_noise``)
-    drawn from case ``i``'s truth ``fields[i:i+1]`` with :func:`case_seed`, sampled with the same seed, written as
-    a posterior netCDF part. ``run_options``: batch_size, device (they do not change results).
+    drawn from case ``i``'s truth (sample ``i`` of ``fields``, read when the case runs) with :func:`case_seed`,
+    sampled with the same seed, written as a posterior netCDF part. ``run_options``: batch_size, device (they do
+    not change results).
 
     Equivalent to ``funcdiff solve --truth FILE --index i --seed <case_seed> ...`` for each case.
-    Shapes: fields (N, C, *S) physical, channels ``task.channels``.
+    Shapes: fields (N, C, *S) physical (a tensor, or a lazy store of :func:`open_case_samples`), channels
+    ``task.channels``.
     """
+    import torch
+
     from funcdiff.tasks.solve import make_observation, solve
 
     def compute(case: Case, part: Path) -> None:
         s = case_seed(settings.seed, case)
-        truth = fields[case.index:case.index + 1]
+        truth = fields[case.index:case.index + 1] if isinstance(fields, torch.Tensor) else fields.read([case.index])
         observation = make_observation(task, truth, fraction=settings.obs_fraction, count=settings.obs_count, seed=s,
                                        noise_std=settings.obs_noise)
         posterior = solve(model, task, observation, settings.updated(seed=s), truth=truth, **run_options)
@@ -559,24 +594,29 @@ def _time_value(t) -> float | str:
     return str(np.datetime64(t, "s")) if isinstance(t, np.datetime64) else float(t)
 
 
-def run_forecast_cases(forecaster, traj: "torch.Tensor", times: Optional["torch.Tensor"], source: str,
+def run_forecast_cases(forecaster, traj: "torch.Tensor | ArrayStore", times: Optional["torch.Tensor"], source: str,
                        run: BatchRun, *, lead_steps: int, members: int = 8, seed: int = 0,
                        sensors: Optional[Callable] = None, attrs: Optional[dict] = None, progress: bool = True,
                        **forecast_kwargs) -> BatchResult:
-    """Forecast every unfinished case of ``run`` on this rank from trajectories ``traj`` (N, C, T, *S) physical:
-    each case is a one-start :class:`~funcdiff.tasks.forecast.Forecast` with seed :func:`case_seed`, saved (and
-    resumed mid-rollout after a kill) as its part. ``sensors(initial, truth, seed, trajectory, frame)`` may return
-    timed observations for the case (a twin experiment on its own trajectory); ``forecast_kwargs`` go to
+    """Forecast every unfinished case of ``run`` on this rank from trajectories ``traj`` (N, C, T, *S) physical (a
+    tensor, or a lazy store of :func:`funcdiff.tasks.case_store.open_trajectories`: each case then reads only its
+    history frames, and its truth frames when there are sensors): each case is a one-start
+    :class:`~funcdiff.tasks.forecast.Forecast` with seed :func:`case_seed`, saved (and resumed mid-rollout after a
+    kill) as its part. ``sensors(initial, truth, seed, trajectory, frame)`` may return timed observations for the
+    case (a twin experiment on its own trajectory; truth (C, min(L, available), *S)); ``forecast_kwargs`` go to
     ``Forecast`` (steps_per_frame, solver, batch_size).
     """
+    import torch
+
+    from funcdiff.tasks.case_store import MemoryStore, case_frames
     from funcdiff.tasks.forecast import Forecast
-    from funcdiff.tasks.forecast_io import initial_from_trajectories
 
     f = forecaster.forecast
+    store = MemoryStore(source, traj, forecaster.channel_names) if isinstance(traj, torch.Tensor) else traj
 
     def compute(case: Case, part: Path) -> None:
-        initial, truth, start, time_ = initial_from_trajectories(traj, times, source, case.index, case.frame,
-                                                                 f.history, f.frame_step)
+        initial, truth, start, time_ = case_frames(store, times, source, case.index, case.frame, f.history,
+                                                   f.frame_step, truth_leads=lead_steps if sensors else 0)
         s = case_seed(seed, case)
         observations = sensors(initial, truth, s, case.index, start) if sensors is not None else None
         Forecast(forecaster, initial, lead_steps, members=members, seed=s, observations=observations,
@@ -588,5 +628,5 @@ def run_forecast_cases(forecaster, traj: "torch.Tensor", times: Optional["torch.
 
 
 __all__ = ["Case", "BatchRun", "BatchResult", "case_seed", "parse_indices", "parse_time_range", "select_frames",
-           "shard", "merge_parts", "same_result", "index_cases", "read_case_fields", "solve_cases", "read_manifest",
-           "forecast_cases", "run_forecast_cases", "MANIFEST", "PARTS", "MERGED"]
+           "shard", "merge_parts", "same_result", "index_cases", "read_case_fields", "open_case_samples", "solve_cases",
+           "read_manifest", "forecast_cases", "run_forecast_cases", "MANIFEST", "PARTS", "MERGED"]

@@ -18,13 +18,14 @@ from typing import TYPE_CHECKING, Optional, Sequence
 import netCDF4
 import numpy as np
 import torch
-import xarray as xr
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from funcdiff.errors import UserError
 from funcdiff.io.atomic import atomic_path
 from funcdiff.io.forecast_file import ForecastLayout, create_forecast_file, write_leads
+from funcdiff.io.forecast_zarr import (ZarrForecast, create_forecast_zarr, finish_forecast_zarr, is_zarr_path,
+                                       open_forecast_dataset, open_forecast_zarr, remove_store, store_attribute)
 from funcdiff.kinds.base import RolloutState
 
 if TYPE_CHECKING:  # the forecast calls this module; this module only reads it
@@ -40,7 +41,8 @@ def _state_path(path: Path) -> Path:
 
 
 def save_forecast(fc: Forecast, path: Path, *, progress: bool = False) -> Path:
-    """Write ``fc`` to ``path`` (netCDF), resuming a partial run of the same signature. Returns ``path``."""
+    """Write ``fc`` to ``path`` (netCDF, or a zarr store when ``path`` ends in ``.zarr``: the suffix decides),
+    resuming a partial run of the same signature. Returns ``path``."""
     signature = json.dumps(fc.signature(), sort_keys=True)
     if path.exists():
         if _file_signature(path) == signature:
@@ -48,27 +50,42 @@ def save_forecast(fc: Forecast, path: Path, *, progress: bool = False) -> Path:
         raise UserError(f"{path} exists and holds another forecast; choose another output file or delete it")
     part, state_file = _partial(path), _state_path(path)
     start_init, state = _resume_point(part, state_file, signature, fc.forecaster.device)
-    if state is None and start_init == 0:
-        part.unlink(missing_ok=True)
-        ds = create_forecast_file(part, _layout(fc), {**fc.attrs, "run_signature": signature,
-                                                     "nfe_per_frame": fc.nfe_per_frame})
-    else:
-        ds = netCDF4.Dataset(part, "a")
+    out = _open_output(fc, part, signature, resume=state is not None or start_init > 0)
     total = len(fc.init_index) * fc.lead_steps
     done = start_init * fc.lead_steps + (state.emitted if state is not None else 0)
     bar = tqdm(total=total, initial=min(done, total), desc="forecast", unit="frame", disable=not progress)
     try:
         for init in range(start_init, len(fc.init_index)):
             for leads, frames, new_state in fc.blocks(init, state if init == start_init else None):
-                write_leads(ds, fc.forecaster.channel_names, init, leads, frames)
+                _write_leads(out, fc.forecaster.channel_names, init, leads, frames)
                 _save_state(state_file, signature, init, new_state)
                 bar.update(len(leads))
     finally:
-        ds.close()
+        out.close()
         bar.close()
+    if is_zarr_path(path):
+        finish_forecast_zarr(part)
     os.replace(part, path)
     state_file.unlink(missing_ok=True)
     return path
+
+
+def _open_output(fc: Forecast, part: Path, signature: str, resume: bool):
+    """The partial output, created afresh (a netCDF4 Dataset or a :class:`ZarrForecast`) or reopened to resume."""
+    zarr = is_zarr_path(part.with_name(part.name.removesuffix(".partial")))
+    if resume:
+        return open_forecast_zarr(part) if zarr else netCDF4.Dataset(part, "a")
+    remove_store(part)
+    attrs = {**fc.attrs, "run_signature": signature, "nfe_per_frame": fc.nfe_per_frame}
+    return create_forecast_zarr(part, _layout(fc), attrs) if zarr else create_forecast_file(part, _layout(fc), attrs)
+
+
+def _write_leads(out, channels: Sequence[str], init: int, leads: Sequence[int], frames: Tensor) -> None:
+    """:func:`write_leads` into a netCDF file, :meth:`ZarrForecast.write_leads` into a zarr store."""
+    if isinstance(out, ZarrForecast):
+        out.write_leads(channels, init, leads, frames)
+    else:
+        write_leads(out, channels, init, leads, frames)
 
 
 def _layout(fc: Forecast) -> ForecastLayout:
@@ -80,6 +97,8 @@ def _layout(fc: Forecast) -> ForecastLayout:
 
 
 def _file_signature(path: Path) -> Optional[str]:
+    if path.is_dir():
+        return store_attribute(path, "run_signature")
     try:
         with netCDF4.Dataset(path, "r") as ds:
             return str(ds.getncattr("run_signature")) if "run_signature" in ds.ncattrs() else None
@@ -104,7 +123,7 @@ def _save_state(state_file: Path, signature: str, init: int, state: RolloutState
 
 def read_forecast(path: str | os.PathLike) -> Tensor:
     """Every member and lead of a forecast file. Shapes: (n_init, M, C, L, *S), float32, physical."""
-    with xr.open_dataset(path, engine="netcdf4") as ds:
+    with open_forecast_dataset(path) as ds:
         channels = json.loads(ds.attrs["channels"])
         return torch.stack([torch.from_numpy(np.asarray(ds[c].values, dtype=np.float32)) for c in channels], dim=2)
 
