@@ -1,0 +1,127 @@
+"""Batch cases read lazily (funcdiff.tasks.case_store): each case reads only its frames or its sample, with the
+values, times and results of the whole-file readers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import xarray as xr
+
+from funcdiff.cli import main
+from funcdiff.config import config_from_dict
+from funcdiff.data import generate_to_hdf5
+from funcdiff.tasks import case_store
+from funcdiff.tasks.batch import merge_parts, same_result
+from funcdiff.tasks.forecast_io import initial_from_trajectories, read_trajectories
+from funcdiff.tasks.solve import read_truth_file
+from tiny_darcy import tiny_darcy_run
+
+
+@pytest.fixture
+def reads(monkeypatch):
+    """Every LazyStore.read as (items, frames, bytes returned)."""
+    log: list[tuple[list[int], slice | None, int]] = []
+    original = case_store.LazyStore.read
+
+    def recording(self, items, frames=None):
+        out = original(self, items, frames)
+        log.append((list(np.asarray(items).reshape(-1)), frames, out.numel() * 4))
+        return out
+
+    monkeypatch.setattr(case_store.LazyStore, "read", recording)
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    return log
+
+
+def _whole_file(monkeypatch, name, reader):
+    """Make the CLI read the whole file as before (``reader``), served through a MemoryStore."""
+    def whole(path, channels):
+        data = reader(path, channels)
+        if isinstance(data, tuple):
+            return case_store.MemoryStore(path, data[0], channels), data[1]
+        return case_store.MemoryStore(path, data, channels)
+
+    monkeypatch.setattr(case_store, name, whole)
+
+
+@pytest.fixture(scope="module")
+def forecaster(tmp_path_factory):
+    from test_forecast import ADVECTION, _config
+    from funcdiff.training import train
+
+    tmp = tmp_path_factory.mktemp("lazy_forecast")
+    generate_to_hdf5(ADVECTION, tmp / "adv.h5", num_samples=6, resolution=16, seed=0, batch_size=6, progress=False)
+    config = _config(tmp)
+    config["train"].update(steps=2, batch_size=4)
+    train(config_from_dict(config), progress=False)
+    return tmp
+
+
+def test_forecast_batch_reads_only_each_cases_frames(forecaster, tmp_path, reads, monkeypatch):
+    """Twin-sensor forecasts from 2 trajectories x 2 start times: every read is one trajectory's history frame
+    or its 3 truth frames (never the file: 6 trajectories x 24 frames); the merged result equals the whole-file
+    run's."""
+    tmp = forecaster
+    cmd = ["forecast", "--checkpoint", str(tmp / "run"), "--initial", str(tmp / "adv.h5"), "--lead-steps", "3",
+           "--members", "2", "--seed", "2", "--no-progress", "--init-times", "0.4/0.6/0.2", "--index", "1",
+           "--index", "4", "--sensor-fraction", "0.25", "--sensor-every", "1"]
+    assert main([*cmd, "--out-dir", str(tmp_path / "lazy")]) == 0
+    frame_bytes = 16 * 4
+    assert sorted((r[0][0], r[1].start, r[1].stop, r[2]) for r in reads) == sorted(
+        [(i, f, f + 1, frame_bytes) for i in (1, 4) for f in (4, 6)] +  # history: the start frame
+        [(i, f + 1, f + 4, 3 * frame_bytes) for i in (1, 4) for f in (4, 6)])  # truth: the 3 leads
+    assert sum(r[2] for r in reads) == 16 * frame_bytes < 6 * 24 * frame_bytes / 8
+    _whole_file(monkeypatch, "open_trajectories", read_trajectories)
+    assert main([*cmd, "--out-dir", str(tmp_path / "whole")]) == 0
+    assert same_result(merge_parts(tmp_path / "lazy"), merge_parts(tmp_path / "whole"))
+
+
+def test_solve_cases_read_one_sample_per_case(tmp_path, reads, monkeypatch):
+    ckpt = tiny_darcy_run(tmp_path, n=12, fields=8, cases=6)
+    cmd = ["solve", "--checkpoint", str(ckpt), "--cases", str(tmp_path / "cases.nc"), "--indices", "1:6:2",
+           "--task", "darcy-inverse", "--obs-fraction", "0.1", "--num-samples", "2", "--steps", "2", "--seed", "4",
+           "--no-progress"]
+    assert main([*cmd, "--out-dir", str(tmp_path / "lazy")]) == 0
+    assert [(r[0], r[1], r[2]) for r in reads] == [([i], None, 2 * 12 * 12 * 4) for i in (1, 3, 5)]
+    _whole_file(monkeypatch, "open_samples", read_truth_file)
+    assert main([*cmd, "--out-dir", str(tmp_path / "whole")]) == 0
+    assert same_result(merge_parts(tmp_path / "lazy"), merge_parts(tmp_path / "whole"))
+
+
+def _era5_store(path):
+    pytest.importorskip("zarr")
+    dask = pytest.importorskip("dask")
+    from funcdiff.data.era5 import write_era5_zarr
+
+    times = pd.date_range("2000-01-01", periods=14, freq="6h")  # 3 whole 1-day segments and 2 times left over
+    values = np.random.default_rng(0).normal(size=(14, 3, 4, 8)).astype(np.float32) * 100 + 5000
+    state = xr.DataArray(values, dims=("time", "channel", "latitude", "longitude"), name="state",
+                         coords={"time": times, "channel": ["z500", "t850", "u500"],
+                                 "units": ("channel", ["m2 s-2", "K", "m s-1"]),
+                                 "latitude": [-67.5, -22.5, 22.5, 67.5], "longitude": np.arange(8) * 45.0})
+    with dask.config.set(scheduler="synchronous"):  # tiny data: no thread pool
+        write_era5_zarr(state.chunk({"time": 5}), path, attrs={"segment": "1D"})
+    return path
+
+
+@pytest.mark.parametrize("source", ["era5", "hdf5"])
+def test_lazy_reads_equal_the_whole_file_readers(forecaster, tmp_path, source):
+    path = _era5_store(tmp_path / "era5.zarr") if source == "era5" else forecaster / "adv.h5"
+    channels = ("t850", "z500") if source == "era5" else ("u",)
+    traj, times = read_trajectories(path, channels)
+    store, lazy_times = case_store.open_trajectories(path, channels)
+    assert store.shape == tuple(traj.shape) and store.bytes_read == 0  # metadata only so far
+    assert lazy_times.dtype == times.dtype and torch.equal(lazy_times, times)
+    for index, start, history, step, leads in ((0, 1, 2, 1, None), (2, 3, 2, 1, 2), (1, 2, 1, 2, 0)):
+        whole = initial_from_trajectories(traj, times, path, index, start, history, step)
+        lazy = case_store.case_frames(store, times, path, index, start, history, step, truth_leads=leads)
+        assert torch.equal(lazy[0], whole[0]) and lazy[2:] == whole[2:]
+        assert torch.equal(lazy[1], whole[1][:, :leads] if leads is not None else whole[1])
+    samples = case_store.open_samples(path, channels) if source == "era5" else None
+    if samples is not None:  # every frame of every whole segment is a sample
+        fields = read_truth_file(path, channels)
+        assert samples.shape == tuple(fields.shape) == (12, 2, 4, 8)
+        assert torch.equal(samples.read([7, 2]), fields[[7, 2]])
