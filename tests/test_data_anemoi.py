@@ -92,7 +92,9 @@ def test_missing_dates_leave_a_gap_in_the_time_axis(tmp_path):
     assert store.attrs["missing_dates"] == [str(dates[3]), str(dates[4])]
     np.testing.assert_array_equal(store.read([0], frames=slice(2, 4)).numpy()[0],
                                   grid[[2, 5], :, 0].transpose(1, 0, 2, 3))
-    assert AnemoiStore(tmp_path / "gap.zarr", drop_missing=False).shape[2] == DATES
+    kept_all = AnemoiStore(tmp_path / "gap.zarr", drop_missing=False)
+    assert kept_all.shape[2] == DATES and not (tmp_path / "gap.zarr" / "data" / "3.0.0.0").exists()
+    assert np.isnan(kept_all.read([0], frames=slice(3, 5)).numpy()).all()  # anemoi leaves those chunks unwritten
 
 
 def test_statistics_feed_the_stored_normaliser_and_load_fields(tmp_path):
@@ -118,6 +120,9 @@ def test_pickled_store_reads_in_workers_and_corrupt_chunk_names_the_store(tmp_pa
     with pytest.raises(UserError, match=r"w\.zarr.*item"):
         store.read([0], frames=slice(1, 4))
     assert store.read([0], frames=slice(3, 5)).shape == (1, 3, 2, 7)
+    (tmp_path / "w.zarr" / "data" / "6.0.0.0").unlink()  # zarr alone would return NaN
+    with pytest.raises(UserError, match=r"w\.zarr.*data/6\.0\.0\.0.*missing"):
+        store.read([0], frames=slice(5, 8))
     (tmp_path / "w.zarr" / "dates" / ".zarray").write_text("{truncated")
     with pytest.raises(UserError, match=r"w\.zarr"):
         AnemoiStore(tmp_path / "w.zarr")

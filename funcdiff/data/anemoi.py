@@ -16,6 +16,7 @@ and ``(cells,)`` otherwise (with per-cell ``latitude``/``longitude`` coordinates
 
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -131,6 +132,7 @@ class AnemoiStore(ArrayStore):
         missing = np.array(attrs.get("missing_dates") or [], dtype="datetime64[s]")
         self.missing_dates = missing
         self.member, self.flatten = int(member), bool(flatten)
+        self._all_dates = dates
         self.frame_index = np.flatnonzero(~np.isin(dates, missing)) if drop_missing else np.arange(len(dates))
         self.variable_index = self._select(names, variables)
         self.channel_names = tuple(names[i] for i in self.variable_index)
@@ -174,11 +176,28 @@ class AnemoiStore(ArrayStore):
         variables = self.variable_index
         if np.array_equal(variables, np.arange(handle.shape[1])):
             variables = slice(None)
+        self._check_chunks(handle, raw)
         block = np.asarray(handle.oindex[raw, variables, self.member, :], dtype=np.float32)  # (T', C, cells)
         block = np.swapaxes(block, 0, 1)
         if self.order is not None:
             block = block[..., self.order].reshape(*block.shape[:2], *self.shape[3:])
         return np.broadcast_to(block[None], (len(items), *block.shape))
+
+    def _check_chunks(self, handle: Any, raw: np.ndarray) -> None:
+        """OSError when a chunk of ``data`` that these dates need is absent from the folder: zarr would return
+        its fill value (NaN) without a word. Only the missing dates' chunks may be absent (anemoi never writes
+        them)."""
+        raw = raw[~np.isin(self._all_dates[raw], self.missing_dates)]
+        chunks = handle.chunks
+        axes = [np.unique(raw // chunks[0]), np.unique(self.variable_index // chunks[1]), [self.member // chunks[2]],
+                range(-(-handle.shape[3] // chunks[3]))]
+        folder = self.path / "data"
+        for coords in itertools.product(*axes):
+            key = handle.metadata.encode_chunk_key(tuple(int(c) for c in coords))
+            if not (folder / key).exists():
+                date = self._all_dates[min(int(coords[0]) * chunks[0], len(self._all_dates) - 1)]
+                raise OSError(f"chunk data/{key} (from date {date}) is missing: an incomplete copy or build? "
+                              "(only the chunks of the dates listed in missing_dates may be absent)")
 
 
 def time_hours(times: np.ndarray) -> np.ndarray:
