@@ -18,6 +18,17 @@ finite values and the energy spectrum within a factor 2 of the data's (``max_spe
 
 Writes JSON rows ``{"pde", "method", "lead", "nfe_per_frame", "members", "sensors", "rmse", "crps", "ssr",
 "spectrum_error"}`` and stability rows ``{"pde", "method", "frames", "finite", "max_spectrum_ratio"}``.
+
+Backbones (issue 22): ``--backbones fno uno local_fno`` trains the rolling forecaster once per backbone at **equal
+training compute**, a budget of process CPU seconds on one thread (``--budget-s``; ``time.process_time``, so other
+jobs on a shared machine do not change it): the steps of each backbone are its budget divided by its measured
+seconds per step. It scores CRPS, SSR and RMSE per lead (no sensors) and the per-shell spectrum ratio of the
+forecast to the data over leads 41-60 (the training trajectories' frames at the same times), and writes rows
+``{"pde", "backbone", "lead", ...}``, ``{"pde", "backbone", "shell", "ratio", "energy_rel"}`` and one summary row
+per backbone (``steps``, ``train_cpu_s``, ``worst_shell_ratio`` over the shells holding >= 1e-6 of the peak energy,
+``ssr`` range at leads >= 5):
+
+    python benchmarks/forecasting.py --quick --backbones fno uno local_fno --out benchmarks/results/backbones_forecasting_quick.json
 """
 
 from __future__ import annotations
@@ -60,6 +71,9 @@ SPECS = {
                          "model": []}},
 }
 REPORT_LEADS = (1, 5, 10, 25, 50, 100)
+BACKBONE_MODEL = {"fno": [], "local_fno": [], "uno": ["model.n_layers=1"]}  # uno: 1 block per level (2 levels), 5 in all
+BUDGET_S = {"kolmogorov": 150.0, "burgers": 90.0}  # quick mode, CPU seconds of training per backbone
+SPECTRUM_LEADS = (41, 60)
 
 
 def make_data(pde: str, spec: dict, size: dict, workdir: Path, seed: int) -> Path:
@@ -79,6 +93,82 @@ def train_method(pde: str, kind: str, data: Path, size: dict, workdir: Path, see
     if latest_checkpoint(out) is None or "step_%08d" % size["steps"] not in str(latest_checkpoint(out)):
         train(config, resume=True, progress=False)
     return config, time.perf_counter() - start
+
+
+def train_for_budget(config, budget_s: float) -> dict:
+    """Train ``config`` for ``budget_s`` process CPU seconds: a throwaway trainer measures the seconds per step (the
+    mean of steps 2-4), the real one runs budget / that many steps with its LR schedule. Returns steps and CPU s."""
+    from funcdiff.training import Trainer
+
+    probe = Trainer.from_config(config.replace(["train.steps=100000"]), progress=False)
+    probe.train_step()
+    start = time.process_time()
+    for _ in range(3):
+        probe.train_step()
+    per_step = (time.process_time() - start) / 3
+    del probe
+    steps = max(10, int(budget_s / per_step))
+    trainer = Trainer.from_config(config.replace([f"train.steps={steps}", f"train.checkpoint_every={steps}"]),
+                                  progress=False)
+    start = time.process_time()
+    trainer.fit()
+    trainer.save_checkpoint()
+    return {"steps": steps, "train_cpu_s": time.process_time() - start, "cpu_s_per_step": per_step}
+
+
+def shell_rows(pde: str, backbone: str, forecast: torch.Tensor, reference: torch.Tensor, dims: int) -> list[dict]:
+    """Per-shell ratio of the forecast's mean spectrum (leads 41-60, all members) to the data's (the same frames of
+    the training trajectories). Shapes: forecast (N, M, C, L, *S), reference (N', L', *S)."""
+    lo, hi = SPECTRUM_LEADS
+    spec = energy_spectrum(forecast[:, :, :, lo - 1:hi], dims)[1]
+    spec = spec.reshape(-1, spec.shape[-1]).mean(0)
+    data = energy_spectrum(reference, dims)[1]
+    data = data.reshape(-1, data.shape[-1]).mean(0)
+    peak = float(data[1:].max())
+    return [{"pde": pde, "backbone": backbone, "shell": k, "ratio": float(spec[k] / data[k]),
+             "energy_rel": float(data[k]) / peak} for k in range(1, data.shape[0])]
+
+
+def run_backbones(pde: str, args, workdir: Path) -> tuple[list[dict], dict]:
+    """The rolling forecaster with each of ``args.backbones``, trained for the same CPU budget (module docstring)."""
+    spec, size = SPECS[pde], SPECS[pde]["quick" if args.quick else "full"]
+    data = make_data(pde, spec, size, workdir, args.seed)
+    budget = args.budget_s or BUDGET_S[pde] * (1 if args.quick else 10)
+    lead_steps = SPECTRUM_LEADS[1]
+    rows, timing = [], {"budget_cpu_s": budget}
+    for backbone in args.backbones:
+        out = workdir / f"{pde}-rolling-{backbone}"
+        overrides = [f"data.path={data}", f"train.out_dir={out}", f"train.seed={args.seed}", "train.batch_size=8",
+                     "train.warmup_steps=50", "train.lr=2e-3", "train.eval_every=0", "train.log_every=0",
+                     "train.device=cpu", *size["model"], f"model.backbone={backbone}", *BACKBONE_MODEL[backbone]]
+        config = load_config(ROOT / "configs" / "forecast" / f"{pde}-rolling.yaml", overrides)
+        trained = train_for_budget(config, budget)
+        history = config.forecast.history
+        test_idx = trajectory_split(size["n_traj"], config)[1].tolist()
+        inits = [initial_from_file(data, (spec["channel"],), i, history - 1, history) for i in test_idx[:args.inits]]
+        initial, truth = torch.stack([s[0] for s in inits]), torch.stack([s[1][:, :lead_steps] for s in inits])
+        fc = load_forecaster(out)
+        start = time.process_time()
+        ensemble = Forecast(fc, initial, lead_steps, members=args.members, seed=args.seed)
+        run = ensemble.to_tensor()
+        forecast_cpu = time.process_time() - start
+        scores = lead_scores(run, truth)
+        lead_rows = scored_rows(pde, "rolling", scores, ensemble.nfe_per_frame, args.members, 0.0)
+        rows += [{**r, "backbone": backbone} for r in lead_rows]
+        traj = load_fields(data, fields=[spec["channel"]]).fields[spec["channel"]]
+        train_traj = traj[[i for i in range(traj.shape[0]) if i not in set(test_idx)]]
+        lo, hi = SPECTRUM_LEADS
+        reference = train_traj[:, history - 1 + lo:history + hi]  # (N', L', *S): the loader has no channel axis
+        shells = shell_rows(pde, backbone, run, reference, traj.ndim - 2)
+        rows += shells
+        kept = [r["ratio"] for r in shells if r["energy_rel"] >= 1e-6]
+        worst = max(kept, key=lambda r: abs(torch.tensor(r).log().item()))
+        ssr = [r["ssr"] for r in lead_rows if r["lead"] >= 5]
+        rows.append({"pde": pde, "backbone": backbone, "summary": True, **trained, "forecast_cpu_s": forecast_cpu,
+                     "worst_shell_ratio": worst, "shells_within_2x": all(0.5 <= r <= 2.0 for r in kept),
+                     "ssr_min": min(ssr), "ssr_max": max(ssr), "ssr_in_0.8_1.2": all(0.8 <= v <= 1.2 for v in ssr),
+                     "crps_lead_10": lead_rows[9]["crps"], "crps_lead_50": lead_rows[49]["crps"]})
+    return rows, timing
 
 
 def scored_rows(pde: str, method: str, scores: dict, nfe: float, members: int, sensors: float) -> list[dict]:
@@ -179,9 +269,15 @@ def main() -> None:
     p.add_argument("--long-frames", type=int, default=500, help="frames of the stability rollout")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: fastest on a shared 2-core machine)")
     p.add_argument("--workdir", type=Path, default=Path("runs/benchmark-forecasting"))
+    p.add_argument("--backbones", nargs="+", choices=list(BACKBONE_MODEL), default=None,
+                   help="compare these backbones (rolling forecaster, equal CPU budget) instead of the kinds")
+    p.add_argument("--budget-s", type=float, default=None, help="CPU seconds of training per backbone")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     args.workdir.mkdir(parents=True, exist_ok=True)
+    if args.backbones:
+        main_backbones(args)
+        return
     rows, stable, timings = [], [], {}
     start = time.perf_counter()
     for pde in args.pdes:
@@ -195,6 +291,26 @@ def main() -> None:
     print_table(stable, ["pde", "method", "frames", "finite", "max_spectrum_ratio"])
     write_json(rows + stable, args.out, {"threads": args.threads, "timings_s": timings,
                                          "settings": {k: str(v) for k, v in vars(args).items()}})
+
+
+def main_backbones(args) -> None:
+    rows, timings = [], {}
+    start = time.perf_counter()
+    for pde in args.pdes:
+        r, timings[pde] = run_backbones(pde, args, args.workdir)
+        rows += r
+    print(f"machine: {machine()}; threads: {args.threads}; equal training compute: "
+          f"{ {p: t['budget_cpu_s'] for p, t in timings.items()} } CPU s per backbone (time.process_time, one thread); "
+          f"wall time {time.perf_counter() - start:.0f} s")
+    print_table([r for r in rows if r.get("lead") in REPORT_LEADS],
+                ["pde", "backbone", "lead", "rmse", "crps", "ssr", "spectrum_error"])
+    print()
+    print_table([r for r in rows if r.get("summary")],
+                ["pde", "backbone", "steps", "train_cpu_s", "worst_shell_ratio", "shells_within_2x", "ssr_min",
+                 "ssr_max", "crps_lead_10", "crps_lead_50"])
+    write_json(rows, args.out, {"threads": args.threads, "timings_s": timings, "compute": "equal process CPU "
+                                "seconds of training per backbone (time.process_time), one torch thread",
+                                "settings": {k: str(v) for k, v in vars(args).items()}})
 
 
 if __name__ == "__main__":
