@@ -26,12 +26,13 @@ def _array(group, name, values, dims, chunks=None):
     a.attrs["_ARRAY_DIMENSIONS"] = list(dims)
 
 
-def write_anemoi(path, lat, lon, members=2, missing=()):
-    """A store in anemoi's layout; returns data (dates, variables, ensembles, cells) and the dates."""
+def write_anemoi(path, lat, lon, members=2, missing=(), zarr_format=2):
+    """A store in anemoi's layout (format 2, or 3 as anemoi writes it under zarr 3); returns data (dates,
+    variables, ensembles, cells) and the dates."""
     values = np.random.default_rng(0).standard_normal((DATES, len(NAMES), members, lat.size)).astype("f4")
     dates = np.datetime64("2020-01-01T00", "s") + np.arange(DATES) * np.timedelta64(6, "h")
     values[list(missing)] = np.nan
-    group = zarr.open_group(str(path), mode="w", zarr_format=2)
+    group = zarr.open_group(str(path), mode="w", zarr_format=zarr_format)
     _array(group, "data", values, ("time", "variable", "ensemble", "cell"), (1, len(NAMES), members, lat.size))
     _array(group, "dates", dates, ("time",))
     _array(group, "latitudes", np.asarray(lat, "f8"), ("cell",))
@@ -81,6 +82,10 @@ def test_unstructured_cells_stay_one_axis(tmp_path):
     check_reads(store, values[:, :, 0].transpose(1, 0, 2)[None], frames=slice(1, 3))
     flat = AnemoiStore(tmp_path / "o.zarr", flatten=True)
     assert flat.shape == store.shape
+    v3, _ = write_anemoi(tmp_path / "v3.zarr", lat, lon, missing=(1,), zarr_format=3)  # anemoi under zarr 3
+    kept = [0, *range(2, DATES)]
+    np.testing.assert_array_equal(AnemoiStore(tmp_path / "v3.zarr").read([0]).numpy(),
+                                  v3[kept, :, 0].transpose(1, 0, 2)[None])
 
 
 def test_missing_dates_leave_a_gap_in_the_time_axis(tmp_path):

@@ -188,7 +188,7 @@ class AnemoiStore(ArrayStore):
         its fill value (NaN) without a word. Only the missing dates' chunks may be absent (anemoi never writes
         them)."""
         raw = raw[~np.isin(self._all_dates[raw], self.missing_dates)]
-        chunks = handle.chunks
+        chunks = handle.shards or handle.chunks  # a file per shard when the (format 3) array is sharded
         axes = [np.unique(raw // chunks[0]), np.unique(self.variable_index // chunks[1]), [self.member // chunks[2]],
                 range(-(-handle.shape[3] // chunks[3]))]
         folder = self.path / "data"
@@ -196,8 +196,8 @@ class AnemoiStore(ArrayStore):
             key = handle.metadata.encode_chunk_key(tuple(int(c) for c in coords))
             if not (folder / key).exists():
                 date = self._all_dates[min(int(coords[0]) * chunks[0], len(self._all_dates) - 1)]
-                raise OSError(f"chunk data/{key} (from date {date}) is missing: an incomplete copy or build? "
-                              "(only the chunks of the dates listed in missing_dates may be absent)")
+                raise OSError(f"chunk data/{key} (from date {date}) is missing: an incomplete copy or build? Only "
+                              "the dates in missing_dates may lack chunks (zarr 3 also leaves all-NaN chunks out)")
 
 
 def time_hours(times: np.ndarray) -> np.ndarray:
