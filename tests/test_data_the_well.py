@@ -98,10 +98,13 @@ def test_truncated_and_corrupt_files_name_the_file(tmp_path):
     corrupt_first_chunk(path, "t0_fields/pressure")
     with pytest.raises(UserError, match=r"tiny\.hdf5.*item"):
         store.read([0])
+    store.close()
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 3])
     with pytest.raises(UserError, match=r"tiny\.hdf5"):
         TheWellStore(path)
+    with pytest.raises(UserError, match=r"tiny\.hdf5: not a readable HDF5 file"):
+        detect_format(path)
 
 
 def test_the_well_package_writer_and_reader_agree(tmp_path):

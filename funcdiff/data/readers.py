@@ -72,8 +72,13 @@ def detect_format(path: Path) -> str:
             raise UserError(f"{path}: unrecognised file type: not a readable HDF5 file ("
                             f"{'empty, 0 bytes' if size == 0 else f'{size} bytes'}; an interrupted copy or "
                             f"generation? regenerate or copy it again)")
-        raise UserError(f"{path}: unrecognised file type (expected HDF5 .h5/.hdf5, .mat, .pt or an ERA5 zarr store)")
-    with h5py.File(path, "r") as f:
+        raise UserError(f"{path}: unrecognised file type (expected HDF5 .h5/.hdf5, .mat, .pt or a zarr store)")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as err:
+        raise UserError(f"{path}: not a readable HDF5 file ({err}); an interrupted copy or generation? "
+                        "regenerate or copy it again") from None
+    with f:
         if f.attrs.get("funcdiff_format") == FORMAT_NAME:
             return "funcdiff"
         keys = list(f.keys())
@@ -81,8 +86,9 @@ def detect_format(path: Path) -> str:
             return "the_well"
         if any(k in f for k in PDEBENCH_FIELDS) or any(_is_sample_group(f, k) for k in keys[:8]):
             return "pdebench"
-    raise ValueError(f"{path}: unrecognised HDF5 layout; expected funcdiff attrs ('funcdiff_format'), "
-                     f"PDEBench datasets {list(PDEBENCH_FIELDS)} or sample groups '0000/data'; found keys {keys}")
+    raise UserError(f"{path}: unrecognised HDF5 layout; expected funcdiff attrs ('funcdiff_format'), The Well "
+                    f"groups (t0_fields/t1_fields, dimensions), PDEBench datasets {list(PDEBENCH_FIELDS)} or sample "
+                    f"groups '0000/data'; found keys {keys}")
 
 
 def _detect_folder(path: Path) -> str:
@@ -96,8 +102,8 @@ def _detect_folder(path: Path) -> str:
         return "anemoi_zarr"
     if is_the_well_file(path):
         return "the_well"
-    raise ValueError(f"{path}: a folder, but not a zarr store written by `funcdiff data era5`, an anemoi-datasets "
-                     "store or a folder of The Well's HDF5 files")
+    raise UserError(f"{path}: a folder, but not a zarr store written by `funcdiff data era5`, an anemoi-datasets "
+                    "store or a folder of The Well's HDF5 files")
 
 
 def _read_the_well(path: Path, *, max_samples: int | None = None) -> FieldData:
