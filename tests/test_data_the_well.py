@@ -89,6 +89,9 @@ def test_load_fields_returns_every_channel(tmp_path):
     for c, name in enumerate(names):
         np.testing.assert_array_equal(data.fields[name].numpy(), expected[:2, c])
     assert set(data.coords) == {"t", "x", "y"}
+    velocity = load_fields(tmp_path / "tiny.h5", fields=["velocity"], dtype=None)
+    assert list(velocity.fields) == ["velocity_x", "velocity_y"]
+    np.testing.assert_array_equal(velocity.fields["velocity_y"].numpy(), expected[:, 2])
 
 
 def test_truncated_and_corrupt_files_name_the_file(tmp_path):

@@ -53,6 +53,8 @@ def load_fields(path: str | os.PathLike, *, format: str = "auto", fields: list[s
                "anemoi_zarr": _read_anemoi}
     if fmt not in readers:
         raise ValueError(f"unknown format {fmt!r}; valid: {['auto', *FORMATS]}")
+    if fmt in STORE_FORMATS:  # the store reads only the fields asked for (The Well: ``velocity`` = all components)
+        return _postprocess(readers[fmt](path, max_samples=max_samples, fields=fields), None, dtype)
     data = readers[fmt](path, max_samples=max_samples)
     return _postprocess(data, fields, dtype)
 
@@ -106,18 +108,18 @@ def _detect_folder(path: Path) -> str:
                     "store or a folder of The Well's HDF5 files")
 
 
-def _read_the_well(path: Path, *, max_samples: int | None = None) -> FieldData:
+def _read_the_well(path: Path, *, max_samples: int | None = None, fields: list[str] | None = None) -> FieldData:
     """A file or folder of The Well (see :func:`funcdiff.data.the_well.read_the_well`)."""
     from funcdiff.data.the_well import read_the_well
 
-    return read_the_well(path, max_samples=max_samples)
+    return read_the_well(path, max_samples=max_samples, fields=fields)
 
 
-def _read_anemoi(path: Path, *, max_samples: int | None = None) -> FieldData:
+def _read_anemoi(path: Path, *, max_samples: int | None = None, fields: list[str] | None = None) -> FieldData:
     """An anemoi-datasets zarr store (see :func:`funcdiff.data.anemoi.read_anemoi`)."""
     from funcdiff.data.anemoi import read_anemoi
 
-    return read_anemoi(path, max_samples=max_samples)
+    return read_anemoi(path, max_samples=max_samples, fields=fields)
 
 
 def _read_era5_store(path: Path, *, max_samples: int | None = None) -> FieldData:
