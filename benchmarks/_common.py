@@ -38,6 +38,32 @@ def train_in_memory(config, fields: torch.Tensor):
     return trainer, path, time.perf_counter() - start
 
 
+def train_for_budget(config, budget_s: float, fields: torch.Tensor | None = None) -> tuple[object, dict]:
+    """Train ``config`` for about ``budget_s`` seconds of process CPU time (``time.process_time``: equal training
+    compute for models compared side by side on a shared machine, where wall-clock depends on the other jobs).
+
+    A throwaway trainer measures the CPU seconds per step (mean of steps 2-4); the real one runs
+    ``budget_s / that`` steps (at least 10) with its LR schedule over them, then saves its checkpoint.
+    Returns ``(trainer, {"steps", "train_cpu_s", "cpu_s_per_step"})``."""
+    from funcdiff.training import Trainer
+
+    probe = Trainer.from_config(config.replace(["train.steps=100000"]), fields=fields, progress=False)
+    probe.train_step()
+    start = time.process_time()
+    for _ in range(3):
+        probe.train_step()
+    per_step = (time.process_time() - start) / 3
+    del probe
+    steps = max(10, int(budget_s / per_step))
+    trainer = Trainer.from_config(config.replace([f"train.steps={steps}", f"train.checkpoint_every={steps}"]),
+                                  fields=fields, progress=False)
+    start = time.process_time()
+    trainer.fit()
+    trainer.save_checkpoint()
+    return trainer, {"steps": steps, "train_cpu_s": round(time.process_time() - start, 1),
+                     "cpu_s_per_step": per_step}
+
+
 def sync(device: str) -> None:
     """Wait for queued CUDA work (nothing on the CPU)."""
     if str(device).startswith("cuda"):

@@ -42,7 +42,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: idle OpenMP
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, parser, print_table, write_json  # noqa: E402
+from _common import machine, parser, print_table, train_for_budget, write_json  # noqa: E402
 
 from funcdiff.config import load_config  # noqa: E402
 from funcdiff.data import generate_to_hdf5, load_fields  # noqa: E402
@@ -95,27 +95,6 @@ def train_method(pde: str, kind: str, data: Path, size: dict, workdir: Path, see
     return config, time.perf_counter() - start
 
 
-def train_for_budget(config, budget_s: float) -> dict:
-    """Train ``config`` for ``budget_s`` process CPU seconds: a throwaway trainer measures the seconds per step (the
-    mean of steps 2-4), the real one runs budget / that many steps with its LR schedule. Returns steps and CPU s."""
-    from funcdiff.training import Trainer
-
-    probe = Trainer.from_config(config.replace(["train.steps=100000"]), progress=False)
-    probe.train_step()
-    start = time.process_time()
-    for _ in range(3):
-        probe.train_step()
-    per_step = (time.process_time() - start) / 3
-    del probe
-    steps = max(10, int(budget_s / per_step))
-    trainer = Trainer.from_config(config.replace([f"train.steps={steps}", f"train.checkpoint_every={steps}"]),
-                                  progress=False)
-    start = time.process_time()
-    trainer.fit()
-    trainer.save_checkpoint()
-    return {"steps": steps, "train_cpu_s": time.process_time() - start, "cpu_s_per_step": per_step}
-
-
 def shell_rows(pde: str, backbone: str, forecast: torch.Tensor, reference: torch.Tensor, dims: int) -> list[dict]:
     """Per-shell ratio of the forecast's mean spectrum (leads 41-60, all members) to the data's (the same frames of
     the training trajectories). Shapes: forecast (N, M, C, L, *S), reference (N', L', *S)."""
@@ -142,7 +121,7 @@ def run_backbones(pde: str, args, workdir: Path) -> tuple[list[dict], dict]:
                      "train.warmup_steps=50", "train.lr=2e-3", "train.eval_every=0", "train.log_every=0",
                      "train.device=cpu", *size["model"], f"model.backbone={backbone}", *BACKBONE_MODEL[backbone]]
         config = load_config(ROOT / "configs" / "forecast" / f"{pde}-rolling.yaml", overrides)
-        trained = train_for_budget(config, budget)
+        trained = train_for_budget(config, budget)[1]
         history = config.forecast.history
         test_idx = trajectory_split(size["n_traj"], config)[1].tolist()
         inits = [initial_from_file(data, (spec["channel"],), i, history - 1, history) for i in test_idx[:args.inits]]

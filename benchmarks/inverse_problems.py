@@ -18,6 +18,15 @@ Darcy 2.49 % / 5.18 %, Poisson 1.99 / 20.47, Helmholtz 2.13 / 17.16, Navier–St
     python benchmarks/inverse_problems.py --quick --out inverse_quick.json   # every PDE at 64² on CPU
     python benchmarks/inverse_problems.py --quick --problems darcy --methods dps mmps --no-fine --out d.json
     python benchmarks/inverse_problems.py --checkpoint darcy=runs/darcy-64 --problems darcy --out darcy.json
+
+Backbones (issue 22): ``--backbones fno uno local_fno`` trains the joint model once per backbone, each for the same
+budget of process CPU seconds on one thread (``--budget-s``, default 90 in quick mode; ``time.process_time``, so
+the other jobs of a shared machine do not change it), and scores dps at 10 and 20 steps and mmps-physics at 10
+(``--methods`` to choose) on the ``--directions`` (default inverse), single sample and mean; rows carry
+``backbone``, ``train_steps`` and ``train_cpu_s``:
+
+    python benchmarks/inverse_problems.py --quick --problems darcy poisson --backbones fno uno local_fno \
+        --n-test 4 --out benchmarks/results/backbones_inverse_quick.json
 """
 
 from __future__ import annotations
@@ -33,7 +42,7 @@ from typing import Optional
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import parser, print_table, train_in_memory, write_json  # noqa: E402
+from _common import parser, print_table, train_for_budget, train_in_memory, write_json  # noqa: E402
 
 from funcdiff.config import load_config  # noqa: E402
 from funcdiff.io.checkpoint import load_denoiser  # noqa: E402
@@ -52,6 +61,8 @@ TASK_PREFIX = {"navier_stokes": "navier-stokes"}
 COLUMNS = ["task", "direction", "method", "pde_weight", "estimator", "steps", "nfe", "solver_calls", "vjps",
            "rel_l2", "misclassification", "resolution", "zero_shot", "n_samples", "seconds"]
 METHODS = ("dps", "mmps", "enkg", "dps-physics", "mmps-physics", "enkg-physics")
+BACKBONE_MODEL = {"fno": [], "local_fno": [], "uno": ["model.n_layers=1"]}  # uno: 1 block per level (2 levels), 5 in all
+BUDGET_S = 90.0  # quick mode with --backbones: CPU seconds of training per backbone (x10 in full mode)
 
 
 def settings(quick: bool) -> dict:
@@ -103,14 +114,44 @@ def restrict(problem: str, fields: torch.Tensor, resolution: int) -> torch.Tenso
     return torch.cat([a, u.double()], dim=1).to(fields.dtype)
 
 
-def train_diffusion(problem: str, fields: torch.Tensor, s: dict, out_dir: Path, device: str) -> Path:
-    """Train the joint model with the package's Trainer on in-memory fields; returns the checkpoint path."""
+def diffusion_config(problem: str, s: dict, out_dir: Path, device: str, extra: tuple = ()):
+    """The joint model's run config: configs/tasks/<pde>-64.yaml with this benchmark's sizes and ``extra``."""
     overrides = [f"train.steps={s['train_steps']}", f"train.out_dir={out_dir}", f"train.device={device}",
                  "train.log_every=0", "train.checkpoint_every=0", "train.eval_every=0", "train.warmup_steps=50",
                  f"model.hidden_channels={s['hidden']}", f"model.n_layers={s['layers']}",
-                 f"data.resolution={s['resolution']}", "train.ema_decay=0.995"]
-    config = load_config(CONFIGS / f"{PROBLEM_CONFIG[problem]}.yaml", overrides)
-    return train_in_memory(config, fields)[1]
+                 f"data.resolution={s['resolution']}", "train.ema_decay=0.995", *extra]
+    return load_config(CONFIGS / f"{PROBLEM_CONFIG[problem]}.yaml", overrides)
+
+
+def train_diffusion(problem: str, fields: torch.Tensor, s: dict, out_dir: Path, device: str) -> Path:
+    """Train the joint model with the package's Trainer on in-memory fields; returns the checkpoint path."""
+    return train_in_memory(diffusion_config(problem, s, out_dir, device), fields)[1]
+
+
+def run_backbones(problem: str, s: dict, args, work: Path) -> list[dict]:
+    """The joint model once per backbone at an equal CPU budget, scored by ``s["methods"]`` (module docstring)."""
+    fields = generate(problem, s["n_train"] + s["n_test"], s["resolution"], args.seed)
+    train, test = fields[:s["n_train"]], fields[s["n_train"]:]
+    budget = args.budget_s or BUDGET_S * (1 if args.quick else 10)
+    rows = []
+    for backbone in args.backbones:
+        config = diffusion_config(problem, s, work / f"{problem}-{backbone}", args.device,
+                                  (f"model.backbone={backbone}", *BACKBONE_MODEL[backbone]))
+        trainer, trained = train_for_budget(config, budget, train)
+        model = load_denoiser(work / f"{problem}-{backbone}", device=args.device)
+        for direction in args.directions:
+            task = TASKS[f"{TASK_PREFIX.get(problem, problem)}-{direction}"]
+            found = method_rows(task, model, test, s, args.seed, args.device, s["methods"], s["steps"])
+            if backbone == args.backbones[0]:
+                found += oracle_rows(problem, task, test, args.seed)
+            for r in found:
+                rows.append({"task": problem, "direction": direction, "n_samples": int(test.shape[0]),
+                             "resolution": s["resolution"], "solver_calls": 0, "zero_shot": False, **r,
+                             "backbone": backbone if r["method"] != "gaussian-oracle" else None,
+                             "train_steps": trained["steps"], "train_cpu_s": trained["train_cpu_s"],
+                             "budget_cpu_s": budget})
+            print_table(rows[-len(found):], ["backbone", *COLUMNS])
+    return rows
 
 
 def score(task, pred: torch.Tensor, truth: torch.Tensor) -> dict:
@@ -352,10 +393,17 @@ def main() -> None:
     p.add_argument("--jobs", type=int, default=1,
                    help="problems run side by side in this many processes (each with torch's current thread count); "
                         "the rows do not depend on it")
+    p.add_argument("--backbones", nargs="+", default=None, choices=list(BACKBONE_MODEL),
+                   help="compare these backbones at an equal CPU training budget (--budget-s)")
+    p.add_argument("--budget-s", type=float, default=None, help="with --backbones: CPU seconds of training each")
+    p.add_argument("--directions", nargs="+", default=["inverse"], choices=["forward", "inverse"],
+                   help="with --backbones: the tasks scored")
     args = p.parse_args()
     args.checkpoints = dict(_problem_path(item) for item in args.checkpoint)
     torch.manual_seed(args.seed)
     s = settings(args.quick)
+    if args.backbones:
+        s.update(methods=["dps", "mmps-physics"], steps=[10, 20], fine=None, max_steps={"mmps-physics": 10})
     if args.problems:
         s["problems"] = args.problems
     s.update({k: v for k, v in (("n_test", args.n_test), ("resolution", args.resolution), ("steps", args.steps),
@@ -374,12 +422,16 @@ def main() -> None:
             longest_first = sorted(s["problems"], key=lambda q: q != "navier_stokes")
             futures = {q: pool.submit(run_problem, q, s, args, args.work_dir) for q in longest_first}
             parts = [futures[q].result() for q in s["problems"]]
+    elif args.backbones:
+        parts = [run_backbones(problem, s, args, args.work_dir) for problem in s["problems"]]
     else:
         parts = [run_problem(problem, s, args, args.work_dir) for problem in s["problems"]]
     rows = [r for part in parts for r in part]
     wall = time.perf_counter() - start
     print_table(rows, COLUMNS)
     print(f"wall time {wall / 60:.1f} min with {args.jobs} process(es) of {torch.get_num_threads()} thread(s)")
+    if args.backbones:
+        s["compute"] = "equal process CPU seconds of training per backbone (time.process_time), one torch thread"
     meta = {"quick": args.quick, "settings": s, "obs_fraction": 0.03, "threads": torch.get_num_threads(),
             "jobs": args.jobs, "wall_seconds": round(wall, 1), "loadavg_start": load_start,
             "loadavg": os.getloadavg(),

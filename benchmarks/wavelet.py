@@ -44,6 +44,15 @@ level):
 
 Each diffusion row is scored as single samples (``estimate: sample``, averaged over members) and as the ensemble
 mean of the members (``estimate: mean of M``).
+
+Backbones (issue 22): ``--backbone fno --backbone uno --backbone local_fno`` repeats every model row once per
+backbone (rows carry ``backbone``), each trained for the same budget of process CPU seconds on one thread
+(``--budget-s``, default 60 in quick mode; ``time.process_time``, so the other jobs of a shared machine do not
+change it) instead of a number of steps; the super-resolution rows are then the zero-shot
+``wavelet-super-resolution`` model (details state) only:
+
+    python benchmarks/wavelet.py --quick --pde burgers_shock --super-resolution --backbone fno --backbone uno \
+        --backbone local_fno --out benchmarks/results/backbones_wavelet_quick.json
 """
 
 from __future__ import annotations
@@ -58,7 +67,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import parser, print_table, train_in_memory, write_json  # noqa: E402
+from _common import parser, print_table, train_for_budget, train_in_memory, write_json  # noqa: E402
 
 from funcdiff.config import config_from_dict  # noqa: E402
 from funcdiff.metrics import energy_spectrum, spectrum_error  # noqa: E402
@@ -93,6 +102,25 @@ SPECS["burgers_shock_forced"] = {**SPECS["burgers_shock"], "problem": "burgers_s
                                  "forcing": ["f"]}
 ENERGY_FLOOR = 1e-6  # spectrum error over the shells with at least this fraction of the peak shell's energy
 MODEL = {"backbone": "fno", "hidden_channels": 32, "n_layers": 4, "emb_dim": 64, "norm_groups": 8}
+BACKBONE_MODEL = {"fno": {}, "local_fno": {}, "uno": {"n_layers": 1}}  # uno: 1 block per level (2 levels), 5 in all
+BUDGET_S = 60.0  # quick mode with --backbone: CPU seconds of training per model (x10 in full mode)
+
+
+def with_backbone(raw: dict, backbone: str | None) -> dict:
+    """A run config dict with ``model.backbone`` (and its depth) set, unchanged for None."""
+    if backbone is None:
+        return raw
+    return {**raw, "model": {**raw["model"], "backbone": backbone, **BACKBONE_MODEL[backbone]}}
+
+
+def train_model(config, fields: torch.Tensor, args) -> tuple[object, dict]:
+    """Train for the configured steps, or with ``--backbone`` for an equal CPU budget; (trainer, budget info)."""
+    if args.backbone:
+        budget = args.budget_s or BUDGET_S * (1 if args.quick else 10)
+        trainer, info = train_for_budget(config, budget, fields)
+        return trainer, {**info, "budget_cpu_s": budget}
+    trainer, _, seconds = train_in_memory(config, fields)
+    return trainer, {"train_seconds": round(seconds, 1), "train_steps": config.train.steps}
 
 
 def make_data(spec: dict, n_traj: int, seed: int) -> tuple[torch.Tensor, float]:
@@ -193,10 +221,10 @@ def run_pde(pde: str, args, work: Path) -> tuple[list[dict], dict]:
     base_cfg = config_from_dict(run_config(spec, budget, methods[0][1], work, args.seed))
     _, test_idx = trajectory_split(traj.shape[0], base_cfg)
     initial, truth = test_cases(spec, traj, test_idx)
-    for method, transform in methods:
-        out_dir = work / f"{pde}-{method}-{transform.get('noise', 'grf')}"
-        config = config_from_dict(run_config(spec, budget, transform, out_dir, args.seed))
-        trainer, _, train_seconds = train_in_memory(config, traj)
+    for backbone, (method, transform) in [(b, m) for b in args.backbone or [None] for m in methods]:
+        out_dir = work / f"{pde}-{method}-{transform.get('noise', 'grf')}-{backbone}"
+        config = config_from_dict(with_backbone(run_config(spec, budget, transform, out_dir, args.seed), backbone))
+        trainer, trained = train_model(config, traj, args)
         fc = load_forecaster(out_dir)
         start = time.perf_counter()
         run = forecast(fc, initial, spec["horizon"], members=budget["members"], seed=args.seed, steps_per_frame=1,
@@ -207,8 +235,8 @@ def run_pde(pde: str, args, work: Path) -> tuple[list[dict], dict]:
         noise = "grf (space-time)" if transform["kind"] == "identity" else transform["noise"]
         rows.append({"pde": pde, "method": method, "grid": grid, "nfe": round(run.nfe_per_frame * spec["horizon"]),
                      **scores(pred, truth, spec["dim"], _shocks(pde)), "noise": noise,
-                     "params": count_parameters(trainer.model), "train_seconds": round(train_seconds, 1),
-                     "sample_seconds": round(sample_seconds, 1), "train_steps": budget["steps"],
+                     "params": count_parameters(trainer.model), **trained, "backbone": backbone or "fno",
+                     "sample_seconds": round(sample_seconds, 1),
                      "test_cases": int(initial.shape[0]), "members": budget["members"],
                      "conditioning": "+".join(["initial frame", *spec.get("forcing", [])])})
         print_table(rows[-1:], list(rows[-1]))
@@ -265,11 +293,16 @@ def run_super_resolution(args, work: Path) -> tuple[list[dict], dict]:
               for m, level in (("wavelet-super-resolution", 1), ("fine-trained", 2))
               if (not args.sr_method or m in args.sr_method)
               and (not args.sr_state or ("residual" if residual else "details") in args.sr_state)]
-    for method, level, residual in models:
+    if args.backbone:
+        models = [(b, "wavelet-super-resolution", 1, False) for b in args.backbone]
+    else:
+        models = [(None, *m) for m in models]
+    for backbone, method, level, residual in models:
         data = train[:, :, ::step // level, ::sub // level]
-        out_dir = work / f"superres-{method}-{residual}"
-        config = config_from_dict(sr_config(data.shape[-1], budget, out_dir, args.seed, residual))
-        trainer, _, train_seconds = train_in_memory(config, data)
+        out_dir = work / f"superres-{method}-{residual}-{backbone}"
+        config = config_from_dict(with_backbone(sr_config(data.shape[-1], budget, out_dir, args.seed, residual),
+                                                backbone))
+        trainer, trained = train_model(config, data, args)
         sr = load_super_resolver(out_dir)
         for f in (2, 4):
             start = time.perf_counter()
@@ -280,12 +313,13 @@ def run_super_resolution(args, work: Path) -> tuple[list[dict], dict]:
                       "state": "residual from interpolation" if residual else "details + approx. correction",
                       "factor": f, "nfe": (2 * spec["sr_steps"] - 1) * (f.bit_length() - 1),
                       "train_grid": "x".join(str(n) for n in data.shape[2:]), "params": count_parameters(trainer.model),
-                      "train_steps": budget["steps"], "train_seconds": round(train_seconds, 1),
-                      "sample_seconds": round(sample_seconds, 1), "members": budget["members"]}
+                      **trained, "backbone": backbone or "fno", "sample_seconds": round(sample_seconds, 1),
+                      "members": budget["members"]}
             rows.append({**common, "estimate": "sample", **_sr_scores(members, truths[f])})
             rows.append({**common, "estimate": f"mean of {budget['members']}",
                          **_sr_scores(members.mean(1, keepdim=True), truths[f])})
-            print_table(rows[-2:], ["method", "state", "estimate", "grid", "nfe", "mse", "rel_l2", "shock_error"])
+            print_table(rows[-2:], ["method", "backbone", "state", "estimate", "grid", "nfe", "mse", "rel_l2",
+                                    "shock_error"])
     meta = {"test_cases": int(coarse.shape[0]), "coarse_grid": "x".join(map(str, coarse.shape[2:])),
             "train_trajectories": budget["n_traj"]}
     return rows, meta
@@ -311,6 +345,9 @@ def main() -> None:
                    default=None, help="super-resolution models to train (default both)")
     p.add_argument("--sr-state", action="append", choices=["details", "residual"], default=None,
                    help="super-resolution states to train (default both)")
+    p.add_argument("--backbone", action="append", choices=list(BACKBONE_MODEL), default=None,
+                   help="repeat the models once per backbone, each for an equal CPU budget (--budget-s)")
+    p.add_argument("--budget-s", type=float, default=None, help="with --backbone: CPU seconds of training per model")
     args = p.parse_args()
     torch.manual_seed(args.seed)
     rows, baselines, sr_meta = [], {}, None
@@ -322,17 +359,19 @@ def main() -> None:
         if args.super_resolution or args.super_resolution_only:
             sr_rows, sr_meta = run_super_resolution(args, Path(tmp))
             print()
-            print_table(sr_rows, ["pde", "method", "state", "estimate", "grid", "factor", "nfe", "mse", "rel_l2",
-                                  "shock_error", "train_seconds"])
+            print_table(sr_rows, ["pde", "method", "backbone", "state", "estimate", "grid", "factor", "nfe", "mse",
+                                  "rel_l2", "shock_error", "train_seconds", "train_cpu_s"])
             rows += sr_rows
-    columns = ["pde", "method", "noise", "grid", "nfe", "params", "mse", "rel_l2", "shock_error", "spectrum_error",
-               "train_seconds"]
+    columns = ["pde", "method", "backbone", "noise", "grid", "nfe", "params", "mse", "rel_l2", "shock_error",
+               "spectrum_error", "train_seconds", "steps", "train_cpu_s"]
     if not args.super_resolution_only:
         print()
         print_table([r for r in rows if "factor" not in r], columns)
     for pde, b in baselines.items():
         print(f"baseline {pde}: {b}")
-    write_json(rows, args.out, {"quick": args.quick, "threads": torch.get_num_threads(),
+    compute = ("equal process CPU seconds of training per model (time.process_time), one torch thread"
+               if args.backbone else "equal training steps")
+    write_json(rows, args.out, {"quick": args.quick, "threads": torch.get_num_threads(), "compute": compute,
                                 "loadavg": os.getloadavg(), "seconds": round(time.perf_counter() - start, 1),
                                 "baselines": baselines, "seed": args.seed, "super_resolution": sr_meta,
                                 "super_resolution_spec": {k: v for k, v in SR_SPEC.items()
