@@ -61,6 +61,7 @@ def test_regular_grid_is_reshaped_to_latitude_longitude(tmp_path):
     np.testing.assert_array_equal(store.coords["latitude"], [-60, -30, 0, 30, 60])
     np.testing.assert_array_equal(store.coords["longitude"], np.arange(0, 360, 45))
     np.testing.assert_array_equal(store.coords["time"], dates)
+    np.testing.assert_array_equal(store.coords["t"], dates.astype("int64") / 3600.0)  # hours since 1970
     expected = grid[:, :, 0].transpose(1, 0, 2, 3)[None]  # (1, C, T, H, W), member 0
     check_reads(store, expected, frames=slice(2, 7, 2))
     assert store.attrs["grid"] == {"type": "latlon"}

@@ -111,7 +111,7 @@ class AnemoiStore(ArrayStore):
 
     Shapes:
         shape ``(1, C, T, H, W)`` (regular grid) or ``(1, C, T, cells)``; ``coords["time"]`` ``(T,)``
-        datetime64[s]; ``coords["latitude"]``, ``coords["longitude"]`` ``(H,)``, ``(W,)`` or ``(cells,)``, degrees.
+        datetime64[s] and ``coords["t"]`` the same in hours since 1970-01-01 (float64); ``coords["latitude"]``, ``coords["longitude"]`` ``(H,)``, ``(W,)`` or ``(cells,)``, degrees.
         ``attrs["normalization"]``: ``{variable: {"mean": m, "std": s}}`` from the stored statistics.
     """
 
@@ -139,8 +139,8 @@ class AnemoiStore(ArrayStore):
         grid = None if flatten else regular_grid(lat, lon)
         self.order = None if grid is None else grid[2]
         space = (lat.size,) if grid is None else (grid[0].size, grid[1].size)
-        self.coords = {"time": dates[self.frame_index], "latitude": lat if grid is None else grid[0],
-                       "longitude": lon if grid is None else grid[1]}
+        self.coords = {"time": dates[self.frame_index], "t": time_hours(dates[self.frame_index]),
+                       "latitude": lat if grid is None else grid[0], "longitude": lon if grid is None else grid[1]}
         self.shape = (1, len(self.channel_names), len(self.frame_index), *space)
         self.attrs = self._attrs(attrs, stats, grid is not None)
 
@@ -216,7 +216,7 @@ def read_anemoi(path: str | os.PathLike, *, max_samples: int | None = None,
     store = AnemoiStore(path, variables=fields)
     values = store.read([0]) if max_samples is None or max_samples > 0 else store.read([])
     data = {name: values[:, c].contiguous() for c, name in enumerate(store.channel_names)}
-    coords = {"t": torch.from_numpy(time_hours(store.coords["time"])),
+    coords = {"t": torch.from_numpy(store.coords["t"]),
               "latitude": torch.from_numpy(np.asarray(store.coords["latitude"], dtype=np.float64)),
               "longitude": torch.from_numpy(np.asarray(store.coords["longitude"], dtype=np.float64))}
     return FieldData(data, coords, dict(store.attrs), "anemoi_zarr", str(store.path))
