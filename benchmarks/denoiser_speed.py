@@ -276,7 +276,8 @@ def main() -> None:
                    help="also time torch.compile(funcdiff denoiser) against eager, forward and train-step, at "
                         "--compile-grids (impl funcdiff-compiled: compile_seconds is the first call, seconds the "
                         "steady state, vs_eager the ratio)")
-    p.add_argument("--compile-grids", type=int, nargs="+", default=[64, 128], help="grids of the compile rows")
+    p.add_argument("--compile-grids", type=int, nargs="+", default=None,
+                   help="grids of the compile rows (default 64 128; quick: 64)")
     p.add_argument("--guided-grids", type=int, nargs="*", default=None,
                    help="grids of the guided-step rows (dps, mmps vs unguided; default 64 128; quick 64; none: skip)")
     p.add_argument("--rollout-grids", type=int, nargs="*", default=None,
@@ -327,7 +328,8 @@ def main() -> None:
     guided = args.guided_grids if args.guided_grids is not None else ([64] if args.quick else [64, 128])
     rollouts = args.rollout_grids if args.rollout_grids is not None else ([64] if args.quick else [64, 256])
     if args.compile:
-        rows += compile_rows(ours, args.compile_grids, device, repeats=3 if args.quick else 5)
+        compile_grids = args.compile_grids or ([64] if args.quick else [64, 128])
+        rows += compile_rows(ours, compile_grids, device, repeats=3 if args.quick else 5)
     if guided:
         rows += guided_rows(guided, device, repeats=3 if args.quick else 5)
     if rollouts:

@@ -431,7 +431,8 @@ class _GeluMLPRows(torch.autograd.Function):
             if need_b1:
                 grad_b1 += dz.sum(-1).sum(0)
             if need_m:
-                grad_m[c] = torch.ops.aten.gelu_backward(torch.bmm(w1t.expand(dz.shape[0], -1, -1), dz), m_c)
+                torch.ops.aten.gelu_backward.grad_input(torch.bmm(w1t.expand(dz.shape[0], -1, -1), dz), m_c,
+                                                        grad_input=grad_m[c])  # in place: no copy of the chunk
         return grad_m, grad_w1, grad_b1, grad_w2, grad_b2
 
 
