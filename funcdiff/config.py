@@ -34,6 +34,11 @@ class DataConfig:
     ``resolution`` points per axis (``len(channels)`` channels); ``source="file"`` reads the named fields
     ``channels`` of ``path`` (any format ``funcdiff.data.load_fields`` reads; ``num_samples`` caps how many).
     ``test_fraction`` of the samples are held out for the validation loss. ``seed`` fixes data and split.
+
+    ``stream``: read file data from disk batch by batch (``true``; HDF5, zarr, netCDF, The Well, anemoi:
+    :mod:`funcdiff.data.streaming`), whole into memory (``false``), or ``auto``: stream when the selected
+    channels of the file take more than ``stream_above_gb`` GB as float32 and the model kind can stream (fields,
+    autoregressive, rolling, deterministic). Both give the same batches.
     """
 
     source: str = "synthetic"
@@ -44,8 +49,12 @@ class DataConfig:
     test_fraction: float = 0.1
     dim: int = 2
     seed: int = 0
+    stream: bool | str = "auto"
+    stream_above_gb: float = 2.0
 
     def __post_init__(self) -> None:
+        if self.stream not in (True, False, "auto"):
+            raise ValueError(f"data.stream must be true, false or auto, got {self.stream!r}")
         if self.source not in DATA_SOURCES:
             raise ValueError(f"data.source must be one of {list(DATA_SOURCES)}, got {self.source!r}")
         if self.source == "file" and not self.path:
@@ -95,6 +104,8 @@ class TrainConfig:
     ``grad_accum``: micro-batches per optimizer step on each rank (the rank's share of ``batch_size`` must divide
     by it); the update equals the one of the whole batch at once (to float rounding). ``compile``: wrap the network
     in ``torch.compile`` (off by default: see the docs, "GPU options"; ``benchmarks/gpu.py`` measures both).
+    ``num_workers``: DataLoader worker processes reading streamed data (``data.stream``; 0 = the training process
+    reads); ``prefetch_factor``: batches each worker reads ahead. Neither changes the batches.
     """
 
     steps: int = 1000
@@ -118,8 +129,13 @@ class TrainConfig:
     latitude_weighted: bool = False
     grad_accum: int = 1
     compile: bool = False
+    num_workers: int = 0
+    prefetch_factor: int = 2
 
     def __post_init__(self) -> None:
+        if self.num_workers < 0 or self.prefetch_factor < 1:
+            raise ValueError(f"need train.num_workers >= 0 and train.prefetch_factor >= 1, got {self.num_workers} "
+                             f"and {self.prefetch_factor}")
         for name in ("steps", "batch_size", "grad_accum"):
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name} must be a positive integer, got {getattr(self, name)}")

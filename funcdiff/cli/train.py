@@ -97,7 +97,7 @@ def run_train(args: argparse.Namespace) -> int:
 def resumed_line(trainer, path) -> str:
     """One line: the step (of ``train.steps``) and epoch a resumed run continues from, and the checkpoint."""
     epoch, k = trainer.epoch_of(trainer.step)
-    per_epoch = trainer.train_x.shape[0] // trainer.config.train.batch_size
+    per_epoch = trainer.source.batches_per_epoch
     return (f"resumed from step {trainer.step} of {trainer.config.train.steps} (epoch {epoch + 1}, {k} of its "
             f"{per_epoch} batches done): {path}")
 

@@ -75,6 +75,11 @@ class FieldDataset(Dataset):
     def __len__(self) -> int:
         return self.fields.shape[0]
 
+    @property
+    def num_channels(self) -> int:
+        """C, the channels of every sample."""
+        return self.fields.shape[1]
+
     def __getitem__(self, index: int) -> Tensor:
         return self.normalizer.encode(self.fields[index], channel_dim=0)
 

@@ -12,15 +12,20 @@ from __future__ import annotations
 
 from typing import Optional
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from funcdiff.data import FieldDataset
 from funcdiff.data.windows import fold_frames, frame_channels
+from funcdiff.data.datasets import split_record
+from funcdiff.data.stores import ArrayStore
+from funcdiff.data.streaming import StreamedDataset, window_index
+from funcdiff.errors import UserError
 from funcdiff.kinds.base import (Forecaster, ModelKind, RolloutState, check_channel_count, encoded,
-                                 forecaster_from_meta)
+                                 forecaster_from_meta, streamed_sets)
 from funcdiff.sampling import get_solver, sigmas_karras
-from funcdiff.training.forecast import load_trajectories, window_datasets
+from funcdiff.training.forecast import load_trajectories, trajectory_split, window_datasets
 
 
 def window_sets(config, fields: Optional[Tensor] = None) -> tuple[FieldDataset, FieldDataset]:
@@ -29,6 +34,26 @@ def window_sets(config, fields: Optional[Tensor] = None) -> tuple[FieldDataset, 
     traj, source = load_trajectories(config) if fields is None else (fields, {})
     check_channel_count(traj.shape[1], config.data.channels)
     return window_datasets(traj, config, source)
+
+
+def stream_window_sets(config, store: ArrayStore) -> tuple[StreamedDataset, StreamedDataset]:
+    """Streamed train/validation windows (C, history + horizon, *S) of a trajectory store (N, C, T, *S): the
+    trajectories of :func:`funcdiff.training.forecast.trajectory_split`, the windows of
+    :func:`funcdiff.data.streaming.window_index`, ``dt`` = the store's frame spacing × ``forecast.frame_step``."""
+    d, fc = config.data, config.forecast
+    if len(store.shape) != 3 + d.dim:
+        raise UserError(f"{store.path}: channels {list(d.channels)} have shape {(store.shape[0], *store.shape[2:])}; "
+                        f"a forecaster needs trajectories (N, T, *S) with data.dim={d.dim} spatial dims")
+    count = len(store) if d.num_samples is None else min(len(store), d.num_samples)
+    if count < 2:
+        raise UserError(f"a forecaster needs at least 2 trajectories (one held out), got {count}")
+    train, held_out = trajectory_split(count, config)
+    t = store.coords.get("t")
+    t = None if t is None else np.asarray(t, dtype=np.float32)  # as load_fields gives the coordinate
+    spacing = float(t[1] - t[0]) if t is not None and len(t) > 1 else float(store.attrs.get("dt", 1.0))
+    source = {"dt": spacing * fc.frame_step, "split": split_record(held_out, count, "trajectory")}
+    windows = [window_index(store, rows, fc.window, fc.stride, fc.frame_step) for rows in (train, held_out)]
+    return streamed_sets(config, store, windows[0], windows[1], source)
 
 
 class AutoregressiveKind(ModelKind):
@@ -51,6 +76,17 @@ class AutoregressiveKind(ModelKind):
     def items(self, dataset: FieldDataset, device: torch.device) -> Tensor:
         """Windows folded frames-major: (N, C, L, *S) -> (N, L·C, *S), history first."""
         return fold_frames(encoded(dataset, device))
+
+    streams = True
+
+    def stream_datasets(self, store: ArrayStore) -> tuple[StreamedDataset, StreamedDataset]:
+        """Windows of the trajectories of ``data.path`` (at most ``data.num_samples``), split by trajectory as
+        :func:`window_sets` splits them; no window crosses a gap in the store's time axis."""
+        return stream_window_sets(self.config, store)
+
+    def encode_batch(self, raw: Tensor, normalizer, device) -> Tensor:
+        """Raw windows (b, C, L, *S) -> folded items (b, L·C, *S), as :meth:`items`."""
+        return fold_frames(super().encode_batch(raw, normalizer, device))
 
     def cond_channels(self) -> int:
         """The ``history`` frames' channels."""
@@ -130,4 +166,4 @@ def window_denoiser(fc: Forecaster, history: Tensor, emitted: int, terms_for_lea
     return GuidedDenoiser(denoiser, terms, fc.noise, sigma_data=fc.sigma_data)
 
 
-__all__ = ["AutoregressiveKind", "fresh_noise", "window_denoiser", "window_sets"]
+__all__ = ["AutoregressiveKind", "fresh_noise", "stream_window_sets", "window_denoiser", "window_sets"]

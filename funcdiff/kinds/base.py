@@ -45,8 +45,11 @@ else changes. A new kind that is not a forecaster subclasses :class:`ModelKind` 
 
 from __future__ import annotations
 
+import hashlib
+import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, ClassVar, Optional, Sequence
 
 import torch
@@ -54,7 +57,9 @@ from torch import Tensor
 
 from funcdiff.config import ForecastConfig, RunConfig, SampleConfig
 from funcdiff.data import FieldDataset, Normalizer
-from funcdiff.data.datasets import check_finite
+from funcdiff.data.datasets import SOURCE_ATTRS, check_finite
+from funcdiff.data.stores import ArrayStore
+from funcdiff.data.streaming import StreamedDataset, StoreItems, streaming_normalizer
 from funcdiff.errors import UserError
 from funcdiff.noise import GaussianRandomField
 
@@ -94,6 +99,22 @@ class ModelKind(ABC):
     @abstractmethod
     def items(self, dataset: FieldDataset, device: torch.device) -> Tensor:
         """All training items of ``dataset``, normalised, on ``device`` (conditioning channels first)."""
+
+    # ------------------------------------------------------------------------------------- streamed data
+    streams: ClassVar[bool] = False  # whether stream_datasets/encode_batch serve this kind (data.stream)
+
+    def stream_datasets(self, store: ArrayStore) -> tuple[StreamedDataset, StreamedDataset]:
+        """Train and validation items of a store on disk, read lazily (:mod:`funcdiff.data.streaming`): the items
+        and normaliser :meth:`datasets` would give for the same file. UserError for a kind that cannot stream."""
+        raise UserError(f"forecast.kind={self.name} models train on data in memory: set data.stream: false")
+
+    def encode_batch(self, raw: Tensor, normalizer: Normalizer, device: torch.device | str) -> Tensor:
+        """Raw physical items ``(b, C, *rest)`` (a streamed batch) -> the training items :meth:`items` makes of
+        them, normalised float32 on ``device``: the same elementwise operations, so the same bits."""
+        x = normalizer.encode(raw.to(device=device, non_blocking=True)).to(torch.float32)
+        names = normalizer.channel_names or tuple(f"c{i}" for i in range(x.shape[1]))
+        check_finite(x, names)
+        return x
 
     # ------------------------------------------------------------------------------------- noise and loss
     def noise(self):
@@ -203,6 +224,43 @@ def encoded(dataset: FieldDataset, device: torch.device | str | None = None) -> 
     x = x.to(torch.float32) if device is None else x.to(device=device, dtype=torch.float32)
     check_finite(x, dataset.channel_names)
     return x
+
+
+NORMALIZATION_FILE = "normalization.json"  # a streamed run's statistics, beside its checkpoints
+
+
+def streamed_sets(config: RunConfig, store: ArrayStore, train, held_out, source: dict
+                  ) -> tuple[StreamedDataset, StreamedDataset]:
+    """Streamed train and validation sets over the item indices ``train`` and ``held_out`` of ``store``
+    (:class:`funcdiff.data.streaming.ItemIndex`) with channels ``data.channels``, the normaliser fitted on the
+    training items by one streaming pass (:func:`funcdiff.data.streaming.streaming_normalizer`), kept in
+    ``<train.out_dir>/normalization.json`` and read from there when the run starts again on the same items."""
+    names = tuple(config.data.channels)
+    train_items, val_items = StoreItems(store, train), StoreItems(store, held_out)
+    normalizer = _run_normalizer(train_items, names, Path(config.train.out_dir) / NORMALIZATION_FILE)
+    source = {**{k: store.attrs[k] for k in SOURCE_ATTRS if k in store.attrs}, **source}
+    return (StreamedDataset(train_items, normalizer, tuple(names), source),
+            StreamedDataset(val_items, normalizer, tuple(names), source))
+
+
+def _run_normalizer(items: StoreItems, names: tuple[str, ...], path: Path) -> Normalizer:
+    """The statistics of ``items`` from ``path`` when it holds those of the same store, channels and items, else
+    from a streaming pass (then written to ``path`` atomically)."""
+    from funcdiff.io.atomic import write_text_atomic
+
+    index = items.index
+    digest = hashlib.sha256(index.items.tobytes() + (b"" if index.starts is None else index.starts.tobytes()))
+    key = {"path": str(Path(items.store.path).resolve()), "shape": list(items.store.shape), "channels": list(names),
+           "length": index.length,
+           "frame_step": index.frame_step, "items": digest.hexdigest()}
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if saved.get("key") == key:
+            return Normalizer.from_state_dict(saved["normalizer"])
+    normalizer = streaming_normalizer(items, names)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, json.dumps({"key": key, "normalizer": normalizer.state_dict()}, indent=1))
+    return normalizer
 
 
 def grid_kind(grid) -> str:
@@ -318,4 +376,4 @@ class RolloutState:
 
 
 __all__ = ["ConditionalDenoiser", "Forecaster", "ModelKind", "ROLES", "RolloutState", "check_channel_count", "encoded",
-           "field_noise", "forecaster_from_meta", "grid_kind", "load_for_role"]
+           "field_noise", "streamed_sets", "forecaster_from_meta", "grid_kind", "load_for_role"]

@@ -9,7 +9,10 @@ import torch
 from torch import Tensor
 
 from funcdiff.data import FieldDataset, make_synthetic_fields, train_test_split
-from funcdiff.kinds.base import ModelKind, check_channel_count, encoded
+from funcdiff.data.datasets import _split_indices, split_record, test_count
+from funcdiff.data.stores import ArrayStore
+from funcdiff.data.streaming import StreamedDataset, field_index, window_index
+from funcdiff.kinds.base import ModelKind, check_channel_count, encoded, streamed_sets
 
 
 class FieldKind(ModelKind):
@@ -42,6 +45,23 @@ class FieldKind(ModelKind):
 
     def items(self, dataset: FieldDataset, device: torch.device) -> Tensor:
         return encoded(dataset, device)
+
+    streams = True
+
+    def stream_datasets(self, store: ArrayStore) -> tuple[StreamedDataset, StreamedDataset]:
+        """The samples of ``data.path`` (at most ``data.num_samples``; in a store with a time axis, every frame of
+        every trajectory, as :meth:`FieldDataset.from_file` flattens an ERA5 store), split by sample with
+        ``data.seed + 1``."""
+        d = self.config.data
+        count = len(store) if d.num_samples is None else min(len(store), d.num_samples)
+        if len(store.shape) == 3 + d.dim:  # a time axis: every frame of every trajectory is a sample
+            index = window_index(store, range(count), 1, squeeze=True)
+        else:
+            index = field_index(range(count))
+        train, held_out = _split_indices(len(index), test_count(len(index), d.test_fraction),
+                                         torch.Generator().manual_seed(d.seed + 1))
+        split = {"split": split_record(held_out, len(index), "sample")}
+        return streamed_sets(self.config, store, index.subset(train), index.subset(held_out), split)
 
     @classmethod
     def load(cls, denoiser, meta, config, device="cpu"):

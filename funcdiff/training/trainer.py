@@ -20,11 +20,13 @@ does) a SIGUSR1/SIGTERM/SIGINT stops :meth:`Trainer.fit` after the step in hand,
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +45,10 @@ from funcdiff.io.checkpoint import (CheckpointMeta, checkpoint_path, latest_chec
 from funcdiff.kinds.base import check_channel_count, field_noise
 from funcdiff.models import build_denoiser
 from funcdiff.noise import GaussianRandomField
+from funcdiff.data.streaming import StreamedDataset
+from funcdiff.training.batches import BatchSource, InMemorySource, LoaderSettings, StreamedSource
 from funcdiff.training.distributed import (DistInfo, all_reduce_mean, barrier, dist_info_from_env,
-                                           init_distributed, select_device, shard_batch, shutdown_distributed)
+                                           init_distributed, select_device, shutdown_distributed)
 from funcdiff.training.ema import EMA
 from funcdiff.training.signals import StopSignal, agree_stop
 from funcdiff.training.schedule import WarmupCosineSchedule
@@ -53,6 +57,7 @@ log = logging.getLogger(__name__)
 LOG_FILE = "log.jsonl"
 CONFIG_FILE = "config.yaml"
 VAL_SEED_OFFSET = 7_777_777
+AnyDataset = FieldDataset | StreamedDataset  # in memory, or streamed from a store (funcdiff.data.streaming)
 
 
 def build_noise(config: RunConfig) -> GaussianRandomField:
@@ -71,7 +76,36 @@ def build_datasets(config: RunConfig, fields: torch.Tensor | None = None) -> tup
     """
     from funcdiff.kinds import model_kind
 
-    return model_kind(config).datasets(fields)
+    kind = model_kind(config)
+    store = streamed_store(config, kind.streams) if fields is None else None
+    return kind.datasets(fields) if store is None else kind.stream_datasets(store)
+
+
+def streamed_store(config: RunConfig, kind_streams: bool = True):
+    """The store to stream ``data.path`` from (:func:`funcdiff.data.streaming.open_store`), or None to read it into
+    memory: ``data.stream: true`` streams (UserError if the kind cannot), ``false`` never, ``auto`` when the kind and
+    the format can stream and the file's channels exceed ``data.stream_above_gb`` GB as float32 (or the format has no
+    whole-file reader: CDS netCDF, WeatherBench 2 zarr)."""
+    from funcdiff.data.stores import XarrayStore
+    from funcdiff.data.streaming import open_store
+    from funcdiff.errors import UserError
+
+    d = config.data
+    if d.source != "file" or d.stream is False:
+        return None
+    if d.stream is True:
+        if not kind_streams:
+            raise UserError(f"forecast.kind={config.forecast.kind} models train on data in memory: set "
+                            "data.stream: false (or auto)")
+        return open_store(d.path, d.channels)
+    if not kind_streams:
+        return None
+    try:
+        store = open_store(d.path, d.channels)
+    except (UserError, OSError, ValueError, KeyError):
+        return None  # a format that cannot stream (.mat, .pt) or a file the in-memory reader explains better
+    only_streamed = isinstance(store, XarrayStore)  # CDS netCDF / WB2 zarr: no whole-file reader
+    return store if only_streamed or store.nbytes > d.stream_above_gb * 1e9 else None
 
 
 def area_weights(spatial: tuple[int, ...], source: dict, device: torch.device) -> torch.Tensor:
@@ -91,7 +125,9 @@ class Trainer:
 
     Args:
         config: the resolved run config (``config.model`` gets its in/out channels from the data).
-        train_set, val_set: normalised field datasets (``val_set`` optional; it uses ``train_set``'s normaliser).
+        train_set, val_set: field datasets in memory, or streamed from a store (:mod:`funcdiff.data.streaming`)
+            (``val_set`` optional; it uses ``train_set``'s normaliser). The trainer reads its batches from a
+            :class:`~funcdiff.training.batches.BatchSource` (``self.source``) made of them once.
         device: torch device (default: ``config.train.device`` resolved for this rank).
         dist_info: rank layout (default: a single process); DDP-wraps the model when world_size > 1.
         progress: show a tqdm bar on rank 0.
@@ -99,7 +135,7 @@ class Trainer:
     Shapes: dataset items (C, *S); the model sees batches (B / world_size, C, *S).
     """
 
-    def __init__(self, config: RunConfig, train_set: FieldDataset, val_set: FieldDataset | None = None, *,
+    def __init__(self, config: RunConfig, train_set: AnyDataset, val_set: AnyDataset | None = None, *,
                  device: torch.device | str | None = None, dist_info: DistInfo | None = None,
                  progress: bool = True) -> None:
         tc = config.train
@@ -115,8 +151,7 @@ class Trainer:
 
         self.kind = model_kind(config)  # the one lookup: everything kind-specific below is the kind's
         self.kind.fit(train_set)
-        self.train_x = self.kind.items(train_set, self.device)
-        self.val_x = self.kind.items(val_set, self.device) if val_set is not None and len(val_set) else None
+        self.source, self.val_source = self._sources(train_set, val_set)
         self.noise = self.kind.noise()
         self.model_config = self.kind.model_config(len(self.channel_names))
         with torch.random.fork_rng(devices=[]):
@@ -127,10 +162,9 @@ class Trainer:
         self.schedule = WarmupCosineSchedule(self.optimizer, tc.lr, tc.warmup_steps, tc.steps, tc.min_lr_ratio)
         self.loss_fn = self.kind.loss(self.noise)
         if tc.latitude_weighted:
-            self.loss_fn.spatial_weights = area_weights(tuple(self.train_x.shape[2:]), self.data_source, self.device)
+            self.loss_fn.spatial_weights = area_weights(self.source.item_shape[1:], self.data_source, self.device)
         self.generator = torch.Generator(self.device).manual_seed(tc.seed)  # the same on every rank: global draws
         self.step = 0
-        self._perm_cache: tuple[int, torch.Tensor] | None = None
         self.stop: StopSignal | None = None
         self.stopped_by = ""
         self.network: nn.Module = self.model
@@ -146,11 +180,40 @@ class Trainer:
         train_set, val_set = build_datasets(config, fields)
         return cls(config, train_set, val_set, **kwargs)
 
-    def _check_data(self, train_set: FieldDataset, val_set: FieldDataset | None) -> None:
-        check_channel_count(train_set.fields.shape[1], tuple(self.config.data.channels))
-        if val_set is not None and tuple(val_set.fields.shape[1:2]) != tuple(train_set.fields.shape[1:2]):
-            raise ValueError(f"validation data has {val_set.fields.shape[1]} channels, training data "
-                             f"{train_set.fields.shape[1]}")
+    def _sources(self, train_set: AnyDataset, val_set: AnyDataset | None
+                 ) -> tuple[BatchSource, BatchSource | None]:
+        """The batch sources of the training and validation sets (:mod:`funcdiff.training.batches`), chosen once."""
+        tc = self.config.train
+        if isinstance(train_set, StreamedDataset):
+            return self._streamed_sources(train_set, val_set)
+        train = InMemorySource(self.kind.items(train_set, self.device), tc.batch_size, tc.seed, self.dist)
+        if val_set is None or not len(val_set):
+            return train, None
+        return train, InMemorySource(self.kind.items(val_set, self.device), tc.batch_size, tc.seed)
+
+    def _streamed_sources(self, train_set: StreamedDataset, val_set: StreamedDataset | None
+                          ) -> tuple[BatchSource, BatchSource | None]:
+        tc = self.config.train
+        encode = functools.partial(self.kind.encode_batch, normalizer=train_set.normalizer, device=self.device)
+        settings = LoaderSettings(tc.batch_size, tc.seed, tc.num_workers, tc.prefetch_factor,
+                                  pin_memory=self.device.type == "cuda")
+        train = StreamedSource(train_set.items, encode, settings, self.dist)
+        if val_set is None or not len(val_set):
+            return train, None
+        return train, StreamedSource(val_set.items, encode, replace(settings, num_workers=0))
+
+    @property
+    def train_x(self) -> torch.Tensor:
+        """All training items on the device ``(N, *item_shape)`` (in-memory data only)."""
+        if not isinstance(self.source, InMemorySource):
+            raise TypeError("the training data are streamed from disk: there is no train_x (use trainer.source)")
+        return self.source.items
+
+    def _check_data(self, train_set: AnyDataset, val_set: AnyDataset | None) -> None:
+        check_channel_count(train_set.num_channels, tuple(self.config.data.channels))
+        if val_set is not None and val_set.num_channels != train_set.num_channels:
+            raise ValueError(f"validation data has {val_set.num_channels} channels, training data "
+                             f"{train_set.num_channels}")
         n, b = len(train_set), self.config.train.batch_size
         if b > n:
             raise ValueError(f"train.batch_size={b} is larger than the {n} training samples")
@@ -163,18 +226,14 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------------- training
     def batch_indices(self, step: int) -> torch.Tensor:
-        """This rank's sample indices at ``step``: batch ``k`` of a permutation seeded by (seed, epoch)."""
-        n, b = self.train_x.shape[0], self.config.train.batch_size
-        epoch, k = self.epoch_of(step)
-        if self._perm_cache is None or self._perm_cache[0] != epoch:
-            gen = torch.Generator().manual_seed(self.config.train.seed * 1_000_003 + epoch)
-            self._perm_cache = (epoch, torch.randperm(n, generator=gen))
-        return shard_batch(self._perm_cache[1][k * b:(k + 1) * b], self.dist)
+        """This rank's sample indices at ``step``: batch ``k`` of a permutation seeded by (seed, epoch)
+        (:meth:`funcdiff.training.batches.BatchSource.indices`)."""
+        return self.source.indices(step)
 
     def epoch_of(self, step: int) -> tuple[int, int]:
         """``(epoch, k)``: after ``step`` steps, ``epoch`` whole passes over the data are done (0-based index of the
         epoch in hand) and ``k`` batches of the next (an epoch is ``len(train data) // batch_size`` batches)."""
-        return divmod(step, self.train_x.shape[0] // self.config.train.batch_size)
+        return self.source.epoch_of(step)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         """bfloat16 autocast of the forward pass with ``train.bf16``, on CPU and CUDA alike (the spectral
@@ -189,7 +248,7 @@ class Trainer:
         Sigma and noise are drawn for the global batch (same generator on every rank) and this rank keeps its
         rows; the rows go through the network in ``train.grad_accum`` micro-batches whose gradients add up to the
         rank's mean-loss gradient (DDP synchronises after the last one)."""
-        x = self.train_x[self.batch_indices(self.step).to(self.device)]
+        x = self.source.batch(self.step)
         b, accum = x.shape[0], self.config.train.grad_accum
         mine = slice(self.dist.rank * b, (self.dist.rank + 1) * b)
         sigma, eps = self.loss_fn.draw_batch(x, self.generator, rows=mine, total=b * self.dist.world_size)
@@ -219,17 +278,16 @@ class Trainer:
     @torch.no_grad()
     def validation_loss(self, ema: bool = False) -> float:
         """EDM loss on the whole validation set with a *fixed* generator (comparable across steps)."""
-        if self.val_x is None:
+        if self.val_source is None:
             raise ValueError("no validation set")
         model = self.ema.ema_model if ema else self.model
         model.eval()
         gen = torch.Generator(self.device).manual_seed(self.config.train.seed + VAL_SEED_OFFSET)
-        total, b = 0.0, self.config.train.batch_size
-        for start in range(0, self.val_x.shape[0], b):
-            x = self.val_x[start:start + b]
+        total = 0.0
+        for x in self.val_source.chunks(self.config.train.batch_size):
             with self._autocast():
                 total += float(self.loss_fn(model, x, gen)) * x.shape[0]
-        return total / self.val_x.shape[0]
+        return total / self.val_source.num_items
 
     def fit(self, until: int | None = None) -> list[dict]:
         """Train from the current step to ``until`` (default ``train.steps``); returns the logged records.
@@ -264,7 +322,7 @@ class Trainer:
 
     def _maybe_record(self, metrics: dict, until: int, seconds: float) -> dict | None:
         tc = self.config.train
-        evaluate = self.val_x is not None and _due(self.step, tc.eval_every, until)
+        evaluate = self.val_source is not None and _due(self.step, tc.eval_every, until)
         if not (_due(self.step, tc.log_every, until) or evaluate):
             return None
         loss = float(all_reduce_mean(metrics["loss"].float().reshape(1), self.dist))
@@ -283,7 +341,7 @@ class Trainer:
         """Metadata stored with every checkpoint (config, model_config, noise, normaliser, channels, grid)."""
         return CheckpointMeta(config=self.config.to_dict(), model_config=self.model_config, noise=self.noise,
                               normalizer=self.normalizer, channel_names=self.channel_names,
-                              resolution=tuple(self.train_x.shape[2:]), task=self.config.name, step=self.step,
+                              resolution=self.source.item_shape[1:], task=self.config.name, step=self.step,
                               extra={**self.data_source, **self.kind.checkpoint_extra()})
 
     def _rng_states(self) -> list[torch.Tensor]:
@@ -299,7 +357,8 @@ class Trainer:
         return {"step": self.step, "model": self.model.state_dict(), "ema": self.ema.state_dict(),
                 "ema_num_updates": self.ema.num_updates, "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.schedule.state_dict(), "rng": {"noise": self._rng_states()},
-                "world_size": self.dist.world_size, "meta": self.checkpoint_meta().to_json()}
+                "world_size": self.dist.world_size, "data": self.source.position(self.step),
+                "meta": self.checkpoint_meta().to_json()}
 
     def save_checkpoint(self) -> Path | None:
         """Write ``<out_dir>/checkpoints/step_<step>.pt`` atomically (rank 0; every rank joins the RNG gather)."""
