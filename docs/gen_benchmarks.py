@@ -69,6 +69,15 @@ PAGES: dict[str, tuple[str, str, tuple[str, ...], str]] = {
     "batch": ("Batch inference", "batch.py", ("batch",),
               "Rank-sharded batch inference (`solve --cases`) on 1 and K processes: cases per second and "
               "whether the merged file is identical to the single-process one."),
+    "backbones": ("Backbones: FNO, UNO, local + spectral", "forecasting.py, wavelet.py, inverse_problems.py",
+                  ("backbones",),
+                  "The denoiser backbones side by side at equal training compute: each model is trained for the "
+                  "same budget of process CPU seconds on one torch thread (`time.process_time`), so a slower "
+                  "backbone takes fewer steps. Rolling forecasters on Kolmogorov flow and Burgers (per-shell "
+                  "spectrum ratio at leads 41–60, CRPS and SSR per lead), whole Burgers trajectories with shocks "
+                  "in physical and wavelet space and zero-shot 2×/4× super-resolution, and Darcy/Poisson inverse "
+                  "problems (dps, mmps-physics). The summary first, then every file's rows. See also the "
+                  "[backbones guide](../backbones.md)."),
     "other": ("Other results", "", (), "Result files whose name matches no page above."),
 }
 
@@ -195,6 +204,8 @@ def pages(results: Path = RESULTS) -> dict[str, str]:
         if page == "other" and not files[page]:
             continue
         body = [f"# {title}", "", intro, ""]
+        if page == "backbones":
+            body += backbone_summary(files[page])
         if scripts:
             body += ["Scripts: " + ", ".join(f"`benchmarks/{s.strip()}`" for s in scripts.split(",")) + ".", ""]
         for path in files[page]:
@@ -205,6 +216,52 @@ def pages(results: Path = RESULTS) -> dict[str, str]:
         index.append(f"| [{title}]({page}.md) | {scripts or '–'} | {len(files[page])} |")
     out["benchmarks/index.md"] = "\n".join(index + scripts_table) + "\n"
     return out
+
+
+BACKBONE_ORDER = ("fno", "uno", "local_fno")
+
+
+def _summary_row(label: str, values: dict) -> str:
+    return f"| {label} | " + " | ".join(fmt(values.get(b)) for b in BACKBONE_ORDER) + " |"
+
+
+def backbone_summary(paths: list[Path]) -> list[str]:
+    """One table, a measure per line and a backbone per column, from the ``backbones_*`` result files (their
+    summary rows, the single-sample and mean rows of the inverse problems, the shock and MSE rows of the
+    trajectories and the 2x super-resolution against spectral interpolation)."""
+    lines: dict[str, dict] = {}
+
+    def put(label: str, backbone, value) -> None:
+        if backbone is not None and value is not None:
+            lines.setdefault(label, {})[backbone] = value
+
+    for path in paths:
+        rows = json.loads(path.read_text()).get("rows", [])
+        for r in rows:
+            b = r.get("backbone")
+            if r.get("summary"):
+                pde = r["pde"]
+                put(f"{pde}: training steps in the budget", b, r.get("steps"))
+                put(f"{pde}: worst spectrum ratio, leads 41–60 (goal within 2×)", b, r.get("worst_shell_ratio"))
+                put(f"{pde}: SSR range at leads ≥ 5 (goal 0.8–1.2)", b,
+                    f"{fmt(r.get('ssr_min'))}–{fmt(r.get('ssr_max'))}")
+                put(f"{pde}: CRPS at lead 10 / 50", b, f"{fmt(r.get('crps_lead_10'))} / {fmt(r.get('crps_lead_50'))}")
+            elif r.get("shock_error") is not None and "factor" not in r and b:
+                put(f"{r['pde']} {r['method']}: shock error / MSE", b,
+                    f"{fmt(r['shock_error'])} / {fmt(r['mse'])}")
+            elif r.get("factor") == 2 and r.get("estimate", "").startswith("mean"):
+                put("super-resolution 2×, mean of members: MSE", b, r["mse"])
+            elif r.get("factor") == 2 and r.get("method") == "interpolation" and r.get("estimate") == "spectral":
+                for backbone in BACKBONE_ORDER:
+                    put("spectral interpolation 2×: MSE (reference)", backbone, r["mse"])
+            elif r.get("task") and b and r.get("estimator") in ("single", "mean"):
+                put(f"{r['task']} {r['direction']}, {r['method']} {r['steps']} steps, {r['estimator']}: rel. L2",
+                    b, r["rel_l2"])
+    if not lines:
+        return []
+    out = ["## Summary", "", "| measure | " + " | ".join(BACKBONE_ORDER) + " |", "|---|" + "---|" * 3]
+    out += [_summary_row(label, values) for label, values in lines.items()]
+    return out + [""]
 
 
 def assets(results: Path = RESULTS) -> dict[str, Path]:
