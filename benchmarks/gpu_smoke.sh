@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # GPU smoke run: Darcy (a, u) at 128² -- generate data, train the configs/darcy_128_gpu.yaml model for a fixed number
 # of steps, run the inverse-problem harness on the checkpoint, then benchmarks/gpu.py, then the issue-20 table of
-# benchmarks/denoiser_speed.py (denoiser call and training step vs neuraloperator's FNO and the floor, bf16, guided
-# steps, rollouts; CUDA timings synchronise the device). One command, one folder:
+# benchmarks/denoiser_speed.py (denoiser call and training step vs neuraloperator's FNO and the floor, bf16 rows with
+# the bf16 sample error and the bf16/fp32 training loss curves, torch.compile against eager at 128² and 256² with the
+# compile time, guided steps, rollouts; CUDA timings synchronise the device). One command, one folder:
 #
 #     bash benchmarks/gpu_smoke.sh                      # on a GPU machine; results under runs/gpu_smoke/
 #     DEVICE=cpu RES=32 N_TRAIN=64 STEPS=20 BATCH=8 N_TEST=2 GPU_ARGS="--quick --resolutions 32" \
 #       TRAIN_ARGS="--set model.n_modes=[8,8] --set model.hidden_channels=16 --set model.n_layers=2" \
-#       SPEED_ARGS="--quick --grids 64 --memory-batch 0 --guided-grids 64 --rollout-grids 64" \
+#       SPEED_ARGS="--quick --grids 64 --memory-batch 0 --guided-grids 64 --rollout-grids 64 --bf16" \
 #       bash benchmarks/gpu_smoke.sh                    # the same pipeline, tiny, on a CPU (a check, not a result)
 #
 # Sized by estimate for under 8 minutes on one large GPU (H100/H200 class); it has not been timed on one yet (no GPU
@@ -26,7 +27,8 @@ BF16=${BF16:-false}
 OUT=${OUT:-runs/gpu_smoke}
 GPU_ARGS=${GPU_ARGS:-}
 TRAIN_ARGS=${TRAIN_ARGS:-}   # extra `funcdiff train` options, e.g. a smaller model for the CPU check
-SPEED_ARGS=${SPEED_ARGS:---bf16}  # benchmarks/denoiser_speed.py options (default: the full table, 64²-1024², bf16)
+# benchmarks/denoiser_speed.py options (default: the full table, 64²-1024², bf16, compile at 128² and 256²)
+SPEED_ARGS=${SPEED_ARGS:---bf16 --compile --compile-grids 128 256}
 mkdir -p "$OUT"
 phase() { echo "== $(date -u +%T) $*"; }
 t0=$SECONDS
