@@ -91,17 +91,18 @@ def test_solve_cases_read_one_sample_per_case(tmp_path, reads, monkeypatch):
     assert same_result(merge_parts(tmp_path / "lazy"), merge_parts(tmp_path / "whole"))
 
 
-def _era5_store(path):
+def _era5_store(path, grid=(4, 8)):
     pytest.importorskip("zarr")
     dask = pytest.importorskip("dask")
     from funcdiff.data.era5 import write_era5_zarr
+    from funcdiff.sphere import grid_latitudes, grid_longitudes
 
     times = pd.date_range("2000-01-01", periods=14, freq="6h")  # 3 whole 1-day segments and 2 times left over
-    values = np.random.default_rng(0).normal(size=(14, 3, 4, 8)).astype(np.float32) * 100 + 5000
+    values = np.random.default_rng(0).normal(size=(14, 3, *grid)).astype(np.float32) * 100 + 5000
     state = xr.DataArray(values, dims=("time", "channel", "latitude", "longitude"), name="state",
                          coords={"time": times, "channel": ["z500", "t850", "u500"],
                                  "units": ("channel", ["m2 s-2", "K", "m s-1"]),
-                                 "latitude": [-67.5, -22.5, 22.5, 67.5], "longitude": np.arange(8) * 45.0})
+                                 "latitude": grid_latitudes(*grid), "longitude": grid_longitudes(grid[1])})
     with dask.config.set(scheduler="synchronous"):  # tiny data: no thread pool
         write_era5_zarr(state.chunk({"time": 5}), path, attrs={"segment": "1D"})
     return path
@@ -125,3 +126,30 @@ def test_lazy_reads_equal_the_whole_file_readers(forecaster, tmp_path, source):
         fields = read_truth_file(path, channels)
         assert samples.shape == tuple(fields.shape) == (12, 2, 4, 8)
         assert torch.equal(samples.read([7, 2]), fields[[7, 2]])
+
+
+def test_era5_store_batch_forecasts_by_date_read_one_frame_per_case(tmp_path, reads):
+    """On an ERA5 store (one series cut into 1-day segments) --init-times takes dates across the segments and
+    --indices one case per segment; each case reads its one history frame."""
+    pytest.importorskip("torch_harmonics", reason="the SFNO backbone needs the sphere extra")
+    from funcdiff.training import train
+
+    store = _era5_store(tmp_path / "era5.zarr", grid=(8, 16))
+    train(config_from_dict({
+        "name": "tiny-sfno", "data": {"source": "file", "path": str(store), "channels": ["z500", "t850"], "dim": 2,
+                                      "test_fraction": 0.34},
+        "noise": {"domain": "sphere", "smoothness": 2.0, "length_scale": 0.2},
+        "model": {"backbone": "sfno", "n_modes": [4, 4], "hidden_channels": 8, "n_layers": 1, "emb_dim": 8,
+                  "norm_groups": 4},
+        "train": {"steps": 1, "batch_size": 2, "warmup_steps": 1, "log_every": 0, "eval_every": 0,
+                  "checkpoint_every": 0, "out_dir": str(tmp_path / "run"), "device": "cpu"},
+        "forecast": {"kind": "autoregressive", "history": 1, "horizon": 1, "steps_per_frame": 1}}), progress=False)
+    cmd = ["forecast", "--checkpoint", str(tmp_path / "run"), "--initial", str(store), "--lead-steps", "1",
+           "--members", "2", "--seed", "0", "--no-progress"]
+    assert main([*cmd, "--init-times", "2000-01-01T12/2000-01-02T12/12h", "--out-dir", str(tmp_path / "dates")]) == 0
+    assert sorted((r[0][0], r[1].start) for r in reads) == [(0, 2), (1, 0), (1, 2)]
+    with xr.open_dataset(merge_parts(tmp_path / "dates")) as ds:
+        assert list(ds["init_time"].values) == list(pd.to_datetime(["2000-01-01T12:00", "2000-01-02T00:00", "2000-01-02T12:00"]))
+    assert main([*cmd, "--indices", "0:3", "--out-dir", str(tmp_path / "segments")]) == 0
+    with xr.open_dataset(merge_parts(tmp_path / "segments")) as ds:
+        assert list(ds["init_time"].values) == list(pd.to_datetime(["2000-01-01", "2000-01-02", "2000-01-03"]))

@@ -560,10 +560,12 @@ def forecast_cases(traj_shape: Sequence[int], times: Optional[np.ndarray], sourc
                    frame_step: int = 1, indices: Optional[str] = None, init_times: Optional[str] = None,
                    trajectories: Optional[Sequence[int]] = None, start_frame: Optional[int] = None) -> list[Case]:
     """Forecast cases of a trajectory file of shape (N, C, T, *S) with time coordinate ``times`` (T,) (None: frame
-    numbers): ``indices`` selects trajectories, each started at ``start_frame`` (default: the first frame with
-    ``history`` frames behind it); ``init_times`` selects start frames by time in each of ``trajectories``
-    (default [0]). Exactly one of ``indices`` and ``init_times``. UserError for a range the data do not cover or a
-    start without enough history."""
+    numbers), or (N, T) for one series cut into consecutive segments (an ERA5 store; numbers or datetime64, see
+    :func:`decode_times`): ``indices`` selects trajectories, each started at ``start_frame`` (default: the first
+    frame with ``history`` frames behind it); ``init_times`` selects start frames by time in each of
+    ``trajectories`` (default [0]; a segmented series: every segment, or those in ``trajectories``). Exactly one of
+    ``indices`` and ``init_times``. UserError for a range the data do not cover or a start without enough
+    history."""
     if (indices is None) == (init_times is None):
         raise UserError("give exactly one of indices= and init_times=")
     n, t = int(traj_shape[0]), int(traj_shape[2])
@@ -574,8 +576,10 @@ def forecast_cases(traj_shape: Sequence[int], times: Optional[np.ndarray], sourc
         if not first <= frame < t:
             raise UserError(f"start_frame={frame} must lie in {first}..{t - 1}: the forecaster needs {history} "
                             f"history frames spaced {frame_step} apart, and the trajectories have {t} frames")
-        return [Case(i, frame, _time_value(values[frame]))
+        return [Case(i, frame, _time_value(values[i, frame] if values.ndim == 2 else values[frame]))
                 for i in parse_indices(indices, n, source, what="trajectory")]
+    if values.ndim == 2:
+        return _series_cases(values, init_times, source, first, history, trajectories)
     frames = select_frames(init_times, values, source)
     early = [f for f in frames if f < first]
     if early:
@@ -588,6 +592,40 @@ def forecast_cases(traj_shape: Sequence[int], times: Optional[np.ndarray], sourc
         raise UserError(f"trajectories={chosen}: trajectory {bad[0]} is out of range: {source} holds {n} "
                         "trajectories")
     return [Case(i, f, _time_value(values[f])) for i in chosen for f in frames]
+
+
+def _series_cases(values: np.ndarray, init_times: str, source: str, first: int, history: int,
+                  trajectories: Optional[Sequence[int]]) -> list[Case]:
+    """Cases of the start times ``init_times`` in a series cut into segments (times (N, T), consecutive): each
+    time is frame ``k % T`` of segment ``k // T``; only segments in ``trajectories`` when given."""
+    n, t = values.shape
+    found = [(k // t, k % t) for k in select_frames(init_times, values.reshape(-1), source)]
+    if trajectories:
+        bad = [i for i in trajectories if not 0 <= i < n]
+        if bad:
+            raise UserError(f"trajectories={list(trajectories)}: segment {bad[0]} is out of range: {source} holds "
+                            f"{n} segments")
+        found = [(i, f) for i, f in found if i in set(trajectories)]
+        if not found:
+            raise UserError(f"init_times={init_times!r}: no start time lies in segment(s) {list(trajectories)} of "
+                            f"{source}; drop index= to take every segment")
+    early = [(i, f) for i, f in found if f < first]
+    if early:
+        i, f = early[0]
+        raise UserError(f"init_times={init_times!r}: start time {_time_value(values[i, f])} is frame {f} of segment "
+                        f"{i} of {source}: a case needs {history} history frames before it in its segment")
+    return [Case(i, f, _time_value(values[i, f])) for i, f in found]
+
+
+def decode_times(times: Optional[np.ndarray], time_units: str) -> Optional[np.ndarray]:
+    """Times in CF units ``"<unit> since <date>"`` (an ERA5 store's hours since 1970) as datetime64[s], so that
+    ``init_times`` can be given as dates; other times (model time units) as they are."""
+    unit, _, since = str(time_units).partition(" since ")
+    seconds = {"hours": 3600, "days": 86400, "minutes": 60, "seconds": 1}.get(unit.strip())
+    if times is None or not since or seconds is None:
+        return times
+    origin = np.datetime64(since.strip().replace(" ", "T"), "s")
+    return origin + np.round(np.asarray(times, dtype=np.float64) * seconds).astype("timedelta64[s]")
 
 
 def _time_value(t) -> float | str:
@@ -629,4 +667,4 @@ def run_forecast_cases(forecaster, traj: "torch.Tensor | ArrayStore", times: Opt
 
 __all__ = ["Case", "BatchRun", "BatchResult", "case_seed", "parse_indices", "parse_time_range", "select_frames",
            "shard", "merge_parts", "same_result", "index_cases", "read_case_fields", "open_case_samples", "solve_cases",
-           "read_manifest", "forecast_cases", "run_forecast_cases", "MANIFEST", "PARTS", "MERGED"]
+           "read_manifest", "forecast_cases", "decode_times", "run_forecast_cases", "MANIFEST", "PARTS", "MERGED"]

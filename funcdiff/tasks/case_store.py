@@ -37,7 +37,10 @@ NETCDF_SUFFIXES = (".nc", ".nc4", ".netcdf")
 
 
 class LazyStore(ArrayStore):
-    """An :class:`ArrayStore` that counts the values it read (``bytes_read``, as float32) and the reads."""
+    """An :class:`ArrayStore` that counts the values it read (``bytes_read``, as float32) and the reads.
+    ``time_units``: the units of the times :func:`open_trajectories` returns with it (CF units for an ERA5 store)."""
+
+    time_units = "model time units"
 
     def __init__(self, path: str | os.PathLike, shape: Sequence[int], channels: Sequence[str]) -> None:
         super().__init__(path)
@@ -71,8 +74,11 @@ class Era5Store(LazyStore):
 
     def __init__(self, path: str | os.PathLike, channels: Sequence[str], frames: int, count: int,
                  index: Sequence[int], spatial: Sequence[int], samples: bool = False) -> None:
+        from funcdiff.data.era5 import TIME_UNITS
+
         shape = (count * frames, len(channels), *spatial) if samples else (count, len(channels), frames, *spatial)
         super().__init__(path, shape, channels)
+        self.time_units = TIME_UNITS
         self.frames, self.samples, self.channel_index = frames, samples, list(index)
 
     def _open(self) -> Any:
