@@ -118,18 +118,23 @@ class GuidedDenoiser:
             denoised = self.denoiser(x_in, sigma)
             plain = [t for t in terms if not t.damped]
             groups = ([(plain, None)] if plain else []) + [([t], t) for t in terms if t.damped]
-            deltas = [self._correction(x_in, denoised, sigma, group, damped) for group, damped in groups]
+            deltas = [self._correction(x_in, denoised, sigma, group, damped, last=k == len(groups) - 1)
+                      for k, (group, damped) in enumerate(groups)]
             deltas = [d for d in deltas if d is not None]
         delta = sum(deltas[1:], deltas[0]) if deltas else None
         return denoised.detach() if delta is None else (denoised + delta).detach()
 
-    def _correction(self, x_in: Tensor, denoised: Tensor, sigma: Tensor, terms: list, damped) -> Optional[Tensor]:
-        """δ = -ζ σ² C ∇_x L for L = Σ terms; for a damped term, shortened to the Kalman step length."""
+    def _correction(self, x_in: Tensor, denoised: Tensor, sigma: Tensor, terms: list, damped,
+                    last: bool = False) -> Optional[Tensor]:
+        """δ = -ζ σ² C ∇_x L for L = Σ terms; for a damped term, shortened to the Kalman step length. The graph
+        through the denoiser is kept for the next group unless this is the ``last`` (then its buffers are freed
+        as the backward pass goes)."""
         per_sample = sum((term(denoised, sigma) for term in terms), denoised.new_zeros(denoised.shape[0]))
         loss = per_sample.sum()
         if not loss.requires_grad or self.strength == 0:
             return None
-        grad_x, grad_d = torch.autograd.grad(loss, (x_in, denoised), retain_graph=True)
+        wrt = (x_in,) if damped is None else (x_in, denoised)  # ∇_D L only for the Kalman step length
+        grad_x, *grad_d = torch.autograd.grad(loss, wrt, retain_graph=not last)
         raw = grad_x.detach()
         if self.precondition:
             grad_x = self.noise.apply_cov_power(grad_x, 1.0)
@@ -139,7 +144,7 @@ class GuidedDenoiser:
                 return delta
             return delta * self._trust_scale(raw, delta, per_sample.detach(), sigma)
         # Kalman step length t = q / (q + δᵀHδ) along δ (module docstring, "Damped terms")
-        q = (-(grad_d.detach() * delta).flatten(1).sum(dim=1)).clamp(min=0)
+        q = (-(grad_d[0].detach() * delta).flatten(1).sum(dim=1)).clamp(min=0)
         curv = damped.curvature(denoised.detach(), delta, sigma)
         t = q / (q + curv).clamp(min=1e-30)
         return delta * t.reshape(-1, *[1] * (delta.ndim - 1))
