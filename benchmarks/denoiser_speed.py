@@ -12,7 +12,8 @@ Rows: {"grid", "impl", "pass", "batch", "threads", "dtype", "seconds", "peak_mb"
 so that load from other jobs on a shared machine hits both alike. ``peak_mb`` is the peak of the memory allocated
 during one call above what was allocated before it (CPU: from the profiler's allocation events; CUDA: the
 allocator's peak). funcdiff rows also carry ``vs_neuralop`` (seconds / neuraloperator's), ``vs_floor`` and
-``growth`` (seconds / seconds at half the side).
+``growth`` (seconds / seconds at half the side; float32 at batch 1 from calls at half the side timed interleaved
+with these, so that the load of other jobs cancels; otherwise the ratio of the two rows).
 
 Guided-step rows (pass ``guided-step``: ``dps``, ``mmps`` at 1 and 5 CG iterations, ``unguided``; ``seconds`` per
 sampler step, ``guided_ratio``, ``per_cg_iter_s``) and rollout rows (pass ``rollout``: ``autoregressive``,
@@ -304,6 +305,10 @@ def main() -> None:
         if args.bf16:
             fns["funcdiff bf16"] = calls(ours, True, pass_, x, sigma, torch.bfloat16)
         peaks = {name: peak_mb(fn, device) for name, fn in fns.items()}  # also the warm-up call
+        if batch == 1 and n // 2 in grids:  # the growth per doubling, timed interleaved with the calls at n
+            half = torch.randn(batch, CHANNELS, n // 2, n // 2, device=device)
+            fns["funcdiff half"] = calls(ours, True, pass_, half, sigma, torch.float32)
+            fns["funcdiff half"]()
         times: dict[str, list[float]] = {name: [] for name in fns}
         for _ in range(repeats):  # interleaved
             for name, fn in fns.items():
@@ -311,12 +316,14 @@ def main() -> None:
         floor = floor_seconds(n, batch, max(repeats, 5), device)
         common = {"grid": n, "pass": pass_, "batch": batch, "threads": torch.get_num_threads(), "dtype": "float32"}
         seconds = {name: statistics.median(t) for name, t in times.items()}
-        for name in fns:
+        for name in [k for k in fns if k != "funcdiff half"]:
             row = {**common, "impl": name.split(" ")[0], "seconds": seconds[name], "peak_mb": peaks[name],
                    "dtype": "bfloat16" if " bf16" in name else "float32"}
             if name.startswith("funcdiff"):
                 row.update(vs_neuralop=seconds[name] / seconds["neuralop-fno"],
                            vs_floor=seconds[name] / floor[pass_])
+            if name == "funcdiff" and "funcdiff half" in seconds:
+                row["growth"] = seconds[name] / seconds["funcdiff half"]
             rows.append(row)
         rows.append({**common, "impl": "floor", "seconds": floor[pass_], "peak_mb": None,
                      "fft_seconds": floor["fft_seconds"], "gemm_gflops": floor["gemm_gflops"],
@@ -338,7 +345,7 @@ def main() -> None:
         if row["impl"] == "funcdiff" and row["pass"] in ("forward", "train-step"):
             half = [r for r in rows if r["impl"] == "funcdiff" and r["pass"] == row["pass"]
                     and r["batch"] == row["batch"] and r["dtype"] == row["dtype"] and r["grid"] * 2 == row["grid"]]
-            if half:
+            if half and "growth" not in row:
                 row["growth"] = row["seconds"] / half[0]["seconds"]
     if args.bf16:
         rows.append(bf16_sample_error(ours, device, args.seed))
