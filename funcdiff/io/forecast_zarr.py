@@ -63,6 +63,13 @@ class ZarrForecast:
 
     def __init__(self, group, wb2: bool) -> None:
         self.group, self.wb2 = group, wb2
+        self._arrays: dict = {}  # opened once: each lookup in the group reads the array's metadata from disk
+
+    def array(self, name: str):
+        """The zarr array ``name`` of the store (opened on first use)."""
+        if name not in self._arrays:
+            self._arrays[name] = self.group[name]
+        return self._arrays[name]
 
     @property
     def attrs(self) -> dict:
@@ -74,8 +81,8 @@ class ZarrForecast:
         first = leads[0] - 1
         values = frames.detach().float().cpu().numpy()
         for c, name in enumerate(channels):
-            self.group[name][init, :, first:first + len(leads)] = values[:, c]
-        self.group["completed_leads"][init] = leads[-1]
+            self.array(name)[init, :, first:first + len(leads)] = values[:, c]
+        self.array("completed_leads")[init] = leads[-1]
 
     def close(self) -> None:
         """Nothing to flush: every write above is on disk when it returns."""
