@@ -29,7 +29,8 @@ SCRIPTS = {"noise": "noise.py", "sampler_overhead": "sampler_overhead.py", "scal
            "threads": "threads.py", "guidance": "guidance.py",
            "inverse_problems": "inverse_problems.py", "inverse_methods": "inverse_problems.py",
            "few_step_guidance": "few_step_guidance.py", "forecasting": "forecasting.py", "era5": "era5.py",
-           "sphere_solve": "sphere_solve.py", "wavelet": "wavelet.py", "batch": "batch.py"}
+           "sphere_solve": "sphere_solve.py", "wavelet": "wavelet.py", "batch": "batch.py",
+           "data_streaming": "data_streaming.py"}
 
 # page -> (title, script(s), result-file prefixes, introduction). A result file goes to the first page with a
 # matching prefix; files that match none go to "other", so a new benchmark is never silently dropped.
@@ -78,6 +79,13 @@ PAGES: dict[str, tuple[str, str, tuple[str, ...], str]] = {
                   "in physical and wavelet space and zero-shot 2×/4× super-resolution, and Darcy/Poisson inverse "
                   "problems (dps, mmps-physics). The summary first, then every file's rows. See also the "
                   "[backbones guide](../backbones.md)."),
+    "data": ("Data streaming", "data_streaming.py", ("data_streaming",),
+             "Training from a store on disk (`data.stream: true`, DataLoader workers) against the same data in "
+             "memory: samples per second and their ratio to the in-memory run at the same grid and model "
+             "(`step_time_ratio_vs_memory`: step time over the in-memory step time), from zarr with one time step "
+             "per chunk and with ~64 MB chunks, netCDF and HDF5; peak resident memory of the training process "
+             "(`peak_rss_gb`) on a store and on one 4× larger; the SFNO forecaster on a 0.25° store. See the "
+             "[data streaming guide](../data-streaming.md)."),
     "other": ("Other results", "", (), "Result files whose name matches no page above."),
 }
 

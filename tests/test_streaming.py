@@ -5,6 +5,7 @@ an unreadable chunk is one line naming the file and the item, exit 2."""
 
 from __future__ import annotations
 
+import h5py
 import numpy as np
 import pandas as pd
 import pytest
@@ -15,6 +16,7 @@ from funcdiff.cli import main
 from funcdiff.config import config_from_dict
 from funcdiff.data import generate_to_hdf5
 from funcdiff.data.era5 import write_era5_zarr
+from funcdiff.data.pdebench import PDEBenchStore
 from funcdiff.data.stores import Era5ZarrStore, HDF5Store, XarrayStore
 from funcdiff.data.streaming import StoreItems, open_store, window_index
 from funcdiff.data.synthetic import SyntheticProblem
@@ -55,6 +57,9 @@ def files(tmp_path_factory):
     ds = _latlon_state(gap).to_dataset().assign_attrs(state_stats={})  # `funcdiff data era5` refuses gaps: by hand
     ds.chunk({"time": 4}).to_zarr(tmp / "gap.zarr", zarr_format=2, consolidated=True)
     _cds_netcdf(tmp / "cds.nc", times)
+    with h5py.File(tmp / "pdebench.h5", "w") as f:  # PDEBench's flat layout: tensor (N, T, *S), t-coordinate
+        f["tensor"] = np.random.default_rng(0).normal(size=(6, 10, 8, 8)).astype(np.float32) + 1.0
+        f["t-coordinate"] = np.linspace(0.0, 0.9, 10)
     return tmp
 
 
@@ -111,7 +116,7 @@ def test_streamed_batches_equal_in_memory_batches(files, workers):
     streamed.source.close()
 
 
-@pytest.mark.parametrize("path, workers", [("traj.h5", 2), ("era5.zarr", 1)])
+@pytest.mark.parametrize("path, workers", [("traj.h5", 2), ("era5.zarr", 1), ("pdebench.h5", 0)])
 def test_streamed_windows_equal_in_memory_windows(files, path, workers):
     channels, kind = (["u"], "rolling") if path.endswith(".h5") else (["z500", "u500"], "autoregressive")
     memory = Trainer.from_config(_config(files, files / path, channels, False, kind=kind), progress=False)
@@ -198,6 +203,7 @@ def test_netcdf_and_zarr_stores_read_what_xarray_reads(files):
     expected = np.stack([ds["t2m"].values[3:6, ::-1], ds["u10"].values[3:6, ::-1]])  # latitude made ascending
     assert torch.equal(nc.read([0], slice(3, 6))[0], torch.from_numpy(expected))
     assert isinstance(open_store(files / "fields.h5", ["a"]), HDF5Store)
+    assert isinstance(open_store(files / "pdebench.h5", ["u"]), PDEBenchStore)
 
 
 @pytest.mark.parametrize("path, channels", [("cds.nc", ["t2m", "u10"]), ("era5.zarr", ["z500", "u500"]),

@@ -104,9 +104,6 @@ class ArrayStore(ABC):
 
 
 # ----------------------------------------------------------------------------------------------- concrete stores
-HDF5_ALIASES = {"u": ("u", "tensor"), "a": ("a", "nu")}  # our channel name -> dataset names tried (PDEBench flat)
-
-
 def _decode_attr(value: Any) -> Any:
     """An HDF5 attribute as Python: bytes to str, JSON objects/lists parsed, numpy scalars to Python."""
     if isinstance(value, bytes):
@@ -121,11 +118,10 @@ def _decode_attr(value: Any) -> Any:
 
 class HDF5Store(ArrayStore):
     """One dataset per channel in an HDF5 file: ours (``funcdiff data generate``: ``<field>`` ``(N, *S)`` or
-    ``(N, T, *S)``, only the ``num_written`` finished samples) or a flat PDEBench file (``tensor`` read as ``u``,
-    ``nu`` as ``a``, CFD ``density``/``Vx``/... by name).
+    ``(N, T, *S)``, only the ``num_written`` finished samples), or any file with a dataset per channel name.
 
-    Shapes: ``(N, C, *rest)``; ``coords["t"]`` ``(T,)`` when the file has a time coordinate (our ``t``, PDEBench
-    ``t-coordinate``), ``attrs`` the file's attributes (JSON decoded)."""
+    Shapes: ``(N, C, *rest)``; ``coords["t"]`` ``(T,)`` when the file has a time coordinate ``t``, ``attrs`` the
+    file's attributes (JSON decoded)."""
 
     def __init__(self, path: str | os.PathLike, channels: Sequence[str]) -> None:
         super().__init__(path)
@@ -136,7 +132,7 @@ class HDF5Store(ArrayStore):
                 self.attrs = {k: _decode_attr(v) for k, v in f.attrs.items()}
                 self.datasets = tuple(self._dataset_name(f, c) for c in channels)
                 shapes = {tuple(f[name].shape) for name in self.datasets}
-                time = next((f[k][...] for k in ("t", "t-coordinate") if k in f), None)
+                time = f["t"][...] if "t" in f else None
         except OSError as err:
             raise UserError(f"{self.path}: not a readable HDF5 file ({err})") from None
         if len(shapes) != 1:
@@ -154,9 +150,8 @@ class HDF5Store(ArrayStore):
             self.coords["t"] = np.asarray(time, dtype=np.float64)
 
     def _dataset_name(self, f: Any, channel: str) -> str:
-        for name in HDF5_ALIASES.get(channel, (channel,)):
-            if name in f:
-                return name
+        if channel in f:
+            return channel
         fields = sorted(k for k in f.keys() if len(f[k].shape) >= 2)
         raise UserError(f"{self.path}: no field {channel!r}; it holds {fields}")
 

@@ -31,8 +31,9 @@ def open_store(path: str | os.PathLike, channels: Sequence[str]) -> ArrayStore:
     """The :class:`ArrayStore` of ``path`` with channels ``channels``, by what it is: The Well HDF5
     (:class:`funcdiff.data.the_well.TheWellStore`), an anemoi-datasets zarr (:class:`funcdiff.data.anemoi.AnemoiStore`),
     a ``funcdiff data era5`` store (:class:`~funcdiff.data.stores.Era5ZarrStore`), WB2/ARCO zarr or CDS netCDF files
-    or a glob of them (:class:`~funcdiff.data.stores.XarrayStore`), or HDF5 with one dataset per channel
-    (:class:`~funcdiff.data.stores.HDF5Store`: ours, PDEBench flat).
+    or a glob of them (:class:`~funcdiff.data.stores.XarrayStore`), PDEBench HDF5
+    (:class:`funcdiff.data.pdebench.PDEBenchStore`), or HDF5 with one dataset per channel
+    (:class:`~funcdiff.data.stores.HDF5Store`: ours).
 
     UserError for a path that does not exist or is none of these."""
     text, p = str(path), Path(path)
@@ -54,7 +55,10 @@ def open_store(path: str | os.PathLike, channels: Sequence[str]) -> ArrayStore:
     import h5py
 
     if h5py.is_hdf5(p):
-        return HDF5Store(p, channels)
+        from funcdiff.data.pdebench import PDEBenchStore
+        from funcdiff.data.readers import detect_format
+
+        return PDEBenchStore(p, channels) if detect_format(p) == "pdebench" else HDF5Store(p, channels)
     raise UserError(f"{p}: cannot stream this file (streamed formats: HDF5, zarr stores, netCDF); "
                     "set data.stream: false to read it whole")
 
