@@ -73,9 +73,9 @@ def open_forecast(path: Path):
     """A forecast netCDF file or zarr store (``.zarr``, WeatherBench 2 names on the sphere) opened with xarray in
     the netCDF layout (missing or unreadable: UserError)."""
     from funcdiff.errors import UserError
-    from funcdiff.io.forecast_zarr import is_zarr_path, open_forecast_dataset
+    from funcdiff.io.forecast_zarr import open_forecast_dataset
 
-    if not (path.is_file() or (path.is_dir() and is_zarr_path(path))):
+    if not path.exists():
         raise UserError(f"no such forecast file: {path}")
     try:
         return open_forecast_dataset(path)

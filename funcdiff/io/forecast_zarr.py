@@ -20,11 +20,10 @@ alike. Zarr is an optional dependency (the ``era5`` extra); :func:`require_zarr`
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -57,12 +56,10 @@ def require_zarr():
 
 
 class ZarrForecast:
-    """An open forecast store being written: :meth:`write_leads` as :func:`funcdiff.io.forecast_file.write_leads`.
+    """An open forecast store being written: :meth:`write_leads` as :func:`funcdiff.io.forecast_file.write_leads`."""
 
-    ``wb2``: whether the names are WeatherBench 2's (a lat-lon grid)."""
-
-    def __init__(self, group, wb2: bool) -> None:
-        self.group, self.wb2 = group, wb2
+    def __init__(self, group) -> None:
+        self.group = group
         self._arrays: dict = {}  # opened once: each lookup in the group reads the array's metadata from disk
 
     def array(self, name: str):
@@ -70,10 +67,6 @@ class ZarrForecast:
         if name not in self._arrays:
             self._arrays[name] = self.group[name]
         return self._arrays[name]
-
-    @property
-    def attrs(self) -> dict:
-        return dict(self.group.attrs)
 
     def write_leads(self, channels: Sequence[str], init: int, leads: Sequence[int], frames: torch.Tensor) -> None:
         """Write ``frames`` (M, C, len(leads), *S) of initial state ``init`` at ``leads`` (1-based, contiguous):
@@ -119,7 +112,7 @@ def create_forecast_zarr(path: str | os.PathLike, layout: ForecastLayout, attrs:
                                **cf_units({"long_name": f"forecast of {c}", "units": units,
                                            "coordinates": coordinates}), "_ARRAY_DIMENSIONS": dims})
     group.attrs.update(_json_safe(global_attrs(layout, attrs)))
-    return ZarrForecast(group, layout.grid == "latlon")
+    return ZarrForecast(group)
 
 
 def _array(group, name: str, dims: Sequence[str], values: np.ndarray, attrs: dict,
@@ -139,7 +132,7 @@ def open_forecast_zarr(path: str | os.PathLike) -> ZarrForecast:
     """A partial store of :func:`create_forecast_zarr`, open to continue writing."""
     zarr = require_zarr()
     group = zarr.open_group(Path(path), mode="r+", zarr_format=ZARR_FORMAT)
-    return ZarrForecast(group, "prediction_timedelta" in group)
+    return ZarrForecast(group)
 
 
 def finish_forecast_zarr(path: str | os.PathLike) -> None:
@@ -153,9 +146,7 @@ def store_attribute(path: str | os.PathLike, name: str) -> Optional[str]:
     try:
         zarr = require_zarr()
         value = zarr.open_group(Path(path), mode="r", zarr_format=ZARR_FORMAT).attrs.get(name)
-    except (UserError, OSError, ValueError, KeyError, FileNotFoundError):
-        return None
-    except Exception:  # noqa: BLE001 - zarr raises its own errors for a folder that is not a store
+    except Exception:  # noqa: BLE001 - anything unreadable (zarr has its own errors for a folder that is no store)
         return None
     return None if value is None else str(value)
 

@@ -49,6 +49,8 @@ from funcdiff.training.distributed import batch_rank_from_env
 from funcdiff.training.signals import REQUEUE_EXIT, StopSignal
 
 if TYPE_CHECKING:
+    import torch
+
     from funcdiff.data.stores import ArrayStore
     from funcdiff.tasks.case_store import LazyStore
 
