@@ -143,20 +143,21 @@ WRITE_COLUMNS = ["format", "mb", "write_s", "ratio_vs_netcdf"]
 CHANNELS, UNITS = ["z500", "u500", "v500"], ["m2 s-2", "m s-1", "m s-1"]
 GRID = (120, 240)  # 1.5 degrees, no poles
 
-# The child process: `funcdiff forecast ...` with every LazyStore read recorded; "whole" reads the store first, as
+# The child process: `funcdiff forecast ...` with every ArrayStore read recorded; "whole" reads the store first, as
 # funcdiff <= 0.1 did (the whole-file reader served through a MemoryStore).
 CHILD = """
 import json, sys
 import numpy as np
+from funcdiff.data.stores import ArrayStore
 from funcdiff.tasks import case_store
 from funcdiff.tasks.forecast_io import read_trajectories
 mode, log, argv = sys.argv[1], sys.argv[2], sys.argv[3:]
-reads, original = [], case_store.LazyStore.read
+reads, original = [], ArrayStore.read
 def recording(self, items, frames=None):
     out = original(self, items, frames)
     reads.append([np.asarray(items).ravel().tolist(), [frames.start, frames.stop, frames.step], out.numel() * 4])
     return out
-case_store.LazyStore.read = recording
+ArrayStore.read = recording
 if mode == "whole":
     def whole(path, channels):
         traj, times = read_trajectories(path, channels)

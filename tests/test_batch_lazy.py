@@ -12,6 +12,7 @@ import xarray as xr
 from funcdiff.cli import main
 from funcdiff.config import config_from_dict
 from funcdiff.data import generate_to_hdf5
+from funcdiff.data.stores import ArrayStore
 from funcdiff.tasks import case_store
 from funcdiff.tasks.batch import merge_parts, same_result
 from funcdiff.tasks.forecast_io import initial_from_trajectories, read_trajectories
@@ -21,16 +22,16 @@ from tiny_darcy import tiny_darcy_run
 
 @pytest.fixture
 def reads(monkeypatch):
-    """Every LazyStore.read as (items, frames, bytes returned)."""
+    """Every ArrayStore.read as (items, frames, bytes returned)."""
     log: list[tuple[list[int], slice | None, int]] = []
-    original = case_store.LazyStore.read
+    original = ArrayStore.read
 
     def recording(self, items, frames=None):
         out = original(self, items, frames)
         log.append((list(np.asarray(items).reshape(-1)), frames, out.numel() * 4))
         return out
 
-    monkeypatch.setattr(case_store.LazyStore, "read", recording)
+    monkeypatch.setattr(ArrayStore, "read", recording)
     monkeypatch.delenv("RANK", raising=False)
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     return log
@@ -114,7 +115,7 @@ def test_lazy_reads_equal_the_whole_file_readers(forecaster, tmp_path, source):
     channels = ("t850", "z500") if source == "era5" else ("u",)
     traj, times = read_trajectories(path, channels)
     store, lazy_times = case_store.open_trajectories(path, channels)
-    assert store.shape == tuple(traj.shape) and store.bytes_read == 0  # metadata only so far
+    assert store.shape == tuple(traj.shape) and store._handle is None  # metadata only so far: nothing open
     assert lazy_times.dtype == times.dtype and torch.equal(lazy_times, times)
     for index, start, history, step, leads in ((0, 1, 2, 1, None), (2, 3, 2, 1, 2), (1, 2, 1, 2, 0)):
         whole = initial_from_trajectories(traj, times, path, index, start, history, step)

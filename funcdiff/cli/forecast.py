@@ -177,7 +177,7 @@ def run_forecast_batch(args: argparse.Namespace) -> int:
     from funcdiff.cli.batch import finish, signature_of
     from funcdiff.errors import UserError
     from funcdiff.tasks.batch import BatchRun, decode_times, forecast_cases, run_forecast_cases
-    from funcdiff.tasks.case_store import open_trajectories
+    from funcdiff.tasks.case_store import open_trajectories, time_units
     from funcdiff.tasks.forecast import load_forecaster
 
     if args.out_dir is None:
@@ -190,7 +190,7 @@ def run_forecast_batch(args: argparse.Namespace) -> int:
     f = fc.forecast
     with user_errors():
         traj, times = open_trajectories(args.initial, fc.channel_names)  # metadata; each case reads its frames
-        dated = decode_times(times.numpy() if times is not None else None, traj.time_units)  # ERA5: dates
+        dated = decode_times(times.numpy() if times is not None else None, time_units(traj))  # ERA5: dates
         cases = forecast_cases(traj.shape, dated, str(args.initial),
                                history=f.history, frame_step=f.frame_step, indices=args.indices,
                                init_times=args.init_times, trajectories=args.index, start_frame=args.start_frame)

@@ -52,7 +52,6 @@ if TYPE_CHECKING:
     import torch
 
     from funcdiff.data.stores import ArrayStore
-    from funcdiff.tasks.case_store import LazyStore
 
 MANIFEST = "cases.json"
 PARTS = "parts"
@@ -513,14 +512,14 @@ def read_case_fields(path: str | os.PathLike, channels: Sequence[str], task_name
         raise UserError(_case_file_error(path, channels, task_name, err)) from None
 
 
-def open_case_samples(path: str | os.PathLike, channels: Sequence[str], task_name: str = "") -> "LazyStore":
+def open_case_samples(path: str | os.PathLike, channels: Sequence[str], task_name: str = "") -> "ArrayStore":
     """The samples of a case file as a lazy store (:func:`funcdiff.tasks.case_store.open_samples`: metadata now,
     one sample per case later). Shapes: (N, C, *S). UserError naming the variables the file lacks."""
     from funcdiff.tasks.case_store import open_samples
 
     try:
         return open_samples(path, channels)
-    except (ValueError, KeyError) as err:
+    except (ValueError, KeyError, UserError) as err:
         raise UserError(_case_file_error(path, channels, task_name, err)) from None
 
 
