@@ -35,6 +35,9 @@ class DataConfig:
     ``channels`` of ``path`` (any format ``funcdiff.data.load_fields`` reads; ``num_samples`` caps how many).
     ``test_fraction`` of the samples are held out for the validation loss. ``seed`` fixes data and split.
 
+    ``resolutions``: train on several grids at once (synthetic data drawn at each, the same functions; each batch
+    holds one grid, the grids in turn by step; :mod:`funcdiff.training.multigrid`); empty: ``resolution`` only.
+
     ``stream``: read file data from disk batch by batch (``true``; HDF5, zarr, netCDF, The Well, anemoi:
     :mod:`funcdiff.data.streaming`), whole into memory (``false``), or ``auto``: stream when the selected
     channels of the file take more than ``stream_above_gb`` GB as float32 and the model kind can stream (fields,
@@ -51,8 +54,11 @@ class DataConfig:
     seed: int = 0
     stream: bool | str = "auto"
     stream_above_gb: float = 2.0
+    resolutions: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
+        if self.resolutions and (min(self.resolutions) < 2 or len(set(self.resolutions)) != len(self.resolutions)):
+            raise ValueError(f"data.resolutions must be distinct grids of >= 2 points, got {list(self.resolutions)}")
         if self.stream not in (True, False, "auto"):
             raise ValueError(f"data.stream must be true, false or auto, got {self.stream!r}")
         if self.source not in DATA_SOURCES:

@@ -47,6 +47,7 @@ from funcdiff.models import build_denoiser
 from funcdiff.noise import GaussianRandomField
 from funcdiff.data.streaming import StreamedDataset
 from funcdiff.training.batches import BatchSource, InMemorySource, LoaderSettings, StreamedSource
+from funcdiff.training.multigrid import MultiGridDataset, multigrid_datasets, multigrid_sources
 from funcdiff.training.distributed import (DistInfo, all_reduce_mean, barrier, dist_info_from_env,
                                            init_distributed, select_device, shutdown_distributed)
 from funcdiff.training.ema import EMA
@@ -76,6 +77,8 @@ def build_datasets(config: RunConfig, fields: torch.Tensor | None = None) -> tup
     """
     from funcdiff.kinds import model_kind
 
+    if config.data.resolutions or isinstance(fields, (list, tuple)):  # several grids (funcdiff.training.multigrid)
+        return multigrid_datasets(config, fields)
     kind = model_kind(config)
     store = streamed_store(config, kind.streams) if fields is None else None
     return kind.datasets(fields) if store is None else kind.stream_datasets(store)
@@ -186,6 +189,8 @@ class Trainer:
         tc = self.config.train
         if isinstance(train_set, StreamedDataset):
             return self._streamed_sources(train_set, val_set)
+        if isinstance(train_set, MultiGridDataset):
+            return multigrid_sources(self.kind, train_set, val_set, self.device, tc.batch_size, tc.seed, self.dist)
         train = InMemorySource(self.kind.items(train_set, self.device), tc.batch_size, tc.seed, self.dist)
         if val_set is None or not len(val_set):
             return train, None
@@ -201,6 +206,12 @@ class Trainer:
         if val_set is None or not len(val_set):
             return train, None
         return train, StreamedSource(val_set.items, encode, replace(settings, num_workers=0))
+
+    def close(self) -> None:
+        """Shut down the DataLoader workers of streamed data (a no-op for data in memory)."""
+        self.source.close()
+        if self.val_source is not None:
+            self.val_source.close()
 
     @property
     def train_x(self) -> torch.Tensor:
@@ -429,6 +440,7 @@ def train(config: RunConfig, *, resume: bool = False, progress: bool = True) -> 
         if resume:
             trainer.resume()
         trainer.fit()
+        trainer.close()
         barrier(info)
     finally:
         shutdown_distributed()
