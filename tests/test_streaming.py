@@ -248,3 +248,41 @@ def _write_config(tmp, store):
     path = tmp / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+@pytest.mark.slow
+def test_sigusr1_to_every_process_of_a_streamed_run_then_resume_is_bit_exact(files, tmp_path):
+    """Slurm may signal every process of the job: the DataLoader worker ignores SIGUSR1, the training process
+    checkpoints at the step in hand (status 75), and ``--resume`` ends with the weights of an uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    config = _config(tmp_path, files / "fields.h5", "au", True, steps=60, workers=1, log_every=1,
+                     keep_checkpoints=0).to_dict()
+    del config["data"]["resolution"]
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    command = [sys.executable, "-m", "funcdiff", "train", "--config", str(path), "--no-progress"]
+    proc = subprocess.Popen(command, env={**env, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    log, deadline = tmp_path / "run" / "log.jsonl", time.time() + 120
+    while time.time() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 3):
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGUSR1)  # the training process and its worker
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 75 and "stopped by SIGUSR1" in stderr and "Traceback" not in stderr, stderr[-2000:]
+    stopped = sorted((tmp_path / "run" / "checkpoints").glob("step_*.pt"))
+    assert len(stopped) == 1 and int(stopped[0].stem.split("_")[1]) < 60
+    assert main(["train", "--config", str(path), "--no-progress", "--resume"]) == 0
+    reference = Trainer.from_config(_config(tmp_path, files / "fields.h5", "au", True, steps=60, out="reference"),
+                                    progress=False)
+    reference.fit()
+    final = torch.load(tmp_path / "run" / "checkpoints" / "step_00000060.pt", weights_only=True)
+    for key, value in reference.model.state_dict().items():
+        assert torch.equal(final["model"][key], value), key

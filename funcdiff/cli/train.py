@@ -86,6 +86,7 @@ def run_train(args: argparse.Namespace) -> int:
     finally:
         if trainer is not None:  # free the DDP wrapper while its process group exists: freed after it, a rank hung
             trainer.network = trainer.model  # at exit (seen under torchrun with gloo)
+            trainer.close()  # DataLoader workers of streamed data
         shutdown_distributed()
     if trainer.stopped_by:
         return _stopped(args, trainer, stop)

@@ -18,6 +18,7 @@ Shapes: a batch is ``(B / world_size, *item_shape)``, e.g. ``(b, C, *S)`` fields
 
 from __future__ import annotations
 
+import signal
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -133,6 +134,15 @@ class StepBatches(Sampler):
             step += 1
 
 
+def quiet_worker(worker_id: int) -> None:
+    """A DataLoader worker's ``worker_init_fn``: the scheduler's stop signals (SIGUSR1, SIGINT; Slurm may send them
+    to every process of the job) are the training process's to handle (:mod:`funcdiff.training.signals`: it stops
+    after the step in hand, writes a checkpoint and shuts the workers down), so a worker ignores them. SIGTERM keeps
+    its default: the DataLoader ends its workers with it."""
+    for sig in (signal.SIGUSR1, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 class StreamedSource(BatchSource):
     """Items read from a store by a torch DataLoader (``num_workers`` processes, 0 = in this process; each opens
     the store itself), ``prefetch_factor`` batches ahead per worker, pinned host memory on CUDA; raw batches are
@@ -168,7 +178,8 @@ class StreamedSource(BatchSource):
         loader = DataLoader(self.items, batch_sampler=StepBatches(self, start),
                             num_workers=workers, collate_fn=pass_through, pin_memory=s.pin_memory,
                             prefetch_factor=s.prefetch_factor if workers else None,
-                            multiprocessing_context=s.context if workers else None, persistent_workers=False)
+                            multiprocessing_context=s.context if workers else None, persistent_workers=False,
+                            worker_init_fn=quiet_worker if workers else None)
         return iter(loader)
 
     def batch(self, step: int) -> Tensor:
@@ -205,4 +216,5 @@ class LoaderSettings:
 
 
 __all__ = ["BatchSource", "Encode", "InMemorySource", "LoaderSettings", "PERMUTATION_SEED_FACTOR", "StepBatches",
-           "StreamedSource"]
+           "StreamedSource",
+           "quiet_worker"]
