@@ -25,8 +25,13 @@ the other jobs of a shared machine do not change it), and scores dps at 10 and 2
 (``--methods`` to choose) on the ``--directions`` (default inverse), single sample and mean; rows carry
 ``backbone``, ``train_steps`` and ``train_cpu_s``:
 
-    python benchmarks/inverse_problems.py --quick --problems darcy poisson --backbones fno uno local_fno \
+    python benchmarks/inverse_problems.py --quick --problems darcy poisson --backbones fno uno local_fno \\
         --n-test 4 --out benchmarks/results/backbones_inverse_quick.json
+
+With ``--multigrid``, the first backbone is also trained on two grids at once (64² and 32², the same budget;
+:mod:`funcdiff.training.multigrid`), and both it and the 64²-only model solve held-out fields generated at 128² and
+the same fields restricted to 64² (dps, 10 steps, forward and inverse): ``zero_shot_ratio`` rows give the error at
+128² over the error at 64² per training (``training_grids``), task and estimator.
 """
 
 from __future__ import annotations
@@ -151,6 +156,40 @@ def run_backbones(problem: str, s: dict, args, work: Path) -> list[dict]:
                              "train_steps": trained["steps"], "train_cpu_s": trained["train_cpu_s"],
                              "budget_cpu_s": budget})
             print_table(rows[-len(found):], ["backbone", *COLUMNS])
+    if args.multigrid:
+        rows += zero_shot_rows(problem, train, s, args, work, budget)
+    return rows
+
+
+def zero_shot_rows(problem: str, train: torch.Tensor, s: dict, args, work: Path, budget: float) -> list[dict]:
+    """The first backbone trained on 64² only and on 64² + 32² (equal CPU budget), each solving held-out fields at
+    128² and the same fields restricted to 64² (:func:`restrict`): the ratio of the two errors per estimator."""
+    backbone = args.backbones[0]
+    fine = generate(problem, s["n_test"], 2 * s["resolution"], args.seed + 7919)
+    coarse = restrict(problem, fine, s["resolution"])
+    half = generate(problem, train.shape[0], s["resolution"] // 2, args.seed + 1)  # other draws, the same law
+    extra = (f"model.backbone={backbone}", *BACKBONE_MODEL[backbone])
+    multi = diffusion_config(problem, s, work / f"{problem}-{backbone}-multigrid", args.device, extra)
+    trained = train_for_budget(multi, budget, [train, half])[1]
+    models = {f"{s['resolution']}": work / f"{problem}-{backbone}",
+              f"{s['resolution']}+{s['resolution'] // 2}": work / f"{problem}-{backbone}-multigrid"}
+    rows = []
+    for grids, path in models.items():
+        model = load_denoiser(path, device=args.device)
+        for direction in ("forward", "inverse"):
+            task = TASKS[f"{TASK_PREFIX.get(problem, problem)}-{direction}"]
+            found = {n: method_rows(task, model, fields, s, args.seed, args.device, ["dps"], [10])
+                     for n, fields in ((s["resolution"], coarse), (2 * s["resolution"], fine))}
+            for at_coarse, at_fine in zip(found[s["resolution"]], found[2 * s["resolution"]]):
+                rows.append({"task": problem, "direction": direction, "method": "dps", "steps": 10,
+                             "estimator": at_coarse["estimator"], "backbone": backbone, "training_grids": grids,
+                             "zero_shot": True,
+                             "zero_shot_ratio": at_fine["rel_l2"] / at_coarse["rel_l2"],
+                             "rel_l2_64": at_coarse["rel_l2"], "rel_l2_128": at_fine["rel_l2"],
+                             "n_samples": int(fine.shape[0]), "budget_cpu_s": budget,
+                             "train_steps": trained["steps"] if "+" in grids else None})
+    print_table(rows, ["task", "direction", "estimator", "training_grids", "rel_l2_64", "rel_l2_128",
+                       "zero_shot_ratio"])
     return rows
 
 
@@ -398,6 +437,8 @@ def main() -> None:
     p.add_argument("--budget-s", type=float, default=None, help="with --backbones: CPU seconds of training each")
     p.add_argument("--directions", nargs="+", default=["inverse"], choices=["forward", "inverse"],
                    help="with --backbones: the tasks scored")
+    p.add_argument("--multigrid", action="store_true",
+                   help="with --backbones: also the 64²+32² multi-grid model and zero-shot 128² of both")
     args = p.parse_args()
     args.checkpoints = dict(_problem_path(item) for item in args.checkpoint)
     torch.manual_seed(args.seed)

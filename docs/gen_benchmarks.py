@@ -69,7 +69,10 @@ PAGES: dict[str, tuple[str, str, tuple[str, ...], str]] = {
                 "model trained at the fine grid. Baselines are in each file's settings (`baselines`)."),
     "batch": ("Batch inference", "batch.py", ("batch",),
               "Rank-sharded batch inference (`solve --cases`) on 1 and K processes: cases per second and "
-              "whether the merged file is identical to the single-process one."),
+              "whether the merged file is identical to the single-process one. `batch_forecast_io`: a batch "
+              "forecast from an ERA5-like store read lazily or whole (values and store chunks read per case, "
+              "peak memory at 1× and 4× the store size, default and one-step time chunks), and the same "
+              "forecast written to netCDF and to zarr."),
     "backbones": ("Backbones: FNO, UNO, local + spectral", "forecasting.py, wavelet.py, inverse_problems.py",
                   ("backbones",),
                   "The denoiser backbones side by side at equal training compute: each model is trained for the "
@@ -262,6 +265,9 @@ def backbone_summary(paths: list[Path]) -> list[str]:
             elif r.get("factor") == 2 and r.get("method") == "interpolation" and r.get("estimate") == "spectral":
                 for backbone in BACKBONE_ORDER:
                     put("spectral interpolation 2×: MSE (reference)", backbone, r["mse"])
+            elif "zero_shot_ratio" in r:
+                put(f"{r['task']} {r['direction']}, {r['method']} {r['steps']} steps, {r['estimator']}: error at 128² / "
+                    f"at 64², trained on {r['training_grids']}² (goal ≤ 1.2)", b, r["zero_shot_ratio"])
             elif r.get("task") and b and r.get("estimator") in ("single", "mean"):
                 put(f"{r['task']} {r['direction']}, {r['method']} {r['steps']} steps, {r['estimator']}: rel. L2",
                     b, r["rel_l2"])
