@@ -197,13 +197,17 @@ def pass_through(batch: Any) -> Any:
 
 
 # ----------------------------------------------------------------------------------------------- statistics
-def frame_weights(index: ItemIndex, item: int, steps: int) -> np.ndarray:
-    """How many training items of ``index`` contain each frame of store item ``item`` ``(T,)`` (int64)."""
-    weights = np.zeros(steps, dtype=np.int64)
-    starts = index.starts[index.items == item]
-    for k in range(index.length):
-        np.add.at(weights, starts + k * index.frame_step, 1)
-    return weights
+def frame_weights(index: ItemIndex, steps: int) -> dict[int, np.ndarray]:
+    """For each store item of ``index``: how many of its windows contain each of its frames, ``(T,)`` int64."""
+    order = np.argsort(index.items, kind="stable")
+    items, firsts = np.unique(index.items[order], return_index=True)
+    out = {}
+    for item, starts in zip(items.tolist(), np.split(index.starts[order], firsts[1:])):
+        weights = np.zeros(steps, dtype=np.int64)
+        for k in range(index.length):
+            np.add.at(weights, starts + k * index.frame_step, 1)
+        out[item] = weights
+    return out
 
 
 class _Moments:
@@ -242,17 +246,14 @@ def streaming_normalizer(items: StoreItems, channel_names: Sequence[str], chunk_
     moments = _Moments(store.num_channels)
     per_item = 4 * int(np.prod(store.shape[1:]))
     if index.length == 0:
-        rows = np.unique(index.items)
+        rows, counts = np.unique(index.items, return_counts=True)
         size = max(1, chunk_bytes // per_item)
         for start in range(0, rows.size, size):
-            part = rows[start:start + size]
-            counts = np.array([np.count_nonzero(index.items == n) for n in part])
-            moments.add(_checked(items, part).numpy(), counts)
+            moments.add(_checked(items, rows[start:start + size]).numpy(), counts[start:start + size])
     else:
         steps = store.shape[2]
         size = max(1, chunk_bytes // max(1, per_item // steps))
-        for n in np.unique(index.items):
-            weights = frame_weights(index, int(n), steps)
+        for n, weights in frame_weights(index, steps).items():
             for start in range(0, steps, size):
                 w = weights[start:start + size]
                 if w.any():
