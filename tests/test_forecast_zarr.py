@@ -63,6 +63,7 @@ def test_store_round_trips_with_the_values_and_attributes_of_the_netcdf_file(tmp
     assert chunks == (1, 2, 1, *spatial)  # one initial state x one lead (all members, the whole grid) per chunk
     if sphere:  # WeatherBench 2's names: time (init), number, prediction_timedelta, latitude, longitude
         assert raw["z500"].dims == ("time", "number", "prediction_timedelta", "latitude", "longitude")
+        assert set(raw.data_vars) == {"z500", "t850", "completed_leads"}  # the rest are coordinates
         assert list(raw["time"].values) == [np.datetime64("2000-01-02"), np.datetime64("2000-01-03")]
         assert raw["prediction_timedelta"].attrs["standard_name"] == "forecast_period"
     else:

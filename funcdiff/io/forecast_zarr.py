@@ -104,7 +104,9 @@ def create_forecast_zarr(path: str | os.PathLike, layout: ForecastLayout, attrs:
     spatial_dims = LATLON if layout.grid == "latlon" else SPATIAL_NAMES[: len(layout.spatial)]
     dims = [dim_names.get(d, d) for d in (*FORECAST_DIMS, *spatial_dims)]
     shape = (len(layout.init_index), layout.members, layout.lead_steps, *layout.spatial)
-    coordinates = " ".join(var_names.get(n, n) for n in ("lead", "init_time", "init_index", "init_frame"))
+    # WB2 names: ``init`` (the initial state number) is a coordinate on ``time``, not a variable to score
+    coordinates = " ".join(var_names.get(n, n) for n in ("lead", "init_time", "init_index", "init_frame",
+                                                         *(("init",) if var_names else ())))
     for i, c in enumerate(layout.channels):
         units = layout.channel_units[i] if layout.channel_units else layout.units
         group.create_array(c, shape=shape, chunks=(1, layout.members, 1, *layout.spatial), dtype="float32",
