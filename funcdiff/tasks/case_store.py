@@ -193,9 +193,9 @@ def open_samples(path: str | os.PathLike, channels: Sequence[str]) -> ArrayStore
         return FramesAsSamples(Era5ZarrStore(path, channels))
     if _is_funcdiff_hdf5(path):
         return HDF5Store(path, channels)
-    from funcdiff.tasks.solve import read_truth_file
+    from funcdiff.data import load_fields  # what read_truth_file does for these formats
 
-    return MemoryStore(path, read_truth_file(path, channels), channels)
+    return MemoryStore(path, load_fields(path, fields=list(channels)).stack(tuple(channels)).float(), channels)
 
 
 __all__ = ["NetcdfStore", "FramesAsSamples", "MemoryStore", "case_frames", "open_trajectories", "open_samples",

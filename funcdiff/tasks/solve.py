@@ -507,15 +507,19 @@ def make_observation(task: str | Task, truth: Tensor, *, fraction: Optional[floa
 
 def load_truth(path: str | os.PathLike, channels: Sequence[str], index: int = 0) -> Tensor:
     """Ground truth sample ``index`` of the named channels from our HDF5 layout (any format
-    :func:`funcdiff.data.load_fields` reads) or a netCDF file with one variable per channel.
+    :func:`funcdiff.data.load_fields` reads; an ERA5 store: frame ``index`` of the series) or a netCDF file with
+    one variable per channel. Reads that sample only where the format allows
+    (:func:`funcdiff.tasks.case_store.open_samples`).
 
     Shapes: returns (1, len(channels), *S) float32, physical units.
     """
+    from funcdiff.tasks.case_store import open_samples
+
     path = Path(path)
-    fields = read_truth_file(path, channels)
-    if not 0 <= index < fields.shape[0]:
-        raise UserError(f"sample index {index} out of range: {path} holds {fields.shape[0]} samples")
-    return fields[index:index + 1].float()
+    store = open_samples(path, channels)
+    if not 0 <= index < store.shape[0]:
+        raise UserError(f"sample index {index} out of range: {path} holds {store.shape[0]} samples")
+    return store.read([index]).float()
 
 
 def read_truth_file(path: str | os.PathLike, channels: Sequence[str]) -> Tensor:
