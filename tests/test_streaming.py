@@ -286,3 +286,18 @@ def test_sigusr1_to_every_process_of_a_streamed_run_then_resume_is_bit_exact(fil
     final = torch.load(tmp_path / "run" / "checkpoints" / "step_00000060.pt", weights_only=True)
     for key, value in reference.model.state_dict().items():
         assert torch.equal(final["model"][key], value), key
+
+
+def test_auto_streams_above_the_size_threshold_and_netcdf_always(files):
+    from funcdiff.data import FieldDataset
+    from funcdiff.data.streaming import StreamedDataset
+
+    def kind_of(path, channels, **data):
+        config = _config(files, files / path, channels, "auto").replace([f"data.{k}={v}" for k, v in data.items()])
+        return type(build_datasets(config)[0])
+
+    assert kind_of("fields.h5", "au") is FieldDataset  # 12 kB: in memory
+    assert kind_of("fields.h5", "au", stream_above_gb=1e-6) is StreamedDataset
+    assert kind_of("cds.nc", ["t2m", "u10"]) is StreamedDataset  # no whole-file reader for CDS netCDF
+    with pytest.raises(UserError, match="data.stream: false"):
+        build_datasets(_config(files, files / "traj.h5", ["u"], True, kind="trajectory"))

@@ -44,7 +44,7 @@ from funcdiff.data.windows import fold_frames, frame_channels
 from funcdiff.errors import UserError
 from funcdiff.guidance.terms import GuidanceTerm, as_term
 from funcdiff.kinds.autoregressive import AutoregressiveKind
-from funcdiff.kinds.base import Forecaster, RolloutState, encoded, forecaster_from_meta
+from funcdiff.kinds.base import Forecaster, ModelKind, RolloutState, encoded, forecaster_from_meta
 from funcdiff.noise import GaussianRandomField, Generators
 from funcdiff.sampling import get_solver, sigmas_karras
 from funcdiff.transforms import (TIME_AXIS, IdentityTransform, WaveletTransform, build_transform,
@@ -302,6 +302,10 @@ class TrajectoryKind(AutoregressiveKind):
         k, k_cond = t.coefficients_per_channel(), t.coefficients_per_channel(max(len(t.axes) - 1, 0))
         state = c - len(self.config.forecast.forcing)  # forcing channels are conditioning only
         return {**self.config.model, "in_channels": state * k, "out_channels": state * k, "cond_channels": c * k_cond}
+
+    streams = False  # the coder is fitted on every training window at once: the data stay in memory
+    stream_datasets = ModelKind.stream_datasets
+    encode_batch = ModelKind.encode_batch
 
     def fit(self, train_set: FieldDataset) -> None:
         """The coder's statistics from the normalised training windows (N, C, 1 + T, *S)."""
