@@ -112,14 +112,10 @@ def case_frames(store: ArrayStore, times: Optional[Tensor], path: str | os.PathL
     ``truth_leads`` frames of it (None: to the end; 0: none). Same values, same errors.
 
     Shapes: store (N, C, T, *S); returns initial (C, history, *S), truth (C, L, *S), start frame, its time."""
-    n, t = store.shape[0], store.shape[2]
-    if not 0 <= index < n:
-        raise UserError(f"index={index} is out of range: {path} holds {n} trajectories")
-    first = (history - 1) * frame_step
-    start = first if start_frame is None else int(start_frame)
-    if not first <= start < t:
-        raise UserError(f"start_frame={start} must lie in {first}..{t - 1}: the forecaster needs {history} "
-                        f"history frames spaced {frame_step} apart, and the trajectories have {t} frames")
+    from funcdiff.tasks.forecast_io import history_frames
+
+    t = store.shape[2]
+    first, start = history_frames(store.shape, path, index, start_frame, history, frame_step)
     initial = store.read([index], slice(start - first, start + 1, frame_step))[0]
     stop = t if truth_leads is None else min(t, start + frame_step * int(truth_leads) + 1)
     if start + frame_step < stop:

@@ -359,12 +359,12 @@ def read_trajectories(path: str | os.PathLike, channels: Sequence[str]) -> tuple
     return traj, times
 
 
-def initial_from_trajectories(traj: Tensor, times: Optional[Tensor], path: str | os.PathLike, index: int,
-                              start_frame: Optional[int], history: int, frame_step: int = 1
-                              ) -> tuple[Tensor, Tensor, int, float]:
-    """:func:`initial_from_file` on trajectories already read (:func:`read_trajectories`); ``path`` names them in
-    errors. Shapes: traj (N, C, T, *S), times (T,) or None."""
-    n, t = traj.shape[0], traj.shape[2]
+def history_frames(shape: Sequence[int], path: str | os.PathLike, index: int, start_frame: Optional[int],
+                   history: int, frame_step: int = 1) -> tuple[int, int]:
+    """``(first, start)``: the history of trajectory ``index`` of trajectories shaped ``shape`` (N, C, T, *S) is
+    frames ``start - first .. start`` every ``frame_step`` (``start`` defaults to the first frame with a whole
+    history). UserError naming ``path`` for an index or start frame out of range."""
+    n, t = shape[0], shape[2]
     if not 0 <= index < n:
         raise UserError(f"index={index} is out of range: {path} holds {n} trajectories")
     first = (history - 1) * frame_step
@@ -372,6 +372,15 @@ def initial_from_trajectories(traj: Tensor, times: Optional[Tensor], path: str |
     if not first <= start < t:
         raise UserError(f"start_frame={start} must lie in {first}..{t - 1}: the forecaster needs {history} "
                         f"history frames spaced {frame_step} apart, and the trajectories have {t} frames")
+    return first, start
+
+
+def initial_from_trajectories(traj: Tensor, times: Optional[Tensor], path: str | os.PathLike, index: int,
+                              start_frame: Optional[int], history: int, frame_step: int = 1
+                              ) -> tuple[Tensor, Tensor, int, float]:
+    """:func:`initial_from_file` on trajectories already read (:func:`read_trajectories`); ``path`` names them in
+    errors. Shapes: traj (N, C, T, *S), times (T,) or None."""
+    first, start = history_frames(traj.shape, path, index, start_frame, history, frame_step)
     initial = traj[index, :, start - first:start + 1:frame_step]
     truth = traj[index, :, start + frame_step::frame_step]
     if times is None:
