@@ -5,6 +5,9 @@
   neuraloperator ``.pt``.
 * :mod:`funcdiff.data.datasets` — ``FieldDataset``, ``TrajectoryWindowDataset``, ``train_test_split``.
 * :mod:`funcdiff.data.normalization` — per-channel ``Normalizer``.
+* :mod:`funcdiff.data.stores` — ``ArrayStore``, the lazily read array of every streamed source, and the HDF5, ERA5
+  zarr and netCDF/WeatherBench 2 stores; :mod:`funcdiff.data.streaming` — ``open_store``, training items and
+  windows of a store (none across a gap in time), the map-style Dataset of DataLoader workers, streaming statistics.
 * :mod:`funcdiff.data.synthetic` — file-free non-Gaussian periodic fields for demos and tests.
 """
 
