@@ -133,3 +133,13 @@ def test_pickled_store_reads_in_workers_and_corrupt_chunk_names_the_store(tmp_pa
     with pytest.raises(UserError, match=r"w\.zarr"):
         AnemoiStore(tmp_path / "w.zarr")
     assert not is_anemoi_store(tmp_path) and not is_anemoi_store(tmp_path / "w.zarr")
+
+
+def test_field_dataset_of_an_anemoi_store_has_one_sample_per_date(tmp_path):
+    """An anemoi store is one time axis: every date is a field sample (T, C, H, W), as for an ERA5 store."""
+    from funcdiff.data import FieldDataset
+
+    grid, dates = _regular(tmp_path / "reg.zarr")
+    dataset = FieldDataset.from_file(tmp_path / "reg.zarr", channels=["t_850", "z_500"])
+    assert dataset.fields.shape == (DATES, 2, 5, 8)
+    np.testing.assert_array_equal(dataset.fields[3].numpy(), grid[3, [1, 0], 0])

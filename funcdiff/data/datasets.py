@@ -95,7 +95,7 @@ class FieldDataset(Dataset):
         data = load_fields(path, fields=list(channels), **load_kwargs)
         source = {key: data.attrs[key] for key in SOURCE_ATTRS if key in data.attrs}
         fields = data.stack(channels)
-        if data.source == "era5_zarr":  # an ERA5 store: every frame of every trajectory is a sample (N·T, C, H, W)
+        if data.source in ("era5_zarr", "anemoi_zarr"):  # one time axis: every frame is a sample (N·T, C, *S)
             fields = fields.movedim(2, 1).flatten(0, 1)
         dataset = cls(fields, channels, normalizer or _stored_normalizer(data, channels), source)
         dataset._normalizer_given = normalizer is not None
