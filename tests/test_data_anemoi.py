@@ -143,3 +143,17 @@ def test_field_dataset_of_an_anemoi_store_has_one_sample_per_date(tmp_path):
     dataset = FieldDataset.from_file(tmp_path / "reg.zarr", channels=["t_850", "z_500"])
     assert dataset.fields.shape == (DATES, 2, 5, 8)
     np.testing.assert_array_equal(dataset.fields[3].numpy(), grid[3, [1, 0], 0])
+
+
+def test_in_memory_forecaster_windows_refuse_a_time_axis_with_gaps(tmp_path):
+    """Windows cut in memory would straddle missing dates: a one-line error pointing to data.stream=true."""
+    from funcdiff.config import config_from_dict
+    from funcdiff.errors import UserError
+    from funcdiff.training.forecast import load_trajectories
+
+    _regular(tmp_path / "gap.zarr", missing=(4,))
+    config = config_from_dict({"data": {"source": "file", "path": str(tmp_path / "gap.zarr"),
+                                        "channels": ["t_850"], "stream": False},
+                               "forecast": {"kind": "autoregressive"}})
+    with pytest.raises(UserError, match="data.stream=true"):
+        load_trajectories(config)

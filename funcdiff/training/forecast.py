@@ -76,6 +76,9 @@ def load_trajectories(config: RunConfig) -> tuple[Tensor, dict]:
         raise UserError("a forecaster trains on trajectory files: set data.source=file and data.path "
                         "(make one with `funcdiff data generate kolmogorov ...`)")
     data = load_fields(d.path, fields=list(d.channels), max_samples=d.num_samples)
+    if data.attrs.get("missing_dates"):  # in memory, windows would run across the gaps (streamed ones stop there)
+        raise UserError(f"{d.path}: its time axis has gaps ({len(data.attrs['missing_dates'])} missing dates); "
+                        "train a forecaster on it with data.stream=true, whose windows never cross a gap")
     traj = data.stack(d.channels)
     if traj.ndim != 3 + d.dim:
         raise UserError(f"{d.path}: fields {list(d.channels)} have shape {tuple(traj.shape[:1] + traj.shape[2:])}; "
