@@ -13,13 +13,11 @@ import torch
 import xarray as xr
 
 from funcdiff.cli import main
-from funcdiff.config import config_from_dict
-from funcdiff.data import generate_to_hdf5
 from funcdiff.errors import UserError
 from funcdiff.io.netcdf import fields_to_dataset, write_netcdf
 from funcdiff.pde import get_problem
 from funcdiff.tasks import batch
-from funcdiff.tasks.batch import BatchRun, Case, case_seed, merge_parts, parse_indices, same_result, select_frames
+from funcdiff.tasks.batch import Case, case_seed, merge_parts, parse_indices, same_result, select_frames
 from funcdiff.training.distributed import batch_rank_from_env
 from funcdiff.training.signals import REQUEUE_EXIT
 from tiny_darcy import tiny_darcy_run
@@ -213,15 +211,10 @@ def test_idle_ranks_and_clear_errors(darcy, tmp_path, capsys, monkeypatch):
 # ---------------------------------------------------------------------------------------------- forecast cases
 @pytest.fixture(scope="module")
 def forecaster(tmp_path_factory):
-    from test_forecast import ADVECTION, _config
-    from funcdiff.training import train
+    from test_forecast import tiny_forecaster
 
     tmp = tmp_path_factory.mktemp("batch_forecast")
-    generate_to_hdf5(ADVECTION, tmp / "adv.h5", num_samples=6, resolution=16, seed=0, batch_size=6, progress=False)
-    config = _config(tmp)
-    config["train"].update(steps=2, batch_size=4)
-    config["data"]["test_fraction"] = 0.34
-    train(config_from_dict(config), progress=False)
+    tiny_forecaster(tmp, test_fraction=0.34)
     return tmp
 
 

@@ -11,7 +11,6 @@ import xarray as xr
 
 from funcdiff.cli import main
 from funcdiff.config import config_from_dict
-from funcdiff.data import generate_to_hdf5
 from funcdiff.data.stores import ArrayStore
 from funcdiff.tasks import case_store
 from funcdiff.tasks.batch import merge_parts, same_result
@@ -50,14 +49,10 @@ def _whole_file(monkeypatch, name, reader):
 
 @pytest.fixture(scope="module")
 def forecaster(tmp_path_factory):
-    from test_forecast import ADVECTION, _config
-    from funcdiff.training import train
+    from test_forecast import tiny_forecaster
 
     tmp = tmp_path_factory.mktemp("lazy_forecast")
-    generate_to_hdf5(ADVECTION, tmp / "adv.h5", num_samples=6, resolution=16, seed=0, batch_size=6, progress=False)
-    config = _config(tmp)
-    config["train"].update(steps=2, batch_size=4)
-    train(config_from_dict(config), progress=False)
+    tiny_forecaster(tmp)
     return tmp
 
 

@@ -48,6 +48,16 @@ def _config(tmp, **forecast) -> dict:
             "forecast": {"kind": "rolling", "history": 1, "horizon": 3, "steps_per_frame": 4, **forecast}}
 
 
+def tiny_forecaster(tmp, **data) -> None:
+    """Six 16-point advection trajectories in ``tmp/adv.h5`` and a rolling forecaster trained 2 steps in ``tmp/run``
+    (``data`` updates the config's data section): the smallest checkpoint the CLI and batch tests run."""
+    generate_to_hdf5(ADVECTION, tmp / "adv.h5", num_samples=6, resolution=16, seed=0, batch_size=6, progress=False)
+    config = _config(tmp)
+    config["train"].update(steps=2, batch_size=4)
+    config["data"].update(data)
+    train(config_from_dict(config), progress=False)
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("forecast")

@@ -14,8 +14,6 @@ import xarray as xr
 pytest.importorskip("zarr")
 
 from funcdiff.cli import main  # noqa: E402
-from funcdiff.config import config_from_dict  # noqa: E402
-from funcdiff.data import generate_to_hdf5  # noqa: E402
 from funcdiff.io.forecast_file import ForecastLayout, create_forecast_file, write_leads  # noqa: E402
 from funcdiff.io.forecast_zarr import create_forecast_zarr, finish_forecast_zarr, open_forecast_dataset  # noqa: E402
 from funcdiff.tasks import forecast_io  # noqa: E402
@@ -72,15 +70,10 @@ def test_store_round_trips_with_the_values_and_attributes_of_the_netcdf_file(tmp
 
 @pytest.fixture(scope="module")
 def forecaster(tmp_path_factory):
-    from test_forecast import ADVECTION, _config
-    from funcdiff.training import train
+    from test_forecast import tiny_forecaster
 
     tmp = tmp_path_factory.mktemp("zarr_forecast")
-    generate_to_hdf5(ADVECTION, tmp / "adv.h5", num_samples=6, resolution=16, seed=0, batch_size=6, progress=False)
-    config = _config(tmp)
-    config["train"].update(steps=2, batch_size=4)
-    config["data"]["test_fraction"] = 0.34
-    train(config_from_dict(config), progress=False)
+    tiny_forecaster(tmp, test_fraction=0.34)
     return tmp
 
 
