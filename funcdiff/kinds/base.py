@@ -100,6 +100,8 @@ class ModelKind(ABC):
     def items(self, dataset: FieldDataset, device: torch.device) -> Tensor:
         """All training items of ``dataset``, normalised, on ``device`` (conditioning channels first)."""
 
+    several_grids: ClassVar[bool] = True  # whether its items may come from several grids (data.resolutions)
+
     # ------------------------------------------------------------------------------------- streamed data
     streams: ClassVar[bool] = False  # whether stream_datasets/encode_batch serve this kind (data.stream)
 

@@ -385,6 +385,8 @@ class SuperResolutionKind(ModelKind):
     frames of trajectory windows; its sampling step is :func:`refine_once` (one level), repeated by ``funcdiff
     upsample`` (:func:`funcdiff.tasks.super_resolution.super_resolve`)."""
 
+    several_grids = False  # its items are pairs of two grids already
+
     name = "super_resolution"
     role = "super_resolution"
     refusals = {"field": "checkpoint {checkpoint} is a super-resolution model; it refines a given trajectory: use "

@@ -304,6 +304,7 @@ class TrajectoryKind(AutoregressiveKind):
         return {**self.config.model, "in_channels": state * k, "out_channels": state * k, "cond_channels": c * k_cond}
 
     streams = False  # the coder is fitted on every training window at once: the data stay in memory
+    several_grids = False  # the coder's subband normalisation is fitted on one grid
     stream_datasets = ModelKind.stream_datasets
     encode_batch = ModelKind.encode_batch
 

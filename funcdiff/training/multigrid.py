@@ -26,9 +26,6 @@ from funcdiff.errors import UserError
 from funcdiff.training.batches import BatchSource, InMemorySource
 from funcdiff.training.distributed import DistInfo
 
-MULTIGRID_KINDS = ("none", "autoregressive", "rolling", "deterministic")
-
-
 class MultiGridDataset:
     """The datasets of one split on several grids, the first grid's normaliser shared by all.
 
@@ -61,11 +58,12 @@ def multigrid_datasets(config, fields: Sequence[Tensor] | None = None
 
     Raises UserError for file data (give the fields of each grid in memory instead) or a kind other than
     field/autoregressive/rolling/deterministic."""
-    from funcdiff.kinds import model_kind
+    from funcdiff.kinds import KINDS, model_kind
 
     d = config.data
-    if config.forecast.kind not in MULTIGRID_KINDS:
-        raise UserError(f"several grids (data.resolutions) train the kinds {list(MULTIGRID_KINDS)}, not "
+    if not model_kind(config).several_grids:
+        able = [name for name, kind in KINDS.items() if kind.several_grids]
+        raise UserError(f"several grids (data.resolutions) train the kinds {able}, not "
                         f"forecast.kind={config.forecast.kind}")
     if fields is None:
         if d.source != "synthetic":
