@@ -139,3 +139,46 @@ def test_gelu_mlp_rows_gradient(monkeypatch):
     reference = torch.einsum("oh,thn->ton", w2, gelu(torch.einsum("hc,tcn->thn", w1, gelu(m)) + b1[:, None])) \
         + b2[:, None]
     torch.testing.assert_close(_GeluMLPRows.apply(m, w1, b1, w2, b2), reference)
+    # without the input GELU (the projection): gradients, and the inference path's chunks give the same map
+    assert torch.autograd.gradcheck(lambda *args: _GeluMLPRows.apply(*args, False), (m, w1, b1, w2, b2))
+    assert torch.autograd.gradcheck(lambda m: _GeluMLPRows.apply(m, *frozen, False), (m,))
+    lin1, lin2 = torch.nn.Linear(4, 6).double(), torch.nn.Linear(6, 3).double()
+    with torch.no_grad():
+        lin1.weight.copy_(w1), lin1.bias.copy_(b1), lin2.weight.copy_(w2), lin2.bias.copy_(b2)
+        plain = torch.einsum("oh,thn->ton", w2, gelu(torch.einsum("hc,tcn->thn", w1, m) + b1[:, None])) + b2[:, None]
+        torch.testing.assert_close(fno._chunked_mlp_rows(m, lin1, lin2, gelu_input=False), plain)
+        torch.testing.assert_close(_GeluMLPRows.apply(m, w1, b1, w2, b2, False), plain)
+        torch.testing.assert_close(fno._chunked_mlp_rows(m, lin1, lin2, gelu_input=True, residual=reference),
+                                   2 * reference)
+
+
+def test_frozen_weight_mode_mix_matches_the_trainable_one_and_follows_updates():
+    """Sampling and guidance (weights frozen) mix modes with a cached mode-major weight and one ``bmm``; training
+    with the broadcast product or einsum. Same outputs and input gradients in 1-3 dims at several batch sizes, and
+    the cache follows an optimiser step and a newly assigned weight."""
+    from funcdiff.models.spectral import PeriodicSpectralConv
+
+    g = torch.Generator().manual_seed(1)
+    for modes, grid in (((8,), (20,)), ((6, 5), (16, 12)), ((4, 6, 3), (8, 10, 6))):
+        conv = PeriodicSpectralConv(3, 2, modes)
+        for batch in (1, 2, 4):
+            x = torch.randn(batch, 3, *grid, generator=g)
+            x_train, x_frozen = x.clone().requires_grad_(), x.clone().requires_grad_()
+            conv.requires_grad_(True)
+            trained = conv(x_train)
+            trained.square().sum().backward()
+            conv.requires_grad_(False)
+            frozen = conv(x_frozen)
+            frozen.square().sum().backward()
+            torch.testing.assert_close(frozen, trained, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(x_frozen.grad, x_train.grad, rtol=1e-5, atol=1e-5)
+        conv.requires_grad_(True)
+        opt = torch.optim.SGD(conv.parameters(), lr=0.5)
+        conv(x).square().sum().backward()
+        opt.step()
+        with torch.no_grad():
+            stepped = conv(x)
+        conv.requires_grad_(False)
+        torch.testing.assert_close(conv(x), stepped, rtol=1e-5, atol=1e-5)  # not the cached weight of before
+        conv.weight.tensor = torch.nn.Parameter(conv.weight.tensor.detach() * 2, requires_grad=False)
+        torch.testing.assert_close(conv(x), 2 * stepped, rtol=1e-5, atol=1e-5)

@@ -277,9 +277,25 @@ class NoiseConditionedFNO(Backbone):
         h = self.lifting.forward_rows(to_rows(features))
         for block in self.blocks:
             h = block(h, emb, rows=True)
+        return from_rows(self._project_rows(h))
+
+    def _project_rows(self, h: torch.Tensor) -> torch.Tensor:
+        """The projection ``W2 gelu(W1 h + b1) + b2`` on the row layout (B, n_1, .., W, n_d) -> (B, .., out, n_d):
+        chunks of rows (the 2W-wide hidden field never goes to memory) in float32/64 without autocast, training
+        (:class:`_GeluMLPRows`) or inference (:func:`_chunked_mlp_rows`); otherwise layer by layer."""
         lift, act, project = self.projection
-        h = lift.forward_rows(h)
-        return from_rows(project.forward_rows_gelu(h) if _exact_gelu(act) else project.forward_rows(act(h)))
+        tiles = h.reshape(-1, h.shape[-2], h.shape[-1])
+        plain = (_exact_gelu(act) and not torch.is_autocast_enabled(h.device.type)
+                 and h.dtype == lift.linear.weight.dtype and h.dtype in (torch.float32, torch.float64))
+        if plain and not torch.is_grad_enabled():
+            out = _chunked_mlp_rows(tiles, lift.linear, project.linear, gelu_input=False)
+        elif plain and lift.linear.bias is not None and project.linear.bias is not None:
+            out = _GeluMLPRows.apply(tiles, lift.linear.weight, lift.linear.bias, project.linear.weight,
+                                     project.linear.bias, False)
+        else:
+            h = lift.forward_rows(h)
+            return project.forward_rows_gelu(h) if _exact_gelu(act) else project.forward_rows(act(h))
+        return out.view(*h.shape[:-2], -1, h.shape[-1])
 
     def _input_features(self, x: torch.Tensor, c_noise: torch.Tensor | float, c_field: torch.Tensor,
                         cond: torch.Tensor | None) -> torch.Tensor:
@@ -378,12 +394,13 @@ class _GroupNormAffine(torch.autograd.Function):
 
 
 class _GeluMLPRows(torch.autograd.Function):
-    """``W2 gelu(W1 gelu(m) + b1) + b2`` per (C, n) tile of the row layout, m (T, C, n) -> (T, C_out, n): a block's
-    activation and channel MLP in one function, run over chunks of tiles so that the GELU outputs and the
-    gradients at the hidden width are made and used while they are in cache (the training step's counterpart of
-    :meth:`FNOBlock._forward_rows_chunked`). Saves m and the pre-activation z = W1 gelu(m) + b1, as the two
-    :class:`~funcdiff.models.conditioning._GeluLinearRows` it replaces did; the GELUs are recomputed in the
-    backward pass; weight gradients are accumulated per chunk with ``addbmm`` (no per-tile temporaries)."""
+    """``W2 gelu(W1 a(m) + b1) + b2`` per (C, n) tile of the row layout, m (T, C, n) -> (T, C_out, n), with
+    ``a = gelu`` (a block's activation and channel MLP) or the identity (``gelu_input=False``: the projection):
+    one function run over chunks of tiles so that the GELU outputs and the gradients at the hidden width are made
+    and used while they are in cache (the training step's counterpart of :func:`_chunked_mlp_rows`). Saves m and the
+    pre-activation z = W1 a(m) + b1, as the two :class:`~funcdiff.models.conditioning._GeluLinearRows` it replaces
+    did; the GELUs are recomputed in the backward pass; weight gradients are one ``bmm`` per chunk summed over its
+    tiles (``addbmm`` runs one small GEMM per tile)."""
 
     @staticmethod
     def _chunks(m: torch.Tensor, hidden: int) -> list[slice]:
@@ -392,24 +409,25 @@ class _GeluMLPRows(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, m: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor,
-                b2: torch.Tensor) -> torch.Tensor:
+                b2: torch.Tensor, gelu_input: bool = True) -> torch.Tensor:
         m = m.contiguous()
         hidden, tiles = w1.shape[0], m.shape[0]
         z = m.new_empty(tiles, hidden, m.shape[2])
         out = m.new_empty(tiles, w2.shape[0], m.shape[2])
         bias1, bias2 = b1[None, :, None], b2[None, :, None]
         for c in _GeluMLPRows._chunks(m, hidden):
-            g1 = torch.nn.functional.gelu(m[c])
+            g1 = torch.nn.functional.gelu(m[c]) if gelu_input else m[c]
             zc = torch.baddbmm(bias1, w1.expand(g1.shape[0], -1, -1), g1, out=z[c])
             g2 = torch.nn.functional.gelu(zc)
             torch.baddbmm(bias2, w2.expand(g2.shape[0], -1, -1), g2, out=out[c])
         ctx.save_for_backward(m, z, w1, w2)
+        ctx.gelu_input = gelu_input
         return out
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         m, z, w1, w2 = ctx.saved_tensors
-        need_m, need_w1, need_b1, need_w2, need_b2 = ctx.needs_input_grad
+        need_m, need_w1, need_b1, need_w2, need_b2 = ctx.needs_input_grad[:5]
         go = grad_out.contiguous()
         grad_m = torch.empty_like(m) if need_m else None
         grad_w1 = torch.zeros_like(w1) if need_w1 else None
@@ -420,20 +438,39 @@ class _GeluMLPRows(torch.autograd.Function):
         for c in _GeluMLPRows._chunks(m, w1.shape[0]):  # guidance's VJPs (x only) skip the weight gradients
             go_c, z_c, m_c = go[c], z[c], m[c]
             if need_w2:
-                grad_w2.addbmm_(go_c, torch.nn.functional.gelu(z_c).transpose(1, 2))
+                grad_w2 += torch.bmm(go_c, torch.nn.functional.gelu(z_c).transpose(1, 2)).sum(0)
             if need_b2:
                 grad_b2 += go_c.sum(-1).sum(0)  # contiguous axis first
             if not (need_m or need_w1 or need_b1):
                 continue
             dz = torch.ops.aten.gelu_backward(torch.bmm(w2t.expand(go_c.shape[0], -1, -1), go_c), z_c)
             if need_w1:
-                grad_w1.addbmm_(dz, torch.nn.functional.gelu(m_c).transpose(1, 2))
+                g1 = torch.nn.functional.gelu(m_c) if ctx.gelu_input else m_c
+                grad_w1 += torch.bmm(dz, g1.transpose(1, 2)).sum(0)
             if need_b1:
                 grad_b1 += dz.sum(-1).sum(0)
-            if need_m:
+            if need_m and ctx.gelu_input:
                 torch.ops.aten.gelu_backward.grad_input(torch.bmm(w1t.expand(dz.shape[0], -1, -1), dz), m_c,
                                                         grad_input=grad_m[c])  # in place: no copy of the chunk
-        return grad_m, grad_w1, grad_b1, grad_w2, grad_b2
+            elif need_m:
+                torch.bmm(w1t.expand(dz.shape[0], -1, -1), dz, out=grad_m[c])
+        return grad_m, grad_w1, grad_b1, grad_w2, grad_b2, None
+
+
+def _chunked_mlp_rows(m: torch.Tensor, lin1: nn.Linear, lin2: nn.Linear, gelu_input: bool,
+                      out: torch.Tensor | None = None, residual: torch.Tensor | None = None) -> torch.Tensor:
+    """Inference: ``lin2(gelu(lin1(a(m))))`` (+ ``residual``) on tiles m (T, C, n) -> (T, C_out, n), a = gelu or
+    the identity, over chunks of tiles so that the hidden-width field never goes to memory; written into ``out``
+    when given (may be m itself when the widths agree: each chunk is read before it is written)."""
+    out = m.new_empty(m.shape[0], lin2.out_features, m.shape[2]) if out is None else out
+    hidden = lin1.out_features
+    for c in _GeluMLPRows._chunks(m, hidden):
+        y = torch.nn.functional.gelu(m[c]) if gelu_input else m[c]
+        g = torch.ops.aten.gelu_(_tile_linear(lin1, y))
+        piece = _tile_linear(lin2, g, out=out[c])
+        if residual is not None:
+            piece.add_(residual[c])
+    return out
 
 
 CHUNK_BYTES = 1 << 21  # the widest field of a chunk of rows in the chunked inference path (2 MiB: best of 0.25-2 measured at 128²-512²)
