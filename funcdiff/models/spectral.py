@@ -88,10 +88,10 @@ class PeriodicSpectralConv(SpectralConv):
         (B, m_1, .., C_out, k).
 
         Frozen weights (sampling, guidance: ``requires_grad`` false) use a mode-major copy (modes, C_in, C_out) of W,
-        made once per weight version, and one complex ``bmm`` over the modes: 5-15x faster than the broadcast
-        product, whose strided reads of W dominate a guided step at small batch (issue 20). A trainable W changes
-        every step, and copying it costs more than the product at batch <= 2 (measured), so training keeps
-        :class:`_ModeMix` there and ``einsum`` above."""
+        made once per weight version, and one complex ``bmm`` over the modes (about 3x faster than the broadcast
+        product at batch 1-2, more above; issue 20). A trainable W changes every step and a mode-major copy of it
+        costs more than the whole product at batch <= 2 (measured), so training uses :class:`_ModeMix` on W's own
+        layout there and ``einsum`` above."""
         weight = self.weight.to_tensor()
         if not (torch.is_grad_enabled() and weight.requires_grad):
             modes = x_hat.shape[1:-2] + x_hat.shape[-1:]
@@ -99,8 +99,8 @@ class PeriodicSpectralConv(SpectralConv):
             out = torch.bmm(x_m, self._mode_major_weight(weight, x_hat.dtype))  # (M, B, C_out)
             return out.transpose(0, 1).reshape(x_hat.shape[0], *modes, -1).movedim(-1, -2)
         weight = weight.to(x_hat.dtype)
-        if x_hat.shape[0] <= 2:  # a broadcast product summed over C_in: 4x faster than einsum's complex bmm here
-            return _ModeMix.apply(x_hat, weight.movedim(1, -2).movedim(0, -3))  # w (m_1, .., C_in, C_out, k)
+        if x_hat.shape[0] <= 2:  # broadcast products in w's own layout: faster than einsum's complex bmm here
+            return _ModeMix.apply(x_hat, weight.contiguous())
         first, last = "pqrstuvwxyz"[: self.order - 1], "k"
         return torch.einsum(f"b{first}i{last},io{first}{last}->b{first}o{last}", x_hat, weight)
 
@@ -175,23 +175,45 @@ def _along(mat: torch.Tensor, x: torch.Tensor, axis: int) -> torch.Tensor:
 
 
 class _ModeMix(torch.autograd.Function):
-    """``out[b, .., o, k] = sum_i x[b, .., i, k] w[.., i, o, k]`` as one broadcast product summed over ``i``, with a
-    backward of the same form (autograd's own backward of the broadcast product and its reduction cost about 4x
-    the forward). Shapes: x (B, m_1, .., C_in, k), w (m_1, .., C_in, C_out, k), complex -> (B, m_1, .., C_out, k).
-    Gradients follow torch's convention for complex inputs: grad_x = sum_o g conj(w), grad_w = sum_b conj(x) g."""
+    """``out[b, .., o, k] = sum_i x[b, .., i, k] w[i, o, .., k]`` for a trainable w in neuraloperator's own layout
+    (C_in, C_out, m_1, .., k), contiguous: the modes are the innermost axes of w, so the forward product, both
+    gradients and the sums are contiguous broadcasts and reductions over whole (modes) rows, and the weight gradient
+    is made directly in w's layout. Reading w through a mode-major view instead (strided complex loads) and
+    accumulating a gradient made in that view cost 3.5x more for a forward + backward at batch 1 (measured, issue
+    20); copying w to mode-major for a ``bmm`` costs more than the whole product at batch <= 2.
+
+    Shapes: x (B, m_1, .., C_in, k), w (C_in, C_out, m_1, .., k), complex -> (B, m_1, .., C_out, k). Gradients
+    follow torch's convention for complex inputs: grad_x = sum_o g conj(w), grad_w = sum_b conj(x) g."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(x, w)
-        return (x.unsqueeze(-2) * w).sum(-3)
+        cin, cout = w.shape[:2]
+        out = (_channels_first(x)[:, :, None] * w.reshape(cin, cout, -1)).sum(1)  # (B, C_out, modes)
+        return _channels_back(out, x)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         x, w = ctx.saved_tensors
+        cin, cout = w.shape[:2]
+        g = _channels_first(grad)[:, None]  # (B, 1, C_out, modes)
         grad_x = grad_w = None
-        if ctx.needs_input_grad[0]:  # (B, .., C_out, 1, k) * (.., C_out, C_in, k), summed over C_out
-            w_t = w.transpose(-3, -2).conj().resolve_conj().contiguous()
-            grad_x = (grad.unsqueeze(-2) * w_t).sum(-3)
-        if ctx.needs_input_grad[1]:  # (B, .., C_in, 1, k) * (B, .., 1, C_out, k), summed over the batch
-            grad_w = (x.conj().unsqueeze(-2) * grad.unsqueeze(-3)).sum(0)
+        if ctx.needs_input_grad[0]:  # sum_o g conj(w) = conj(sum_o conj(g) w): no conjugated copy of w
+            grad_x = _channels_back((g.conj() * w.reshape(cin, cout, -1)).sum(2).conj(), x)
+        if ctx.needs_input_grad[1]:  # one product per sample accumulated in place, no (B, C_in, C_out, ..) temporary
+            xc = _channels_first(x).conj()[:, :, None]  # (B, C_in, 1, modes)
+            grad_w = xc[0] * g[0]
+            for b in range(1, x.shape[0]):
+                grad_w.addcmul_(xc[b], g[b])
+            grad_w = grad_w.view(w.shape)
         return grad_x, grad_w
+
+
+def _channels_first(x: torch.Tensor) -> torch.Tensor:
+    """(B, m_1, .., C, k) -> contiguous (B, C, m_1···k)."""
+    return x.movedim(-2, 1).reshape(x.shape[0], x.shape[-2], -1)
+
+
+def _channels_back(y: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(B, C', m_1···k) -> (B, m_1, .., C', k), the inverse of :func:`_channels_first` for ``like``'s modes."""
+    return y.view(y.shape[0], y.shape[1], *like.shape[1:-2], like.shape[-1]).movedim(1, -2)
