@@ -6,7 +6,7 @@ the cost of a call).
 guided-step rows (impl ``dps`` / ``mmps``): a posterior solve (``task="reconstruct"``, 3 % of the grid observed in
 both channels, ``num_samples`` samples in one batch, ``steps`` Euler steps) against unguided sampling of the same
 model, shape, steps and solver (``funcdiff.sampling.sample``), timed interleaved; ``seconds`` = seconds per sampler
-step of the guided solve (the time at 2 × ``steps`` minus the time at ``steps``, over ``steps``: without a
+step of the guided solve (the time at 3 × ``steps`` minus the time at ``steps``, over 2 × ``steps``: without a
 solve's fixed costs), ``guided_ratio`` = guided / unguided. ``mmps`` is timed at two CG iteration counts;
 ``per_cg_iter_s`` = the difference per iteration per step (each CG iteration is one VJP through the denoiser).
 
@@ -83,9 +83,9 @@ def guided_rows(grids, device: str, steps: int = 4, num_samples: int = 2, repeat
             runs = {"unguided": unguided, "dps": lambda k: guided(k, "dps"),
                     f"mmps {cg_iters[0]}": lambda k: guided(k, "mmps", cg_iters=cg_iters[0]),
                     f"mmps {cg_iters[1]}": lambda k: guided(k, "mmps", cg_iters=cg_iters[1])}
-            # each at `steps` and 2 × `steps`: the difference / steps is the cost of a step without the fixed
+            # each at `steps` and 3 × `steps`: the difference / (2 × steps) is the cost of a step without the fixed
             # costs of a solve (checks, sensors, decoding, metrics)
-            fns = {(name, k): (lambda run=run, k=k: run(k)) for name, run in runs.items() for k in (steps, 2 * steps)}
+            fns = {(name, k): (lambda run=run, k=k: run(k)) for name, run in runs.items() for k in (steps, 3 * steps)}
             for fn in fns.values():
                 fn()  # warm-up
             times = {name: [] for name in fns}
@@ -96,8 +96,8 @@ def guided_rows(grids, device: str, steps: int = 4, num_samples: int = 2, repeat
                     fn()
                     _sync(device)
                     times[name].append(time.perf_counter() - start)
-            sec = {name: (statistics.median(times[(name, 2 * steps)]) - statistics.median(times[(name, steps)]))
-                   / steps for name in runs}
+            sec = {name: (statistics.median(times[(name, 3 * steps)]) - statistics.median(times[(name, steps)]))
+                   / (2 * steps) for name in runs}
             common_row = {"grid": n, "pass": "guided-step", "batch": num_samples, "threads": torch.get_num_threads(),
                           "dtype": "float32", "steps": steps}
             rows.append({**common_row, "impl": "unguided", "seconds": sec["unguided"]})

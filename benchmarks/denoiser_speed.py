@@ -268,7 +268,8 @@ def main() -> None:
     p.add_argument("--memory-batch", type=int, default=8,
                    help="batch of the extra train-step rows at 256² that compare peak memory (0: none)")
     p.add_argument("--repeats", type=int, default=None,
-                   help="timed calls per implementation (default 15 at 64², 10 at 128², 6 at 256², else 3; quick fewer)")
+                   help="timed calls per implementation (default 30 at 64², 20 at 128², 12 at 256², 6 at 512², else "
+                        "3; quick fewer)")
     p.add_argument("--passes", nargs="+", default=["forward", "train-step"], choices=["forward", "train-step"])
     p.add_argument("--bf16", action="store_true",
                    help="also time funcdiff under bfloat16 autocast (dtype bfloat16 rows; FFT-like transforms stay "
@@ -296,7 +297,7 @@ def main() -> None:
     rows = []
     for n, batch, pass_ in jobs:
         # more repeats where a call is short, so that a median is stable beside other jobs on a shared machine
-        by_grid = {64: 10, 128: 6, 256: 4} if args.quick else {64: 15, 128: 10, 256: 6}
+        by_grid = {64: 10, 128: 6, 256: 4} if args.quick else {64: 30, 128: 20, 256: 12, 512: 6}
         repeats = args.repeats or (by_grid.get(n, 3) if batch == 1 else 3)
         x = torch.randn(batch, CHANNELS, n, n, device=device)
         sigma = torch.full((batch,), 0.7, device=device)
@@ -338,7 +339,7 @@ def main() -> None:
         compile_grids = args.compile_grids or ([64] if args.quick else [64, 128])
         rows += compile_rows(ours, compile_grids, device, repeats=3 if args.quick else 5)
     if guided:
-        rows += guided_rows(guided, device, repeats=3 if args.quick else 5)
+        rows += guided_rows(guided, device, repeats=3 if args.quick else 7)
     if rollouts:
         rows += rollout_rows(rollouts, device, repeats=1 if args.quick else 2)
     for row in rows:
