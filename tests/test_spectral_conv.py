@@ -182,3 +182,21 @@ def test_frozen_weight_mode_mix_matches_the_trainable_one_and_follows_updates():
         torch.testing.assert_close(conv(x), stepped, rtol=1e-5, atol=1e-5)  # not the cached weight of before
         conv.weight.tensor = torch.nn.Parameter(conv.weight.tensor.detach() * 2, requires_grad=False)
         torch.testing.assert_close(conv(x), 2 * stepped, rtol=1e-5, atol=1e-5)
+
+
+def test_a_model_with_filled_caches_pickles_and_copies():
+    """``torch.save(model)`` and ``copy.deepcopy`` work after a frozen call filled the spectral layers' caches
+    (they are left out and remade), and the copies compute the same output."""
+    import copy
+    import io
+
+    denoiser = build_denoiser({"backbone": "fno", "in_channels": 2, "out_channels": 2, "n_modes": [6, 6],
+                               "hidden_channels": 8, "n_layers": 2}).eval().requires_grad_(False)
+    x, sigma = torch.randn(1, 2, 16, 16), torch.full((1,), 0.5)
+    with torch.no_grad():
+        out = denoiser(x, sigma)
+        buffer = io.BytesIO()
+        torch.save(denoiser, buffer)
+        buffer.seek(0)
+        for other in (torch.load(buffer, weights_only=False), copy.deepcopy(denoiser)):
+            torch.testing.assert_close(other(x, sigma), out, rtol=0, atol=0)

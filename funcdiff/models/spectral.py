@@ -41,6 +41,11 @@ class PeriodicSpectralConv(SpectralConv):
     def __init__(self, in_channels: int, out_channels: int, n_modes: tuple[int, ...], bias: bool = False) -> None:
         super().__init__(in_channels, out_channels, n_modes, bias=bias, factorization=None)
 
+    def __getstate__(self) -> dict:
+        """Pickling (``torch.save(model)``, ``copy.deepcopy``) leaves out the caches of DFT matrices and of the
+        mode-major weight: they are remade on the next call."""
+        return {k: v for k, v in super().__getstate__().items() if k not in _CACHES}
+
     def forward(self, x: torch.Tensor, output_shape: tuple[int, ...] | None = None) -> torch.Tensor:
         if output_shape is not None and tuple(output_shape) != tuple(x.shape[2:]):
             raise ValueError("PeriodicSpectralConv keeps the input resolution; output_shape is not supported")
@@ -107,7 +112,8 @@ class PeriodicSpectralConv(SpectralConv):
     def _mode_major_weight(self, weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """W (C_in, C_out, m_1, .., k) as a contiguous (m_1···k, C_in, C_out) tensor in ``dtype``, cached while W
         is the same tensor at the same version (an optimiser step, an EMA update, ``load_state_dict`` or a new
-        parameter make a new copy; only writes through ``.data``, which autograd does not see either, would not)."""
+        parameter make a new copy; only writes through ``.data``, which autograd does not see either, would not).
+        The copy holds as much memory as W."""
         key = (weight._version, weight.data_ptr(), dtype, weight.device)
         cached = self.__dict__.get("_mode_major")
         if cached is None or cached[0]() is not weight or cached[1] != key:
@@ -149,6 +155,9 @@ class PeriodicSpectralConv(SpectralConv):
             inverse_mats.append(inverse.to(device, dtype))
             cache[key] = (forward_mats, inverse_mats)
         return cache[key]
+
+
+_CACHES = ("_dft_cache", "_mode_major")  # per-module caches kept in __dict__, never pickled
 
 
 def to_rows(x: torch.Tensor) -> torch.Tensor:
