@@ -339,7 +339,7 @@ def main() -> None:
         compile_grids = args.compile_grids or ([64] if args.quick else [64, 128])
         rows += compile_rows(ours, compile_grids, device, repeats=3 if args.quick else 5)
     if guided:
-        rows += guided_rows(guided, device, repeats=3 if args.quick else 7)
+        rows += guided_rows(guided, device, repeats=1 if args.quick else 3)
     if rollouts:
         rows += rollout_rows(rollouts, device, repeats=1 if args.quick else 2)
     for row in rows:
