@@ -31,7 +31,7 @@ def test_bf16_autocast_loss_and_gradients_track_fp32(tmp_path):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             loss = trainer.loss_fn(trainer.model, x, draws=draws)
         loss.backward()
-        return float(loss), torch.cat([p.grad.flatten().real.float() for p in trainer.model.parameters()
+        return float(loss.detach()), torch.cat([p.grad.flatten().real.float() for p in trainer.model.parameters()
                                        if p.grad is not None])
 
     loss32, grad32 = loss_and_grads(False)
