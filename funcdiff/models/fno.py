@@ -457,19 +457,13 @@ class _GeluMLPRows(torch.autograd.Function):
         return grad_m, grad_w1, grad_b1, grad_w2, grad_b2, None
 
 
-def _chunked_mlp_rows(m: torch.Tensor, lin1: nn.Linear, lin2: nn.Linear, gelu_input: bool,
-                      out: torch.Tensor | None = None, residual: torch.Tensor | None = None) -> torch.Tensor:
-    """Inference: ``lin2(gelu(lin1(a(m))))`` (+ ``residual``) on tiles m (T, C, n) -> (T, C_out, n), a = gelu or
-    the identity, over chunks of tiles so that the hidden-width field never goes to memory; written into ``out``
-    when given (may be m itself when the widths agree: each chunk is read before it is written)."""
-    out = m.new_empty(m.shape[0], lin2.out_features, m.shape[2]) if out is None else out
-    hidden = lin1.out_features
-    for c in _GeluMLPRows._chunks(m, hidden):
+def _chunked_mlp_rows(m: torch.Tensor, lin1: nn.Linear, lin2: nn.Linear, gelu_input: bool) -> torch.Tensor:
+    """Inference: ``lin2(gelu(lin1(a(m))))`` on tiles m (T, C, n) -> (T, C_out, n), a = gelu or the identity, over
+    chunks of tiles so that the hidden-width field never goes to memory."""
+    out = m.new_empty(m.shape[0], lin2.out_features, m.shape[2])
+    for c in _GeluMLPRows._chunks(m, lin1.out_features):
         y = torch.nn.functional.gelu(m[c]) if gelu_input else m[c]
-        g = torch.ops.aten.gelu_(_tile_linear(lin1, y))
-        piece = _tile_linear(lin2, g, out=out[c])
-        if residual is not None:
-            piece.add_(residual[c])
+        _tile_linear(lin2, torch.ops.aten.gelu_(_tile_linear(lin1, y)), out=out[c])
     return out
 
 
