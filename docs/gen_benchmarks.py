@@ -217,6 +217,8 @@ def pages(results: Path = RESULTS) -> dict[str, str]:
         body = [f"# {title}", "", intro, ""]
         if page == "backbones":
             body += backbone_summary(files[page])
+        if page == "speed":
+            body += denoiser_summary(files[page])
         if scripts:
             body += ["Scripts: " + ", ".join(f"`benchmarks/{s.strip()}`" for s in scripts.split(",")) + ".", ""]
         for path in files[page]:
@@ -275,6 +277,42 @@ def backbone_summary(paths: list[Path]) -> list[str]:
         return []
     out = ["## Summary", "", "| measure | " + " | ".join(BACKBONE_ORDER) + " |", "|---|" + "---|" * 3]
     out += [_summary_row(label, values) for label, values in lines.items()]
+    return out + [""]
+
+
+def denoiser_summary(paths: list[Path]) -> list[str]:
+    """The denoiser's speed at a glance, from ``denoiser_speed.json`` (the full run): per grid at batch 1, funcdiff's
+    time over neuraloperator's FNO (forward and training step, float32 and bf16), the growth per doubling of the
+    side and the ratio to the measured floor; then guided sampling steps against unguided ones."""
+    full = [path for path in paths if path.name == "denoiser_speed.json"]
+    if not full:
+        return []
+    rows = json.loads(full[0].read_text()).get("rows", [])
+
+    def pick(**keys):
+        return next((r for r in rows if all(r.get(k) == v for k, v in keys.items())), {})
+
+    def pair(grid: int, field: str, dtype: str = "float32") -> str:
+        values = [pick(grid=grid, batch=1, impl="funcdiff", dtype=dtype, **{"pass": p}).get(field)
+                  for p in ("forward", "train-step")]
+        return " / ".join("–" if v is None else fmt(v) for v in values)
+
+    grids = sorted({r["grid"] for r in rows if r.get("impl") == "funcdiff" and r.get("batch") == 1
+                    and r.get("pass") in ("forward", "train-step")})
+    out = ["## Summary: funcdiff's denoiser against neuraloperator's FNO", "",
+           "From `denoiser_speed.json`, batch 1, forward / training step. Ratio: funcdiff's time over "
+           "neuraloperator's FNO of the same width, modes and layers (below 1: funcdiff is faster). Growth: the "
+           "time over the time at half the side. Floor: the time over the floor measured on the machine.", "",
+           "| grid | ratio float32 | ratio bf16 | growth float32 | vs floor float32 |", "|---|---|---|---|---|"]
+    out += [f"| {n}² | {pair(n, 'vs_neuralop')} | {pair(n, 'vs_neuralop', 'bfloat16')} | {pair(n, 'growth')} | "
+            f"{pair(n, 'vs_floor')} |" for n in grids]
+    guided = sorted({r["grid"] for r in rows if r.get("pass") == "guided-step"})
+    if guided:
+        out += ["", "| grid | dps step / unguided step | one mmps CG iteration / unguided step |", "|---|---|---|"]
+        for n in guided:
+            dps = pick(grid=n, impl="dps", **{"pass": "guided-step"}).get("guided_ratio")
+            cg = pick(grid=n, impl="mmps", **{"pass": "guided-step"}).get("per_cg_iter_vs_unguided")
+            out.append(f"| {n}² | {fmt(dps)} | {fmt(cg)} |")
     return out + [""]
 
 

@@ -37,6 +37,25 @@ def test_benchmark_pages_have_one_table_per_result_file(tmp_path):
     assert "benchmarks/index.md" in pages
 
 
+def test_speed_page_summarises_the_denoiser_against_neuraloperator(tmp_path):
+    gen = _module("gen_benchmarks")
+    results = tmp_path / "results"
+    results.mkdir()
+    rows = [{"grid": 64, "pass": p, "batch": 1, "dtype": d, "impl": "funcdiff", "vs_neuralop": r, "vs_floor": 2.0}
+            for p, d, r in (("forward", "float32", 0.8), ("train-step", "float32", 0.9), ("forward", "bfloat16", 0.7),
+                            ("train-step", "bfloat16", 0.75))]
+    rows += [{"grid": 128, "pass": "forward", "batch": 1, "dtype": "float32", "impl": "funcdiff", "vs_neuralop": 0.6,
+              "growth": 3.5, "vs_floor": 1.1},
+             {"grid": 64, "pass": "guided-step", "impl": "dps", "guided_ratio": 2.1},
+             {"grid": 64, "pass": "guided-step", "impl": "mmps", "cg_iters": 1, "per_cg_iter_vs_unguided": 1.2}]
+    (results / "denoiser_speed.json").write_text(json.dumps({"meta": {}, "rows": rows}))
+    speed = gen.pages(results)["benchmarks/speed.md"]
+    assert "| 64² | 0.8 / 0.9 | 0.7 / 0.75 | – / – | 2 / 2 |" in speed
+    assert "| 128² | 0.6 / – | – / – | 3.5 / – | 1.1 / – |" in speed
+    assert "| 64² | 2.1 | 1.2 |" in speed
+    assert speed.index("## Summary") < speed.index("## `denoiser_speed.json`")
+
+
 def test_every_shipped_result_file_is_on_a_page():
     gen = _module("gen_benchmarks")
     text = "".join(gen.pages().values())
