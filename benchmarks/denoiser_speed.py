@@ -24,8 +24,8 @@ skip them). On CUDA every timing synchronises the device before the clock is rea
 ``--bf16`` adds bfloat16-autocast rows of funcdiff (dtype bfloat16; the spectral transforms stay float32), a
 ``sample-error`` row (relative L2 of a seeded sample with ``sample.bf16`` against float32) and two ``loss-curve``
 rows (the same short training run with ``train.bf16`` false/true: validation losses, final-loss ratio, wall time).
-``--compile`` adds ``funcdiff-compiled`` rows (``torch.compile`` against eager at ``--compile-grids``, forward and
-train-step: first-call compile time, steady state, ratio, or the compiler's error).
+``--compile`` adds ``funcdiff-compiled`` rows (``torch.compile`` against eager at ``--compile-grids``, forward,
+train-step and guidance's VJP: first-call compile time, steady state, ratio, or the compiler's error).
 
 The floor of a forward call (width C, L layers, batch B, grid N², fields of B·C·N² float32):
   L × (rfft2 + irfft2 of the hidden field), each timed here on a (B, C, N, N) tensor;
@@ -136,6 +136,15 @@ def calls(model: torch.nn.Module, is_denoiser: bool, pass_: str, x: torch.Tensor
             with torch.no_grad():
                 run()
         return forward
+    if pass_ == "vjp":  # guidance's backward pass: the gradient with respect to x only (pass a frozen model)
+        model.eval()
+
+        def vjp():
+            x_in = x.detach().requires_grad_(True)
+            with torch.autocast(device_type, dtype=dtype, enabled=autocast):
+                out = model(x_in, sigma) if is_denoiser else model(x_in)
+            torch.autograd.grad(out.float().square().sum(), x_in)
+        return vjp
     model.train()
     target = torch.randn_like(x)
 
@@ -153,7 +162,6 @@ def floor_seconds(n: int, batch: int, repeats: int, device: str) -> dict[str, fl
     h_hat = torch.fft.rfft2(h)
     t_fft = median_time(lambda: torch.fft.rfft2(h), repeats, device) + median_time(
         lambda: torch.fft.irfft2(h_hat, s=(n, n)), repeats, device)
-    del h_hat
     w = torch.randn(2 * c, c, device=device)
     cols = h.reshape(batch, c, -1).transpose(0, 1).reshape(c, -1) if batch > 1 else h.reshape(c, -1)
     cols = cols.contiguous()
@@ -224,22 +232,31 @@ def bf16_loss_curves(device: str, seed: int, steps: int = 100) -> list[dict]:
 
 
 def compile_rows(model: torch.nn.Module, grids: list[int], device: str, repeats: int) -> list[dict]:
-    """Rows: ``torch.compile(model)`` against eager, forward and train-step, at each grid: ``compile_seconds`` is the
-    first call of the compiled model at that grid (tracing + code generation; a new grid recompiles), ``seconds``
-    the median of ``repeats`` interleaved steady-state calls, ``vs_eager`` the ratio. A failure of the compiler is
-    recorded in the row (``error``) instead of a time."""
+    """Rows: ``torch.compile(model)`` against eager, forward and train-step (batch 1) and the VJP of guidance (batch 2,
+    weights frozen, gradient with respect to x), at each grid: ``compile_seconds`` is the first call of the compiled
+    model at that grid (tracing + code generation; a new grid recompiles), ``seconds`` the median of ``repeats``
+    interleaved steady-state calls, ``vs_eager`` the ratio. VJP rows also time the eager no-grad forward call
+    interleaved (``forward_seconds``) and give both VJPs over it (``eager_vs_forward``, ``compiled_vs_forward``: the
+    network's part of a guided step over an unguided one). A failure of the compiler is recorded in the row
+    (``error``) instead of a time."""
+    import copy
+
     import torch._dynamo
 
     rows = []
-    for pass_ in ("forward", "train-step"):
+    frozen = copy.deepcopy(model).requires_grad_(False)
+    for pass_ in ("forward", "train-step", "vjp"):
         torch._dynamo.reset()
-        compiled = torch.compile(model)
+        net = frozen if pass_ == "vjp" else model
+        compiled = torch.compile(net)
+        batch = 2 if pass_ == "vjp" else 1
         for n in grids:
-            x = torch.randn(1, CHANNELS, n, n, device=device)
-            sigma = torch.full((1,), 0.7, device=device)
-            eager, fast = calls(model, True, pass_, x, sigma, torch.float32), calls(compiled, True, pass_, x, sigma,
-                                                                                     torch.float32)
-            row = {"grid": n, "pass": pass_, "batch": 1, "threads": torch.get_num_threads(), "dtype": "float32",
+            x = torch.randn(batch, CHANNELS, n, n, device=device)
+            sigma = torch.full((batch,), 0.7, device=device)
+            eager, fast = calls(net, True, pass_, x, sigma, torch.float32), calls(compiled, True, pass_, x, sigma,
+                                                                                   torch.float32)
+            forward = calls(frozen, True, "forward", x, sigma, torch.float32) if pass_ == "vjp" else None
+            row = {"grid": n, "pass": pass_, "batch": batch, "threads": torch.get_num_threads(), "dtype": "float32",
                    "impl": "funcdiff-compiled"}
             try:
                 row["compile_seconds"] = timed(fast, device)
@@ -247,13 +264,19 @@ def compile_rows(model: torch.nn.Module, grids: list[int], device: str, repeats:
                 rows.append({**row, "error": f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"})
                 continue
             eager()
-            times = {"eager": [], "compiled": []}
+            times = {"eager": [], "compiled": [], "forward": []}
             for _ in range(repeats):
                 times["eager"].append(timed(eager, device))
                 times["compiled"].append(timed(fast, device))
+                if forward is not None:
+                    times["forward"].append(timed(forward, device))
             row["seconds"] = statistics.median(times["compiled"])
             row["eager_seconds"] = statistics.median(times["eager"])
             row["vs_eager"] = row["seconds"] / row["eager_seconds"]
+            if forward is not None:
+                row["forward_seconds"] = statistics.median(times["forward"])
+                row["eager_vs_forward"] = row["eager_seconds"] / row["forward_seconds"]
+                row["compiled_vs_forward"] = row["seconds"] / row["forward_seconds"]
             rows.append(row)
             print(f"compile {n}² {pass_}: first call {row['compile_seconds']:.3g} s, steady {row['seconds']:.4g} s "
                   f"vs eager {row['eager_seconds']:.4g} s", flush=True)
@@ -360,7 +383,8 @@ def main() -> None:
             print_table([r for r in rows if r["pass"] == pass_], columns)
     compiled = [r for r in rows if r["impl"] == "funcdiff-compiled"]
     if compiled:
-        print_table(compiled, ["grid", "pass", "compile_seconds", "seconds", "eager_seconds", "vs_eager", "error"])
+        print_table(compiled, ["grid", "pass", "batch", "compile_seconds", "seconds", "eager_seconds", "vs_eager",
+                               "eager_vs_forward", "compiled_vs_forward", "error"])
     out = args.out or Path(__file__).resolve().parent / "results" / (
         "denoiser_speed_quick.json" if args.quick else "denoiser_speed.json")
     write_json(rows, out, {"benchmark": "denoiser_speed", "model": MODEL, "neuralop_fno": {
