@@ -415,11 +415,16 @@ class _GeluMLPRows(torch.autograd.Function):
         z = m.new_empty(tiles, hidden, m.shape[2])
         out = m.new_empty(tiles, w2.shape[0], m.shape[2])
         bias1, bias2 = b1[None, :, None], b2[None, :, None]
-        for c in _GeluMLPRows._chunks(m, hidden):
-            g1 = torch.nn.functional.gelu(m[c]) if gelu_input else m[c]
-            zc = torch.baddbmm(bias1, w1.expand(g1.shape[0], -1, -1), g1, out=z[c])
-            g2 = torch.nn.functional.gelu(zc)
-            torch.baddbmm(bias2, w2.expand(g2.shape[0], -1, -1), g2, out=out[c])
+        chunks = _GeluMLPRows._chunks(m, hidden)
+        step = chunks[0].stop
+        act1 = m.new_empty(step, *m.shape[1:]) if gelu_input else None  # scratch reused by every chunk: in cache
+        act2 = m.new_empty(step, hidden, m.shape[2])
+        for c in chunks:
+            size = c.stop - c.start
+            g1 = torch.ops.aten.gelu.out(m[c], out=act1[:size]) if gelu_input else m[c]
+            zc = torch.baddbmm(bias1, w1.expand(size, -1, -1), g1, out=z[c])
+            g2 = torch.ops.aten.gelu.out(zc, out=act2[:size])
+            torch.baddbmm(bias2, w2.expand(size, -1, -1), g2, out=out[c])
         ctx.save_for_backward(m, z, w1, w2)
         ctx.gelu_input = gelu_input
         return out
@@ -435,25 +440,34 @@ class _GeluMLPRows(torch.autograd.Function):
         grad_b1 = w1.new_zeros(w1.shape[0]) if need_b1 else None
         grad_b2 = w2.new_zeros(w2.shape[0]) if need_b2 else None
         w1t, w2t = w1.t(), w2.t()
-        for c in _GeluMLPRows._chunks(m, w1.shape[0]):  # guidance's VJPs (x only) skip the weight gradients
+        chunks = _GeluMLPRows._chunks(m, w1.shape[0])
+        step = chunks[0].stop  # scratch for a chunk's hidden-width fields, reused: stays in cache
+        scratch = z.new_empty(step, *z.shape[1:])
+        act = z.new_empty(step, *z.shape[1:]) if need_w2 else None
+        act_in = m.new_empty(step, *m.shape[1:]) if need_w1 and ctx.gelu_input else None
+        scratch_in = m.new_empty(step, *m.shape[1:]) if need_m and ctx.gelu_input else None
+        for c in chunks:  # guidance's VJPs (x only) skip the weight gradients
             go_c, z_c, m_c = go[c], z[c], m[c]
+            size = c.stop - c.start
             if need_w2:
-                grad_w2 += torch.bmm(go_c, torch.nn.functional.gelu(z_c).transpose(1, 2)).sum(0)
+                g2 = torch.ops.aten.gelu.out(z_c, out=act[:size])
+                grad_w2 += torch.bmm(go_c, g2.transpose(1, 2)).sum(0)
             if need_b2:
                 grad_b2 += go_c.sum(-1).sum(0)  # contiguous axis first
             if not (need_m or need_w1 or need_b1):
                 continue
-            dz = torch.ops.aten.gelu_backward(torch.bmm(w2t.expand(go_c.shape[0], -1, -1), go_c), z_c)
+            dz = torch.bmm(w2t.expand(size, -1, -1), go_c, out=scratch[:size])
+            dz = torch.ops.aten.gelu_backward.grad_input(dz, z_c, grad_input=dz)  # in place
             if need_w1:
-                g1 = torch.nn.functional.gelu(m_c) if ctx.gelu_input else m_c
+                g1 = torch.ops.aten.gelu.out(m_c, out=act_in[:size]) if ctx.gelu_input else m_c
                 grad_w1 += torch.bmm(dz, g1.transpose(1, 2)).sum(0)
             if need_b1:
                 grad_b1 += dz.sum(-1).sum(0)
             if need_m and ctx.gelu_input:
-                torch.ops.aten.gelu_backward.grad_input(torch.bmm(w1t.expand(dz.shape[0], -1, -1), dz), m_c,
-                                                        grad_input=grad_m[c])  # in place: no copy of the chunk
+                da = torch.bmm(w1t.expand(size, -1, -1), dz, out=scratch_in[:size])
+                torch.ops.aten.gelu_backward.grad_input(da, m_c, grad_input=grad_m[c])  # written once, in place
             elif need_m:
-                torch.bmm(w1t.expand(dz.shape[0], -1, -1), dz, out=grad_m[c])
+                torch.bmm(w1t.expand(size, -1, -1), dz, out=grad_m[c])
         return grad_m, grad_w1, grad_b1, grad_w2, grad_b2, None
 
 
