@@ -135,10 +135,15 @@ def test_gelu_mlp_rows_gradient(monkeypatch):
     assert torch.autograd.gradcheck(_GeluMLPRows.apply, (m, w1, b1, w2, b2))
     frozen = [t.detach() for t in (w1, b1, w2, b2)]
     assert torch.autograd.gradcheck(lambda m: _GeluMLPRows.apply(m, *frozen), (m,))
+    # a block's residual x + mlp(gelu(m)), added chunk by chunk: gradients in m, the weights and x
+    x = torch.randn(5, 3, 5, dtype=torch.float64, generator=g, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda *args: _GeluMLPRows.apply(*args[:5], True, args[5]), (m, w1, b1, w2, b2, x))
+    assert torch.autograd.gradcheck(lambda m, x: _GeluMLPRows.apply(m, *frozen, True, x), (m, x))
     gelu = torch.nn.functional.gelu
     reference = torch.einsum("oh,thn->ton", w2, gelu(torch.einsum("hc,tcn->thn", w1, gelu(m)) + b1[:, None])) \
         + b2[:, None]
     torch.testing.assert_close(_GeluMLPRows.apply(m, w1, b1, w2, b2), reference)
+    torch.testing.assert_close(_GeluMLPRows.apply(m, w1, b1, w2, b2, True, x), reference + x)
     # without the input GELU (the projection): gradients, and the inference path's chunks give the same map
     assert torch.autograd.gradcheck(lambda *args: _GeluMLPRows.apply(*args, False), (m, w1, b1, w2, b2))
     assert torch.autograd.gradcheck(lambda m: _GeluMLPRows.apply(m, *frozen, False), (m,))

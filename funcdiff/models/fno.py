@@ -121,10 +121,11 @@ class FNOBlock(nn.Module):
         if rows:
             h = self.spectral.forward_rows(x, accumulate=self.pointwise.forward_rows(x))
             h = self._modulate(h, emb, rows=True)
-            if self._can_fuse_mlp(h):
+            if self._can_fuse_mlp(h) and x.dtype == h.dtype:  # with the residual: x + mlp(act(h))
                 lin1, lin2 = self.mlp[0].linear, self.mlp[2].linear
-                out = _GeluMLPRows.apply(h.reshape(-1, h.shape[-2], h.shape[-1]), lin1.weight, lin1.bias,
-                                         lin2.weight, lin2.bias).view(h.shape)
+                tiles = (-1, h.shape[-2], h.shape[-1])
+                return _GeluMLPRows.apply(h.reshape(tiles), lin1.weight, lin1.bias, lin2.weight, lin2.bias, True,
+                                          x.reshape(tiles)).view(h.shape)
             else:
                 h = (self.mlp[0].forward_rows_gelu(h) if _exact_gelu(self.act)
                      else self.mlp[0].forward_rows(self.act(h)))
@@ -400,7 +401,8 @@ class _GeluMLPRows(torch.autograd.Function):
     and used while they are in cache (the training step's counterpart of :func:`_chunked_mlp_rows`). Saves m and the
     pre-activation z = W1 a(m) + b1, as the two :class:`~funcdiff.models.conditioning._GeluLinearRows` it replaces
     did; the GELUs are recomputed in the backward pass; weight gradients are one ``bmm`` per chunk summed over its
-    tiles (``addbmm`` runs one small GEMM per tile)."""
+    tiles (``addbmm`` runs one small GEMM per tile). An optional ``residual`` r (T, C_out, n) is added chunk by
+    chunk while the output is in cache (a block's ``x + mlp(act(h))``: one pass over memory less each way)."""
 
     @staticmethod
     def _chunks(m: torch.Tensor, hidden: int) -> list[slice]:
@@ -409,7 +411,7 @@ class _GeluMLPRows(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, m: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor,
-                b2: torch.Tensor, gelu_input: bool = True) -> torch.Tensor:
+                b2: torch.Tensor, gelu_input: bool = True, residual: torch.Tensor | None = None) -> torch.Tensor:
         m = m.contiguous()
         hidden, tiles = w1.shape[0], m.shape[0]
         z = m.new_empty(tiles, hidden, m.shape[2])
@@ -424,7 +426,9 @@ class _GeluMLPRows(torch.autograd.Function):
             g1 = torch.ops.aten.gelu.out(m[c], out=act1[:size]) if gelu_input else m[c]
             zc = torch.baddbmm(bias1, w1.expand(size, -1, -1), g1, out=z[c])
             g2 = torch.ops.aten.gelu.out(zc, out=act2[:size])
-            torch.baddbmm(bias2, w2.expand(size, -1, -1), g2, out=out[c])
+            out_c = torch.baddbmm(bias2, w2.expand(size, -1, -1), g2, out=out[c])
+            if residual is not None:
+                out_c.add_(residual[c])
         ctx.save_for_backward(m, z, w1, w2)
         ctx.gelu_input = gelu_input
         return out
@@ -433,6 +437,7 @@ class _GeluMLPRows(torch.autograd.Function):
     def backward(ctx, grad_out: torch.Tensor):
         m, z, w1, w2 = ctx.saved_tensors
         need_m, need_w1, need_b1, need_w2, need_b2 = ctx.needs_input_grad[:5]
+        need_residual = len(ctx.needs_input_grad) > 6 and ctx.needs_input_grad[6]
         go = grad_out.contiguous()
         grad_m = torch.empty_like(m) if need_m else None
         grad_w1 = torch.zeros_like(w1) if need_w1 else None
@@ -468,7 +473,8 @@ class _GeluMLPRows(torch.autograd.Function):
                 torch.ops.aten.gelu_backward.grad_input(da, m_c, grad_input=grad_m[c])  # written once, in place
             elif need_m:
                 torch.bmm(w1t.expand(size, -1, -1), dz, out=grad_m[c])
-        return grad_m, grad_w1, grad_b1, grad_w2, grad_b2, None
+        grads = grad_m, grad_w1, grad_b1, grad_w2, grad_b2, None, grad_out if need_residual else None
+        return grads[:len(ctx.needs_input_grad)]
 
 
 def _chunked_mlp_rows(m: torch.Tensor, lin1: nn.Linear, lin2: nn.Linear, gelu_input: bool) -> torch.Tensor:
