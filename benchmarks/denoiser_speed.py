@@ -359,7 +359,7 @@ def main() -> None:
     guided = args.guided_grids if args.guided_grids is not None else ([64] if args.quick else [64, 128])
     rollouts = args.rollout_grids if args.rollout_grids is not None else ([64] if args.quick else [64, 256])
     if guided:
-        rows += guided_rows(guided, device, repeats=1 if args.quick else 3)
+        rows += guided_rows(guided, device, repeats=1 if args.quick else 5)
     if rollouts:
         rows += rollout_rows(rollouts, device, repeats=1 if args.quick else 2)
     if args.compile:  # last: the compiler's worker processes and caches stay behind
