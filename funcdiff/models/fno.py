@@ -168,14 +168,7 @@ class FNOBlock(nn.Module):
         chunks = [(b, r, min(r + step, h3.shape[1])) for b in range(batch) for r in range(0, h3.shape[1], step)]
         norm = self.norm
         if isinstance(norm, nn.GroupNorm):
-            groups, per_group = norm.num_groups, channels // norm.num_groups
-            count = h3.shape[1] * n * per_group
-            mean = (h3.sum(-1).sum(1).view(batch, groups, per_group).sum(-1) / count).repeat_interleave(per_group, 1)
-            squares = torch.zeros_like(mean)
-            for b, r0, r1 in chunks:  # two-pass variance, the centred chunk in cache
-                squares[b] += torch.linalg.vector_norm(h3[b, r0:r1] - mean[b, :, None], dim=-1).square().sum(0)
-            var = squares.view(batch, groups, per_group).sum(-1) / count
-            rstd = (var + norm.eps).rsqrt().repeat_interleave(per_group, dim=1)
+            mean, rstd = _group_norm_stats(h3, norm.num_groups, norm.eps, step)
             if norm.affine:
                 rstd = rstd * norm.weight
                 offset = offset + gain * norm.bias
@@ -351,6 +344,25 @@ class NoiseConditionedFNO(Backbone):
             )
 
 
+def _group_norm_stats(h: torch.Tensor, groups: int, eps: float,
+                      rows_per_chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """GroupNorm's statistics of h (B, R, C, n), broadcast to each channel: mean and 1/sqrt(var + eps), (B, C) each,
+    over (R, C/groups, n) per group. Two-pass (the mean, then the squared norm of the centred field) from
+    reductions along contiguous rows, the centred field made ``rows_per_chunk`` rows at a time so that it stays in
+    cache (default: chunks of about ``CHUNK_BYTES``); ``torch.var_mean`` (Welford) costs 10x more on a CPU at 512²."""
+    batch, rows, channels, n = h.shape
+    per_group = channels // groups
+    count = rows * n * per_group
+    mean = (h.sum(-1).sum(1).view(batch, groups, per_group).sum(-1) / count).repeat_interleave(per_group, 1)
+    step = rows_per_chunk or max(1, CHUNK_BYTES // (channels * n * h.element_size()))
+    squares = torch.zeros_like(mean)
+    for b in range(batch):
+        for r in range(0, rows, step):
+            squares[b] += torch.linalg.vector_norm(h[b, r:r + step] - mean[b, :, None], dim=-1).square().sum(0)
+    var = squares.view(batch, groups, per_group).sum(-1) / count
+    return mean, (var + eps).rsqrt().repeat_interleave(per_group, dim=1)
+
+
 class _GroupNormAffine(torch.autograd.Function):
     """``(h - mean_g) * rstd_g * a + b`` on h (B, R, C, n) with GroupNorm statistics over (R, C/G, n) and a, b (B, C).
 
@@ -360,16 +372,10 @@ class _GroupNormAffine(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, h: torch.Tensor, a: torch.Tensor, b: torch.Tensor, groups: int, eps: float) -> torch.Tensor:
-        batch, _, channels, _ = h.shape
-        per_group = channels // groups
-        count = h.shape[1] * h.shape[3] * per_group
-        mean = (h.sum(-1).sum(1).view(batch, groups, per_group).sum(-1) / count).repeat_interleave(per_group, 1)
-        squares = torch.linalg.vector_norm(h - mean[:, None, :, None], dim=-1).square().sum(1)
-        var = squares.view(batch, groups, per_group).sum(-1) / count
-        rstd = (var + eps).rsqrt().repeat_interleave(per_group, dim=1)  # (B, C)
+        mean, rstd = _group_norm_stats(h, groups, eps)  # (B, C) each
         gain = a * rstd
         ctx.save_for_backward(h, a, mean, rstd)
-        ctx.groups, ctx.count = groups, count
+        ctx.groups, ctx.count = groups, h.shape[1] * h.shape[3] * (h.shape[2] // groups)
         return torch.addcmul((b - gain * mean)[:, None, :, None], h, gain[:, None, :, None])
 
     @staticmethod
