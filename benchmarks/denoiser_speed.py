@@ -292,7 +292,7 @@ def main() -> None:
                    help="batch of the extra train-step rows at 256² that compare peak memory (0: none)")
     p.add_argument("--repeats", type=int, default=None,
                    help="timed calls per implementation (default 30 at 64², 20 at 128², 12 at 256², 6 at 512², else "
-                        "3; quick fewer)")
+                        "3; 5 for the batch rows of the memory comparison; quick fewer)")
     p.add_argument("--passes", nargs="+", default=["forward", "train-step"], choices=["forward", "train-step"])
     p.add_argument("--bf16", action="store_true",
                    help="also time funcdiff under bfloat16 autocast (dtype bfloat16 rows; FFT-like transforms stay "
@@ -321,7 +321,7 @@ def main() -> None:
     for n, batch, pass_ in jobs:
         # more repeats where a call is short, so that a median is stable beside other jobs on a shared machine
         by_grid = {64: 10, 128: 6, 256: 4} if args.quick else {64: 30, 128: 20, 256: 12, 512: 6}
-        repeats = args.repeats or (by_grid.get(n, 3) if batch == 1 else 3)
+        repeats = args.repeats or (by_grid.get(n, 3) if batch == 1 else 3 if args.quick else 5)
         x = torch.randn(batch, CHANNELS, n, n, device=device)
         sigma = torch.full((batch,), 0.7, device=device)
         fns = {"funcdiff": calls(ours, True, pass_, x, sigma, torch.float32),
