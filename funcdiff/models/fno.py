@@ -407,7 +407,9 @@ class _GeluMLPRows(torch.autograd.Function):
     and used while they are in cache (the training step's counterpart of :func:`_chunked_mlp_rows`). Saves m and the
     pre-activation z = W1 a(m) + b1, as the two :class:`~funcdiff.models.conditioning._GeluLinearRows` it replaces
     did; the GELUs are recomputed in the backward pass; weight gradients are one ``bmm`` per chunk summed over its
-    tiles (``addbmm`` runs one small GEMM per tile). An optional ``residual`` r (T, C_out, n) is added chunk by
+    tiles (``addbmm`` runs one small GEMM per tile). A chunk's GELU outputs and hidden-width gradients go to scratch
+    buffers reused by every chunk, so they stay in cache (fresh ones per chunk cost about 5 % of a guided call at
+    128², measured), and the GELU derivative is applied in place. An optional ``residual`` r (T, C_out, n) is added chunk by
     chunk while the output is in cache (a block's ``x + mlp(act(h))``: one pass over memory less each way)."""
 
     @staticmethod
