@@ -454,11 +454,11 @@ class _GeluMLPRows(torch.autograd.Function):
         grad_b2 = w2.new_zeros(w2.shape[0]) if need_b2 else None
         w1t, w2t = w1.t(), w2.t()
         chunks = _GeluMLPRows._chunks(m, w1.shape[0])
-        step = chunks[0].stop  # scratch for a chunk's hidden-width fields, reused: stays in cache
-        scratch = z.new_empty(step, *z.shape[1:])
+        step = chunks[0].stop  # scratch buffers for one chunk, reused by every chunk: they stay in cache
+        dz_buf = z.new_empty(step, *z.shape[1:])
         act = z.new_empty(step, *z.shape[1:]) if need_w2 else None
         act_in = m.new_empty(step, *m.shape[1:]) if need_w1 and ctx.gelu_input else None
-        scratch_in = m.new_empty(step, *m.shape[1:]) if need_m and ctx.gelu_input else None
+        da_buf = m.new_empty(step, *m.shape[1:]) if need_m and ctx.gelu_input else None
         for c in chunks:  # guidance's VJPs (x only) skip the weight gradients
             go_c, z_c, m_c = go[c], z[c], m[c]
             size = c.stop - c.start
@@ -469,7 +469,7 @@ class _GeluMLPRows(torch.autograd.Function):
                 grad_b2 += go_c.sum(-1).sum(0)  # contiguous axis first
             if not (need_m or need_w1 or need_b1):
                 continue
-            dz = torch.bmm(w2t.expand(size, -1, -1), go_c, out=scratch[:size])
+            dz = torch.bmm(w2t.expand(size, -1, -1), go_c, out=dz_buf[:size])
             dz = torch.ops.aten.gelu_backward.grad_input(dz, z_c, grad_input=dz)  # in place
             if need_w1:
                 g1 = torch.ops.aten.gelu.out(m_c, out=act_in[:size]) if ctx.gelu_input else m_c
@@ -477,7 +477,7 @@ class _GeluMLPRows(torch.autograd.Function):
             if need_b1:
                 grad_b1 += dz.sum(-1).sum(0)
             if need_m and ctx.gelu_input:
-                da = torch.bmm(w1t.expand(size, -1, -1), dz, out=scratch_in[:size])
+                da = torch.bmm(w1t.expand(size, -1, -1), dz, out=da_buf[:size])
                 torch.ops.aten.gelu_backward.grad_input(da, m_c, grad_input=grad_m[c])  # written once, in place
             elif need_m:
                 torch.bmm(w1t.expand(size, -1, -1), dz, out=grad_m[c])
