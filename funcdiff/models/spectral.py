@@ -26,6 +26,8 @@ import weakref
 import torch
 from neuralop.layers.spectral_convolution import SpectralConv
 
+from funcdiff.models.conditioning import PointwiseLinear
+
 
 class PeriodicSpectralConv(SpectralConv):
     """Fourier layer ``K u = IFFT(W_k FFT(u)_k)`` on modes below ``n_modes`` (Li et al., ICLR 2021, eq. (4)).
@@ -57,57 +59,69 @@ class PeriodicSpectralConv(SpectralConv):
         With ``accumulate`` (B, n_1, ..., C_out, n_d), returns ``accumulate + K x``, computed in place in
         ``accumulate`` when it is contiguous and has the working dtype (float32 under autocast, else x's).
         """
-        if self.fft_norm != "forward":
-            raise ValueError(f"only fft_norm='forward' is supported, got {self.fft_norm!r}")
+        self._check_norm()
         in_dtype = x.dtype
         work = torch.float32 if in_dtype in (torch.float16, torch.bfloat16) else in_dtype  # transforms in full precision
         with torch.autocast(x.device.type, enabled=False):
             x = x.to(work).contiguous()
-            sizes = (*x.shape[1:-2], x.shape[-1])
-            forward_mats, inverse_mats = self._dft_matrices(sizes, work, x.device)
-            # forward: last axis by one real GEMM, (.., n_d) @ (n_d, 2k) -> interleaved (re, im) of k frequencies
-            x_hat = torch.mm(x.view(-1, sizes[-1]), forward_mats[-1])
-            x_hat = torch.view_as_complex(x_hat.view(*x.shape[:-1], -1, 2))  # (B, n_1, .., C, k)
-            for axis, mat in enumerate(forward_mats[:-1], start=1):
-                x_hat = _along(mat, x_hat, axis)
-            out_hat = self._mix_modes(x_hat)
-            for axis, mat in enumerate(inverse_mats[:-1], start=1):
-                out_hat = _along(mat, out_hat, axis)
-            # inverse: last axis by one real GEMM, [re, im] (.., 2k) @ (2k, n_d) (the irfft of k frequencies)
-            pairs = torch.view_as_real(out_hat.contiguous()).view(-1, 2 * out_hat.shape[-1])
+            forward_mats, inverse_mats = self._dft_matrices(_row_sizes(x), work, x.device)
+            weight = self.weight.to_tensor()
+            out_hat = self._mix_modes(_analysis(x, forward_mats), weight, torch.is_grad_enabled() and weight.requires_grad)
+            pairs = _inverse_along_rows(out_hat, inverse_mats)
+            n = x.shape[-1]
             in_place = not (torch.is_grad_enabled() and (accumulate is not None and accumulate.requires_grad
                                                          or pairs.requires_grad))  # CopySlices costs a copy
             if accumulate is not None and accumulate.dtype == work and accumulate.is_contiguous():
-                acc = accumulate.view(-1, sizes[-1])
+                acc = accumulate.view(-1, n)
                 out = acc.addmm_(pairs, inverse_mats[-1]) if in_place else torch.addmm(acc, pairs, inverse_mats[-1])
             else:
                 out = torch.mm(pairs, inverse_mats[-1])
                 if accumulate is not None:
                     out = out + accumulate.reshape(out.shape).to(work)
-            out = out.view(*x.shape[:-2], -1, sizes[-1])
+            out = out.view(*x.shape[:-2], -1, n)
             out = out if self.bias is None else out + self.bias.to(out.dtype).reshape(-1, 1)
         return out.to(in_dtype)
 
-    def _mix_modes(self, x_hat: torch.Tensor) -> torch.Tensor:
-        """``out[b, .., o, k] = sum_i x_hat[b, .., i, k] W[i, o, .., k]``: x_hat (B, m_1, .., C_in, k) complex ->
-        (B, m_1, .., C_out, k).
+    def forward_rows_with_skip(self, x: torch.Tensor, skip: PointwiseLinear) -> torch.Tensor:
+        """``K x + skip(x)`` on the row layout (B, n_1, .., C, n_d) -> (B, n_1, .., C_out, n_d), ``skip`` a linear map
+        over channels at every point (a Fourier block's local path, ``W x + b``).
 
-        Frozen weights (sampling, guidance: ``requires_grad`` false) use a mode-major copy (modes, C_in, C_out) of W,
+        Under autograd in float32/64 without autocast it is one :class:`_SpectralSkipRows` (both linear maps and a
+        hand-written backward pass of three GEMMs over the field, as many as the forward pass); otherwise the spectral
+        layer accumulates into the skip's output (:meth:`forward_rows`)."""
+        weight, linear = self.weight.to_tensor(), skip.linear
+        differentiable = x.requires_grad or weight.requires_grad or linear.weight.requires_grad or (
+            linear.bias is not None and linear.bias.requires_grad)
+        if (torch.is_grad_enabled() and differentiable and not torch.is_autocast_enabled(x.device.type)
+                and self.bias is None and linear.bias is not None
+                and x.dtype in (torch.float32, torch.float64) and x.dtype == linear.weight.dtype):
+            self._check_norm()
+            return _SpectralSkipRows.apply(x, weight, linear.weight, linear.bias, self)
+        return self.forward_rows(x, accumulate=skip.forward_rows(x))
+
+    def _check_norm(self) -> None:
+        if self.fft_norm != "forward":
+            raise ValueError(f"only fft_norm='forward' is supported, got {self.fft_norm!r}")
+
+    def _mix_modes(self, x_hat: torch.Tensor, weight: torch.Tensor, trainable: bool) -> torch.Tensor:
+        """``out[b, .., o, k] = sum_i x_hat[b, .., i, k] W[i, o, .., k]``: x_hat (B, m_1, .., C_in, k) complex,
+        W = ``weight`` (C_in, C_out, m_1, .., k) -> (B, m_1, .., C_out, k).
+
+        Frozen weights (sampling, guidance: not ``trainable``) use a mode-major copy (modes, C_in, C_out) of W,
         made once per weight version, and one complex ``bmm`` over the modes (about 3x faster than the broadcast
         product at batch 1-2, more above; issue 20). A trainable W changes every step and a mode-major copy of it
         costs more than the whole product at batch <= 2 (measured), so training uses :class:`_ModeMix` on W's own
         layout there and ``einsum`` above."""
-        weight = self.weight.to_tensor()
-        if not (torch.is_grad_enabled() and weight.requires_grad):
-            modes = x_hat.shape[1:-2] + x_hat.shape[-1:]
-            x_m = x_hat.movedim(-2, -1).reshape(x_hat.shape[0], -1, x_hat.shape[-2]).transpose(0, 1)  # (M, B, C_in)
-            out = torch.bmm(x_m, self._mode_major_weight(weight, x_hat.dtype))  # (M, B, C_out)
-            return out.transpose(0, 1).reshape(x_hat.shape[0], *modes, -1).movedim(-1, -2)
+        if not trainable:
+            return _mix_mode_major(x_hat, self._mode_major_weight(weight, x_hat.dtype))
         weight = weight.to(x_hat.dtype)
         if x_hat.shape[0] <= 2:  # broadcast products in w's own layout: faster than einsum's complex bmm here
             return _ModeMix.apply(x_hat, weight.contiguous())
-        first, last = "pqrstuvwxyz"[: self.order - 1], "k"
-        return torch.einsum(f"b{first}i{last},io{first}{last}->b{first}o{last}", x_hat, weight)
+        return torch.einsum(self._mix_equation(), x_hat, weight)
+
+    def _mix_equation(self) -> str:
+        first = "pqrstuvwxyz"[: self.order - 1]
+        return f"b{first}ik,io{first}k->b{first}ok"
 
     def _mode_major_weight(self, weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """W (C_in, C_out, m_1, .., k) as a contiguous (m_1···k, C_in, C_out) tensor in ``dtype``, cached while W
@@ -160,6 +174,128 @@ class PeriodicSpectralConv(SpectralConv):
 _CACHES = ("_dft_cache", "_mode_major")  # per-module caches kept in __dict__, never pickled
 
 
+def _row_sizes(x: torch.Tensor) -> tuple[int, ...]:
+    """The grid (n_1, .., n_d) of a field in the row layout (B, n_1, .., n_(d-1), C, n_d)."""
+    return (*x.shape[1:-2], x.shape[-1])
+
+
+def _analysis(x: torch.Tensor, forward_mats: list[torch.Tensor]) -> torch.Tensor:
+    """The kept modes of x (B, n_1, .., C, n_d), contiguous: the last axis by one real GEMM, (.., n_d) @ (n_d, 2k) ->
+    interleaved (re, im) of k frequencies, then the other axes by small complex products -> (B, m_1, .., C, k)."""
+    x_hat = torch.mm(x.view(-1, x.shape[-1]), forward_mats[-1])
+    x_hat = torch.view_as_complex(x_hat.view(*x.shape[:-1], -1, 2))
+    for axis, mat in enumerate(forward_mats[:-1], start=1):
+        x_hat = _along(mat, x_hat, axis)
+    return x_hat
+
+
+def _inverse_along_rows(out_hat: torch.Tensor, inverse_mats: list[torch.Tensor]) -> torch.Tensor:
+    """Modes (B, m_1, .., C, k) -> the [re, im] pairs (B·n_1···n_(d-1)·C, 2k) that the last inverse GEMM,
+    ``pairs @ inverse_mats[-1]``, turns into the field (the irfft of k frequencies)."""
+    for axis, mat in enumerate(inverse_mats[:-1], start=1):
+        out_hat = _along(mat, out_hat, axis)
+    return torch.view_as_real(out_hat.contiguous()).view(-1, 2 * out_hat.shape[-1])
+
+
+def _mix_mode_major(x_hat: torch.Tensor, major: torch.Tensor) -> torch.Tensor:
+    """Mode mixing with a mode-major weight (M, C_in, C_out): x_hat (B, m_1, .., C_in, k) -> (B, m_1, .., C_out, k),
+    one complex ``bmm`` over the M = m_1···k modes."""
+    modes = x_hat.shape[1:-2] + x_hat.shape[-1:]
+    x_m = x_hat.movedim(-2, -1).reshape(x_hat.shape[0], -1, x_hat.shape[-2]).transpose(0, 1)  # (M, B, C_in)
+    out = torch.bmm(x_m, major)  # (M, B, C_out)
+    return out.transpose(0, 1).reshape(x_hat.shape[0], *modes, -1).movedim(-1, -2)
+
+
+def _adjoint_equation(equation: str, operand: int) -> str:
+    """The einsum equation of the gradient for operand 0 or 1 of the two-operand product ``equation``: the output's
+    gradient times the other operand (conjugated by the caller), summed to that operand's indices."""
+    inputs, output = equation.split("->")
+    first, second = inputs.split(",")
+    return f"{output},{second}->{first}" if operand == 0 else f"{first},{output}->{second}"
+
+
+def _tiles_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``weight @ tile + bias`` for every (C_in, n) tile of x (.., C_in, n) -> (.., C_out, n)."""
+    x3 = x.reshape(-1, x.shape[-2], x.shape[-1])
+    w = weight.expand(x3.shape[0], -1, -1)
+    out = torch.bmm(w, x3) if bias is None else torch.baddbmm(bias[None, :, None], w, x3)
+    return out.view(*x.shape[:-2], -1, x.shape[-1])
+
+
+class _SpectralSkipRows(torch.autograd.Function):
+    """``K x + W x + b`` on the row layout (a Fourier block's global and local linear maps, Li et al. 2021 eq. (2)),
+    x (B, n_1, .., C_in, n_d) -> (B, n_1, .., C_out, n_d), with its adjoint written out.
+
+    Autograd through the same ops makes the backward pass about twice the forward one at 128² (measured, issue 20):
+    the gradients of the two paths are summed in a new field, the GEMMs on broadcast weights transposed copy their
+    operands, and the forward pass cannot accumulate in place. Here the forward pass is the inference one (the
+    spectral output added into the skip's GEMM output in place) and the gradient for x is the skip's transposed
+    GEMM with the spectral adjoint accumulated into it: ``g @ G_dᵀ`` (the synthesis' last GEMM transposed), the
+    small complex adjoints on the kept modes, and ``ĝ @ F_dᵀ`` added in place. Saves x (for W's gradient, only when
+    W is trainable) and the kept modes of x (for the spectral weight's gradient, only when it is trainable).
+
+    Inputs: x, the spectral weight (C_in, C_out, m_1, .., k) complex, W (C_out, C_in), b (C_out,), and the
+    :class:`PeriodicSpectralConv` (for its cached DFT matrices and mode-major weight)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, skip_weight: torch.Tensor, skip_bias: torch.Tensor,
+                conv: "PeriodicSpectralConv") -> torch.Tensor:
+        given, x = x, x.contiguous()
+        forward_mats, inverse_mats = conv._dft_matrices(_row_sizes(x), x.dtype, x.device)
+        trainable = weight.requires_grad
+        x_hat = _analysis(x, forward_mats)
+        out = _tiles_linear(x, skip_weight, skip_bias)
+        if not trainable:
+            out_hat = _mix_mode_major(x_hat, conv._mode_major_weight(weight, x_hat.dtype))
+        elif x.shape[0] <= 2:  # the policy of PeriodicSpectralConv._mix_modes, without its autograd function
+            out_hat = _mode_mix_product(x_hat, weight.to(x_hat.dtype).contiguous())
+        else:
+            out_hat = torch.einsum(conv._mix_equation(), x_hat, weight.to(x_hat.dtype))
+        pairs = _inverse_along_rows(out_hat, inverse_mats)
+        out.view(-1, x.shape[-1]).addmm_(pairs, inverse_mats[-1])
+        ctx.conv, ctx.trainable = conv, trainable
+        saved_modes = x_hat.clone() if trainable else None  # small; a view of an intermediate breaks torch.compile
+        ctx.save_for_backward(given if skip_weight.requires_grad else None, saved_modes, weight, skip_weight)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, x_hat, weight, skip_weight = ctx.saved_tensors
+        need_x, need_weight, need_skip_weight, need_skip_bias = ctx.needs_input_grad[:4]
+        conv = ctx.conv
+        g = grad.contiguous()
+        n = g.shape[-1]
+        forward_mats, inverse_mats = conv._dft_matrices(_row_sizes(g), g.dtype, g.device)
+        # adjoint of the synthesis: the last GEMM transposed, then the conjugate transposes along the other axes
+        g_hat = torch.mm(g.view(-1, n), inverse_mats[-1].t())
+        g_hat = torch.view_as_complex(g_hat.view(*g.shape[:-1], -1, 2))
+        for axis, mat in reversed(list(enumerate(inverse_mats[:-1], start=1))):
+            g_hat = _along(mat.t().conj(), g_hat, axis)
+        grad_x = grad_weight = grad_skip_weight = grad_skip_bias = None
+        w = weight.to(g_hat.dtype)
+        if need_weight:
+            grad_weight = (_mode_mix_weight_grad(x_hat, g_hat, weight.shape) if g.shape[0] <= 2
+                           else torch.einsum(_adjoint_equation(conv._mix_equation(), 1), x_hat.conj(), g_hat))
+            grad_weight = grad_weight.to(weight.dtype)
+        if need_x:
+            if ctx.trainable:
+                gx_hat = (_mode_mix_input_grad(g_hat, w) if g.shape[0] <= 2
+                          else torch.einsum(_adjoint_equation(conv._mix_equation(), 0), g_hat, w.conj()))
+            else:  # sum_o g conj(W) with the mode-major copy: conj(conj(g) @ Wᵀ) per mode
+                gx_hat = _mix_mode_major(g_hat.conj(), conv._mode_major_weight(weight, g_hat.dtype).transpose(1, 2)).conj()
+            for axis, mat in reversed(list(enumerate(forward_mats[:-1], start=1))):
+                gx_hat = _along(mat.t().conj(), gx_hat.contiguous(), axis)
+            grad_x = _tiles_linear(g, skip_weight.t(), None)
+            pairs = torch.view_as_real(gx_hat.resolve_conj().contiguous()).view(-1, 2 * gx_hat.shape[-1])
+            grad_x.view(-1, n).addmm_(pairs, forward_mats[-1].t())
+        if need_skip_weight:
+            g3, x3 = g.view(-1, g.shape[-2], n), x.reshape(-1, x.shape[-2], n)
+            grad_skip_weight = torch.bmm(g3, x3.transpose(1, 2)).sum(0)
+        if need_skip_bias:
+            grad_skip_bias = g.sum(-1).reshape(-1, g.shape[-2]).sum(0)  # the contiguous axis first
+        return grad_x, grad_weight, grad_skip_weight, grad_skip_bias, None
+
+
 def to_rows(x: torch.Tensor) -> torch.Tensor:
     """(B, C, n_1, ..., n_d) -> the row layout (B, n_1, ..., n_(d-1), C, n_d), contiguous.
 
@@ -197,25 +333,42 @@ class _ModeMix(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(x, w)
-        cin, cout = w.shape[:2]
-        out = (_channels_first(x)[:, :, None] * w.reshape(cin, cout, -1)).sum(1)  # (B, C_out, modes)
-        return _channels_back(out, x)
+        return _mode_mix_product(x, w)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         x, w = ctx.saved_tensors
-        cin, cout = w.shape[:2]
-        g = _channels_first(grad)[:, None]  # (B, 1, C_out, modes)
-        grad_x = grad_w = None
-        if ctx.needs_input_grad[0]:  # sum_o g conj(w) = conj(sum_o conj(g) w): no conjugated copy of w
-            grad_x = _channels_back((g.conj() * w.reshape(cin, cout, -1)).sum(2).conj(), x)
-        if ctx.needs_input_grad[1]:  # one product per sample accumulated in place, no (B, C_in, C_out, ..) temporary
-            xc = _channels_first(x).conj()[:, :, None]  # (B, C_in, 1, modes)
-            grad_w = xc[0] * g[0]
-            for b in range(1, x.shape[0]):
-                grad_w.addcmul_(xc[b], g[b])
-            grad_w = grad_w.view(w.shape)
+        grad_x = _mode_mix_input_grad(grad, w) if ctx.needs_input_grad[0] else None
+        grad_w = _mode_mix_weight_grad(x, grad, w.shape) if ctx.needs_input_grad[1] else None
         return grad_x, grad_w
+
+
+def _mode_mix_product(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``sum_i x[b, .., i, k] w[i, o, .., k]`` as broadcast products in w's own layout: x (B, m_1, .., C_in, k),
+    w (C_in, C_out, m_1, .., k) contiguous -> (B, m_1, .., C_out, k)."""
+    cin, cout = w.shape[:2]
+    out = (_channels_first(x)[:, :, None] * w.reshape(cin, cout, -1)).sum(1)  # (B, C_out, modes)
+    return _channels_back(out, x)
+
+
+def _mode_mix_input_grad(grad: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """The gradient for x of ``sum_i x[b, .., i, k] w[i, o, .., k]``: ``sum_o g conj(w)``, computed as
+    ``conj(sum_o conj(g) w)`` (no conjugated copy of w). grad (B, m_1, .., C_out, k), w (C_in, C_out, m_1, .., k)
+    -> (B, m_1, .., C_in, k)."""
+    cin, cout = w.shape[:2]
+    g = _channels_first(grad)[:, None]  # (B, 1, C_out, modes)
+    return _channels_back((g.conj() * w.reshape(cin, cout, -1)).sum(2).conj(), grad)
+
+
+def _mode_mix_weight_grad(x: torch.Tensor, grad: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """The gradient for w of the same product: ``sum_b conj(x) g`` in w's layout ``shape`` (C_in, C_out, m_1, .., k),
+    one product per sample accumulated in place (no (B, C_in, C_out, ..) temporary)."""
+    xc = _channels_first(x).conj()[:, :, None]  # (B, C_in, 1, modes)
+    g = _channels_first(grad)[:, None]  # (B, 1, C_out, modes)
+    grad_w = xc[0] * g[0]
+    for b in range(1, x.shape[0]):
+        grad_w.addcmul_(xc[b], g[b])
+    return grad_w.view(shape)
 
 
 def _channels_first(x: torch.Tensor) -> torch.Tensor:
