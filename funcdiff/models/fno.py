@@ -175,10 +175,12 @@ class FNOBlock(nn.Module):
             gain = gain * rstd
             offset = offset - gain * mean
         out = torch.empty_like(x3)
+        rows = min(step, h3.shape[1])
+        act, wide = h3.new_empty(rows, channels, n), h3.new_empty(rows, hidden, n)  # scratch reused by every chunk: in cache
         for b, r0, r1 in chunks:
-            y = torch.ops.aten.gelu_(torch.addcmul(offset[b, :, None], h3[b, r0:r1], gain[b, :, None]))
-            g = torch.ops.aten.gelu_(_tile_linear(self.mlp[0].linear, y))
-            _tile_linear(self.mlp[2].linear, g, out=out[b, r0:r1]).add_(x3[b, r0:r1])
+            y = torch.addcmul(offset[b, :, None], h3[b, r0:r1], gain[b, :, None], out=act[:r1 - r0])
+            g = _tile_linear(self.mlp[0].linear, torch.ops.aten.gelu_(y), out=wide[:r1 - r0])
+            _tile_linear(self.mlp[2].linear, torch.ops.aten.gelu_(g), out=out[b, r0:r1]).add_(x3[b, r0:r1])
         return out.view(x.shape)
 
     def _modulate(self, h: torch.Tensor, emb: torch.Tensor, rows: bool) -> torch.Tensor:
@@ -489,9 +491,14 @@ def _chunked_mlp_rows(m: torch.Tensor, lin1: nn.Linear, lin2: nn.Linear, gelu_in
     """Inference: ``lin2(gelu(lin1(a(m))))`` on tiles m (T, C, n) -> (T, C_out, n), a = gelu or the identity, over
     chunks of tiles so that the hidden-width field never goes to memory."""
     out = m.new_empty(m.shape[0], lin2.out_features, m.shape[2])
-    for c in _GeluMLPRows._chunks(m, lin1.out_features):
-        y = torch.nn.functional.gelu(m[c]) if gelu_input else m[c]
-        _tile_linear(lin2, torch.ops.aten.gelu_(_tile_linear(lin1, y)), out=out[c])
+    chunks = _GeluMLPRows._chunks(m, lin1.out_features)
+    step = chunks[0].stop  # scratch buffers for one chunk, reused by every chunk: they stay in cache
+    act = m.new_empty(step, *m.shape[1:]) if gelu_input else None
+    wide = m.new_empty(step, lin1.out_features, m.shape[2])
+    for c in chunks:
+        size = c.stop - c.start
+        y = torch.ops.aten.gelu.out(m[c], out=act[:size]) if gelu_input else m[c]
+        _tile_linear(lin2, torch.ops.aten.gelu_(_tile_linear(lin1, y, out=wide[:size])), out=out[c])
     return out
 
 
