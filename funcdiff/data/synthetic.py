@@ -144,12 +144,13 @@ def make_synthetic_fields(num_samples: int, resolution: int, generator: torch.Ge
     """
     _check_synthetic_args(num_samples, resolution, dim, channels, n_modes)
     spectrum = _grf_spectrum(dim, n_modes, alpha, tau)
-    out = []
+    out, first = [], None
     for c in range(channels):
-        if c == 1:
-            out.append(_evaluate(_potential(coeff, spectrum), resolution))
+        if c == 1:  # the potential of the first channel's GRF
+            out.append(_evaluate(_potential(first, spectrum), resolution))
             continue
         coeff = _grf_coefficients(num_samples, spectrum, generator)
+        first = coeff if c == 0 else first
         a = torch.tanh(sharpness * _evaluate(coeff, resolution))
         out.append(a + _periodic_bumps(num_samples, resolution, dim, n_bumps, generator))
     return torch.stack(out, dim=1).to(dtype)

@@ -7,8 +7,6 @@ from torch import nn
 
 from typing import Callable, Optional
 
-from typing import Callable, Optional
-
 from funcdiff.noise import GaussianRandomField
 from funcdiff.utils import append_dims
 
