@@ -28,7 +28,7 @@ def test_mode_mix_gradients_equal_autograds_of_the_broadcast_product():
 def test_spectral_skip_rows_equals_autograd_through_the_two_paths():
     """``K x + W x + b`` as one function with a hand-written adjoint (:class:`_SpectralSkipRows`): the same output and
     the same gradients for x, the spectral weight and the skip's weight and bias as autograd through the spectral
-    layer accumulating into the skip, on 1-, 2- and 3-D grids, odd and even, batch 1-3, trainable and frozen."""
+    layer accumulating into the skip, on 1-, 2- and 3-D grids, odd and even, batch 1-3, each layer trainable or frozen."""
     from funcdiff.models.conditioning import PointwiseLinear
     from funcdiff.models.spectral import PeriodicSpectralConv, to_rows
 
@@ -37,10 +37,11 @@ def test_spectral_skip_rows_equals_autograd_through_the_two_paths():
         conv = PeriodicSpectralConv(3, 5, modes).double()
         skip = PointwiseLinear(3, 5).double()
         x = to_rows(torch.randn(batch, 3, *shape, dtype=torch.float64)).requires_grad_(True)
-        for trainable in (True, False):
-            conv.requires_grad_(trainable)
-            skip.requires_grad_(trainable)
-            params = [x] + ([conv.weight.to_tensor(), skip.linear.weight, skip.linear.bias] if trainable else [])
+        for conv_trainable, skip_trainable in ((True, True), (False, False), (True, False), (False, True)):
+            conv.requires_grad_(conv_trainable)
+            skip.requires_grad_(skip_trainable)
+            params = ([x] + ([conv.weight.to_tensor()] if conv_trainable else [])
+                      + ([skip.linear.weight, skip.linear.bias] if skip_trainable else []))
             plain = conv.forward_rows(x, accumulate=skip.forward_rows(x))
             fused = conv.forward_rows_with_skip(x, skip)
             assert fused.grad_fn is not None and type(fused.grad_fn).__name__ == "_SpectralSkipRowsBackward"
