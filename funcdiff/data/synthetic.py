@@ -150,7 +150,8 @@ def make_synthetic_fields(num_samples: int, resolution: int, generator: torch.Ge
             out.append(_evaluate(_potential(first, spectrum), resolution))
             continue
         coeff = _grf_coefficients(num_samples, spectrum, generator)
-        first = coeff if c == 0 else first
+        if c == 0:
+            first = coeff
         a = torch.tanh(sharpness * _evaluate(coeff, resolution))
         out.append(a + _periodic_bumps(num_samples, resolution, dim, n_bumps, generator))
     return torch.stack(out, dim=1).to(dtype)

@@ -116,7 +116,9 @@ class PeriodicSpectralConv(SpectralConv):
             return _mix_mode_major(x_hat, self._mode_major_weight(weight, x_hat.dtype))
         weight = weight.to(x_hat.dtype)
         if x_hat.shape[0] <= 2:  # broadcast products in w's own layout: faster than einsum's complex bmm here
-            return _ModeMix.apply(x_hat, weight.contiguous())
+            # without autograd (inside :class:`_SpectralSkipRows`, which writes its own adjoint) the bare product
+            product = _ModeMix.apply if torch.is_grad_enabled() else _mode_mix_product
+            return product(x_hat, weight.contiguous())
         return torch.einsum(self._mix_equation(), x_hat, weight)
 
     def _mix_equation(self) -> str:
@@ -245,13 +247,7 @@ class _SpectralSkipRows(torch.autograd.Function):
         trainable = weight.requires_grad
         x_hat = _analysis(x, forward_mats)
         out = _tiles_linear(x, skip_weight, skip_bias)
-        if not trainable:
-            out_hat = _mix_mode_major(x_hat, conv._mode_major_weight(weight, x_hat.dtype))
-        elif x.shape[0] <= 2:  # the policy of PeriodicSpectralConv._mix_modes, without its autograd function
-            out_hat = _mode_mix_product(x_hat, weight.to(x_hat.dtype).contiguous())
-        else:
-            out_hat = torch.einsum(conv._mix_equation(), x_hat, weight.to(x_hat.dtype))
-        pairs = _inverse_along_rows(out_hat, inverse_mats)
+        pairs = _inverse_along_rows(conv._mix_modes(x_hat, weight, trainable), inverse_mats)
         out.view(-1, x.shape[-1]).addmm_(pairs, inverse_mats[-1])
         ctx.conv, ctx.trainable = conv, trainable
         saved_modes = x_hat.clone() if trainable else None  # small; a view of an intermediate breaks torch.compile
@@ -272,13 +268,13 @@ class _SpectralSkipRows(torch.autograd.Function):
         for axis, mat in reversed(list(enumerate(inverse_mats[:-1], start=1))):
             g_hat = _along(mat.t().conj(), g_hat, axis)
         grad_x = grad_weight = grad_skip_weight = grad_skip_bias = None
-        w = weight.to(g_hat.dtype)
         if need_weight:
             grad_weight = (_mode_mix_weight_grad(x_hat, g_hat, weight.shape) if g.shape[0] <= 2
                            else torch.einsum(_adjoint_equation(conv._mix_equation(), 1), x_hat.conj(), g_hat))
             grad_weight = grad_weight.to(weight.dtype)
         if need_x:
             if ctx.trainable:
+                w = weight.to(g_hat.dtype)
                 gx_hat = (_mode_mix_input_grad(g_hat, w) if g.shape[0] <= 2
                           else torch.einsum(_adjoint_equation(conv._mix_equation(), 0), g_hat, w.conj()))
             else:  # sum_o g conj(W) with the mode-major copy: conj(conj(g) @ Wᵀ) per mode
