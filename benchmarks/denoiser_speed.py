@@ -318,6 +318,15 @@ def main() -> None:
     if args.memory_batch and 256 in grids and "train-step" in args.passes:
         jobs.append((256, args.memory_batch, "train-step"))
     rows = []
+    out = args.out or Path(__file__).resolve().parent / "results" / (
+        "denoiser_speed_quick.json" if args.quick else "denoiser_speed.json")
+
+    def save(complete: bool) -> None:
+        """The rows so far, written atomically after each part: a run stopped by a time limit keeps them."""
+        write_json(rows, out, {"benchmark": "denoiser_speed", "model": MODEL, "neuralop_fno": {
+            "n_modes": [MODES, MODES], "hidden_channels": WIDTH, "n_layers": LAYERS}, "quick": args.quick,
+            "threads": torch.get_num_threads(), "complete": complete})
+
     for n, batch, pass_ in jobs:
         # more repeats where a call is short, so that a median is stable beside other jobs on a shared machine
         by_grid = {64: 10, 128: 6, 256: 4} if args.quick else {64: 30, 128: 20, 256: 12, 512: 6}
@@ -354,26 +363,31 @@ def main() -> None:
                      "bandwidth_gbs": floor["bandwidth_gbs"]})
         print(f"{n}² {pass_} batch {batch}: " + ", ".join(f"{k} {v:.4g} s" for k, v in seconds.items())
               + f", floor {floor[pass_]:.4g} s", flush=True)
+    save(complete=False)
     from _posterior_speed import guided_rows, rollout_rows
 
     guided = args.guided_grids if args.guided_grids is not None else ([64] if args.quick else [64, 128])
     rollouts = args.rollout_grids if args.rollout_grids is not None else ([64] if args.quick else [64, 256])
     if guided:
         rows += guided_rows(guided, device, repeats=1 if args.quick else 5)
+        save(complete=False)
     if rollouts:
         rows += rollout_rows(rollouts, device, repeats=1 if args.quick else 2)
+        save(complete=False)
+    if args.bf16:
+        rows.append(bf16_sample_error(ours, device, args.seed))
+        rows += bf16_loss_curves(device, args.seed, steps=40 if args.quick else 100)
+        save(complete=False)
     if args.compile:  # last: the compiler's worker processes and caches stay behind
         compile_grids = args.compile_grids or ([64] if args.quick else [64, 128])
         rows += compile_rows(ours, compile_grids, device, repeats=3 if args.quick else 5)
+        save(complete=False)
     for row in rows:
         if row["impl"] == "funcdiff" and row["pass"] in ("forward", "train-step"):
             half = [r for r in rows if r["impl"] == "funcdiff" and r["pass"] == row["pass"]
                     and r["batch"] == row["batch"] and r["dtype"] == row["dtype"] and r["grid"] * 2 == row["grid"]]
             if half and "growth" not in row:
                 row["growth"] = row["seconds"] / half[0]["seconds"]
-    if args.bf16:
-        rows.append(bf16_sample_error(ours, device, args.seed))
-        rows += bf16_loss_curves(device, args.seed, steps=40 if args.quick else 100)
     main_rows = [r for r in rows if r["pass"] in ("forward", "train-step") and r["impl"] != "funcdiff-compiled"]
     print_table(main_rows, COLUMNS)
     for pass_, columns in (("guided-step", GUIDED_COLUMNS), ("rollout", ROLLOUT_COLUMNS),
@@ -385,11 +399,7 @@ def main() -> None:
     if compiled:
         print_table(compiled, ["grid", "pass", "batch", "compile_seconds", "seconds", "eager_seconds", "vs_eager",
                                "eager_vs_forward", "compiled_vs_forward", "error"])
-    out = args.out or Path(__file__).resolve().parent / "results" / (
-        "denoiser_speed_quick.json" if args.quick else "denoiser_speed.json")
-    write_json(rows, out, {"benchmark": "denoiser_speed", "model": MODEL, "neuralop_fno": {
-        "n_modes": [MODES, MODES], "hidden_channels": WIDTH, "n_layers": LAYERS}, "quick": args.quick,
-        "threads": torch.get_num_threads()})
+    save(complete=True)
 
 
 if __name__ == "__main__":

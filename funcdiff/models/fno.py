@@ -165,7 +165,7 @@ class FNOBlock(nn.Module):
         scale, shift = self.film.proj(emb).to(h.dtype).chunk(2, dim=1)
         gain, offset = 1 + scale, shift  # (B, C)
         hidden = self.mlp[0].linear.out_features
-        step = max(1, CHUNK_BYTES // (max(hidden, channels) * n * h.element_size()))
+        step = max(1, chunk_bytes(h) // (max(hidden, channels) * n * h.element_size()))
         chunks = [(b, r, min(r + step, h3.shape[1])) for b in range(batch) for r in range(0, h3.shape[1], step)]
         norm = self.norm
         if isinstance(norm, nn.GroupNorm):
@@ -352,12 +352,12 @@ def _group_norm_stats(h: torch.Tensor, groups: int, eps: float,
     """GroupNorm's statistics of h (B, R, C, n), broadcast to each channel: mean and 1/sqrt(var + eps), (B, C) each,
     over (R, C/groups, n) per group. Two-pass (the mean, then the squared norm of the centred field) from
     reductions along contiguous rows, the centred field made ``rows_per_chunk`` rows at a time so that it stays in
-    cache (default: chunks of about ``CHUNK_BYTES``); ``torch.var_mean`` (Welford) costs 10x more on a CPU at 512²."""
+    cache (default: chunks of about :func:`chunk_bytes`); ``torch.var_mean`` (Welford) costs 10x more on a CPU at 512²."""
     batch, rows, channels, n = h.shape
     per_group = channels // groups
     count = rows * n * per_group
     mean = (h.sum(-1).sum(1).view(batch, groups, per_group).sum(-1) / count).repeat_interleave(per_group, 1)
-    step = rows_per_chunk or max(1, CHUNK_BYTES // (channels * n * h.element_size()))
+    step = rows_per_chunk or max(1, chunk_bytes(h) // (channels * n * h.element_size()))
     squares = torch.zeros_like(mean)
     for b in range(batch):
         for r in range(0, rows, step):
@@ -417,7 +417,7 @@ class _GeluMLPRows(torch.autograd.Function):
 
     @staticmethod
     def _chunks(m: torch.Tensor, hidden: int) -> list[slice]:
-        step = max(1, CHUNK_BYTES // (max(hidden, m.shape[1]) * m.shape[2] * m.element_size()))
+        step = max(1, chunk_bytes(m) // (max(hidden, m.shape[1]) * m.shape[2] * m.element_size()))
         return [slice(t, min(t + step, m.shape[0])) for t in range(0, m.shape[0], step)]
 
     @staticmethod
@@ -504,7 +504,16 @@ def _chunked_mlp_rows(m: torch.Tensor, lin1: nn.Linear, lin2: nn.Linear, gelu_in
     return out
 
 
-CHUNK_BYTES = 1 << 21  # the widest field of a chunk of rows in the chunked inference path (2 MiB: best of 0.25-2 measured at 128²-512²)
+CHUNK_BYTES = 1 << 21  # the widest field of a chunk of rows on a CPU (2 MiB: best of 0.25-2 measured at 128²-512²)
+CUDA_CHUNK_BYTES = 1 << 24  # on a GPU: each chunk is a few kernel launches, so chunks are larger (16 MiB)
+
+
+def chunk_bytes(t: torch.Tensor) -> int:
+    """The size in bytes of the widest field of one chunk of rows for the chunked row-layout paths on t's device:
+    ``CHUNK_BYTES`` on a CPU, where a chunk must stay in a core's cache, else ``CUDA_CHUNK_BYTES``, where each chunk
+    costs kernel launches (``benchmarks/chunk_size.py`` measures both). Read at call time, so a benchmark may set
+    either."""
+    return CHUNK_BYTES if t.device.type == "cpu" else CUDA_CHUNK_BYTES
 
 
 def _tile_linear(linear: nn.Linear, y: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
