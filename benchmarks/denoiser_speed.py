@@ -283,6 +283,54 @@ def compile_rows(model: torch.nn.Module, grids: list[int], device: str, repeats:
     return rows
 
 
+def graphed_rows(ours: torch.nn.Module, theirs: torch.nn.Module, grids: list[int], device: str,
+                 repeats: int) -> list[dict]:
+    """CUDA only. Rows (pass "graphed"): a forward call (batch 1, no grad) eager and replayed from a CUDA graph
+    (:class:`~funcdiff.models.graphs.GraphedDenoiser`), funcdiff and neuraloperator's FNO each, interleaved;
+    ``vs_neuralop`` is a row's time over neuraloperator's eager call. Rows (pass "sample"): the wall time of
+    ``sample`` (Heun, 16 steps, batch 4) with and without ``cuda_graphs``, noise draws included."""
+    from funcdiff.models.graphs import GraphedDenoiser
+    from funcdiff.noise import GaussianRandomField
+    from funcdiff.sampling import sample
+
+    ours.eval(), theirs.eval()
+    rows = []
+    for n in grids:
+        x, sigma = torch.randn(1, CHANNELS, n, n, device=device), torch.full((1,), 0.7, device=device)
+        graphed = {"funcdiff": GraphedDenoiser(ours), "neuralop-fno": GraphedDenoiser(lambda y, _: theirs(y))}
+        fns = {"funcdiff": lambda: ours(x, sigma), "funcdiff graphed": lambda: graphed["funcdiff"](x, sigma),
+               "neuralop-fno": lambda: theirs(x), "neuralop-fno graphed": lambda: graphed["neuralop-fno"](x, sigma)}
+        times: dict[str, list[float]] = {name: [] for name in fns}
+        with torch.no_grad():
+            for fn in fns.values():
+                fn()
+            for _ in range(repeats):
+                for name, fn in fns.items():
+                    times[name].append(timed(fn, device))
+        seconds = {name: statistics.median(t) for name, t in times.items()}
+        for name, t in seconds.items():
+            impl = name.split(" ")[0]
+            rows.append({"grid": n, "impl": impl, "pass": "graphed", "batch": 1, "graphed": name.endswith("graphed"),
+                         "threads": torch.get_num_threads(), "dtype": "float32", "seconds": t,
+                         "vs_eager": t / seconds[impl], "vs_neuralop": t / seconds["neuralop-fno"]})
+        noise = GaussianRandomField(dim=2, smoothness=2.0, length_scale=0.05)
+        walls = {}
+        for cuda_graphs in (False, True, False, True):  # interleaved; the first of each warms up
+            _sync(device)
+            start = time.perf_counter()
+            sample(ours, (4, CHANNELS, n, n), noise, steps=16, solver="heun", seed=0, device=device,
+                   cuda_graphs=cuda_graphs)
+            _sync(device)
+            walls[cuda_graphs] = time.perf_counter() - start
+        for cuda_graphs, wall in walls.items():
+            rows.append({"grid": n, "impl": "funcdiff", "pass": "sample", "batch": 4, "steps": 16,
+                         "graphed": cuda_graphs, "threads": torch.get_num_threads(), "dtype": "float32",
+                         "seconds": wall, "vs_eager": wall / walls[False]})
+        print(f"{n}² graphed: " + ", ".join(f"{k} {v:.4g} s" for k, v in seconds.items())
+              + f"; sample eager {walls[False]:.4g} s, graphed {walls[True]:.4g} s", flush=True)
+    return rows
+
+
 def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
@@ -305,6 +353,9 @@ def main() -> None:
                    help="grids of the compile rows (default 64 128; quick: 64)")
     p.add_argument("--guided-grids", type=int, nargs="*", default=None,
                    help="grids of the guided-step rows (dps, mmps vs unguided; default 64 128; quick 64; none: skip)")
+    p.add_argument("--graph-grids", type=int, nargs="*", default=None,
+                   help="CUDA only: grids of the CUDA-graph rows (eager vs graphed calls and samples; default the "
+                        "main grids; none: skip)")
     p.add_argument("--rollout-grids", type=int, nargs="*", default=None,
                    help="grids of the rollout rows (autoregressive, rolling; default 64 256; quick 64; none: skip)")
     args = p.parse_args()
@@ -364,6 +415,10 @@ def main() -> None:
         print(f"{n}² {pass_} batch {batch}: " + ", ".join(f"{k} {v:.4g} s" for k, v in seconds.items())
               + f", floor {floor[pass_]:.4g} s", flush=True)
     save(complete=False)
+    graph_grids = args.graph_grids if args.graph_grids is not None else grids
+    if device.startswith("cuda") and graph_grids:
+        rows += graphed_rows(ours, theirs, graph_grids, device, repeats=max(5, args.repeats or 20))
+        save(complete=False)
     from _posterior_speed import guided_rows, rollout_rows
 
     guided = args.guided_grids if args.guided_grids is not None else ([64] if args.quick else [64, 128])
@@ -395,6 +450,10 @@ def main() -> None:
                            ("loss-curve", ["grid", "dtype", "steps", "val_losses", "loss_ratio_vs_fp32", "seconds"])):
         if any(r["pass"] == pass_ for r in rows):
             print_table([r for r in rows if r["pass"] == pass_], columns)
+    for pass_ in ("graphed", "sample"):
+        if any(r["pass"] == pass_ for r in rows):
+            print_table([r for r in rows if r["pass"] == pass_],
+                        ["grid", "impl", "pass", "batch", "graphed", "seconds", "vs_eager", "vs_neuralop"])
     compiled = [r for r in rows if r["impl"] == "funcdiff-compiled"]
     if compiled:
         print_table(compiled, ["grid", "pass", "batch", "compile_seconds", "seconds", "eager_seconds", "vs_eager",

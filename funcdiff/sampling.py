@@ -252,18 +252,26 @@ def bf16_autocast(device: torch.device | str, enabled: bool = True):
 def sample(denoiser: Denoiser, shape: Sequence[int], noise: GaussianRandomField,
            settings: Optional[SamplerSettings] = None, *, seed: int = 0, batch_size: Optional[int] = None,
            device=None, dtype: torch.dtype = torch.float32, progress: bool = False, grad: bool = False,
-           **keywords) -> torch.Tensor:
+           cuda_graphs: bool = False, **keywords) -> torch.Tensor:
     """Draw samples at any resolution: Karras schedule, initial and churn noise from ``noise``.
 
     ``settings`` (:class:`SamplerSettings`): steps, solver and schedule; its fields may also be given as keywords
     (``steps=16, sigma_max=20``), which update it (an unknown keyword is a TypeError). Each sample i gets its own
     generator seeded from (``seed``, i), so results do not depend on ``batch_size`` (the chunk size bounding
     memory). Runs under ``torch.no_grad()`` unless ``grad=True``; guidance wrappers enable gradients for their own
-    denoiser call either way.
+    denoiser call either way. ``cuda_graphs`` (a CUDA ``device``, ``grad`` off): the denoiser calls are replayed from
+    CUDA graphs (:class:`~funcdiff.models.graphs.GraphedDenoiser`), the same samples with far less host overhead per
+    call at small and medium grids (``benchmarks/denoiser_speed.py``'s graphed rows).
 
     Shapes: ``shape`` = (B, C, *S); returns (B, C, *S) on ``device``.
     """
     s = replace(settings or SamplerSettings(), **keywords)
+    if cuda_graphs:
+        if torch.device(device or "cpu").type != "cuda" or grad:
+            raise ValueError(f"cuda_graphs needs a CUDA device and grad=False, got device {device!r}, grad={grad}")
+        from funcdiff.models.graphs import GraphedDenoiser
+
+        denoiser = GraphedDenoiser(denoiser)
     steps, solver, sigma_max = s.steps, s.solver, s.sigma_max
     run = get_solver(solver)
     shape = tuple(int(n) for n in shape)

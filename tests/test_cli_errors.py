@@ -199,3 +199,16 @@ def test_real_process_prints_one_line_and_exits_2(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"funcdiff sample: error: no such checkpoint: {tmp_path / 'x.pt'}"]
     assert not (tmp_path / "s.nc").exists()
+
+
+def test_cuda_graphs_without_a_cuda_device(files, capsys):
+    """``--cuda-graphs`` on a CPU device is a user's mistake (one line, exit 2), not a silently ignored flag; the
+    library's ``sample(cuda_graphs=True)`` on a CPU is a ValueError."""
+    line = user_error(["sample", "--checkpoint", files["checkpoint"], "--resolution", "8", "--num-samples", "1",
+                       "--out", files["root"] / "g.nc", "--cuda-graphs", "--no-progress"], capsys)
+    assert line.startswith("funcdiff sample: error:") and "--cuda-graphs needs a CUDA --device" in line
+    from funcdiff.noise import GaussianRandomField
+    from funcdiff.sampling import sample
+
+    with pytest.raises(ValueError, match="cuda_graphs needs a CUDA device"):
+        sample(lambda x, sigma: x, (1, 1, 8, 8), GaussianRandomField(dim=2), steps=2, device="cpu", cuda_graphs=True)

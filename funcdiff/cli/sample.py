@@ -26,17 +26,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=positive_int, default=None, help="samples per chunk (bounds memory)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA weights")
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="replay the denoiser calls from CUDA graphs (a CUDA --device; the same samples, less "
+                             "host overhead per call)")
     parser.add_argument("--no-progress", action="store_true")
     parser.set_defaults(func=run_sample)
 
 
 def sample_checkpoint(checkpoint: str | os.PathLike, resolution: int, num_samples: int, *, seed: int = 0,
                       steps: int | None = None, solver: str | None = None, batch_size: int | None = None,
-                      device: str = "cpu", ema: bool = True, progress: bool = False):
+                      device: str = "cpu", ema: bool = True, progress: bool = False, cuda_graphs: bool = False):
     """Sample ``num_samples`` fields at ``resolution`` from a checkpoint, decoded to physical units.
 
     Uses the checkpoint's GRF noise and sampler settings (``sample`` section of its config) unless
-    ``steps``/``solver`` are given. Returns ``(fields, meta, settings)``.
+    ``steps``/``solver`` are given; ``cuda_graphs`` replays the denoiser calls from CUDA graphs (a CUDA ``device``).
+    Returns ``(fields, meta, settings)``.
 
     Shapes: fields (num_samples, C, *([resolution] * dim)), float32 on CPU.
     """
@@ -45,6 +49,8 @@ def sample_checkpoint(checkpoint: str | os.PathLike, resolution: int, num_sample
 
     if resolution < 2 or num_samples < 1:
         raise UserError(f"need resolution >= 2 and num_samples >= 1, got {resolution} and {num_samples}")
+    if cuda_graphs and not str(device).startswith("cuda"):
+        raise UserError(f"--cuda-graphs needs a CUDA --device, got {device!r}")
     denoiser, meta = load_for_role(checkpoint, "field", device, ema=ema)  # UserError for a forecaster or super-resolver
     settings = {**meta.config.get("sample", {})}
     settings.update({k: v for k, v in (("steps", steps), ("solver", solver)) if v is not None})
@@ -53,7 +59,7 @@ def sample_checkpoint(checkpoint: str | os.PathLike, resolution: int, num_sample
         spatial = [resolution, 2 * resolution]
     shape = (num_samples, len(meta.channel_names), *spatial)
     x = sample(denoiser, shape, meta.noise, seed=seed, batch_size=batch_size, device=device, progress=progress,
-               **settings)
+               cuda_graphs=cuda_graphs, **settings)
     x = x.float().cpu()
     if meta.normalizer is not None:
         x = meta.normalizer.decode(x)
@@ -67,7 +73,8 @@ def run_sample(args: argparse.Namespace) -> int:
 
     fields, meta, settings = sample_checkpoint(
         args.checkpoint, args.resolution, args.num_samples, seed=args.seed, steps=args.steps, solver=args.solver,
-        batch_size=args.batch_size, device=args.device, ema=not args.raw, progress=not args.no_progress)
+        batch_size=args.batch_size, device=args.device, ema=not args.raw, progress=not args.no_progress,
+        cuda_graphs=args.cuda_graphs)
     attrs = {"title": f"funcdiff samples of {meta.task or 'run'}", "source": "funcdiff sample",
              "checkpoint": str(meta.path), "checkpoint_step": meta.step, "task": meta.task or "",
              "seed": args.seed, "weights": "raw" if args.raw else "ema", "resolution": args.resolution,

@@ -505,7 +505,9 @@ def _chunked_mlp_rows(m: torch.Tensor, lin1: nn.Linear, lin2: nn.Linear, gelu_in
 
 
 CHUNK_BYTES = 1 << 21  # the widest field of a chunk of rows on a CPU (2 MiB: best of 0.25-2 measured at 128²-512²)
-CUDA_CHUNK_BYTES = 1 << 24  # on a GPU: each chunk is a few kernel launches, so chunks are larger (16 MiB)
+# on a GPU each chunk costs kernel launches: 1 GiB (one chunk up to 2048² at width 64) measured best on an H200 from
+# 0.5 MiB-1 GiB (benchmarks/chunk_size.py: at 1024² 0.45-0.52x the time of 16 MiB chunks, 2 MiB chunks 5-6x)
+CUDA_CHUNK_BYTES = 1 << 30
 
 
 def chunk_bytes(t: torch.Tensor) -> int:
