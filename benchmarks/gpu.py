@@ -11,7 +11,8 @@ printed: that is what to set in a config (train.bf16, train.compile), which defa
 gain (docs: "Batch jobs, multi-GPU training and Slurm").
 
 Rows: {"device", "resolution", "variant", "train_batch", "train_steps_per_s", "sample_batch", "steps",
-       "samples_per_s", "guided_step_ratio", "peak_mem_mb"}
+       "samples_per_s", "samples_per_s_graphed" (``sample(cuda_graphs=True)``; CUDA only), "guided_step_ratio",
+       "peak_mem_mb"}
 
     python benchmarks/gpu.py --out benchmarks/results/gpu_h100.json   # a GPU: 64², 128², 256², darcy_128_gpu model
     python benchmarks/gpu.py --quick --out benchmarks/results/gpu_cpu_quick.json   # CPU: 32², 64², small model
@@ -41,7 +42,7 @@ FULL_MODEL = {"backbone": "fno", "n_modes": [32, 32], "hidden_channels": 128, "n
 QUICK_MODEL = {"backbone": "fno", "n_modes": [8, 8], "hidden_channels": 16, "n_layers": 2, "emb_dim": 16,
                "norm_groups": 4}
 COLUMNS = ["device", "resolution", "variant", "train_batch", "train_steps_per_s", "sample_batch", "steps",
-           "samples_per_s", "guided_step_ratio", "peak_mem_mb"]
+           "samples_per_s", "samples_per_s_graphed", "guided_step_ratio", "peak_mem_mb"]
 
 
 def _config(resolution: int, model: dict, batch: int, device: str, bf16: bool, compile_: bool, out: str) -> dict:
@@ -62,8 +63,9 @@ def train_rate(trainer: Trainer, warmup: int, steps: int, device: str) -> float:
 
 
 def sample_rates(trainer: Trainer, resolution: int, batch: int, steps: int, seed: int, device: str
-                 ) -> tuple[float, float]:
-    """(samples/s of unguided Heun sampling, guided / unguided wall-time ratio) with the EMA network."""
+                 ) -> tuple[float, float, float | None]:
+    """(samples/s of unguided Heun sampling, guided / unguided wall-time ratio, samples/s of unguided sampling with
+    ``cuda_graphs``: CUDA only, else None) with the EMA network."""
     model = trainer.ema.ema_model.eval()
     shape = (batch, 2, resolution, resolution)
     gen = torch.Generator().manual_seed(seed)
@@ -79,11 +81,19 @@ def sample_rates(trainer: Trainer, resolution: int, batch: int, steps: int, seed
         guided_sample(model, trainer.noise, obs, shape, steps=steps, seed=seed, device=device,
                       sigma_max=SIGMA_MAX_MEASURED)
 
+    def graphed():
+        sample(model, shape, trainer.noise, steps=steps, seed=seed, device=device, sigma_max=SIGMA_MAX_MEASURED,
+               cuda_graphs=True)
+
     unguided()  # warm-up
     t_plain = min(timed(unguided, device) for _ in range(2))
     guided()
     t_guided = min(timed(guided, device) for _ in range(2))
-    return batch / t_plain, t_guided / t_plain
+    rate_graphed = None
+    if device.startswith("cuda"):
+        graphed()
+        rate_graphed = batch / min(timed(graphed, device) for _ in range(2))
+    return batch / t_plain, t_guided / t_plain, rate_graphed
 
 
 def main() -> None:
@@ -106,6 +116,13 @@ def main() -> None:
         if args.compile:
             variants += [("fp32+compile", False, True), ("bf16+compile", True, True)]
     rows = []
+
+    def save(complete: bool) -> None:
+        """The rows so far, written atomically after each one: a run stopped by a time limit keeps them."""
+        write_json(rows, args.out, {"benchmark": "gpu", "quick": args.quick, "cuda": cuda, "model": model,
+                                    "threads": torch.get_num_threads(), "loadavg": os.getloadavg(),
+                                    "note": "no CUDA device: CPU run" if not cuda else "", "complete": complete})
+
     with tempfile.TemporaryDirectory() as tmp:
         for n in resolutions:
             for name, bf16, compile_ in variants:
@@ -117,20 +134,20 @@ def main() -> None:
                 row = {"device": "cuda" if cuda else "cpu", "resolution": n, "variant": name,
                        "train_batch": train_batch, "train_steps_per_s": train_rate(trainer, warmup, timed, args.device)}
                 if name == "fp32":  # sampling has no bf16/compile switch: measured once per resolution
-                    rate, ratio = sample_rates(trainer, n, sample_batch, steps, args.seed, args.device)
-                    row.update(sample_batch=sample_batch, steps=steps, samples_per_s=rate, guided_step_ratio=ratio)
+                    rate, ratio, graphed = sample_rates(trainer, n, sample_batch, steps, args.seed, args.device)
+                    row.update(sample_batch=sample_batch, steps=steps, samples_per_s=rate, guided_step_ratio=ratio,
+                               samples_per_s_graphed=graphed)
                 row["peak_mem_mb"] = torch.cuda.max_memory_allocated() / 2 ** 20 if cuda else None
                 rows.append(row)
                 print_table(rows[-1:], COLUMNS)
+                save(complete=False)
                 del trainer
     print()
     print_table(rows, COLUMNS)
     for n in resolutions:
         best = max((r for r in rows if r["resolution"] == n), key=lambda r: r["train_steps_per_s"])
         print(f"{n}²: fastest training variant {best['variant']} ({best['train_steps_per_s']:.3g} steps/s)")
-    write_json(rows, args.out, {"benchmark": "gpu", "quick": args.quick, "cuda": cuda, "model": model,
-                                "threads": torch.get_num_threads(), "loadavg": os.getloadavg(),
-                                "note": "no CUDA device: CPU run" if not cuda else ""})
+    save(complete=True)
 
 
 if __name__ == "__main__":
