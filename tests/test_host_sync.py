@@ -92,3 +92,43 @@ def test_conjugate_gradient_runs_its_iterations_without_syncs_and_solves():
         x, side = conjugate_gradient(apply, b, torch.zeros_like(b), 8, tol=1e-12)
     assert syncs["n"] == 0 and len(calls) == 9  # one start + a fixed 8 iterations, converged rows masked
     assert torch.allclose(x, torch.linalg.solve(a, b), atol=1e-10) and torch.allclose(side, 2 * x, atol=1e-10)
+
+
+class _HostCopies(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records the operators that, on a GPU, copy from the host: a tensor made from Python or NumPy data
+    (``lift_fresh``) and a copy to an explicitly named device (``_to_copy(device=...)``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.ops.aten.lift_fresh.default or (func is torch.ops.aten._to_copy.default
+                                                         and "device" in kwargs):
+            self.seen.append(str(func))
+        return func(*args, **kwargs)
+
+
+@pytest.mark.parametrize("config", [
+    {"backbone": "fno", "n_modes": [6, 6], "hidden_channels": 8, "norm_groups": 4},
+    {"backbone": "uno", "n_modes": [6, 6], "hidden_channels": 8, "norm_groups": 4},
+    {"backbone": "local_fno", "n_modes": [6, 6], "hidden_channels": 8, "norm_groups": 4},
+    {"backbone": "sfno", "n_modes": [12, 12], "hidden_channels": 16, "n_layers": 2},
+], ids=lambda c: c["backbone"])
+def test_a_denoiser_call_copies_nothing_from_the_host(config):
+    """After the first call (caches made), a denoiser call makes no tensor from host data: the condition for
+    capturing it in a CUDA graph (``sample(cuda_graphs=True)``, :mod:`funcdiff.models.graphs`; captured on a GPU in
+    tests/test_cuda.py) and for not stalling a GPU with pageable host copies."""
+    if config["backbone"] == "sfno":
+        pytest.importorskip("torch_harmonics")
+    from funcdiff.models import build_denoiser
+
+    model = build_denoiser({"in_channels": 2, "out_channels": 2, "sigma_data": 0.5, **config}).eval()
+    x = torch.randn(2, 2, 24, 48 if config["backbone"] == "sfno" else 24)
+    sigma = torch.tensor([0.3, 2.0])
+    with torch.no_grad():
+        model(x, sigma)
+        with _HostCopies() as copies:
+            model(x, sigma)
+    assert copies.seen == [], copies.seen

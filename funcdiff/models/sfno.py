@@ -20,6 +20,7 @@ Shapes: x (B, C, H, W) on a regular lat-lon grid (:func:`funcdiff.sphere.grid_ki
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import ClassVar
@@ -58,6 +59,13 @@ def sphere_features(shape: tuple[int, int], device=None, dtype=torch.float32) ->
     return torch.as_tensor(xyz, device=device, dtype=dtype)
 
 
+@functools.lru_cache(maxsize=8)
+def _cached_sphere_features(shape: tuple[int, int], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """:func:`sphere_features` made once per grid, device and dtype (read-only): a call then copies nothing from
+    the host, which also lets a CUDA graph capture the denoiser (:mod:`funcdiff.models.graphs`)."""
+    return sphere_features(shape, device=device, dtype=dtype)
+
+
 class NoiseConditionedSFNO(NoiseConditionedFNO):
     """``F(x, c_noise, cond)`` on the sphere: the FNO backbone with spherical convolutions (see the module docstring).
 
@@ -89,7 +97,7 @@ class NoiseConditionedSFNO(NoiseConditionedFNO):
     def _positional_features(self, shape: tuple[int, ...], device, dtype) -> torch.Tensor | None:
         if self.config.positional_embedding != "sphere":
             return None
-        return sphere_features(shape, device=device, dtype=dtype)  # type: ignore[arg-type]
+        return _cached_sphere_features(tuple(shape), torch.device(device), dtype)  # type: ignore[arg-type]
 
     def _check_resolution(self, resolution: tuple[int, ...]) -> None:
         try:
