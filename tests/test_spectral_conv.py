@@ -204,3 +204,26 @@ def test_a_model_with_filled_caches_pickles_and_copies():
         buffer.seek(0)
         for other in (torch.load(buffer, weights_only=False), copy.deepcopy(denoiser)):
             torch.testing.assert_close(other(x, sigma), out, rtol=0, atol=0)
+
+
+def test_inference_single_pass_and_chunks_equal_the_unfused_block(monkeypatch):
+    """A block at inference: one pass over the whole batch (a field within one chunk: small grids, a GPU) and
+    chunks of rows sample by sample (a CPU's large grids) give the plain channel-first block's output; GroupNorm's
+    statistics by one Welford reduction (the GPU's) equal the chunked two-pass ones (the CPU's)."""
+    from funcdiff.models import fno
+
+    torch.manual_seed(4)
+    block = fno.FNOBlock(fno.FNOConfig(in_channels=2, out_channels=2, n_modes=(4, 4), hidden_channels=8,
+                                       norm_groups=2, emb_dim=8)).double().eval()
+    x = torch.randn(3, 8, 10, 9, dtype=torch.float64)
+    emb = torch.randn(3, 8, dtype=torch.float64)
+    with torch.no_grad():
+        plain = x + block.mlp(block.act(block.film(block.norm(block.spectral(x) + block.pointwise(x)), emb)))
+        for chunk in (1 << 30, 16 * 9 * 8 * 3):  # the whole field at once; chunks of 3 rows per sample
+            monkeypatch.setattr(fno, "CHUNK_BYTES", chunk)
+            rows = fno.to_rows(x).contiguous()
+            out = fno.from_rows(block(rows, emb, rows=True))
+            torch.testing.assert_close(out, plain, rtol=1e-10, atol=1e-12)
+    h = torch.randn(3, 10, 8, 9, dtype=torch.float64) + 2.0
+    for a, b in zip(fno._group_norm_stats_welford(h, 2, 1e-5), fno._group_norm_stats(h, 2, 1e-5, 4)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

@@ -175,6 +175,11 @@ class FNOBlock(nn.Module):
                 offset = offset + gain * norm.bias
             gain = gain * rstd
             offset = offset - gain * mean
+        if batch * h3.shape[1] <= step:  # the whole field is one chunk (small grids; a GPU): one pass, no loop
+            y = torch.addcmul(offset[:, None, :, None], h3, gain[:, None, :, None]).view(-1, channels, n)
+            g = _tile_linear(self.mlp[2].linear, torch.ops.aten.gelu_(
+                _tile_linear(self.mlp[0].linear, torch.ops.aten.gelu_(y))))
+            return g.add_(x.view(g.shape)).view(x.shape)
         out = torch.empty_like(x3)
         rows = min(step, h3.shape[1])
         act, wide = h3.new_empty(rows, channels, n), h3.new_empty(rows, hidden, n)  # scratch reused by every chunk: in cache
@@ -353,6 +358,8 @@ def _group_norm_stats(h: torch.Tensor, groups: int, eps: float,
     over (R, C/groups, n) per group. Two-pass (the mean, then the squared norm of the centred field) from
     reductions along contiguous rows, the centred field made ``rows_per_chunk`` rows at a time so that it stays in
     cache (default: chunks of about :func:`chunk_bytes`); ``torch.var_mean`` (Welford) costs 10x more on a CPU at 512²."""
+    if h.device.type != "cpu":  # the chunked passes are for a CPU core's cache; a GPU reduces in one kernel
+        return _group_norm_stats_welford(h, groups, eps)
     batch, rows, channels, n = h.shape
     per_group = channels // groups
     count = rows * n * per_group
@@ -364,6 +371,15 @@ def _group_norm_stats(h: torch.Tensor, groups: int, eps: float,
             squares[b] += torch.linalg.vector_norm(h[b, r:r + step] - mean[b, :, None], dim=-1).square().sum(0)
     var = squares.view(batch, groups, per_group).sum(-1) / count
     return mean, (var + eps).rsqrt().repeat_interleave(per_group, dim=1)
+
+
+def _group_norm_stats_welford(h: torch.Tensor, groups: int, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_group_norm_stats` by one ``torch.var_mean`` (Welford) over (R, C/groups, n): one reduction kernel on
+    a GPU, where the chunked two-pass version costs a dozen small launches per block. Shapes as there."""
+    batch, rows, channels, n = h.shape
+    per_group = channels // groups
+    var, mean = torch.var_mean(h.reshape(batch, rows, groups, per_group, n), dim=(1, 3, 4), correction=0)
+    return mean.repeat_interleave(per_group, 1), (var + eps).rsqrt().repeat_interleave(per_group, 1)
 
 
 class _GroupNormAffine(torch.autograd.Function):
