@@ -157,11 +157,7 @@ def test_residual_size_is_resolution_independent():
     frames = sample_periodic_grf(3, 9, 2, sigma=26.0, generator=g, dtype=F64)  # (3, 1, 9, 9): three frames
     traj = frames.permute(1, 0, 2, 3)[None]  # (1, 1, T=3, 9, 9)
     times = [0.0, 0.1, 0.3]
-    sizes = {}
-    for n in (32, 64):
-        r = navier_stokes_residual(fourier_resample(traj, n, 2), times, nu=1e-3)
-        sizes[n] = float(mean_square(r))
-        if n == 64:
-            assert torch.allclose(fourier_resample(r, 32, 2), r32, atol=1e-10)
-        r32 = r
+    residuals = {n: navier_stokes_residual(fourier_resample(traj, n, 2), times, nu=1e-3) for n in (32, 64)}
+    assert torch.allclose(fourier_resample(residuals[64], 32, 2), residuals[32], atol=1e-10)
+    sizes = {n: float(mean_square(r)) for n, r in residuals.items()}
     assert sizes[32] > 1e-3 and abs(sizes[32] / sizes[64] - 1) < 1e-10, sizes
