@@ -49,7 +49,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import parser, print_table, write_json  # noqa: E402
+from _common import parser, print_table, sync, timed, write_json  # noqa: E402
 
 from funcdiff.models import build_denoiser  # noqa: E402
 
@@ -69,19 +69,6 @@ def neuralop_fno() -> torch.nn.Module:
 
     return FNO(n_modes=(MODES, MODES), in_channels=CHANNELS, out_channels=CHANNELS, hidden_channels=WIDTH,
                n_layers=LAYERS)
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def timed(fn, device: str) -> float:
-    _sync(device)
-    start = time.perf_counter()
-    fn()
-    _sync(device)
-    return time.perf_counter() - start
 
 
 def median_time(fn, repeats: int, device: str) -> float:
@@ -316,11 +303,11 @@ def graphed_rows(ours: torch.nn.Module, theirs: torch.nn.Module, grids: list[int
         noise = GaussianRandomField(dim=2, smoothness=2.0, length_scale=0.05)
         walls = {}
         for cuda_graphs in (False, True, False, True):  # interleaved; the first of each warms up
-            _sync(device)
+            sync(device)
             start = time.perf_counter()
             sample(ours, (4, CHANNELS, n, n), noise, steps=16, solver="heun", seed=0, device=device,
                    cuda_graphs=cuda_graphs)
-            _sync(device)
+            sync(device)
             walls[cuda_graphs] = time.perf_counter() - start
         for cuda_graphs, wall in walls.items():
             rows.append({"grid": n, "impl": "funcdiff", "pass": "sample", "batch": 4, "steps": 16,

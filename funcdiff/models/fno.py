@@ -166,7 +166,6 @@ class FNOBlock(nn.Module):
         gain, offset = 1 + scale, shift  # (B, C)
         hidden = self.mlp[0].linear.out_features
         step = max(1, chunk_bytes(h) // (max(hidden, channels) * n * h.element_size()))
-        chunks = [(b, r, min(r + step, h3.shape[1])) for b in range(batch) for r in range(0, h3.shape[1], step)]
         norm = self.norm
         if isinstance(norm, nn.GroupNorm):
             mean, rstd = _group_norm_stats(h3, norm.num_groups, norm.eps, step)
@@ -177,9 +176,10 @@ class FNOBlock(nn.Module):
             offset = offset - gain * mean
         if batch * h3.shape[1] <= step:  # the whole field is one chunk (small grids; a GPU): one pass, no loop
             y = torch.addcmul(offset[:, None, :, None], h3, gain[:, None, :, None]).view(-1, channels, n)
-            g = _tile_linear(self.mlp[2].linear, torch.ops.aten.gelu_(
+            out = _tile_linear(self.mlp[2].linear, torch.ops.aten.gelu_(
                 _tile_linear(self.mlp[0].linear, torch.ops.aten.gelu_(y))))
-            return g.add_(x.view(g.shape)).view(x.shape)
+            return out.add_(x.view(out.shape)).view(x.shape)
+        chunks = [(b, r, min(r + step, h3.shape[1])) for b in range(batch) for r in range(0, h3.shape[1], step)]
         out = torch.empty_like(x3)
         rows = min(step, h3.shape[1])
         act, wide = h3.new_empty(rows, channels, n), h3.new_empty(rows, hidden, n)  # scratch reused by every chunk: in cache

@@ -43,19 +43,19 @@ class GraphedDenoiser:
         if torch.is_grad_enabled() or x.device.type != "cuda" or cond is not None:
             return self.denoiser(x, sigma) if cond is None else self.denoiser(x, sigma, cond=cond)
         sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
-        key = (tuple(x.shape), x.dtype, x.device, tuple(sigma.shape), torch.is_autocast_enabled("cuda"),
-               torch.get_autocast_dtype("cuda"))
+        autocast = (torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda"))
+        key = (tuple(x.shape), x.dtype, x.device, tuple(sigma.shape), autocast)
         captured = self._graphs.get(key)
         if captured is None:
-            captured = self._graphs[key] = self._capture(x, sigma)
+            captured = self._graphs[key] = self._capture(x, sigma, *autocast)
         captured.x.copy_(x)
         captured.sigma.copy_(sigma)
         captured.graph.replay()
         return captured.out.clone()
 
-    def _capture(self, x: torch.Tensor, sigma: torch.Tensor) -> _Captured:
+    def _capture(self, x: torch.Tensor, sigma: torch.Tensor, enabled: bool, dtype: torch.dtype) -> _Captured:
+        """Warm up and record one call on copies of x and sigma, under the caller's autocast state."""
         static_x, static_sigma = x.clone(), sigma.clone()
-        dtype, enabled = torch.get_autocast_dtype("cuda"), torch.is_autocast_enabled("cuda")
 
         def autocast():
             return torch.autocast("cuda", dtype=dtype, enabled=enabled, cache_enabled=False)
