@@ -31,15 +31,12 @@ from pathlib import Path
 
 import torch
 
+from _common import sync
+
 ROOT = Path(__file__).resolve().parents[1]
 FIELD_MODEL = {"backbone": "fno", "n_modes": [16, 16], "hidden_channels": 32, "n_layers": 4, "sigma_data": 0.5}
 ONE_STEP = {"steps": 1, "batch_size": 2, "warmup_steps": 0, "log_every": 0, "eval_every": 0, "checkpoint_every": 0,
             "device": "cpu"}
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def field_checkpoint(workdir: Path, device: str) -> Path:
@@ -64,10 +61,10 @@ class _CallTimes:
 
     def timed(self, fn):
         def call(*args, **kwargs):
-            _sync(self.device)
+            sync(self.device)
             start = time.perf_counter()
             out = fn(*args, **kwargs)
-            _sync(self.device)
+            sync(self.device)
             self.times.append(time.perf_counter() - start)
             return out
         return call
@@ -190,11 +187,11 @@ def rollout_rows(grids, device: str, members: int = 2, steps_per_frame: int = 4,
             results: dict[str, list[tuple[float, float, int]]] = {k: [] for k in runs}
             for rep in range(repeats + 1):  # the first is a warm-up
                 for kind, fcst in runs.items():  # interleaved
-                    _sync(device)
+                    sync(device)
                     start = time.perf_counter()
                     stamps = []
                     for leads, _, _ in fcst.blocks(0):
-                        _sync(device)
+                        sync(device)
                         stamps.append((time.perf_counter(), len(leads)))
                     if rep:
                         first = stamps[0][0]
