@@ -20,6 +20,7 @@ the same operator at every resolution.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -169,11 +170,7 @@ class FNOBlock(nn.Module):
         norm = self.norm
         if isinstance(norm, nn.GroupNorm):
             mean, rstd = _group_norm_stats(h3, norm.num_groups, norm.eps, step)
-            if norm.affine:
-                rstd = rstd * norm.weight
-                offset = offset + gain * norm.bias
-            gain = gain * rstd
-            offset = offset - gain * mean
+            gain, offset = _fold_group_norm(gain, offset, mean, rstd, norm)
         if batch * h3.shape[1] <= step:  # the whole field is one chunk (small grids; a GPU): one pass, no loop
             y = torch.addcmul(offset[:, None, :, None], h3, gain[:, None, :, None]).view(-1, channels, n)
             out = _tile_linear(self.mlp[2].linear, torch.ops.aten.gelu_(
@@ -340,7 +337,7 @@ class NoiseConditionedFNO(Backbone):
     def _positional_features(self, shape: tuple[int, ...], device, dtype) -> torch.Tensor | None:
         """(P, *shape) features appended to the input, or None."""
         if self.config.positional_embedding == "grid":
-            return periodic_grid_features(shape, device=device, dtype=dtype)
+            return _cached_grid_features(tuple(shape), torch.device(device), dtype)
         return None
 
     def _check_resolution(self, resolution: tuple[int, ...]) -> None:
@@ -352,9 +349,32 @@ class NoiseConditionedFNO(Backbone):
             )
 
 
+@functools.lru_cache(maxsize=8)
+def _cached_grid_features(shape: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """:func:`~funcdiff.models.conditioning.periodic_grid_features` made once per grid, device and dtype (read-only):
+    ten small ops (two on the host) less per call, and nothing a CUDA graph could not capture."""
+    return periodic_grid_features(shape, device=device, dtype=dtype)
+
+
+def _fold_group_norm(gain: torch.Tensor, offset: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor,
+                     norm: nn.GroupNorm) -> tuple[torch.Tensor, torch.Tensor]:
+    """``gain * norm(h) + offset`` as one affine map ``gain' * h + offset'`` per (sample, channel), from GroupNorm's
+    statistics per group: gain, offset (B, C), mean, rstd (B, G) -> gain', offset' (B, C). Broadcasts over the
+    channels of a group instead of repeating the statistics per channel: five small ops, each one kernel on a GPU."""
+    batch, channels = gain.shape
+    groups = mean.shape[1]
+    rstd = rstd[:, :, None]  # (B, G, 1)
+    if norm.affine:
+        rstd = rstd * norm.weight.view(groups, -1)  # (B, G, C/G)
+        offset = torch.addcmul(offset, gain, norm.bias)
+    gain = gain.view(batch, groups, -1) * rstd
+    offset = torch.addcmul(offset.view(batch, groups, -1), gain, mean[:, :, None], value=-1)
+    return gain.view(batch, channels), offset.view(batch, channels)
+
+
 def _group_norm_stats(h: torch.Tensor, groups: int, eps: float,
                       rows_per_chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """GroupNorm's statistics of h (B, R, C, n), broadcast to each channel: mean and 1/sqrt(var + eps), (B, C) each,
+    """GroupNorm's statistics of h (B, R, C, n) per group: mean and 1/sqrt(var + eps), (B, G) each,
     over (R, C/groups, n) per group. Two-pass (the mean, then the squared norm of the centred field) from
     reductions along contiguous rows, the centred field made ``rows_per_chunk`` rows at a time so that it stays in
     cache (default: chunks of about :func:`chunk_bytes`); ``torch.var_mean`` (Welford) costs 10x more on a CPU at 512²."""
@@ -363,23 +383,23 @@ def _group_norm_stats(h: torch.Tensor, groups: int, eps: float,
     batch, rows, channels, n = h.shape
     per_group = channels // groups
     count = rows * n * per_group
-    mean = (h.sum(-1).sum(1).view(batch, groups, per_group).sum(-1) / count).repeat_interleave(per_group, 1)
+    mean = h.sum(-1).sum(1).view(batch, groups, per_group).sum(-1) / count
+    centre = mean.repeat_interleave(per_group, 1)[:, :, None]  # (B, C, 1)
     step = rows_per_chunk or max(1, chunk_bytes(h) // (channels * n * h.element_size()))
-    squares = torch.zeros_like(mean)
+    squares = h.new_zeros(batch, channels)
     for b in range(batch):
         for r in range(0, rows, step):
-            squares[b] += torch.linalg.vector_norm(h[b, r:r + step] - mean[b, :, None], dim=-1).square().sum(0)
+            squares[b] += torch.linalg.vector_norm(h[b, r:r + step] - centre[b], dim=-1).square().sum(0)
     var = squares.view(batch, groups, per_group).sum(-1) / count
-    return mean, (var + eps).rsqrt().repeat_interleave(per_group, dim=1)
+    return mean, (var + eps).rsqrt()
 
 
 def _group_norm_stats_welford(h: torch.Tensor, groups: int, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`_group_norm_stats` by one ``torch.var_mean`` (Welford) over (R, C/groups, n): one reduction kernel on
     a GPU, where the chunked two-pass version costs a dozen small launches per block. Shapes as there."""
     batch, rows, channels, n = h.shape
-    per_group = channels // groups
-    var, mean = torch.var_mean(h.reshape(batch, rows, groups, per_group, n), dim=(1, 3, 4), correction=0)
-    return mean.repeat_interleave(per_group, 1), (var + eps).rsqrt().repeat_interleave(per_group, 1)
+    var, mean = torch.var_mean(h.reshape(batch, rows, groups, channels // groups, n), dim=(1, 3, 4), correction=0)
+    return mean, (var + eps).rsqrt()
 
 
 class _GroupNormAffine(torch.autograd.Function):
@@ -391,7 +411,8 @@ class _GroupNormAffine(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, h: torch.Tensor, a: torch.Tensor, b: torch.Tensor, groups: int, eps: float) -> torch.Tensor:
-        mean, rstd = _group_norm_stats(h, groups, eps)  # (B, C) each
+        per_group = h.shape[2] // groups
+        mean, rstd = (v.repeat_interleave(per_group, 1) for v in _group_norm_stats(h, groups, eps))  # (B, C) each
         gain = a * rstd
         ctx.save_for_backward(h, a, mean, rstd)
         ctx.groups, ctx.count = groups, h.shape[1] * h.shape[3] * (h.shape[2] // groups)
