@@ -18,7 +18,9 @@ modes, 4 layers) trained one step on advected GRFs at 64², then rolled out at t
 independent) with the Euler solver, so that both kinds cost exactly ``steps_per_frame`` denoiser calls per frame
 (Heun's last step of an autoregressive block costs one call less); ``frames_per_s_per_member`` = emitted frames ×
 members / seconds, measured in steady state (from the first emitted block to the last; the start-up phase is
-``startup_s``).
+``startup_s``). On CUDA each kind is also rolled out with its calls replayed from CUDA graphs
+(``funcdiff.tasks.forecast.with_cuda_graphs``; ``graphed`` true, ``vs_eager`` = seconds per frame over the eager
+rollout's; the captures happen in the warm-up run).
 """
 
 from __future__ import annotations
@@ -174,19 +176,21 @@ def forecaster_checkpoint(kind: str, workdir: Path, device: str) -> Path:
 
 def rollout_rows(grids, device: str, members: int = 2, steps_per_frame: int = 4, lead_steps: int = 8,
                  repeats: int = 2) -> list[dict]:
-    from funcdiff.tasks.forecast import forecast, load_forecaster
+    from funcdiff.tasks.forecast import forecast, load_forecaster, with_cuda_graphs
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        fcs = {kind: load_forecaster(forecaster_checkpoint(kind, Path(tmp), device), device)
+        fcs = {(kind, False): load_forecaster(forecaster_checkpoint(kind, Path(tmp), device), device)
                for kind in ("autoregressive", "rolling")}
+        if device.startswith("cuda"):
+            fcs.update({(kind, True): with_cuda_graphs(fc) for (kind, _), fc in list(fcs.items())})
         for n in grids:
             initial = _advected(n, 2, 1, 1)[0]  # (C, T0, n, n), T0 = history
-            runs = {kind: forecast(fc, initial, lead_steps, members=members, seed=0, device=device,
-                                   steps_per_frame=steps_per_frame, solver="euler") for kind, fc in fcs.items()}
-            results: dict[str, list[tuple[float, float, int]]] = {k: [] for k in runs}
+            runs = {key: forecast(fc, initial, lead_steps, members=members, seed=0, device=device,
+                                  steps_per_frame=steps_per_frame, solver="euler") for key, fc in fcs.items()}
+            results: dict[tuple, list[tuple[float, float, int]]] = {k: [] for k in runs}
             for rep in range(repeats + 1):  # the first is a warm-up
-                for kind, fcst in runs.items():  # interleaved
+                for key, fcst in runs.items():  # interleaved
                     sync(device)
                     start = time.perf_counter()
                     stamps = []
@@ -196,15 +200,18 @@ def rollout_rows(grids, device: str, members: int = 2, steps_per_frame: int = 4,
                     if rep:
                         first = stamps[0][0]
                         frames = sum(k for _, k in stamps[1:])
-                        results[kind].append((first - start, stamps[-1][0] - first, frames))
-            for kind, res in results.items():
+                        results[key].append((first - start, stamps[-1][0] - first, frames))
+            for (kind, graphed), res in results.items():
                 steady = statistics.median(r[1] / r[2] for r in res)  # seconds per frame (all members)
-                rows.append({"grid": n, "pass": "rollout", "impl": kind, "batch": members,
-                             "threads": torch.get_num_threads(), "dtype": "float32", "seconds": steady,
-                             "nfe_per_frame": runs[kind].nfe_per_frame, "steps_per_frame": steps_per_frame,
-                             "frames_per_s_per_member": members / steady,
-                             "startup_s": statistics.median(r[0] for r in res)})
+                row = {"grid": n, "pass": "rollout", "impl": kind, "graphed": graphed, "batch": members,
+                       "threads": torch.get_num_threads(), "dtype": "float32", "seconds": steady,
+                       "nfe_per_frame": runs[kind, graphed].nfe_per_frame, "steps_per_frame": steps_per_frame,
+                       "frames_per_s_per_member": members / steady, "startup_s": statistics.median(r[0] for r in res)}
+                if graphed:
+                    eager = next(r for r in rows if r["grid"] == n and r["impl"] == kind and not r["graphed"])
+                    row["vs_eager"] = steady / eager["seconds"]
+                rows.append(row)
             print(f"{n}² rollout ({members} members, Euler, {steps_per_frame} steps/frame): " + ", ".join(
-                f"{r['impl']} {r['frames_per_s_per_member']:.3g} frames/s/member (NFE/frame {r['nfe_per_frame']:g})"
-                for r in rows if r["grid"] == n), flush=True)
+                f"{r['impl']}{' graphed' if r['graphed'] else ''} {r['frames_per_s_per_member']:.3g} frames/s/member "
+                f"(NFE/frame {r['nfe_per_frame']:g})" for r in rows if r["grid"] == n), flush=True)
     return rows

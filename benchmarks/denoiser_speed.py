@@ -17,7 +17,8 @@ with these, so that the load of other jobs cancels; otherwise the ratio of the t
 
 Guided-step rows (pass ``guided-step``: ``dps``, ``mmps`` at 1 and 5 CG iterations, ``unguided``; ``seconds`` per
 sampler step, ``guided_ratio``, ``per_cg_iter_s``) and rollout rows (pass ``rollout``: ``autoregressive``,
-``rolling`` at equal NFE per frame; ``seconds`` per frame, ``frames_per_s_per_member``) come from
+``rolling`` at equal NFE per frame, on CUDA also replayed from CUDA graphs; ``seconds`` per frame,
+``frames_per_s_per_member``) come from
 ``benchmarks/_posterior_speed.py`` (its docstring says how; ``--guided-grids``/``--rollout-grids`` with no value
 skip them). On CUDA every timing synchronises the device before the clock is read.
 
@@ -60,8 +61,8 @@ COLUMNS = ["grid", "impl", "pass", "batch", "threads", "dtype", "seconds", "peak
            "growth"]
 GUIDED_COLUMNS = ["grid", "impl", "pass", "batch", "threads", "steps", "cg_iters", "seconds", "guided_ratio",
                   "per_cg_iter_s", "per_cg_iter_vs_unguided"]
-ROLLOUT_COLUMNS = ["grid", "impl", "pass", "batch", "threads", "steps_per_frame", "nfe_per_frame", "seconds",
-                   "frames_per_s_per_member", "startup_s"]
+ROLLOUT_COLUMNS = ["grid", "impl", "pass", "graphed", "batch", "threads", "steps_per_frame", "nfe_per_frame",
+                   "seconds", "frames_per_s_per_member", "startup_s", "vs_eager"]
 
 
 def neuralop_fno() -> torch.nn.Module:

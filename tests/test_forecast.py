@@ -197,6 +197,10 @@ def test_forecast_user_errors_are_one_line(trained, tmp_path, capsys):
     base = ["forecast", "--checkpoint", str(tmp / "run"), "--initial", str(tmp / "adv.h5"), "--lead-steps", "3",
             "--out", str(tmp_path / "e.nc"), "--no-progress", "--no-plot"]
     assert "--start-frame 99 must lie in" in _fails(capsys, base + ["--start-frame", "99"])  # the library's
+    # CUDA graphs on a CPU: refused before anything loads, for one forecast and for a batch of start states
+    assert "--cuda-graphs needs a CUDA --device, got 'cpu'" in _fails(capsys, base + ["--cuda-graphs"])
+    batch = [*base[:7], "--indices", "0", "--out-dir", str(tmp_path / "parts"), "--no-progress", "--cuda-graphs"]
+    assert "--cuda-graphs needs a CUDA --device" in _fails(capsys, batch)
     assert "--index 99 is out of range" in _fails(capsys, base + ["--index", "99"])  # index=99, as flags
     # a checkpoint that is not a forecaster
     static = config_from_dict({"data": {"num_samples": 8, "resolution": 16}, "model": {"n_modes": [4, 4],

@@ -132,3 +132,20 @@ def test_a_denoiser_call_copies_nothing_from_the_host(config):
         with _HostCopies() as copies:
             model(x, sigma)
     assert copies.seen == [], copies.seen
+
+
+def test_a_forecasters_call_copies_nothing_from_the_host():
+    """The same for a rolling forecaster's call (history as ``cond``, one sigma per frame, the noise-per-channel
+    input), which ``funcdiff forecast --cuda-graphs`` replays from a CUDA graph."""
+    from funcdiff.models import build_denoiser
+
+    model = build_denoiser({"backbone": "fno", "in_channels": 2, "out_channels": 2, "cond_channels": 2,
+                            "noise_per_channel": True, "n_modes": [6, 6], "hidden_channels": 8, "norm_groups": 4,
+                            "sigma_data": 0.5}).eval()
+    x, history = torch.randn(3, 2, 24, 24), torch.randn(3, 2, 24, 24)
+    sigma = torch.tensor([0.5, 4.0]).reshape(1, 2, 1, 1).expand(3, 2, 1, 1)  # frame k's level on its channel
+    with torch.no_grad():
+        model(x, sigma, cond=history)
+        with _HostCopies() as copies:
+            model(x, sigma, cond=history)
+    assert copies.seen == [], copies.seen

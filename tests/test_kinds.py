@@ -97,5 +97,14 @@ def test_a_new_kind_is_one_class_and_one_registry_entry(tmp_path, monkeypatch):
     assert fc.model_kind is TwoStepKind
     run = forecast(fc, traj[0], 3, members=2, seed=0)
     assert run.nfe_per_frame == 1.0 and run.to_tensor().shape == (1, 2, 1, 3, 16)
+    # CUDA graphs wrap the conditional denoiser; off a GPU the wrapper calls it eagerly: the same forecast
+    from funcdiff.models.graphs import GraphedDenoiser
+    from funcdiff.tasks.forecast import with_cuda_graphs
+
+    graphed = fc.model_kind.graphed(fc)
+    assert isinstance(graphed.denoiser, GraphedDenoiser) and graphed.model_kind is TwoStepKind
+    assert torch.equal(forecast(graphed, traj[0], 3, members=2, seed=0).to_tensor(), run.to_tensor())
+    with pytest.raises(ValueError, match="cuda_graphs needs a forecaster on a CUDA device"):
+        with_cuda_graphs(fc)
     with pytest.raises(UserError, match="is a forecaster"):
         sample_checkpoint(tmp_path / "run", 16, 1)

@@ -201,6 +201,13 @@ def test_wavelet_checkpoint_round_trip_and_forecast_shapes(tmp_path):
     assert [b[0] for b in blocks] == [list(range(1, 9)), list(range(9, 13))]
     first_again = next(rollout(fc, traj[0, :, :1], 12, members=2, seed=0, steps_per_frame=1))[1]
     assert torch.equal(first_again, blocks[0][1])  # same seed, same trajectory
+    # the kind wraps the network inside its TrajectoryDiffusion for CUDA graphs; off a GPU the wrapper calls it eagerly
+    from funcdiff.models.graphs import GraphedDenoiser
+
+    graphed = fc.model_kind.graphed(fc)
+    assert isinstance(graphed.denoiser.denoiser, GraphedDenoiser) and graphed.denoiser.coder is fc.denoiser.coder
+    assert torch.equal(next(rollout(graphed, traj[0, :, :1], 12, members=2, seed=0, steps_per_frame=1))[1],
+                       blocks[0][1])
 
 
 def test_trajectory_errors_are_clear(tmp_path):

@@ -15,7 +15,8 @@ from pathlib import Path
 # forecast batches: settings that do not change a case's result (where it goes, how it is shown, the device and
 # chunking); solve batches sign with their SolveSettings (solve_signature)
 NOT_IN_SIGNATURE = ("func", "debug", "threads", "out", "out_dir", "no_plot", "no_progress", "plot", "channel",
-                    "device", "batch_size", "cases", "indices", "init_times", "index", "start_frame", "verb")
+                    "device", "cuda_graphs", "batch_size", "cases", "indices", "init_times", "index", "start_frame",
+                    "verb")
 
 
 def add_solve_batch_arguments(p: argparse.ArgumentParser) -> None:

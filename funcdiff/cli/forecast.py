@@ -36,6 +36,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=positive_int, default=None, help="members per chunk (bounds memory)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="replay the network's calls from CUDA graphs (a CUDA --device; the same forecast, less "
+                             "host overhead per call)")
     parser.add_argument("--out", default=None, help="output file: netCDF (.nc) or a zarr store (.zarr; WeatherBench 2 names on the sphere, one "
                         "chunk per initial state and lead); required unless --out-dir (batch mode)")
     parser.add_argument("--plot", default=None, help="PNG of the first initial state (default: <out>.png)")
@@ -52,7 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_forecast(args: argparse.Namespace) -> int:
     from funcdiff.cli import user_errors
     from funcdiff.errors import UserError
-    from funcdiff.tasks.forecast import Forecast, load_forecaster
+    from funcdiff.tasks.forecast import Forecast
     from funcdiff.tasks.case_store import case_frames, open_trajectories
     from funcdiff.cli.batch import batch_requested
 
@@ -64,7 +67,7 @@ def run_forecast(args: argparse.Namespace) -> int:
         return run_forecast_batch(args)
     if args.out is None:
         raise UserError("--out is required (or --indices/--init-times with --out-dir for a batch of start states)")
-    fc = load_forecaster(args.checkpoint, args.device)
+    fc = load_graphed_forecaster(args)
     f = fc.forecast
     indices = args.index or [0]
     with user_errors():  # reading the user's files: a ValueError there is a problem of the input
@@ -99,6 +102,18 @@ def run_forecast(args: argparse.Namespace) -> int:
                        channels=args.channel)
         print(f"wrote {png}")
     return 0
+
+
+def load_graphed_forecaster(args: argparse.Namespace):
+    """The ``--checkpoint``'s forecaster on ``--device``, with CUDA graphs under ``--cuda-graphs`` (UserError, before
+    loading anything, unless the device is a CUDA one)."""
+    from funcdiff.errors import UserError
+    from funcdiff.tasks.forecast import load_forecaster, with_cuda_graphs
+
+    if args.cuda_graphs and not str(args.device).startswith("cuda"):
+        raise UserError(f"--cuda-graphs needs a CUDA --device, got {args.device!r}")
+    fc = load_forecaster(args.checkpoint, args.device)
+    return with_cuda_graphs(fc) if args.cuda_graphs else fc
 
 
 def check_plot_flags(args: argparse.Namespace, channel_names) -> None:
@@ -178,7 +193,6 @@ def run_forecast_batch(args: argparse.Namespace) -> int:
     from funcdiff.errors import UserError
     from funcdiff.tasks.batch import BatchRun, decode_times, forecast_cases, run_forecast_cases
     from funcdiff.tasks.case_store import open_trajectories, time_units
-    from funcdiff.tasks.forecast import load_forecaster
 
     if args.out_dir is None:
         raise UserError("--indices/--init-times need --out-dir (the folder of per-case parts)")
@@ -186,7 +200,7 @@ def run_forecast_batch(args: argparse.Namespace) -> int:
         raise UserError("--observations hold the sensors of one start state; in batch mode use --sensor-fraction")
     if args.indices is not None and args.index:
         raise UserError("--indices selects the trajectories; --index goes with --init-times")
-    fc = load_forecaster(args.checkpoint, args.device)
+    fc = load_graphed_forecaster(args)
     f = fc.forecast
     with user_errors():
         traj, times = open_trajectories(args.initial, fc.channel_names)  # metadata; each case reads its frames

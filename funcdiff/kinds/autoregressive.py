@@ -10,6 +10,7 @@ schedule (``steps_per_frame × horizon`` steps) with the last ``history`` clean 
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional
 
 import numpy as np
@@ -122,6 +123,13 @@ class AutoregressiveKind(ModelKind):
         out = x[:, :e]
         new_history = torch.cat([history, out], dim=1)[:, -fc.forecast.history * c:]
         return out, new_history, cls.next_window(fc, x[:, e:], gens, history)
+
+    @classmethod
+    def graphed(cls, fc: Forecaster) -> Forecaster:
+        """The conditional denoiser ``fc.denoiser(x, sigma, cond=history)`` wrapped in a ``GraphedDenoiser``."""
+        from funcdiff.models.graphs import GraphedDenoiser
+
+        return dataclasses.replace(fc, denoiser=GraphedDenoiser(fc.denoiser))
 
     @classmethod
     def start_window(cls, fc: Forecaster, denoiser, run, gens, history: Tensor, steps_per_frame: int) -> Tensor:

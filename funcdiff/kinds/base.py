@@ -19,7 +19,8 @@ sampling methods are class methods that read the loaded model.
   a field model's ``(denoiser, meta)``); ``role`` (``field``, ``forecaster``, ``super_resolution``) and
   ``refusals``, the messages ``require`` raises for a checkpoint given to the wrong verb;
 - sampling: ``step(forecaster, state, ...)``, one rollout step (emitted frames, new history, new window);
-  ``frames_per_step(forecast)``, ``nfe_per_frame(forecast, steps_per_frame, solver)``.
+  ``frames_per_step(forecast)``, ``nfe_per_frame(forecast, steps_per_frame, solver)``; ``graphed(forecaster)``, the
+  forecaster with its network's calls replayed from CUDA graphs.
 
 **Adding a kind = one module + one registry entry.** The smallest kind, the deterministic forecaster, is the
 autoregressive one with another sigma draw and another one-step schedule (``funcdiff/kinds/deterministic.py``)::
@@ -180,6 +181,12 @@ class ModelKind(ABC):
              terms_for_lead=None) -> tuple[Tensor, Tensor, Optional[Tensor]]:
         """One rollout step of the members in ``state``: (emitted frames folded (M, e·C, *S), new history, new
         window or None), all normalised."""
+        raise UserError(f"forecast.kind={cls.name} models are not rolled out")
+
+    @classmethod
+    def graphed(cls, fc: "Forecaster") -> "Forecaster":
+        """``fc`` with its network's calls replayed from CUDA graphs (:class:`funcdiff.models.graphs.GraphedDenoiser`:
+        the same kernels, far fewer launches from the host); the kind knows where its network sits."""
         raise UserError(f"forecast.kind={cls.name} models are not rolled out")
 
 

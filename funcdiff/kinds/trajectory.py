@@ -32,6 +32,7 @@ every map below is the one it was.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
@@ -342,6 +343,14 @@ class TrajectoryKind(AutoregressiveKind):
                    if base.smoothness == 0 or base.smoothness > dim / 2 else GaussianRandomField(dim=dim))
         return forecaster_from_meta(model, meta, config, device, noise=spatial, min_resolution=(),
                                     name=str(meta.task or "trajectory"))
+
+    @classmethod
+    def graphed(cls, fc: Forecaster) -> Forecaster:
+        """The coefficient-space network inside the :class:`TrajectoryDiffusion` wrapped in a ``GraphedDenoiser``."""
+        from funcdiff.models.graphs import GraphedDenoiser
+
+        model: TrajectoryDiffusion = fc.denoiser
+        return dataclasses.replace(fc, denoiser=dataclasses.replace(model, denoiser=GraphedDenoiser(model.denoiser)))
 
     @classmethod
     def step(cls, fc: Forecaster, state: RolloutState, *, steps_per_frame: int, solver: str = "heun",

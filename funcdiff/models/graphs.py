@@ -4,8 +4,9 @@ On a GPU a denoiser call at small and medium grids is bound by the host, not the
 about 200 kernels per call (``benchmarks/profile_call.py``), each a few microseconds of Python and dispatch, while
 the device finishes them in under a millisecond up to 256². A CUDA graph records the call's kernels once and
 replays them with one launch. Sampling calls the denoiser again and again at one shape, the case graphs are made
-for. Inference only (no autograd: guidance's vector-Jacobian products stay eager), one graph per input shape,
-dtype and autocast state; the inputs are copied into the graph's static buffers and the output is copied out.
+for, and so does a forecast's rollout (the same window and history shapes at every step). Inference only (no
+autograd: guidance's vector-Jacobian products stay eager), one graph per shape and dtype of the inputs and autocast
+state; the inputs are copied into the graph's static buffers and the output is copied out.
 """
 
 from __future__ import annotations
@@ -20,17 +21,19 @@ class _Captured:
     graph: torch.cuda.CUDAGraph
     x: torch.Tensor
     sigma: torch.Tensor
+    cond: torch.Tensor | None
     out: torch.Tensor
 
 
 class GraphedDenoiser:
-    """``denoiser(x, sigma)`` replayed from CUDA graphs when gradients are off and x is on a CUDA device; otherwise
-    (autograd on, a CPU tensor, a ``cond`` argument) the eager call. The same outputs as the eager denoiser (the
+    """``denoiser(x, sigma)`` or ``denoiser(x, sigma, cond=cond)`` replayed from CUDA graphs when gradients are off
+    and x is on a CUDA device; otherwise (autograd on, a CPU tensor) the eager call. The same outputs as the eager denoiser (the
     same kernels run; ``tests/test_cuda.py``). Under autocast the capture disables autocast's weight-cast cache (a
     cached cast would be freed when the caller's autocast region ends and the graph would read freed memory), so
     the casts are part of the graph.
 
-    Shapes: x (B, C, *S); sigma a float, (B,) or broadcastable to x -> (B, C, *S). ``warmup`` eager calls on a side
+    Shapes: x (B, C, *S); sigma a float, (B,) or broadcastable to x; cond (B, C_cond, *S) clean conditioning (a
+    forecaster's history) or None -> (B, C, *S). ``warmup`` eager calls on a side
     stream precede each capture (allocator, FFT plans and the layers' caches are made outside the graph). Each
     graph holds its own static buffers: new shapes cost a capture and memory, so sample with a fixed batch size."""
 
@@ -40,22 +43,32 @@ class GraphedDenoiser:
         self._graphs: dict[tuple, _Captured] = {}
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor | float, cond: torch.Tensor | None = None) -> torch.Tensor:
-        if torch.is_grad_enabled() or x.device.type != "cuda" or cond is not None:
+        if torch.is_grad_enabled() or x.device.type != "cuda":
             return self.denoiser(x, sigma) if cond is None else self.denoiser(x, sigma, cond=cond)
         sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
         autocast = (torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda"))
-        key = (tuple(x.shape), x.dtype, x.device, tuple(sigma.shape), autocast)
+        conditioning = None if cond is None else (tuple(cond.shape), cond.dtype, cond.device)
+        key = (tuple(x.shape), x.dtype, x.device, tuple(sigma.shape), conditioning, autocast)
         captured = self._graphs.get(key)
         if captured is None:
-            captured = self._graphs[key] = self._capture(x, sigma, *autocast)
+            captured = self._graphs[key] = self._capture(x, sigma, cond, *autocast)
         captured.x.copy_(x)
         captured.sigma.copy_(sigma)
+        if cond is not None:
+            captured.cond.copy_(cond)
         captured.graph.replay()
         return captured.out.clone()
 
-    def _capture(self, x: torch.Tensor, sigma: torch.Tensor, enabled: bool, dtype: torch.dtype) -> _Captured:
-        """Warm up and record one call on copies of x and sigma, under the caller's autocast state."""
+    def _capture(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor | None, enabled: bool,
+                 dtype: torch.dtype) -> _Captured:
+        """Warm up and record one call on copies of x, sigma and cond, under the caller's autocast state."""
         static_x, static_sigma = x.clone(), sigma.clone()
+        static_cond = None if cond is None else cond.clone()
+
+        def call() -> torch.Tensor:
+            if static_cond is None:
+                return self.denoiser(static_x, static_sigma)
+            return self.denoiser(static_x, static_sigma, cond=static_cond)
 
         def autocast():
             return torch.autocast("cuda", dtype=dtype, enabled=enabled, cache_enabled=False)
@@ -64,13 +77,13 @@ class GraphedDenoiser:
         side.wait_stream(torch.cuda.current_stream(x.device))
         with torch.cuda.stream(side), autocast():
             for _ in range(self.warmup):
-                self.denoiser(static_x, static_sigma)
+                call()
         torch.cuda.current_stream(x.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         try:
             with torch.cuda.graph(graph), autocast():
-                out = self.denoiser(static_x, static_sigma)
+                out = call()
         except RuntimeError as err:  # an operation that cannot be captured (a host synchronisation, a host copy)
-            raise RuntimeError(f"the denoiser cannot be captured in a CUDA graph ({err}); sample without "
+            raise RuntimeError(f"the denoiser cannot be captured in a CUDA graph ({err}); run without "
                                "cuda_graphs") from err
-        return _Captured(graph, static_x, static_sigma, out)
+        return _Captured(graph, static_x, static_sigma, static_cond, out)

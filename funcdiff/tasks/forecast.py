@@ -303,11 +303,24 @@ class Forecast:
                                init=(self.init_index[init], self.init_frame[init], self.init_time[init]))
 
 
+def with_cuda_graphs(fc: Forecaster) -> Forecaster:
+    """``fc`` with its network's calls replayed from CUDA graphs: the same forecast (the same kernels run), with one
+    launch per call instead of hundreds, which is what bounds a rollout at small and medium grids on a GPU. A graph
+    is captured per shape of the calls (window, history, members per chunk) on first use and kept with the returned
+    forecaster, so make it once and reuse it across forecasts. Guided steps (frames with sensors) stay eager.
+    ValueError unless ``fc`` is on a CUDA device."""
+    if torch.device(fc.device).type != "cuda":
+        raise ValueError(f"cuda_graphs needs a forecaster on a CUDA device, got device {str(fc.device)!r}")
+    return fc.model_kind.graphed(fc)
+
+
 def forecast(model: Forecaster | str | os.PathLike, initial: Tensor, lead_steps: int, *, members: int = 8,
              observations: Optional[TimedObservation] = None, seed: int = 0, device: str = "cpu",
-             **kwargs) -> Forecast:
+             cuda_graphs: bool = False, **kwargs) -> Forecast:
     """An ensemble :class:`Forecast` of ``lead_steps`` frames from ``initial`` (C, T0, *S) or (n_init, C, T0, *S)
-    physical frames, with a trained checkpoint (path) or a :class:`Forecaster`; keyword arguments go to
-    :class:`Forecast` (``steps_per_frame``, ``solver``, ``batch_size``, ...)."""
+    physical frames, with a trained checkpoint (path) or a :class:`Forecaster`; ``cuda_graphs``: the network's calls
+    replayed from CUDA graphs (:func:`with_cuda_graphs`); keyword arguments go to :class:`Forecast`
+    (``steps_per_frame``, ``solver``, ``batch_size``, ...)."""
     fc = model if isinstance(model, Forecaster) else load_forecaster(model, device)
+    fc = with_cuda_graphs(fc) if cuda_graphs else fc
     return Forecast(fc, initial, lead_steps, members=members, seed=seed, observations=observations, **kwargs)
