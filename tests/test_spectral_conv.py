@@ -225,5 +225,7 @@ def test_inference_single_pass_and_chunks_equal_the_unfused_block(monkeypatch):
             out = fno.from_rows(block(rows, emb, rows=True))
             torch.testing.assert_close(out, plain, rtol=1e-10, atol=1e-12)
     h = torch.randn(3, 10, 8, 9, dtype=torch.float64) + 2.0
-    for a, b in zip(fno._group_norm_stats_welford(h, 2, 1e-5), fno._group_norm_stats(h, 2, 1e-5, 4)):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    monkeypatch.setattr(fno, "CHUNK_BYTES", 1 << 30)
+    for rows_per_chunk in (4, None):  # chunks of 4 rows per sample; the whole batch in one pass
+        for a, b in zip(fno._group_norm_stats_welford(h, 2, 1e-5), fno._group_norm_stats(h, 2, 1e-5, rows_per_chunk)):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

@@ -384,12 +384,15 @@ def _group_norm_stats(h: torch.Tensor, groups: int, eps: float,
     per_group = channels // groups
     count = rows * n * per_group
     mean = h.sum(-1).sum(1).view(batch, groups, per_group).sum(-1) / count
-    centre = mean.repeat_interleave(per_group, 1)[:, :, None]  # (B, C, 1)
+    centre = mean.repeat_interleave(per_group, 1)[:, None, :, None]  # (B, 1, C, 1)
     step = rows_per_chunk or max(1, chunk_bytes(h) // (channels * n * h.element_size()))
-    squares = h.new_zeros(batch, channels)
-    for b in range(batch):
-        for r in range(0, rows, step):
-            squares[b] += torch.linalg.vector_norm(h[b, r:r + step] - centre[b], dim=-1).square().sum(0)
+    if batch * rows <= step:  # the whole batch is one chunk: one pass, no loop
+        squares = torch.linalg.vector_norm(h - centre, dim=-1).square().sum(1)
+    else:
+        squares = h.new_zeros(batch, channels)
+        for b in range(batch):
+            for r in range(0, rows, step):
+                squares[b] += torch.linalg.vector_norm(h[b, r:r + step] - centre[b], dim=-1).square().sum(0)
     var = squares.view(batch, groups, per_group).sum(-1) / count
     return mean, (var + eps).rsqrt()
 
