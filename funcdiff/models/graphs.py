@@ -1,8 +1,8 @@
 """Denoiser calls replayed from CUDA graphs (``torch.cuda.CUDAGraph``).
 
 On a GPU a denoiser call at small and medium grids is bound by the host, not the device: the FNO denoiser launches
-about 200 kernels per call (``benchmarks/profile_call.py``), each a few microseconds of Python and dispatch, while
-the device finishes them in under a millisecond up to 256². A CUDA graph records the call's kernels once and
+more than a hundred kernels per call (``benchmarks/profile_call.py``), each a few microseconds of Python and
+dispatch, while the device finishes them in under a millisecond up to 256². A CUDA graph records the call's kernels once and
 replays them with one launch. Sampling calls the denoiser again and again at one shape, the case graphs are made
 for, and so does a forecast's rollout (the same window and history shapes at every step). Inference only (no
 autograd: guidance's vector-Jacobian products stay eager), one graph per shape and dtype of the inputs and autocast
