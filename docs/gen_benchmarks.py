@@ -30,15 +30,15 @@ SCRIPTS = {"noise": "noise.py", "sampler_overhead": "sampler_overhead.py", "scal
            "inverse_problems": "inverse_problems.py", "inverse_methods": "inverse_problems.py",
            "few_step_guidance": "few_step_guidance.py", "forecasting": "forecasting.py", "era5": "era5.py",
            "sphere_solve": "sphere_solve.py", "wavelet": "wavelet.py", "batch": "batch.py",
-           "data_streaming": "data_streaming.py", "chunk_size": "chunk_size.py"}
+           "data_streaming": "data_streaming.py", "chunk_size": "chunk_size.py", "op_counts": "profile_call.py"}
 
 # page -> (title, script(s), result-file prefixes, introduction). A result file goes to the first page with a
 # matching prefix; files that match none go to "other", so a new benchmark is never silently dropped.
 PAGES: dict[str, tuple[str, str, tuple[str, ...], str]] = {
     "speed": ("Speed: noise, solvers, sampler, scaling, threads", "noise.py, sampler_overhead.py, scaling.py, "
-              "pde_solvers.py, gpu.py, denoiser_speed.py, chunk_size.py, threads.py",
+              "pde_solvers.py, gpu.py, denoiser_speed.py, chunk_size.py, profile_call.py, threads.py",
               ("noise", "sampler_overhead", "scaling", "pde_solvers", "gpu", "denoiser_speed", "chunk_size",
-               "threads"),
+               "op_counts", "threads"),
               "Cost of the building blocks: GRF sampling by FFT against a dense Cholesky factor of the same "
               "covariance, the sampler's overhead over bare denoiser calls, denoiser and training-step time "
               "against the grid size, throughput and accuracy of the data generators (error against a grid "
@@ -46,7 +46,9 @@ PAGES: dict[str, tuple[str, str, tuple[str, ...], str]] = {
               "call against neuraloperator's FNO (`denoiser_speed`), and torch thread counts alone and beside a "
               "competing job (`threads`). Files ending in `_h200` were measured on one NVIDIA H200 GPU "
               "(`--device cuda`), with CUDA-graph rows (`graphed`, `sample`) and the chunk size of the row "
-              "layout on that device (`chunk_size_h200`)."),
+              "layout on that device (`chunk_size_h200`). `op_counts`: the aten operators one inference call "
+              "dispatches along the CPU's and the GPU's code paths (counted on a CPU; on a GPU about one kernel "
+              "launch per operator that is not a view)."),
     "guidance": ("Guidance and inverse problems", "guidance.py, inverse_problems.py, few_step_guidance.py",
                  ("guidance", "inverse_problems", "inverse_methods", "few_step_guidance"),
                  "Guided sampling against a closed-form Gaussian posterior (`guidance`), the FunDPS protocol on "

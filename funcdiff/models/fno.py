@@ -378,7 +378,7 @@ def _group_norm_stats(h: torch.Tensor, groups: int, eps: float,
     over (R, C/groups, n) per group. Two-pass (the mean, then the squared norm of the centred field) from
     reductions along contiguous rows, the centred field made ``rows_per_chunk`` rows at a time so that it stays in
     cache (default: chunks of about :func:`chunk_bytes`); ``torch.var_mean`` (Welford) costs 10x more on a CPU at 512²."""
-    if h.device.type != "cpu":  # the chunked passes are for a CPU core's cache; a GPU reduces in one kernel
+    if not cache_sized(h):  # the chunked passes are for a CPU core's cache; a GPU reduces in one kernel
         return _group_norm_stats_welford(h, groups, eps)
     batch, rows, channels, n = h.shape
     per_group = channels // groups
@@ -555,7 +555,15 @@ def chunk_bytes(t: torch.Tensor) -> int:
     ``CHUNK_BYTES`` on a CPU, where a chunk must stay in a core's cache, else ``CUDA_CHUNK_BYTES``, where each chunk
     costs kernel launches (``benchmarks/chunk_size.py`` measures both). Read at call time, so a benchmark may set
     either."""
-    return CHUNK_BYTES if t.device.type == "cpu" else CUDA_CHUNK_BYTES
+    return CHUNK_BYTES if cache_sized(t) else CUDA_CHUNK_BYTES
+
+
+def cache_sized(t: torch.Tensor) -> bool:
+    """Whether t's device takes the code paths sized for a core's cache (a CPU: chunks of ``CHUNK_BYTES``, two-pass
+    GroupNorm statistics) rather than those for a GPU (one chunk of ``CUDA_CHUNK_BYTES``, one Welford reduction).
+    One place decides, so that ``benchmarks/profile_call.py --op-counts`` can count the GPU path's operators on a
+    CPU by replacing it."""
+    return t.device.type == "cpu"
 
 
 def _tile_linear(linear: nn.Linear, y: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
