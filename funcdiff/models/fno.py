@@ -360,7 +360,8 @@ def _fold_group_norm(gain: torch.Tensor, offset: torch.Tensor, mean: torch.Tenso
                      norm: nn.GroupNorm) -> tuple[torch.Tensor, torch.Tensor]:
     """``gain * norm(h) + offset`` as one affine map ``gain' * h + offset'`` per (sample, channel), from GroupNorm's
     statistics per group: gain, offset (B, C), mean, rstd (B, G) -> gain', offset' (B, C). Broadcasts over the
-    channels of a group instead of repeating the statistics per channel: five small ops, each one kernel on a GPU."""
+    channels of a group instead of repeating the statistics per channel: four small ops (two without the norm's
+    affine part), each one kernel on a GPU."""
     batch, channels = gain.shape
     groups = mean.shape[1]
     rstd = rstd[:, :, None]  # (B, G, 1)
