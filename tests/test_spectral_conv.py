@@ -207,9 +207,10 @@ def test_a_model_with_filled_caches_pickles_and_copies():
 
 
 def test_inference_single_pass_and_chunks_equal_the_unfused_block(monkeypatch):
-    """A block at inference: one pass over the whole batch (a field within one chunk: small grids, a GPU) and
-    chunks of rows sample by sample (a CPU's large grids) give the plain channel-first block's output; GroupNorm's
-    statistics by one Welford reduction (the GPU's) equal the chunked two-pass ones (the CPU's)."""
+    """A block at inference: one pass over the whole batch (a field within one chunk: small grids, a GPU), chunks
+    of whole samples, and chunks of rows sample by sample (a CPU's large grids) give the plain channel-first block's
+    output; GroupNorm's statistics by one Welford reduction (the GPU's) equal the chunked two-pass ones (the
+    CPU's)."""
     from funcdiff.models import fno
 
     torch.manual_seed(4)
@@ -219,13 +220,14 @@ def test_inference_single_pass_and_chunks_equal_the_unfused_block(monkeypatch):
     emb = torch.randn(3, 8, dtype=torch.float64)
     with torch.no_grad():
         plain = x + block.mlp(block.act(block.film(block.norm(block.spectral(x) + block.pointwise(x)), emb)))
-        for chunk in (1 << 30, 16 * 9 * 8 * 3):  # the whole field at once; chunks of 3 rows per sample
+        # the whole field at once; two whole samples per chunk (then the third); chunks of 3 rows per sample
+        for chunk in (1 << 30, 16 * 9 * 8 * 20, 16 * 9 * 8 * 3):
             monkeypatch.setattr(fno, "CHUNK_BYTES", chunk)
             rows = fno.to_rows(x).contiguous()
             out = fno.from_rows(block(rows, emb, rows=True))
             torch.testing.assert_close(out, plain, rtol=1e-10, atol=1e-12)
     h = torch.randn(3, 10, 8, 9, dtype=torch.float64) + 2.0
     monkeypatch.setattr(fno, "CHUNK_BYTES", 1 << 30)
-    for rows_per_chunk in (4, None):  # chunks of 4 rows per sample; the whole batch in one pass
+    for rows_per_chunk in (4, 20, None):  # 4 rows per sample; two whole samples, then one; the batch at once
         for a, b in zip(fno._group_norm_stats_welford(h, 2, 1e-5), fno._group_norm_stats(h, 2, 1e-5, rows_per_chunk)):
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
