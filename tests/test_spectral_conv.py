@@ -231,3 +231,45 @@ def test_inference_single_pass_and_chunks_equal_the_unfused_block(monkeypatch):
     for rows_per_chunk in (4, 20, None):  # 4 rows per sample; two whole samples, then one; the batch at once
         for a, b in zip(fno._group_norm_stats_welford(h, 2, 1e-5), fno._group_norm_stats(h, 2, 1e-5, rows_per_chunk)):
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_modulate_is_group_norm_then_film_on_every_path():
+    """``FNOBlock._modulate`` (GroupNorm's statistics folded into FiLM) equals ``film(norm(h))``: channel-first and row
+    layouts, without autograd, through ``_GroupNormAffine`` under autograd, and in float32 statistics from a bf16
+    field under CPU autocast (value and gradient within bf16 round-off) -- a field with a large mean, where folding
+    the mean into the offset would show a loss of precision."""
+    import copy
+
+    from funcdiff.models import fno
+
+    torch.manual_seed(5)
+    block = fno.FNOBlock(fno.FNOConfig(in_channels=2, out_channels=2, n_modes=(4, 4), hidden_channels=8,
+                                       norm_groups=2, emb_dim=8))
+    torch.nn.init.normal_(block.film.proj.weight, std=0.3)
+    torch.nn.init.normal_(block.norm.weight, mean=1.0, std=0.2)
+    torch.nn.init.normal_(block.norm.bias, std=0.2)
+    h = torch.randn(3, 8, 10, 9, dtype=torch.float64) * 0.5 + 4.0
+    emb = torch.randn(3, 8, dtype=torch.float64)
+    double = copy.deepcopy(block).double()
+    reference = double.film(double.norm(h), emb)
+    with torch.no_grad():
+        torch.testing.assert_close(double._modulate(h, emb, rows=False), reference, rtol=1e-10, atol=1e-10)
+        rows = double._modulate(fno.to_rows(h), emb, rows=True)
+        torch.testing.assert_close(fno.from_rows(rows), reference, rtol=1e-10, atol=1e-10)
+    leaf = h.clone().requires_grad_(True)
+    torch.testing.assert_close(double._modulate(leaf, emb, rows=False), reference, rtol=1e-10, atol=1e-10)
+    # bf16 autocast: statistics and affine map in float32 from the bf16 field (FiLM's projection, a Linear, runs in
+    # bf16 as autocast makes any Linear run: the reference takes the same scale and shift)
+    x32, e32 = h.float(), emb.float()
+    x16 = x32.bfloat16().requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = block._modulate(x16, e32, rows=False)
+        scale, shift = block.film.proj(e32).float()[:, :, None, None].chunk(2, dim=1)
+    x_ref = x32.bfloat16().float().requires_grad_(True)
+    expected = block.norm(x_ref) * (1 + scale) + shift
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    weights = torch.randn_like(expected)
+    (out * weights).sum().backward()
+    (expected * weights).sum().backward()
+    torch.testing.assert_close(x16.grad.float(), x_ref.grad, rtol=2e-2, atol=2e-2)

@@ -190,10 +190,9 @@ class FNOBlock(nn.Module):
         return out.view(x.shape)
 
     def _modulate(self, h: torch.Tensor, emb: torch.Tensor, rows: bool) -> torch.Tensor:
-        """``film(norm(h), emb)`` as one affine map per (sample, channel), ``(h - mean) * a + b``.
-
-        GroupNorm's statistics are two-pass (mean, then the norm of the centred field) from reductions along
-        contiguous rows: ``torch.var_mean`` (Welford) costs 10x more on a CPU at 512²."""
+        """``film(norm(h), emb)`` as one affine map per (sample, channel), ``h * a + b``, from GroupNorm's statistics
+        (:func:`_group_norm_stats`, float32 under bf16/fp16 autocast) folded into FiLM (:func:`_fold_group_norm`);
+        training in float32/64 goes through :class:`_GroupNormAffine`'s hand-written backward pass."""
         stat_dtype = torch.promote_types(h.dtype, torch.float32)  # float32 statistics under bf16/fp16 autocast
         scale, shift = self.film.proj(emb).to(stat_dtype).chunk(2, dim=1)  # (B, C) each
         batch = h.shape[0]
@@ -209,22 +208,9 @@ class FNOBlock(nn.Module):
             b = offset if beta is None else offset + gain * beta
             return _GroupNormAffine.apply(h4, a, b, norm.num_groups, norm.eps).view(h.shape)
         if isinstance(norm, nn.GroupNorm):
-            groups, per_group = norm.num_groups, channels // norm.num_groups
-            stats = h4.to(stat_dtype)
-            count = stats.shape[1] * stats.shape[3] * per_group
-            mean = stats.sum(-1).sum(1).view(batch, groups, per_group).sum(-1) / count  # (B, G)
-            mean = mean.repeat_interleave(per_group, dim=1)  # (B, C)
-            h4 = stats - mean.to(stats.dtype)[:, None, :, None]
-            if torch.is_grad_enabled() and h4.requires_grad:  # vector_norm's backward divides by the norm and masks
-                squares = h4.square().sum(-1)
-            else:
-                squares = torch.linalg.vector_norm(h4, dim=-1).square()
-            var = squares.sum(1).view(batch, groups, per_group).sum(-1) / count
-            rstd = (var + norm.eps).rsqrt().repeat_interleave(per_group, dim=1)
-            if norm.affine:
-                rstd = rstd * norm.weight
-                offset = offset + gain * norm.bias
-            gain = gain * rstd
+            h4 = h4.to(stat_dtype)
+            mean, rstd = _group_norm_stats(h4, norm.num_groups, norm.eps)
+            gain, offset = _fold_group_norm(gain, offset, mean, rstd, norm)
         elif not isinstance(norm, nn.Identity):
             if rows:
                 raise ValueError("the row layout supports GroupNorm or no norm")
@@ -390,7 +376,9 @@ def _group_norm_stats(h: torch.Tensor, groups: int, eps: float,
     mean = h.sum(-1).sum(1).view(batch, groups, per_group).sum(-1) / count
     centre = mean.repeat_interleave(per_group, 1)[:, None, :, None]  # (B, 1, C, 1)
     chunks = _row_chunks(batch, rows, rows_per_chunk or max(1, chunk_bytes(h) // (channels * n * h.element_size())))
-    if len(chunks) == 1:  # the whole batch is one chunk: one pass, no loop
+    if torch.is_grad_enabled() and h.requires_grad:  # under autograd: no in-place sums, no vector_norm (whose
+        squares = (h - centre).square().sum(-1).sum(1)  # backward divides by the norm)
+    elif len(chunks) == 1:  # the whole batch is one chunk: one pass, no loop
         squares = torch.linalg.vector_norm(h - centre, dim=-1).square().sum(1)
     else:
         squares = h.new_zeros(batch, channels)
