@@ -47,6 +47,14 @@ def _periodised_spectrum(
     return total / total.sum()
 
 
+@functools.lru_cache(maxsize=32)
+def _cached_multiplier(noise: "GaussianRandomField", spatial: tuple[int, ...], power: float, device: torch.device,
+                       dtype: torch.dtype) -> torch.Tensor:
+    """:meth:`GaussianRandomField._multiplier`, computed in float64 on the host once and kept on ``device``."""
+    lam = noise.spectrum(spatial, dtype=torch.float64) * math.prod(spatial)
+    return lam[..., : spatial[-1] // 2 + 1].pow(power).to(device=device, dtype=dtype)
+
+
 @dataclass(frozen=True)
 class GaussianRandomField:
     """Stationary Gaussian random field on the periodic torus [0, 1)^dim.
@@ -111,9 +119,9 @@ class GaussianRandomField:
         return (self.amplitude**2 * lam).to(device=device, dtype=dtype)
 
     def _multiplier(self, spatial: tuple[int, ...], power: float, device, dtype) -> torch.Tensor:
-        """(N λ)^power on the ``rfftn`` half-grid: the Fourier multiplier of C^power."""
-        lam = self.spectrum(spatial, dtype=torch.float64) * math.prod(spatial)
-        return lam[..., : spatial[-1] // 2 + 1].pow(power).to(device=device, dtype=dtype)
+        """(N λ)^power on the ``rfftn`` half-grid: the Fourier multiplier of C^power (made once per grid, power,
+        device and dtype: a call copies nothing from the host)."""
+        return _cached_multiplier(self, tuple(int(n) for n in spatial), float(power), torch.device(device), dtype)
 
     def apply_cov_power(self, x: torch.Tensor, power: float) -> torch.Tensor:
         """Apply C^power, the covariance operator raised to ``power`` (e.g. 0.5, -0.5, 1, -1).

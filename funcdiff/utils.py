@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Hashable, Sequence
 
 import torch
 
@@ -38,6 +38,22 @@ def expand_sigma(sigma: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
     if sigma.ndim != x.ndim:
         raise ValueError(f"sigma with {sigma.ndim} dims must be (B,) or have as many dims as x ({x.ndim})")
     return sigma
+
+
+def device_constant(cache: dict, key: Hashable, device: torch.device | str, make: Callable[[], torch.Tensor],
+                    dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A constant tensor (a sensor stencil, observed values, a spectrum) on ``device`` (and in ``dtype``), made by
+    ``make()`` and moved there on first use, then kept in ``cache`` under ``(key, device, dtype)``.
+
+    Every later call on that device copies nothing from the host: a copy from pageable host memory stalls the host
+    until a GPU has caught up, and cannot be recorded in a CUDA graph (:mod:`funcdiff.models.graphs`). Only for
+    values that never change while ``cache`` lives (the cache belongs to the object that owns them)."""
+    entry = (key, torch.device(device), dtype)
+    out = cache.get(entry)
+    if out is None:
+        value = make()
+        out = cache[entry] = value.to(device=device, dtype=value.dtype if dtype is None else dtype)
+    return out
 
 
 def fourier_resample(x: torch.Tensor, size: Sequence[int] | int, dims: int | None = None) -> torch.Tensor:

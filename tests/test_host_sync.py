@@ -149,3 +149,39 @@ def test_a_forecasters_call_copies_nothing_from_the_host():
         with _HostCopies() as copies:
             model(x, sigma, cond=history)
     assert copies.seen == [], copies.seen
+
+
+@pytest.mark.parametrize("method", ["dps", "dps-trust", "dps-residual-decoded", "dps-per-sample", "mmps",
+                                    "mmps-per-sample"])
+def test_a_guided_step_copies_nothing_from_the_host(method):
+    """After its first call (caches made), a guided step on a device makes no tensor from host data and copies no
+    host constant to the device (sensor stencils, observed values, noise variances, the covariance's
+    eigendecomposition, the GRF multiplier, a normaliser's statistics): on a GPU each such copy stalls the host,
+    and none can be recorded in a CUDA graph. The meta device stands in for a GPU here (moving a host tensor there
+    dispatches the same copy). ``decode`` maps through a :class:`~funcdiff.data.Normalizer` where its gain needs no
+    copy back to the host (the residual scaling); the likelihood scaling reads that gain once, on the host."""
+    from funcdiff.data import Normalizer
+
+    g = torch.Generator().manual_seed(0)
+    per_sample = method.endswith("per-sample")
+    obs = SparseObservation(random_sensors(20, (N, N), generator=g), channels=(0, 1), noise_std=0.05)
+    obs = obs.with_values(torch.randn(4 if per_sample else 1, 2, 20, generator=g))
+    decode = Normalizer(torch.tensor([1.0, -2.0], dtype=torch.float64),
+                        torch.tensor([0.5, 3.0], dtype=torch.float64)).decode
+    x, sigma = torch.randn(4, 2, N, N, device="meta"), torch.full((4,), 3.0, device="meta")
+
+    def denoiser(x, sigma):
+        return 0.5 * x / (1 + sigma.reshape(-1, 1, 1, 1) ** 2)
+
+    if method.startswith("mmps"):
+        guided = MomentMatchingDenoiser(denoiser, SparseOperator(obs, NOISE), NOISE, cg_iters=3, chunk_size=2)
+    else:
+        scaling = "residual" if method == "dps-residual-decoded" else "likelihood"
+        term = ObservationGuidance(obs, NOISE, scaling=scaling, decode=decode if scaling == "residual" else None)
+        guided = GuidedDenoiser(denoiser, [term], NOISE, chunk_size=2,
+                                trust_region=1.0 if method == "dps-trust" else None)
+    with torch.no_grad():
+        guided(x, sigma)
+        with _HostCopies() as copies:
+            guided(x, sigma)
+    assert copies.seen == [], copies.seen

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import torch
 from torch import Tensor
+
+from funcdiff.utils import device_constant
 
 
 @dataclass(frozen=True)
@@ -19,6 +21,7 @@ class Normalizer:
     mean: Tensor
     std: Tensor
     channel_names: tuple[str, ...] | None = None
+    _on_device: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.mean.ndim != 1 or self.mean.shape != self.std.shape:
@@ -52,21 +55,23 @@ class Normalizer:
         std = torch.where(std > eps, std, torch.ones_like(std))
         return cls(torch.stack(means), std, tuple(channel_names) if channel_names is not None else None)
 
-    def _view(self, stat: Tensor, x: Tensor, channel_dim: int) -> Tensor:
+    def _view(self, name: str, x: Tensor, channel_dim: int) -> Tensor:
+        """The statistic ``name`` (``mean`` or ``std``) in x's dtype on x's device (moved there once, then kept:
+        guidance decodes at every step), shaped to broadcast along ``channel_dim``."""
         dim = channel_dim % x.ndim
         if x.shape[dim] != self.num_channels:
             raise ValueError(f"expected {self.num_channels} channels on axis {dim}, got shape {tuple(x.shape)}")
         shape = [1] * x.ndim
         shape[dim] = self.num_channels
-        return stat.to(device=x.device, dtype=x.dtype).view(shape)
+        return device_constant(self._on_device, name, x.device, lambda: getattr(self, name), x.dtype).view(shape)
 
     def encode(self, x: Tensor, channel_dim: int = 1) -> Tensor:
         """Physical -> normalised: ``(x - mean) / std``. Shapes: ``x`` ``(B, C, *S)`` (channel axis 1)."""
-        return (x - self._view(self.mean, x, channel_dim)) / self._view(self.std, x, channel_dim)
+        return (x - self._view("mean", x, channel_dim)) / self._view("std", x, channel_dim)
 
     def decode(self, x: Tensor, channel_dim: int = 1) -> Tensor:
         """Normalised -> physical: ``x * std + mean``. Shapes: as :meth:`encode`."""
-        return x * self._view(self.std, x, channel_dim) + self._view(self.mean, x, channel_dim)
+        return x * self._view("std", x, channel_dim) + self._view("mean", x, channel_dim)
 
     def select(self, channels: Sequence[int]) -> "Normalizer":
         """The normaliser of a subset of channels (indices, in the given order), e.g. the observed ones."""

@@ -22,6 +22,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from funcdiff.utils import device_constant
+
 
 def posterior_variance(sigma: Tensor, sigma_data: Tensor | float) -> Tensor:
     """r²(σ) = σ² σ_data² / (σ² + σ_data²): variance of x_0 given x_0 + σ ε for data of variance σ_data².
@@ -52,11 +54,13 @@ class ModelCovariance:
     def __init__(self, noise, sigma_data: float | Sequence[float] | Tensor = 1.0) -> None:
         self.noise = noise
         self.sigma_data = torch.as_tensor(sigma_data, dtype=torch.float64).flatten()
+        self._on_device: dict = {}
 
     def variance(self, sigma: Tensor, num_channels: int) -> Tensor:
         """r_c²(σ), the pointwise variance of the model. Shapes: sigma (B,) -> (B, C)."""
-        sd = per_channel(self.sigma_data, num_channels).to(sigma.device)
-        return posterior_variance(sigma.double()[:, None] * self.noise.amplitude, sd[None, :])
+        sd = device_constant(self._on_device, num_channels, sigma.device,
+                             lambda: per_channel(self.sigma_data, num_channels)[None, :])  # (1, C), float64
+        return posterior_variance(sigma.double()[:, None] * self.noise.amplitude, sd)
 
     def factor(self, sigma: Tensor, num_channels: int) -> Tensor:
         """r_c²(σ) / a²: the model is P = factor · C. Shapes: sigma (B,) -> (B, C)."""

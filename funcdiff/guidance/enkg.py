@@ -83,7 +83,7 @@ class EnsembleKalmanDenoiser:
                 return denoised
             op = self.operator
             pred = op.predict(denoised).double()  # (M, n)
-            r = op.values.to(pred.device) - pred
+            r = op.constants_on(pred.device)[0] - pred
             sig = float(sigma_per_sample(torch.as_tensor(sigma, dtype=x.dtype, device=x.device), x).max())
             xd = (x - x.mean(dim=0, keepdim=True)).double()
             fd = pred - pred.mean(dim=0, keepdim=True)
@@ -112,7 +112,7 @@ class EnsembleKalmanDenoiser:
             like = x[:1]
             return lambda rows: op.model_inverse(rows, torch.full((rows.shape[0],), sig, dtype=torch.float64,
                                                                   device=rows.device), like)
-        s2 = op.noise_var.to(x.device)
+        s2 = op.constants_on(x.device)[1]
         return lambda rows: rows / (s2 + self.ridge * float(s2.max().clamp(min=1.0)))
 
     @staticmethod

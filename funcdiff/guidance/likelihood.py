@@ -31,7 +31,7 @@ from funcdiff.guidance.covariance import ModelCovariance, per_channel, posterior
 from funcdiff.guidance.observations import SparseObservation
 from funcdiff.guidance.terms import GuidanceTerm, gaussian_nll
 from funcdiff.noise import GaussianRandomField
-from funcdiff.utils import expand_sigma
+from funcdiff.utils import device_constant, expand_sigma
 
 Decode = Callable[[Tensor], Tensor]
 SCALINGS = ("likelihood", "residual")
@@ -128,14 +128,21 @@ class ObservationGuidance(GuidanceTerm):
         self.weight, self.decode, self.jitter = float(weight), decode, float(jitter)
         self._eig: dict[tuple[int, ...], tuple[Tensor, Tensor]] = {}
         self._gain: dict[tuple[int, ...], Tensor] = {}
+        self._on_device: dict = {}  # constants of whiten on the device of the calls (device_constant)
+        self._parts: dict[tuple[int, int, int], ObservationGuidance] = {}  # for_batch's views
 
     def for_batch(self, part: slice) -> "ObservationGuidance":
-        """This term restricted to the samples ``part`` of the batch (per-sample values sliced; caches shared)."""
+        """This term restricted to the samples ``part`` of the batch (per-sample values sliced; caches shared). A
+        part's view is made once and kept, so a later step neither checks its values again nor moves its stencil to
+        the device again."""
         values = self.observation.values
         if values.shape[0] == 1:
             return self
-        view = copy.copy(self)
-        view.observation = self.observation.with_values(values[part])
+        key = part.indices(values.shape[0])
+        view = self._parts.get(key)
+        if view is None:
+            view = self._parts[key] = copy.copy(self)
+            view.observation = self.observation.with_values(values[part])
         return view
 
     def eig(self, spatial: Sequence[int]) -> tuple[Tensor, Tensor]:
@@ -156,12 +163,16 @@ class ObservationGuidance(GuidanceTerm):
     def whiten(self, residual: Tensor, sigma: Tensor, denoised: Tensor) -> Tensor:
         """K(σ)⁻¹ r. Shapes: residual (B, C_obs, N), sigma (B,) -> (B, C_obs, N) (float64)."""
         r = residual.detach().double()
-        s2 = self.observation.noise_std_per_channel().to(r.device)[None, :, None] ** 2
+        cache, device, spatial = self._on_device, r.device, tuple(int(n) for n in denoised.shape[2:])
+        s2 = device_constant(cache, "noise_var", device,
+                             lambda: self.observation.noise_std_per_channel()[None, :, None] ** 2)  # (1, C_obs, 1)
         if self.scaling == "residual":
             return r / (r.pow(2).mean(dim=2, keepdim=True) + s2).clamp(min=1e-30)
-        gain2 = self._gain2(denoised).to(r.device)
-        lam, vec = (t.to(r.device) for t in self.eig(denoised.shape[2:]))
-        r2 = self.covariance.variance(sigma, denoised.shape[1])[:, list(self.observation.channels)]  # (B, C_obs)
+        gain2 = device_constant(cache, ("gain2", denoised.shape[1:]), device, lambda: self._gain2(denoised))
+        lam = device_constant(cache, ("eig_values", spatial), device, lambda: self.eig(spatial)[0])
+        vec = device_constant(cache, ("eig_vectors", spatial), device, lambda: self.eig(spatial)[1])
+        channels = device_constant(cache, "channels", device, lambda: torch.tensor(self.observation.channels))
+        r2 = self.covariance.variance(sigma, denoised.shape[1]).index_select(1, channels)  # (B, C_obs)
         k_eig = s2 + (gain2[None, :] * r2)[..., None] * lam  # (B, C_obs, N)
         coeff = (r @ vec) / k_eig.clamp(min=1e-30)
         return coeff @ vec.T

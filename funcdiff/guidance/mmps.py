@@ -115,9 +115,10 @@ class MomentMatchingDenoiser:
                 g, = torch.autograd.grad(pred, x_in, v.to(pred.dtype), retain_graph=True)
                 return self.noise.apply_cov_power(g.double(), 1.0)
 
-            r = op.values.to(pred.device) - pred.detach().double()  # y - G(D): the prediction above, not a new solve
+            values, noise_var = op.constants_on(pred.device)
+            r = values - pred.detach().double()  # y - G(D): the prediction above, not a new solve
             precond = op.preconditioner(r, sig, denoised.detach())
-            w, cjtw = self._pcg(op.tangent(denoised), vjp, precond, r, op.noise_var, scale, denoised)
+            w, cjtw = self._pcg(op.tangent(denoised), vjp, precond, r, noise_var, scale, denoised)
         delta = self.strength * scale * cjtw
         if self.trust_region is not None:
             delta = delta * self._trust_scale(r, precond, delta, sig)

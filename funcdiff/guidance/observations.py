@@ -29,6 +29,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from funcdiff.utils import device_constant
+
 GRIDS = ("periodic", "node", "latlon")
 
 
@@ -235,10 +237,11 @@ class SparseObservation:
             names = f" {list(self.channel_names)}" if self.channel_names else ""
             raise ValueError(f"observation reads channels {self.channels}{names} but the field has only "
                              f"{x.shape[1]} channels")
-        index, weight = self.stencil(x.shape[2:])
-        flat = x[:, list(self.channels)].flatten(2)
-        index, weight = index.to(x.device), weight.to(device=x.device, dtype=x.dtype)
-        return (flat[..., index] * weight).sum(dim=2)
+        spatial = tuple(int(n) for n in x.shape[2:])
+        index = device_constant(self._cache, ("index", spatial), x.device, lambda: self.stencil(spatial)[0])
+        weight = device_constant(self._cache, ("weight", spatial), x.device, lambda: self.stencil(spatial)[1], x.dtype)
+        channels = device_constant(self._cache, "channels", x.device, lambda: torch.tensor(self.channels))
+        return (x.index_select(1, channels).flatten(2)[..., index] * weight).sum(dim=2)
 
     def residual(self, x: Tensor) -> Tensor:
         """y - A x. Shapes: x (B, C, *S) -> (B, C_obs, N); the stored values broadcast over B when B_obs = 1."""
@@ -248,7 +251,7 @@ class SparseObservation:
         if self.values.shape[0] not in (1, obs.shape[0]):
             raise ValueError(f"observation values are for {self.values.shape[0]} samples but the field batch "
                              f"is {obs.shape[0]}")
-        return self.values.to(device=obs.device, dtype=obs.dtype) - obs
+        return device_constant(self._cache, "values", obs.device, lambda: self.values, obs.dtype) - obs
 
     def relative_misfit(self, x: Tensor) -> Tensor:
         """‖y - A x‖ / ‖y‖ per sample (all observed channels together). Shapes: x (B, C, *S) -> (B,)."""

@@ -3,7 +3,8 @@
 An operator is the forward model of y = G(x_0) + η, η ~ N(0, diag(s²)), flattened over observed channels and
 sensors: ``predict(x) -> (B, n)`` maps a model state (B, C, *S) to predicted observations (differentiable where
 the map is), ``values`` (B_obs, n) holds y (B_obs = 1 broadcasts), ``noise_var`` (n,) the measurement
-variances. Two kinds:
+variances, and ``constants_on(device)`` both on a device, moved there once (a sampler step then copies nothing from
+the host). Two kinds:
 
 * :class:`SparseOperator` — y = A decode(x): point sensors (:class:`SparseObservation`, one or several) of an
   affine ``decode`` of the state. Linear: :meth:`SparseOperator.linear` applies the linear part A·g, and
@@ -28,6 +29,7 @@ from funcdiff.guidance.likelihood import Decode, ObservationGuidance
 from funcdiff.guidance.terms import GuidanceTerm, gaussian_nll
 from funcdiff.guidance.observations import SparseObservation
 from funcdiff.noise import GaussianRandomField
+from funcdiff.utils import device_constant
 
 Solver = Callable[[Tensor], Tensor]
 
@@ -42,6 +44,22 @@ def _as_list(observation: SparseObservation | Sequence[SparseObservation]) -> li
     return obs
 
 
+class _DeviceConstants:
+    """``constants_on(device)`` for an operator with ``values`` and ``noise_var``; ``_batch_view`` makes a view of the
+    operator for a part of the batch with its own device copies (its values differ)."""
+
+    def constants_on(self, device: torch.device | str) -> tuple[Tensor, Tensor]:
+        """(values (B_obs, n), noise_var (n,)), float64 on ``device``, moved there once."""
+        cache = self.__dict__.setdefault("_on_device", {})
+        return (device_constant(cache, "values", device, lambda: self.values),
+                device_constant(cache, "noise_var", device, lambda: self.noise_var))
+
+    def _batch_view(self):
+        view = copy.copy(self)
+        view._on_device = {}
+        return view
+
+
 def plug_in_variance(r: Tensor, noise_var: Tensor) -> Tensor:
     """‖r‖²/n + s² per sample: the residual-normalised covariance of DPS (Chung et al. 2023, Alg. 1) read as a
     plug-in residual variance, for operators without a closed-form covariance model.
@@ -49,7 +67,7 @@ def plug_in_variance(r: Tensor, noise_var: Tensor) -> Tensor:
     return (r.detach().pow(2).mean(dim=1, keepdim=True) + noise_var).clamp(min=1e-30)
 
 
-class SparseOperator:
+class SparseOperator(_DeviceConstants):
     """y = A decode(x): sparse sensors of one or several observations, stacked (B, n) with n = Σ C_obs·N.
 
     Args:
@@ -68,6 +86,7 @@ class SparseOperator:
         self.terms = [ObservationGuidance(o, noise, sigma_data=sigma_data, decode=decode) for o in self.observations]
         self.sizes = [o.num_channels * o.num_sensors for o in self.observations]
         self.solver_calls = 0
+        self._parts: dict[tuple[int, int, int], SparseOperator] = {}  # for_batch's views
 
     @property
     def values(self) -> Tensor:
@@ -81,12 +100,17 @@ class SparseOperator:
         return torch.cat([o.noise_std_per_channel().repeat_interleave(o.num_sensors) ** 2 for o in self.observations])
 
     def for_batch(self, part: slice) -> "SparseOperator":
-        """This operator with per-sample values restricted to the samples ``part`` (shared values kept)."""
+        """This operator with per-sample values restricted to the samples ``part`` (shared values kept); a part's
+        view is made once and kept (as :meth:`ObservationGuidance.for_batch`)."""
         if all(o.values.shape[0] == 1 for o in self.observations):
             return self
-        view = copy.copy(self)
-        view.observations = [o if o.values.shape[0] == 1 else o.with_values(o.values[part]) for o in self.observations]
-        view.terms = [t.for_batch(part) for t in self.terms]
+        key = part.indices(max(o.values.shape[0] for o in self.observations))
+        view = self._parts.get(key)
+        if view is None:
+            view = self._parts[key] = self._batch_view()
+            view.observations = [o if o.values.shape[0] == 1 else o.with_values(o.values[part])
+                                 for o in self.observations]
+            view.terms = [t.for_batch(part) for t in self.terms]
         return view
 
     def predict(self, x: Tensor) -> Tensor:
@@ -112,7 +136,7 @@ class SparseOperator:
 
     def residual(self, x: Tensor) -> Tensor:
         """y - A decode(x) (float64). Shapes: (B, C, *S) -> (B, n)."""
-        return self.values.to(x.device) - self.predict(x).double()
+        return self.constants_on(x.device)[0] - self.predict(x).double()
 
     def tangent(self, at: Tensor) -> Callable[[Tensor], Tensor]:
         """The linearisation z ↦ ∂G(at)·z of the forward model: for y = A decode(x), :meth:`linear` wherever."""
@@ -124,7 +148,7 @@ class SparseOperator:
         return lambda v: self.model_inverse(v, sigma, like)
 
 
-class SolverOperator:
+class SolverOperator(_DeviceConstants):
     """y = A S(decode(x)[:, input]): sensors on the output of a numerical solver run on the state's input channel.
 
     Args:
@@ -163,7 +187,7 @@ class SolverOperator:
     def for_batch(self, part: slice) -> "SolverOperator":
         if self.observation.values.shape[0] == 1:
             return self
-        view = copy.copy(self)
+        view = self._batch_view()
         view.observations = [self.observation.with_values(self.observation.values[part])]
         return view
 
