@@ -185,3 +185,24 @@ def test_forecast_with_cuda_graphs_equals_eager_forecast(kind):
     graphed = forecast(graphed_fc, initial, 5, **options).to_tensor()
     torch.testing.assert_close(graphed, eager, rtol=1e-5, atol=1e-5)
     assert len(graphed_fc.denoiser._graphs) >= 2  # two chunk sizes of members (2 and 1)
+
+
+def test_guided_sample_with_cuda_graphs_equals_eager_guided_sample():
+    """A dps step (the network's forward pass, its vector-Jacobian product, the likelihood and the covariance's
+    FFTs) replayed from a CUDA graph: possible because a guided step copies nothing from the host after its first
+    call (``tests/test_host_sync.py``); the samples equal the eager ones."""
+    from funcdiff.guidance import GuidedDenoiser, ObservationGuidance, SparseObservation, random_sensors
+    from funcdiff.noise import GaussianRandomField
+    from funcdiff.sampling import sample
+
+    _, gpu = _pair()
+    gpu.eval().requires_grad_(False)
+    noise = GaussianRandomField(dim=2, smoothness=2.0, length_scale=0.1)
+    gen = torch.Generator().manual_seed(6)
+    obs = SparseObservation(random_sensors(30, (32, 32), generator=gen), channels=(0, 1), noise_std=0.05)
+    obs = obs.with_values(torch.randn(1, 2, 30, generator=gen))
+    guided = GuidedDenoiser(gpu, [ObservationGuidance(obs, noise, sigma_data=0.5)], noise, sigma_data=0.5,
+                            trust_region=1.0)
+    eager = sample(guided, (2, 2, 32, 32), noise, steps=6, solver="heun", seed=3, device="cuda")
+    graphed = sample(guided, (2, 2, 32, 32), noise, steps=6, solver="heun", seed=3, device="cuda", cuda_graphs=True)
+    torch.testing.assert_close(graphed, eager, rtol=1e-4, atol=1e-4)

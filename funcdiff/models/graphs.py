@@ -2,11 +2,15 @@
 
 On a GPU a denoiser call at small and medium grids is bound by the host, not the device: the FNO denoiser launches
 more than a hundred kernels per call (``benchmarks/profile_call.py``), each a few microseconds of Python and
-dispatch, while the device finishes them in under a millisecond up to 256². A CUDA graph records the call's kernels once and
-replays them with one launch. Sampling calls the denoiser again and again at one shape, the case graphs are made
-for, and so does a forecast's rollout (the same window and history shapes at every step). Inference only (no
-autograd: guidance's vector-Jacobian products stay eager), one graph per shape and dtype of the inputs and autocast
-state; the inputs are copied into the graph's static buffers and the output is copied out.
+dispatch, while the device finishes them in under a millisecond up to 256². A CUDA graph records the call's kernels
+once and replays them with one launch. Sampling calls the denoiser again and again at one shape, the case graphs are
+made for, and so does a forecast's rollout (the same window and history shapes at every step). The wrapper records
+what it wraps when it is called with gradients off: a plain denoiser, or a whole guided step (a
+:class:`~funcdiff.guidance.GuidedDenoiser` turns gradients on inside, so its vector-Jacobian product is recorded
+too; a guided step copies nothing from the host after its first call, ``tests/test_host_sync.py``; not yet run on a
+GPU). Wrapped *inside* guidance, the network's calls run under autograd and stay eager. One graph per shape and
+dtype of the inputs and autocast state; the inputs are copied into the graph's static buffers and the output is
+copied out.
 """
 
 from __future__ import annotations
