@@ -33,6 +33,10 @@ class Normalizer:
         if self.channel_names is not None and len(self.channel_names) != self.mean.numel():
             raise ValueError(f"{len(self.channel_names)} channel names for {self.mean.numel()} channels")
 
+    def __getstate__(self) -> dict:
+        """Pickling leaves out the copies on devices (remade on first use)."""
+        return {**self.__dict__, "_on_device": {}}
+
     @property
     def num_channels(self) -> int:
         return self.mean.numel()

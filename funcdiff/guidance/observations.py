@@ -185,6 +185,10 @@ class SparseObservation:
         if self.values is not None:
             object.__setattr__(self, "values", self._check_values(self.values))
 
+    def __getstate__(self) -> dict:
+        """Pickling leaves out the caches (stencils, copies on devices; remade on first use)."""
+        return {**self.__dict__, "_cache": {}}
+
     @property
     def num_sensors(self) -> int:
         return self.coords.shape[0]
