@@ -273,3 +273,13 @@ def test_modulate_is_group_norm_then_film_on_every_path():
     (out * weights).sum().backward()
     (expected * weights).sum().backward()
     torch.testing.assert_close(x16.grad.float(), x_ref.grad, rtol=2e-2, atol=2e-2)
+
+
+def test_group_norm_statistics_gradient():
+    """The CPU's two-pass GroupNorm statistics under autograd (:class:`~funcdiff.models.fno._GroupStats`, a
+    hand-written backward pass) against finite differences."""
+    from funcdiff.models import fno
+
+    torch.manual_seed(6)
+    h = (torch.randn(2, 3, 4, 5, dtype=torch.float64) + 1.5).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda h: fno._group_norm_stats(h, 2, 1e-3), (h,))

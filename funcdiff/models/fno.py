@@ -365,20 +365,28 @@ def _fold_group_norm(gain: torch.Tensor, offset: torch.Tensor, mean: torch.Tenso
 def _group_norm_stats(h: torch.Tensor, groups: int, eps: float,
                       rows_per_chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """GroupNorm's statistics of h (B, R, C, n) per group: mean and 1/sqrt(var + eps), (B, G) each,
-    over (R, C/groups, n) per group. Two-pass (the mean, then the squared norm of the centred field) from
-    reductions along contiguous rows, the centred field made ``rows_per_chunk`` rows at a time so that it stays in
-    cache (default: chunks of about :func:`chunk_bytes`); ``torch.var_mean`` (Welford) costs 10x more on a CPU at 512²."""
+    over (R, C/groups, n) per group. On a CPU two-pass (:func:`_group_norm_stats_two_pass`; under autograd through
+    :class:`_GroupStats`); on a GPU one Welford reduction (:func:`_group_norm_stats_welford`)."""
     if not cache_sized(h):  # the chunked passes are for a CPU core's cache; a GPU reduces in one kernel
         return _group_norm_stats_welford(h, groups, eps)
+    if torch.is_grad_enabled() and h.requires_grad:
+        return _GroupStats.apply(h, groups, eps)
+    return _group_norm_stats_two_pass(h, groups, eps, rows_per_chunk)
+
+
+def _group_norm_stats_two_pass(h: torch.Tensor, groups: int, eps: float,
+                               rows_per_chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_group_norm_stats` in two passes (the mean, then the squared norm of the centred field) from
+    reductions along contiguous rows, the centred field made ``rows_per_chunk`` rows at a time so that it stays in
+    cache (default: chunks of about :func:`chunk_bytes`); ``torch.var_mean`` (Welford) costs 10x more on a CPU at
+    512². Shapes as there."""
     batch, rows, channels, n = h.shape
     per_group = channels // groups
     count = rows * n * per_group
     mean = h.sum(-1).sum(1).view(batch, groups, per_group).sum(-1) / count
     centre = mean.repeat_interleave(per_group, 1)[:, None, :, None]  # (B, 1, C, 1)
     chunks = _row_chunks(batch, rows, rows_per_chunk or max(1, chunk_bytes(h) // (channels * n * h.element_size())))
-    if torch.is_grad_enabled() and h.requires_grad:  # under autograd: no in-place sums, no vector_norm (whose
-        squares = (h - centre).square().sum(-1).sum(1)  # backward divides by the norm)
-    elif len(chunks) == 1:  # the whole batch is one chunk: one pass, no loop
+    if len(chunks) == 1:  # the whole batch is one chunk: one pass, no loop
         squares = torch.linalg.vector_norm(h - centre, dim=-1).square().sum(1)
     else:
         squares = h.new_zeros(batch, channels)
@@ -386,6 +394,32 @@ def _group_norm_stats(h: torch.Tensor, groups: int, eps: float,
             squares[b] += torch.linalg.vector_norm(h[b, r] - centre[b], dim=-1).square().sum(1)
     var = squares.view(batch, groups, per_group).sum(-1) / count
     return mean, (var + eps).rsqrt()
+
+
+class _GroupStats(torch.autograd.Function):
+    """:func:`_group_norm_stats_two_pass` under autograd: the same forward pass, and a backward pass of one
+    ``addcmul`` over h that saves only h (which the caller's affine map saves anyway). Autograd through the two
+    passes would also keep the centred field of every block alive until the backward pass.
+
+    d mean/dh = 1/count and d rstd/dh = -rstd³ (h - mean)/count per group (var is the mean of (h - mean)²; the
+    deviations sum to zero). Shapes: h (B, R, C, n) -> mean, rstd (B, G)."""
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, groups: int, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, rstd = _group_norm_stats_two_pass(h, groups, eps)
+        ctx.save_for_backward(h, mean, rstd)
+        ctx.groups = groups
+        return mean, rstd
+
+    @staticmethod
+    def backward(ctx, grad_mean: torch.Tensor, grad_rstd: torch.Tensor):
+        h, mean, rstd = ctx.saved_tensors
+        per_group = h.shape[2] // ctx.groups
+        count = h.shape[1] * h.shape[3] * per_group
+        slope = -grad_rstd * rstd**3 / count  # (B, G): the coefficient of h
+        const = grad_mean / count - slope * mean
+        return (torch.addcmul(const.repeat_interleave(per_group, 1)[:, None, :, None], h,
+                              slope.repeat_interleave(per_group, 1)[:, None, :, None]), None, None)
 
 
 def _row_chunks(batch: int, rows: int, step: int) -> list[tuple[slice, slice]]:
