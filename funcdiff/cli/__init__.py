@@ -55,6 +55,14 @@ non_negative_int = _at_least(int, 0, "non_negative_int", "a non-negative integer
 non_negative_float = _at_least(float, 0.0, "non_negative_float", ">= 0")
 
 
+def check_cuda_graphs(cuda_graphs: bool, device: str) -> None:
+    """UserError when ``--cuda-graphs`` is given without a CUDA ``--device`` (the flag would be ignored there)."""
+    if cuda_graphs and not str(device).startswith("cuda"):
+        from funcdiff.errors import UserError
+
+        raise UserError(f"--cuda-graphs needs a CUDA --device, got {device!r}")
+
+
 @contextmanager
 def user_errors() -> Iterator[None]:
     """Treat a ``ValueError``/``KeyError`` raised in the block (reading and checking user input) as a

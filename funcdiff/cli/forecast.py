@@ -107,11 +107,10 @@ def run_forecast(args: argparse.Namespace) -> int:
 def load_graphed_forecaster(args: argparse.Namespace):
     """The ``--checkpoint``'s forecaster on ``--device``, with CUDA graphs under ``--cuda-graphs`` (UserError, before
     loading anything, unless the device is a CUDA one)."""
-    from funcdiff.errors import UserError
+    from funcdiff.cli import check_cuda_graphs
     from funcdiff.tasks.forecast import load_forecaster, with_cuda_graphs
 
-    if args.cuda_graphs and not str(args.device).startswith("cuda"):
-        raise UserError(f"--cuda-graphs needs a CUDA --device, got {args.device!r}")
+    check_cuda_graphs(args.cuda_graphs, args.device)
     fc = load_forecaster(args.checkpoint, args.device)
     return with_cuda_graphs(fc) if args.cuda_graphs else fc
 

@@ -44,13 +44,13 @@ def sample_checkpoint(checkpoint: str | os.PathLike, resolution: int, num_sample
 
     Shapes: fields (num_samples, C, *([resolution] * dim)), float32 on CPU.
     """
+    from funcdiff.cli import check_cuda_graphs
     from funcdiff.kinds.base import load_for_role
     from funcdiff.sampling import sample
 
     if resolution < 2 or num_samples < 1:
         raise UserError(f"need resolution >= 2 and num_samples >= 1, got {resolution} and {num_samples}")
-    if cuda_graphs and not str(device).startswith("cuda"):
-        raise UserError(f"--cuda-graphs needs a CUDA --device, got {device!r}")
+    check_cuda_graphs(cuda_graphs, device)
     denoiser, meta = load_for_role(checkpoint, "field", device, ema=ema)  # UserError for a forecaster or super-resolver
     settings = {**meta.config.get("sample", {})}
     settings.update({k: v for k, v in (("steps", steps), ("solver", solver)) if v is not None})
