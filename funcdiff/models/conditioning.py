@@ -7,6 +7,7 @@ the batch dimension row by row, so one sample's noise level never influences ano
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -160,3 +161,12 @@ def periodic_grid_features(shape: tuple[int, ...], device=None, dtype=torch.floa
     """
     angles = 2 * math.pi * grid_coordinates(shape, device=device, dtype=torch.float64)
     return torch.cat([angles.sin(), angles.cos()]).to(dtype)
+
+
+@functools.lru_cache(maxsize=16)
+def cached_features(make, shape: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """``make(shape, device=device, dtype=dtype)`` (positional features: :func:`periodic_grid_features`, the
+    sphere's) made once per function, grid, device and dtype and shared read-only: a backbone's call then makes
+    them with no op at all and copies nothing from the host, which also lets a CUDA graph capture it
+    (:mod:`funcdiff.models.graphs`)."""
+    return make(shape, device=device, dtype=dtype)

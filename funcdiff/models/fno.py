@@ -20,7 +20,6 @@ the same operator at every resolution.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -28,7 +27,8 @@ import torch
 from torch import nn
 
 from funcdiff.models.backbone import Backbone
-from funcdiff.models.conditioning import FiLM, NoiseEmbedding, PointwiseLinear, periodic_grid_features
+from funcdiff.models.conditioning import (FiLM, NoiseEmbedding, PointwiseLinear, cached_features,
+                                         periodic_grid_features)
 from funcdiff.models.spectral import PeriodicSpectralConv, from_rows, to_rows
 from funcdiff.utils import append_dims, keep_freed_memory
 
@@ -158,15 +158,16 @@ class FNOBlock(nn.Module):
         """Inference on the row layout: after the spectral layer, everything up to the residual is pointwise, so it
         runs on chunks of grid rows small enough to stay in cache (normalise+FiLM, GELU, the MLP at 2x width,
         GELU, residual; whole samples per chunk when they fit, :func:`_row_chunks`) and the wide MLP hidden field never
-        goes to memory; a chunk's activations go to scratch buffers reused by every chunk. The same maths as the unchunked path; on a CPU core about 2x faster from 512² up, where
-        one field (32 MiB) no longer fits the cache."""
+        goes to memory; a chunk's activations go to scratch buffers reused by every chunk. The same maths as the
+        unchunked path; on a CPU core about 2x faster from 512² up, where one field (32 MiB) no longer fits the
+        cache."""
         h = self.spectral.forward_rows_with_skip(x, self.pointwise)
         batch, channels, n = h.shape[0], h.shape[-2], h.shape[-1]
         h3, x3 = h.view(batch, -1, channels, n), x.view(batch, -1, channels, n)
         scale, shift = self.film.proj(emb).to(h.dtype).chunk(2, dim=1)
         gain, offset = 1 + scale, shift  # (B, C)
         hidden = self.mlp[0].linear.out_features
-        step = max(1, chunk_bytes(h) // (max(hidden, channels) * n * h.element_size()))
+        step = _rows_per_chunk(h, max(hidden, channels))
         norm = self.norm
         if isinstance(norm, nn.GroupNorm):
             mean, rstd = _group_norm_stats(h3, norm.num_groups, norm.eps, step)
@@ -326,7 +327,7 @@ class NoiseConditionedFNO(Backbone):
     def _positional_features(self, shape: tuple[int, ...], device, dtype) -> torch.Tensor | None:
         """(P, *shape) features appended to the input, or None."""
         if self.config.positional_embedding == "grid":
-            return _cached_grid_features(tuple(shape), torch.device(device), dtype)
+            return cached_features(periodic_grid_features, tuple(shape), torch.device(device), dtype)
         return None
 
     def _check_resolution(self, resolution: tuple[int, ...]) -> None:
@@ -336,13 +337,6 @@ class NoiseConditionedFNO(Backbone):
                 f"resolution {resolution} is too small for n_modes {cfg.n_modes}: every spatial size must exceed "
                 "n_modes so that the kept Fourier modes lie strictly below the grid's Nyquist frequency"
             )
-
-
-@functools.lru_cache(maxsize=8)
-def _cached_grid_features(shape: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """:func:`~funcdiff.models.conditioning.periodic_grid_features` made once per grid, device and dtype (read-only):
-    ten small ops (two on the host) less per call, and nothing a CUDA graph could not capture."""
-    return periodic_grid_features(shape, device=device, dtype=dtype)
 
 
 def _fold_group_norm(gain: torch.Tensor, offset: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor,
@@ -385,7 +379,7 @@ def _group_norm_stats_two_pass(h: torch.Tensor, groups: int, eps: float,
     count = rows * n * per_group
     mean = h.sum(-1).sum(1).view(batch, groups, per_group).sum(-1) / count
     centre = mean.repeat_interleave(per_group, 1)[:, None, :, None]  # (B, 1, C, 1)
-    chunks = _row_chunks(batch, rows, rows_per_chunk or max(1, chunk_bytes(h) // (channels * n * h.element_size())))
+    chunks = _row_chunks(batch, rows, rows_per_chunk or _rows_per_chunk(h, channels))
     if len(chunks) == 1:  # the whole batch is one chunk: one pass, no loop
         squares = torch.linalg.vector_norm(h - centre, dim=-1).square().sum(1)
     else:
@@ -453,7 +447,7 @@ class _GroupNormAffine(torch.autograd.Function):
         mean, rstd = (v.repeat_interleave(per_group, 1) for v in _group_norm_stats(h, groups, eps))  # (B, C) each
         gain = a * rstd
         ctx.save_for_backward(h, a, mean, rstd)
-        ctx.groups, ctx.count = groups, h.shape[1] * h.shape[3] * (h.shape[2] // groups)
+        ctx.groups, ctx.count = groups, h.shape[1] * h.shape[3] * per_group
         return torch.addcmul((b - gain * mean)[:, None, :, None], h, gain[:, None, :, None])
 
     @staticmethod
@@ -492,7 +486,7 @@ class _GeluMLPRows(torch.autograd.Function):
 
     @staticmethod
     def _chunks(m: torch.Tensor, hidden: int) -> list[slice]:
-        step = max(1, chunk_bytes(m) // (max(hidden, m.shape[1]) * m.shape[2] * m.element_size()))
+        step = _rows_per_chunk(m, max(hidden, m.shape[1]))
         return [slice(t, min(t + step, m.shape[0])) for t in range(0, m.shape[0], step)]
 
     @staticmethod
@@ -591,6 +585,12 @@ def chunk_bytes(t: torch.Tensor) -> int:
     costs kernel launches (``benchmarks/chunk_size.py`` measures both). Read at call time, so a benchmark may set
     either."""
     return CHUNK_BYTES if cache_sized(t) else CUDA_CHUNK_BYTES
+
+
+def _rows_per_chunk(t: torch.Tensor, width: int) -> int:
+    """How many rows (tiles) of ``width`` channels by t's last axis, in t's dtype, make one chunk of about
+    :func:`chunk_bytes` (at least one)."""
+    return max(1, chunk_bytes(t) // (width * t.shape[-1] * t.element_size()))
 
 
 def cache_sized(t: torch.Tensor) -> bool:

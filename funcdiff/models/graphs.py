@@ -31,15 +31,15 @@ class _Captured:
 
 class GraphedDenoiser:
     """``denoiser(x, sigma)`` or ``denoiser(x, sigma, cond=cond)`` replayed from CUDA graphs when gradients are off
-    and x is on a CUDA device; otherwise (autograd on, a CPU tensor) the eager call. The same outputs as the eager denoiser (the
-    same kernels run; ``tests/test_cuda.py``). Under autocast the capture disables autocast's weight-cast cache (a
-    cached cast would be freed when the caller's autocast region ends and the graph would read freed memory), so
-    the casts are part of the graph.
+    and x is on a CUDA device; otherwise (autograd on, a CPU tensor) the eager call. The same outputs as the eager
+    denoiser (the same kernels run; ``tests/test_cuda.py``). Under autocast the capture disables autocast's
+    weight-cast cache (a cached cast would be freed when the caller's autocast region ends and the graph would read
+    freed memory), so the casts are part of the graph.
 
     Shapes: x (B, C, *S); sigma a float, (B,) or broadcastable to x; cond (B, C_cond, *S) clean conditioning (a
-    forecaster's history) or None -> (B, C, *S). ``warmup`` eager calls on a side
-    stream precede each capture (allocator, FFT plans and the layers' caches are made outside the graph). Each
-    graph holds its own static buffers: new shapes cost a capture and memory, so sample with a fixed batch size."""
+    forecaster's history) or None -> (B, C, *S). ``warmup`` eager calls on a side stream precede each capture
+    (allocator, FFT plans and the layers' caches are made outside the graph). Each graph holds its own static
+    buffers: new shapes cost a capture and memory, so sample with a fixed batch size."""
 
     def __init__(self, denoiser, warmup: int = 2) -> None:
         self.denoiser = denoiser

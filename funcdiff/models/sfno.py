@@ -20,7 +20,6 @@ Shapes: x (B, C, H, W) on a regular lat-lon grid (:func:`funcdiff.sphere.grid_ki
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 from typing import ClassVar
@@ -29,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from funcdiff.models.conditioning import cached_features
 from funcdiff.models.fno import FNOConfig, NoiseConditionedFNO
 from funcdiff.sphere import GridSHT, grid_kind, grid_latitudes, grid_longitudes
 
@@ -57,13 +57,6 @@ def sphere_features(shape: tuple[int, int], device=None, dtype=torch.float32) ->
     lon = np.deg2rad(grid_longitudes(shape[1]))[None, :]
     xyz = np.stack(np.broadcast_arrays(np.cos(lat) * np.cos(lon), np.cos(lat) * np.sin(lon), np.sin(lat)))
     return torch.as_tensor(xyz, device=device, dtype=dtype)
-
-
-@functools.lru_cache(maxsize=8)
-def _cached_sphere_features(shape: tuple[int, int], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """:func:`sphere_features` made once per grid, device and dtype (read-only): a call then copies nothing from
-    the host, which also lets a CUDA graph capture the denoiser (:mod:`funcdiff.models.graphs`)."""
-    return sphere_features(shape, device=device, dtype=dtype)
 
 
 class NoiseConditionedSFNO(NoiseConditionedFNO):
@@ -97,7 +90,7 @@ class NoiseConditionedSFNO(NoiseConditionedFNO):
     def _positional_features(self, shape: tuple[int, ...], device, dtype) -> torch.Tensor | None:
         if self.config.positional_embedding != "sphere":
             return None
-        return _cached_sphere_features(tuple(shape), torch.device(device), dtype)  # type: ignore[arg-type]
+        return cached_features(sphere_features, tuple(shape), torch.device(device), dtype)
 
     def _check_resolution(self, resolution: tuple[int, ...]) -> None:
         try:
