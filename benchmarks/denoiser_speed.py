@@ -319,7 +319,8 @@ def graphed_rows(ours: torch.nn.Module, theirs: torch.nn.Module, grids: list[int
     return rows
 
 
-def main() -> None:
+def arguments():
+    """The command line (module docstring)."""
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--grids", type=int, nargs="+", default=None, help="grid sides (default 64..1024; quick: ..512)")
@@ -346,7 +347,78 @@ def main() -> None:
                         "main grids; none: skip)")
     p.add_argument("--rollout-grids", type=int, nargs="*", default=None,
                    help="grids of the rollout rows (autoregressive, rolling; default 64 256; quick 64; none: skip)")
-    args = p.parse_args()
+    return p.parse_args()
+
+
+def call_rows(ours, theirs, n: int, batch: int, pass_: str, args, grids: list[int]) -> list[dict]:
+    """The rows of one grid, batch and pass: funcdiff (and its bf16 variant), neuraloperator's FNO and the floor,
+    timed interleaved, with funcdiff's growth when the half grid is in ``grids``."""
+    device, rows = args.device, []
+    # more repeats where a call is short, so that a median is stable beside other jobs on a shared machine
+    by_grid = {64: 10, 128: 6, 256: 4} if args.quick else {64: 30, 128: 20, 256: 12, 512: 6}
+    repeats = args.repeats or (by_grid.get(n, 3) if batch == 1 else 3 if args.quick else 5)
+    x = torch.randn(batch, CHANNELS, n, n, device=device)
+    sigma = torch.full((batch,), 0.7, device=device)
+    fns = {"funcdiff": calls(ours, True, pass_, x, sigma, torch.float32),
+           "neuralop-fno": calls(theirs, False, pass_, x, sigma, torch.float32)}
+    if args.bf16:
+        fns["funcdiff bf16"] = calls(ours, True, pass_, x, sigma, torch.bfloat16)
+    peaks = {name: peak_mb(fn, device) for name, fn in fns.items()}  # also the warm-up call
+    if batch == 1 and n // 2 in grids:  # the growth per doubling, timed interleaved with the calls at n
+        half = torch.randn(batch, CHANNELS, n // 2, n // 2, device=device)
+        fns["funcdiff half"] = calls(ours, True, pass_, half, sigma, torch.float32)
+        fns["funcdiff half"]()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):  # interleaved
+        for name, fn in fns.items():
+            times[name].append(timed(fn, device))
+    floor = floor_seconds(n, batch, max(repeats, 5), device)
+    common = {"grid": n, "pass": pass_, "batch": batch, "threads": torch.get_num_threads(), "dtype": "float32"}
+    seconds = {name: statistics.median(t) for name, t in times.items()}
+    for name in [k for k in fns if k != "funcdiff half"]:
+        row = {**common, "impl": name.split(" ")[0], "seconds": seconds[name], "peak_mb": peaks[name],
+               "dtype": "bfloat16" if " bf16" in name else "float32"}
+        if name.startswith("funcdiff"):
+            row.update(vs_neuralop=seconds[name] / seconds["neuralop-fno"],
+                       vs_floor=seconds[name] / floor[pass_])
+        if name == "funcdiff" and "funcdiff half" in seconds:
+            row["growth"] = seconds[name] / seconds["funcdiff half"]
+        rows.append(row)
+    rows.append({**common, "impl": "floor", "seconds": floor[pass_], "peak_mb": None,
+                 "fft_seconds": floor["fft_seconds"], "gemm_gflops": floor["gemm_gflops"],
+                 "bandwidth_gbs": floor["bandwidth_gbs"]})
+    print(f"{n}² {pass_} batch {batch}: " + ", ".join(f"{k} {v:.4g} s" for k, v in seconds.items())
+          + f", floor {floor[pass_]:.4g} s", flush=True)
+    return rows
+
+
+def report(rows: list[dict]) -> None:
+    """Fill the growth of rows whose half grid was timed separately, and print every table."""
+    for row in rows:
+        if row["impl"] == "funcdiff" and row["pass"] in ("forward", "train-step"):
+            half = [r for r in rows if r["impl"] == "funcdiff" and r["pass"] == row["pass"]
+                    and r["batch"] == row["batch"] and r["dtype"] == row["dtype"] and r["grid"] * 2 == row["grid"]]
+            if half and "growth" not in row:
+                row["growth"] = row["seconds"] / half[0]["seconds"]
+    main_rows = [r for r in rows if r["pass"] in ("forward", "train-step") and r["impl"] != "funcdiff-compiled"]
+    print_table(main_rows, COLUMNS)
+    for pass_, columns in (("guided-step", GUIDED_COLUMNS), ("rollout", ROLLOUT_COLUMNS),
+                           ("sample-error", ["grid", "dtype", "steps", "rel_l2_vs_fp32"]),
+                           ("loss-curve", ["grid", "dtype", "steps", "val_losses", "loss_ratio_vs_fp32", "seconds"])):
+        if any(r["pass"] == pass_ for r in rows):
+            print_table([r for r in rows if r["pass"] == pass_], columns)
+    for pass_ in ("graphed", "sample"):
+        if any(r["pass"] == pass_ for r in rows):
+            print_table([r for r in rows if r["pass"] == pass_],
+                        ["grid", "impl", "pass", "batch", "graphed", "seconds", "vs_eager", "vs_neuralop"])
+    compiled = [r for r in rows if r["impl"] == "funcdiff-compiled"]
+    if compiled:
+        print_table(compiled, ["grid", "pass", "batch", "compile_seconds", "seconds", "eager_seconds", "vs_eager",
+                               "eager_vs_forward", "compiled_vs_forward", "error"])
+
+
+def main() -> None:
+    args = arguments()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     device = args.device
@@ -367,41 +439,7 @@ def main() -> None:
             "threads": torch.get_num_threads(), "complete": complete})
 
     for n, batch, pass_ in jobs:
-        # more repeats where a call is short, so that a median is stable beside other jobs on a shared machine
-        by_grid = {64: 10, 128: 6, 256: 4} if args.quick else {64: 30, 128: 20, 256: 12, 512: 6}
-        repeats = args.repeats or (by_grid.get(n, 3) if batch == 1 else 3 if args.quick else 5)
-        x = torch.randn(batch, CHANNELS, n, n, device=device)
-        sigma = torch.full((batch,), 0.7, device=device)
-        fns = {"funcdiff": calls(ours, True, pass_, x, sigma, torch.float32),
-               "neuralop-fno": calls(theirs, False, pass_, x, sigma, torch.float32)}
-        if args.bf16:
-            fns["funcdiff bf16"] = calls(ours, True, pass_, x, sigma, torch.bfloat16)
-        peaks = {name: peak_mb(fn, device) for name, fn in fns.items()}  # also the warm-up call
-        if batch == 1 and n // 2 in grids:  # the growth per doubling, timed interleaved with the calls at n
-            half = torch.randn(batch, CHANNELS, n // 2, n // 2, device=device)
-            fns["funcdiff half"] = calls(ours, True, pass_, half, sigma, torch.float32)
-            fns["funcdiff half"]()
-        times: dict[str, list[float]] = {name: [] for name in fns}
-        for _ in range(repeats):  # interleaved
-            for name, fn in fns.items():
-                times[name].append(timed(fn, device))
-        floor = floor_seconds(n, batch, max(repeats, 5), device)
-        common = {"grid": n, "pass": pass_, "batch": batch, "threads": torch.get_num_threads(), "dtype": "float32"}
-        seconds = {name: statistics.median(t) for name, t in times.items()}
-        for name in [k for k in fns if k != "funcdiff half"]:
-            row = {**common, "impl": name.split(" ")[0], "seconds": seconds[name], "peak_mb": peaks[name],
-                   "dtype": "bfloat16" if " bf16" in name else "float32"}
-            if name.startswith("funcdiff"):
-                row.update(vs_neuralop=seconds[name] / seconds["neuralop-fno"],
-                           vs_floor=seconds[name] / floor[pass_])
-            if name == "funcdiff" and "funcdiff half" in seconds:
-                row["growth"] = seconds[name] / seconds["funcdiff half"]
-            rows.append(row)
-        rows.append({**common, "impl": "floor", "seconds": floor[pass_], "peak_mb": None,
-                     "fft_seconds": floor["fft_seconds"], "gemm_gflops": floor["gemm_gflops"],
-                     "bandwidth_gbs": floor["bandwidth_gbs"]})
-        print(f"{n}² {pass_} batch {batch}: " + ", ".join(f"{k} {v:.4g} s" for k, v in seconds.items())
-              + f", floor {floor[pass_]:.4g} s", flush=True)
+        rows += call_rows(ours, theirs, n, batch, pass_, args, grids)
     save(complete=False)
     graph_grids = args.graph_grids if args.graph_grids is not None else grids
     if device.startswith("cuda") and graph_grids:
@@ -425,27 +463,7 @@ def main() -> None:
         compile_grids = args.compile_grids or ([64] if args.quick else [64, 128])
         rows += compile_rows(ours, compile_grids, device, repeats=3 if args.quick else 5)
         save(complete=False)
-    for row in rows:
-        if row["impl"] == "funcdiff" and row["pass"] in ("forward", "train-step"):
-            half = [r for r in rows if r["impl"] == "funcdiff" and r["pass"] == row["pass"]
-                    and r["batch"] == row["batch"] and r["dtype"] == row["dtype"] and r["grid"] * 2 == row["grid"]]
-            if half and "growth" not in row:
-                row["growth"] = row["seconds"] / half[0]["seconds"]
-    main_rows = [r for r in rows if r["pass"] in ("forward", "train-step") and r["impl"] != "funcdiff-compiled"]
-    print_table(main_rows, COLUMNS)
-    for pass_, columns in (("guided-step", GUIDED_COLUMNS), ("rollout", ROLLOUT_COLUMNS),
-                           ("sample-error", ["grid", "dtype", "steps", "rel_l2_vs_fp32"]),
-                           ("loss-curve", ["grid", "dtype", "steps", "val_losses", "loss_ratio_vs_fp32", "seconds"])):
-        if any(r["pass"] == pass_ for r in rows):
-            print_table([r for r in rows if r["pass"] == pass_], columns)
-    for pass_ in ("graphed", "sample"):
-        if any(r["pass"] == pass_ for r in rows):
-            print_table([r for r in rows if r["pass"] == pass_],
-                        ["grid", "impl", "pass", "batch", "graphed", "seconds", "vs_eager", "vs_neuralop"])
-    compiled = [r for r in rows if r["impl"] == "funcdiff-compiled"]
-    if compiled:
-        print_table(compiled, ["grid", "pass", "batch", "compile_seconds", "seconds", "eager_seconds", "vs_eager",
-                               "eager_vs_forward", "compiled_vs_forward", "error"])
+    report(rows)
     save(complete=True)
 
 
