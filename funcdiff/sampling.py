@@ -93,25 +93,37 @@ def _slope(x: torch.Tensor, denoised: torch.Tensor, sigma: float | torch.Tensor)
     return torch.where(sigma > 0, (x - denoised) / sigma.clamp_min(torch.finfo(x.dtype).tiny), 0.0)
 
 
-def _levels(sigmas: torch.Tensor, x: torch.Tensor) -> list:
-    """Python floats for a scalar schedule (the historical, bit-exact path); tensors broadcastable to x otherwise."""
-    if sigmas.ndim == 1:
-        return [float(s) for s in sigmas]
-    return [s.to(device=x.device, dtype=x.dtype) for s in sigmas]
+class _ElementLevels:
+    """A per-element schedule (n+1, ...) as the loop uses it: every decision (validity, Heun's second call, the
+    label floor) taken on a host copy, and the levels and labels as rows on the state's device, made once per
+    schedule, device and dtype (:func:`_element_levels`). A rollout reuses one schedule for every emitted frame, so
+    its steps neither copy from the host nor wait for the device: on a GPU each copy of a pageable host tensor and
+    each ``bool(tensor)`` stalls the host until the device has caught up."""
+
+    def __init__(self, host: torch.Tensor, device: torch.device, dtype: torch.dtype) -> None:
+        _check_schedule(host)
+        floor = float(host[host > 0].min())
+        labels = torch.where(host > 0, host, torch.full_like(host, floor))
+        rows = torch.stack([host, labels]).to(device=device, dtype=dtype)
+        self.levels, self.labels = list(rows[0]), list(rows[1])
+        self.heun = [bool((row > 0).any()) for row in host]
 
 
-def _label_levels(sigma: float | torch.Tensor, floor: float) -> float | torch.Tensor:
-    """The levels a denoiser is told in Heun's second evaluation: per element, a level that reached 0 is given as
-    the schedule's smallest positive level. Those elements take the Euler step and their output is discarded, but
-    they are the input of the others' evaluation, and a network never saw sigma = 0 (c_noise = ln(0)/4) in
-    training."""
-    if not isinstance(sigma, torch.Tensor):
-        return sigma
-    return torch.where(sigma > 0, sigma, torch.full_like(sigma, floor))
+_ELEMENT_LEVELS: dict[tuple, _ElementLevels] = {}
+_ELEMENT_LEVELS_KEPT = 32
 
 
-def _heun_needed(sigma_next: float | torch.Tensor) -> bool:
-    return bool((sigma_next > 0).any()) if isinstance(sigma_next, torch.Tensor) else sigma_next > 0
+def _element_levels(sigmas: torch.Tensor, x: torch.Tensor) -> _ElementLevels:
+    """The :class:`_ElementLevels` of ``sigmas`` for ``x``'s device and dtype, cached by the schedule's values.
+    Pass the schedule on the host: a device schedule is first copied back (one wait for the device)."""
+    host = sigmas.detach().to("cpu", torch.float64).contiguous()
+    key = (tuple(host.shape), host.numpy().tobytes(), x.device, x.dtype)
+    levels = _ELEMENT_LEVELS.get(key)
+    if levels is None:
+        if len(_ELEMENT_LEVELS) >= _ELEMENT_LEVELS_KEPT:
+            _ELEMENT_LEVELS.pop(next(iter(_ELEMENT_LEVELS)))  # the oldest
+        levels = _ELEMENT_LEVELS[key] = _ElementLevels(host, x.device, x.dtype)
+    return levels
 
 
 def _churn_gamma(sigma: float, n_steps: int, s_churn: float, s_tmin: float, s_tmax: float) -> float:
@@ -140,23 +152,30 @@ def _edm_loop(
     schedule (n+1,) or a per-element one (n+1, *shape) whose rows broadcast against x (rolling diffusion: one
     level per frame); per element, a step to 0 is an Euler step and elements at 0 stay fixed.
     """
-    _check_schedule(sigmas)
     if s_churn > 0 and (noise is None or sigmas.ndim > 1):
         raise ValueError("stochastic churn needs a noise source (noise=...) and a scalar schedule")
-    levels = _levels(sigmas, x)
-    floor = float(sigmas[sigmas > 0].min()) if sigmas.ndim > 1 else 0.0
+    if sigmas.ndim > 1:
+        per_element = _element_levels(sigmas, x)
+        levels, labels, heun_needed = per_element.levels, per_element.labels, per_element.heun
+    else:
+        _check_schedule(sigmas)
+        levels = labels = [float(s) for s in sigmas]  # Python floats: the historical, bit-exact path
+        heun_needed = [s > 0 for s in levels]
     n_steps = len(levels) - 1
     for i in range(n_steps):
         sigma, sigma_next = levels[i], levels[i + 1]
         gamma = _churn_gamma(sigma, n_steps, s_churn, s_tmin, s_tmax)
-        sigma_hat = sigma * (1 + gamma)
+        sigma_hat = sigma * (1 + gamma) if gamma > 0 else sigma
         if gamma > 0:
             x = x + math.sqrt(sigma_hat**2 - sigma**2) * s_noise * noise(x)
         denoised = _denoise(denoiser, x, sigma_hat)
         d = _slope(x, denoised, sigma_hat)
         x_next = x + (sigma_next - sigma_hat) * d
-        if order == 2 and _heun_needed(sigma_next):
-            denoised_next = _denoise(denoiser, x_next, _label_levels(sigma_next, floor))
+        if order == 2 and heun_needed[i + 1]:
+            # per element, a level that reached 0 is told as the schedule's smallest positive level: those
+            # elements take the Euler step and this output is discarded for them, but they are the input of the
+            # others' evaluation, and a network never saw sigma = 0 (c_noise = ln(0)/4) in training
+            denoised_next = _denoise(denoiser, x_next, labels[i + 1])
             d_next = _slope(x_next, denoised_next, sigma_next)
             heun = x + (sigma_next - sigma_hat) * 0.5 * (d + d_next)
             x_next = torch.where(sigma_next > 0, heun, x_next) if isinstance(sigma_next, torch.Tensor) else heun

@@ -56,6 +56,18 @@ def device_constant(cache: dict, key: Hashable, device: torch.device | str, make
     return out
 
 
+def to_device(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """A host tensor (e.g. noise drawn by CPU generators) moved to ``device`` without making the host wait: on a GPU
+    it is copied through pinned memory with ``non_blocking`` (torch's caching host allocator keeps the pinned block
+    until the copy has run), where a copy from pageable memory would wait for all queued work. Values unchanged."""
+    device = torch.device(device)
+    if device.type == "cpu" or t.device == device:
+        return t.to(device)
+    if device.type == "cuda" and t.device.type == "cpu":
+        t = t.pin_memory()
+    return t.to(device, non_blocking=True)
+
+
 def fourier_resample(x: torch.Tensor, size: Sequence[int] | int, dims: int | None = None) -> torch.Tensor:
     """Resample periodic fields on a uniform grid of [0, 1)^d to a new grid by zero-padding/truncating Fourier modes.
 

@@ -185,3 +185,43 @@ def test_a_guided_step_copies_nothing_from_the_host(method):
         with _HostCopies() as copies:
             guided(x, sigma)
     assert copies.seen == [], copies.seen
+
+
+class _BlockingHostCopies(_HostCopies):
+    """Only the copies that make the host wait: a tensor made from Python data, or a copy to a device that is
+    not ``non_blocking`` (from pinned memory, as :func:`funcdiff.utils.to_device` makes on a GPU, it is not)."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.ops.aten._to_copy.default and kwargs.get("non_blocking"):
+            return func(*args, **kwargs)
+        return super().__torch_dispatch__(func, types, args, kwargs)
+
+
+@pytest.mark.parametrize("kind", ["rolling", "autoregressive"])
+def test_a_rollout_step_neither_waits_for_nor_copies_from_the_host(kind):
+    """A forecast step on a device (the meta device standing in for a GPU: any ``bool(tensor)`` or ``.item()``
+    there raises) runs without waiting for the device and without a blocking host copy: the per-frame schedule of a
+    rolling step is checked on the host and kept on the device (:func:`funcdiff.sampling._element_levels`), Heun's
+    decisions are taken on the host, and the fresh noise, drawn on the host by the members' CPU generators, is
+    copied without blocking. Only the first step makes the caches."""
+    from funcdiff.config import ForecastConfig
+    from funcdiff.kinds.base import Forecaster, RolloutState
+    from funcdiff.noise import make_generators
+    from funcdiff.tasks.forecast import rollout_step
+
+    def denoiser(x, sigma, cond):  # sigma (B,) for an autoregressive block, one level per frame for a rolling one
+        sigma = sigma.reshape(-1, 1, 1, 1) if sigma.ndim == 1 else sigma
+        return 0.5 * x / (1 + sigma**2) + cond[:, -1:]
+
+    fc = Forecaster(denoiser, GaussianRandomField(dim=2), ForecastConfig(kind=kind, history=1, horizon=2), ("u",),
+                    device="meta")
+    state = RolloutState(torch.zeros(3, 1, N, N, device="meta"), None, 0, make_generators(0, range(3)))
+    with torch.no_grad():
+        _, state = rollout_step(fc, state, steps_per_frame=2)
+        _, state = rollout_step(fc, state, steps_per_frame=2)
+        with _BlockingHostCopies() as copies:
+            for _ in range(3):
+                frames, state = rollout_step(fc, state, steps_per_frame=2)
+    assert copies.seen == [], copies.seen
+    assert frames.device.type == "meta" and frames.shape == (3, 1, 1 if kind == "rolling" else 2, N, N)

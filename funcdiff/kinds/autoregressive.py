@@ -27,6 +27,7 @@ from funcdiff.kinds.base import (Forecaster, ModelKind, RolloutState, check_chan
                                  forecaster_from_meta, streamed_sets)
 from funcdiff.sampling import get_solver, sigmas_karras
 from funcdiff.training.forecast import load_trajectories, trajectory_split, window_datasets
+from funcdiff.utils import to_device
 
 
 def window_sets(config, fields: Optional[Tensor] = None) -> tuple[FieldDataset, FieldDataset]:
@@ -152,7 +153,7 @@ class AutoregressiveKind(ModelKind):
 def fresh_noise(fc: Forecaster, gens: list[torch.Generator], channels: int, like: Tensor) -> Tensor:
     """sigma_max × function-space noise for ``channels`` folded channels, one generator per member."""
     shape = (len(gens), channels, *like.shape[2:])
-    return fc.sample.sigma_max * fc.noise.sample(shape, generator=gens, dtype=like.dtype).to(like.device)
+    return fc.sample.sigma_max * to_device(fc.noise.sample(shape, generator=gens, dtype=like.dtype), like.device)
 
 
 def window_denoiser(fc: Forecaster, history: Tensor, emitted: int, terms_for_lead):

@@ -63,9 +63,13 @@ class RollingKind(AutoregressiveKind):
 
 
 def per_frame(sigmas: Tensor, channels: int, like: Tensor) -> Tensor:
-    """(n+1, W) per-frame levels -> (n+1, 1, W·C, 1, ...) rows broadcastable to a folded window."""
+    """(n+1, W) per-frame levels -> (n+1, 1, W·C, 1, ...) rows broadcastable to a folded window shaped like ``like``.
+
+    The rows stay on the host: the solver validates them there and moves them to ``like``'s device once per
+    schedule (:func:`funcdiff.sampling.sample_heun` with a per-element schedule), so a rollout's steps copy nothing
+    from the host."""
     rows = sigmas.repeat_interleave(channels, dim=1)
-    return rows.reshape(*rows.shape, *[1] * (like.ndim - 2)).unsqueeze(1).to(like.device, like.dtype)
+    return rows.reshape(*rows.shape, *[1] * (like.ndim - 2)).unsqueeze(1)
 
 
 __all__ = ["RollingKind", "per_frame"]
