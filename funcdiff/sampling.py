@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from funcdiff.noise import GaussianRandomField, make_generators
 from funcdiff.schedules import RHO, SIGMA_MAX, SIGMA_MIN, init_levels, rolling_levels, sigma_from_level
+from funcdiff.utils import to_device
 
 
 class Denoiser(Protocol):
@@ -302,8 +303,8 @@ def sample(denoiser: Denoiser, shape: Sequence[int], noise: GaussianRandomField,
     for start in starts:
         n = min(batch_size, shape[0] - start)
         gens = make_generators(seed, range(start, start + n))
-        draw = lambda like, g=gens: noise.sample(like.shape, generator=g, dtype=like.dtype).to(like.device)
-        x = sigma_max * noise.sample((n, *shape[1:]), generator=gens, dtype=dtype).to(device)
+        draw = lambda like, g=gens: to_device(noise.sample(like.shape, generator=g, dtype=like.dtype), like.device)
+        x = sigma_max * to_device(noise.sample((n, *shape[1:]), generator=gens, dtype=dtype), device)
         with torch.set_grad_enabled(grad), bf16_autocast(x.device, s.bf16):
             x = run(denoiser, x, sigmas, noise=draw, callback=_progress(bar), **(s.solver_options or {}))
         chunks.append(x.detach())

@@ -56,10 +56,13 @@ def device_constant(cache: dict, key: Hashable, device: torch.device | str, make
     return out
 
 
-def to_device(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+def to_device(t: torch.Tensor, device: torch.device | str | None) -> torch.Tensor:
     """A host tensor (e.g. noise drawn by CPU generators) moved to ``device`` without making the host wait: on a GPU
     it is copied through pinned memory with ``non_blocking`` (torch's caching host allocator keeps the pinned block
-    until the copy has run), where a copy from pageable memory would wait for all queued work. Values unchanged."""
+    until the copy has run), where a copy from pageable memory would wait for all queued work. Values unchanged;
+    ``None`` leaves ``t`` where it is."""
+    if device is None:
+        return t
     device = torch.device(device)
     if device.type == "cpu" or t.device == device:
         return t.to(device)

@@ -50,6 +50,7 @@ from funcdiff.noise import GaussianRandomField, Generators
 from funcdiff.sampling import get_solver, sigmas_karras
 from funcdiff.transforms import (TIME_AXIS, IdentityTransform, WaveletTransform, build_transform,
                                  transform_from_state_dict)
+from funcdiff.utils import to_device
 
 Transform = IdentityTransform | WaveletTransform
 
@@ -363,7 +364,8 @@ class TrajectoryKind(AutoregressiveKind):
         model.check_grid(frames, tuple(initial.shape[2:]))
         cond = model.coder.condition(initial, frames)
         shape = (initial.shape[0], model.coder.state_channels, *model.coder.coarse_grid(frames, initial.shape[2:]))
-        x = s.sigma_max * model.noise.sample(shape, generator=state.generators, dtype=initial.dtype).to(initial.device)
+        x = s.sigma_max * to_device(model.noise.sample(shape, generator=state.generators, dtype=initial.dtype),
+                                    initial.device)
 
         def denoiser(z: Tensor, sigma: Tensor) -> Tensor:
             return model(z, sigma, cond=cond)
