@@ -71,6 +71,32 @@ def to_device(t: torch.Tensor, device: torch.device | str | None) -> torch.Tenso
     return t.to(device, non_blocking=True)
 
 
+class DeviceCount:
+    """A running count of work done on a device (denoiser calls, VJPs, solver calls), kept as a tensor there.
+
+    Work replayed from a CUDA graph runs no Python, so a Python counter would miss it; the count's ``add_`` is
+    recorded in the graph with the work it counts. Adding waits for nothing; ``int(count)`` reads the total (one
+    wait for the device, at the end of a run). Copies of an object that holds a count (``copy.copy``, e.g. an
+    operator's view of a part of the batch) share it, so work done through a view is counted too."""
+
+    def __init__(self) -> None:
+        self._per_device: dict[torch.device, torch.Tensor] = {}
+
+    def add(self, n: int, device: torch.device | str) -> None:
+        """Count ``n`` more, done on ``device``."""
+        device = torch.device(device)
+        count = self._per_device.get(device)
+        if count is None:
+            count = self._per_device[device] = torch.zeros((), dtype=torch.int64, device=device)
+        count.add_(n)
+
+    def __int__(self) -> int:
+        return sum(int(count) for count in self._per_device.values())
+
+    def __repr__(self) -> str:
+        return f"DeviceCount({int(self)})"
+
+
 def fourier_resample(x: torch.Tensor, size: Sequence[int] | int, dims: int | None = None) -> torch.Tensor:
     """Resample periodic fields on a uniform grid of [0, 1)^d to a new grid by zero-padding/truncating Fourier modes.
 

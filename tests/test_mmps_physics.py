@@ -76,3 +76,20 @@ def test_solver_tangent_is_the_linear_solver():
     exact = obs.observe(solve_poisson(z)).flatten(1)
     assert torch.allclose(op.tangent(at)(z), exact, rtol=1e-7, atol=1e-12)
     assert op.solver_calls == 2 * 3
+
+
+def test_solver_calls_and_vjps_are_counted_through_views_of_the_batch():
+    """Per-sample observations (B_obs = B) give each chunk of the batch its own view of the operator: the solver
+    runs made through the views count on the operator the caller holds, as with shared observations (they were
+    lost before: a per-sample batch reported 0 solver calls). The counts live on the device
+    (:class:`funcdiff.utils.DeviceCount`), so calls replayed from a CUDA graph count too."""
+    obs, _, _ = poisson_problem(0.3)
+    x = torch.randn(4, 1, N, N, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    sigma = torch.full((4,), 1.0, dtype=torch.float64)
+    counts = []
+    for values in (obs.values, obs.values.expand(4, -1, -1).clone()):
+        op = SolverOperator(obs.with_values(values), solve_poisson, 0)
+        mmps = MomentMatchingDenoiser(OracleDenoiser(DATA_SMOOTH), op, NOISE, cg_iters=2, chunk_size=2)
+        mmps(x, sigma)
+        counts.append((op.solver_calls, mmps.vjps, mmps.calls))
+    assert counts[0] == counts[1] and counts[0][0] >= 4 and counts[0][1:] == (2 * 3, 4), counts

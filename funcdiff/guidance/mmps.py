@@ -51,7 +51,7 @@ from funcdiff.guidance.linalg import conjugate_gradient
 from funcdiff.guidance.operators import SparseOperator
 from funcdiff.noise import GaussianRandomField
 from funcdiff.sampling import Denoiser
-from funcdiff.utils import expand_sigma
+from funcdiff.utils import DeviceCount, expand_sigma
 
 
 class MomentMatchingDenoiser:
@@ -91,15 +91,24 @@ class MomentMatchingDenoiser:
         self.trust_region = trust_region
         self.sigma_data = operator.sigma_data if sigma_data is None else sigma_data
         self.covariance = ModelCovariance(noise, self.sigma_data)
-        self.vjps = 0
-        self.calls = 0
+        self._vjps, self._calls = DeviceCount(), DeviceCount()
+
+    @property
+    def vjps(self) -> int:
+        """VJPs through the denoiser so far (each for a whole chunk of the batch)."""
+        return int(self._vjps)
+
+    @property
+    def calls(self) -> int:
+        """Denoiser evaluations so far, per sample."""
+        return int(self._calls)
 
     def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
         return in_chunks(x, sigma, self.chunk_size,
                          lambda xs, ss, rows: self._guided(xs, ss, self.operator.for_batch(rows)))
 
     def _guided(self, x: Tensor, sigma: Tensor, op: SparseOperator) -> Tensor:
-        self.calls += x.shape[0]
+        self._calls.add(x.shape[0], x.device)
         with torch.enable_grad():
             x_in = x.detach().requires_grad_(True)
             denoised = self.denoiser(x_in, sigma)
@@ -111,7 +120,7 @@ class MomentMatchingDenoiser:
 
             def vjp(v: Tensor) -> Tensor:
                 """C Jᵀ Aᵀ v (model dtype -> float64). Shapes: (B, n) -> (B, C, *S)."""
-                self.vjps += 1
+                self._vjps.add(1, x_in.device)
                 g, = torch.autograd.grad(pred, x_in, v.to(pred.dtype), retain_graph=True)
                 return self.noise.apply_cov_power(g.double(), 1.0)
 

@@ -29,7 +29,7 @@ from funcdiff.guidance.likelihood import Decode, ObservationGuidance
 from funcdiff.guidance.terms import GuidanceTerm, gaussian_nll
 from funcdiff.guidance.observations import SparseObservation
 from funcdiff.noise import GaussianRandomField
-from funcdiff.utils import device_constant
+from funcdiff.utils import DeviceCount, device_constant
 
 Solver = Callable[[Tensor], Tensor]
 
@@ -169,7 +169,12 @@ class SolverOperator(_DeviceConstants):
         if len(self.observations) != 1:
             raise ValueError("a solver operator takes one observation of the solver's output")
         self.solver, self.input_channel, self.decode = solver, int(input_channel), decode
-        self.solver_calls = 0
+        self._solver_calls = DeviceCount()  # shared with the views of for_batch
+
+    @property
+    def solver_calls(self) -> int:
+        """Solver runs so far, per sample, through this operator and its views of parts of the batch."""
+        return int(self._solver_calls)
 
     @property
     def observation(self) -> SparseObservation:
@@ -194,7 +199,7 @@ class SolverOperator(_DeviceConstants):
     def solve(self, x: Tensor) -> Tensor:
         """S applied to the decoded input channel. Shapes: (B, C, *S) -> (B, 1, *S) physical units."""
         field = self.decode(x) if self.decode is not None else x
-        self.solver_calls += x.shape[0]
+        self._solver_calls.add(x.shape[0], x.device)
         return self.solver(field[:, self.input_channel:self.input_channel + 1])
 
     def predict(self, x: Tensor) -> Tensor:
