@@ -206,3 +206,42 @@ def test_guided_sample_with_cuda_graphs_equals_eager_guided_sample():
     eager = sample(guided, (2, 2, 32, 32), noise, steps=6, solver="heun", seed=3, device="cuda")
     graphed = sample(guided, (2, 2, 32, 32), noise, steps=6, solver="heun", seed=3, device="cuda", cuda_graphs=True)
     torch.testing.assert_close(graphed, eager, rtol=1e-4, atol=1e-4)
+
+
+def test_a_model_that_cannot_be_recorded_is_one_clear_user_error():
+    """A denoiser that waits for the device inside its call (here ``.item()``) cannot be recorded in a CUDA graph:
+    a :class:`~funcdiff.errors.UserError` (one line from the CLI, exit status 2) naming the cause and the way out."""
+    from funcdiff.errors import UserError
+    from funcdiff.models.graphs import GraphedDenoiser
+
+    def syncing(x, sigma):
+        return x * float(sigma.max())
+
+    x, sigma = torch.randn(2, 1, 8, 8, device="cuda"), torch.full((2,), 0.5, device="cuda")
+    with torch.no_grad(), pytest.raises(UserError, match="cannot be recorded in a CUDA graph.*--cuda-graphs"):
+        GraphedDenoiser(syncing)(x, sigma)
+
+
+def test_mmps_sample_with_cuda_graphs_equals_eager_and_counts_its_vjps():
+    """An mmps step replayed from a CUDA graph (its fixed-iteration CG runs without host syncs): the eager samples,
+    and the VJPs counted on the device (:class:`funcdiff.utils.DeviceCount`) include the replayed ones."""
+    from funcdiff.guidance import SparseObservation, random_sensors
+    from funcdiff.guidance.mmps import MomentMatchingDenoiser
+    from funcdiff.guidance.operators import SparseOperator
+    from funcdiff.noise import GaussianRandomField
+    from funcdiff.sampling import sample
+
+    _, gpu = _pair()
+    gpu.eval().requires_grad_(False)
+    noise = GaussianRandomField(dim=2, smoothness=2.0, length_scale=0.1)
+    gen = torch.Generator().manual_seed(7)
+    obs = SparseObservation(random_sensors(30, (32, 32), generator=gen), channels=(0, 1), noise_std=0.05)
+    obs = obs.with_values(torch.randn(1, 2, 30, generator=gen))
+    runs = []
+    for graphs in (False, True):
+        guided = MomentMatchingDenoiser(gpu, SparseOperator(obs, noise, sigma_data=0.5), noise, cg_iters=3)
+        out = sample(guided, (2, 2, 32, 32), noise, steps=4, solver="euler", seed=3, device="cuda",
+                     cuda_graphs=graphs)
+        runs.append((out, guided.vjps))
+    torch.testing.assert_close(runs[1][0], runs[0][0], rtol=1e-4, atol=1e-4)
+    assert runs[0][1] == 4 * (3 + 1) and runs[1][1] >= runs[0][1], (runs[0][1], runs[1][1])

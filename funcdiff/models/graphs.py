@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
+from funcdiff.errors import UserError
+
 
 @dataclass
 class _Captured:
@@ -88,6 +90,7 @@ class GraphedDenoiser:
             with torch.cuda.graph(graph), autocast():
                 out = call()
         except RuntimeError as err:  # an operation that cannot be captured (a host synchronisation, a host copy)
-            raise RuntimeError(f"the denoiser cannot be captured in a CUDA graph ({err}); run without "
-                               "cuda_graphs") from err
+            cause = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise UserError(f"this model cannot be recorded in a CUDA graph ({cause}); run without --cuda-graphs "
+                            "(cuda_graphs=False)") from err
         return _Captured(graph, static_x, static_sigma, static_cond, out)
