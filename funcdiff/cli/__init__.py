@@ -159,7 +159,7 @@ PARAMETER_FLAGS = {
     "index": "--index", "trajectories": "--index", "indices": "--indices", "start_frame": "--start-frame",
     "init_times": "--init-times", "out_dir": "--out-dir", "overwrite": "--overwrite", "layout": "--layout",
     "pushforward": "--pushforward", "batch_size": "--batch-size", "variables": "--variables", "start": "--start",
-    "end": "--end", "step": "--step",
+    "end": "--end", "step": "--step", "cuda_graphs": "--cuda-graphs",
 }
 _PARAMETER = re.compile(r"(?:(?<=^)|(?<=[\s(]))(?<!--set )(" + "|".join(PARAMETER_FLAGS) + r")=(True\b)?")
 

@@ -91,6 +91,6 @@ class GraphedDenoiser:
                 out = call()
         except RuntimeError as err:  # an operation that cannot be captured (a host synchronisation, a host copy)
             cause = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise UserError(f"this model cannot be recorded in a CUDA graph ({cause}); run without --cuda-graphs "
-                            "(cuda_graphs=False)") from err
+            raise UserError(f"this model cannot be recorded in a CUDA graph ({cause}); run without "
+                            "cuda_graphs=True") from err
         return _Captured(graph, static_x, static_sigma, static_cond, out)
