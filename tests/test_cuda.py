@@ -187,20 +187,27 @@ def test_forecast_with_cuda_graphs_equals_eager_forecast(kind):
     assert len(graphed_fc.denoiser._graphs) >= 2  # two chunk sizes of members (2 and 1)
 
 
+def _guided_problem(seed: int):
+    """The frozen CUDA model of :func:`_pair`, GRF noise, and 30 sensors on both channels of a 32² grid."""
+    from funcdiff.guidance import SparseObservation, random_sensors
+    from funcdiff.noise import GaussianRandomField
+
+    _, gpu = _pair()
+    gpu.eval().requires_grad_(False)
+    gen = torch.Generator().manual_seed(seed)
+    obs = SparseObservation(random_sensors(30, (32, 32), generator=gen), channels=(0, 1), noise_std=0.05)
+    return gpu, GaussianRandomField(dim=2, smoothness=2.0, length_scale=0.1), obs.with_values(
+        torch.randn(1, 2, 30, generator=gen))
+
+
 def test_guided_sample_with_cuda_graphs_equals_eager_guided_sample():
     """A dps step (the network's forward pass, its vector-Jacobian product, the likelihood and the covariance's
     FFTs) replayed from a CUDA graph: possible because a guided step copies nothing from the host after its first
     call (``tests/test_host_sync.py``); the samples equal the eager ones."""
-    from funcdiff.guidance import GuidedDenoiser, ObservationGuidance, SparseObservation, random_sensors
-    from funcdiff.noise import GaussianRandomField
+    from funcdiff.guidance import GuidedDenoiser, ObservationGuidance
     from funcdiff.sampling import sample
 
-    _, gpu = _pair()
-    gpu.eval().requires_grad_(False)
-    noise = GaussianRandomField(dim=2, smoothness=2.0, length_scale=0.1)
-    gen = torch.Generator().manual_seed(6)
-    obs = SparseObservation(random_sensors(30, (32, 32), generator=gen), channels=(0, 1), noise_std=0.05)
-    obs = obs.with_values(torch.randn(1, 2, 30, generator=gen))
+    gpu, noise, obs = _guided_problem(6)
     guided = GuidedDenoiser(gpu, [ObservationGuidance(obs, noise, sigma_data=0.5)], noise, sigma_data=0.5,
                             trust_region=1.0)
     eager = sample(guided, (2, 2, 32, 32), noise, steps=6, solver="heun", seed=3, device="cuda")
@@ -225,18 +232,11 @@ def test_a_model_that_cannot_be_recorded_is_one_clear_user_error():
 def test_mmps_sample_with_cuda_graphs_equals_eager_and_counts_its_vjps():
     """An mmps step replayed from a CUDA graph (its fixed-iteration CG runs without host syncs): the eager samples,
     and the VJPs counted on the device (:class:`funcdiff.utils.DeviceCount`) include the replayed ones."""
-    from funcdiff.guidance import SparseObservation, random_sensors
     from funcdiff.guidance.mmps import MomentMatchingDenoiser
     from funcdiff.guidance.operators import SparseOperator
-    from funcdiff.noise import GaussianRandomField
     from funcdiff.sampling import sample
 
-    _, gpu = _pair()
-    gpu.eval().requires_grad_(False)
-    noise = GaussianRandomField(dim=2, smoothness=2.0, length_scale=0.1)
-    gen = torch.Generator().manual_seed(7)
-    obs = SparseObservation(random_sensors(30, (32, 32), generator=gen), channels=(0, 1), noise_std=0.05)
-    obs = obs.with_values(torch.randn(1, 2, 30, generator=gen))
+    gpu, noise, obs = _guided_problem(7)
     runs = []
     for graphs in (False, True):
         guided = MomentMatchingDenoiser(gpu, SparseOperator(obs, noise, sigma_data=0.5), noise, cg_iters=3)
