@@ -60,15 +60,13 @@ def to_device(t: torch.Tensor, device: torch.device | str | None) -> torch.Tenso
     """A host tensor (e.g. noise drawn by CPU generators) moved to ``device`` without making the host wait: on a GPU
     it is copied through pinned memory with ``non_blocking`` (torch's caching host allocator keeps the pinned block
     until the copy has run), where a copy from pageable memory would wait for all queued work. Values unchanged;
-    ``None`` leaves ``t`` where it is."""
+    ``None`` leaves ``t`` where it is; other devices get a plain copy."""
     if device is None:
         return t
     device = torch.device(device)
-    if device.type == "cpu" or t.device == device:
-        return t.to(device)
     if device.type == "cuda" and t.device.type == "cpu":
-        t = t.pin_memory()
-    return t.to(device, non_blocking=True)
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)  # elsewhere a plain copy: an asynchronous one could outlive its temporary source
 
 
 class DeviceCount:
