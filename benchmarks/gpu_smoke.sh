@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# GPU smoke run: Darcy (a, u) at 128² -- generate data, train the configs/darcy_128_gpu.yaml model for a fixed number
+# GPU smoke run: the CUDA tests (tests/test_cuda.py: CPU/GPU agreement, bf16, CUDA graphs for sampling, guided
+# steps and forecasts), then Darcy (a, u) at 128² -- generate data, train the configs/darcy_128_gpu.yaml model for a fixed number
 # of steps, run the inverse-problem harness on the checkpoint, then benchmarks/gpu.py, then the issue-20 table of
 # benchmarks/denoiser_speed.py (denoiser call and training step vs neuraloperator's FNO and the floor, bf16 rows with
 # the bf16 sample error and the bf16/fp32 training loss curves, torch.compile against eager at 128² and 256² with the
@@ -30,14 +31,23 @@ GPU_ARGS=${GPU_ARGS:-}
 TRAIN_ARGS=${TRAIN_ARGS:-}   # extra `funcdiff train` options, e.g. a smaller model for the CPU check
 # benchmarks/denoiser_speed.py options (default: the full table, 64²-1024², bf16, compile at 128² and 256²)
 SPEED_ARGS=${SPEED_ARGS:---bf16 --compile --compile-grids 128 256}
+TESTS=${TESTS:-1}      # TESTS=0 skips the CUDA tests
 mkdir -p "$OUT"
 phase() { echo "== $(date -u +%T) $*"; }
 t0=$SECONDS
 
+tests_rc=0  # a failed CUDA test does not stop the benchmarks; the script's exit status reports it at the end
+if [ "$TESTS" != 0 ]; then
+    phase "tests/test_cuda.py"
+    python -m pytest -q -rs tests/test_cuda.py 2>&1 | tee "$OUT/test_cuda.txt" || tests_rc=$?
+    echo "   tests took $((SECONDS - t0)) s (exit status $tests_rc)"
+fi
+
+td=$SECONDS
 phase "data: $N_TRAIN Darcy pairs at ${RES}² on $DEVICE"
 funcdiff data generate darcy --num-samples "$N_TRAIN" --resolution "$RES" --seed 1 --device "$DEVICE" \
     --out "$OUT/darcy_${RES}.h5" --batch-size 256
-echo "   data took $((SECONDS - t0)) s"
+echo "   data took $((SECONDS - td)) s"
 
 t1=$SECONDS
 phase "train: $STEPS steps, batch $BATCH, bf16=$BF16"
@@ -64,3 +74,7 @@ phase "benchmarks/denoiser_speed.py $SPEED_ARGS"
 python benchmarks/denoiser_speed.py --device "$DEVICE" $SPEED_ARGS --out "$OUT/denoiser_speed.json"
 echo "   denoiser_speed.py took $((SECONDS - t4)) s"
 phase "done in $((SECONDS - t0)) s: $OUT/inverse_${RES}.json, $OUT/inverse_${RES}.png, $OUT/gpu.json, $OUT/denoiser_speed.json"
+if [ "$tests_rc" != 0 ]; then
+    echo "CUDA tests FAILED (exit status $tests_rc): $OUT/test_cuda.txt"
+    exit "$tests_rc"
+fi
