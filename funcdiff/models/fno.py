@@ -121,8 +121,6 @@ class FNOBlock(nn.Module):
             return self._forward_rows_chunked(x, emb)
         if rows:
             h = self.spectral.forward_rows_with_skip(x, self.pointwise)
-            if self._can_fuse_mlp(h) and x.dtype == h.dtype and isinstance(self.norm, nn.GroupNorm):
-                return self._fused_tail(h, emb, x)
             h = self._modulate(h, emb, rows=True)
             if self._can_fuse_mlp(h) and x.dtype == h.dtype:  # with the residual: x + mlp(act(h))
                 lin1, lin2 = self.mlp[0].linear, self.mlp[2].linear
@@ -150,23 +148,6 @@ class FNOBlock(nn.Module):
                 and h.dtype == lin1.weight.dtype and h.dtype in (torch.float32, torch.float64)
                 and _exact_gelu(self.act) and _exact_gelu(self.mlp[1])
                 and lin1.bias is not None and lin2.bias is not None)
-
-    def _fused_tail(self, h: torch.Tensor, emb: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """Training on the row layout: ``x + mlp(act(film(norm(h), emb)))`` as one :class:`_NormMLPRows`."""
-        a, b = self._film_affine(self.film.proj(emb).to(h.dtype))
-        lin1, lin2 = self.mlp[0].linear, self.mlp[2].linear
-        h4, x4 = (t.contiguous().view(t.shape[0], -1, t.shape[-2], t.shape[-1]) for t in (h, x))
-        return _NormMLPRows.apply(h4, a, b, lin1.weight, lin1.bias, lin2.weight, lin2.bias, x4, self.norm.num_groups,
-                                  self.norm.eps).view(x.shape)
-
-    def _film_affine(self, proj: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """a, b (B, C) with ``film(norm(h)) = (h - mean_g) * rstd_g * a + b``: FiLM's ``1 + scale`` and ``shift`` from
-        its projection ``proj`` (B, 2C) of the embedding, GroupNorm's own affine map folded in."""
-        scale, shift = proj.chunk(2, dim=1)  # (B, C) each
-        gain, norm = 1 + scale, self.norm
-        if not norm.affine:
-            return gain, shift
-        return gain * norm.weight.to(proj.dtype), shift + gain * norm.bias.to(proj.dtype)
 
     def _can_chunk(self, x: torch.Tensor) -> bool:
         return (not torch.is_grad_enabled() and not torch.is_autocast_enabled(x.device.type) and x.is_contiguous()
@@ -214,8 +195,7 @@ class FNOBlock(nn.Module):
         (:func:`_group_norm_stats`, float32 under bf16/fp16 autocast) folded into FiLM (:func:`_fold_group_norm`);
         training in float32/64 goes through :class:`_GroupNormAffine`'s hand-written backward pass."""
         stat_dtype = torch.promote_types(h.dtype, torch.float32)  # float32 statistics under bf16/fp16 autocast
-        proj = self.film.proj(emb).to(stat_dtype)
-        scale, shift = proj.chunk(2, dim=1)  # (B, C) each
+        scale, shift = self.film.proj(emb).to(stat_dtype).chunk(2, dim=1)  # (B, C) each
         batch = h.shape[0]
         channels = h.shape[-2] if rows else h.shape[1]
         h4 = h.reshape(batch, -1, channels, h.shape[-1]) if rows else h.reshape(batch, 1, channels, -1)
@@ -223,7 +203,10 @@ class FNOBlock(nn.Module):
         norm = self.norm
         if (isinstance(norm, nn.GroupNorm) and torch.is_grad_enabled() and h4.dtype == stat_dtype
                 and (h4.requires_grad or scale.requires_grad)):
-            a, b = self._film_affine(proj)
+            gamma = norm.weight.to(stat_dtype) if norm.affine else None
+            beta = norm.bias.to(stat_dtype) if norm.affine else None
+            a = gain if gamma is None else gain * gamma
+            b = offset if beta is None else offset + gain * beta
             return _GroupNormAffine.apply(h4, a, b, norm.num_groups, norm.eps).view(h.shape)
         if isinstance(norm, nn.GroupNorm):
             h4 = h4.to(stat_dtype)
@@ -470,128 +453,23 @@ class _GroupNormAffine(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         h, a, mean, rstd = ctx.saved_tensors
+        batch, channels = a.shape
         grad = grad.contiguous()
         sum_g = grad.sum(-1).sum(1)  # (B, C)
         sum_gh = torch.linalg.vecdot(grad, h, dim=-1).sum(1)  # no (grad * h) temporary
-        grad_a, grad_b, k_grad, k_h, const = _group_norm_affine_adjoint(sum_g, sum_gh, a, mean, rstd, ctx.groups,
-                                                                        ctx.count)
+        grad_a = rstd * (sum_gh - mean * sum_g)  # sum of grad * xhat
+        grad_b = sum_g
+        per_group = channels // ctx.groups
+
+        def group_mean(v: torch.Tensor) -> torch.Tensor:
+            return (v.view(batch, ctx.groups, per_group).sum(-1) / ctx.count).repeat_interleave(per_group, 1)
+
+        m1, m2 = group_mean(a * sum_g), group_mean(a * grad_a)  # means over a group of dxhat and dxhat * xhat
+        k_grad, k_h = rstd * a, -rstd * rstd * m2
+        const = -rstd * m1 - k_h * mean
         grad_h = torch.addcmul(const[:, None, :, None], grad, k_grad[:, None, :, None])
         grad_h.addcmul_(h, k_h[:, None, :, None])
         return grad_h, grad_a, grad_b, None, None
-
-
-def _group_norm_affine_adjoint(sum_g: torch.Tensor, sum_gh: torch.Tensor, a: torch.Tensor, mean: torch.Tensor,
-                               rstd: torch.Tensor, groups: int, count: int) -> tuple[torch.Tensor, ...]:
-    """The backward pass of ``y = (h - mean_g) * rstd_g * a + b`` (GroupNorm then a per-(sample, channel) affine map)
-    from the sums over each (sample, channel) of the output's gradient g and of g·h: returns grad_a, grad_b and the
-    coefficients of grad_h = k_grad·g + k_h·h + const, all (B, C). ``count`` = elements per group. The GroupNorm
-    adjoint: dh = rstd (dxhat - mean_g(dxhat) - xhat mean_g(dxhat xhat)), with dxhat = a g."""
-    batch, channels = a.shape
-    per_group = channels // groups
-    grad_a = rstd * (sum_gh - mean * sum_g)  # sum of g * xhat
-    grad_b = sum_g
-
-    def group_mean(v: torch.Tensor) -> torch.Tensor:
-        return (v.view(batch, groups, per_group).sum(-1) / count).repeat_interleave(per_group, 1)
-
-    m1, m2 = group_mean(a * sum_g), group_mean(a * grad_a)  # means over a group of dxhat and dxhat * xhat
-    k_grad, k_h = rstd * a, -rstd * rstd * m2
-    const = -rstd * m1 - k_h * mean
-    return grad_a, grad_b, k_grad, k_h, const
-
-
-class _NormMLPRows(torch.autograd.Function):
-    """A training block's whole tail on the row layout, ``x + W2 gelu(W1 gelu(y) + b1) + b2`` with
-    ``y = (h - mean_g) * rstd_g * a + b`` (GroupNorm folded into FiLM, as :class:`_GroupNormAffine`), run over chunks
-    of rows that stay in cache, as inference runs it (:meth:`FNOBlock._forward_rows_chunked`).
-
-    :class:`_GroupNormAffine` then :class:`_GeluMLPRows` made y a field in memory and saved it beside h: here y lives
-    only in a chunk's scratch buffer and the backward pass remakes it from h (one ``addcmul`` in cache). Saved: h and
-    the MLP's pre-activation z, one field of block width less per block than before, and two passes over memory
-    less each way; the backward pass sums the GroupNorm adjoint's reductions chunk by chunk while y's gradient is
-    in cache. Weight gradients are skipped when the weights are frozen (guidance's VJPs).
-
-    Shapes: h, x (B, R, C, n) contiguous; a, b (B, C); w1 (H, C), b1 (H,), w2 (C, H), b2 (C,) -> (B, R, C, n)."""
-
-    @staticmethod
-    def forward(ctx, h: torch.Tensor, a: torch.Tensor, b: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor,
-                w2: torch.Tensor, b2: torch.Tensor, x: torch.Tensor, groups: int, eps: float) -> torch.Tensor:
-        batch, rows, channels, n = h.shape
-        hidden = w1.shape[0]
-        per_group = channels // groups
-        mean, rstd = (v.repeat_interleave(per_group, 1) for v in _group_norm_stats(h, groups, eps))  # (B, C)
-        gain = a * rstd
-        shift = b - gain * mean  # y = gain * h + shift
-        z = h.new_empty(batch, rows, hidden, n)
-        out = torch.empty_like(x)
-        chunks = _row_chunks(batch, rows, _rows_per_chunk(h, max(hidden, channels)))
-        most = max((bs.stop - bs.start) * (rs.stop - rs.start) for bs, rs in chunks)
-        act, wide = h.new_empty(most, channels, n), h.new_empty(most, hidden, n)  # scratch reused by every chunk
-        bias1, bias2 = b1[None, :, None], b2[None, :, None]
-        for bs, rs in chunks:
-            shape = (bs.stop - bs.start, rs.stop - rs.start, channels, n)
-            tiles = shape[0] * shape[1]
-            y = torch.addcmul(shift[bs, None, :, None], h[bs, rs], gain[bs, None, :, None], out=act[:tiles].view(shape))
-            g1 = torch.ops.aten.gelu_(y.view(tiles, channels, n))
-            zc = torch.baddbmm(bias1, w1.expand(tiles, -1, -1), g1, out=z[bs, rs].view(tiles, hidden, n))
-            g2 = torch.ops.aten.gelu.out(zc, out=wide[:tiles])
-            torch.baddbmm(bias2, w2.expand(tiles, -1, -1), g2, out=out[bs, rs].view(tiles, channels, n)).add_(
-                x[bs, rs].view(tiles, channels, n))
-        ctx.save_for_backward(h, z, a, mean, rstd, gain, shift, w1, w2)
-        ctx.groups, ctx.count = groups, rows * n * per_group
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out: torch.Tensor):
-        h, z, a, mean, rstd, gain, shift, w1, w2 = ctx.saved_tensors
-        need_h, need_a, need_b, need_w1, need_b1, need_w2, need_b2, need_x = ctx.needs_input_grad[:8]
-        batch, rows, channels, n = h.shape
-        hidden = w1.shape[0]
-        go = grad_out.contiguous()
-        need_y = need_h or need_a or need_b  # y's gradient, for h's and for the affine map's
-        grad_h = torch.empty_like(h) if need_h else None  # holds y's gradient until the last pass
-        sum_g, sum_gh = h.new_zeros(batch, channels), h.new_zeros(batch, channels)
-        grad_w1 = torch.zeros_like(w1) if need_w1 else None
-        grad_w2 = torch.zeros_like(w2) if need_w2 else None
-        grad_b1 = w1.new_zeros(hidden) if need_b1 else None
-        grad_b2 = w2.new_zeros(channels) if need_b2 else None
-        chunks = _row_chunks(batch, rows, _rows_per_chunk(h, max(hidden, channels)))
-        most = max((bs.stop - bs.start) * (rs.stop - rs.start) for bs, rs in chunks)
-        narrow = [h.new_empty(most, channels, n) for _ in range(3)]  # y, gelu(y) and y's gradient: scratch
-        dz_buf = h.new_empty(most, hidden, n)
-        act2 = h.new_empty(most, hidden, n) if need_w2 else None
-        w1t, w2t = w1.t(), w2.t()
-        for bs, rs in chunks:  # guidance's VJPs (h only) skip the weight gradients
-            shape = (bs.stop - bs.start, rs.stop - rs.start, channels, n)
-            tiles = shape[0] * shape[1]
-            dz = _output_layer_adjoint(go[bs, rs].view(tiles, channels, n), z[bs, rs].view(tiles, hidden, n), w2t,
-                                       grad_w2, grad_b2, act2, dz_buf, need_y or need_w1 or need_b1)
-            if dz is None:
-                continue
-            h_c = h[bs, rs]
-            y = torch.addcmul(shift[bs, None, :, None], h_c, gain[bs, None, :, None], out=narrow[0][:tiles].view(shape))
-            y3 = y.view(tiles, channels, n)
-            if need_w1:
-                grad_w1 += torch.bmm(dz, torch.ops.aten.gelu.out(y3, out=narrow[1][:tiles]).transpose(1, 2)).sum(0)
-            if need_b1:
-                grad_b1 += dz.sum(-1).sum(0)
-            if need_y:
-                dg = torch.bmm(w1t.expand(tiles, -1, -1), dz, out=narrow[1][:tiles])
-                dy = grad_h[bs, rs].view(tiles, channels, n) if need_h else narrow[2][:tiles]
-                dy = torch.ops.aten.gelu_backward.grad_input(dg, y3, grad_input=dy).view(shape)
-                sum_g[bs] += dy.sum(-1).sum(1)
-                sum_gh[bs] += torch.linalg.vecdot(dy, h_c, dim=-1).sum(1)
-        grad_a = grad_b = None
-        if need_y:
-            grad_a, grad_b, k_grad, k_h, const = _group_norm_affine_adjoint(sum_g, sum_gh, a, mean, rstd, ctx.groups,
-                                                                            ctx.count)
-        if need_h:  # y's gradient -> h's, in place, chunk by chunk
-            for bs, rs in chunks:
-                g_c = grad_h[bs, rs]
-                torch.addcmul(const[bs, None, :, None], g_c, k_grad[bs, None, :, None], out=g_c).addcmul_(
-                    h[bs, rs], k_h[bs, None, :, None])
-        return (grad_h, grad_a if need_a else None, grad_b if need_b else None, grad_w1, grad_b1, grad_w2, grad_b2,
-                go if need_x else None, None, None)
 
 
 class _GeluMLPRows(torch.autograd.Function):
@@ -654,10 +532,17 @@ class _GeluMLPRows(torch.autograd.Function):
         act_in = m.new_empty(step, *m.shape[1:]) if need_w1 and ctx.gelu_input else None
         da_buf = m.new_empty(step, *m.shape[1:]) if need_m and ctx.gelu_input else None
         for c in chunks:  # guidance's VJPs (x only) skip the weight gradients
-            m_c, size = m[c], c.stop - c.start
-            dz = _output_layer_adjoint(go[c], z[c], w2t, grad_w2, grad_b2, act, dz_buf, need_m or need_w1 or need_b1)
-            if dz is None:
+            go_c, z_c, m_c = go[c], z[c], m[c]
+            size = c.stop - c.start
+            if need_w2:
+                g2 = torch.ops.aten.gelu.out(z_c, out=act[:size])
+                grad_w2 += torch.bmm(go_c, g2.transpose(1, 2)).sum(0)
+            if need_b2:
+                grad_b2 += go_c.sum(-1).sum(0)  # contiguous axis first
+            if not (need_m or need_w1 or need_b1):
                 continue
+            dz = torch.bmm(w2t.expand(size, -1, -1), go_c, out=dz_buf[:size])
+            dz = torch.ops.aten.gelu_backward.grad_input(dz, z_c, grad_input=dz)  # in place
             if need_w1:
                 g1 = torch.ops.aten.gelu.out(m_c, out=act_in[:size]) if ctx.gelu_input else m_c
                 grad_w1 += torch.bmm(dz, g1.transpose(1, 2)).sum(0)
@@ -670,23 +555,6 @@ class _GeluMLPRows(torch.autograd.Function):
                 torch.bmm(w1t.expand(size, -1, -1), dz, out=grad_m[c])
         grads = grad_m, grad_w1, grad_b1, grad_w2, grad_b2, None, grad_out if need_residual else None
         return grads[:len(ctx.needs_input_grad)]
-
-
-def _output_layer_adjoint(go: torch.Tensor, z: torch.Tensor, w2t: torch.Tensor, grad_w2: torch.Tensor | None,
-                          grad_b2: torch.Tensor | None, act: torch.Tensor | None, dz_buf: torch.Tensor,
-                          need_dz: bool) -> torch.Tensor | None:
-    """The backward pass through ``W2 gelu(z) + b2`` for one chunk of tiles, go (T, C_out, n), z (T, H, n): adds W2's
-    and b2's gradients into ``grad_w2``, ``grad_b2`` (when given; gelu(z) remade in the scratch ``act``) and returns
-    dz = gelu'(z) ⊙ W2ᵀ go in ``dz_buf``, or None when ``need_dz`` is false."""
-    size = go.shape[0]
-    if grad_w2 is not None:
-        grad_w2 += torch.bmm(go, torch.ops.aten.gelu.out(z, out=act[:size]).transpose(1, 2)).sum(0)
-    if grad_b2 is not None:
-        grad_b2 += go.sum(-1).sum(0)  # contiguous axis first
-    if not need_dz:
-        return None
-    dz = torch.bmm(w2t.expand(size, -1, -1), go, out=dz_buf[:size])
-    return torch.ops.aten.gelu_backward.grad_input(dz, z, grad_input=dz)  # in place
 
 
 def _chunked_mlp_rows(m: torch.Tensor, lin1: nn.Linear, lin2: nn.Linear, gelu_input: bool) -> torch.Tensor:
