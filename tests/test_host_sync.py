@@ -187,28 +187,39 @@ def test_a_guided_step_copies_nothing_from_the_host(method):
     assert copies.seen == [], copies.seen
 
 
-class _HostCopySources(_HostCopies):
-    """:class:`_HostCopies` with the shape of each copied tensor."""
+class _DeviceCopies(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records (operator, shape) of every copy of host data to another device: ``_to_copy`` or ``copy_`` from a CPU
+    tensor into a tensor elsewhere, or Python data lifted onto a device. (A tensor made on the host and kept there,
+    e.g. a scalar setting, copies nothing to the device.)"""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[str, tuple[int, ...]]] = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        before = len(self.seen)
-        out = super().__torch_dispatch__(func, types, args, kwargs)
-        if len(self.seen) > before:
-            self.seen[-1] = (self.seen[-1], tuple(args[0].shape) if args else ())
+        out = func(*args, **(kwargs or {}))
+        if func in (torch.ops.aten._to_copy.default, torch.ops.aten.lift_fresh.default, torch.ops.aten.copy_.default):
+            src, dst = (args[1], args[0]) if func is torch.ops.aten.copy_.default else (args[0], out)
+            if src.device.type == "cpu" and dst.device.type != "cpu":
+                self.seen.append((str(func), tuple(src.shape)))
         return out
 
 
+@pytest.mark.parametrize("sensors", [False, True], ids=["free", "assimilating"])
 @pytest.mark.parametrize("kind", ["rolling", "autoregressive"])
-def test_a_rollout_step_waits_for_nothing_and_copies_only_its_fresh_noise(kind):
-    """A forecast step on a device (the meta device standing in for a GPU: any ``bool(tensor)`` or ``.item()``
-    there raises) never waits for the device: the per-frame schedule of a rolling step is checked on the host and
-    kept on the device (:func:`funcdiff.sampling._element_levels`), Heun's decisions are taken on the host. Its one
-    host copy is the fresh noise that the members' CPU generators draw, which a GPU receives through pinned memory
-    without blocking (:func:`funcdiff.utils.to_device`). Only the first step makes the caches."""
+def test_a_rollout_step_waits_for_nothing_and_copies_only_its_fresh_noise(kind, sensors):
+    """A forecast step on a device (the meta device standing in for a GPU: any ``bool(tensor)``, ``.item()`` or copy
+    back to the host raises there) never waits for the device: the per-frame schedule of a rolling step is checked
+    on the host and kept on the device (:func:`funcdiff.sampling._element_levels`), Heun's decisions are taken on
+    the host, and with sensors at every lead the observation terms' constants are placed on the device before the
+    loop (:func:`funcdiff.tasks.forecast.place_terms`; the decode gain is computed on the host). Its one host copy
+    is the fresh noise that the members' CPU generators draw, which a GPU receives through pinned memory without
+    blocking (:func:`funcdiff.utils.to_device`). The first steps make the caches."""
     from funcdiff.config import ForecastConfig
+    from funcdiff.guidance.timed import TimedObservation
     from funcdiff.kinds.base import Forecaster, RolloutState
     from funcdiff.noise import make_generators
-    from funcdiff.tasks.forecast import rollout_step
+    from funcdiff.tasks.forecast import rollout
 
     def denoiser(x, sigma, cond):  # sigma (B,) for an autoregressive block, one level per frame for a rolling one
         sigma = sigma.reshape(-1, 1, 1, 1) if sigma.ndim == 1 else sigma
@@ -216,13 +227,20 @@ def test_a_rollout_step_waits_for_nothing_and_copies_only_its_fresh_noise(kind):
 
     fc = Forecaster(denoiser, GaussianRandomField(dim=2), ForecastConfig(kind=kind, history=1, horizon=2), ("u",),
                     device="meta")
+    g = torch.Generator().manual_seed(0)
+    leads = 10
+    observations = None
+    if sensors:
+        at_every_lead = SparseObservation(random_sensors(12, (N, N), generator=g), channels=(0,), noise_std=0.1)
+        observations = TimedObservation(at_every_lead.with_values(torch.randn(leads, 1, 12, generator=g)),
+                                        torch.arange(1, leads + 1, dtype=torch.float64))
     state = RolloutState(torch.zeros(3, 1, N, N, device="meta"), None, 0, make_generators(0, range(3)))
+    steps = rollout(fc, None, leads, members=3, steps_per_frame=2, observations=observations, state=state)
     with torch.no_grad():
-        _, state = rollout_step(fc, state, steps_per_frame=2)
-        _, state = rollout_step(fc, state, steps_per_frame=2)
-        with _HostCopySources() as copies:
-            for _ in range(3):
-                frames, state = rollout_step(fc, state, steps_per_frame=2)
+        next(steps), next(steps)
+        with _DeviceCopies() as copies:
+            for _ in range(2):
+                _, frames, _ = next(steps)
     fresh = (3, 1 if kind == "rolling" else 2, N, N)  # one new frame (rolling) or a new window of 2 frames
-    assert copies.seen == [("aten._to_copy.default", fresh)] * 3, copies.seen
+    assert copies.seen == [("aten._to_copy.default", fresh)] * 2, copies.seen
     assert frames.device.type == "meta" and frames.shape == (3, 1, 1 if kind == "rolling" else 2, N, N)

@@ -60,13 +60,22 @@ def in_chunks(x: Tensor, sigma: Tensor | float, chunk_size: int | None, guided: 
 
 
 def decode_gain(decode: Decode | None, like: Tensor) -> Tensor:
-    """Per-channel gain g_c of an (affine) decode map, from decode(1) - decode(0). Shapes: like (B, C, *S) -> (C,)."""
+    """Per-channel gain g_c of an (affine) decode map, from decode(1) - decode(0), on the host. Shapes: like
+    (B, C, *S) -> (C,) float64 on the CPU.
+
+    The map is evaluated on host tensors, so that a step on a GPU does not wait to read the gain back (the decodes of
+    funcdiff, :meth:`funcdiff.data.Normalizer.decode`, take tensors on any device); a map bound to ``like``'s device
+    is evaluated there instead."""
     if decode is None:
         return torch.ones(like.shape[1], dtype=torch.float64)
     with torch.no_grad():
-        ones = torch.ones((1, *like.shape[1:]), dtype=torch.float64, device=like.device)
-        gain = (decode(ones) - decode(torch.zeros_like(ones))).flatten(2).mean(2)[0]
-    return gain.to("cpu", torch.float64)
+        ones = torch.ones((1, *like.shape[1:]), dtype=torch.float64)
+        try:
+            gain = decode(ones) - decode(torch.zeros_like(ones))
+        except RuntimeError:  # a map holding tensors on like's device (a user's decode)
+            ones = ones.to(like.device)
+            gain = decode(ones) - decode(torch.zeros_like(ones))
+    return gain.flatten(2).mean(2)[0].to("cpu", torch.float64)
 
 
 def observation_covariance(observation: SparseObservation, noise: GaussianRandomField, spatial: Sequence[int],

@@ -159,6 +159,19 @@ def observation_terms(fc: Forecaster, observation: TimedObservation, lead_steps:
     return lambda lead: by_lead.get(lead, [])
 
 
+def place_terms(terms_for_lead: TermsForLead, leads: Sequence[int], channels: int, like: Tensor) -> None:
+    """Make the device constants of the observation terms at ``leads`` before a rollout (sensor stencils, values,
+    the likelihood's covariance, the decode gain) by evaluating each once on a zero frame (1, ``channels``, *S) on
+    ``like``'s device: otherwise each term makes them on its first use, inside the loop, and a step whose window
+    takes in a new lead with sensors waits for the device (``tests/test_host_sync.py``)."""
+    frame = like.new_zeros(1, channels, *like.shape[2:])
+    sigma = like.new_ones(1)
+    with torch.no_grad():
+        for lead in leads:
+            for term in terms_for_lead(lead):
+                term(frame, sigma)
+
+
 def rollout(fc: Forecaster, initial: Tensor, lead_steps: int, *, members: int = 8, seed: int = 0,
             steps_per_frame: Optional[int] = None, solver: str = "heun",
             observations: Optional[TimedObservation] = None, batch_size: Optional[int] = None,
@@ -176,6 +189,8 @@ def rollout(fc: Forecaster, initial: Tensor, lead_steps: int, *, members: int = 
         raise UserError(f"steps per frame must be >= 1, got {steps_per_frame}")
     terms = observation_terms(fc, observations, lead_steps) if observations is not None else None
     state = state or initial_state(fc, initial, members, seed, offset)
+    if terms is not None:
+        place_terms(terms, range(state.emitted + 1, lead_steps + 1), fc.channels, state.history)
     while state.emitted < lead_steps:
         with torch.no_grad():
             frames, new_state = rollout_step(fc, state, steps_per_frame=spf, solver=solver, terms_for_lead=terms,
