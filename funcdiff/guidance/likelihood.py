@@ -136,7 +136,6 @@ class ObservationGuidance(GuidanceTerm):
         self.covariance = ModelCovariance(noise, self.sigma_data)
         self.weight, self.decode, self.jitter = float(weight), decode, float(jitter)
         self._eig: dict[tuple[int, ...], tuple[Tensor, Tensor]] = {}
-        self._gain: dict[tuple[int, ...], Tensor] = {}
         self._on_device: dict = {}  # constants of whiten on the device of the calls (device_constant)
         self._parts: dict[tuple[int, int, int], ObservationGuidance] = {}  # for_batch's views
 
@@ -163,11 +162,8 @@ class ObservationGuidance(GuidanceTerm):
         return self._eig[key]
 
     def _gain2(self, denoised: Tensor) -> Tensor:
-        """Per observed channel: g_c² (C_obs,) (float64)."""
-        key = tuple(denoised.shape[1:])
-        if key not in self._gain:
-            self._gain[key] = decode_gain(self.decode, denoised)
-        return self._gain[key][list(self.observation.channels)] ** 2
+        """Per observed channel: g_c² (C_obs,) (float64, on the host; :meth:`whiten` keeps it per device)."""
+        return decode_gain(self.decode, denoised)[list(self.observation.channels)] ** 2
 
     def whiten(self, residual: Tensor, sigma: Tensor, denoised: Tensor) -> Tensor:
         """K(σ)⁻¹ r. Shapes: residual (B, C_obs, N), sigma (B,) -> (B, C_obs, N) (float64)."""
