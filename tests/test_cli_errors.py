@@ -212,3 +212,30 @@ def test_cuda_graphs_without_a_cuda_device(files, capsys):
 
     with pytest.raises(ValueError, match="cuda_graphs needs a CUDA device"):
         sample(lambda x, sigma: x, (1, 1, 8, 8), GaussianRandomField(dim=2), steps=2, device="cpu", cuda_graphs=True)
+    for extra in ([], ["--cases", files["truth"], "--out-dir", files["root"] / "graphed_parts"]):
+        line = user_error(solve_args(files, "--cuda-graphs", *extra), capsys)
+        assert line == "funcdiff solve: error: --cuda-graphs needs a CUDA --device, got 'cpu'", line
+    assert not (files["root"] / "graphed_parts").exists()
+
+
+@pytest.mark.parametrize("method, extra, cause", [
+    ("enkg", [], "largest noise level is read on the host"),
+    ("dps-physics", [], "solver checks its input and solves on the host"),
+    ("mmps-physics", [], "solver checks its input and solves on the host"),
+    ("dps", ["--pde-guidance"], "PDE guidance decides on the host"),
+])
+def test_solve_methods_whose_steps_wait_for_the_host_are_not_graphed(files, capsys, monkeypatch, method, extra,
+                                                                     cause):
+    """``solve --cuda-graphs`` with a method whose every step waits for the host (so it could not be recorded) is
+    one line naming the method and why, before any step runs (not a failed capture at the first step). The
+    device check passes as if on a GPU; the method check comes first."""
+    import funcdiff.cli as cli
+    from funcdiff.tasks import samplers
+
+    monkeypatch.setattr(cli, "check_cuda_graphs", lambda cuda_graphs, device: None)
+    steps = []
+    monkeypatch.setattr(samplers, "sample", lambda *a, **k: steps.append(k) or pytest.fail("sampling started"))
+    line = user_error(solve_args(files, "--method", method, "--num-samples", "2", "--cuda-graphs", *extra), capsys)
+    assert line.startswith(f"funcdiff solve: error: method {method!r} cannot be replayed from CUDA graphs here: "
+                           ) and cause in line and line.endswith("run without --cuda-graphs"), line
+    assert not steps

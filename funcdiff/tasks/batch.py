@@ -533,8 +533,8 @@ def solve_cases(model, task, fields: "torch.Tensor | ArrayStore", run: BatchRun,
     """Solve every unfinished case of ``run`` on this rank with ``settings`` (a
     :class:`~funcdiff.tasks.settings.SolveSettings`): sensors (``obs_fraction``/``obs_count``, ``obs_noise``)
     drawn from case ``i``'s truth (sample ``i`` of ``fields``, read when the case runs) with :func:`case_seed`,
-    sampled with the same seed, written as a posterior netCDF part. ``run_options``: batch_size, device (they do
-    not change results).
+    sampled with the same seed, written as a posterior netCDF part. ``run_options``: batch_size, device, cuda_graphs
+    (they do not change results).
 
     Equivalent to ``funcdiff solve --truth FILE --index i --seed <case_seed> ...`` for each case.
     Shapes: fields (N, C, *S) physical (a tensor, or a lazy store of :func:`open_case_samples`), channels

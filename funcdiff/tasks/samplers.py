@@ -79,10 +79,12 @@ class PosteriorProblem:
 @dataclass
 class GuidedSampler:
     """A guided denoiser ``(x, sigma) -> denoised`` and what its run cost: ``counts() -> {"vjps",
-    "solver_calls"}`` (VJPs through the denoiser for the whole batch; solver calls per sample, summed)."""
+    "solver_calls"}`` (VJPs through the denoiser for the whole batch; solver calls per sample, summed).
+    ``host_bound``: why a step waits for the host, so that it cannot be replayed from a CUDA graph (None: it can)."""
 
     denoiser: Denoiser
     counts: Callable[[], dict]
+    host_bound: Optional[str] = None
 
 
 Factory = Callable[[PosteriorProblem, SolveSettings, Optional[int]], GuidedSampler]
@@ -125,11 +127,16 @@ def build(problem: PosteriorProblem, settings: SolveSettings, chunk_size: Option
 
 
 def draw(problem: PosteriorProblem, sampler: GuidedSampler, settings: SolveSettings, *, device="cpu",
-         progress: bool = False) -> Tensor:
-    """Samples of the model state (model units) by the one :func:`funcdiff.sampling.sample`.
+         progress: bool = False, cuda_graphs: bool = False) -> Tensor:
+    """Samples of the model state (model units) by the one :func:`funcdiff.sampling.sample`; ``cuda_graphs``: every
+    guided step (the network, its vector-Jacobian products, the likelihood) replayed from a CUDA graph (UserError
+    for a sampler whose steps wait for the host, :attr:`GuidedSampler.host_bound`).
     Shapes: returns ``problem.shape`` = (B, C_model, *S)."""
+    if cuda_graphs and sampler.host_bound is not None:
+        raise UserError(f"method {settings.method!r} cannot be replayed from CUDA graphs here: "
+                        f"{sampler.host_bound}; run without cuda_graphs=True")
     return sample(sampler.denoiser, problem.shape, problem.noise, steps=settings.steps, solver=settings.solver,
-                  seed=settings.seed, device=device, progress=progress, **problem.schedule)
+                  seed=settings.seed, device=device, progress=progress, cuda_graphs=cuda_graphs, **problem.schedule)
 
 
 def _model_observation(obs: SparseObservation, names: Sequence[str], channel: str) -> SparseObservation:
@@ -155,6 +162,13 @@ def _operator(problem: PosteriorProblem, settings: SolveSettings) -> SparseOpera
     return SparseOperator(obs, problem.noise, decode=problem.decode, sigma_data=problem.sigma_data)
 
 
+SOLVER_ON_HOST = "the numerical solver checks its input and solves on the host at every step"
+
+
+def _host_bound(op: SparseOperator | SolverOperator) -> Optional[str]:
+    return SOLVER_ON_HOST if isinstance(op, SolverOperator) else None
+
+
 def _dps_counts(settings: SolveSettings, op=None) -> Callable[[], dict]:
     """One batched VJP per denoiser call; the solver calls of a solver operator."""
     return lambda: {"vjps": num_denoiser_calls(settings.solver, settings.steps),
@@ -168,7 +182,8 @@ def dps(problem: PosteriorProblem, settings: SolveSettings, chunk_size: Optional
                                 pde_terms=problem.pde_terms, decode=problem.decode, sigma_data=problem.sigma_data,
                                 scaling=settings.scaling, strength=settings.guidance_strength,
                                 chunk_size=chunk_size, trust_region=settings.kappa)
-    return GuidedSampler(guided, _dps_counts(settings))
+    gated = "PDE guidance decides on the host at every step whether the noise level is below its start"
+    return GuidedSampler(guided, _dps_counts(settings), gated if problem.pde_terms else None)
 
 
 @register("mmps")
@@ -177,7 +192,8 @@ def mmps(problem: PosteriorProblem, settings: SolveSettings, chunk_size: Optiona
     op = _operator(problem, settings)
     guided = MomentMatchingDenoiser(problem.denoiser, op, problem.noise, strength=settings.guidance_strength,
                                     cg_iters=settings.cg_iters, chunk_size=chunk_size, sigma_data=problem.sigma_data)
-    return GuidedSampler(guided, lambda: {"vjps": int(guided.vjps), "solver_calls": int(op.solver_calls)})
+    return GuidedSampler(guided, lambda: {"vjps": int(guided.vjps), "solver_calls": int(op.solver_calls)},
+                         _host_bound(op))
 
 
 @register("enkg")
@@ -185,7 +201,8 @@ def enkg(problem: PosteriorProblem, settings: SolveSettings, chunk_size: Optiona
     """Derivative-free ensemble Kalman guidance (:class:`~funcdiff.guidance.enkg.EnsembleKalmanDenoiser`)."""
     op = _operator(problem, settings)
     guided = EnsembleKalmanDenoiser(problem.denoiser, op, problem.noise, strength=settings.guidance_strength)
-    return GuidedSampler(guided, lambda: {"vjps": 0, "solver_calls": int(op.solver_calls)})
+    return GuidedSampler(guided, lambda: {"vjps": 0, "solver_calls": int(op.solver_calls)},
+                         "the ensemble's largest noise level is read on the host at every step")
 
 
 @register("dps-physics")
@@ -202,7 +219,7 @@ def dps_physics(problem: PosteriorProblem, settings: SolveSettings, chunk_size: 
     guided = GuidedDenoiser(problem.denoiser, [OperatorLikelihood(op)], problem.noise,
                             strength=settings.guidance_strength, chunk_size=chunk_size,
                             trust_region=settings.kappa, sigma_data=problem.sigma_data)
-    return GuidedSampler(guided, _dps_counts(settings, op))
+    return GuidedSampler(guided, _dps_counts(settings, op), SOLVER_ON_HOST)
 
 
 register("mmps-physics")(mmps)

@@ -336,7 +336,8 @@ def solve_settings(settings: Optional[SolveSettings] = None, keywords: Optional[
 def solve(checkpoint: ModelLike, task: str | Task, observation: SparseObservation,
           settings: Optional[SolveSettings] = None, *, truth: Optional[Tensor] = None,
           truth_names: Optional[Sequence[str]] = None, batch_size: Optional[int] = None,
-          device: str | torch.device = "cpu", progress: bool = False, **keywords) -> Posterior:
+          device: str | torch.device = "cpu", progress: bool = False, cuda_graphs: bool = False,
+          **keywords) -> Posterior:
     """Posterior samples of ``task`` given sparse ``observation`` (physical units), from a trained model.
 
     prepare (checks, model, sensors, grid, schedule) -> build (the method's guided denoiser, one registry lookup in
@@ -356,6 +357,11 @@ def solve(checkpoint: ModelLike, task: str | Task, observation: SparseObservatio
         truth: optional ground truth (1, C_t, *S) of channels ``truth_names`` (default: the task's channels).
         batch_size: samples per guided denoiser call (bounds gradient memory; results do not depend on it).
         progress: show a progress bar over the sampler's steps.
+        cuda_graphs: replay every guided step from a CUDA graph (a CUDA ``device``; the same samples, less host
+            overhead per step). A step that waits for the host cannot be recorded: ``enkg*`` (it reads a number per
+            step), a solver in the loop (inverse ``*-physics``) and PDE guidance (switched on by the noise level)
+            are a :class:`~funcdiff.errors.UserError` before sampling starts. mmps's ``vjps`` then also counts the
+            eager warm-up calls that precede each capture.
     Shapes: returns a :class:`Posterior` with samples (num_samples, C, *S) in physical units.
     ``task="reconstruct"``: the generic task of the checkpoint (:func:`resolve_task`; sensors of the observation's
     channels, every channel reported); on a lat-lon model the resolution is rows (columns twice as many) or a tuple.
@@ -364,7 +370,7 @@ def solve(checkpoint: ModelLike, task: str | Task, observation: SparseObservatio
     prepared = prepare(checkpoint, task, observation, settings, truth=truth, truth_names=truth_names,
                        batch_size=batch_size, device=device)
     sampler = build(prepared.problem, settings, batch_size)
-    x = draw(prepared.problem, sampler, settings, device=device, progress=progress)
+    x = draw(prepared.problem, sampler, settings, device=device, progress=progress, cuda_graphs=cuda_graphs)
     return post_process(prepared, sampler, x, settings)
 
 
