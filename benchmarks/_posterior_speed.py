@@ -12,6 +12,9 @@ call, i.e. the cost of a sampler step without a solve's fixed costs (checks, sen
 decoding, metrics), and medians of single calls are not moved by slow drifts of a shared machine's speed as
 differences of whole runs were; ``guided_ratio`` = guided / unguided. ``mmps`` is timed at two CG iteration counts;
 ``per_cg_iter_s`` = the difference per iteration per step (each CG iteration is one VJP through the denoiser).
+On CUDA every run is repeated with its steps replayed from CUDA graphs (``sample``/``solve(..., cuda_graphs=True)``;
+``graphed`` true; the replays of :class:`~funcdiff.models.graphs.GraphedDenoiser` are timed, the first call, which
+captures, left out): ``guided_ratio`` there is over the graphed unguided step and ``vs_eager`` = graphed over eager.
 
 rollout rows (impl ``autoregressive`` / ``rolling``): ``configs/forecast/kolmogorov-{kind}.yaml`` (width 32, 16²
 modes, 4 layers) trained one step on advected GRFs at 64², then rolled out at the grid of the row (a model is grid
@@ -28,7 +31,7 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -83,9 +86,11 @@ class _CallTimes:
 
 
 def guided_rows(grids, device: str, steps: int = 8, num_samples: int = 2, repeats: int = 2,
-                cg_iters: tuple[int, int] = (1, 5)) -> list[dict]:
+                cg_iters: tuple[int, int] = (1, 5), graphed: bool | None = None) -> list[dict]:
+    """The guided-step rows (module docstring); ``graphed``: also the graphed runs (default: on CUDA)."""
     from funcdiff.guidance import GuidedDenoiser, SparseObservation, random_sensors
     from funcdiff.guidance.mmps import MomentMatchingDenoiser
+    from funcdiff.models.graphs import GraphedDenoiser
     from funcdiff.sampling import sample
     from funcdiff.tasks import solve
     from funcdiff.tasks.solve import load_model
@@ -103,42 +108,57 @@ def guided_rows(grids, device: str, steps: int = 8, num_samples: int = 2, repeat
             obs = SparseObservation(coords, channels=(0, 1), values=torch.randn(1, 2, coords.shape[0], generator=gen),
                                     noise_std=0.05, channel_names=("a", "u"))
             common = dict(solver="euler", num_samples=num_samples, resolution=n, seed=0, device=device, steps=steps)
-            timers = {name: _CallTimes(device) for name in ("unguided", "dps", *(f"mmps {k}" for k in cg_iters))}
+            graph_options = (False, True) if (device.startswith("cuda") if graphed is None else graphed) else (False,)
+            names = [(name, graphs) for graphs in graph_options
+                     for name in ("unguided", "dps", *(f"mmps {k}" for k in cg_iters))]
+            timers = {key: _CallTimes(device) for key in names}
 
-            def unguided(timer):
-                with torch.no_grad():
-                    sample(timer.timed(denoiser), (num_samples, 2, n, n), noise, steps=steps, solver="euler", seed=0,
-                           device=device)
+            def unguided(timer, graphs):
+                with torch.no_grad(), timer.patched(GraphedDenoiser) if graphs else nullcontext():
+                    sample(denoiser if graphs else timer.timed(denoiser), (num_samples, 2, n, n), noise, steps=steps,
+                           solver="euler", seed=0, device=device, cuda_graphs=graphs)
 
-            def guided(timer, method, cls, **extra):
-                with timer.patched(cls):
-                    solve(model, "reconstruct", obs, method=method, **common, **extra)
+            def guided(timer, graphs, method, cls, **extra):
+                with timer.patched(GraphedDenoiser if graphs else cls):
+                    solve(model, "reconstruct", obs, method=method, cuda_graphs=graphs, **common, **extra)
 
-            runs = {"unguided": unguided, "dps": lambda t: guided(t, "dps", GuidedDenoiser)}
-            runs.update({f"mmps {k}": (lambda t, k=k: guided(t, "mmps", MomentMatchingDenoiser, cg_iters=k))
-                         for k in cg_iters})
-            for name, run in runs.items():
-                run(_CallTimes(device))  # warm-up
+            def run(key, timer):
+                name, graphs = key
+                if name == "unguided":
+                    return unguided(timer, graphs)
+                if name == "dps":
+                    return guided(timer, graphs, "dps", GuidedDenoiser)
+                return guided(timer, graphs, "mmps", MomentMatchingDenoiser, cg_iters=int(name.split()[1]))
+
+            for key in names:
+                run(key, _CallTimes(device))  # warm-up
             for _ in range(repeats):
-                for name, run in runs.items():  # interleaved, one solve of `steps` Euler steps (one call each)
-                    before = len(timers[name].times)
-                    run(timers[name])
-                    del timers[name].times[before]  # the first call of a solve: its caches are made there
-            sec = {name: statistics.median(timer.times) for name, timer in timers.items()}
-            common_row = {"grid": n, "pass": "guided-step", "batch": num_samples, "threads": torch.get_num_threads(),
-                          "dtype": "float32", "steps": steps}
-            rows.append({**common_row, "impl": "unguided", "seconds": sec["unguided"]})
-            rows.append({**common_row, "impl": "dps", "seconds": sec["dps"],
-                         "guided_ratio": sec["dps"] / sec["unguided"]})
-            lo, hi = cg_iters
-            per_iter = (sec[f"mmps {hi}"] - sec[f"mmps {lo}"]) / (hi - lo)
-            for k in cg_iters:
-                rows.append({**common_row, "impl": "mmps", "cg_iters": k, "seconds": sec[f"mmps {k}"],
-                             "guided_ratio": sec[f"mmps {k}"] / sec["unguided"], "per_cg_iter_s": per_iter,
-                             "per_cg_iter_vs_unguided": per_iter / sec["unguided"]})
-            print(f"{n}² guided step ({num_samples} samples, s/step): " + ", ".join(
-                f"{k} {v:.4g}" for k, v in sec.items()) + f"; dps/unguided {sec['dps'] / sec['unguided']:.2f}×, "
-                f"mmps per CG iteration {per_iter:.4g} s", flush=True)
+                for key in names:  # interleaved, one solve of `steps` Euler steps (one call each)
+                    before = len(timers[key].times)
+                    run(key, timers[key])
+                    del timers[key].times[before]  # the first call of a solve: its caches (or its graph) are made
+            sec = {key: statistics.median(timer.times) for key, timer in timers.items()}
+            for graphs in graph_options:
+                common_row = {"grid": n, "pass": "guided-step", "graphed": graphs, "batch": num_samples,
+                              "threads": torch.get_num_threads(), "dtype": "float32", "steps": steps}
+                base = sec[("unguided", graphs)]
+
+                def vs_eager(name):
+                    return {"vs_eager": sec[(name, True)] / sec[(name, False)]} if graphs else {}
+
+                rows.append({**common_row, "impl": "unguided", "seconds": base, **vs_eager("unguided")})
+                rows.append({**common_row, "impl": "dps", "seconds": sec[("dps", graphs)],
+                             "guided_ratio": sec[("dps", graphs)] / base, **vs_eager("dps")})
+                lo, hi = cg_iters
+                per_iter = (sec[(f"mmps {hi}", graphs)] - sec[(f"mmps {lo}", graphs)]) / (hi - lo)
+                for k in cg_iters:
+                    rows.append({**common_row, "impl": "mmps", "cg_iters": k, "seconds": sec[(f"mmps {k}", graphs)],
+                                 "guided_ratio": sec[(f"mmps {k}", graphs)] / base, "per_cg_iter_s": per_iter,
+                                 "per_cg_iter_vs_unguided": per_iter / base, **vs_eager(f"mmps {k}")})
+                print(f"{n}² guided step ({num_samples} samples, s/step{', graphed' if graphs else ''}): " + ", ".join(
+                    f"{name} {sec[(name, g)]:.4g}" for name, g in names if g == graphs)
+                    + f"; dps/unguided {sec[('dps', graphs)] / base:.2f}×, mmps per CG iteration {per_iter:.4g} s",
+                    flush=True)
     return rows
 
 

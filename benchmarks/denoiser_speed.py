@@ -59,8 +59,8 @@ MODEL = {"backbone": "fno", "in_channels": CHANNELS, "out_channels": CHANNELS, "
          "hidden_channels": WIDTH, "n_layers": LAYERS, "sigma_data": 0.5}
 COLUMNS = ["grid", "impl", "pass", "batch", "threads", "dtype", "seconds", "peak_mb", "vs_neuralop", "vs_floor",
            "growth"]
-GUIDED_COLUMNS = ["grid", "impl", "pass", "batch", "threads", "steps", "cg_iters", "seconds", "guided_ratio",
-                  "per_cg_iter_s", "per_cg_iter_vs_unguided"]
+GUIDED_COLUMNS = ["grid", "impl", "pass", "graphed", "batch", "threads", "steps", "cg_iters", "seconds",
+                  "guided_ratio", "per_cg_iter_s", "per_cg_iter_vs_unguided", "vs_eager"]
 ROLLOUT_COLUMNS = ["grid", "impl", "pass", "graphed", "batch", "threads", "steps_per_frame", "nfe_per_frame",
                    "seconds", "frames_per_s_per_member", "startup_s", "vs_eager"]
 

@@ -315,8 +315,9 @@ def denoiser_summary(paths: list[Path]) -> list[str]:
     if guided:
         out += ["", "| grid | dps step / unguided step | one mmps CG iteration / unguided step |", "|---|---|---|"]
         for n in guided:
-            dps = pick(grid=n, impl="dps", **{"pass": "guided-step"}).get("guided_ratio")
-            cg = pick(grid=n, impl="mmps", **{"pass": "guided-step"}).get("per_cg_iter_vs_unguided")
+            eager = [r for r in rows if r.get("pass") == "guided-step" and r.get("grid") == n and not r.get("graphed")]
+            dps = next((r["guided_ratio"] for r in eager if r.get("impl") == "dps"), None)
+            cg = next((r["per_cg_iter_vs_unguided"] for r in eager if r.get("impl") == "mmps"), None)
             out.append(f"| {n}² | {fmt(dps)} | {fmt(cg)} |")
     return out + [""]
 
