@@ -14,7 +14,8 @@
 #
 # Sized by estimate for under 8 minutes on one large GPU (H100/H200 class). Its last two phases ran on one H200
 # (benchmarks/results/gpu_h200.json, denoiser_speed_h200.json: about 2.5 and 4 minutes); the data, training and
-# harness phases have not been timed on a GPU yet. Every phase prints its wall time, so the first GPU run shows where the time goes;
+# harness phases have not been timed on a GPU yet. On CUDA a posterior solve runs eagerly and with --cuda-graphs
+# (its wall time and the largest difference between the samples). Every phase prints its wall time, so the first GPU run shows where the time goes;
 # shrink STEPS or N_TRAIN if a phase overruns. Held-out fields come from the harness's own seed (0), the training
 # data from seed 1, so they are different draws.
 set -euo pipefail
@@ -63,6 +64,22 @@ phase "inverse-problem harness at ${RES}² ($N_TEST held-out fields)"
 python benchmarks/inverse_problems.py --quick --problems darcy --checkpoint darcy="$OUT/run" --resolution "$RES" \
     --n-test "$N_TEST" --steps 20 100 --num-samples 4 --no-pde --device "$DEVICE" --out "$OUT/inverse_${RES}.json"
 echo "   harness took $((SECONDS - t2)) s"
+
+if [[ "$DEVICE" == cuda* ]]; then  # --cuda-graphs needs a CUDA device
+    phase "funcdiff solve --task darcy-inverse, eager then --cuda-graphs (dps and mmps)"
+    for method in dps mmps; do
+        for graphs in "" --cuda-graphs; do
+            ts=$SECONDS
+            funcdiff solve --checkpoint "$OUT/run" --task darcy-inverse --truth "$OUT/darcy_${RES}.h5" --index 0 \
+                --obs-fraction 0.03 --num-samples 4 --steps 50 --method "$method" --device "$DEVICE" $graphs \
+                --no-plot --no-progress --out "$OUT/solve_${method}${graphs:+_graphed}.nc" > /dev/null
+            echo "   $method ${graphs:-eager}: $((SECONDS - ts)) s"
+        done
+        python -c "import sys, xarray as xr; a, b = (xr.open_dataset(f)['a'].values for f in sys.argv[1:]); \
+print('   $method graphed vs eager samples: max |difference|', float(abs(a - b).max()))" \
+            "$OUT/solve_${method}.nc" "$OUT/solve_${method}_graphed.nc"
+    done
+fi
 
 t3=$SECONDS
 phase "benchmarks/gpu.py"
