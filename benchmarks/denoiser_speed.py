@@ -1,6 +1,7 @@
 """One denoiser call against neuraloperator's own FNO and against a measured floor, 64² to 1024² (issue 20).
 
-Usage: python benchmarks/denoiser_speed.py [--quick] [--threads 1] [--grids 64 128 ...] [--out FILE.json]
+Usage: python benchmarks/denoiser_speed.py [--quick] [--threads 1] [--grids 64 128 ...] [--latlon 721x1440]
+       [--out FILE.json]
 
 Rows: {"grid", "impl", "pass", "batch", "threads", "dtype", "seconds", "peak_mb"} with
   impl  funcdiff      the EDM-preconditioned noise-conditioned FNO denoiser ``D(x; sigma)`` (FiLM, GroupNorm, MLPs)
@@ -13,7 +14,9 @@ so that load from other jobs on a shared machine hits both alike. ``peak_mb`` is
 during one call above what was allocated before it (CPU: from the profiler's allocation events; CUDA: the
 allocator's peak). funcdiff rows also carry ``vs_neuralop`` (seconds / neuraloperator's), ``vs_floor`` and
 ``growth`` (seconds / seconds at half the side; float32 at batch 1 from calls at half the side timed interleaved
-with these, so that the load of other jobs cancels; otherwise the ratio of the two rows).
+with these, so that the load of other jobs cancels; otherwise the ratio of the two rows). ``--latlon HxW`` adds
+the same rows on an H×W grid (``grid`` H, ``grid_w`` W; default in a full run: 721x1440, ERA5's 0.25° grid with its
+poles, where a call is as large as at 1024²).
 
 Guided-step rows (pass ``guided-step``: ``dps``, ``mmps`` at 1 and 5 CG iterations, ``unguided``; ``seconds`` per
 sampler step, ``guided_ratio``, ``per_cg_iter_s``) and rollout rows (pass ``rollout``: ``autoregressive``,
@@ -42,6 +45,7 @@ The floor of a forward call (width C, L layers, batch B, grid N², fields of B·
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import sys
 import time
@@ -57,7 +61,7 @@ from funcdiff.models import build_denoiser  # noqa: E402
 WIDTH, MODES, LAYERS, CHANNELS = 32, 16, 4, 2
 MODEL = {"backbone": "fno", "in_channels": CHANNELS, "out_channels": CHANNELS, "n_modes": [MODES, MODES],
          "hidden_channels": WIDTH, "n_layers": LAYERS, "sigma_data": 0.5}
-COLUMNS = ["grid", "impl", "pass", "batch", "threads", "dtype", "seconds", "peak_mb", "vs_neuralop", "vs_floor",
+COLUMNS = ["grid", "grid_w", "impl", "pass", "batch", "threads", "dtype", "seconds", "peak_mb", "vs_neuralop", "vs_floor",
            "growth"]
 GUIDED_COLUMNS = ["grid", "impl", "pass", "graphed", "batch", "threads", "steps", "cg_iters", "seconds",
                   "guided_ratio", "per_cg_iter_s", "per_cg_iter_vs_unguided", "vs_eager"]
@@ -143,13 +147,13 @@ def calls(model: torch.nn.Module, is_denoiser: bool, pass_: str, x: torch.Tensor
     return train_step
 
 
-def floor_seconds(n: int, batch: int, repeats: int, device: str) -> dict[str, float]:
-    """The measured forward and train-step floors of one call at grid n² (see the module docstring)."""
+def floor_seconds(shape: tuple[int, int], batch: int, repeats: int, device: str) -> dict[str, float]:
+    """The measured forward and train-step floors of one call on an H×W grid (see the module docstring)."""
     c = WIDTH
-    h = torch.randn(batch, c, n, n, device=device)
+    h = torch.randn(batch, c, *shape, device=device)
     h_hat = torch.fft.rfft2(h)
     t_fft = median_time(lambda: torch.fft.rfft2(h), repeats, device) + median_time(
-        lambda: torch.fft.irfft2(h_hat, s=(n, n)), repeats, device)
+        lambda: torch.fft.irfft2(h_hat, s=shape), repeats, device)
     w = torch.randn(2 * c, c, device=device)
     cols = h.reshape(batch, c, -1).transpose(0, 1).reshape(c, -1) if batch > 1 else h.reshape(c, -1)
     cols = cols.contiguous()
@@ -159,7 +163,7 @@ def floor_seconds(n: int, batch: int, repeats: int, device: str) -> dict[str, fl
     t_add = median_time(lambda: torch.add(h, h, out=out), repeats, device)
     field_bytes = h.numel() * h.element_size()
     bandwidth = 3 * field_bytes / t_add
-    points = batch * n * n
+    points = batch * shape[0] * shape[1]
     lift_in = CHANNELS + 4  # the state and sin/cos grid features of the 2 dims
     gemm_flops = 2 * points * (lift_in * c + LAYERS * (c * c + 2 * c * c + 2 * c * c) + 2 * c * c + 2 * c * CHANNELS)
     elementwise_fields = LAYERS * (1 + 2 + 4) + 4
@@ -324,6 +328,9 @@ def arguments():
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--grids", type=int, nargs="+", default=None, help="grid sides (default 64..1024; quick: ..512)")
+    p.add_argument("--latlon", type=latlon_grid, nargs="*", default=None, metavar="HxW",
+                   help="non-square grids of extra rows (default 721x1440 in a full run, none in a quick one; no "
+                        "value: none)")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--memory-batch", type=int, default=8,
                    help="batch of the extra train-step rows at 256² that compare peak memory (0: none)")
@@ -350,21 +357,34 @@ def arguments():
     return p.parse_args()
 
 
-def call_rows(ours, theirs, n: int, batch: int, pass_: str, args, grids: list[int]) -> list[dict]:
-    """The rows of one grid, batch and pass: funcdiff (and its bf16 variant), neuraloperator's FNO and the floor,
-    timed interleaved, with funcdiff's growth when the half grid is in ``grids``."""
+def latlon_grid(text: str) -> tuple[int, int]:
+    """``"721x1440"`` -> (721, 1440)."""
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW, e.g. 721x1440, got {text!r}") from None
+    return h, w
+
+
+def call_rows(ours, theirs, n: int | tuple[int, int], batch: int, pass_: str, args, grids: list[int]) -> list[dict]:
+    """The rows of one grid (a side n, or (H, W)), batch and pass: funcdiff (and its bf16 variant), neuraloperator's
+    FNO and the floor, timed interleaved, with funcdiff's growth when the half grid of a square one is in ``grids``."""
     device, rows = args.device, []
+    shape = (n, n) if isinstance(n, int) else tuple(n)
+    square = isinstance(n, int)
+    side = (shape[0] * shape[1]) ** 0.5  # the repeats of the square grid of as many points
     # more repeats where a call is short, so that a median is stable beside other jobs on a shared machine
     by_grid = {64: 10, 128: 6, 256: 4} if args.quick else {64: 30, 128: 20, 256: 12, 512: 6}
-    repeats = args.repeats or (by_grid.get(n, 3) if batch == 1 else 3 if args.quick else 5)
-    x = torch.randn(batch, CHANNELS, n, n, device=device)
+    repeats = args.repeats or (next((r for g, r in sorted(by_grid.items()) if side <= g), 3) if batch == 1
+                               else 3 if args.quick else 5)
+    x = torch.randn(batch, CHANNELS, *shape, device=device)
     sigma = torch.full((batch,), 0.7, device=device)
     fns = {"funcdiff": calls(ours, True, pass_, x, sigma, torch.float32),
            "neuralop-fno": calls(theirs, False, pass_, x, sigma, torch.float32)}
     if args.bf16:
         fns["funcdiff bf16"] = calls(ours, True, pass_, x, sigma, torch.bfloat16)
     peaks = {name: peak_mb(fn, device) for name, fn in fns.items()}  # also the warm-up call
-    if batch == 1 and n // 2 in grids:  # the growth per doubling, timed interleaved with the calls at n
+    if square and batch == 1 and n // 2 in grids:  # the growth per doubling, timed interleaved with the calls at n
         half = torch.randn(batch, CHANNELS, n // 2, n // 2, device=device)
         fns["funcdiff half"] = calls(ours, True, pass_, half, sigma, torch.float32)
         fns["funcdiff half"]()
@@ -372,8 +392,9 @@ def call_rows(ours, theirs, n: int, batch: int, pass_: str, args, grids: list[in
     for _ in range(repeats):  # interleaved
         for name, fn in fns.items():
             times[name].append(timed(fn, device))
-    floor = floor_seconds(n, batch, max(repeats, 5), device)
-    common = {"grid": n, "pass": pass_, "batch": batch, "threads": torch.get_num_threads(), "dtype": "float32"}
+    floor = floor_seconds(shape, batch, max(repeats, 5), device)
+    common = {"grid": shape[0], **({} if square else {"grid_w": shape[1]}), "pass": pass_, "batch": batch,
+              "threads": torch.get_num_threads(), "dtype": "float32"}
     seconds = {name: statistics.median(t) for name, t in times.items()}
     for name in [k for k in fns if k != "funcdiff half"]:
         row = {**common, "impl": name.split(" ")[0], "seconds": seconds[name], "peak_mb": peaks[name],
@@ -387,7 +408,8 @@ def call_rows(ours, theirs, n: int, batch: int, pass_: str, args, grids: list[in
     rows.append({**common, "impl": "floor", "seconds": floor[pass_], "peak_mb": None,
                  "fft_seconds": floor["fft_seconds"], "gemm_gflops": floor["gemm_gflops"],
                  "bandwidth_gbs": floor["bandwidth_gbs"]})
-    print(f"{n}² {pass_} batch {batch}: " + ", ".join(f"{k} {v:.4g} s" for k, v in seconds.items())
+    label = f"{n}²" if square else f"{shape[0]}x{shape[1]}"
+    print(f"{label} {pass_} batch {batch}: " + ", ".join(f"{k} {v:.4g} s" for k, v in seconds.items())
           + f", floor {floor[pass_]:.4g} s", flush=True)
     return rows
 
@@ -396,9 +418,9 @@ def report(rows: list[dict]) -> None:
     """Fill the growth of rows whose half grid was timed separately, and print every table."""
     for row in rows:
         if row["impl"] == "funcdiff" and row["pass"] in ("forward", "train-step"):
-            half = [r for r in rows if r["impl"] == "funcdiff" and r["pass"] == row["pass"]
+            half = [r for r in rows if r["impl"] == "funcdiff" and r["pass"] == row["pass"] and "grid_w" not in r
                     and r["batch"] == row["batch"] and r["dtype"] == row["dtype"] and r["grid"] * 2 == row["grid"]]
-            if half and "growth" not in row:
+            if half and "growth" not in row and "grid_w" not in row:
                 row["growth"] = row["seconds"] / half[0]["seconds"]
     main_rows = [r for r in rows if r["pass"] in ("forward", "train-step") and r["impl"] != "funcdiff-compiled"]
     print_table(main_rows, COLUMNS)
@@ -425,7 +447,8 @@ def main() -> None:
     grids = args.grids or ([64, 128, 256, 512] if args.quick else [64, 128, 256, 512, 1024])
     ours = build_denoiser(MODEL).to(device)
     theirs = neuralop_fno().to(device)
-    jobs = [(n, args.batch, pass_) for n in grids for pass_ in args.passes]
+    latlon = args.latlon if args.latlon is not None else ([] if args.quick else [(721, 1440)])
+    jobs = [(n, args.batch, pass_) for n in [*grids, *latlon] for pass_ in args.passes]
     if args.memory_batch and 256 in grids and "train-step" in args.passes:
         jobs.append((256, args.memory_batch, "train-step"))
     rows = []

@@ -297,20 +297,24 @@ def denoiser_summary(paths: list[Path]) -> list[str]:
     def pick(**keys):
         return next((r for r in rows if all(r.get(k) == v for k, v in keys.items())), {})
 
-    def pair(grid: int, field: str, dtype: str = "float32") -> str:
-        values = [pick(grid=grid, batch=1, impl="funcdiff", dtype=dtype, **{"pass": p}).get(field)
+    def pair(grid: tuple, field: str, dtype: str = "float32") -> str:
+        values = [pick(grid=grid[0], grid_w=grid[1], batch=1, impl="funcdiff", dtype=dtype, **{"pass": p}).get(field)
                   for p in ("forward", "train-step")]
         return " / ".join("–" if v is None else fmt(v) for v in values)
 
-    grids = sorted({r["grid"] for r in rows if r.get("impl") == "funcdiff" and r.get("batch") == 1
-                    and r.get("pass") in ("forward", "train-step")})
+    def label(grid: tuple) -> str:
+        return f"{grid[0]}²" if grid[1] is None else f"{grid[0]}×{grid[1]}"
+
+    grids = sorted({(r["grid"], r.get("grid_w")) for r in rows if r.get("impl") == "funcdiff" and r.get("batch") == 1
+                    and r.get("pass") in ("forward", "train-step")}, key=lambda g: g[0] * (g[1] or g[0]))
     out = ["## Summary: funcdiff's denoiser against neuraloperator's FNO", "",
            "From `denoiser_speed.json`, batch 1, forward / training step. Ratio: funcdiff's time over "
            "neuraloperator's FNO of the same width, modes and layers (below 1: funcdiff is faster). Growth: the "
-           "time over the time at half the side. Floor: the time over the floor measured on the machine.", "",
+           "time over the time at half the side. Floor: the time over the floor measured on the machine."
+           + (" 721×1440 is ERA5's 0.25° grid." if (721, 1440) in grids else ""), "",
            "| grid | ratio float32 | ratio bf16 | growth float32 | vs floor float32 |", "|---|---|---|---|---|"]
-    out += [f"| {n}² | {pair(n, 'vs_neuralop')} | {pair(n, 'vs_neuralop', 'bfloat16')} | {pair(n, 'growth')} | "
-            f"{pair(n, 'vs_floor')} |" for n in grids]
+    out += [f"| {label(g)} | {pair(g, 'vs_neuralop')} | {pair(g, 'vs_neuralop', 'bfloat16')} | {pair(g, 'growth')} | "
+            f"{pair(g, 'vs_floor')} |" for g in grids]
     guided = sorted({r["grid"] for r in rows if r.get("pass") == "guided-step"})
     if guided:
         out += ["", "| grid | dps step / unguided step | one mmps CG iteration / unguided step |", "|---|---|---|"]
