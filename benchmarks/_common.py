@@ -86,9 +86,18 @@ def best_time(fn: Callable[[], object], repeats: int = 3, device: str = "cpu") -
 
 
 def machine() -> str:
+    """The device the numbers were measured on: the GPU's name, or the CPU's model, the vector instructions torch's
+    kernels use there (``AVX2``, ``AVX512``: bf16 runs natively only on the latter's bf16 extension) and the threads.
+    Machines differ from session to session, so a result file says which it came from."""
     if torch.cuda.is_available():
         return torch.cuda.get_device_name()
-    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
+    except OSError:
+        pass
+    return f"{model} ({torch.backends.cpu.get_cpu_capability()}), {torch.get_num_threads()} threads"
 
 
 def print_table(rows: Sequence[dict], columns: Sequence[str]) -> None:
