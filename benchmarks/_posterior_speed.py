@@ -109,9 +109,6 @@ def guided_rows(grids, device: str, steps: int = 8, num_samples: int = 2, repeat
                                     noise_std=0.05, channel_names=("a", "u"))
             common = dict(solver="euler", num_samples=num_samples, resolution=n, seed=0, device=device, steps=steps)
             graph_options = (False, True) if (device.startswith("cuda") if graphed is None else graphed) else (False,)
-            names = [(name, graphs) for graphs in graph_options
-                     for name in ("unguided", "dps", *(f"mmps {k}" for k in cg_iters))]
-            timers = {key: _CallTimes(device) for key in names}
 
             def unguided(timer, graphs):
                 with torch.no_grad(), timer.patched(GraphedDenoiser) if graphs else nullcontext():
@@ -122,43 +119,49 @@ def guided_rows(grids, device: str, steps: int = 8, num_samples: int = 2, repeat
                 with timer.patched(GraphedDenoiser if graphs else cls):
                     solve(model, "reconstruct", obs, method=method, cuda_graphs=graphs, **common, **extra)
 
-            def run(key, timer):
-                name, graphs = key
-                if name == "unguided":
-                    return unguided(timer, graphs)
-                if name == "dps":
-                    return guided(timer, graphs, "dps", GuidedDenoiser)
-                return guided(timer, graphs, "mmps", MomentMatchingDenoiser, cg_iters=int(name.split()[1]))
-
-            for key in names:
-                run(key, _CallTimes(device))  # warm-up
+            runs = {}  # (name, graphed) -> run(timer)
+            for g in graph_options:
+                runs[("unguided", g)] = lambda t, g=g: unguided(t, g)
+                runs[("dps", g)] = lambda t, g=g: guided(t, g, "dps", GuidedDenoiser)
+                runs.update({(f"mmps {k}", g): (lambda t, g=g, k=k: guided(t, g, "mmps", MomentMatchingDenoiser,
+                                                                          cg_iters=k)) for k in cg_iters})
+            timers = {key: _CallTimes(device) for key in runs}
+            for run in runs.values():
+                run(_CallTimes(device))  # warm-up
             for _ in range(repeats):
-                for key in names:  # interleaved, one solve of `steps` Euler steps (one call each)
+                for key, run in runs.items():  # interleaved, one solve of `steps` Euler steps (one call each)
                     before = len(timers[key].times)
-                    run(key, timers[key])
+                    run(timers[key])
                     del timers[key].times[before]  # the first call of a solve: its caches (or its graph) are made
             sec = {key: statistics.median(timer.times) for key, timer in timers.items()}
             for graphs in graph_options:
-                common_row = {"grid": n, "pass": "guided-step", "graphed": graphs, "batch": num_samples,
-                              "threads": torch.get_num_threads(), "dtype": "float32", "steps": steps}
-                base = sec[("unguided", graphs)]
+                rows += _guided_step_rows(sec, graphs, n, num_samples, steps, cg_iters)
+    return rows
 
-                def vs_eager(name):
-                    return {"vs_eager": sec[(name, True)] / sec[(name, False)]} if graphs else {}
 
-                rows.append({**common_row, "impl": "unguided", "seconds": base, **vs_eager("unguided")})
-                rows.append({**common_row, "impl": "dps", "seconds": sec[("dps", graphs)],
-                             "guided_ratio": sec[("dps", graphs)] / base, **vs_eager("dps")})
-                lo, hi = cg_iters
-                per_iter = (sec[(f"mmps {hi}", graphs)] - sec[(f"mmps {lo}", graphs)]) / (hi - lo)
-                for k in cg_iters:
-                    rows.append({**common_row, "impl": "mmps", "cg_iters": k, "seconds": sec[(f"mmps {k}", graphs)],
-                                 "guided_ratio": sec[(f"mmps {k}", graphs)] / base, "per_cg_iter_s": per_iter,
-                                 "per_cg_iter_vs_unguided": per_iter / base, **vs_eager(f"mmps {k}")})
-                print(f"{n}² guided step ({num_samples} samples, s/step{', graphed' if graphs else ''}): " + ", ".join(
-                    f"{name} {sec[(name, g)]:.4g}" for name, g in names if g == graphs)
-                    + f"; dps/unguided {sec[('dps', graphs)] / base:.2f}×, mmps per CG iteration {per_iter:.4g} s",
-                    flush=True)
+def _guided_step_rows(sec: dict, graphs: bool, n: int, num_samples: int, steps: int, cg_iters: tuple[int, int]
+                      ) -> list[dict]:
+    """The guided-step rows of one grid, eager or graphed, from the median seconds per step ``sec[(name, graphed)]``
+    (name: unguided, dps, mmps k); printed too."""
+    common_row = {"grid": n, "pass": "guided-step", "graphed": graphs, "batch": num_samples,
+                  "threads": torch.get_num_threads(), "dtype": "float32", "steps": steps}
+    base = sec[("unguided", graphs)]
+
+    def vs_eager(name):
+        return {"vs_eager": sec[(name, True)] / sec[(name, False)]} if graphs else {}
+
+    rows = [{**common_row, "impl": "unguided", "seconds": base, **vs_eager("unguided")},
+            {**common_row, "impl": "dps", "seconds": sec[("dps", graphs)],
+             "guided_ratio": sec[("dps", graphs)] / base, **vs_eager("dps")}]
+    lo, hi = cg_iters
+    per_iter = (sec[(f"mmps {hi}", graphs)] - sec[(f"mmps {lo}", graphs)]) / (hi - lo)
+    for k in cg_iters:
+        rows.append({**common_row, "impl": "mmps", "cg_iters": k, "seconds": sec[(f"mmps {k}", graphs)],
+                     "guided_ratio": sec[(f"mmps {k}", graphs)] / base, "per_cg_iter_s": per_iter,
+                     "per_cg_iter_vs_unguided": per_iter / base, **vs_eager(f"mmps {k}")})
+    print(f"{n}² guided step ({num_samples} samples, s/step{', graphed' if graphs else ''}): " + ", ".join(
+        f"{name} {v:.4g}" for (name, g), v in sec.items() if g == graphs)
+        + f"; dps/unguided {sec[('dps', graphs)] / base:.2f}×, mmps per CG iteration {per_iter:.4g} s", flush=True)
     return rows
 
 

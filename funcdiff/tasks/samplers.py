@@ -219,7 +219,7 @@ def dps_physics(problem: PosteriorProblem, settings: SolveSettings, chunk_size: 
     guided = GuidedDenoiser(problem.denoiser, [OperatorLikelihood(op)], problem.noise,
                             strength=settings.guidance_strength, chunk_size=chunk_size,
                             trust_region=settings.kappa, sigma_data=problem.sigma_data)
-    return GuidedSampler(guided, _dps_counts(settings, op), SOLVER_ON_HOST)
+    return GuidedSampler(guided, _dps_counts(settings, op), _host_bound(op))
 
 
 register("mmps-physics")(mmps)
