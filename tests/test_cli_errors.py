@@ -227,15 +227,21 @@ def test_cuda_graphs_without_a_cuda_device(files, capsys):
 def test_solve_methods_whose_steps_wait_for_the_host_are_not_graphed(files, capsys, monkeypatch, method, extra,
                                                                      cause):
     """``solve --cuda-graphs`` with a method whose every step waits for the host (so it could not be recorded) is
-    one line naming the method and why, before any step runs (not a failed capture at the first step). The
-    device check passes as if on a GPU; the method check comes first."""
+    one line naming the method and why, before any step runs (not a failed capture at the first step); a
+    ``--cases`` batch says it before writing anything. The device check passes as if on a GPU; the method check
+    comes first."""
     import funcdiff.cli as cli
     from funcdiff.tasks import samplers
 
     monkeypatch.setattr(cli, "check_cuda_graphs", lambda cuda_graphs, device: None)
     steps = []
     monkeypatch.setattr(samplers, "sample", lambda *a, **k: steps.append(k) or pytest.fail("sampling started"))
-    line = user_error(solve_args(files, "--method", method, "--num-samples", "2", "--cuda-graphs", *extra), capsys)
-    assert line.startswith(f"funcdiff solve: error: method {method!r} cannot be replayed from CUDA graphs here: "
-                           ) and cause in line and line.endswith("run without --cuda-graphs"), line
-    assert not steps
+    parts = files["root"] / f"graphed_{method}_parts"
+    single = solve_args(files, "--method", method, "--num-samples", "2", "--cuda-graphs", *extra)
+    batch = [a for a in single if a not in ("--truth", files["truth"])] + ["--cases", files["truth"], "--out-dir",
+                                                                         parts]
+    for argv in (single, batch):
+        line = user_error(argv, capsys)
+        assert line.startswith(f"funcdiff solve: error: method {method!r} cannot be replayed from CUDA graphs "
+                               "here: ") and cause in line and line.endswith("run without --cuda-graphs"), line
+    assert not steps and not parts.exists()  # a batch is refused before its manifest

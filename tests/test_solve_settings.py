@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from funcdiff.tasks import SolveSettings, load_truth, make_observation, solve
-from funcdiff.tasks.samplers import METHODS, POSTERIOR_METHODS
+from funcdiff.errors import UserError
+from funcdiff.tasks import get_task
+from funcdiff.tasks.samplers import HOST_BOUND, METHODS, POSTERIOR_METHODS, check_graphable
 
 from golden_cases import GOLDEN
 
@@ -17,6 +19,24 @@ from golden_cases import GOLDEN
 def test_every_method_is_a_registered_factory():
     assert METHODS == ("dps", "mmps", "enkg", "dps-physics", "mmps-physics", "enkg-physics")
     assert set(POSTERIOR_METHODS) == set(METHODS) and all(callable(f) for f in POSTERIOR_METHODS.values())
+
+
+@pytest.mark.parametrize("task, method, pde_guidance, graphable", [
+    ("darcy-inverse", "dps", False, True), ("darcy-inverse", "mmps", False, True),
+    ("darcy-forward", "dps-physics", False, True), ("darcy-forward", "mmps-physics", False, True),
+    ("darcy-inverse", "dps", True, False), ("darcy-inverse", "enkg", False, False),
+    ("darcy-forward", "enkg-physics", False, False), ("darcy-inverse", "dps-physics", False, False),
+    ("darcy-inverse", "mmps-physics", False, False)])
+def test_whether_a_method_can_be_graphed_follows_from_task_and_settings(task, method, pde_guidance, graphable):
+    """Every method states, before anything is built, whether its steps wait for the host: a forward ``*-physics``
+    run is dps/mmps on the input's sensors (graphable); an inverse one runs the solver on the host."""
+    assert set(HOST_BOUND) == set(METHODS)
+    settings = SolveSettings(method=method, pde_guidance=pde_guidance, num_samples=2)
+    if graphable:
+        check_graphable(get_task(task), settings)
+    else:
+        with pytest.raises(UserError, match=f"method '{method}' cannot be replayed from CUDA graphs here: .*host"):
+            check_graphable(get_task(task), settings)
 
 
 def test_settings_are_frozen_and_resolve_the_trust_region():

@@ -157,6 +157,7 @@ def run_solve_batch(args: argparse.Namespace, settings) -> int:
     from funcdiff.errors import UserError
     from funcdiff.tasks import check_compatible, get_task, load_model
     from funcdiff.tasks.batch import BatchRun, index_cases, open_case_samples, solve_cases
+    from funcdiff.tasks.samplers import check_graphable
 
     if args.cases is None:
         raise UserError("--indices/--out-dir are batch options: give the case file with --cases")
@@ -169,6 +170,8 @@ def run_solve_batch(args: argparse.Namespace, settings) -> int:
         task = get_task(task_name(args.task))
         model = load_model(args.checkpoint, args.device)
         check_compatible(task, model[1], settings.method)
+        if args.cuda_graphs:  # before the batch's manifest: nothing is written for a run that cannot start
+            check_graphable(task, settings)
         fields = open_case_samples(args.cases, task.channels, task.name)  # metadata; each case reads its sample
         cases = index_cases(args.indices, fields.shape[0], str(args.cases))
     run = BatchRun(args.out_dir, cases, solve_signature(args, settings, task.name, model[1].step), "solve")

@@ -18,7 +18,8 @@ marginal prior of the input) and report (input, S(input)): every sample satisfie
 forward task the sensors read the input itself, so the solver runs once per sample at the end.
 
 A new method is one factory ``(problem, settings, chunk_size) -> GuidedSampler`` registered in
-:data:`POSTERIOR_METHODS` with :func:`register`.
+:data:`POSTERIOR_METHODS` with :func:`register`, which also takes what makes its steps wait for the host
+(``host_bound``, from the task and settings alone: a batch refuses CUDA graphs before its first case).
 """
 
 from __future__ import annotations
@@ -79,22 +80,28 @@ class PosteriorProblem:
 @dataclass
 class GuidedSampler:
     """A guided denoiser ``(x, sigma) -> denoised`` and what its run cost: ``counts() -> {"vjps",
-    "solver_calls"}`` (VJPs through the denoiser for the whole batch; solver calls per sample, summed).
-    ``host_bound``: why a step waits for the host, so that it cannot be replayed from a CUDA graph (None: it can)."""
+    "solver_calls"}`` (VJPs through the denoiser for the whole batch; solver calls per sample, summed)."""
 
     denoiser: Denoiser
     counts: Callable[[], dict]
-    host_bound: Optional[str] = None
 
 
 Factory = Callable[[PosteriorProblem, SolveSettings, Optional[int]], GuidedSampler]
+HostBound = Callable[[Task, SolveSettings], Optional[str]]
 POSTERIOR_METHODS: dict[str, Factory] = {}
+HOST_BOUND: dict[str, HostBound] = {}
 
 
-def register(name: str) -> Callable[[Factory], Factory]:
-    """Register ``factory`` as the posterior method ``name`` (a decorator)."""
+def _never(task: Task, settings: SolveSettings) -> None:
+    return None
+
+
+def register(name: str, host_bound: HostBound = _never) -> Callable[[Factory], Factory]:
+    """Register ``factory`` as the posterior method ``name`` (a decorator); ``host_bound(task, settings)``: why
+    its steps wait for the host, so that they cannot be replayed from a CUDA graph (None: they can)."""
     def add(factory: Factory) -> Factory:
         POSTERIOR_METHODS[name] = factory
+        HOST_BOUND[name] = host_bound
         return factory
     return add
 
@@ -126,15 +133,23 @@ def build(problem: PosteriorProblem, settings: SolveSettings, chunk_size: Option
     return POSTERIOR_METHODS[settings.method](problem, settings, chunk_size)
 
 
+def check_graphable(task: Task, settings: SolveSettings) -> None:
+    """UserError (one line) when the steps of ``settings.method`` wait for the host, so that they cannot be
+    replayed from CUDA graphs (the method's registered ``host_bound``)."""
+    reason = HOST_BOUND[settings.method](task, settings)
+    if reason is not None:
+        raise UserError(f"method {settings.method!r} cannot be replayed from CUDA graphs here: {reason}; run "
+                        "without cuda_graphs=True")
+
+
 def draw(problem: PosteriorProblem, sampler: GuidedSampler, settings: SolveSettings, *, device="cpu",
          progress: bool = False, cuda_graphs: bool = False) -> Tensor:
     """Samples of the model state (model units) by the one :func:`funcdiff.sampling.sample`; ``cuda_graphs``: every
     guided step (the network, its vector-Jacobian products, the likelihood) replayed from a CUDA graph (UserError
-    for a sampler whose steps wait for the host, :attr:`GuidedSampler.host_bound`).
+    for a method whose steps wait for the host, :func:`check_graphable`).
     Shapes: returns ``problem.shape`` = (B, C_model, *S)."""
-    if cuda_graphs and sampler.host_bound is not None:
-        raise UserError(f"method {settings.method!r} cannot be replayed from CUDA graphs here: "
-                        f"{sampler.host_bound}; run without cuda_graphs=True")
+    if cuda_graphs:
+        check_graphable(problem.task, settings)
     return sample(sampler.denoiser, problem.shape, problem.noise, steps=settings.steps, solver=settings.solver,
                   seed=settings.seed, device=device, progress=progress, cuda_graphs=cuda_graphs, **problem.schedule)
 
@@ -145,14 +160,14 @@ def _model_observation(obs: SparseObservation, names: Sequence[str], channel: st
                              noise_std=obs.noise_std, grid=obs.grid, channel_names=(channel,))
 
 
-def _inverse_physics(problem: PosteriorProblem, settings: SolveSettings) -> bool:
-    return settings.physics and problem.task.direction == "inverse"
+def _inverse_physics(task: Task, settings: SolveSettings) -> bool:
+    return settings.physics and task.direction == "inverse"
 
 
 def _operator(problem: PosteriorProblem, settings: SolveSettings) -> SparseOperator | SolverOperator:
     """The observation operator: sensors on the model state, or (inverse ``*-physics``) on the solver's output."""
     task, obs = problem.task, problem.observation
-    if _inverse_physics(problem, settings):
+    if _inverse_physics(problem.task, settings):
         sensors = SparseObservation(coords=obs.coords, channels=(0,), values=obs.values, noise_std=obs.noise_std,
                                     grid=obs.grid, channel_names=obs.channel_names)
         return SolverOperator(sensors, task.physics_solver, problem.names.index(task.input_channel),
@@ -162,11 +177,21 @@ def _operator(problem: PosteriorProblem, settings: SolveSettings) -> SparseOpera
     return SparseOperator(obs, problem.noise, decode=problem.decode, sigma_data=problem.sigma_data)
 
 
-SOLVER_ON_HOST = "the numerical solver checks its input and solves on the host at every step"
+def _solver_on_host(task: Task, settings: SolveSettings) -> Optional[str]:
+    """Inverse ``*-physics``: the numerical solver checks its input and solves on the host at every step."""
+    if _inverse_physics(task, settings):
+        return "the numerical solver checks its input and solves on the host at every step"
+    return None
 
 
-def _host_bound(op: SparseOperator | SolverOperator) -> Optional[str]:
-    return SOLVER_ON_HOST if isinstance(op, SolverOperator) else None
+def _pde_gate_on_host(task: Task, settings: SolveSettings) -> Optional[str]:
+    if settings.pde_guidance:
+        return "PDE guidance decides on the host at every step whether the noise level is below its start"
+    return None
+
+
+def _ensemble_on_host(task: Task, settings: SolveSettings) -> str:
+    return "the ensemble's largest noise level is read on the host at every step"
 
 
 def _dps_counts(settings: SolveSettings, op=None) -> Callable[[], dict]:
@@ -175,41 +200,38 @@ def _dps_counts(settings: SolveSettings, op=None) -> Callable[[], dict]:
                     "solver_calls": int(op.solver_calls) if op is not None else 0}
 
 
-@register("dps")
+@register("dps", host_bound=_pde_gate_on_host)
 def dps(problem: PosteriorProblem, settings: SolveSettings, chunk_size: Optional[int]) -> GuidedSampler:
     """Gradient guidance with the σ-aware likelihood model (:func:`funcdiff.guidance.observation_guided`)."""
     guided = observation_guided(problem.denoiser, problem.noise, problem.observation, problem.shape[0],
                                 pde_terms=problem.pde_terms, decode=problem.decode, sigma_data=problem.sigma_data,
                                 scaling=settings.scaling, strength=settings.guidance_strength,
                                 chunk_size=chunk_size, trust_region=settings.kappa)
-    gated = "PDE guidance decides on the host at every step whether the noise level is below its start"
-    return GuidedSampler(guided, _dps_counts(settings), gated if problem.pde_terms else None)
+    return GuidedSampler(guided, _dps_counts(settings))
 
 
-@register("mmps")
+@register("mmps", host_bound=_solver_on_host)
 def mmps(problem: PosteriorProblem, settings: SolveSettings, chunk_size: Optional[int]) -> GuidedSampler:
     """Moment matching with the Tweedie covariance (:class:`~funcdiff.guidance.mmps.MomentMatchingDenoiser`)."""
     op = _operator(problem, settings)
     guided = MomentMatchingDenoiser(problem.denoiser, op, problem.noise, strength=settings.guidance_strength,
                                     cg_iters=settings.cg_iters, chunk_size=chunk_size, sigma_data=problem.sigma_data)
-    return GuidedSampler(guided, lambda: {"vjps": int(guided.vjps), "solver_calls": int(op.solver_calls)},
-                         _host_bound(op))
+    return GuidedSampler(guided, lambda: {"vjps": int(guided.vjps), "solver_calls": int(op.solver_calls)})
 
 
-@register("enkg")
+@register("enkg", host_bound=_ensemble_on_host)
 def enkg(problem: PosteriorProblem, settings: SolveSettings, chunk_size: Optional[int]) -> GuidedSampler:
     """Derivative-free ensemble Kalman guidance (:class:`~funcdiff.guidance.enkg.EnsembleKalmanDenoiser`)."""
     op = _operator(problem, settings)
     guided = EnsembleKalmanDenoiser(problem.denoiser, op, problem.noise, strength=settings.guidance_strength)
-    return GuidedSampler(guided, lambda: {"vjps": 0, "solver_calls": int(op.solver_calls)},
-                         "the ensemble's largest noise level is read on the host at every step")
+    return GuidedSampler(guided, lambda: {"vjps": 0, "solver_calls": int(op.solver_calls)})
 
 
-@register("dps-physics")
+@register("dps-physics", host_bound=_solver_on_host)
 def dps_physics(problem: PosteriorProblem, settings: SolveSettings, chunk_size: Optional[int]) -> GuidedSampler:
     """dps through the solver (:class:`~funcdiff.guidance.operators.OperatorLikelihood`, a damped term); for a
     forward task plain dps on the input channel's sensors."""
-    if not _inverse_physics(problem, settings):
+    if not _inverse_physics(problem.task, settings):
         obs = _model_observation(problem.observation, problem.names, problem.task.input_channel)
         guided = observation_guided(problem.denoiser, problem.noise, obs, problem.shape[0], decode=problem.decode,
                                     sigma_data=problem.sigma_data, strength=settings.guidance_strength,
@@ -219,11 +241,11 @@ def dps_physics(problem: PosteriorProblem, settings: SolveSettings, chunk_size: 
     guided = GuidedDenoiser(problem.denoiser, [OperatorLikelihood(op)], problem.noise,
                             strength=settings.guidance_strength, chunk_size=chunk_size,
                             trust_region=settings.kappa, sigma_data=problem.sigma_data)
-    return GuidedSampler(guided, _dps_counts(settings, op), _host_bound(op))
+    return GuidedSampler(guided, _dps_counts(settings, op))
 
 
-register("mmps-physics")(mmps)
-register("enkg-physics")(enkg)
+register("mmps-physics", host_bound=_solver_on_host)(mmps)
+register("enkg-physics", host_bound=_ensemble_on_host)(enkg)
 METHODS = tuple(POSTERIOR_METHODS)
 
 
