@@ -66,3 +66,55 @@ def test_per_sample_noise_levels_and_config_checks():
     assert config.model["backbone"] == "sfno"
     with pytest.raises(ValueError, match="positional_embedding"):
         build_denoiser({**MODEL, "positional_embedding": "grid"})
+
+
+def _reference_layer(conv):
+    """neuraloperator's own ``SphericalConv`` with funcdiff's quadrature SHT and ``conv``'s weights: the layer the
+    SFNO blocks used before they ran on the row layout."""
+    from neuralop.layers.spherical_convolution import SphericalConv
+
+    ref = SphericalConv(conv.in_channels, conv.out_channels, n_modes=tuple(conv.n_modes), factorization=None,
+                        implementation="reconstructed").to(conv.bias.dtype)
+    ref.sht_handle = GridSHT()
+    ref.load_state_dict(conv.state_dict())  # the same parameters and keys: checkpoints load unchanged
+    return ref
+
+
+@pytest.mark.parametrize("shape, modes", [((33, 64), (12, 10)), ((32, 64), (8, 8)), ((19, 36), (19, 18))])
+def test_row_layout_spherical_conv_is_neuralops_layer(shape, modes):
+    """SphericalRowsConv (rfft, per-order Legendre GEMMs, per-degree weight GEMMs on the row layout) against
+    neuraloperator's SphericalConv with the same SHT and weights: outputs and gradients (input, weight, bias) to
+    float64 round-off, with all degrees kept (lmax = H) and truncated."""
+    from funcdiff.models.spherical_conv import SphericalRowsConv
+
+    torch.manual_seed(3)
+    ours = SphericalRowsConv(3, 5, n_modes=(modes[0], 2 * modes[1]), init_std=0.3).double()
+    ref = _reference_layer(ours)
+    x = torch.randn(2, 3, *shape, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(2, 5, *shape, dtype=torch.float64)
+    out, expected = ours(x), ref(x)
+    torch.testing.assert_close(out, expected, atol=1e-12, rtol=1e-12)
+    for a, b in zip(torch.autograd.grad((out * v).sum(), [x, *ours.parameters()]),
+                    torch.autograd.grad((expected * v).sum(), [x, *ref.parameters()])):
+        torch.testing.assert_close(a, b, atol=1e-11, rtol=1e-11)
+
+
+def test_sfno_on_the_row_layout_equals_the_channels_first_model():
+    """The whole SFNO denoiser (row layout, fused GroupNorm+FiLM and MLP paths) against the same weights in the
+    channels-first path with neuraloperator's layers: outputs, gradient in x (guidance) and parameter gradients
+    (training) to float64 round-off."""
+    import copy
+
+    torch.manual_seed(4)
+    new = build_denoiser({**MODEL, "cond_channels": 0, "n_modes": [12, 10]}).double()
+    old = copy.deepcopy(new)
+    for block in old.backbone.blocks:
+        block.spectral = _reference_layer(block.spectral)  # not a row-layout layer: the channels-first path
+    assert new.state_dict().keys() == old.state_dict().keys()
+    x = torch.randn(2, 2, 25, 48, dtype=torch.float64, requires_grad=True)
+    sigma = torch.tensor([0.3, 2.0], dtype=torch.float64)
+    out, expected = new(x, sigma), old(x, sigma)
+    torch.testing.assert_close(out, expected, atol=1e-12, rtol=1e-12)
+    grads = [torch.autograd.grad(y.square().sum(), [x, *m.parameters()]) for y, m in ((out, new), (expected, old))]
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)

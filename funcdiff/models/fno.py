@@ -29,7 +29,7 @@ from torch import nn
 from funcdiff.models.backbone import Backbone
 from funcdiff.models.conditioning import (FiLM, NoiseEmbedding, PointwiseLinear, cached_features,
                                          periodic_grid_features)
-from funcdiff.models.spectral import PeriodicSpectralConv, from_rows, to_rows
+from funcdiff.models.spectral import PeriodicSpectralConv, RowLayoutSpectral, from_rows, to_rows
 from funcdiff.utils import append_dims, keep_freed_memory
 
 POSITIONAL_EMBEDDINGS = (None, "grid")
@@ -112,7 +112,7 @@ class FNOBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor, rows: bool = False) -> torch.Tensor:
         """The block on x (B, W, *S), or with ``rows`` on the row layout (B, n_1, .., W, n_d) of
-        :func:`~funcdiff.models.spectral.to_rows` (needs a :class:`PeriodicSpectralConv`)."""
+        :func:`~funcdiff.models.spectral.to_rows` (needs a :class:`~funcdiff.models.spectral.RowLayoutSpectral`)."""
         # The same maths as ``x + mlp(act(film(norm(spectral(x) + pointwise(x)), emb)))``, fused for speed (issue 20):
         # the spectral layer adds its output into the pointwise skip in place; GroupNorm and FiLM become one
         # per-(sample, channel) affine map applied in one pass; GELUs run in place when autograd does not need
@@ -257,7 +257,7 @@ class NoiseConditionedFNO(Backbone):
         c_sample, c_field = split_noise(c_noise, x)
         emb = self.embedding(c_sample)
         features = self._input_features(x, c_noise, c_field, cond)
-        if not all(isinstance(block.spectral, PeriodicSpectralConv) for block in self.blocks):
+        if not all(isinstance(block.spectral, RowLayoutSpectral) for block in self.blocks):
             h = self.lifting(features)
             for block in self.blocks:
                 h = block(h, emb)

@@ -1,14 +1,16 @@
 """A noise-conditioned spherical Fourier neural operator (SFNO) backbone for diffusion on the sphere.
 
 Bonev, Kurth, Hundt, Pathak, Baust, Kashinath, Anandkumar, "Spherical Fourier Neural Operators: Learning Stable
-Dynamics on the Sphere" (ICML 2023). The global layer of every block is neuraloperator's ``SphericalConv`` (the
-layer of ``neuralop.models.SFNO``): an SHT, a Driscoll–Healy convolution (one dense complex weight per degree l,
-so the map commutes with rotations), and the inverse SHT. Its transform is funcdiff's :class:`~funcdiff.sphere.GridSHT`,
-which integrates exactly on both regular lat-lon grids of ERA5/WeatherBench 2 (with and without pole rows;
-torch-harmonics' own SHT assumes pole rows). Everything else -- the per-sample noise embedding and FiLM, the
-residual block, lifting and projection, the conditioning channels of a forecaster -- is
-:class:`~funcdiff.models.fno.NoiseConditionedFNO`'s, unchanged; ``neuralop.models.SFNO`` itself is not used
-because its blocks take no per-sample conditioning (as for the FNO backbone).
+Dynamics on the Sphere" (ICML 2023). The global layer of every block is a spherical convolution: an SHT, a
+Driscoll–Healy convolution (one dense complex weight per degree l, so the map commutes with rotations), and the
+inverse SHT. It is :class:`~funcdiff.models.spherical_conv.SphericalRowsConv`: neuraloperator's ``SphericalConv``
+(the layer of ``neuralop.models.SFNO``; same parameters, so checkpoints load unchanged) computed on the row layout
+of the Fourier blocks with funcdiff's :class:`~funcdiff.sphere.GridSHT` quadrature, which integrates exactly on both
+regular lat-lon grids of ERA5/WeatherBench 2 (with and without pole rows; torch-harmonics' own SHT assumes pole
+rows). Everything else -- the per-sample noise embedding and FiLM, the residual block, lifting and projection, the
+conditioning channels of a forecaster -- is :class:`~funcdiff.models.fno.NoiseConditionedFNO`'s, unchanged, fused
+paths included; ``neuralop.models.SFNO`` itself is not used because its blocks take no per-sample conditioning (as
+for the FNO backbone).
 
 Positional features are the unit vector (cos φ cos λ, cos φ sin λ, sin φ) of each point (latitude φ,
 longitude λ): degree-1 harmonics, the same function at every resolution and smooth at the poles.
@@ -30,7 +32,7 @@ from torch import nn
 
 from funcdiff.models.conditioning import cached_features
 from funcdiff.models.fno import FNOConfig, NoiseConditionedFNO
-from funcdiff.sphere import GridSHT, grid_kind, grid_latitudes, grid_longitudes
+from funcdiff.sphere import grid_kind, grid_latitudes, grid_longitudes
 
 
 @dataclass(frozen=True)
@@ -70,7 +72,7 @@ class NoiseConditionedSFNO(NoiseConditionedFNO):
 
     def _spectral_layer(self, config: FNOConfig) -> nn.Module:
         try:
-            from neuralop.layers.spherical_convolution import SphericalConv
+            from funcdiff.models.spherical_conv import SphericalRowsConv
         except ImportError as err:
             from funcdiff.errors import UserError
 
@@ -79,10 +81,7 @@ class NoiseConditionedSFNO(NoiseConditionedFNO):
                             "pip install torch-harmonics==0.9.3)") from err
         lmax, mmax = config.n_modes
         width = config.hidden_channels
-        conv = SphericalConv(width, width, n_modes=(lmax, 2 * mmax), factorization=None, implementation="reconstructed",
-                             init_std=math.sqrt(1.0 / width))
-        conv.sht_handle = GridSHT()
-        return conv
+        return SphericalRowsConv(width, width, n_modes=(lmax, 2 * mmax), init_std=math.sqrt(1.0 / width))
 
     def _positional_channels(self, config: FNOConfig) -> int:
         return 3 if config.positional_embedding == "sphere" else 0

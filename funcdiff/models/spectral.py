@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import weakref
+from abc import ABC, abstractmethod
 
 import torch
 from neuralop.layers.spectral_convolution import SpectralConv
@@ -29,7 +30,17 @@ from neuralop.layers.spectral_convolution import SpectralConv
 from funcdiff.models.conditioning import PointwiseLinear
 
 
-class PeriodicSpectralConv(SpectralConv):
+class RowLayoutSpectral(ABC):
+    """The contract of a block's global layer that works on the row layout (B, n_1, .., C, n_d) of :func:`to_rows`
+    (:class:`PeriodicSpectralConv`, the SFNO's :class:`~funcdiff.models.spherical_conv.SphericalRowsConv`): a
+    :class:`~funcdiff.models.fno.NoiseConditionedFNO` whose blocks all have one runs them on that layout."""
+
+    @abstractmethod
+    def forward_rows_with_skip(self, x: torch.Tensor, skip: PointwiseLinear) -> torch.Tensor:
+        """``K x + skip(x)`` on the row layout (B, n_1, .., C_in, n_d) -> (B, n_1, .., C_out, n_d)."""
+
+
+class PeriodicSpectralConv(SpectralConv, RowLayoutSpectral):
     """Fourier layer ``K u = IFFT(W_k FFT(u)_k)`` on modes below ``n_modes`` (Li et al., ICLR 2021, eq. (4)).
 
     Mode layout as in ``SpectralConv``: along each non-last dim the frequencies
