@@ -70,22 +70,32 @@ def models(lmax: int, mmax: int, device: str) -> dict[str, tuple[torch.nn.Module
 
 
 def grid_rows(shape: tuple[int, int], pass_: str, repeats: int, device: str) -> list[dict]:
-    """The rows of one grid and pass, timed interleaved."""
+    """The rows of one grid and pass."""
     lmax = mmax = (shape[0] - 1) // 3
+    return interleaved_rows(models(lmax, mmax, device), shape, pass_, repeats, device, ("vs_neuralop", "neuralop-sfno"),
+                            {"grid": shape[0], "grid_w": shape[1], "lmax": lmax, "mmax": mmax})
+
+
+def interleaved_rows(impls: dict[str, tuple[torch.nn.Module, bool]], shape: tuple[int, ...], pass_: str,
+                     repeats: int, device: str, ratio: tuple[str, str], common: dict) -> list[dict]:
+    """Rows ``{**common, "impl", "pass", "batch", "threads", "seconds", "peak_mb", <column>}`` of the models ``impls``
+    (name -> (model, is_denoiser)) on one input of shape (1, CHANNELS, *shape), calls timed interleaved;
+    ``ratio = (column, reference)``: the column of seconds over those of the implementation ``reference``."""
     x = torch.randn(1, CHANNELS, *shape, device=device)
     sigma = torch.full((1,), 0.7, device=device)
     fns = {name: calls(model, is_denoiser, pass_, x, sigma, torch.float32)
-           for name, (model, is_denoiser) in models(lmax, mmax, device).items()}
+           for name, (model, is_denoiser) in impls.items()}
     peaks = {name: peak_mb(fn, device) for name, fn in fns.items()}  # also the warm-up call
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
             times[name].append(timed(fn, device))
     seconds = {name: statistics.median(t) for name, t in times.items()}
-    common = {"grid": shape[0], "grid_w": shape[1], "lmax": lmax, "mmax": mmax, "pass": pass_, "batch": 1,
-              "threads": torch.get_num_threads()}
-    print(f"{shape[0]}x{shape[1]} {pass_}: " + ", ".join(f"{k} {v:.4g} s" for k, v in seconds.items()), flush=True)
-    return [{**common, "impl": name, "seconds": t, "peak_mb": peaks[name], "vs_neuralop": t / seconds["neuralop-sfno"]}
+    common = {**common, "pass": pass_, "batch": 1, "threads": torch.get_num_threads()}
+    print("x".join(map(str, shape)) + f" {pass_}: " + ", ".join(f"{k} {v:.4g} s" for k, v in seconds.items()),
+          flush=True)
+    column, reference = ratio
+    return [{**common, "impl": name, "seconds": t, "peak_mb": peaks[name], column: t / seconds[reference]}
             for name, t in seconds.items()]
 
 

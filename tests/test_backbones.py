@@ -107,6 +107,30 @@ def test_uno_levels_are_factors_of_the_input_grid_and_resampling_is_exact():
         uno(torch.zeros(1, 1, 12, 12), 0.0)
 
 
+@pytest.mark.parametrize("n_modes, levels, shape", [((12, 12), 2, (2, 2, 40, 36)), ((10,), 1, (2, 2, 50)),
+                                                    ((6, 6, 6), 1, (2, 2, 14, 12, 16))])
+def test_uno_on_the_row_layout_equals_the_channels_first_uno(monkeypatch, n_modes, levels, shape):
+    """A spectral-only UNO runs its levels on the FNO's row layout (resampling along the grid's axes there, the
+    fused block paths): outputs and gradients (input and every parameter) equal the channels-first path's to
+    float64 round-off, in 1-D, 2-D (odd-even grid) and 3-D."""
+    torch.manual_seed(5)
+    model = build_denoiser({"backbone": "uno", "in_channels": 2, "out_channels": 2, "n_modes": list(n_modes),
+                            "hidden_channels": 8, "norm_groups": 4, "levels": levels, "sigma_data": 0.5}).double()
+    assert model.backbone.on_rows()
+    x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    sigma = torch.tensor([0.3, 2.0], dtype=torch.float64)
+    results = []
+    for rows in (True, False):
+        monkeypatch.setattr(NoiseConditionedUNO, "on_rows", lambda self, rows=rows: rows)
+        out = model(x, sigma)
+        results.append((out, torch.autograd.grad(out.square().sum(), [x, *model.parameters()])))
+    (a, grads_a), (b, grads_b) = results
+    torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
+    for ga, gb in zip(grads_a, grads_b):
+        torch.testing.assert_close(ga, gb, atol=1e-10, rtol=1e-10)
+
+
+
 @pytest.mark.parametrize("name", NEW)
 def test_checkpoint_round_trip(name):
     """``EDMPrecond.config`` rebuilds the backbone; the state dict loads with weights_only=True; same outputs."""

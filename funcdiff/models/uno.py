@@ -29,6 +29,7 @@ from torch import nn
 from funcdiff.models.backbone import Backbone
 from funcdiff.models.conditioning import NoiseEmbedding, PointwiseLinear
 from funcdiff.models.fno import FNOBlock, NoiseConditionedFNO, split_noise
+from funcdiff.models.spectral import RowLayoutSpectral, from_rows, to_rows
 from funcdiff.models.local_fno import LocalFNOConfig, LocalSpectralConv, block_config
 from funcdiff.utils import keep_freed_memory
 
@@ -69,28 +70,30 @@ class UNOConfig(LocalFNOConfig):
         return [self.hidden_channels * 2 ** level for level in range(self.levels + 1)]
 
 
-def fourier_rescale(x: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+def fourier_rescale(x: torch.Tensor, size: tuple[int, ...], rows: bool = False) -> torch.Tensor:
     """Resample a periodic field (B, C, *S) onto the grid ``size`` by truncating or zero-padding its Fourier modes
-    (modes strictly below both grids' Nyquist frequency are kept, as in :func:`funcdiff.utils.fourier_resample`).
+    (modes strictly below both grids' Nyquist frequency are kept, as in :func:`funcdiff.utils.fourier_resample`);
+    with ``rows`` the field is on the row layout (B, n_1, .., C, n_d) of :func:`~funcdiff.models.spectral.to_rows`.
 
-    Shapes: x (B, C, *S_in) -> (B, C, *size); float16/bfloat16 are transformed in float32."""
+    Shapes: x (B, C, *S_in) -> (B, C, *size), or the row layouts; float16/bfloat16 are transformed in float32."""
     size = tuple(int(n) for n in size)
-    if tuple(x.shape[2:]) == size:
+    d = len(size)
+    axes = (*range(1, d), x.ndim - 1) if rows else tuple(range(2, 2 + d))  # the grid's axes, the last one last
+    if tuple(x.shape[a] for a in axes) == size:
         return x
     dtype = x.dtype
     work = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
-    d = len(size)
-    dims = tuple(range(-d, 0))
     with torch.autocast(x.device.type, enabled=False):
-        x_hat = torch.fft.rfftn(x.to(work), dim=dims, norm="forward")
-        for axis, (n_in, n_out) in enumerate(zip(x.shape[2:-1], size[:-1]), start=2):
+        x_hat = torch.fft.rfftn(x.to(work), dim=axes, norm="forward")
+        for axis, n_out in zip(axes[:-1], size[:-1]):
+            n_in = x.shape[axis]
             keep = (min(n_in, n_out) - 1) // 2
             low, high = x_hat.narrow(axis, 0, keep + 1), x_hat.narrow(axis, n_in - keep, keep)
             zeros = x_hat.new_zeros(*x_hat.shape[:axis], n_out - 2 * keep - 1, *x_hat.shape[axis + 1:])
             x_hat = torch.cat([low, zeros, high], dim=axis)
         keep = (min(x.shape[-1], size[-1]) - 1) // 2
         x_hat = x_hat[..., : keep + 1]
-        return torch.fft.irfftn(x_hat, s=size, dim=dims, norm="forward").to(dtype)
+        return torch.fft.irfftn(x_hat, s=size, dim=axes, norm="forward").to(dtype)
 
 
 class NoiseConditionedUNO(NoiseConditionedFNO):
@@ -139,21 +142,39 @@ class NoiseConditionedUNO(NoiseConditionedFNO):
         self._check_input(x, cond)
         c_sample, c_field = split_noise(c_noise, x)
         emb = self.embedding(c_sample)
-        h = self.lifting(self._input_features(x, c_noise, c_field, cond))
+        features = self._input_features(x, c_noise, c_field, cond)
         grids = self.grids(tuple(x.shape[2:]))
+        if not self.on_rows():
+            return self.projection(self._levels(self.lifting(features), emb, grids, rows=False))
+        h = self._levels(self.lifting.forward_rows(to_rows(features)), emb, grids, rows=True)
+        return from_rows(self._project_rows(h))
+
+    def on_rows(self) -> bool:
+        """Whether the blocks run on the row layout (every global layer a
+        :class:`~funcdiff.models.spectral.RowLayoutSpectral`: spectral blocks without local kernels), as the FNO's."""
+        return all(isinstance(block.spectral, RowLayoutSpectral) for level in (*self.down, *self.up) for block in level)
+
+    def _levels(self, h: torch.Tensor, emb: torch.Tensor, grids: list[tuple[int, ...]], rows: bool) -> torch.Tensor:
+        """The U: blocks and resampling from the lifted field to the field before the projection, channels first
+        (B, C, *S) or on the row layout (B, n_1, .., C, n_d)."""
+        channels = -2 if rows else 1
+
+        def linear(layer: PointwiseLinear, y: torch.Tensor) -> torch.Tensor:
+            return layer.forward_rows(y) if rows else layer(y)
+
         skips = []
         for level, blocks in enumerate(self.down):
             if level:
-                h = self.widen[level - 1](fourier_rescale(h, grids[level]))
+                h = linear(self.widen[level - 1], fourier_rescale(h, grids[level], rows))
             for block in blocks:
-                h = block(h, emb)
+                h = block(h, emb, rows=rows)
             skips.append(h)
         for level in reversed(range(self.config.levels)):
-            h = self.narrow[level](fourier_rescale(h, grids[level]))
-            h = self.merge[level](torch.cat([h, skips[level]], dim=1))
+            h = linear(self.narrow[level], fourier_rescale(h, grids[level], rows))
+            h = linear(self.merge[level], torch.cat([h, skips[level]], dim=channels))
             for block in self.up[level]:
-                h = block(h, emb)
-        return self.projection(h)
+                h = block(h, emb, rows=rows)
+        return h
 
     def _check_resolution(self, resolution: tuple[int, ...]) -> None:
         for level, (grid, modes) in enumerate(zip(self.grids(resolution), self.config.level_modes())):
