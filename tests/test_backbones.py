@@ -107,21 +107,28 @@ def test_uno_levels_are_factors_of_the_input_grid_and_resampling_is_exact():
         uno(torch.zeros(1, 1, 12, 12), 0.0)
 
 
-@pytest.mark.parametrize("n_modes, levels, shape", [((12, 12), 2, (2, 2, 40, 36)), ((10,), 1, (2, 2, 50)),
-                                                    ((6, 6, 6), 1, (2, 2, 14, 12, 16))])
-def test_uno_on_the_row_layout_equals_the_channels_first_uno(monkeypatch, n_modes, levels, shape):
-    """A spectral-only UNO runs its levels on the FNO's row layout (resampling along the grid's axes there, the
-    fused block paths): outputs and gradients (input and every parameter) equal the channels-first path's to
-    float64 round-off, in 1-D, 2-D (odd-even grid) and 3-D."""
+@pytest.mark.parametrize("config, shape", [
+    ({"backbone": "uno", "n_modes": [12, 12], "levels": 2}, (2, 2, 40, 36)),
+    ({"backbone": "uno", "n_modes": [10], "levels": 1}, (2, 2, 50)),
+    ({"backbone": "uno", "n_modes": [6, 6, 6], "levels": 1}, (2, 2, 14, 12, 16)),
+    ({"backbone": "uno", "n_modes": [8, 8], "levels": 1, "local_kernels": ["differential", "integral"]}, (2, 2, 24, 20)),
+    ({"backbone": "local_fno", "n_modes": [8, 8], "local_kernels": ["differential", "integral"]}, (2, 2, 24, 20)),
+    ({"backbone": "local_fno", "n_modes": [8], "local_kernels": ["differential", "integral"]}, (2, 2, 40)),
+    ({"backbone": "local_fno", "n_modes": [4, 4, 4], "local_kernels": ["integral"]}, (2, 2, 10, 12, 14)),
+], ids=lambda v: "-".join(map(str, v)) if isinstance(v, tuple) else v["backbone"] + str(len(v["n_modes"])) + "d")
+def test_row_layout_equals_the_channels_first_path(monkeypatch, config, shape):
+    """The UNO (resampling between levels along the grid's axes of the row layout) and the local FNO (local kernels
+    between two transposes) run their blocks on the FNO's row layout: outputs and gradients (input and every
+    parameter) equal the channels-first path's to float64 round-off, in 1-D, 2-D (an odd-even grid) and 3-D."""
     torch.manual_seed(5)
-    model = build_denoiser({"backbone": "uno", "in_channels": 2, "out_channels": 2, "n_modes": list(n_modes),
-                            "hidden_channels": 8, "norm_groups": 4, "levels": levels, "sigma_data": 0.5}).double()
+    model = build_denoiser({"in_channels": 2, "out_channels": 2, "hidden_channels": 8, "norm_groups": 4,
+                            "sigma_data": 0.5, **config}).double()
     assert model.backbone.on_rows()
     x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
     sigma = torch.tensor([0.3, 2.0], dtype=torch.float64)
     results = []
     for rows in (True, False):
-        monkeypatch.setattr(NoiseConditionedUNO, "on_rows", lambda self, rows=rows: rows)
+        monkeypatch.setattr(type(model.backbone), "on_rows", lambda self, shape=None, rows=rows: rows)
         out = model(x, sigma)
         results.append((out, torch.autograd.grad(out.square().sum(), [x, *model.parameters()])))
     (a, grads_a), (b, grads_b) = results
@@ -129,6 +136,18 @@ def test_uno_on_the_row_layout_equals_the_channels_first_uno(monkeypatch, n_mode
     for ga, gb in zip(grads_a, grads_b):
         torch.testing.assert_close(ga, gb, atol=1e-10, rtol=1e-10)
 
+
+def test_uno_trains_channels_first_where_its_coarsest_rows_are_short():
+    """The layout rule of NoiseConditionedUNO.on_rows: inference always on the row layout; under autograd only when
+    the coarsest level keeps ROWS_MIN_SIDE_UNDER_AUTOGRAD points per row (benchmarks/row_layout_speed.py)."""
+    from funcdiff.models.uno import ROWS_MIN_SIDE_UNDER_AUTOGRAD
+
+    uno = build_backbone("uno", in_channels=1, out_channels=1, n_modes=(12, 12), norm_groups=4, levels=2)
+    short, long = (4 * ROWS_MIN_SIDE_UNDER_AUTOGRAD - 4,) * 2, (4 * ROWS_MIN_SIDE_UNDER_AUTOGRAD,) * 2
+    with torch.no_grad():
+        assert uno.on_rows(short) and uno.on_rows(long)
+    with torch.enable_grad():
+        assert not uno.on_rows(short) and uno.on_rows(long)
 
 
 @pytest.mark.parametrize("name", NEW)

@@ -257,7 +257,7 @@ class NoiseConditionedFNO(Backbone):
         c_sample, c_field = split_noise(c_noise, x)
         emb = self.embedding(c_sample)
         features = self._input_features(x, c_noise, c_field, cond)
-        if not all(isinstance(block.spectral, RowLayoutSpectral) for block in self.blocks):
+        if not self.on_rows(tuple(x.shape[2:])):
             h = self.lifting(features)
             for block in self.blocks:
                 h = block(h, emb)
@@ -267,6 +267,12 @@ class NoiseConditionedFNO(Backbone):
         for block in self.blocks:
             h = block(h, emb, rows=True)
         return from_rows(self._project_rows(h))
+
+    def on_rows(self, shape: tuple[int, ...] | None = None) -> bool:
+        """Whether the blocks run on the row layout of :func:`~funcdiff.models.spectral.to_rows` (for an input grid
+        ``shape``): every block's global layer is a :class:`~funcdiff.models.spectral.RowLayoutSpectral` (otherwise
+        channels first)."""
+        return all(isinstance(block.spectral, RowLayoutSpectral) for block in self.blocks)
 
     def _project_rows(self, h: torch.Tensor) -> torch.Tensor:
         """The projection ``W2 gelu(W1 h + b1) + b2`` on the row layout (B, n_1, .., W, n_d) -> (B, .., out, n_d):

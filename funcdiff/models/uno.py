@@ -96,6 +96,9 @@ def fourier_rescale(x: torch.Tensor, size: tuple[int, ...], rows: bool = False) 
         return torch.fft.irfftn(x_hat, s=size, dim=axes, norm="forward").to(dtype)
 
 
+ROWS_MIN_SIDE_UNDER_AUTOGRAD = 64  # see NoiseConditionedUNO.on_rows
+
+
 class NoiseConditionedUNO(NoiseConditionedFNO):
     """``F(x, c_noise, cond)``: a U-shaped stack of noise-conditioned Fourier blocks (see the module docstring).
 
@@ -144,15 +147,23 @@ class NoiseConditionedUNO(NoiseConditionedFNO):
         emb = self.embedding(c_sample)
         features = self._input_features(x, c_noise, c_field, cond)
         grids = self.grids(tuple(x.shape[2:]))
-        if not self.on_rows():
+        if not self.on_rows(grids[0]):
             return self.projection(self._levels(self.lifting(features), emb, grids, rows=False))
         h = self._levels(self.lifting.forward_rows(to_rows(features)), emb, grids, rows=True)
         return from_rows(self._project_rows(h))
 
-    def on_rows(self) -> bool:
-        """Whether the blocks run on the row layout (every global layer a
-        :class:`~funcdiff.models.spectral.RowLayoutSpectral`: spectral blocks without local kernels), as the FNO's."""
-        return all(isinstance(block.spectral, RowLayoutSpectral) for level in (*self.down, *self.up) for block in level)
+    def on_rows(self, shape: tuple[int, ...] | None = None) -> bool:
+        """Whether the blocks run on the row layout, as the FNO's: every global layer is a
+        :class:`~funcdiff.models.spectral.RowLayoutSpectral` (the spectral layers, with or without local kernels),
+        and, under autograd (training, guidance), the coarsest level of the input grid ``shape`` keeps at least
+        :data:`ROWS_MIN_SIDE_UNDER_AUTOGRAD` points along its last axis: on shorter rows the row layout's per-row
+        GEMMs and fused training paths cost more than the channels-first GEMMs, while inference is faster on the row
+        layout at every grid (measured on a CPU core by ``benchmarks/row_layout_speed.py``, which times both)."""
+        if not all(isinstance(block.spectral, RowLayoutSpectral) for level in (*self.down, *self.up) for block in level):
+            return False
+        if shape is None or not torch.is_grad_enabled():
+            return True
+        return self.grids(tuple(shape))[-1][-1] >= ROWS_MIN_SIDE_UNDER_AUTOGRAD
 
     def _levels(self, h: torch.Tensor, emb: torch.Tensor, grids: list[tuple[int, ...]], rows: bool) -> torch.Tensor:
         """The U: blocks and resampling from the lifted field to the field before the projection, channels first
