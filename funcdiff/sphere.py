@@ -101,30 +101,34 @@ def legendre_table(lmax: int, mmax: int, nlat: int, nlon: int) -> np.ndarray:
     return table
 
 
+@functools.lru_cache(maxsize=16)
+def sht_tables(lmax: int, mmax: int, nlat: int, nlon: int, dtype: torch.dtype, device: str
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Legendre table P̄ (mmax, lmax, H) of :func:`legendre_table` and the same times the quadrature weights,
+    in ``dtype`` on ``device``: what :class:`GridSHT` integrates and synthesises with. One copy per key in the
+    process (least recently used beyond 16 keys dropped): at ERA5's 0.25° grid with lmax = mmax = 240 the pair is
+    332 MB in float32, which every block of an SFNO used to hold on its own."""
+    legendre = torch.from_numpy(legendre_table(lmax, mmax, nlat, nlon))
+    weighted = legendre * torch.from_numpy(quadrature_weights(nlat, nlon))
+    return legendre.to(device=device, dtype=dtype), weighted.to(device=device, dtype=dtype)
+
+
 class GridSHT(nn.Module):
     """Forward and inverse real SHT on the regular grids of this module, for any (lmax, mmax).
 
     The same call signature as neuraloperator's SHT wrapper (``sht(x, s, norm, grid)``, ``isht(coeffs, s, norm,
     grid)``; ``norm`` must be "ortho", ``grid`` is ignored because the grid is known from the shape), so a
-    ``SphericalConv``'s ``sht_handle`` can be replaced by it. Tables are built once per (grid, degrees) in float64
-    and cast to the input's dtype and device.
+    ``SphericalConv``'s ``sht_handle`` can be replaced by it. Tables are built once per (grid, degrees) in float64,
+    cast to the input's dtype and device and shared by every instance (:func:`sht_tables`): the blocks of an SFNO
+    and the copies of a model (EMA) hold one set, not one each.
 
     Shapes: sht (..., H, W) real -> (..., L, M) complex; isht (..., L, M) complex -> (..., H, W) real.
     """
 
-    def __init__(self) -> None:
-        super().__init__()
-        self._cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
-
     def _tables(self, lmax: int, mmax: int, nlat: int, nlon: int, dtype: torch.dtype, device) -> tuple:
-        key = (lmax, mmax, nlat, nlon, dtype, str(device))
-        if key not in self._cache:
-            if mmax > nlon // 2:
-                raise ValueError(f"mmax={mmax} exceeds the {nlon // 2} longitudinal modes of a {nlat}x{nlon} grid")
-            legendre = torch.from_numpy(legendre_table(lmax, mmax, nlat, nlon))
-            weighted = legendre * torch.from_numpy(quadrature_weights(nlat, nlon))
-            self._cache[key] = (legendre.to(device=device, dtype=dtype), weighted.to(device=device, dtype=dtype))
-        return self._cache[key]
+        if mmax > nlon // 2:
+            raise ValueError(f"mmax={mmax} exceeds the {nlon // 2} longitudinal modes of a {nlat}x{nlon} grid")
+        return sht_tables(lmax, mmax, nlat, nlon, dtype, str(torch.device(device)))
 
     def sht(self, x: torch.Tensor, s: tuple[int, int] | None = None, norm: str = "ortho",
             grid: str | None = None) -> torch.Tensor:

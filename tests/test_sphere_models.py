@@ -118,3 +118,20 @@ def test_sfno_on_the_row_layout_equals_the_channels_first_model():
     grads = [torch.autograd.grad(y.square().sum(), [x, *m.parameters()]) for y, m in ((out, new), (expected, old))]
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
+
+
+def test_sht_tables_are_shared_by_every_block_and_model_copy():
+    """The blocks of an SFNO and a deep copy of the model (EMA) use one set of SHT tables per grid, degrees, dtype and
+    device (funcdiff.sphere.sht_tables), not one each."""
+    import copy
+
+    torch.manual_seed(6)
+    denoiser = build_denoiser({**MODEL, "cond_channels": 0}).eval()
+    twin = copy.deepcopy(denoiser)
+    x = band_limited((32, 64))[:, :2]
+    with torch.no_grad():
+        torch.testing.assert_close(denoiser(x, torch.tensor([0.5, 0.5])), twin(x, torch.tensor([0.5, 0.5])))
+    lmax, mmax = MODEL["n_modes"]
+    tables = [block.spectral.sht_handle._tables(lmax, mmax, 32, 64, torch.float32, "cpu")
+              for model in (denoiser, twin) for block in model.backbone.blocks]
+    assert all(t[0] is tables[0][0] and t[1] is tables[0][1] for t in tables)
