@@ -119,7 +119,7 @@ def test_uno_levels_are_factors_of_the_input_grid_and_resampling_is_exact():
 def test_row_layout_equals_the_channels_first_path(monkeypatch, config, shape):
     """The UNO (resampling between levels along the grid's axes of the row layout) and the local FNO (local kernels
     between two transposes) run their blocks on the FNO's row layout: outputs and gradients (input and every
-    parameter) equal the channels-first path's to float64 round-off, in 1-D, 2-D (an odd-even grid) and 3-D."""
+    parameter) equal the channels-first path's to float64 round-off, in 1-D, 2-D (a non-square grid) and 3-D."""
     torch.manual_seed(5)
     model = build_denoiser({"in_channels": 2, "out_channels": 2, "hidden_channels": 8, "norm_groups": 4,
                             "sigma_data": 0.5, **config}).double()
