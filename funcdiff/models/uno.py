@@ -29,8 +29,8 @@ from torch import nn
 from funcdiff.models.backbone import Backbone
 from funcdiff.models.conditioning import NoiseEmbedding, PointwiseLinear
 from funcdiff.models.fno import FNOBlock, NoiseConditionedFNO, split_noise
-from funcdiff.models.spectral import RowLayoutSpectral, from_rows, to_rows
 from funcdiff.models.local_fno import LocalFNOConfig, LocalSpectralConv, block_config
+from funcdiff.models.spectral import RowLayoutSpectral, from_rows, to_rows
 from funcdiff.utils import keep_freed_memory
 
 
