@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Callable, Hashable, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Callable, Hashable, Iterator, Sequence
 
 import torch
 
@@ -16,6 +18,29 @@ def append_dims(x: torch.Tensor, ndim: int) -> torch.Tensor:
     if x.ndim > ndim:
         raise ValueError(f"cannot append dims: tensor has {x.ndim} dims, more than the target {ndim}")
     return x.reshape(*x.shape, *([1] * (ndim - x.ndim)))
+
+
+_REPEATED_VJPS: ContextVar[bool] = ContextVar("funcdiff_repeated_vjps", default=False)
+
+
+@contextmanager
+def repeated_vjps(active: bool = True) -> Iterator[None]:
+    """Denoiser calls made inside prepare their graph for several vector-Jacobian products (MMPS: one per
+    conjugate-gradient iteration; DPS with damped terms: one per group): layers whose backward pass evaluates costly
+    element-wise derivatives (the GELUs of :class:`funcdiff.models.fno._GeluMLPRows`) keep them from the first pass,
+    so the later passes multiply by them. The results are the same; the price is that memory while the graph lives.
+    ``active=False`` leaves the setting as it was (a caller that makes one VJP only)."""
+    token = _REPEATED_VJPS.set(True) if active else None
+    try:
+        yield
+    finally:
+        if token is not None:
+            _REPEATED_VJPS.reset(token)
+
+
+def expects_repeated_vjps() -> bool:
+    """Whether the current call is inside :func:`repeated_vjps` (read by layers when they build their graph)."""
+    return _REPEATED_VJPS.get()
 
 
 def expand_sigma(sigma: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:

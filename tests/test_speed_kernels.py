@@ -65,3 +65,77 @@ def test_spectral_skip_rows_passes_gradcheck():
         return _SpectralSkipRows.apply(x, w, sw, sb, conv)
 
     assert torch.autograd.gradcheck(fn, (x, weight, skip.linear.weight, skip.linear.bias), eps=1e-6, atol=1e-6)
+
+
+def test_gelu_mlp_keeps_its_derivatives_for_repeated_vjps(monkeypatch):
+    """Built inside ``repeated_vjps`` (MMPS's CG iterations), :class:`_GeluMLPRows` keeps the GELU derivatives from
+    its first backward pass: every later pass gives the same gradients as without (x only and with the weights, with
+    and without the input GELU, over several chunks), and the derivatives are kept only inside the context."""
+    from funcdiff.models import fno
+    from funcdiff.models.fno import _GeluMLPRows
+    from funcdiff.utils import expects_repeated_vjps, repeated_vjps
+
+    monkeypatch.setattr(fno, "CHUNK_BYTES", 6 * 5 * 8 * 2)  # two tiles of (6, 5) float64 per chunk: 3 chunks
+    g = torch.Generator().manual_seed(4)
+    m = torch.randn(5, 4, 5, dtype=torch.float64, generator=g, requires_grad=True)
+    weights = [torch.randn(*shape, dtype=torch.float64, generator=g) for shape in ((6, 4), (6,), (3, 6), (3,))]
+    residual = torch.randn(5, 3, 5, dtype=torch.float64, generator=g)
+    for gelu_input in (True, False):
+        for trainable in (False, True):
+            params = [w.clone().requires_grad_(trainable) for w in weights]
+            wrt = [m] + (params if trainable else [])
+            probes = [torch.randn(5, 3, 5, dtype=torch.float64, generator=g) for _ in range(3)]
+            plain = _GeluMLPRows.apply(m, *params, gelu_input, residual)
+            with repeated_vjps():
+                assert expects_repeated_vjps()
+                kept = _GeluMLPRows.apply(m, *params, gelu_input, residual)
+            assert not expects_repeated_vjps()
+            assert plain.grad_fn.derivatives is None and kept.grad_fn.keep_derivatives
+            for probe in probes:  # the first pass makes the derivatives, the later ones use them
+                for a, b in zip(torch.autograd.grad(kept, wrt, probe, retain_graph=True),
+                                torch.autograd.grad(plain, wrt, probe, retain_graph=True)):
+                    torch.testing.assert_close(a, b, rtol=1e-14, atol=1e-14)
+            assert kept.grad_fn.derivatives is not None and plain.grad_fn.derivatives is None
+            assert (kept.grad_fn.derivatives[1] is None) == (not gelu_input)
+    with repeated_vjps(False):
+        assert not expects_repeated_vjps()
+
+
+def test_multi_vjp_guidance_builds_its_graph_for_repeated_vjps():
+    """MMPS (cg_iters + 1 VJPs per call) and DPS with a damped term (one VJP per group) call the denoiser inside
+    ``repeated_vjps``; MMPS without CG iterations and DPS with one group do not (one VJP: keeping would cost)."""
+    from funcdiff.guidance import GuidedDenoiser, ObservationGuidance, SparseObservation
+    from funcdiff.guidance.mmps import MomentMatchingDenoiser
+    from funcdiff.guidance.operators import SparseOperator
+    from funcdiff.guidance.terms import GuidanceTerm
+    from funcdiff.noise import GaussianRandomField
+    from funcdiff.utils import expects_repeated_vjps
+
+    seen = []
+
+    def denoiser(x, sigma):
+        seen.append(expects_repeated_vjps())
+        return 0.5 * x
+
+    class Damped(GuidanceTerm):
+        damped = True
+
+        def __call__(self, denoised, sigma):
+            return denoised.square().flatten(1).sum(1)
+
+        def curvature(self, denoised, delta, sigma):
+            return 2 * delta.square().flatten(1).sum(1)
+
+    noise = GaussianRandomField(dim=1, smoothness=2.0, length_scale=0.1)
+    coords = torch.tensor([[0.25], [0.5]])
+    obs = SparseObservation(coords, channels=(0,), values=torch.ones(1, 1, 2), noise_std=0.1)
+    x, sigma = torch.randn(2, 1, 16), torch.full((2,), 0.5)
+    cases = [(MomentMatchingDenoiser(denoiser, SparseOperator(obs, noise), noise, cg_iters=2), True),
+             (MomentMatchingDenoiser(denoiser, SparseOperator(obs, noise), noise, cg_iters=0), False),
+             (GuidedDenoiser(denoiser, [ObservationGuidance(obs, noise), Damped()], noise), True),
+             (GuidedDenoiser(denoiser, [ObservationGuidance(obs, noise)], noise), False)]
+    for guided, expected in cases:
+        seen.clear()
+        guided(x, sigma)
+        assert seen == [expected]
+    assert not expects_repeated_vjps()

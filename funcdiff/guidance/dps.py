@@ -67,7 +67,7 @@ from funcdiff.guidance.observations import SparseObservation
 from funcdiff.noise import GaussianRandomField
 from funcdiff.sampling import Denoiser, sample
 from funcdiff.schedules import RHO, SIGMA_MAX, SIGMA_MIN
-from funcdiff.utils import expand_sigma
+from funcdiff.utils import expand_sigma, repeated_vjps
 
 
 class GuidedDenoiser:
@@ -113,11 +113,12 @@ class GuidedDenoiser:
             xs, ss, [term.for_batch(rows) for term in self.terms]))
 
     def _guided(self, x: Tensor, sigma: Tensor, terms: list) -> Tensor:
+        plain = [t for t in terms if not t.damped]
+        groups = ([(plain, None)] if plain else []) + [([t], t) for t in terms if t.damped]
         with torch.enable_grad():
             x_in = x.detach().requires_grad_(True)
-            denoised = self.denoiser(x_in, sigma)
-            plain = [t for t in terms if not t.damped]
-            groups = ([(plain, None)] if plain else []) + [([t], t) for t in terms if t.damped]
+            with repeated_vjps(len(groups) > 1 and self.strength > 0):  # one VJP per group through this graph
+                denoised = self.denoiser(x_in, sigma)
             deltas = [self._correction(x_in, denoised, sigma, group, damped, last=k == len(groups) - 1)
                       for k, (group, damped) in enumerate(groups)]
             deltas = [d for d in deltas if d is not None]

@@ -51,7 +51,7 @@ from funcdiff.guidance.linalg import conjugate_gradient
 from funcdiff.guidance.operators import SparseOperator
 from funcdiff.noise import GaussianRandomField
 from funcdiff.sampling import Denoiser
-from funcdiff.utils import DeviceCount, expand_sigma
+from funcdiff.utils import DeviceCount, expand_sigma, repeated_vjps
 
 
 class MomentMatchingDenoiser:
@@ -111,7 +111,8 @@ class MomentMatchingDenoiser:
         self._calls.add(x.shape[0], x.device)
         with torch.enable_grad():
             x_in = x.detach().requires_grad_(True)
-            denoised = self.denoiser(x_in, sigma)
+            with repeated_vjps(self.cg_iters > 0 and self.strength > 0):  # cg_iters + 1 VJPs through this graph
+                denoised = self.denoiser(x_in, sigma)
             pred = op.predict(denoised)
             if self.strength == 0:
                 return denoised.detach()
