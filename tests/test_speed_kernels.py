@@ -139,3 +139,36 @@ def test_multi_vjp_guidance_builds_its_graph_for_repeated_vjps():
         guided(x, sigma)
         assert seen == [expected]
     assert not expects_repeated_vjps()
+
+
+def test_channels_first_gelus_keep_their_derivatives_for_repeated_vjps():
+    """A UNO on a small grid takes guidance's gradients channels first (its coarsest rows are short): built inside
+    ``repeated_vjps`` its GELUs save GELU'(x) (:class:`_KeptGelu`), and every VJP through the graph equals the VJP
+    of the plain graph."""
+    from funcdiff.models.uno import NoiseConditionedUNO, UNOConfig
+    from funcdiff.utils import repeated_vjps
+
+    torch.manual_seed(0)
+    model = NoiseConditionedUNO(UNOConfig(in_channels=2, out_channels=2, n_modes=(8, 8), hidden_channels=8,
+                                          levels=1)).double().requires_grad_(False)
+    x = torch.randn(2, 2, 20, 20, dtype=torch.float64, requires_grad=True)
+    c_noise = torch.tensor([0.1, -0.3], dtype=torch.float64)
+    assert not model.on_rows((20, 20))
+    plain = model(x, c_noise)
+    with repeated_vjps():
+        kept = model(x, c_noise)
+    seen, stack = {}, [kept.grad_fn]
+    while stack:  # every node of the graph
+        node = stack.pop()
+        if node is not None and id(node) not in seen:
+            seen[id(node)] = type(node).__name__
+            stack += [next_fn for next_fn, _ in node.next_functions]
+    assert "_KeptGeluBackward" in seen.values() and "GeluBackward0" not in seen.values()
+    torch.testing.assert_close(kept, plain, rtol=0, atol=0)
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        probe = torch.randn(plain.shape, dtype=torch.float64, generator=gen)
+        (a,), (b,) = (torch.autograd.grad(out, x, probe, retain_graph=True) for out in (kept, plain))
+        torch.testing.assert_close(a, b, rtol=1e-14, atol=1e-14)
+    with torch.no_grad():  # inference runs on the row layout: equal to round-off
+        torch.testing.assert_close(model(x, c_noise), plain, rtol=1e-12, atol=1e-12)

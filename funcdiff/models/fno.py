@@ -261,7 +261,7 @@ class NoiseConditionedFNO(Backbone):
             h = self.lifting(features)
             for block in self.blocks:
                 h = block(h, emb)
-            return self.projection(h)
+            return self._project(h)
         # the row layout (see funcdiff.models.spectral.to_rows): every stage a GEMM or pass without copies
         h = self.lifting.forward_rows(to_rows(features))
         for block in self.blocks:
@@ -273,6 +273,12 @@ class NoiseConditionedFNO(Backbone):
         ``shape``): every block's global layer is a :class:`~funcdiff.models.spectral.RowLayoutSpectral` (otherwise
         channels first)."""
         return all(isinstance(block.spectral, RowLayoutSpectral) for block in self.blocks)
+
+    def _project(self, h: torch.Tensor) -> torch.Tensor:
+        """The projection ``W2 act(W1 h + b1) + b2`` channels first (B, W, *S) -> (B, out, *S), its GELU by
+        :func:`_activate` (in place at inference)."""
+        lift, act, project = self.projection
+        return project(_activate(act, lift(h)))
 
     def _project_rows(self, h: torch.Tensor) -> torch.Tensor:
         """The projection ``W2 gelu(W1 h + b1) + b2`` on the row layout (B, n_1, .., W, n_d) -> (B, .., out, n_d):
@@ -646,10 +652,29 @@ def _exact_gelu(act: nn.Module) -> bool:
 
 
 def _activate(act: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``act(x)``; an exact ``nn.GELU`` runs in place when autograd will not need x."""
-    if type(act) is not nn.GELU or act.approximate != "none" or (torch.is_grad_enabled() and x.requires_grad):
+    """``act(x)``; an exact ``nn.GELU`` runs in place when autograd will not need x, and keeps its derivative for the
+    backward passes when the graph will be differentiated several times (:class:`_KeptGelu`)."""
+    if not _exact_gelu(act):
         return act(x)
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _KeptGelu.apply(x) if expects_repeated_vjps() else act(x)
     return torch.ops.aten.gelu_(x)
+
+
+class _KeptGelu(torch.autograd.Function):
+    """The exact GELU for a graph built inside :func:`funcdiff.utils.repeated_vjps` (the channels-first paths): saves
+    GELU'(x) instead of x, so that every backward pass is one multiplication instead of ``gelu_backward``'s erf and
+    exp (the same products: :func:`_gelu_derivative`). Shapes: any -> the same."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(_gelu_derivative(x, out=torch.empty_like(x, memory_format=torch.contiguous_format)))
+        return torch.nn.functional.gelu(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        derivative, = ctx.saved_tensors
+        return grad * derivative
 
 
 def split_noise(c_noise: torch.Tensor | float, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

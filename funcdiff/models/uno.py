@@ -148,7 +148,7 @@ class NoiseConditionedUNO(NoiseConditionedFNO):
         features = self._input_features(x, c_noise, c_field, cond)
         grids = self.grids(tuple(x.shape[2:]))
         if not self.on_rows(grids[0]):
-            return self.projection(self._levels(self.lifting(features), emb, grids, rows=False))
+            return self._project(self._levels(self.lifting(features), emb, grids, rows=False))
         h = self._levels(self.lifting.forward_rows(to_rows(features)), emb, grids, rows=True)
         return from_rows(self._project_rows(h))
 
