@@ -26,9 +26,10 @@ _REPEATED_VJPS: ContextVar[bool] = ContextVar("funcdiff_repeated_vjps", default=
 @contextmanager
 def repeated_vjps(active: bool = True) -> Iterator[None]:
     """Denoiser calls made inside prepare their graph for several vector-Jacobian products (MMPS: one per
-    conjugate-gradient iteration; DPS with damped terms: one per group): layers whose backward pass evaluates costly
-    element-wise derivatives (the GELUs of :class:`funcdiff.models.fno._GeluMLPRows`) keep them from the first pass,
-    so the later passes multiply by them. The results are the same; the price is that memory while the graph lives.
+    conjugate-gradient iteration; DPS with damped terms: one per group): the GELUs, whose backward pass evaluates erf
+    and exp, keep their derivatives (``funcdiff.models.fno._GeluMLPRows`` on the row layout from its first backward
+    pass, ``_KeptGelu`` channels first from the forward pass), so the later passes multiply by them. The gradients
+    are the same bit for bit; the price is that memory while the graph lives, and a first pass that costs more.
     ``active=False`` leaves the setting as it was (a caller that makes one VJP only)."""
     token = _REPEATED_VJPS.set(True) if active else None
     try:
