@@ -5,14 +5,15 @@
 # benchmarks/denoiser_speed.py (denoiser call and training step vs neuraloperator's FNO and the floor, bf16 rows with
 # the bf16 sample error and the bf16/fp32 training loss curves, torch.compile against eager at 128² and 256² with the
 # compile time, guided steps, rollouts; CUDA timings synchronise the device), then benchmarks/sfno_speed.py (the SFNO
-# call and training step against neuraloperator's SFNO, up to ERA5's 721x1440) and benchmarks/row_layout_speed.py
-# (FNO, UNO, local FNO on the row layout against channels first). One command, one folder:
+# call and training step against neuraloperator's SFNO, up to ERA5's 721x1440), benchmarks/row_layout_speed.py
+# (FNO, UNO, local FNO on the row layout against channels first) and benchmarks/repeated_vjps.py (MMPS's VJPs with
+# and without the kept GELU derivatives). One command, one folder:
 #
 #     bash benchmarks/gpu_smoke.sh                      # on a GPU machine; results under runs/gpu_smoke/
 #     DEVICE=cpu RES=32 N_TRAIN=64 STEPS=20 BATCH=8 N_TEST=2 GPU_ARGS="--quick --resolutions 32" \
 #       TRAIN_ARGS="--set model.n_modes=[8,8] --set model.hidden_channels=16 --set model.n_layers=2" \
 #       SPEED_ARGS="--quick --grids 64 --memory-batch 0 --guided-grids 64 --rollout-grids 64 --bf16" \
-#       SFNO_ARGS="--grids 32x64" LAYOUT_ARGS="--grids 64" \
+#       SFNO_ARGS="--grids 32x64" LAYOUT_ARGS="--grids 64" VJP_ARGS="--quick" \
 #       bash benchmarks/gpu_smoke.sh                    # the same pipeline, tiny, on a CPU (a check, not a result)
 #
 # Sized by estimate for under 8 minutes on one large GPU (H100/H200 class). Its last two phases ran on one H200
@@ -38,6 +39,7 @@ SPEED_ARGS=${SPEED_ARGS:---bf16 --compile --compile-grids 128 256}
 # benchmarks/sfno_speed.py options (default: every grid to 721x1440, the training step at every grid too)
 SFNO_ARGS=${SFNO_ARGS:---train-grids 32x64 121x240 361x720 721x1440}
 LAYOUT_ARGS=${LAYOUT_ARGS:-}  # benchmarks/row_layout_speed.py options (default 64²-512²)
+VJP_ARGS=${VJP_ARGS:-}  # benchmarks/repeated_vjps.py options (default 64² and 128²)
 TESTS=${TESTS:-1}      # TESTS=0 skips the CUDA tests
 mkdir -p "$OUT"
 phase() { echo "== $(date -u +%T) $*"; }
@@ -103,7 +105,9 @@ python benchmarks/sfno_speed.py --device "$DEVICE" $SFNO_ARGS --out "$OUT/sfno_s
 echo "   sfno_speed.py took $((SECONDS - t5)) s"
 phase "benchmarks/row_layout_speed.py $LAYOUT_ARGS"
 python benchmarks/row_layout_speed.py --device "$DEVICE" $LAYOUT_ARGS --out "$OUT/row_layout_speed.json"
-phase "done in $((SECONDS - t0)) s: $OUT/inverse_${RES}.json, $OUT/inverse_${RES}.png, $OUT/gpu.json, $OUT/denoiser_speed.json, $OUT/sfno_speed.json, $OUT/row_layout_speed.json"
+phase "benchmarks/repeated_vjps.py $VJP_ARGS"
+python benchmarks/repeated_vjps.py --device "$DEVICE" $VJP_ARGS --out "$OUT/repeated_vjps.json"
+phase "done in $((SECONDS - t0)) s: $OUT/inverse_${RES}.json, $OUT/inverse_${RES}.png, $OUT/gpu.json, $OUT/denoiser_speed.json, $OUT/sfno_speed.json, $OUT/row_layout_speed.json, $OUT/repeated_vjps.json"
 if [ "$tests_rc" != 0 ]; then
     echo "CUDA tests FAILED (exit status $tests_rc): $OUT/test_cuda.txt"
     exit "$tests_rc"

@@ -27,6 +27,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 SCRIPTS = {"noise": "noise.py", "sampler_overhead": "sampler_overhead.py", "scaling": "scaling.py",
            "pde_solvers": "pde_solvers.py", "gpu": "gpu.py", "denoiser_speed": "denoiser_speed.py",
            "sfno_speed": "sfno_speed.py", "row_layout_speed": "row_layout_speed.py",
+           "repeated_vjps": "repeated_vjps.py",
            "threads": "threads.py", "guidance": "guidance.py",
            "inverse_problems": "inverse_problems.py", "inverse_methods": "inverse_problems.py",
            "few_step_guidance": "few_step_guidance.py", "forecasting": "forecasting.py", "era5": "era5.py",
@@ -37,10 +38,10 @@ SCRIPTS = {"noise": "noise.py", "sampler_overhead": "sampler_overhead.py", "scal
 # matching prefix; files that match none go to "other", so a new benchmark is never silently dropped.
 PAGES: dict[str, tuple[str, str, tuple[str, ...], str]] = {
     "speed": ("Speed: noise, solvers, sampler, scaling, threads", "noise.py, sampler_overhead.py, scaling.py, "
-              "pde_solvers.py, gpu.py, denoiser_speed.py, sfno_speed.py, row_layout_speed.py, chunk_size.py, profile_call.py, "
-              "threads.py",
+              "pde_solvers.py, gpu.py, denoiser_speed.py, sfno_speed.py, row_layout_speed.py, repeated_vjps.py, "
+              "chunk_size.py, profile_call.py, threads.py",
               ("noise", "sampler_overhead", "scaling", "pde_solvers", "gpu", "denoiser_speed", "sfno_speed",
-               "row_layout_speed", "chunk_size", "op_counts", "threads"),
+               "row_layout_speed", "repeated_vjps", "chunk_size", "op_counts", "threads"),
               "Cost of the building blocks: GRF sampling by FFT against a dense Cholesky factor of the same "
               "covariance, the sampler's overhead over bare denoiser calls, denoiser and training-step time "
               "against the grid size, throughput and accuracy of the data generators (error against a grid "
@@ -48,7 +49,9 @@ PAGES: dict[str, tuple[str, str, tuple[str, ...], str]] = {
               "call against neuraloperator's FNO (`denoiser_speed`), one SFNO call against neuraloperator's SFNO and "
               "against funcdiff's SFNO before its blocks ran on the row layout, on lat-lon grids up to ERA5's "
               "0.25° (`sfno_speed`), the FNO, UNO and local FNO on the row layout against the "
-              "same weights channels first (`row_layout_speed`), and torch thread counts alone and beside a "
+              "same weights channels first (`row_layout_speed`), several VJPs through one denoiser call (MMPS's CG "
+              "iterations) with and without the kept GELU derivatives of `funcdiff.utils.repeated_vjps` "
+              "(`repeated_vjps`), and torch thread counts alone and beside a "
               "competing job (`threads`). Files ending in `_h200` were measured on one NVIDIA H200 GPU "
               "(`--device cuda`), with CUDA-graph rows (`graphed`, `sample`) and the chunk size of the row "
               "layout on that device (`chunk_size_h200`). `op_counts`: the aten operators one inference call "
