@@ -174,7 +174,7 @@ class FNOBlock(nn.Module):
             gain, offset = _fold_group_norm(gain, offset, mean, rstd, norm)
         chunks = _row_chunks(batch, h3.shape[1], step)
         if len(chunks) == 1:  # the whole field is one chunk (small grids; a GPU): one pass, no loop
-            y = torch.addcmul(offset[:, None, :, None], h3, gain[:, None, :, None]).view(-1, channels, n)
+            y = _scale_shift(h3, gain[:, None, :, None], offset[:, None, :, None]).view(-1, channels, n)
             out = _tile_linear(self.mlp[2].linear, torch.ops.aten.gelu_(
                 _tile_linear(self.mlp[0].linear, torch.ops.aten.gelu_(y))))
             return out.add_(x.view(out.shape)).view(x.shape)
@@ -184,7 +184,7 @@ class FNOBlock(nn.Module):
         for b, r in chunks:
             shape = (b.stop - b.start, r.stop - r.start, channels, n)
             tiles = shape[0] * shape[1]
-            y = torch.addcmul(offset[b, None, :, None], h3[b, r], gain[b, None, :, None], out=act[:tiles].view(shape))
+            y = _scale_shift(h3[b, r], gain[b, None, :, None], offset[b, None, :, None], out=act[:tiles].view(shape))
             g = _tile_linear(self.mlp[0].linear, torch.ops.aten.gelu_(y.view(tiles, channels, n)), out=wide[:tiles])
             _tile_linear(self.mlp[2].linear, torch.ops.aten.gelu_(g), out=out[b, r].view(tiles, channels, n)).add_(
                 x3[b, r].view(tiles, channels, n))
@@ -217,7 +217,7 @@ class FNOBlock(nn.Module):
                 raise ValueError("the row layout supports GroupNorm or no norm")
             return self.film(norm(h), emb)
         dtype = h4.dtype
-        out = torch.addcmul(offset.to(dtype)[:, None, :, None], h4, gain.to(dtype)[:, None, :, None])
+        out = _scale_shift(h4, gain.to(dtype)[:, None, :, None], offset.to(dtype)[:, None, :, None])
         return out.view(h.shape)
 
 
@@ -351,6 +351,17 @@ class NoiseConditionedFNO(Backbone):
             )
 
 
+def _scale_shift(h: torch.Tensor, gain: torch.Tensor, offset: torch.Tensor,
+                 out: torch.Tensor | None = None) -> torch.Tensor:
+    """``h * gain + offset`` with gain and offset broadcast against h (per sample and channel: constant along the
+    rows), into ``out`` if given. On a CPU a multiply and an in-place add: torch's ``addcmul`` with a broadcast addend
+    leaves its vectorised loop and took 2.3x the time of the two on a 1 MiB field and 2.4x on 8 MiB (measured on an
+    AVX2 core); on a GPU one ``addcmul``, one kernel."""
+    if not cache_sized(h):
+        return torch.addcmul(offset, h, gain, out=out)
+    return torch.mul(h, gain, out=out).add_(offset)
+
+
 def _fold_group_norm(gain: torch.Tensor, offset: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor,
                      norm: nn.GroupNorm) -> tuple[torch.Tensor, torch.Tensor]:
     """``gain * norm(h) + offset`` as one affine map ``gain' * h + offset'`` per (sample, channel), from GroupNorm's
@@ -424,8 +435,8 @@ class _GroupStats(torch.autograd.Function):
         count = h.shape[1] * h.shape[3] * per_group
         slope = -grad_rstd * rstd**3 / count  # (B, G): the coefficient of h
         const = grad_mean / count - slope * mean
-        return (torch.addcmul(const.repeat_interleave(per_group, 1)[:, None, :, None], h,
-                              slope.repeat_interleave(per_group, 1)[:, None, :, None]), None, None)
+        return (_scale_shift(h, slope.repeat_interleave(per_group, 1)[:, None, :, None],
+                             const.repeat_interleave(per_group, 1)[:, None, :, None]), None, None)
 
 
 def _row_chunks(batch: int, rows: int, step: int) -> list[tuple[slice, slice]]:
@@ -460,7 +471,7 @@ class _GroupNormAffine(torch.autograd.Function):
         gain = a * rstd
         ctx.save_for_backward(h, a, mean, rstd)
         ctx.groups, ctx.count = groups, h.shape[1] * h.shape[3] * per_group
-        return torch.addcmul((b - gain * mean)[:, None, :, None], h, gain[:, None, :, None])
+        return _scale_shift(h, gain[:, None, :, None], (b - gain * mean)[:, None, :, None])
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
@@ -479,8 +490,8 @@ class _GroupNormAffine(torch.autograd.Function):
         m1, m2 = group_mean(a * sum_g), group_mean(a * grad_a)  # means over a group of dxhat and dxhat * xhat
         k_grad, k_h = rstd * a, -rstd * rstd * m2
         const = -rstd * m1 - k_h * mean
-        grad_h = torch.addcmul(const[:, None, :, None], grad, k_grad[:, None, :, None])
-        grad_h.addcmul_(h, k_h[:, None, :, None])
+        grad_h = _scale_shift(grad, k_grad[:, None, :, None], const[:, None, :, None])
+        grad_h.addcmul_(h, k_h[:, None, :, None])  # in place: vectorised with a broadcast factor
         return grad_h, grad_a, grad_b, None, None
 
 
