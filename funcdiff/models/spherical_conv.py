@@ -14,7 +14,8 @@ generic tensor-algebra einsum and its SHT by einsums that batch over m with stri
 per batch element (about 1,500 copies per call of a 4-block SFNO, measured); here every stage is one FFT or one
 batched GEMM on contiguous operands:
 
-1. ``rfft`` along longitude (the contiguous last axis), the first ``mmax`` orders kept, × 2π;
+1. ``rfft`` along longitude (the contiguous last axis), the first ``mmax`` orders kept, × 2π
+   (:func:`~funcdiff.sphere.longitude_fourier`: its backward pass is one inverse real FFT of the kept orders);
 2. the Legendre analysis, per order m one GEMM over latitude with the quadrature-weighted table: (M, L, H) @
    (M, H, 2·B·C) (real and imaginary parts side by side);
 3. the degree-wise weight, per degree l one complex GEMM: (L, M·B, C_in) @ (L, C_in, C_out);
@@ -28,14 +29,12 @@ of :func:`funcdiff.sphere.grid_kind`.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from neuralop.layers.spherical_convolution import SphericalConv
 
 from funcdiff.models.conditioning import PointwiseLinear
 from funcdiff.models.spectral import RowLayoutSpectral, from_rows, to_rows
-from funcdiff.sphere import GridSHT
+from funcdiff.sphere import GridSHT, longitude_fourier
 
 
 class SphericalRowsConv(SphericalConv, RowLayoutSpectral):
@@ -68,7 +67,7 @@ class SphericalRowsConv(SphericalConv, RowLayoutSpectral):
         lmax, mmax = int(self.n_modes[0]), int(self.n_modes[1]) // 2
         with torch.autocast(x.device.type, enabled=False):
             legendre, weighted = self.sht_handle._tables(lmax, mmax, nlat, nlon, work, x.device)  # (M, L, H) each
-            fourier = torch.fft.rfft(x.to(work), dim=-1, norm="forward")[..., :mmax] * (2 * math.pi)  # (B, H, C, M)
+            fourier = longitude_fourier(x.to(work), mmax)  # (B, H, C, M)
             coeffs = _per_order(weighted, fourier.permute(3, 1, 0, 2))  # (M, L, B, C_in)
             weight = self.weight.to_tensor()[:, :, :lmax].to(coeffs.dtype)  # (C_in, C_out, L)
             mixed = torch.bmm(coeffs.transpose(0, 1).reshape(lmax, mmax * batch, -1),  # per degree: (M·B, C_in)
