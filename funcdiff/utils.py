@@ -44,6 +44,44 @@ def expects_repeated_vjps() -> bool:
     return _REPEATED_VJPS.get()
 
 
+def record_tensor_inputs(ctx, *inputs) -> None:
+    """In the forward pass of a custom autograd Function, note which of its ``inputs`` (all of them, in order) are
+    tensors, for :func:`input_grads_in_use`."""
+    ctx.tensor_inputs = tuple(isinstance(t, torch.Tensor) for t in inputs)
+
+
+def input_grads_in_use(ctx) -> tuple[bool, ...]:
+    """In the backward pass of a custom autograd Function: ``ctx.needs_input_grad`` narrowed to the inputs whose
+    gradient the running backward pass will use (inputs noted by :func:`record_tensor_inputs`).
+
+    ``needs_input_grad`` says only which inputs require grad. Guidance takes ``torch.autograd.grad(loss, x)``, which
+    needs no weight gradients even when the weights require grad (a model that is still being trained): torch's own
+    operators skip those, and so do the layers that ask here. Asks the autograd engine whether it will run the node
+    each input's gradient goes to (``torch._C._will_engine_execute_node``, as torch's multi-grad hooks do); where it
+    cannot answer (a leaf that ``autograd.grad`` captures, a backward pass traced outside the engine) the gradient
+    counts as used."""
+    needs = ctx.needs_input_grad
+    try:
+        nodes = [node for node, _ in ctx.next_functions]  # one per tensor input
+    except AttributeError:
+        return needs
+    if len(nodes) != sum(ctx.tensor_inputs):
+        return needs
+    used, k = [], 0
+    for need, is_tensor in zip(needs, ctx.tensor_inputs):
+        node = nodes[k] if is_tensor else None
+        k += is_tensor
+        used.append(bool(need and node is not None and _engine_will_run(node)))
+    return tuple(used)
+
+
+def _engine_will_run(node) -> bool:
+    try:
+        return torch._C._will_engine_execute_node(node)
+    except RuntimeError:  # a leaf captured by autograd.grad, or no backward pass of the engine running
+        return True
+
+
 def expand_sigma(sigma: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
     """Return ``sigma`` as a tensor broadcastable to ``x`` (B, C, *S).
 

@@ -190,3 +190,79 @@ def test_longitude_fourier_backward_is_the_adjoint_of_the_truncated_rfft():
         assert longitude_fourier(x, mmax).grad_fn.name().endswith("_LongitudeFourierBackward")
     x = torch.randn(1, 2, 12, dtype=torch.float64, generator=gen, requires_grad=True)
     assert torch.autograd.gradcheck(lambda t: longitude_fourier(t, 4), (x,))
+
+
+class _CountOps(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts the aten operators called inside (by name)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counts: dict[str, int] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        self.counts[name] = self.counts.get(name, 0) + 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_input_grads_in_use_follows_the_running_backward_pass():
+    """``input_grads_in_use`` narrows ``needs_input_grad`` to what the running backward pass uses: only x for
+    ``autograd.grad(loss, x)``, every input that requires grad for ``loss.backward()``, aligned past non-tensor
+    arguments and tensors that do not require grad."""
+    from funcdiff.utils import input_grads_in_use, record_tensor_inputs
+
+    seen = []
+
+    class Probe(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, k, w, nothing, b):
+            record_tensor_inputs(ctx, x, k, w, nothing, b)
+            return x * w * k + b
+
+        @staticmethod
+        def backward(ctx, grad):
+            seen.append(input_grads_in_use(ctx))
+            return grad, None, grad, None, grad
+
+    x, w = torch.randn(3, requires_grad=True), torch.randn(3, requires_grad=True)
+    for b in (torch.randn(3), torch.randn(3, requires_grad=True)):
+        torch.autograd.grad(Probe.apply(x * 1, 3, w, None, b).sum(), x)
+        Probe.apply(x * 1, 3, w, None, b).sum().backward()
+        torch.autograd.grad(Probe.apply(x * 1, 3, w, None, b).sum(), (w, b) if b.requires_grad else (w,))
+    assert seen == [(True, False, False, False, False), (True, False, True, False, False),
+                    (False, False, True, False, False), (True, False, False, False, False),
+                    (True, False, True, False, True), (False, False, True, False, True)]
+
+
+def test_vjps_of_a_trainable_model_skip_the_weight_gradients(monkeypatch):
+    """Guidance's VJP (x only) through layers whose weights still require grad: the fused MLP does the same work as
+    with frozen weights, and the spectral+skip layer leaves out the weight-gradient GEMM and products that it makes
+    when it goes by ``needs_input_grad`` alone; the gradients are the same."""
+    from funcdiff.models import fno, spectral
+    from funcdiff.models.conditioning import PointwiseLinear
+
+    g = torch.Generator().manual_seed(5)
+    m = torch.randn(6, 4, 7, dtype=torch.float64, generator=g)
+    weights = [torch.randn(*shape, dtype=torch.float64, generator=g) for shape in ((8, 4), (8,), (4, 8), (4,))]
+
+    def vjp(x, call):
+        x = x.clone().requires_grad_(True)
+        out = call(x)
+        with _CountOps() as counter:
+            grad, = torch.autograd.grad(out, x, torch.ones_like(out))
+        return grad, counter.counts
+
+    def mlp(train):
+        return lambda x: fno._GeluMLPRows.apply(x, *[w.clone().requires_grad_(train) for w in weights], True, None)
+
+    (frozen, frozen_ops), (trained, trained_ops) = vjp(m, mlp(False)), vjp(m, mlp(True))
+    torch.testing.assert_close(trained, frozen, rtol=0, atol=0)
+    assert trained_ops == frozen_ops
+
+    conv, skip = spectral.PeriodicSpectralConv(4, 4, (4, 4)).double(), PointwiseLinear(4, 4).double()
+    field = torch.randn(1, 6, 4, 7, dtype=torch.float64, generator=g)  # rows (B, n_1, C, n_2)
+    ours, ours_ops = vjp(field, lambda x: conv.forward_rows_with_skip(x, skip))
+    monkeypatch.setattr(spectral, "input_grads_in_use", lambda ctx: ctx.needs_input_grad)
+    every, every_ops = vjp(field, lambda x: conv.forward_rows_with_skip(x, skip))
+    torch.testing.assert_close(ours, every, rtol=0, atol=0)
+    assert ours_ops["bmm"] == every_ops["bmm"] - 1 and sum(ours_ops.values()) < sum(every_ops.values())

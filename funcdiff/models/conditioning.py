@@ -13,7 +13,7 @@ import math
 import torch
 from torch import nn
 
-from funcdiff.utils import append_dims, grid_coordinates
+from funcdiff.utils import append_dims, grid_coordinates, input_grads_in_use, record_tensor_inputs
 
 
 class PointwiseLinear(nn.Module):
@@ -87,6 +87,7 @@ class _GeluLinearRows(torch.autograd.Function):
             out = torch.baddbmm(bias[None, :, None], weight.expand(g.shape[0], -1, -1), g)
         ctx.save_for_backward(z3, weight)
         ctx.has_bias = bias is not None
+        record_tensor_inputs(ctx, z3, weight, bias)
         return out
 
     @staticmethod
@@ -94,12 +95,13 @@ class _GeluLinearRows(torch.autograd.Function):
         z3, weight = ctx.saved_tensors
         go3 = grad_out.contiguous()
         grad_z = grad_w = grad_b = None
+        need_z, need_w, need_b = input_grads_in_use(ctx)
         # bmm, not matmul: matmul copies a transposed or broadcast operand into a contiguous one first
-        if ctx.needs_input_grad[1]:
+        if need_w:
             grad_w = torch.bmm(go3, torch.nn.functional.gelu(z3).transpose(1, 2)).sum(0)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
+        if ctx.has_bias and need_b:
             grad_b = go3.sum(-1).sum(0)  # contiguous axis first: 1.6x faster than sum(dim=(0, 2))
-        if ctx.needs_input_grad[0]:
+        if need_z:
             grad_z = torch.ops.aten.gelu_backward(torch.bmm(weight.t().expand(go3.shape[0], -1, -1), go3), z3)
         return grad_z, grad_w, grad_b
 

@@ -30,7 +30,8 @@ from funcdiff.models.backbone import Backbone
 from funcdiff.models.conditioning import (FiLM, NoiseEmbedding, PointwiseLinear, cached_features,
                                          periodic_grid_features)
 from funcdiff.models.spectral import PeriodicSpectralConv, RowLayoutSpectral, from_rows, to_rows
-from funcdiff.utils import append_dims, expects_repeated_vjps, keep_freed_memory
+from funcdiff.utils import (append_dims, expects_repeated_vjps, input_grads_in_use, keep_freed_memory,
+                            record_tensor_inputs)
 
 POSITIONAL_EMBEDDINGS = (None, "grid")
 
@@ -538,6 +539,7 @@ class _GeluMLPRows(torch.autograd.Function):
             if residual is not None:
                 out_c.add_(residual[c])
         ctx.save_for_backward(m, z, w1, w2)
+        record_tensor_inputs(ctx, m, w1, b1, w2, b2, gelu_input, residual)
         ctx.gelu_input = gelu_input
         ctx.keep_derivatives, ctx.derivatives = expects_repeated_vjps(), None  # see the class docstring
         return out
@@ -545,8 +547,9 @@ class _GeluMLPRows(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         m, z, w1, w2 = ctx.saved_tensors
-        need_m, need_w1, need_b1, need_w2, need_b2 = ctx.needs_input_grad[:5]
-        need_residual = len(ctx.needs_input_grad) > 6 and ctx.needs_input_grad[6]
+        needs = input_grads_in_use(ctx)  # guidance's VJPs (x only) skip the weight gradients
+        need_m, need_w1, need_b1, need_w2, need_b2 = needs[:5]
+        need_residual = len(needs) > 6 and needs[6]
         go = grad_out.contiguous()
         grad_m = torch.empty_like(m) if need_m else None
         grad_w1 = torch.zeros_like(w1) if need_w1 else None
@@ -564,7 +567,7 @@ class _GeluMLPRows(torch.autograd.Function):
         if keep:
             ctx.derivatives = (torch.empty_like(z), torch.empty_like(m) if ctx.gelu_input else None)
         d_z, d_m = ctx.derivatives or (None, None)
-        for c in chunks:  # guidance's VJPs (x only) skip the weight gradients
+        for c in chunks:
             go_c, z_c, m_c = go[c], z[c], m[c]
             size = c.stop - c.start
             if need_w2:

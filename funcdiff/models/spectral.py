@@ -28,6 +28,7 @@ import torch
 from neuralop.layers.spectral_convolution import SpectralConv
 
 from funcdiff.models.conditioning import PointwiseLinear
+from funcdiff.utils import input_grads_in_use, record_tensor_inputs
 
 
 class RowLayoutSpectral(ABC):
@@ -263,12 +264,13 @@ class _SpectralSkipRows(torch.autograd.Function):
         ctx.conv, ctx.trainable = conv, trainable
         saved_modes = x_hat.clone() if trainable else None  # small; a view of an intermediate breaks torch.compile
         ctx.save_for_backward(given if skip_weight.requires_grad else None, saved_modes, weight, skip_weight)
+        record_tensor_inputs(ctx, given, weight, skip_weight, skip_bias, conv)
         return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         x, x_hat, weight, skip_weight = ctx.saved_tensors
-        need_x, need_weight, need_skip_weight, need_skip_bias = ctx.needs_input_grad[:4]
+        need_x, need_weight, need_skip_weight, need_skip_bias = input_grads_in_use(ctx)[:4]
         conv = ctx.conv
         g = grad.contiguous()
         n = g.shape[-1]
@@ -340,13 +342,15 @@ class _ModeMix(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(x, w)
+        record_tensor_inputs(ctx, x, w)
         return _mode_mix_product(x, w)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         x, w = ctx.saved_tensors
-        grad_x = _mode_mix_input_grad(grad, w) if ctx.needs_input_grad[0] else None
-        grad_w = _mode_mix_weight_grad(x, grad, w.shape) if ctx.needs_input_grad[1] else None
+        need_x, need_w = input_grads_in_use(ctx)
+        grad_x = _mode_mix_input_grad(grad, w) if need_x else None
+        grad_w = _mode_mix_weight_grad(x, grad, w.shape) if need_w else None
         return grad_x, grad_w
 
 
