@@ -1,4 +1,4 @@
-"""Several VJPs through one denoiser call, with and without ``funcdiff.utils.repeated_vjps``: FNO, UNO, SFNO.
+"""Several VJPs through one denoiser call: with and without ``funcdiff.utils.repeated_vjps``, frozen or not.
 
 Usage: python benchmarks/repeated_vjps.py [--quick] [--threads 1] [--backbones fno uno sfno] [--grids 64 128]
        [--vjps 6] [--out FILE.json]
@@ -12,19 +12,23 @@ Rows: {"backbone", "grid", "layout", "impl", "batch", "threads", "vjps", "forwar
 "total_s", "vs_plain"}:
   impl    plain     the forward call under autograd and ``vjps`` VJPs of random cotangents (``retain_graph``)
           repeated  the same, the forward call inside ``repeated_vjps()``
+          trainable plain, with the weights requiring grad (a model not frozen, e.g. still being trained): the
+                    custom layers compute only the gradients the VJP uses (``funcdiff.utils.input_grads_in_use``),
+                    so its vs_plain is the cost left of not freezing the model
   layout  the layout the backbone picks under autograd (``on_rows``): rows or channels-first
   forward_s, first_vjp_s, later_vjp_s  medians over the repeats (later: the median of VJPs 2..``vjps``)
   total_s   the median of forward + all VJPs; vs_plain = total / plain's total (below 1: repeated is faster)
 The models are those of ``row_layout_speed.py`` (width 32, 16² modes, 2 channels: the FNO with 4 blocks, the UNO
 with 2 levels) and an SFNO of 4 blocks with 16 degrees on an (n/2) x n lat-lon grid; batch 2, weights frozen as in
-guidance (gradients for the input only). The two impls alternate call by call, so that load from other jobs on a
-shared machine hits both alike.
+guidance (gradients for the input only; trainable aside). The impls alternate call by call, so that load from
+other jobs on a shared machine hits all alike.
 
     python benchmarks/repeated_vjps.py --out benchmarks/results/repeated_vjps.json
 """
 
 from __future__ import annotations
 
+import copy
 import statistics
 import sys
 import time
@@ -73,29 +77,33 @@ def vjp_times(denoiser, x: torch.Tensor, sigma: torch.Tensor, vjps: int, repeate
     return times
 
 
+IMPLS = ("plain", "repeated", "trainable")
+
+
 def backbone_rows(name: str, n: int, vjps: int, repeats: int, device: str) -> list[dict]:
-    """The two rows (plain, repeated) of one backbone and grid, timed alternately."""
+    """The rows (``IMPLS``) of one backbone and grid, timed alternately."""
     denoiser = build_denoiser({**COMMON, **BACKBONES[name]}).to(device).requires_grad_(False)
+    models = {"plain": denoiser, "repeated": denoiser, "trainable": copy.deepcopy(denoiser).requires_grad_(True)}
     shape = grid_shape(name, n)
     x = torch.randn(BATCH, COMMON["in_channels"], *shape, generator=torch.Generator().manual_seed(0)).to(device)
     sigma = torch.full((BATCH,), 1.0, device=device)
     with torch.enable_grad():
         layout = "rows" if denoiser.backbone.on_rows(shape) else "channels-first"
-    runs = {False: [], True: []}
+    runs = {impl: [] for impl in IMPLS}
     for k in range(repeats + 1):
-        for repeated in (False, True):
-            times = vjp_times(denoiser, x, sigma, vjps, repeated, device)
+        for impl in IMPLS:
+            times = vjp_times(models[impl], x, sigma, vjps, impl == "repeated", device)
             if k:  # the first round warms up (the SHT and DFT tables, the allocator)
-                runs[repeated].append(times)
+                runs[impl].append(times)
     rows = []
-    for repeated in (False, True):
-        columns = list(zip(*runs[repeated]))
+    for impl in IMPLS:
+        columns = list(zip(*runs[impl]))
         rows.append({"backbone": name, "grid": n, "grid_shape": list(shape), "layout": layout,
-                     "impl": "repeated" if repeated else "plain", "batch": BATCH, "threads": torch.get_num_threads(),
+                     "impl": impl, "batch": BATCH, "threads": torch.get_num_threads(),
                      "vjps": vjps, "forward_s": statistics.median(columns[0]),
                      "first_vjp_s": statistics.median(columns[1]),
                      "later_vjp_s": statistics.median([t for col in columns[2:] for t in col]),
-                     "total_s": statistics.median([sum(run) for run in runs[repeated]])})
+                     "total_s": statistics.median([sum(run) for run in runs[impl]])})
     for row in rows:
         row["vs_plain"] = row["total_s"] / rows[0]["total_s"]
     return rows
