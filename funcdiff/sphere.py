@@ -195,8 +195,8 @@ def _truncated_rfft(x: torch.Tensor, mmax: int) -> torch.Tensor:
 class _LongitudeFourier(torch.autograd.Function):
     """:func:`longitude_fourier` with the adjoint as backward pass. For a real loss and the conjugate-Wirtinger
     gradient g of the coefficients, ``∂L/∂x_k = (2π/W) Re Σ_{m<M} g_m e^{2πi mk/W}``, which is ``irfft(Y, W,
-    norm="forward")`` of Y_0 = (2π/W) g_0 and Y_m = (π/W) g_m for 0 < m < W/2 (the inverse real FFT counts those
-    orders twice; a Nyquist order, m = W/2, once), zero above M. Shapes as there."""
+    norm="forward")`` of Y_0 = (2π/W) g_0, Y_m = (π/W) g_m for 0 < m < W/2 (the inverse real FFT counts these orders
+    twice) and, when kept, the Nyquist order Y_{W/2} = (2π/W) g_{W/2} (counted once), zero above M. Shapes as there."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, mmax: int) -> torch.Tensor:
