@@ -75,16 +75,31 @@ def fourier_rescale(x: torch.Tensor, size: tuple[int, ...], rows: bool = False) 
     (modes strictly below both grids' Nyquist frequency are kept, as in :func:`funcdiff.utils.fourier_resample`);
     with ``rows`` the field is on the row layout (B, n_1, .., C, n_d) of :func:`~funcdiff.models.spectral.to_rows`.
 
+    Under autograd the backward pass is the adjoint resampling (:class:`_FourierRescale`), two real FFTs, where
+    torch's ``rfftn`` backward runs a complex FFT over a zero-filled full spectrum of the input grid.
+
     Shapes: x (B, C, *S_in) -> (B, C, *size), or the row layouts; float16/bfloat16 are transformed in float32."""
     size = tuple(int(n) for n in size)
-    d = len(size)
-    axes = (*range(1, d), x.ndim - 1) if rows else tuple(range(2, 2 + d))  # the grid's axes, the last one last
-    if tuple(x.shape[a] for a in axes) == size:
+    if tuple(x.shape[a] for a in _grid_axes(x, len(size), rows)) == size:
         return x
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _FourierRescale.apply(x, size, rows)
+    return _rescale(x, size, rows, "forward")
+
+
+def _grid_axes(x: torch.Tensor, dims: int, rows: bool) -> tuple[int, ...]:
+    """The axes of a field's grid, the last one last: (B, C, *S) or the row layout (B, n_1, .., C, n_d)."""
+    return (*range(1, dims), x.ndim - 1) if rows else tuple(range(2, 2 + dims))
+
+
+def _rescale(x: torch.Tensor, size: tuple[int, ...], rows: bool, norm: str) -> torch.Tensor:
+    """:func:`fourier_rescale` with the FFTs' normalisation ``norm``: "forward" resamples; "backward" (the analysis
+    unscaled, the synthesis over the output's points) is the adjoint of resampling from ``size`` onto x's grid."""
+    axes = _grid_axes(x, len(size), rows)
     dtype = x.dtype
     work = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
     with torch.autocast(x.device.type, enabled=False):
-        x_hat = torch.fft.rfftn(x.to(work), dim=axes, norm="forward")
+        x_hat = torch.fft.rfftn(x.to(work), dim=axes, norm=norm)
         for axis, n_out in zip(axes[:-1], size[:-1]):
             n_in = x.shape[axis]
             keep = (min(n_in, n_out) - 1) // 2
@@ -93,7 +108,24 @@ def fourier_rescale(x: torch.Tensor, size: tuple[int, ...], rows: bool = False) 
             x_hat = torch.cat([low, zeros, high], dim=axis)
         keep = (min(x.shape[-1], size[-1]) - 1) // 2
         x_hat = x_hat[..., : keep + 1]
-        return torch.fft.irfftn(x_hat, s=size, dim=axes, norm="forward").to(dtype)
+        return torch.fft.irfftn(x_hat, s=size, dim=axes, norm=norm).to(dtype)
+
+
+class _FourierRescale(torch.autograd.Function):
+    """:func:`fourier_rescale` with its adjoint as backward pass. Resampling R = F_out⁻¹ P F_in keeps the same
+    symmetric set of modes (below both grids' Nyquist frequencies) on both grids, so Rᵀ = (N_out / N_in) R', R' the
+    resampling from the output grid back onto the input grid: ``_rescale(grad, input grid, norm="backward")``, whose
+    FFT normalisation carries the factor (N = points of a grid). Tested against autograd's gradient to 1e-15 in
+    float64."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, size: tuple[int, ...], rows: bool) -> torch.Tensor:
+        ctx.grid, ctx.rows = tuple(x.shape[a] for a in _grid_axes(x, len(size), rows)), rows
+        return _rescale(x, size, rows, "forward")
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        return _rescale(grad, ctx.grid, ctx.rows, "backward"), None, None
 
 
 ROWS_MIN_SIDE_UNDER_AUTOGRAD = 64  # see NoiseConditionedUNO.on_rows
