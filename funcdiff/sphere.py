@@ -34,6 +34,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from funcdiff.utils import rfftn
+
 GRID_RULES = ("without poles: W = 2H, latitudes -90 + (i + 1/2) 180/H", "with poles: W = 2(H - 1), latitudes -90 + i 180/(H - 1)")
 
 
@@ -177,42 +179,8 @@ class GridSHT(nn.Module):
 def longitude_fourier(x: torch.Tensor, mmax: int) -> torch.Tensor:
     """2π times the first ``mmax`` Fourier coefficients of x along longitude (the last axis), ``norm="forward"``:
     ``F_m = (2π/W) Σ_k x_k e^{-2πi mk/W}``, m < mmax: the longitude integral of the SHT analysis. Shapes: (..., W) real
-    -> (..., mmax) complex.
-
-    Under autograd its backward pass is one inverse real FFT of the kept orders (:class:`_LongitudeFourier`):
-    torch's own ``rfft`` backward fills a full-length complex spectrum and runs a complex FFT over it. For a 32-channel
-    121 × 240 field, forward and backward took 4.2 ms here against 14.4 ms through torch's, and an SFNO training step
-    at that grid 4 % less time (measured on one CPU core)."""
-    if torch.is_grad_enabled() and x.requires_grad:
-        return _LongitudeFourier.apply(x, int(mmax))
-    return _truncated_rfft(x, int(mmax))
-
-
-def _truncated_rfft(x: torch.Tensor, mmax: int) -> torch.Tensor:
-    return torch.fft.rfft(x, dim=-1, norm="forward")[..., :mmax] * (2 * math.pi)
-
-
-class _LongitudeFourier(torch.autograd.Function):
-    """:func:`longitude_fourier` with the adjoint as backward pass. For a real loss and the conjugate-Wirtinger
-    gradient g of the coefficients, ``∂L/∂x_k = (2π/W) Re Σ_{m<M} g_m e^{2πi mk/W}``, which is ``irfft(Y, W,
-    norm="forward")`` of Y_0 = (2π/W) g_0, Y_m = (π/W) g_m for 0 < m < W/2 (the inverse real FFT counts these orders
-    twice) and, when kept, the Nyquist order Y_{W/2} = (2π/W) g_{W/2} (counted once), zero above M. Shapes as there."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, mmax: int) -> torch.Tensor:
-        ctx.nlon = x.shape[-1]
-        return _truncated_rfft(x, mmax)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        nlon, kept = ctx.nlon, grad.shape[-1]
-        spectrum = grad.new_zeros(*grad.shape[:-1], nlon // 2 + 1)
-        torch.mul(grad, math.pi / nlon, out=spectrum[..., :kept])
-        spectrum[..., 0] *= 2
-        if nlon % 2 == 0 and kept > nlon // 2:
-            spectrum[..., nlon // 2] *= 2
-        return torch.fft.irfft(spectrum, n=nlon, dim=-1, norm="forward"), None
+    -> (..., mmax) complex. Under autograd its backward pass is one inverse real FFT (:func:`funcdiff.utils.rfftn`)."""
+    return rfftn(x, (-1,), norm="forward", keep=int(mmax), scale=2 * math.pi)
 
 
 def _check_norm(norm: str) -> None:

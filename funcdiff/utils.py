@@ -82,6 +82,57 @@ def _engine_will_run(node) -> bool:
         return True
 
 
+def rfftn(x: torch.Tensor, dim: Sequence[int], norm: str = "backward", keep: int | None = None,
+          scale: float = 1.0) -> torch.Tensor:
+    """``torch.fft.rfftn(x, dim=dim, norm=norm)`` (real input, the last of ``dim`` halved), optionally only its
+    first ``keep`` orders along the last axis of x (which must then be the last of ``dim``) and times ``scale``,
+    whose backward pass is one inverse real FFT (:class:`_RealFFT`). torch's own backward fills a full-length
+    complex spectrum with zeros and runs a complex FFT over every axis of it. Shapes: x (..., n_1, .., n_d) real ->
+    (..., n_1, .., n_d // 2 + 1), or (..., keep) along the last axis."""
+    dim = tuple(int(d) % x.ndim for d in dim)
+    if keep is not None and dim[-1] != x.ndim - 1:
+        raise ValueError(f"keep truncates the last axis of x, which must be the last of dim, got dim={dim}")
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _RealFFT.apply(x, dim, norm, keep, float(scale))
+    return _scaled_rfftn(x, dim, norm, keep, float(scale))
+
+
+def _scaled_rfftn(x: torch.Tensor, dim: tuple[int, ...], norm: str, keep: int | None, scale: float) -> torch.Tensor:
+    out = torch.fft.rfftn(x, dim=dim, norm=norm)
+    if keep is not None:
+        out = out[..., :keep]
+    return out * scale if scale != 1.0 or keep is not None else out
+
+
+_ADJOINT_NORM = {"backward": "forward", "forward": "backward", "ortho": "ortho"}
+
+
+class _RealFFT(torch.autograd.Function):
+    """:func:`rfftn` with the adjoint as backward pass. For a real loss and the conjugate-Wirtinger gradient g of the
+    stored frequencies, ``∂L/∂x_n = c Re Σ_k g_k e^{+2πi k·n/N}``, c the forward pass's scale: an inverse real FFT
+    (with the opposite normalisation, so that the scales match) of ``scale`` g zero-filled to the half spectrum, with
+    the orders 0 < k < n_d/2 of the last axis halved, because the inverse real FFT counts them twice (their
+    conjugate mirror images), and the orders 0 and n_d/2 once. Shapes as there."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, dim: tuple[int, ...], norm: str, keep: int | None, scale: float) -> torch.Tensor:
+        ctx.dim, ctx.norm, ctx.scale, ctx.sizes = dim, norm, scale, tuple(x.shape[d] for d in dim)
+        return _scaled_rfftn(x, dim, norm, keep, scale)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        last, n = ctx.dim[-1], ctx.sizes[-1]
+        kept = grad.shape[last]
+        spectrum = grad * (0.5 * ctx.scale)
+        if kept < n // 2 + 1:  # truncated (``keep``, the last axis): zeros above
+            spectrum = torch.nn.functional.pad(spectrum, (0, n // 2 + 1 - kept))
+        spectrum.select(last, 0).mul_(2)
+        if n % 2 == 0 and kept > n // 2:
+            spectrum.select(last, n // 2).mul_(2)
+        grad_x = torch.fft.irfftn(spectrum, s=ctx.sizes, dim=ctx.dim, norm=_ADJOINT_NORM[ctx.norm])
+        return grad_x, None, None, None, None
+
+
 def expand_sigma(sigma: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
     """Return ``sigma`` as a tensor broadcastable to ``x`` (B, C, *S).
 
