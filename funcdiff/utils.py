@@ -101,7 +101,7 @@ def _scaled_rfftn(x: torch.Tensor, dim: tuple[int, ...], norm: str, keep: int | 
     out = torch.fft.rfftn(x, dim=dim, norm=norm)
     if keep is not None:
         out = out[..., :keep]
-    return out * scale if scale != 1.0 or keep is not None else out
+    return out * scale if scale != 1.0 else out.contiguous()  # a truncation is copied, not returned as a view
 
 
 _ADJOINT_NORM = {"backward": "forward", "forward": "backward", "ortho": "ortho"}

@@ -102,6 +102,7 @@ class GridDifferential(nn.Module):
         super().__init__()
         self.dim = dim
         self.mix = PointwiseLinear(dim * in_channels, out_channels, bias=False)
+        self._symbols: dict = {}  # the stencil's Fourier symbols per grid, dtype and device (fourier_basis)
         with torch.no_grad():
             self.mix.linear.weight.mul_(0.5)
 
@@ -123,7 +124,7 @@ class GridDifferential(nn.Module):
         Shapes: x_hat (B, C, *K) (the ``rfftn`` of a (B, C, *shape) field) -> (B, d·C, *K), axis-major as
         :meth:`forward` concatenates."""
         key = (shape, x_hat.dtype, str(x_hat.device))
-        cache = self.__dict__.setdefault("_symbols", {})
+        cache = self._symbols
         if key not in cache:
             symbols = []
             for axis, n in enumerate(shape):
@@ -174,17 +175,18 @@ class LocalIntegral(nn.Module):
         return basis / norm.view(-1, *[1] * len(shape))
 
     def _spectra(self, shape: tuple[int, ...], dtype: torch.dtype, device) -> torch.Tensor:
+        """The stencils' ``rfftn`` (J, *K), made in float64 and cached in the complex dtype of the real ``dtype``."""
         key = (shape, dtype, str(device))
         if key not in self._cache:
             kernel = self.stencils(shape, dtype, device)
-            self._cache[key] = torch.fft.rfftn(kernel, dim=tuple(range(1, kernel.ndim))).to(device)
+            spectra = torch.fft.rfftn(kernel, dim=tuple(range(1, kernel.ndim)))
+            self._cache[key] = spectra.to(device=device, dtype=torch.promote_types(dtype, torch.complex64))
         return self._cache[key]
 
     def fourier_basis(self, x_hat: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
         """The convolutions with the basis kernels in the Fourier domain, for :func:`fourier_local`: x_hat (B, C, *K)
         (the ``rfftn`` of a (B, C, *shape) field) -> (B, C·J, *K), channel-major, κ_j * x for each channel."""
-        spectra = self._spectra(shape, x_hat.real.dtype, x_hat.device).to(x_hat.dtype)
-        return (x_hat.unsqueeze(2) * spectra).flatten(1, 2)
+        return (x_hat.unsqueeze(2) * self._spectra(shape, x_hat.real.dtype, x_hat.device)).flatten(1, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return fourier_local([self], x)
