@@ -373,7 +373,8 @@ def run_problem(problem: str, s: dict, args, work: Path) -> list[dict]:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    """Relative L2 vs network evaluations (guided rows), baselines as horizontal lines."""
+    """Relative L2 vs network evaluations (guided rows), baselines as horizontal lines; one curve per method and
+    backbone when the rows compare backbones. Tasks with only zero-shot rows (table only) get no panel."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -381,20 +382,27 @@ def plot(rows: list[dict], path: Path) -> None:
 
     from funcdiff.io.plots import save_figure
 
-    keys = sorted({(r["task"], r["direction"]) for r in rows})
+    shown = [r for r in rows if not r.get("zero_shot")]  # the zero-shot pairs (64² model at 128²): table only
+    keys = sorted({(r["task"], r["direction"]) for r in shown})
     fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.4), squeeze=False)
     for ax, (task, direction) in zip(axes[0], keys):
-        sub = [r for r in rows if (r["task"], r["direction"]) == (task, direction)]
-        sub = [r for r in sub if not r.get("zero_shot")]  # the zero-shot pairs (64² model at 128²): table only
-        curves = sorted({(r["method"], r.get("pde_weight")) for r in sub if r["estimator"] != "point"},
-                        key=lambda k: (k[0], k[1] or 0.0))
-        for method, weight in curves:
+        sub = [r for r in shown if (r["task"], r["direction"]) == (task, direction)]
+        curves = sorted({(r["method"], r.get("pde_weight"), r.get("backbone")) for r in sub if r["estimator"] != "point"},
+                        key=lambda k: (k[0], k[1] or 0.0, k[2] or ""))
+        backbones = sorted({c[2] for c in curves if c[2] is not None})
+        markers = {m: "os^vD<>"[k % 7] for k, m in enumerate(sorted({c[0] for c in curves}))}
+        for k, (method, weight, backbone) in enumerate(curves):
             name = method if weight is None else f"{method} (w={weight:g})"
-            for est, style in (("mean", "-o"), ("single", "--x")):
-                pts = sorted((r["nfe"], r["rel_l2"]) for r in sub if (r["method"], r.get("pde_weight")) ==
-                             (method, weight) and r["estimator"] == est)
+            # with backbones: a colour per backbone, a marker per method; otherwise a colour per curve
+            color = f"C{backbones.index(backbone) if backbones else k % 10}"
+            marker = markers[method] if backbones else "o"
+            name = name if backbone is None else f"{name}, {backbone}"
+            for est, line in (("mean", "-"), ("single", "--")):
+                pts = sorted((r["nfe"], r["rel_l2"]) for r in sub if (r["method"], r.get("pde_weight"),
+                             r.get("backbone")) == (method, weight, backbone) and r["estimator"] == est)
                 if pts:
-                    ax.plot(*zip(*pts), style, label=f"{name} ({est})")
+                    ax.plot(*zip(*pts), line, marker=marker if est == "mean" else "x", color=color,
+                            label=f"{name} ({est})")
         for r in sub:
             if r["estimator"] == "point":
                 ax.axhline(r["rel_l2"], ls=":", color="k" if r["method"] == "interpolation" else "r", label=r["method"])
