@@ -59,8 +59,11 @@ def input_grads_in_use(ctx) -> tuple[bool, ...]:
     operators skip those, and so do the layers that ask here. Asks the autograd engine whether it will run the node
     each input's gradient goes to (``torch._C._will_engine_execute_node``, as torch's multi-grad hooks do); where it
     cannot answer (a leaf that ``autograd.grad`` captures, a backward pass traced outside the engine) the gradient
-    counts as used."""
+    counts as used. With one input requiring grad there is nothing to narrow: the engine runs a node only for a
+    gradient it needs, so the node's one gradient is used (a frozen model's VJP asks nothing of the engine)."""
     needs = ctx.needs_input_grad
+    if sum(needs) <= 1:
+        return needs
     try:
         nodes = [node for node, _ in ctx.next_functions]  # one per tensor input
     except AttributeError:

@@ -21,6 +21,7 @@ load unchanged); same outputs to float32 round-off (tests/test_spectral_conv.py)
 from __future__ import annotations
 
 import math
+import warnings
 import weakref
 from abc import ABC, abstractmethod
 
@@ -59,6 +60,13 @@ class PeriodicSpectralConv(SpectralConv, RowLayoutSpectral):
         """Pickling (``torch.save(model)``, ``copy.deepcopy``) leaves out the caches of DFT matrices and of the
         mode-major weight: they are remade on the next call."""
         return {k: v for k, v in super().__getstate__().items() if k not in _CACHES}
+
+    def _apply(self, fn, recurse: bool = True):
+        """``Module.to`` with the spectral weight kept complex: torch's ``to(torch.float64)`` or ``to(device,
+        torch.bfloat16)`` casts complex parameters to the real dtype, dropping their imaginary parts (with a warning
+        shown once per process), which makes a different operator. Here the weight becomes complex128 for float64 and
+        stays complex64 for float32 and below (the layer transforms bf16/fp16 inputs in float32 anyway)."""
+        return super()._apply(_complex_kept(fn), recurse)
 
     def forward(self, x: torch.Tensor, output_shape: tuple[int, ...] | None = None) -> torch.Tensor:
         if output_shape is not None and tuple(output_shape) != tuple(x.shape[2:]):
@@ -161,8 +169,8 @@ class PeriodicSpectralConv(SpectralConv, RowLayoutSpectral):
         c_f [cos; -sin] with c_0 = 1, c_f = 2 otherwise (the Hermitian half of a real signal; f stays below
         n / 2 because the grid exceeds n_modes, so there is no Nyquist term).
         """
-        key = (sizes, dtype, str(device))
-        cache = self.__dict__.setdefault("_dft_cache", {})
+        key = (sizes, dtype, str(device))  # the matrices are copies (``copy=True``), never aliases of temporaries:
+        cache = self.__dict__.setdefault("_dft_cache", {})  # torch.compile traces this inside an autograd Function
         if key not in cache:
             complex_dtype = (torch.ones((), dtype=dtype) * 1j).dtype
             kept = list(self.weight.shape[2:])
@@ -170,22 +178,38 @@ class PeriodicSpectralConv(SpectralConv, RowLayoutSpectral):
             for n, m in zip(sizes[:-1], kept[:-1]):
                 freqs = torch.arange(m, dtype=torch.float64) - m // 2
                 theta = 2 * math.pi * torch.outer(freqs, torch.arange(n, dtype=torch.float64)) / n
-                forward_mats.append((torch.exp(-1j * theta) / n).to(device, complex_dtype))
-                inverse_mats.append(torch.exp(1j * theta).T.contiguous().to(device, complex_dtype))
+                forward_mats.append((torch.exp(-1j * theta) / n).to(device, complex_dtype, copy=True))
+                inverse_mats.append(torch.exp(1j * theta).T.contiguous().to(device, complex_dtype, copy=True))
             n, k = sizes[-1], kept[-1]
             if 2 * (k - 1) >= n:
                 raise ValueError(f"grid size {n} is too small for {k} real-FFT modes along the last axis")
             theta = 2 * math.pi * torch.outer(torch.arange(n, dtype=torch.float64), torch.arange(k, dtype=torch.float64)) / n
-            forward_mats.append((torch.stack([theta.cos(), -theta.sin()], dim=-1).reshape(n, 2 * k) / n).to(device, dtype))
+            forward_mats.append((torch.stack([theta.cos(), -theta.sin()], dim=-1).reshape(n, 2 * k) / n).to(device, dtype, copy=True))
             weights = torch.full((k, 1), 2.0, dtype=torch.float64)
             weights[0] = 1.0
             inverse = torch.stack([weights * theta.T.cos(), -weights * theta.T.sin()], dim=1).reshape(2 * k, n)
-            inverse_mats.append(inverse.to(device, dtype))
+            inverse_mats.append(inverse.to(device, dtype, copy=True))
             cache[key] = (forward_mats, inverse_mats)
         return cache[key]
 
 
 _CACHES = ("_dft_cache", "_mode_major")  # per-module caches kept in __dict__, never pickled
+
+
+def _complex_kept(fn):
+    """A tensor conversion ``fn`` of :meth:`torch.nn.Module._apply` that moves complex tensors without making them
+    real: where ``fn`` turns a complex tensor real (``to`` a real dtype), the tensor goes to ``fn``'s device as
+    complex128 for float64 and complex64 for any lower precision; any other conversion is ``fn``'s."""
+    def convert(t: torch.Tensor) -> torch.Tensor:
+        if not t.is_complex():
+            return fn(t)
+        with warnings.catch_warnings():  # the probe's cast would warn about the imaginary part
+            warnings.simplefilter("ignore")
+            probe = fn(torch.zeros((), dtype=t.dtype, device=t.device))
+        if probe.is_complex():
+            return fn(t)
+        return t.to(device=probe.device, dtype=torch.complex128 if probe.dtype == torch.float64 else torch.complex64)
+    return convert
 
 
 def _row_sizes(x: torch.Tensor) -> tuple[int, ...]:
