@@ -250,6 +250,26 @@ def test_input_grads_in_use_follows_the_running_backward_pass():
                     (True, False, True, False, True), (False, False, True, False, True)]
 
 
+def test_a_frozen_layers_vjp_does_not_ask_the_engine(monkeypatch):
+    """With one input requiring grad (a frozen spectral+skip layer's VJP: x only) ``input_grads_in_use`` answers
+    from ``needs_input_grad`` without asking the autograd engine (about 15 µs a call at 64², measured)."""
+    from funcdiff import utils
+    from funcdiff.models import spectral
+    from funcdiff.models.conditioning import PointwiseLinear
+
+    conv = spectral.PeriodicSpectralConv(4, 4, (4, 4)).requires_grad_(False)
+    skip = PointwiseLinear(4, 4).requires_grad_(False)
+    x = torch.randn(2, 6, 4, 7, requires_grad=True)  # rows (B, n_1, C, n_2)
+    expected, = torch.autograd.grad(conv.forward_rows_with_skip(x, skip).square().sum(), x)
+
+    def refuse(node):
+        raise AssertionError("the engine was asked")
+
+    monkeypatch.setattr(utils, "_engine_will_run", refuse)
+    grad, = torch.autograd.grad(conv.forward_rows_with_skip(x, skip).square().sum(), x)
+    torch.testing.assert_close(grad, expected, rtol=0, atol=0)
+
+
 def test_vjps_of_a_trainable_model_skip_the_weight_gradients(monkeypatch):
     """Guidance's VJP (x only) through layers whose weights still require grad: the fused MLP does the same work as
     with frozen weights, and the spectral+skip layer leaves out the weight-gradient GEMM and products that it makes
