@@ -60,7 +60,7 @@ def input_grads_in_use(ctx) -> tuple[bool, ...]:
     each input's gradient goes to (``torch._C._will_engine_execute_node``, as torch's multi-grad hooks do); where it
     cannot answer (a leaf that ``autograd.grad`` captures, a backward pass traced outside the engine) the gradient
     counts as used. With one input requiring grad there is nothing to narrow: the engine runs a node only for a
-    gradient it needs, so the node's one gradient is used (a frozen model's VJP asks nothing of the engine)."""
+    gradient it needs, so the node's one gradient is used (a frozen spectral layer's VJP asks nothing of the engine)."""
     needs = ctx.needs_input_grad
     if sum(needs) <= 1:
         return needs

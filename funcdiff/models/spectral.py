@@ -169,8 +169,10 @@ class PeriodicSpectralConv(SpectralConv, RowLayoutSpectral):
         c_f [cos; -sin] with c_0 = 1, c_f = 2 otherwise (the Hermitian half of a real signal; f stays below
         n / 2 because the grid exceeds n_modes, so there is no Nyquist term).
         """
-        key = (sizes, dtype, str(device))  # the matrices are copies (``copy=True``), never aliases of temporaries:
-        cache = self.__dict__.setdefault("_dft_cache", {})  # torch.compile traces this inside an autograd Function
+        # The cached matrices are copies (``copy=True``), never aliases of temporaries: torch.compile traces this inside
+        # an autograd Function, and dynamo refuses a cached alias there (float64, where ``to`` would return its input).
+        key = (sizes, dtype, str(device))
+        cache = self.__dict__.setdefault("_dft_cache", {})
         if key not in cache:
             complex_dtype = (torch.ones((), dtype=dtype) * 1j).dtype
             kept = list(self.weight.shape[2:])
@@ -184,7 +186,8 @@ class PeriodicSpectralConv(SpectralConv, RowLayoutSpectral):
             if 2 * (k - 1) >= n:
                 raise ValueError(f"grid size {n} is too small for {k} real-FFT modes along the last axis")
             theta = 2 * math.pi * torch.outer(torch.arange(n, dtype=torch.float64), torch.arange(k, dtype=torch.float64)) / n
-            forward_mats.append((torch.stack([theta.cos(), -theta.sin()], dim=-1).reshape(n, 2 * k) / n).to(device, dtype, copy=True))
+            analysis = torch.stack([theta.cos(), -theta.sin()], dim=-1).reshape(n, 2 * k) / n
+            forward_mats.append(analysis.to(device, dtype, copy=True))
             weights = torch.full((k, 1), 2.0, dtype=torch.float64)
             weights[0] = 1.0
             inverse = torch.stack([weights * theta.T.cos(), -weights * theta.T.sin()], dim=1).reshape(2 * k, n)
