@@ -319,8 +319,10 @@ def test_compiled_float64_model_trains_and_differentiates_like_eager():
     loss gradients (training) and input gradients (guidance's VJP) equal eager's. Dynamo's graph with the eager
     backend: the tracing is what failed, and no compiler runs in the suite. Static shapes, from a fresh dynamo:
     compiles earlier in the process (the trainer's, with other shapes) would make it trace with symbolic ones, where
-    the training graph fails in dynamo on every backend and dtype (``dynamic=True``: not mended)."""
+    the training graph fails in dynamo on every backend and dtype (``dynamic=True``: not mended). No warning about
+    the cache of positional features (dynamo ignores an ``lru_cache``: they are made in the graph)."""
     import copy
+    import warnings
 
     from funcdiff.models import build_backbone
 
@@ -330,8 +332,11 @@ def test_compiled_float64_model_trains_and_differentiates_like_eager():
                          n_layers=2).to(torch.float64)
     compiled = torch.compile(copy.deepcopy(net), backend="eager", dynamic=False)
     x, c = torch.randn(2, 2, 24, 24, dtype=torch.float64), torch.rand(2, dtype=torch.float64)
-    for model in (net, compiled):
-        model(x, c).square().mean().backward()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for model in (net, compiled):
+            model(x, c).square().mean().backward()
+    assert not [w for w in caught if "lru_cache" in str(w.message)]  # positional features made in the graph
     for p, q in zip(net.parameters(), compiled.parameters()):
         torch.testing.assert_close(q.grad, p.grad, rtol=1e-12, atol=1e-14)
     frozen = copy.deepcopy(net).requires_grad_(False)

@@ -165,10 +165,17 @@ def periodic_grid_features(shape: tuple[int, ...], device=None, dtype=torch.floa
     return torch.cat([angles.sin(), angles.cos()]).to(dtype)
 
 
-@functools.lru_cache(maxsize=16)
 def cached_features(make, shape: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """``make(shape, device=device, dtype=dtype)`` (positional features: :func:`periodic_grid_features`, the
     sphere's) made once per function, grid, device and dtype and shared read-only: a backbone's call then makes
     them with no op at all and copies nothing from the host, which also lets a CUDA graph capture it
-    (:mod:`funcdiff.models.graphs`)."""
+    (:mod:`funcdiff.models.graphs`). Under ``torch.compile`` they are made in the traced graph instead (dynamo
+    ignores an ``lru_cache`` and warns about it on every compile)."""
+    if torch.compiler.is_compiling():
+        return make(shape, device=device, dtype=dtype)
+    return _made_features(make, shape, device, dtype)
+
+
+@functools.lru_cache(maxsize=16)
+def _made_features(make, shape: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     return make(shape, device=device, dtype=dtype)
