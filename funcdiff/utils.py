@@ -85,6 +85,12 @@ def _engine_will_run(node) -> bool:
         return True
 
 
+def transform_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the spectral layers transform inputs of ``dtype`` in: float32 for float16/bfloat16 (bf16/fp16
+    autocast), else ``dtype`` itself."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
 def rfftn(x: torch.Tensor, dim: Sequence[int], norm: str = "backward", keep: int | None = None,
           scale: float = 1.0) -> torch.Tensor:
     """``torch.fft.rfftn(x, dim=dim, norm=norm)`` (real input, the last of ``dim`` halved), optionally only its

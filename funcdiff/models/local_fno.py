@@ -42,7 +42,7 @@ from torch import nn
 from funcdiff.models.conditioning import PointwiseLinear
 from funcdiff.models.fno import FNOConfig, NoiseConditionedFNO
 from funcdiff.models.spectral import PeriodicSpectralConv, RowLayoutSpectral, from_rows, to_rows
-from funcdiff.utils import rfftn
+from funcdiff.utils import rfftn, transform_dtype
 
 LOCAL_KERNELS = ("differential", "integral")
 
@@ -84,10 +84,6 @@ class LocalFNOConfig(FNOConfig):
         return out
 
 
-def _work_dtype(x: torch.Tensor) -> torch.dtype:
-    return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
-
-
 class GridDifferential(nn.Module):
     """``D x = sum_i A_i (1 / 2 pi) d_i x`` by fourth-order central differences on a periodic grid of [0, 1)^d.
 
@@ -108,7 +104,7 @@ class GridDifferential(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
-        x = x.to(_work_dtype(x))
+        x = x.to(transform_dtype(x.dtype))
         grads = []
         for axis in range(x.ndim - self.dim, x.ndim):
             n = x.shape[axis]
@@ -198,7 +194,7 @@ def fourier_local(layers, x: torch.Tensor) -> torch.Tensor:
     there (a real linear map over channels commutes with the inverse FFT), one inverse FFT of the sum. The backward
     pass of the forward FFT is one inverse real FFT (:func:`funcdiff.utils.rfftn`). Shapes: x (B, C, *S) ->
     (B, C_out, *S); float16/bfloat16 transformed in float32."""
-    dtype, work = x.dtype, _work_dtype(x)
+    dtype, work = x.dtype, transform_dtype(x.dtype)
     shape = tuple(x.shape[2:])
     dims = tuple(range(-len(shape), 0))
     with torch.autocast(x.device.type, enabled=False):

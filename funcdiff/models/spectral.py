@@ -29,7 +29,7 @@ import torch
 from neuralop.layers.spectral_convolution import SpectralConv
 
 from funcdiff.models.conditioning import PointwiseLinear
-from funcdiff.utils import input_grads_in_use, record_tensor_inputs
+from funcdiff.utils import input_grads_in_use, record_tensor_inputs, transform_dtype
 
 
 class RowLayoutSpectral(ABC):
@@ -81,7 +81,7 @@ class PeriodicSpectralConv(SpectralConv, RowLayoutSpectral):
         """
         self._check_norm()
         in_dtype = x.dtype
-        work = torch.float32 if in_dtype in (torch.float16, torch.bfloat16) else in_dtype  # transforms in full precision
+        work = transform_dtype(in_dtype)
         with torch.autocast(x.device.type, enabled=False):
             x = x.to(work).contiguous()
             forward_mats, inverse_mats = self._dft_matrices(_row_sizes(x), work, x.device)

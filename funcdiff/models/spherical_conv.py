@@ -35,6 +35,7 @@ from neuralop.layers.spherical_convolution import SphericalConv
 from funcdiff.models.conditioning import PointwiseLinear
 from funcdiff.models.spectral import RowLayoutSpectral, from_rows, to_rows
 from funcdiff.sphere import GridSHT, longitude_fourier
+from funcdiff.utils import transform_dtype
 
 
 class SphericalRowsConv(SphericalConv, RowLayoutSpectral):
@@ -62,7 +63,7 @@ class SphericalRowsConv(SphericalConv, RowLayoutSpectral):
     def forward_rows(self, x: torch.Tensor, accumulate: torch.Tensor | None = None) -> torch.Tensor:
         """K x on the row layout (B, H, C_in, W) -> (B, H, C_out, W), plus ``accumulate`` (same shape) if given."""
         in_dtype = x.dtype
-        work = torch.float32 if in_dtype in (torch.float16, torch.bfloat16) else in_dtype
+        work = transform_dtype(in_dtype)
         batch, nlat, _, nlon = x.shape
         lmax, mmax = int(self.n_modes[0]), int(self.n_modes[1]) // 2
         with torch.autocast(x.device.type, enabled=False):

@@ -29,9 +29,9 @@ from torch import nn
 from funcdiff.models.backbone import Backbone
 from funcdiff.models.conditioning import NoiseEmbedding, PointwiseLinear
 from funcdiff.models.fno import FNOBlock, NoiseConditionedFNO, split_noise
-from funcdiff.models.local_fno import LocalFNOConfig, LocalSpectralConv, _work_dtype, block_config
+from funcdiff.models.local_fno import LocalFNOConfig, LocalSpectralConv, block_config
 from funcdiff.models.spectral import RowLayoutSpectral, from_rows, to_rows
-from funcdiff.utils import keep_freed_memory
+from funcdiff.utils import keep_freed_memory, transform_dtype
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,7 @@ def _rescale(x: torch.Tensor, size: tuple[int, ...], rows: bool, norm: str) -> t
     """:func:`fourier_rescale` with the FFTs' normalisation ``norm``: "forward" resamples; "backward" (the analysis
     unscaled, the synthesis over the output's points) is the adjoint of resampling from ``size`` onto x's grid."""
     axes = _grid_axes(x, len(size), rows)
-    dtype, work = x.dtype, _work_dtype(x)
+    dtype, work = x.dtype, transform_dtype(x.dtype)
     with torch.autocast(x.device.type, enabled=False):
         x_hat = torch.fft.rfftn(x.to(work), dim=axes, norm=norm)
         for axis, n_out in zip(axes[:-1], size[:-1]):
