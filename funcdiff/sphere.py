@@ -115,6 +115,16 @@ def sht_tables(lmax: int, mmax: int, nlat: int, nlon: int, dtype: torch.dtype, d
     return legendre.to(device=device, dtype=dtype), weighted.to(device=device, dtype=dtype)
 
 
+@torch.compiler.assume_constant_result
+def _sht_constants(lmax: int, mmax: int, nlat: int, nlon: int, dtype: torch.dtype, device: str
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`sht_tables` as constants of a ``torch.compile`` graph: dynamo would otherwise trace the Legendre
+    recursion in numpy op by op into the graph (inductor's C++ compiler crashed on the kernel at 64x128). Static
+    shapes only: with symbolic grid sizes (``dynamic=True``, or a second grid under the default automatic dynamic
+    shapes) dynamo breaks the graph here and the tables come from the cache."""
+    return sht_tables(lmax, mmax, nlat, nlon, dtype, device)
+
+
 class GridSHT(nn.Module):
     """Forward and inverse real SHT on the regular grids of this module, for any (lmax, mmax).
 
@@ -130,6 +140,8 @@ class GridSHT(nn.Module):
     def _tables(self, lmax: int, mmax: int, nlat: int, nlon: int, dtype: torch.dtype, device) -> tuple:
         if mmax > nlon // 2:
             raise ValueError(f"mmax={mmax} exceeds the {nlon // 2} longitudinal modes of a {nlat}x{nlon} grid")
+        if torch.compiler.is_compiling():
+            return _sht_constants(lmax, mmax, nlat, nlon, dtype, str(torch.device(device)))
         return sht_tables(lmax, mmax, nlat, nlon, dtype, str(torch.device(device)))
 
     def sht(self, x: torch.Tensor, s: tuple[int, int] | None = None, norm: str = "ortho",

@@ -40,8 +40,32 @@ def repeated_vjps(active: bool = True) -> Iterator[None]:
 
 
 def expects_repeated_vjps() -> bool:
-    """Whether the current call is inside :func:`repeated_vjps` (read by layers when they build their graph)."""
+    """Whether the current call is inside :func:`repeated_vjps` (read by layers when they build their graph).
+
+    Always False while ``torch.compile`` traces: dynamo cannot read a ContextVar (it broke the graph at every layer),
+    and keeping derivatives is an eager-mode trade of memory for time that a compiled graph makes its own way."""
+    if torch.compiler.is_compiling():
+        return False
     return _REPEATED_VJPS.get()
+
+
+def eager_autograd() -> bool:
+    """Whether autograd records in eager mode, where layers take their custom autograd Functions (hand-written
+    backward passes, faster than autograd through the same ops). False while ``torch.compile`` traces: the compiler
+    derives the backward pass of plain ops itself (and fuses it), and dynamo fails on those Functions under dynamic
+    shapes."""
+    return torch.is_grad_enabled() and not torch.compiler.is_compiling()
+
+
+def grid_constant(store: dict, key, make):
+    """``make()``, a layer's constant tensors for one grid (DFT matrices, stencil spectra), cached in ``store`` under
+    ``key``; while ``torch.compile`` traces, made in the traced graph with no lookup: a cache filled as a side effect
+    breaks dynamo's tracing of autograd Functions, and looking a grid up in it fixes the graph to that grid."""
+    if torch.compiler.is_compiling():
+        return make()
+    if key not in store:
+        store[key] = make()
+    return store[key]
 
 
 def record_tensor_inputs(ctx, *inputs) -> None:
@@ -101,7 +125,7 @@ def rfftn(x: torch.Tensor, dim: Sequence[int], norm: str = "backward", keep: int
     dim = tuple(int(d) % x.ndim for d in dim)
     if keep is not None and dim[-1] != x.ndim - 1:
         raise ValueError(f"keep truncates the last axis of x, which must be the last of dim, got dim={dim}")
-    if torch.is_grad_enabled() and x.requires_grad:
+    if eager_autograd() and x.requires_grad:
         return _RealFFT.apply(x, dim, norm, keep, float(scale))
     return _scaled_rfftn(x, dim, norm, keep, float(scale))
 

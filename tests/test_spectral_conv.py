@@ -313,35 +313,47 @@ def test_module_to_a_real_dtype_keeps_the_spectral_weights_complex(backbone):
     assert error < 0.03, error
 
 
-def test_compiled_float64_model_trains_and_differentiates_like_eager():
-    """``torch.compile`` of a float64 FNO traces its autograd functions: the cached DFT matrices are copies, not
-    aliases of temporaries (dynamo refused those: "an intermediate tensor ... aliases an input or output"), and the
-    loss gradients (training) and input gradients (guidance's VJP) equal eager's. Dynamo's graph with the eager
-    backend: the tracing is what failed, and no compiler runs in the suite. Static shapes, from a fresh dynamo:
-    compiles earlier in the process (the trainer's, with other shapes) would make it trace with symbolic ones, where
-    the training graph fails in dynamo on every backend and dtype (``dynamic=True``: not mended). No warning about
-    the cache of positional features (dynamo ignores an ``lru_cache``: they are made in the graph)."""
+@pytest.mark.parametrize("backbone", ["fno", "uno", "local_fno", "sfno"])
+def test_compiled_model_trains_and_differentiates_like_eager_on_every_grid(backbone):
+    """``torch.compile(model, fullgraph=True)`` traces every backbone in one graph (no graph break: under compile the
+    layers use plain ops, whose backward pass the compiler derives, instead of their custom autograd Functions, on
+    which dynamo failed with symbolic sizes; nothing is looked up in a per-grid cache), and the loss gradients
+    (training) and input gradients (guidance's VJP) equal eager's on two grids, in float64 (a float64 model compiles
+    too). With ``dynamic=True`` one graph serves both grids; the SFNO compiles per grid (static shapes), its SHT
+    tables constants of the graph, made in numpy (dynamo traced that recursion op by op before, and inductor's C++
+    compiler crashed on the kernel). Dynamo's graph with the eager backend: the tracing is what failed, and no
+    compiler runs in the suite. No warning about an ``lru_cache`` (dynamo ignores one: the positional features are
+    made in the graph, the SHT tables are constants)."""
     import copy
     import warnings
+
+    from torch._dynamo.testing import CompileCounter
 
     from funcdiff.models import build_backbone
 
     torch._dynamo.reset()
     torch.manual_seed(0)
-    net = build_backbone("fno", in_channels=2, out_channels=2, n_modes=(6, 6), hidden_channels=8,
+    net = build_backbone(backbone, in_channels=2, out_channels=2, n_modes=(6, 6), hidden_channels=8,
                          n_layers=2).to(torch.float64)
-    compiled = torch.compile(copy.deepcopy(net), backend="eager", dynamic=False)
-    x, c = torch.randn(2, 2, 24, 24, dtype=torch.float64), torch.rand(2, dtype=torch.float64)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        for model in (net, compiled):
-            model(x, c).square().mean().backward()
-    assert not [w for w in caught if "lru_cache" in str(w.message)]  # positional features made in the graph
-    for p, q in zip(net.parameters(), compiled.parameters()):
-        torch.testing.assert_close(q.grad, p.grad, rtol=1e-12, atol=1e-14)
     frozen = copy.deepcopy(net).requires_grad_(False)
-    compiled = torch.compile(copy.deepcopy(frozen), backend="eager", dynamic=False)
-    x.requires_grad_(True)
-    eager_vjp, = torch.autograd.grad(frozen(x, c).sum(), x)
-    compiled_vjp, = torch.autograd.grad(compiled(x, c).sum(), x)
-    torch.testing.assert_close(compiled_vjp, eager_vjp, rtol=1e-12, atol=1e-14)
+    counters = CompileCounter(), CompileCounter()
+    dynamic = backbone != "sfno"
+    compiled = torch.compile(copy.deepcopy(net), backend=counters[0], dynamic=dynamic, fullgraph=True)
+    compiled_frozen = torch.compile(copy.deepcopy(frozen), backend=counters[1], dynamic=dynamic, fullgraph=True)
+    grids = [(16, 32), (20, 40)] if backbone == "sfno" else [(24, 24), (20, 20)]
+    for grid in grids:
+        x, c = torch.randn(2, 2, *grid, dtype=torch.float64), torch.rand(2, dtype=torch.float64)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for model in (net, compiled):
+                model.zero_grad()
+                model(x, c).square().mean().backward()
+        assert not [w for w in caught if "lru_cache" in str(w.message)]
+        for p, q in zip(net.parameters(), compiled.parameters()):
+            torch.testing.assert_close(q.grad, p.grad, rtol=1e-10, atol=1e-13)
+        x.requires_grad_(True)
+        eager_vjp, = torch.autograd.grad(frozen(x, c).sum(), x)
+        compiled_vjp, = torch.autograd.grad(compiled_frozen(x, c).sum(), x)
+        torch.testing.assert_close(compiled_vjp, eager_vjp, rtol=1e-10, atol=1e-13)
+    expected = 1 if dynamic else len(grids)
+    assert [counter.frame_count for counter in counters] == [expected, expected]

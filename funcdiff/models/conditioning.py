@@ -13,7 +13,7 @@ import math
 import torch
 from torch import nn
 
-from funcdiff.utils import append_dims, grid_coordinates, input_grads_in_use, record_tensor_inputs
+from funcdiff.utils import append_dims, eager_autograd, grid_coordinates, input_grads_in_use, record_tensor_inputs
 
 
 class PointwiseLinear(nn.Module):
@@ -66,7 +66,7 @@ class PointwiseLinear(nn.Module):
         """``forward_rows(gelu(z))`` (exact GELU) on the row layout; under autograd (float32/64, no autocast) the
         GELU output is recomputed in the backward pass instead of being stored: a training step keeps one
         tensor per GELU, not two (issue 20: peak memory)."""
-        if (torch.is_grad_enabled() and (z.requires_grad or self.linear.weight.requires_grad)
+        if (eager_autograd() and (z.requires_grad or self.linear.weight.requires_grad)
                 and not torch.is_autocast_enabled(z.device.type) and z.dtype == self.linear.weight.dtype):
             out = _GeluLinearRows.apply(z.reshape(-1, z.shape[-2], z.shape[-1]), self.linear.weight, self.linear.bias)
             return out.view(*z.shape[:-2], -1, z.shape[-1])

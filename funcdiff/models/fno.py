@@ -30,8 +30,8 @@ from funcdiff.models.backbone import Backbone
 from funcdiff.models.conditioning import (FiLM, NoiseEmbedding, PointwiseLinear, cached_features,
                                          periodic_grid_features)
 from funcdiff.models.spectral import PeriodicSpectralConv, RowLayoutSpectral, from_rows, to_rows
-from funcdiff.utils import (append_dims, expects_repeated_vjps, input_grads_in_use, keep_freed_memory,
-                            record_tensor_inputs)
+from funcdiff.utils import (append_dims, eager_autograd, expects_repeated_vjps, input_grads_in_use,
+                            keep_freed_memory, record_tensor_inputs)
 
 POSITIONAL_EMBEDDINGS = (None, "grid")
 
@@ -145,7 +145,7 @@ class FNOBlock(nn.Module):
         """Training on the row layout: ``mlp(act(h))`` as one autograd function over chunks of rows
         (:class:`_GeluMLPRows`), float32/64 without autocast, exact GELUs, biases."""
         lin1, lin2 = self.mlp[0].linear, self.mlp[2].linear
-        return (torch.is_grad_enabled() and not torch.is_autocast_enabled(h.device.type)
+        return (eager_autograd() and not torch.is_autocast_enabled(h.device.type)
                 and h.dtype == lin1.weight.dtype and h.dtype in (torch.float32, torch.float64)
                 and _exact_gelu(self.act) and _exact_gelu(self.mlp[1])
                 and lin1.bias is not None and lin2.bias is not None)
@@ -202,7 +202,7 @@ class FNOBlock(nn.Module):
         h4 = h.reshape(batch, -1, channels, h.shape[-1]) if rows else h.reshape(batch, 1, channels, -1)
         gain, offset = 1 + scale, shift
         norm = self.norm
-        if (isinstance(norm, nn.GroupNorm) and torch.is_grad_enabled() and h4.dtype == stat_dtype
+        if (isinstance(norm, nn.GroupNorm) and eager_autograd() and h4.dtype == stat_dtype
                 and (h4.requires_grad or scale.requires_grad)):
             gamma = norm.weight.to(stat_dtype) if norm.affine else None
             beta = norm.bias.to(stat_dtype) if norm.affine else None
@@ -291,7 +291,7 @@ class NoiseConditionedFNO(Backbone):
                  and h.dtype == lift.linear.weight.dtype and h.dtype in (torch.float32, torch.float64))
         if plain and not torch.is_grad_enabled():
             out = _chunked_mlp_rows(tiles, lift.linear, project.linear, gelu_input=False)
-        elif plain and lift.linear.bias is not None and project.linear.bias is not None:
+        elif plain and eager_autograd() and lift.linear.bias is not None and project.linear.bias is not None:
             out = _GeluMLPRows.apply(tiles, lift.linear.weight, lift.linear.bias, project.linear.weight,
                                      project.linear.bias, False)
         else:
@@ -385,8 +385,8 @@ def _group_norm_stats(h: torch.Tensor, groups: int, eps: float,
     """GroupNorm's statistics of h (B, R, C, n) per group: mean and 1/sqrt(var + eps), (B, G) each,
     over (R, C/groups, n) per group. On a CPU two-pass (:func:`_group_norm_stats_two_pass`; under autograd through
     :class:`_GroupStats`); on a GPU one Welford reduction (:func:`_group_norm_stats_welford`)."""
-    if not cache_sized(h):  # the chunked passes are for a CPU core's cache; a GPU reduces in one kernel
-        return _group_norm_stats_welford(h, groups, eps)
+    if not cache_sized(h) or torch.compiler.is_compiling():  # chunked passes are for a CPU core's cache; a GPU
+        return _group_norm_stats_welford(h, groups, eps)  # (or a compiled graph) reduces in one kernel
     if torch.is_grad_enabled() and h.requires_grad:
         return _GroupStats.apply(h, groups, eps)
     return _group_norm_stats_two_pass(h, groups, eps, rows_per_chunk)
@@ -708,7 +708,7 @@ def split_noise(c_noise: torch.Tensor | float, x: torch.Tensor) -> tuple[torch.T
     if c.ndim == 0:
         c = c.expand(batch)
     if c.ndim == 1:
-        if c.shape[0] not in (1, batch):
+        if c.shape[0] != 1 and c.shape[0] != batch:  # (not `in`: dynamo misreads it on symbolic sizes)
             raise ValueError(f"c_noise of shape {tuple(c.shape)} does not match batch size {batch}")
         c = c.expand(batch)
         return c, append_dims(c, x.ndim).expand(batch, 1, *spatial)

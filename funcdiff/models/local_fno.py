@@ -42,7 +42,7 @@ from torch import nn
 from funcdiff.models.conditioning import PointwiseLinear
 from funcdiff.models.fno import FNOConfig, NoiseConditionedFNO
 from funcdiff.models.spectral import PeriodicSpectralConv, RowLayoutSpectral, from_rows, to_rows
-from funcdiff.utils import rfftn, transform_dtype
+from funcdiff.utils import grid_constant, rfftn, transform_dtype
 
 LOCAL_KERNELS = ("differential", "integral")
 
@@ -119,19 +119,25 @@ class GridDifferential(nn.Module):
         axis, ``i (8 sin θ - sin 2θ) n / (12·2π)`` at θ = 2π k / n (the DFT of the stencil of :meth:`forward`).
         Shapes: x_hat (B, C, *K) (the ``rfftn`` of a (B, C, *shape) field) -> (B, d·C, *K), axis-major as
         :meth:`forward` concatenates."""
-        key = (shape, x_hat.dtype, str(x_hat.device))
-        cache = self._symbols
-        if key not in cache:
+        def make() -> torch.Tensor:  # (d, *K)
             symbols = []
             for axis, n in enumerate(shape):
-                k = torch.fft.rfftfreq(n, 1.0 / n) if axis == len(shape) - 1 else torch.fft.fftfreq(n, 1.0 / n)
+                k = torch.arange(n // 2 + 1) if axis == len(shape) - 1 else _integer_frequencies(n)
                 theta = 2 * math.pi * k.double() / n
                 symbol = 1j * (8 * theta.sin() - (2 * theta).sin()) * (n / (12 * math.pi))
                 view = [1] * len(shape)
                 view[axis] = -1
                 symbols.append(symbol.view(view).expand(*x_hat.shape[2:]))
-            cache[key] = torch.stack(symbols).to(device=x_hat.device, dtype=x_hat.dtype)  # (d, *K)
-        return (cache[key][None, :, None] * x_hat[:, None]).flatten(1, 2)
+            return torch.stack(symbols).to(device=x_hat.device, dtype=x_hat.dtype)
+
+        symbols = grid_constant(self._symbols, (shape, x_hat.dtype, str(x_hat.device)), make)
+        return (symbols[None, :, None] * x_hat[:, None]).flatten(1, 2)
+
+
+def _integer_frequencies(n: int) -> torch.Tensor:
+    """``torch.fft.fftfreq(n, 1 / n)`` as integers (0, 1, .., -2, -1), made from ``n`` by integer arithmetic: under
+    ``torch.compile(dynamic=True)`` fftfreq's float spacing fixed the graph to one grid."""
+    return torch.remainder(torch.arange(n) + n // 2, n) - n // 2
 
 
 class LocalIntegral(nn.Module):
@@ -159,7 +165,7 @@ class LocalIntegral(nn.Module):
 
     def stencils(self, shape: tuple[int, ...], dtype: torch.dtype, device) -> torch.Tensor:
         """The normalised basis kernels on a grid, (J, *shape) with offsets in FFT order (0 first), float64."""
-        axes = [torch.fft.fftfreq(n, d=1.0 / n, dtype=torch.float64) / n for n in shape]  # offsets m / n
+        axes = [_integer_frequencies(n).double() / n for n in shape]  # offsets m / n
         y = torch.stack(torch.meshgrid(*axes, indexing="ij"))  # (d, *shape)
         rho = torch.linalg.vector_norm(y, dim=0) / self.radius
         width = 1.0 / self.n_rings
@@ -172,12 +178,12 @@ class LocalIntegral(nn.Module):
 
     def _spectra(self, shape: tuple[int, ...], dtype: torch.dtype, device) -> torch.Tensor:
         """The stencils' ``rfftn`` (J, *K), made in float64 and cached in the complex dtype of the real ``dtype``."""
-        key = (shape, dtype, str(device))
-        if key not in self._cache:
+        def make() -> torch.Tensor:
             kernel = self.stencils(shape, dtype, device)
             spectra = torch.fft.rfftn(kernel, dim=tuple(range(1, kernel.ndim)))
-            self._cache[key] = spectra.to(device=device, dtype=torch.promote_types(dtype, torch.complex64))
-        return self._cache[key]
+            return spectra.to(device=device, dtype=torch.promote_types(dtype, torch.complex64))
+
+        return grid_constant(self._cache, (shape, dtype, str(device)), make)
 
     def fourier_basis(self, x_hat: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
         """The convolutions with the basis kernels in the Fourier domain, for :func:`fourier_local`: x_hat (B, C, *K)

@@ -29,7 +29,7 @@ import torch
 from neuralop.layers.spectral_convolution import SpectralConv
 
 from funcdiff.models.conditioning import PointwiseLinear
-from funcdiff.utils import input_grads_in_use, record_tensor_inputs, transform_dtype
+from funcdiff.utils import eager_autograd, grid_constant, input_grads_in_use, record_tensor_inputs, transform_dtype
 
 
 class RowLayoutSpectral(ABC):
@@ -112,7 +112,7 @@ class PeriodicSpectralConv(SpectralConv, RowLayoutSpectral):
         weight, linear = self.weight.to_tensor(), skip.linear
         differentiable = x.requires_grad or weight.requires_grad or linear.weight.requires_grad or (
             linear.bias is not None and linear.bias.requires_grad)
-        if (torch.is_grad_enabled() and differentiable and not torch.is_autocast_enabled(x.device.type)
+        if (eager_autograd() and differentiable and not torch.is_autocast_enabled(x.device.type)
                 and self.bias is None and linear.bias is not None
                 and x.dtype in (torch.float32, torch.float64) and x.dtype == linear.weight.dtype):
             self._check_norm()
@@ -137,7 +137,7 @@ class PeriodicSpectralConv(SpectralConv, RowLayoutSpectral):
         weight = weight.to(x_hat.dtype)
         if x_hat.shape[0] <= 2:  # broadcast products in w's own layout: faster than einsum's complex bmm here
             # without autograd (inside :class:`_SpectralSkipRows`, which writes its own adjoint) the bare product
-            product = _ModeMix.apply if torch.is_grad_enabled() else _mode_mix_product
+            product = _ModeMix.apply if eager_autograd() else _mode_mix_product
             return product(x_hat, weight.contiguous())
         return torch.einsum(self._mix_equation(), x_hat, weight)
 
@@ -150,11 +150,16 @@ class PeriodicSpectralConv(SpectralConv, RowLayoutSpectral):
         is the same tensor at the same version (an optimiser step, an EMA update, ``load_state_dict`` or a new
         parameter make a new copy; only writes through ``.data``, which autograd does not see either, would not).
         The copy holds as much memory as W."""
+        def make() -> torch.Tensor:
+            major = weight.detach().to(dtype).movedim(0, -1).movedim(0, -1)  # (m_1, .., k, C_in, C_out)
+            return major.reshape(-1, *major.shape[-2:]).contiguous()
+
+        if torch.compiler.is_compiling():  # made in the traced graph, no cache (see funcdiff.utils.grid_constant)
+            return make()
         key = (weight._version, weight.data_ptr(), dtype, weight.device)
         cached = self.__dict__.get("_mode_major")
         if cached is None or cached[0]() is not weight or cached[1] != key:
-            major = weight.detach().to(dtype).movedim(0, -1).movedim(0, -1)  # (m_1, .., k, C_in, C_out)
-            cached = (weakref.ref(weight), key, major.reshape(-1, *major.shape[-2:]).contiguous())
+            cached = (weakref.ref(weight), key, make())
             self.__dict__["_mode_major"] = cached
         return cached[2]
 
@@ -169,31 +174,30 @@ class PeriodicSpectralConv(SpectralConv, RowLayoutSpectral):
         c_f [cos; -sin] with c_0 = 1, c_f = 2 otherwise (the Hermitian half of a real signal; f stays below
         n / 2 because the grid exceeds n_modes, so there is no Nyquist term).
         """
-        # The cached matrices are copies (``copy=True``), never aliases of temporaries: torch.compile traces this inside
-        # an autograd Function, and dynamo refuses a cached alias there (float64, where ``to`` would return its input).
-        key = (sizes, dtype, str(device))
-        cache = self.__dict__.setdefault("_dft_cache", {})
-        if key not in cache:
-            complex_dtype = (torch.ones((), dtype=dtype) * 1j).dtype
-            kept = list(self.weight.shape[2:])
-            forward_mats, inverse_mats = [], []
-            for n, m in zip(sizes[:-1], kept[:-1]):
-                freqs = torch.arange(m, dtype=torch.float64) - m // 2
-                theta = 2 * math.pi * torch.outer(freqs, torch.arange(n, dtype=torch.float64)) / n
-                forward_mats.append((torch.exp(-1j * theta) / n).to(device, complex_dtype, copy=True))
-                inverse_mats.append(torch.exp(1j * theta).T.contiguous().to(device, complex_dtype, copy=True))
-            n, k = sizes[-1], kept[-1]
-            if 2 * (k - 1) >= n:
-                raise ValueError(f"grid size {n} is too small for {k} real-FFT modes along the last axis")
-            theta = 2 * math.pi * torch.outer(torch.arange(n, dtype=torch.float64), torch.arange(k, dtype=torch.float64)) / n
-            analysis = torch.stack([theta.cos(), -theta.sin()], dim=-1).reshape(n, 2 * k) / n
-            forward_mats.append(analysis.to(device, dtype, copy=True))
-            weights = torch.full((k, 1), 2.0, dtype=torch.float64)
-            weights[0] = 1.0
-            inverse = torch.stack([weights * theta.T.cos(), -weights * theta.T.sin()], dim=1).reshape(2 * k, n)
-            inverse_mats.append(inverse.to(device, dtype, copy=True))
-            cache[key] = (forward_mats, inverse_mats)
-        return cache[key]
+        return grid_constant(self.__dict__.setdefault("_dft_cache", {}), (sizes, dtype, str(device)),
+                             lambda: self._make_dft_matrices(sizes, dtype, device))
+
+    def _make_dft_matrices(self, sizes: tuple[int, ...], dtype: torch.dtype, device: torch.device
+                           ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        complex_dtype = (torch.ones((), dtype=dtype) * 1j).dtype
+        kept = list(self.weight.shape[2:])
+        forward_mats, inverse_mats = [], []
+        for n, m in zip(sizes[:-1], kept[:-1]):
+            freqs = torch.arange(m, dtype=torch.float64) - m // 2
+            theta = 2 * math.pi * torch.outer(freqs, torch.arange(n, dtype=torch.float64)) / n
+            forward_mats.append((torch.exp(-1j * theta) / n).to(device, complex_dtype))
+            inverse_mats.append(torch.exp(1j * theta).T.contiguous().to(device, complex_dtype))
+        n, k = sizes[-1], kept[-1]
+        if 2 * (k - 1) >= n:
+            raise ValueError(f"grid size {n} is too small for {k} real-FFT modes along the last axis")
+        theta = 2 * math.pi * torch.outer(torch.arange(n, dtype=torch.float64), torch.arange(k, dtype=torch.float64)) / n
+        analysis = torch.stack([theta.cos(), -theta.sin()], dim=-1).reshape(n, 2 * k) / n
+        forward_mats.append(analysis.to(device, dtype))
+        weights = torch.full((k, 1), 2.0, dtype=torch.float64)
+        weights[0] = 1.0
+        inverse = torch.stack([weights * theta.T.cos(), -weights * theta.T.sin()], dim=1).reshape(2 * k, n)
+        inverse_mats.append(inverse.to(device, dtype))
+        return forward_mats, inverse_mats
 
 
 _CACHES = ("_dft_cache", "_mode_major")  # per-module caches kept in __dict__, never pickled

@@ -31,7 +31,7 @@ from funcdiff.models.conditioning import NoiseEmbedding, PointwiseLinear
 from funcdiff.models.fno import FNOBlock, NoiseConditionedFNO, split_noise
 from funcdiff.models.local_fno import LocalFNOConfig, LocalSpectralConv, block_config
 from funcdiff.models.spectral import RowLayoutSpectral, from_rows, to_rows
-from funcdiff.utils import keep_freed_memory, transform_dtype
+from funcdiff.utils import eager_autograd, keep_freed_memory, transform_dtype
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,7 @@ def fourier_rescale(x: torch.Tensor, size: tuple[int, ...], rows: bool = False) 
     size = tuple(int(n) for n in size)
     if tuple(x.shape[a] for a in _grid_axes(x, len(size), rows)) == size:
         return x
-    if torch.is_grad_enabled() and x.requires_grad:
+    if eager_autograd() and x.requires_grad:
         return _FourierRescale.apply(x, size, rows)
     return _rescale(x, size, rows, "forward")
 
