@@ -65,3 +65,25 @@ def test_in_memory_fields_one_tensor_per_grid_and_refusals(tmp_path):
                             progress=False)
     with pytest.raises(ValueError, match="distinct"):
         _config(tmp_path, resolutions=[16, 16])
+
+
+def test_compiled_multigrid_training_traces_twice_for_three_grids_and_trains_like_eager(tmp_path, monkeypatch):
+    """``train.compile`` on three grids: torch.compile's default traces the first grid with static sizes and the
+    second with symbolic ones, which the third reuses (the layers trace as one graph with symbolic sizes); the
+    trained weights equal eager training's. Dynamo's graph with the eager backend (no compiler in the suite)."""
+    import functools
+
+    from torch._dynamo.testing import CompileCounter
+
+    counter = CompileCounter()
+    torch._dynamo.reset()
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend=counter))
+    trainers = {}
+    for compiled in (False, True):
+        cfg = _config(tmp_path / str(compiled), resolutions=[16, 24, 32])
+        cfg = cfg.replace([f"train.compile={str(compiled).lower()}", "train.steps=6", "train.eval_every=0"])
+        trainers[compiled] = Trainer.from_config(cfg, progress=False)
+        trainers[compiled].fit()
+    assert counter.frame_count == 2
+    for name, value in trainers[False].model.state_dict().items():
+        torch.testing.assert_close(trainers[True].model.state_dict()[name], value, rtol=0, atol=1e-5)
