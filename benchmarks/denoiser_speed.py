@@ -29,7 +29,8 @@ skip them). On CUDA every timing synchronises the device before the clock is rea
 ``sample-error`` row (relative L2 of a seeded sample with ``sample.bf16`` against float32) and two ``loss-curve``
 rows (the same short training run with ``train.bf16`` false/true: validation losses, final-loss ratio, wall time).
 ``--compile`` adds ``funcdiff-compiled`` rows (``torch.compile`` against eager at ``--compile-grids``, forward,
-train-step and guidance's VJP: first-call compile time, steady state, ratio, or the compiler's error).
+train-step and guidance's VJP, static sizes compiled per grid and ``dynamic=True`` compiled once for all grids:
+first-call compile time, steady state, ratio, or the compiler's error).
 
 The floor of a forward call (width C, L layers, batch B, grid N², fields of B·C·N² float32):
   L × (rfft2 + irfft2 of the hidden field), each timed here on a (B, C, N, N) tensor;
@@ -225,53 +226,67 @@ def bf16_loss_curves(device: str, seed: int, steps: int = 100) -> list[dict]:
 
 def compile_rows(model: torch.nn.Module, grids: list[int], device: str, repeats: int) -> list[dict]:
     """Rows: ``torch.compile(model)`` against eager, forward and train-step (batch 1) and the VJP of guidance (batch 2,
-    weights frozen, gradient with respect to x), at each grid: ``compile_seconds`` is the first call of the compiled
-    model at that grid (tracing + code generation; a new grid recompiles), ``seconds`` the median of ``repeats``
-    interleaved steady-state calls, ``vs_eager`` the ratio. VJP rows also time the eager no-grad forward call
-    interleaved (``forward_seconds``) and give both VJPs over it (``eager_vs_forward``, ``compiled_vs_forward``: the
-    network's part of a guided step over an unguided one). A failure of the compiler is recorded in the row
+    weights frozen, gradient with respect to x), at each grid, compiled two ways (``dynamic``): False, a fresh
+    compile per grid with static sizes (a long run at one grid); True, one ``torch.compile(model, dynamic=True)``
+    for all the grids in turn (multi-grid training: one graph for every grid). ``compile_seconds`` is the first call
+    at that grid (tracing + code generation, or none where the graph is reused), ``seconds`` the median of
+    ``repeats`` interleaved steady-state calls, ``vs_eager`` the ratio. VJP rows also time the eager no-grad forward
+    call interleaved (``forward_seconds``) and give both VJPs over it (``eager_vs_forward``, ``compiled_vs_forward``:
+    the network's part of a guided step over an unguided one). A failure of the compiler is recorded in the row
     (``error``) instead of a time."""
+    rows = []
+    for dynamic in (False, True):
+        for pass_ in ("forward", "train-step", "vjp"):
+            rows += _compiled_pass_rows(model, pass_, grids, dynamic, device, repeats)
+    return rows
+
+
+def _compiled_pass_rows(model: torch.nn.Module, pass_: str, grids: list[int], dynamic: bool, device: str,
+                        repeats: int) -> list[dict]:
+    """:func:`compile_rows` of one pass and one way of compiling."""
     import copy
 
     import torch._dynamo
 
     rows = []
     frozen = copy.deepcopy(model).requires_grad_(False)
-    for pass_ in ("forward", "train-step", "vjp"):
-        torch._dynamo.reset()
-        net = frozen if pass_ == "vjp" else model
-        compiled = torch.compile(net)
-        batch = 2 if pass_ == "vjp" else 1
-        for n in grids:
-            x = torch.randn(batch, CHANNELS, n, n, device=device)
-            sigma = torch.full((batch,), 0.7, device=device)
-            eager, fast = calls(net, True, pass_, x, sigma, torch.float32), calls(compiled, True, pass_, x, sigma,
-                                                                                   torch.float32)
-            forward = calls(frozen, True, "forward", x, sigma, torch.float32) if pass_ == "vjp" else None
-            row = {"grid": n, "pass": pass_, "batch": batch, "threads": torch.get_num_threads(), "dtype": "float32",
-                   "impl": "funcdiff-compiled"}
-            try:
-                row["compile_seconds"] = timed(fast, device)
-            except Exception as error:  # noqa: BLE001 -- the benchmark records what the compiler said
-                rows.append({**row, "error": f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"})
-                continue
-            eager()
-            times = {"eager": [], "compiled": [], "forward": []}
-            for _ in range(repeats):
-                times["eager"].append(timed(eager, device))
-                times["compiled"].append(timed(fast, device))
-                if forward is not None:
-                    times["forward"].append(timed(forward, device))
-            row["seconds"] = statistics.median(times["compiled"])
-            row["eager_seconds"] = statistics.median(times["eager"])
-            row["vs_eager"] = row["seconds"] / row["eager_seconds"]
+    net = frozen if pass_ == "vjp" else model
+    batch = 2 if pass_ == "vjp" else 1
+    torch._dynamo.reset()
+    compiled = torch.compile(net, dynamic=True) if dynamic else None  # one graph for every grid
+    for n in grids:
+        if not dynamic:
+            torch._dynamo.reset()
+            compiled = torch.compile(net, dynamic=False)
+        x = torch.randn(batch, CHANNELS, n, n, device=device)
+        sigma = torch.full((batch,), 0.7, device=device)
+        eager, fast = calls(net, True, pass_, x, sigma, torch.float32), calls(compiled, True, pass_, x, sigma,
+                                                                               torch.float32)
+        forward = calls(frozen, True, "forward", x, sigma, torch.float32) if pass_ == "vjp" else None
+        row = {"grid": n, "pass": pass_, "batch": batch, "threads": torch.get_num_threads(), "dtype": "float32",
+               "impl": "funcdiff-compiled", "dynamic": dynamic}
+        try:
+            row["compile_seconds"] = timed(fast, device)
+        except Exception as error:  # noqa: BLE001 -- the benchmark records what the compiler said
+            rows.append({**row, "error": f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"})
+            continue
+        eager()
+        times = {"eager": [], "compiled": [], "forward": []}
+        for _ in range(repeats):
+            times["eager"].append(timed(eager, device))
+            times["compiled"].append(timed(fast, device))
             if forward is not None:
-                row["forward_seconds"] = statistics.median(times["forward"])
-                row["eager_vs_forward"] = row["eager_seconds"] / row["forward_seconds"]
-                row["compiled_vs_forward"] = row["seconds"] / row["forward_seconds"]
-            rows.append(row)
-            print(f"compile {n}² {pass_}: first call {row['compile_seconds']:.3g} s, steady {row['seconds']:.4g} s "
-                  f"vs eager {row['eager_seconds']:.4g} s", flush=True)
+                times["forward"].append(timed(forward, device))
+        row["seconds"] = statistics.median(times["compiled"])
+        row["eager_seconds"] = statistics.median(times["eager"])
+        row["vs_eager"] = row["seconds"] / row["eager_seconds"]
+        if forward is not None:
+            row["forward_seconds"] = statistics.median(times["forward"])
+            row["eager_vs_forward"] = row["eager_seconds"] / row["forward_seconds"]
+            row["compiled_vs_forward"] = row["seconds"] / row["forward_seconds"]
+        rows.append(row)
+        print(f"compile {n}² {pass_} (dynamic={dynamic}): first call {row['compile_seconds']:.3g} s, steady "
+              f"{row['seconds']:.4g} s vs eager {row['eager_seconds']:.4g} s", flush=True)
     return rows
 
 
@@ -435,7 +450,7 @@ def report(rows: list[dict]) -> None:
                         ["grid", "impl", "pass", "batch", "graphed", "seconds", "vs_eager", "vs_neuralop"])
     compiled = [r for r in rows if r["impl"] == "funcdiff-compiled"]
     if compiled:
-        print_table(compiled, ["grid", "pass", "batch", "compile_seconds", "seconds", "eager_seconds", "vs_eager",
+        print_table(compiled, ["grid", "pass", "dynamic", "batch", "compile_seconds", "seconds", "eager_seconds", "vs_eager",
                                "eager_vs_forward", "compiled_vs_forward", "error"])
 
 
