@@ -318,8 +318,8 @@ def test_compiled_model_trains_and_differentiates_like_eager_on_every_grid(backb
     """``torch.compile(model, fullgraph=True)`` traces every backbone in one graph (no graph break: under compile the
     layers use plain ops, whose backward pass the compiler derives, instead of their custom autograd Functions, on
     which dynamo failed with symbolic sizes; nothing is looked up in a per-grid cache), and the loss gradients
-    (training) and input gradients (guidance's VJP) equal eager's on two grids, in float64 (a float64 model compiles
-    too). With ``dynamic=True`` one graph serves both grids; the SFNO compiles per grid (static shapes), its SHT
+    (training), input gradients (guidance's VJP) and outputs without grad equal eager's on two grids, in float64 (a
+    float64 model compiles too). With ``dynamic=True`` one graph serves both grids; the SFNO compiles per grid (static shapes), its SHT
     tables constants of the graph, made in numpy (dynamo traced that recursion op by op before, and inductor's C++
     compiler crashed on the kernel). Dynamo's graph with the eager backend: the tracing is what failed, and no
     compiler runs in the suite. No warning about an ``lru_cache`` (dynamo ignores one: the positional features are
@@ -355,5 +355,7 @@ def test_compiled_model_trains_and_differentiates_like_eager_on_every_grid(backb
         eager_vjp, = torch.autograd.grad(frozen(x, c).sum(), x)
         compiled_vjp, = torch.autograd.grad(compiled_frozen(x, c).sum(), x)
         torch.testing.assert_close(compiled_vjp, eager_vjp, rtol=1e-10, atol=1e-13)
-    expected = 1 if dynamic else len(grids)
-    assert [counter.frame_count for counter in counters] == [expected, expected]
+        with torch.no_grad():  # inference: no loop over chunks of rows under compile (it fixed the sizes)
+            torch.testing.assert_close(compiled_frozen(x, c), frozen(x, c), rtol=1e-10, atol=1e-13)
+    per_grid = 1 if dynamic else len(grids)
+    assert [counter.frame_count for counter in counters] == [per_grid, 2 * per_grid]  # frozen: with and without grad

@@ -151,7 +151,8 @@ class FNOBlock(nn.Module):
                 and lin1.bias is not None and lin2.bias is not None)
 
     def _can_chunk(self, x: torch.Tensor) -> bool:
-        return (not torch.is_grad_enabled() and not torch.is_autocast_enabled(x.device.type) and x.is_contiguous()
+        return (not torch.is_grad_enabled() and not torch.compiler.is_compiling()  # (a compiler fuses; loops fix sizes)
+                and not torch.is_autocast_enabled(x.device.type) and x.is_contiguous()
                 and x.dtype == self.pointwise.linear.weight.dtype and _exact_gelu(self.act) and _exact_gelu(self.mlp[1])
                 and isinstance(self.norm, (nn.GroupNorm, nn.Identity)))
 
@@ -289,7 +290,7 @@ class NoiseConditionedFNO(Backbone):
         tiles = h.reshape(-1, h.shape[-2], h.shape[-1])
         plain = (_exact_gelu(act) and not torch.is_autocast_enabled(h.device.type)
                  and h.dtype == lift.linear.weight.dtype and h.dtype in (torch.float32, torch.float64))
-        if plain and not torch.is_grad_enabled():
+        if plain and not torch.is_grad_enabled() and not torch.compiler.is_compiling():
             out = _chunked_mlp_rows(tiles, lift.linear, project.linear, gelu_input=False)
         elif plain and eager_autograd() and lift.linear.bias is not None and project.linear.bias is not None:
             out = _GeluMLPRows.apply(tiles, lift.linear.weight, lift.linear.bias, project.linear.weight,
