@@ -29,7 +29,7 @@ skip them). On CUDA every timing synchronises the device before the clock is rea
 ``sample-error`` row (relative L2 of a seeded sample with ``sample.bf16`` against float32) and two ``loss-curve``
 rows (the same short training run with ``train.bf16`` false/true: validation losses, final-loss ratio, wall time).
 ``--compile`` adds ``funcdiff-compiled`` rows (``torch.compile`` against eager at ``--compile-grids``, forward,
-train-step and guidance's VJP, static sizes compiled per grid and ``dynamic=True`` compiled once for all grids:
+train-step and guidance's VJP, static sizes compiled per grid and one ``dynamic=True`` compile for all grids in turn:
 first-call compile time, steady state, ratio, or the compiler's error).
 
 The floor of a forward call (width C, L layers, batch B, grid N², fields of B·C·N² float32):
@@ -228,8 +228,9 @@ def compile_rows(model: torch.nn.Module, grids: list[int], device: str, repeats:
     """Rows: ``torch.compile(model)`` against eager, forward and train-step (batch 1) and the VJP of guidance (batch 2,
     weights frozen, gradient with respect to x), at each grid, compiled two ways (``dynamic``): False, a fresh
     compile per grid with static sizes (a long run at one grid); True, one ``torch.compile(model, dynamic=True)``
-    for all the grids in turn (multi-grid training: one graph for every grid). ``compile_seconds`` is the first call
-    at that grid (tracing + code generation, or none where the graph is reused), ``seconds`` the median of
+    for all the grids in turn (multi-grid training; inductor recompiles where a guard of its own fails, e.g. its
+    float32 sums of more than 4096 elements). ``compile_seconds`` is the first call at that grid (tracing + code
+    generation, or about none where the graph is reused), ``seconds`` the median of
     ``repeats`` interleaved steady-state calls, ``vs_eager`` the ratio. VJP rows also time the eager no-grad forward
     call interleaved (``forward_seconds``) and give both VJPs over it (``eager_vs_forward``, ``compiled_vs_forward``:
     the network's part of a guided step over an unguided one). A failure of the compiler is recorded in the row
@@ -253,7 +254,7 @@ def _compiled_pass_rows(model: torch.nn.Module, pass_: str, grids: list[int], dy
     net = frozen if pass_ == "vjp" else model
     batch = 2 if pass_ == "vjp" else 1
     torch._dynamo.reset()
-    compiled = torch.compile(net, dynamic=True) if dynamic else None  # one graph for every grid
+    compiled = torch.compile(net, dynamic=True) if dynamic else None  # symbolic sizes, reused across grids
     for n in grids:
         if not dynamic:
             torch._dynamo.reset()
