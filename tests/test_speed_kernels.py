@@ -102,6 +102,83 @@ def test_gelu_mlp_keeps_its_derivatives_for_repeated_vjps(monkeypatch):
         assert not expects_repeated_vjps()
 
 
+def test_gelu_mlp_backward_by_columns_equals_the_dense_pass(monkeypatch):
+    """A gradient that is zero off a few columns (guidance's loss at sensors) takes :class:`_GeluMLPRows`'s backward
+    pass on those columns only: the same gradients of m, the weights and the residual as the dense pass (with and
+    without the input GELU, frozen and trainable, inside ``repeated_vjps`` between dense passes too), and a dense
+    gradient (training) or one with too many nonzero columns stays on the dense pass."""
+    from funcdiff.models import fno
+    from funcdiff.models.fno import _GeluMLPRows
+    from funcdiff.utils import repeated_vjps
+
+    by_columns = []
+    original = _GeluMLPRows._backward_columns
+
+    def spy(*args):
+        by_columns.append(True)
+        return original(*args)
+
+    monkeypatch.setattr(_GeluMLPRows, "_backward_columns", staticmethod(spy))
+    g = torch.Generator().manual_seed(5)
+    m = torch.randn(6, 4, 16, dtype=torch.float64, generator=g, requires_grad=True)  # 6 tiles of 16 columns
+    weights = [torch.randn(*shape, dtype=torch.float64, generator=g) for shape in ((7, 4), (7,), (3, 7), (3,))]
+    residual = torch.randn(6, 3, 16, dtype=torch.float64, generator=g, requires_grad=True)
+    sparse = torch.zeros(6, 3, 16, dtype=torch.float64)
+    sparse[0, :, 3], sparse[2, 1, 7], sparse[5, :, 15], sparse[4, 2, 0] = 1.5, -2.0, 0.5, 3.0  # one channel or all
+    dense = torch.randn(6, 3, 16, dtype=torch.float64, generator=g)
+    crowded = dense * (torch.rand(6, 1, 16, generator=g) < 0.7)  # about 70 % of the columns: dense pass
+
+    def grads(out, wrt, seed, threshold):
+        monkeypatch.setattr(fno, "SPARSE_COLUMNS", threshold)
+        return torch.autograd.grad(out, wrt, seed, retain_graph=True)
+
+    for gelu_input in (True, False):
+        for trainable in (False, True):
+            params = [w.clone().requires_grad_(trainable) for w in weights]
+            wrt = [m, residual] + (params if trainable else [])
+            out = _GeluMLPRows.apply(m, *params, gelu_input, residual)
+            with repeated_vjps():
+                kept = _GeluMLPRows.apply(m, *params, gelu_input, residual)
+            for seed, expect_columns in ((sparse, True), (dense, False), (crowded, False)):
+                by_columns.clear()
+                ours = grads(out, wrt, seed, 0.4)
+                assert bool(by_columns) == expect_columns
+                for a, b in zip(ours, grads(out, wrt, seed, 0.0)):  # threshold 0: always the dense pass
+                    torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-14)
+            for seed in (sparse, dense, sparse, dense):  # the kept derivatives are made by the first dense pass
+                for a, b in zip(grads(kept, wrt, seed, 0.4), grads(out, wrt, seed, 0.0)):
+                    torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-14)
+
+
+def test_dps_through_an_fno_is_unchanged_by_the_column_backward(monkeypatch):
+    """A guided step of DPS at a few sensors through an FNO on the row layout (the projection's and the last block's
+    MLP take their backward pass by columns) equals the step with every backward pass dense."""
+    from funcdiff.guidance import GuidedDenoiser, ObservationGuidance, SparseObservation, random_sensors
+    from funcdiff.models import build_denoiser, fno
+    from funcdiff.noise import GaussianRandomField
+
+    torch.manual_seed(0)
+    model = build_denoiser({"backbone": "fno", "in_channels": 2, "out_channels": 2, "n_modes": [6, 6],
+                            "hidden_channels": 8, "n_layers": 2, "sigma_data": 0.5}).double().requires_grad_(False)
+    noise = GaussianRandomField(dim=2, smoothness=2.0, length_scale=0.1)
+    gen = torch.Generator().manual_seed(1)
+    obs = SparseObservation(random_sensors(12, (24, 24), generator=gen), channels=(1,), noise_std=0.05)
+    obs = obs.with_values(torch.randn(1, 1, 12, generator=gen, dtype=torch.float64))
+    guided = GuidedDenoiser(model, [ObservationGuidance(obs, noise)], noise)
+    x = torch.randn(2, 2, 24, 24, generator=gen, dtype=torch.float64)
+    sigma = torch.tensor([0.8, 2.0], dtype=torch.float64)
+    calls = []
+    original = fno._GeluMLPRows._backward_columns
+    monkeypatch.setattr(fno._GeluMLPRows, "_backward_columns", staticmethod(lambda *a: calls.append(1) or original(*a)))
+    by_columns = guided(x, sigma)
+    assert len(calls) == 2  # the projection and the last block
+    monkeypatch.setattr(fno, "SPARSE_COLUMNS", 0.0)
+    dense = guided(x, sigma)
+    assert len(calls) == 2
+    torch.testing.assert_close(by_columns, dense, rtol=1e-12, atol=1e-12)
+    assert not torch.equal(by_columns, model(x, sigma))  # the guidance moved the step
+
+
 def test_multi_vjp_guidance_builds_its_graph_for_repeated_vjps():
     """MMPS (cg_iters + 1 VJPs per call) and DPS with a damped term (one VJP per group) call the denoiser inside
     ``repeated_vjps``; MMPS without CG iterations and DPS with one group do not (one VJP: keeping would cost)."""

@@ -553,11 +553,16 @@ class _GeluMLPRows(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
-        m, z, w1, w2 = ctx.saved_tensors
         needs = input_grads_in_use(ctx)  # guidance's VJPs (x only) skip the weight gradients
-        need_m, need_w1, need_b1, need_w2, need_b2 = needs[:5]
         need_residual = len(needs) > 6 and needs[6]
         go = grad_out.contiguous()
+        columns = _nonzero_columns(go)
+        if columns is not None:  # a VJP seeded at a few sensors (guidance): only their columns
+            grads = (*_GeluMLPRows._backward_columns(ctx, go, *columns, needs[:5]), None,
+                     grad_out if need_residual else None)
+            return grads[:len(ctx.needs_input_grad)]
+        m, z, w1, w2 = ctx.saved_tensors
+        need_m, need_w1, need_b1, need_w2, need_b2 = needs[:5]
         grad_m = torch.empty_like(m) if need_m else None
         grad_w1 = torch.zeros_like(w1) if need_w1 else None
         grad_w2 = torch.zeros_like(w2) if need_w2 else None
@@ -606,6 +611,48 @@ class _GeluMLPRows(torch.autograd.Function):
                 torch.bmm(w1t.expand(size, -1, -1), dz, out=grad_m[c])
         grads = grad_m, grad_w1, grad_b1, grad_w2, grad_b2, None, grad_out if need_residual else None
         return grads[:len(ctx.needs_input_grad)]
+
+    @staticmethod
+    def _backward_columns(ctx, go: torch.Tensor, tiles: torch.Tensor, cols: torch.Tensor,
+                          needs: tuple[bool, ...]) -> tuple[torch.Tensor | None, ...]:
+        """The backward pass on the P columns ``go[tiles, :, cols]`` (P,) holding the nonzeros of the output
+        gradient go (T, C_out, n): the layer is pointwise, so every other column's input gradient is zero and adds
+        nothing to the weight gradients. Each column a row of a (P, width) matrix, one GEMM per product; returns the
+        gradients of m, W1, b1, W2, b2 (None where not needed)."""
+        m, z, w1, w2 = ctx.saved_tensors
+        need_m, need_w1, need_b1, need_w2, need_b2 = needs
+        go_p, z_p, m_p = go[tiles, :, cols], z[tiles, :, cols], m[tiles, :, cols]  # (P, C_out), (P, H), (P, C)
+        dz = torch.ops.aten.gelu_backward(go_p @ w2, z_p)  # (P, H)
+        grad_w2 = go_p.t() @ torch.nn.functional.gelu(z_p) if need_w2 else None
+        grad_w1 = dz.t() @ (torch.nn.functional.gelu(m_p) if ctx.gelu_input else m_p) if need_w1 else None
+        grad_m = None
+        if need_m:
+            da = dz @ w1  # (P, C)
+            grad_m = m.new_zeros(m.shape)
+            grad_m[tiles, :, cols] = torch.ops.aten.gelu_backward(da, m_p) if ctx.gelu_input else da
+        return (grad_m, grad_w1, dz.sum(0) if need_b1 else None, grad_w2, go_p.sum(0) if need_b2 else None)
+
+
+SPARSE_COLUMNS = 0.4  # the largest fraction of nonzero columns for which _GeluMLPRows's backward goes by columns
+# (on one AVX2 core at 64², width 32: 0.30x the dense pass's time at 5 % of the columns, 0.59x at 20 %, 0.92x at 40 %,
+# 1.09x at 50 %)
+
+
+def _nonzero_columns(g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The (tile, position) indices (P,) each of the columns ``g[t, :, j]`` of tiles g (T, C, n) that hold a nonzero,
+    when they are at most ``SPARSE_COLUMNS`` of all columns, else None: the gradient of a guidance loss at a few
+    sensors is zero off their interpolation stencils until the first non-pointwise layer. A strided probe of about
+    1 % of g rejects a dense gradient (training) without a pass over it. On a CPU only: the count is read on the
+    host, which a GPU would wait for (and a CUDA graph cannot record)."""
+    if not cache_sized(g) or g.numel() == 0:
+        return None
+    probe = g.view(-1)[::97]
+    if probe.count_nonzero() > SPARSE_COLUMNS * probe.numel():
+        return None
+    tiles, cols = g.abs().amax(dim=1).ne(0).nonzero(as_tuple=True)  # 0.1x the time of ne(0).any(1), measured
+    if tiles.numel() > SPARSE_COLUMNS * g.shape[0] * g.shape[2]:
+        return None
+    return tiles, cols
 
 
 def _gelu_derivative(t: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
