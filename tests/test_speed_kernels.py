@@ -150,10 +150,14 @@ def test_gelu_mlp_backward_by_columns_equals_the_dense_pass(monkeypatch):
                     torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-14)
 
 
-def test_dps_through_an_fno_is_unchanged_by_the_column_backward(monkeypatch):
-    """A guided step of DPS at a few sensors through an FNO on the row layout (the projection's and the last block's
-    MLP take their backward pass by columns) equals the step with every backward pass dense."""
+@pytest.mark.parametrize("method", ["dps", "mmps"])
+def test_guided_steps_through_an_fno_are_unchanged_by_the_column_backward(monkeypatch, method):
+    """A guided step at a few sensors through an FNO on the row layout (the projection's and the last block's MLP
+    take their backward pass by columns: DPS's one VJP, each of MMPS's CG iterations) equals the step with every
+    backward pass dense."""
     from funcdiff.guidance import GuidedDenoiser, ObservationGuidance, SparseObservation, random_sensors
+    from funcdiff.guidance.mmps import MomentMatchingDenoiser
+    from funcdiff.guidance.operators import SparseOperator
     from funcdiff.models import build_denoiser, fno
     from funcdiff.noise import GaussianRandomField
 
@@ -164,17 +168,20 @@ def test_dps_through_an_fno_is_unchanged_by_the_column_backward(monkeypatch):
     gen = torch.Generator().manual_seed(1)
     obs = SparseObservation(random_sensors(12, (24, 24), generator=gen), channels=(1,), noise_std=0.05)
     obs = obs.with_values(torch.randn(1, 1, 12, generator=gen, dtype=torch.float64))
-    guided = GuidedDenoiser(model, [ObservationGuidance(obs, noise)], noise)
+    if method == "dps":
+        guided, vjps = GuidedDenoiser(model, [ObservationGuidance(obs, noise)], noise), 1
+    else:
+        guided, vjps = MomentMatchingDenoiser(model, SparseOperator(obs, noise), noise, cg_iters=3), 4
     x = torch.randn(2, 2, 24, 24, generator=gen, dtype=torch.float64)
     sigma = torch.tensor([0.8, 2.0], dtype=torch.float64)
     calls = []
     original = fno._GeluMLPRows._backward_columns
     monkeypatch.setattr(fno._GeluMLPRows, "_backward_columns", staticmethod(lambda *a: calls.append(1) or original(*a)))
     by_columns = guided(x, sigma)
-    assert len(calls) == 2  # the projection and the last block
+    assert len(calls) == 2 * vjps  # the projection and the last block, in every VJP
     monkeypatch.setattr(fno, "SPARSE_COLUMNS", 0.0)
     dense = guided(x, sigma)
-    assert len(calls) == 2
+    assert len(calls) == 2 * vjps
     torch.testing.assert_close(by_columns, dense, rtol=1e-12, atol=1e-12)
     assert not torch.equal(by_columns, model(x, sigma))  # the guidance moved the step
 
