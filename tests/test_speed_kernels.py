@@ -111,7 +111,7 @@ def test_gelu_mlp_backward_by_columns_equals_the_dense_pass(monkeypatch):
     from funcdiff.models.fno import _GeluMLPRows
     from funcdiff.utils import repeated_vjps
 
-    by_columns = []
+    by_columns, default = [], fno.SPARSE_COLUMNS
     original = _GeluMLPRows._backward_columns
 
     def spy(*args):
@@ -126,7 +126,7 @@ def test_gelu_mlp_backward_by_columns_equals_the_dense_pass(monkeypatch):
     sparse = torch.zeros(6, 3, 16, dtype=torch.float64)
     sparse[0, :, 3], sparse[2, 1, 7], sparse[5, :, 15], sparse[4, 2, 0] = 1.5, -2.0, 0.5, 3.0  # one channel or all
     dense = torch.randn(6, 3, 16, dtype=torch.float64, generator=g)
-    crowded = dense * (torch.rand(6, 1, 16, generator=g) < 0.7)  # about 70 % of the columns: dense pass
+    crowded = dense * (torch.rand(6, 1, 16, generator=g) < 0.7)  # about 70 % of the columns: the dense pass
 
     def grads(out, wrt, seed, threshold):
         monkeypatch.setattr(fno, "SPARSE_COLUMNS", threshold)
@@ -141,12 +141,12 @@ def test_gelu_mlp_backward_by_columns_equals_the_dense_pass(monkeypatch):
                 kept = _GeluMLPRows.apply(m, *params, gelu_input, residual)
             for seed, expect_columns in ((sparse, True), (dense, False), (crowded, False)):
                 by_columns.clear()
-                ours = grads(out, wrt, seed, 0.4)
+                ours = grads(out, wrt, seed, default)
                 assert bool(by_columns) == expect_columns
                 for a, b in zip(ours, grads(out, wrt, seed, 0.0)):  # threshold 0: always the dense pass
                     torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-14)
             for seed in (sparse, dense, sparse, dense):  # the kept derivatives are made by the first dense pass
-                for a, b in zip(grads(kept, wrt, seed, 0.4), grads(out, wrt, seed, 0.0)):
+                for a, b in zip(grads(kept, wrt, seed, default), grads(out, wrt, seed, 0.0)):
                     torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-14)
 
 

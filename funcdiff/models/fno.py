@@ -633,9 +633,10 @@ class _GeluMLPRows(torch.autograd.Function):
         return (grad_m, grad_w1, dz.sum(0) if need_b1 else None, grad_w2, go_p.sum(0) if need_b2 else None)
 
 
-SPARSE_COLUMNS = 0.4  # the largest fraction of nonzero columns for which _GeluMLPRows's backward goes by columns
-# (on one AVX2 core at 64², width 32: 0.30x the dense pass's time at 5 % of the columns, 0.59x at 20 %, 0.92x at 40 %,
-# 1.09x at 50 %)
+SPARSE_COLUMNS = 0.3  # the largest fraction of nonzero columns for which _GeluMLPRows's backward goes by columns
+# (its time over the dense pass's on one AVX2 core, width 32: at 3 % of the columns 0.28x at 256², 0.34x at 512²;
+# at 20 % 0.59x at 64², 0.66x at 256², 0.73x at 512²; at 40 % 0.92x, 1.03x, 1.13x; width 64 at 64²: 0.41x at 20 %,
+# 0.69x at 40 %)
 
 
 def _nonzero_columns(g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
