@@ -151,8 +151,7 @@ class FNOBlock(nn.Module):
                 and lin1.bias is not None and lin2.bias is not None)
 
     def _can_chunk(self, x: torch.Tensor) -> bool:
-        return (not torch.is_grad_enabled() and not torch.compiler.is_compiling()  # (a compiler fuses; loops fix sizes)
-                and not torch.is_autocast_enabled(x.device.type) and x.is_contiguous()
+        return (_chunked_inference() and not torch.is_autocast_enabled(x.device.type) and x.is_contiguous()
                 and x.dtype == self.pointwise.linear.weight.dtype and _exact_gelu(self.act) and _exact_gelu(self.mlp[1])
                 and isinstance(self.norm, (nn.GroupNorm, nn.Identity)))
 
@@ -290,7 +289,7 @@ class NoiseConditionedFNO(Backbone):
         tiles = h.reshape(-1, h.shape[-2], h.shape[-1])
         plain = (_exact_gelu(act) and not torch.is_autocast_enabled(h.device.type)
                  and h.dtype == lift.linear.weight.dtype and h.dtype in (torch.float32, torch.float64))
-        if plain and not torch.is_grad_enabled() and not torch.compiler.is_compiling():
+        if plain and _chunked_inference():
             out = _chunked_mlp_rows(tiles, lift.linear, project.linear, gelu_input=False)
         elif plain and eager_autograd() and lift.linear.bias is not None and project.linear.bias is not None:
             out = _GeluMLPRows.apply(tiles, lift.linear.weight, lift.linear.bias, project.linear.weight,
@@ -351,6 +350,13 @@ class NoiseConditionedFNO(Backbone):
                 f"resolution {resolution} is too small for n_modes {cfg.n_modes}: every spatial size must exceed "
                 "n_modes so that the kept Fourier modes lie strictly below the grid's Nyquist frequency"
             )
+
+
+def _chunked_inference() -> bool:
+    """Whether inference may run over chunks of rows (:func:`_chunked_mlp_rows`, ``FNOBlock._forward_rows_chunked``):
+    no autograd, and not while ``torch.compile`` traces (the compiler fuses the pointwise ops itself, and a loop over
+    chunks would fix the graph to one grid size)."""
+    return not torch.is_grad_enabled() and not torch.compiler.is_compiling()
 
 
 def _scale_shift(h: torch.Tensor, gain: torch.Tensor, offset: torch.Tensor,
