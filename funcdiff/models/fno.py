@@ -564,11 +564,17 @@ class _GeluMLPRows(torch.autograd.Function):
         go = grad_out.contiguous()
         columns = _nonzero_columns(go)
         if columns is not None:  # a VJP seeded at a few sensors (guidance): only their columns
-            grads = (*_GeluMLPRows._backward_columns(ctx, go, *columns, needs[:5]), None,
-                     grad_out if need_residual else None)
-            return grads[:len(ctx.needs_input_grad)]
+            grads = _GeluMLPRows._backward_columns(ctx, go, *columns, needs[:5])
+        else:
+            grads = _GeluMLPRows._backward_dense(ctx, go, needs[:5])
+        return (*grads, None, grad_out if need_residual else None)[:len(ctx.needs_input_grad)]
+
+    @staticmethod
+    def _backward_dense(ctx, go: torch.Tensor, needs: tuple[bool, ...]) -> tuple[torch.Tensor | None, ...]:
+        """The backward pass over every column of the output gradient go (T, C_out, n), chunk by chunk; returns the
+        gradients of m, W1, b1, W2, b2 (None where not needed)."""
         m, z, w1, w2 = ctx.saved_tensors
-        need_m, need_w1, need_b1, need_w2, need_b2 = needs[:5]
+        need_m, need_w1, need_b1, need_w2, need_b2 = needs
         grad_m = torch.empty_like(m) if need_m else None
         grad_w1 = torch.zeros_like(w1) if need_w1 else None
         grad_w2 = torch.zeros_like(w2) if need_w2 else None
@@ -615,8 +621,7 @@ class _GeluMLPRows(torch.autograd.Function):
                     torch.ops.aten.gelu_backward.grad_input(da, m_c, grad_input=grad_m[c])  # written once, in place
             elif need_m:
                 torch.bmm(w1t.expand(size, -1, -1), dz, out=grad_m[c])
-        grads = grad_m, grad_w1, grad_b1, grad_w2, grad_b2, None, grad_out if need_residual else None
-        return grads[:len(ctx.needs_input_grad)]
+        return grad_m, grad_w1, grad_b1, grad_w2, grad_b2
 
     @staticmethod
     def _backward_columns(ctx, go: torch.Tensor, tiles: torch.Tensor, cols: torch.Tensor,
