@@ -235,22 +235,21 @@ def compile_rows(model: torch.nn.Module, grids: list[int], device: str, repeats:
     call interleaved (``forward_seconds``) and give both VJPs over it (``eager_vs_forward``, ``compiled_vs_forward``:
     the network's part of a guided step over an unguided one). A failure of the compiler is recorded in the row
     (``error``) instead of a time."""
-    rows = []
+    import copy
+
+    rows, frozen = [], copy.deepcopy(model).requires_grad_(False)
     for dynamic in (False, True):
         for pass_ in ("forward", "train-step", "vjp"):
-            rows += _compiled_pass_rows(model, pass_, grids, dynamic, device, repeats)
+            rows += _compiled_pass_rows(model, frozen, pass_, grids, dynamic, device, repeats)
     return rows
 
 
-def _compiled_pass_rows(model: torch.nn.Module, pass_: str, grids: list[int], dynamic: bool, device: str,
-                        repeats: int) -> list[dict]:
-    """:func:`compile_rows` of one pass and one way of compiling."""
-    import copy
-
+def _compiled_pass_rows(model: torch.nn.Module, frozen: torch.nn.Module, pass_: str, grids: list[int],
+                        dynamic: bool, device: str, repeats: int) -> list[dict]:
+    """:func:`compile_rows` of one pass and one way of compiling (``frozen``: a copy of model without gradients)."""
     import torch._dynamo
 
     rows = []
-    frozen = copy.deepcopy(model).requires_grad_(False)
     net = frozen if pass_ == "vjp" else model
     batch = 2 if pass_ == "vjp" else 1
     torch._dynamo.reset()
