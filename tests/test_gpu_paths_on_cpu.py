@@ -125,22 +125,9 @@ def test_guidance_vjp_on_the_gpu_paths_equals_the_cpu_paths(monkeypatch, backbon
 @pytest.mark.parametrize("method", ["dps", "mmps"])
 def test_guided_steps_on_the_gpu_paths_equal_the_cpu_paths(monkeypatch, method):
     """A whole guided denoiser call at 12 sensors through an FNO (DPS: one VJP; MMPS: 3 CG iterations, 4 VJPs)."""
-    from funcdiff.guidance import GuidedDenoiser, ObservationGuidance, SparseObservation, random_sensors
-    from funcdiff.guidance.mmps import MomentMatchingDenoiser
-    from funcdiff.guidance.operators import SparseOperator
-    from funcdiff.noise import GaussianRandomField
+    from guided_fno import guided_fno
 
-    config, grid = BACKBONES["fno"]
-    torch.manual_seed(0)
-    model = build_denoiser({"in_channels": 2, "out_channels": 2, "sigma_data": 0.5, **config}).double()
-    model.requires_grad_(False)
-    noise = GaussianRandomField(dim=2, smoothness=2.0, length_scale=0.1)
-    gen = torch.Generator().manual_seed(1)
-    obs = SparseObservation(random_sensors(12, grid, generator=gen), channels=(1,), noise_std=0.05)
-    obs = obs.with_values(torch.randn(1, 1, 12, generator=gen, dtype=torch.float64))
-    guided = (GuidedDenoiser(model, [ObservationGuidance(obs, noise)], noise) if method == "dps"
-              else MomentMatchingDenoiser(model, SparseOperator(obs, noise), noise, cg_iters=3))
-    x, sigma = _inputs(grid)
+    model, guided, x, sigma = guided_fno(method, BACKBONES["fno"][1])
     cpu, gpu = _on_both_paths(monkeypatch, lambda: guided(x, sigma))
     torch.testing.assert_close(gpu, cpu, rtol=1e-11, atol=1e-12)
     assert not torch.allclose(gpu, model(x, sigma))  # the guidance moved the step

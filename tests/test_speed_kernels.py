@@ -155,25 +155,12 @@ def test_guided_steps_through_an_fno_are_unchanged_by_the_column_backward(monkey
     """A guided step at a few sensors through an FNO on the row layout (the projection's and the last block's MLP
     take their backward pass by columns: DPS's one VJP, each of MMPS's CG iterations) equals the step with every
     backward pass dense."""
-    from funcdiff.guidance import GuidedDenoiser, ObservationGuidance, SparseObservation, random_sensors
-    from funcdiff.guidance.mmps import MomentMatchingDenoiser
-    from funcdiff.guidance.operators import SparseOperator
-    from funcdiff.models import build_denoiser, fno
-    from funcdiff.noise import GaussianRandomField
+    from guided_fno import VJPS, guided_fno
 
-    torch.manual_seed(0)
-    model = build_denoiser({"backbone": "fno", "in_channels": 2, "out_channels": 2, "n_modes": [6, 6],
-                            "hidden_channels": 8, "n_layers": 2, "sigma_data": 0.5}).double().requires_grad_(False)
-    noise = GaussianRandomField(dim=2, smoothness=2.0, length_scale=0.1)
-    gen = torch.Generator().manual_seed(1)
-    obs = SparseObservation(random_sensors(12, (24, 24), generator=gen), channels=(1,), noise_std=0.05)
-    obs = obs.with_values(torch.randn(1, 1, 12, generator=gen, dtype=torch.float64))
-    if method == "dps":
-        guided, vjps = GuidedDenoiser(model, [ObservationGuidance(obs, noise)], noise), 1
-    else:
-        guided, vjps = MomentMatchingDenoiser(model, SparseOperator(obs, noise), noise, cg_iters=3), 4
-    x = torch.randn(2, 2, 24, 24, generator=gen, dtype=torch.float64)
-    sigma = torch.tensor([0.8, 2.0], dtype=torch.float64)
+    from funcdiff.models import fno
+
+    model, guided, x, sigma = guided_fno(method)
+    vjps = VJPS[method]
     calls = []
     original = fno._GeluMLPRows._backward_columns
     monkeypatch.setattr(fno._GeluMLPRows, "_backward_columns", staticmethod(lambda *a: calls.append(1) or original(*a)))
